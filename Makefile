@@ -1,0 +1,34 @@
+# latentbench: `make bench TOKENIZER=sdvae` and `make test` install into .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TOKENIZER ?= sdvae
+PROTOCOL ?= ci
+CKPT ?=
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install bench test test-all list clean-runs
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed
+
+bench: install  ## bench TOKENIZER under PROTOCOL (default: ci), append its leaderboard row
+	$(BIN)/latentbench bench --tokenizer $(TOKENIZER) --protocol $(PROTOCOL) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+
+test: install  ## the default test suite (excludes tests marked slow)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install  ## every test, slow ones included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+list: install
+	$(BIN)/latentbench list
+
+clean-runs:  ## delete run directories (checkpoints, logs); leaderboards are kept
+	rm -rf runs

@@ -1,0 +1,1 @@
+"""Metrics, protocols, the bench harness and the leaderboard writer."""

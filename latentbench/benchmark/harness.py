@@ -1,0 +1,349 @@
+"""The bench harness: train (or load) a tokenizer, reconstruct, measure, record.
+
+``run_bench`` runs three stages in a run directory; each stage writes its result to
+``<run_dir>/stages/<stage>.json`` when it finishes, so rerunning the same command skips
+finished stages and resumes an interrupted training from its last checkpoint:
+
+    train   Lightning fit on the protocol's train split -> tokenizer.safetensors
+            (skipped with --ckpt, or --train-steps 0 for pretrained weights)
+    eval    reconstruct the eval split; PSNR, SSIM; a reconstruction grid
+    record  append one JSON record to leaderboards/<protocol>/v<N>/ and re-render its table
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import warnings
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record, atomic_write_text
+from latentbench.benchmark.metrics import PSNR, SSIM
+from latentbench.benchmark.protocol import Protocol, load_protocol
+from latentbench.benchmark.provenance import provenance
+from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, RUNS_DIR
+from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
+
+TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
+
+
+# ---- what is benched ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """A tokenizer as the harness builds it: registry name or ``module:Class`` plus arguments."""
+
+    name: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+    module_args: dict[str, Any] = field(default_factory=dict)  # AutoencoderModule training arguments
+    requested: str = ""  # what the user typed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "init_args": self.init_args, "module_args": self.module_args, "requested": self.requested}
+
+
+def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
+    """Turn ``--tokenizer`` into a spec.
+
+    Accepts a family alias the protocol maps to a size (``sdvae`` -> ``sdvae-ci`` under ``ci``),
+    a registry name, ``package.module:Class``, or a YAML file with ``name`` or ``class_path``
+    plus optional ``init_args`` and ``module_args``. A registry name with a YAML file under
+    configs/tokenizers/ takes its arguments from there.
+    """
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer config {path} does not exist")
+        return _spec_from_yaml(path, requested=arg)
+    name = protocol.resolve_tokenizer(arg)
+    shipped = TOKENIZER_CONFIG_DIR / f"{name}.yaml"
+    if shipped.is_file():
+        return _spec_from_yaml(shipped, requested=arg)
+    return TokenizerSpec(name=name, requested=arg)
+
+
+def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
+    raw = yaml.safe_load(path.read_text()) or {}
+    name = raw.get("class_path") or raw.get("name")
+    if not name:
+        raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
+    unknown = set(raw) - {"name", "class_path", "init_args", "module_args"}
+    if unknown:
+        raise ValueError(f"tokenizer config {path} has unknown keys {sorted(unknown)}")
+    return TokenizerSpec(name=name, init_args=raw.get("init_args") or {}, module_args=raw.get("module_args") or {}, requested=requested)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Everything a bench run depends on; its hash names the run directory."""
+
+    tokenizer: TokenizerSpec
+    protocol: Protocol
+    ckpt: str | None = None
+    ckpt_sha256: str | None = None
+    train_steps: int | None = None  # None = the protocol's budget
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        if self.ckpt is not None:
+            return 0
+        return self.protocol.train.max_steps if self.train_steps is None else self.train_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tokenizer": self.tokenizer.to_dict(), "protocol_fingerprint": self.protocol.fingerprint,
+            "ckpt_sha256": self.ckpt_sha256, "train_steps": self.steps, "seed": self.seed,
+        }
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---- stages ------------------------------------------------------------------------------------
+
+class Stages:
+    """Finished-stage results of a run directory, each an atomically written JSON file."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir / "stages"
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        path = self.dir / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+        """Return the stage's stored result, or run it, time it and store the result."""
+        done = self.get(name)
+        if done is not None:
+            log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
+            return done
+        log(f"[{name}] running")
+        start = time.perf_counter()
+        result = fn()
+        result["wall_time_s"] = time.perf_counter() - start
+        atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
+        log(f"[{name}] done in {result['wall_time_s']:.1f} s")
+        return result
+
+
+class StepProgress(Callback):
+    """One progress bar over all training steps, with the loss.
+
+    Hand-written because Lightning's own bars count batches per epoch, which for a
+    step-budgeted run on a small dataset restart every few seconds.
+    """
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.bar.update(trainer.global_step - self.bar.n)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.bar.close()
+
+
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and a known deprecation warning from its own code."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropLightningTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+
+
+def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: str):
+    from latentbench.data import build_dataset
+
+    spec = protocol.data
+    return build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
+
+
+def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str, Any]:
+    """Fit the tokenizer with Lightning; resume from the last checkpoint if one exists."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from safetensors.torch import save_file
+
+    from latentbench.tokenizers.module import AutoencoderModule
+
+    proto, spec = cfg.protocol, cfg.tokenizer
+    _quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
+    loader = _loader(data, proto.train.batch_size, True, cfg.seed, proto.train.num_workers, drop_last=len(data) > proto.train.batch_size)
+    module = AutoencoderModule(spec.name, spec.init_args, max_steps=cfg.steps, **spec.module_args)
+    ckpt_dir = run_dir / "checkpoints"
+    trainer = L.Trainer(
+        max_steps=cfg.steps, max_epochs=-1, precision=proto.train.precision, accelerator="auto", devices=1,
+        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
+                                   save_top_k=1, enable_version_counter=False), StepProgress()],
+        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(run_dir),
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.exists() else None)
+    weights = run_dir / "tokenizer.safetensors"
+    save_file({k: v.detach().contiguous() for k, v in module.tokenizer.state_dict().items()}, str(weights))
+    return {
+        "steps": int(trainer.global_step),
+        "precision": proto.train.precision,
+        "perceptual": module.perceptual_status,
+        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "weights": str(weights.relative_to(run_dir)),
+        "weights_sha256": sha256_file(weights),
+        "data": data.info,
+    }
+
+
+def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool = False):
+    """Build the tokenizer of ``spec`` and load ``weights`` (safetensors, or a weights-only torch file)."""
+    from latentbench.tokenizers import create_tokenizer
+
+    tokenizer = create_tokenizer(spec.name, **spec.init_args)
+    if weights is not None:
+        state = extract_state_dict(load_checkpoint(weights, trust=trust), prefix="tokenizer.")
+        result = tokenizer.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint {weights} does not fit tokenizer {spec.name}: missing {result.missing_keys[:5]}, "
+                f"unexpected {result.unexpected_keys[:5]} (is it the right tokenizer and size?)"
+            )
+    return tokenizer.eval()
+
+
+@torch.inference_mode()
+def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trust: bool, on_bad_image: str) -> dict[str, Any]:
+    """Reconstruct the eval split and measure PSNR and SSIM per image."""
+    from torchvision.utils import save_image
+    from tqdm.auto import tqdm
+
+    from latentbench.tokenizers import decode_seeded
+
+    proto = cfg.protocol
+    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
+    metrics = {"psnr": PSNR(), "ssim": SSIM()}
+    grid: list[torch.Tensor] = []
+    seen, coding_s = 0, 0.0
+    for x, _ in tqdm(_loader(data, proto.eval.batch_size, False, cfg.seed), desc="reconstruct", unit="batch"):
+        start = time.perf_counter()
+        rec = decode_seeded(tokenizer, tokenizer.encode(x), seed=cfg.seed * 1_000_003 + seen).float()
+        coding_s += time.perf_counter() - start
+        for metric in metrics.values():
+            metric.update(x, rec)
+        if seen < 16:
+            grid += [x[: 16 - seen], rec[: 16 - seen]]
+        seen += len(x)
+    save_image(torch.cat(grid[0::2] + grid[1::2]).clamp(-1, 1), run_dir / "reconstructions.png", nrow=16, normalize=True, value_range=(-1, 1))
+    return {
+        "metrics": {name: {"value": float(m.compute()), "n": int(m.count)} for name, m in metrics.items()},
+        "throughput_img_s": seen / coding_s if coding_s else None,
+        "data": data.info,
+        "grid": "reconstructions.png",
+    }
+
+
+def _params(module: torch.nn.Module) -> dict[str, int]:
+    return {"total": sum(p.numel() for p in module.parameters())}
+
+
+def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation: dict, weights: str | Path | None, trust: bool) -> dict[str, Any]:
+    """One leaderboard row with its provenance."""
+    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    proto = cfg.protocol
+    wall = {"eval": evaluation["wall_time_s"]}
+    if train is not None:
+        wall = {"train": train["wall_time_s"], **wall}
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": uuid.uuid4().hex,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "protocol": {"name": proto.name, "version": proto.version, "fingerprint": proto.fingerprint, "description": proto.description},
+        "tokenizer": {
+            **cfg.tokenizer.to_dict(),
+            "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+            "latent": tokenizer.latent_spec.to_dict(),
+            "params": _params(tokenizer),
+            "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
+                          {"path": str(run_dir / train["weights"]), "sha256": train["weights_sha256"]} if train else None,
+            "trained_steps": train["steps"] if train else 0,
+        },
+        "training": {k: train[k] for k in ("precision", "perceptual", "final_loss")} if train else None,
+        "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
+        "metrics": evaluation["metrics"],
+        "throughput_img_s": evaluation["throughput_img_s"],
+        "seeds": {"bench": cfg.seed},
+        "run_dir": str(run_dir),
+        "provenance": provenance(),
+        "wall_time_s": wall,
+    }
+
+
+def run_bench(
+    tokenizer: str,
+    protocol: str = "ci",
+    ckpt: str | None = None,
+    trust_checkpoint: bool = False,
+    train_steps: int | None = None,
+    seed: int | None = None,
+    on_bad_image: str = "error",
+    runs_dir: str | Path = RUNS_DIR,
+    leaderboard_dir: str | Path = LEADERBOARD_DIR,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Bench one tokenizer under one protocol; returns the record written to the leaderboard."""
+    proto = load_protocol(protocol)
+    spec = resolve_tokenizer(tokenizer, proto)
+    ckpt_sha = sha256_file(ckpt) if ckpt else None
+    if train_steps is not None and train_steps < 0:
+        raise ValueError(f"--train-steps must be >= 0, got {train_steps}")
+    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed)
+    run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    log(f"bench {spec.name} ({spec.requested}) under {proto.id}; run directory {run_dir}")
+
+    stages = Stages(run_dir)
+    train = None
+    weights: str | Path | None = ckpt
+    if cfg.steps > 0:
+        train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
+        weights = run_dir / train["weights"]
+    evaluation = stages.run("eval", lambda: eval_stage(cfg, run_dir, weights, trust_checkpoint, on_bad_image), log)
+    recorded = stages.run("record", lambda: _record_stage(cfg, run_dir, train, evaluation, weights, trust_checkpoint, Path(leaderboard_dir)), log)
+    return recorded["record"]
+
+
+def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path) -> dict[str, Any]:
+    record = build_record(cfg, run_dir, train, evaluation, weights, trust)
+    table = append_record(leaderboard_dir, record)
+    return {"record": record, "table": str(table)}

@@ -1,0 +1,100 @@
+"""Protocols: versioned YAML specs of everything that can change a number.
+
+A protocol names the data (source, splits, resolution, number of evaluation images), the
+training budget every tokenizer gets, evaluation settings and seeds, and which size of each
+tokenizer family it uses (``sdvae`` means ``sdvae-ci`` under ``ci``, ``sdvae-f8`` under
+``imagenet256``). Its fingerprint is the sha256 of its canonical JSON; results are compared
+only within one protocol name and version.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentbench.paths import CONFIG_DIR
+
+PROTOCOL_DIR = CONFIG_DIR / "protocols"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str  # see latentbench.data.describe_sources()
+    train_split: str = "train"
+    eval_split: str = "val"
+    resolution: int = 32
+    num_eval: int | None = None  # first N images of the eval split; None = all
+    num_train: int | None = None  # first N images of the train split; None = all
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    max_steps: int = 1000  # tokenizer training budget, optimizer steps
+    batch_size: int = 64
+    precision: str = "bf16-mixed"  # Lightning precision; bf16 autocast runs on the CPU's AMX units
+    num_workers: int = 0  # in-memory embedded data needs none
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    batch_size: int = 250
+    precision: str = "32-true"  # metrics are computed on fp32 decodes
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    description: str
+    data: DataSpec
+    train: TrainSpec = field(default_factory=TrainSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    seed: int = 0
+    tokenizers: dict[str, str] = field(default_factory=dict)  # family alias -> registered size
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of every field."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    @property
+    def id(self) -> str:
+        """``name/v<version>``: the leaderboard table this protocol's results go into."""
+        return f"{self.name}/v{self.version}"
+
+    def resolve_tokenizer(self, name: str) -> str:
+        """Map a family alias (``sdvae``) to this protocol's size (``sdvae-ci``)."""
+        return self.tokenizers.get(name, name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def available_protocols() -> list[str]:
+    """Names of the protocols shipped under configs/protocols/."""
+    return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
+
+
+def load_protocol(name_or_path: str) -> Protocol:
+    """A shipped protocol by name (``ci``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROTOCOL_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no protocol {name_or_path!r}: expected {path}. Shipped protocols: {', '.join(available_protocols())}"
+        )
+    raw = yaml.safe_load(path.read_text())
+    try:
+        return Protocol(
+            name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
+            data=DataSpec(**raw["data"]), train=TrainSpec(**raw.get("train", {})),
+            eval=EvalSpec(**raw.get("eval", {})), seed=int(raw.get("seed", 0)),
+            tokenizers=dict(raw.get("tokenizers", {})),
+        )
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"protocol file {path} is malformed: {e}") from None

@@ -1,0 +1,110 @@
+"""The Tokenizer interface every family implements (see DESIGN.md, "The three interfaces").
+
+A tokenizer maps images in [-1, 1] to latents and back. Training lives in a
+LightningModule wrapper (``latentbench.tokenizers.module``); the network knows nothing of
+its losses except the extra terms it alone can compute (``forward_train``).
+
+A user's own tokenizer does not need to subclass :class:`Tokenizer`: any ``nn.Module``
+with ``encode``, ``decode`` and ``latent_spec`` works (``check_tokenizer`` says what is
+missing); the helpers below fill in the optional parts.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """What one image becomes."""
+
+    shape: tuple[int, ...]  # per image: (C, h, w) for 2D latents, (L, C) for 1D token latents
+    dtype: str = "float32"  # "int64" for discrete codes
+    bits_per_token: float | None = None  # discrete tokenizers only; bits of one token's code
+    scaling_factor: float = 1.0  # latents are multiplied by this before diffusion (SD-VAE: 0.18215)
+
+    @property
+    def numel(self) -> int:
+        """Latent elements per image."""
+        return math.prod(self.shape)
+
+    def bits_per_pixel(self, height: int, width: int) -> float | None:
+        """Bits per pixel of the code (discrete tokenizers), None for continuous latents."""
+        if self.bits_per_token is None:
+            return None
+        tokens = self.shape[0] if len(self.shape) == 2 else math.prod(self.shape[1:])
+        return self.bits_per_token * tokens / (height * width)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form for result records."""
+        return {**asdict(self), "shape": list(self.shape)}
+
+
+class Tokenizer(nn.Module, ABC):
+    """Base class: images in [-1, 1] <-> latents.
+
+    Subclasses set ``stages`` (ordered training stages) and ``loss_weights`` (default
+    weights of the extra loss terms ``forward_train`` returns).
+    """
+
+    stages: tuple[str, ...] = ("ae",)
+    loss_weights: dict[str, float] = {}
+
+    @abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """Encode images (B, 3, H, W) in [-1, 1] to latents (B, *latent_spec.shape)."""
+
+    @abstractmethod
+    def decode(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Decode latents to images (B, 3, H, W) in [-1, 1]; ``generator`` seeds stochastic decoders."""
+
+    @property
+    @abstractmethod
+    def latent_spec(self) -> LatentSpec:
+        """Shape, dtype, bits per token and scaling of one image's latent."""
+
+    def forward_train(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """Reconstruction used by the training losses, plus the tokenizer's own loss terms."""
+        return self.decode(self.encode(x)), {}
+
+    def last_layer(self) -> Tensor | None:
+        """Weight of the decoder's output layer (for the adaptive GAN weight), if any."""
+        return None
+
+
+REQUIRED = ("encode", "decode", "latent_spec")
+
+
+def check_tokenizer(obj: Any) -> None:
+    """Raise TypeError naming what an object lacks to serve as a tokenizer."""
+    missing = [name for name in REQUIRED if not hasattr(obj, name)]
+    if not isinstance(obj, nn.Module):
+        missing.append("nn.Module base class")
+    if missing:
+        raise TypeError(
+            f"{type(obj).__module__}.{type(obj).__qualname__} is not a tokenizer: it lacks {', '.join(missing)}. "
+            "Implement encode(x) -> z, decode(z) -> x and a latent_spec property (see latentbench.tokenizers.base)."
+        )
+
+
+def forward_train(tokenizer: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """``tokenizer.forward_train(x)`` where defined, else a plain deterministic round trip."""
+    if hasattr(tokenizer, "forward_train"):
+        return tokenizer.forward_train(x)
+    return tokenizer.decode(tokenizer.encode(x)), {}
+
+
+def decode_seeded(tokenizer: nn.Module, z: Tensor, seed: int) -> Tensor:
+    """Decode with a fixed seed, whether or not ``decode`` takes a generator."""
+    if "generator" in inspect.signature(tokenizer.decode).parameters:
+        generator = torch.Generator(device=z.device).manual_seed(seed)
+        return tokenizer.decode(z, generator=generator)
+    with torch.random.fork_rng(devices=[] if z.device.type == "cpu" else [z.device]):
+        torch.manual_seed(seed)
+        return tokenizer.decode(z)

@@ -1,0 +1,138 @@
+"""LightningModule that trains an autoencoder-style tokenizer.
+
+Loss (LDM / VQGAN recipe): reconstruction (L1 or MSE) + perceptual (LPIPS, when its
+weights exist) + the tokenizer's own terms (e.g. SD-VAE's KL) + a PatchGAN hinge loss with
+an adaptive weight, switched on at ``disc_start``. The module receives a registry name and
+arguments, not a built network, so ``save_hyperparameters`` can rebuild it from a checkpoint.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from latentbench.tokenizers import create_tokenizer, forward_train
+from latentbench.tokenizers.parts import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from latentbench.weights import WeightsUnavailable, build_lpips
+
+
+class AutoencoderModule(L.LightningModule):
+    """Trains any tokenizer whose ``forward_train`` returns (reconstruction, extra losses).
+
+    Args:
+        tokenizer: registry name or ``package.module:Class``.
+        tokenizer_args: keyword arguments for the tokenizer.
+        lr: peak Adam learning rate (both networks), after a linear warmup, cosine-decayed to 10%.
+        warmup_steps: linear warmup length.
+        max_steps: schedule length (the trainer's max_steps).
+        rec_loss: "l1" (LDM) or "mse".
+        perceptual_weight: LPIPS weight; 0 disables. Without LPIPS weights on the machine the
+            term is dropped and ``perceptual_status`` says why (it goes into the result).
+        perceptual_net: LPIPS backbone ("vgg" as LDM, "alex").
+        loss_weights: weights of the tokenizer's own loss terms; defaults to ``tokenizer.loss_weights``.
+        disc_weight: GAN loss weight (times the adaptive weight); 0 disables the discriminator.
+        disc_start: step at which the GAN losses start.
+        disc_channels, disc_layers: PatchGAN size.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str,
+        tokenizer_args: dict[str, Any] | None = None,
+        lr: float = 4.5e-6 * 64,
+        warmup_steps: int = 100,
+        max_steps: int = 10_000,
+        rec_loss: str = "l1",
+        perceptual_weight: float = 1.0,
+        perceptual_net: str = "vgg",
+        loss_weights: dict[str, float] | None = None,
+        disc_weight: float = 0.5,
+        disc_start: int = 5_000,
+        disc_channels: int = 64,
+        disc_layers: int = 3,
+    ):
+        super().__init__()
+        if rec_loss not in ("l1", "mse"):
+            raise ValueError(f"rec_loss must be 'l1' or 'mse', got {rec_loss!r}")
+        self.save_hyperparameters()
+        self.tokenizer = create_tokenizer(tokenizer, **(tokenizer_args or {}))
+        self.loss_weights = dict(getattr(self.tokenizer, "loss_weights", {}), **(loss_weights or {}))
+        self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net)
+        self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if disc_weight > 0 else None
+
+    @staticmethod
+    def _build_perceptual(weight: float, net: str):
+        """(LPIPS module or None, a status string for the result record)."""
+        if weight <= 0:
+            return None, "off"
+        try:
+            return build_lpips(net), f"lpips-{net}"
+        except WeightsUnavailable as e:
+            return None, f"unavailable: {e}"
+
+    # ---- losses -----------------------------------------------------------------------------
+
+    def _reconstruction_losses(self, x: Tensor, rec: Tensor, extra: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Weighted loss terms of the autoencoder (before the GAN term)."""
+        rec = rec.float()
+        losses = {"rec": F.l1_loss(rec, x) if self.hparams.rec_loss == "l1" else F.mse_loss(rec, x)}
+        if self.perceptual is not None:
+            losses["perceptual"] = self.hparams.perceptual_weight * self.perceptual(rec, x).mean()
+        for name, value in extra.items():
+            if name not in self.loss_weights:
+                raise KeyError(f"tokenizer returned loss term {name!r} but no weight for it; set loss_weights")
+            losses[name] = self.loss_weights[name] * value.float()
+        return losses
+
+    def _gan_active(self) -> bool:
+        return self.discriminator is not None and self.global_step >= self.hparams.disc_start
+
+    def _generator_gan_loss(self, rec: Tensor, ae_loss: Tensor) -> Tensor:
+        """Adaptively weighted hinge loss of the reconstruction; no gradient reaches the discriminator."""
+        self.discriminator.requires_grad_(False)
+        g_loss = hinge_g_loss(self.discriminator(rec))
+        self.discriminator.requires_grad_(True)
+        last = getattr(self.tokenizer, "last_layer", lambda: None)()
+        weight = adaptive_gan_weight(ae_loss, g_loss, last) if last is not None else 1.0
+        return self.hparams.disc_weight * weight * g_loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One step for both networks: each loss reaches only its own network's parameters.
+
+        The discriminator sees the reconstruction detached, and the generator's GAN term is
+        computed with the discriminator frozen, so one optimizer over both parameter sets is
+        the same update as the usual two alternating ones (both use this step's weights).
+        """
+        x, _ = batch
+        rec, extra = forward_train(self.tokenizer, x)
+        losses = self._reconstruction_losses(x, rec, extra)
+        loss = sum(losses.values())
+        if self._gan_active():
+            losses["gan"] = self._generator_gan_loss(rec, loss)
+            losses["disc"] = hinge_d_loss(self.discriminator(x), self.discriminator(rec.detach()))
+            loss = loss + losses["gan"] + losses["disc"]
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
+        return loss
+
+    # ---- optimizer ----------------------------------------------------------------------------
+
+    def _lr_lambda(self, step: int) -> float:
+        """Linear warmup, then cosine decay to 10% of the peak."""
+        warmup, total = self.hparams.warmup_steps, max(self.hparams.max_steps, 1)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.tokenizer.parameters() if p.requires_grad]}]
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters())})
+        optimizer = torch.optim.Adam(groups, lr=self.hparams.lr, betas=(0.5, 0.9))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,141 @@
+"""End-to-end `smoke` bench runs: train, reconstruct, measure, record; resume; plug-ins."""
+import argparse
+import json
+import textwrap
+import time
+
+import pytest
+import torch
+
+from latentbench.benchmark.harness import run_bench
+from latentbench.benchmark.leaderboard import read_records
+from latentbench.weights import UnsafeCheckpointError
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    start = time.perf_counter()
+    record = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=lambda s: None)
+    return root, record, time.perf_counter() - start
+
+
+def test_smoke_bench_end_to_end(smoke_run):
+    root, record, wall = smoke_run
+    assert wall < 60
+    assert record["tokenizer"]["name"] == "sdvae-smoke" and record["tokenizer"]["requested"] == "sdvae"
+    assert record["tokenizer"]["trained_steps"] == 20
+    assert set(record["metrics"]) == {"psnr", "ssim"}
+    assert all(m["n"] == 64 for m in record["metrics"].values())
+    assert 5 < record["metrics"]["psnr"]["value"] < 60 and 0 < record["metrics"]["ssim"]["value"] <= 1
+    assert record["data"]["eval"]["n"] == 64 and record["data"]["train"]["n"] == 256
+    assert record["training"]["perceptual"] in ("off", "lpips-vgg") or record["training"]["perceptual"].startswith("unavailable")
+    assert set(record["wall_time_s"]) == {"train", "eval"}
+    assert len(record["tokenizer"]["checkpoint"]["sha256"]) == 64
+    run_dir = next((root / "runs/smoke/v1").iterdir())
+    for f in ("tokenizer.safetensors", "reconstructions.png", "stages/train.json", "stages/eval.json", "checkpoints/last.ckpt"):
+        assert (run_dir / f).exists(), f
+    assert any((run_dir / "tensorboard").rglob("events.out.tfevents*"))
+    rows = read_records(root / "lb/smoke/v1")
+    assert [r["id"] for r in rows] == [record["id"]]
+    assert "sdvae-smoke" in (root / "lb/smoke/v1/README.md").read_text()
+
+
+def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
+    root, record, _ = smoke_run
+    logs = []
+    again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
+    assert again["id"] == record["id"]
+    assert sum("already done" in line for line in logs) == 3
+    assert len(read_records(root / "lb/smoke/v1")) == 1
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
+    root, record, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v1").iterdir())
+    copy = tmp_path / "runs/smoke/v1" / run_dir.name
+    copy.mkdir(parents=True)
+    (copy / "checkpoints").mkdir()
+    (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes())  # as if killed after the last save
+    logs = []
+    resumed = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append)
+    train = json.loads((copy / "stages/train.json").read_text())
+    assert train["steps"] == 20
+    assert resumed["metrics"]["psnr"]["value"] == pytest.approx(record["metrics"]["psnr"]["value"], abs=1e-9)
+
+
+def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):
+    root, record, _ = smoke_run
+    weights = next((root / "runs/smoke/v1").iterdir()) / "tokenizer.safetensors"
+    again = run_bench("sdvae", "smoke", ckpt=str(weights), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert again["tokenizer"]["trained_steps"] == 0
+    assert again["tokenizer"]["checkpoint"]["sha256"] == record["tokenizer"]["checkpoint"]["sha256"]
+    assert again["metrics"] == record["metrics"]
+
+
+def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
+    root, _, _ = smoke_run
+    from safetensors.torch import load_file
+
+    state = load_file(next((root / "runs/smoke/v1").iterdir()) / "tokenizer.safetensors")
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in state.items()}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+        run_bench("sdvae", "smoke", ckpt=str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    trusted = run_bench("sdvae", "smoke", ckpt=str(path), trust_checkpoint=True, runs_dir=tmp_path / "runs2",
+                        leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert trusted["metrics"]["psnr"]["n"] == 64
+
+
+USER_TOKENIZER = '''
+import torch
+from torch import nn
+from latentbench.tokenizers import LatentSpec
+
+
+class AvgPoolTokenizer(nn.Module):
+    """A user's tokenizer that subclasses nothing of the suite: 4x average pooling + a learned 1x1 conv."""
+
+    def __init__(self, channels: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(3, channels, 1)
+        self.out = nn.Conv2d(channels, 3, 1)
+
+    @property
+    def latent_spec(self):
+        return LatentSpec(shape=(self.proj.out_channels, 8, 8))
+
+    def encode(self, x):
+        return self.proj(nn.functional.avg_pool2d(x, 4))
+
+    def decode(self, z):
+        return torch.tanh(self.out(nn.functional.interpolate(z, scale_factor=4, mode="nearest")))
+'''
+
+
+def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
+    (tmp_path / "user_pkg").mkdir()
+    (tmp_path / "user_pkg/__init__.py").write_text("")
+    (tmp_path / "user_pkg/mytok.py").write_text(textwrap.dedent(USER_TOKENIZER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    record = run_bench("user_pkg.mytok:AvgPoolTokenizer", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert record["tokenizer"]["class"] == "user_pkg.mytok.AvgPoolTokenizer"
+    assert record["tokenizer"]["latent"]["shape"] == [3, 8, 8]
+    assert record["metrics"]["psnr"]["n"] == 64
+
+    config = tmp_path / "mytok.yaml"
+    config.write_text("class_path: user_pkg.mytok:AvgPoolTokenizer\ninit_args:\n  channels: 6\nmodule_args:\n  disc_weight: 0.0\n")
+    record = run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert record["tokenizer"]["latent"]["shape"] == [6, 8, 8]
+    assert len(read_records(tmp_path / "lb/smoke/v1")) == 2
+
+
+def test_bad_arguments_fail_clearly(tmp_path):
+    kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    with pytest.raises(KeyError, match="unknown tokenizer 'nope'"):
+        run_bench("nope", "smoke", **kw)
+    with pytest.raises(FileNotFoundError, match="Shipped protocols: ci, imagenet256, smoke"):
+        run_bench("sdvae", "nope", **kw)
+    with pytest.raises(ValueError, match="train-steps must be >= 0"):
+        run_bench("sdvae", "smoke", train_steps=-1, **kw)
+    assert not (tmp_path / "lb").exists()

@@ -1,0 +1,67 @@
+import json
+import multiprocessing as mp
+import uuid
+
+import pytest
+
+from latentbench.benchmark.leaderboard import append_record, read_records, render_table
+
+
+def make_record(name="tok-a", fingerprint="f" * 64, psnr=20.0):
+    return {
+        "schema": 1, "id": uuid.uuid4().hex, "created": "2026-01-01T00:00:00+00:00",
+        "protocol": {"name": "unit", "version": 1, "fingerprint": fingerprint, "description": "unit test"},
+        "tokenizer": {"name": name, "latent": {"shape": [4, 8, 8]}, "params": {"total": 1_000_000}, "trained_steps": 5},
+        "data": {}, "metrics": {"psnr": {"value": psnr, "n": 10}, "ssim": {"value": 0.5, "n": 10}},
+        "provenance": {"code": {"commit": "abcdef123456", "dirty": False}}, "wall_time_s": {"train": 1.0, "eval": 2.0},
+    }
+
+
+def test_append_only_and_rendered(tmp_path):
+    a, b = make_record("tok-a"), make_record("tok-b", psnr=25.0)
+    append_record(tmp_path, a)
+    first = (tmp_path / "unit/v1/results.jsonl").read_text()
+    append_record(tmp_path, b)
+    text = (tmp_path / "unit/v1/results.jsonl").read_text()
+    assert text.startswith(first), "existing rows must be kept byte for byte"
+    assert [r["id"] for r in read_records(tmp_path / "unit/v1")] == [a["id"], b["id"]]
+    with pytest.raises(ValueError, match="never rewritten"):
+        append_record(tmp_path, a)
+    table = (tmp_path / "unit/v1/README.md").read_text()
+    assert "| tok-b | 4x8x8 | 1.00 | 25.00 | 0.5000 | 10 | 5 | 3 | abcdef12 |" in table
+
+
+def test_rendering_is_deterministic():
+    records = [make_record("x"), make_record("y")]
+    assert render_table(records) == render_table(list(reversed(records)))
+
+
+def test_record_without_provenance_is_refused(tmp_path):
+    record = make_record()
+    del record["provenance"]
+    with pytest.raises(ValueError, match="lacks"):
+        append_record(tmp_path, record)
+    assert not (tmp_path / "unit/v1/results.jsonl").exists()
+
+
+def test_changed_protocol_fingerprint_is_refused(tmp_path):
+    append_record(tmp_path, make_record())
+    with pytest.raises(ValueError, match="new version number"):
+        append_record(tmp_path, make_record(fingerprint="0" * 64))
+
+
+def _append_many(root, n):
+    for _ in range(n):
+        append_record(root, make_record())
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    ctx = mp.get_context("fork")  # the worker lives in this test file, which spawn cannot import
+    procs = [ctx.Process(target=_append_many, args=(tmp_path, 10)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    lines = (tmp_path / "unit/v1/results.jsonl").read_text().splitlines()
+    assert len(lines) == 20 and len({json.loads(line)["id"] for line in lines}) == 20

@@ -1,0 +1,50 @@
+import collections
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from latentbench.weights import (UnsafeCheckpointError, WeightsUnavailable, extract_state_dict, load_checkpoint,
+                                 require_lpips_weights, sha256_file)
+
+
+class Payload:
+    """An arbitrary object: a pickle of it needs full unpickling."""
+
+
+def test_safetensors_and_weights_only_load(tmp_path):
+    sd = {"w": torch.arange(4.0)}
+    save_file(sd, tmp_path / "a.safetensors")
+    torch.save(sd, tmp_path / "b.pt")
+    assert torch.equal(load_checkpoint(tmp_path / "a.safetensors")["w"], sd["w"])
+    assert torch.equal(load_checkpoint(tmp_path / "b.pt")["w"], sd["w"])
+
+
+def test_pickled_objects_are_refused_without_trust(tmp_path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Payload()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+        load_checkpoint(path)
+    assert isinstance(load_checkpoint(path, trust=True)["obj"], Payload)
+
+
+def test_extract_state_dict_strips_lightning_prefix():
+    obj = {"state_dict": collections.OrderedDict({"tokenizer.a": torch.zeros(1), "discriminator.b": torch.ones(1)})}
+    assert list(extract_state_dict(obj, prefix="tokenizer.")) == ["a"]
+    with pytest.raises(ValueError, match="non-tensor"):
+        extract_state_dict({"a": 3})
+
+
+def test_missing_file_and_hash(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "f").write_bytes(b"abc")
+    assert sha256_file(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_lpips_weights_missing_names_file_and_place(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsUnavailable, match=r"alexnet-owt-7be5be79\.pth"):
+        require_lpips_weights("alex")
+    with pytest.raises(ValueError, match="must be one of"):
+        require_lpips_weights("resnet")

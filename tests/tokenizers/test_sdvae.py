@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from latentbench.tokenizers import create_tokenizer
+from latentbench.weights import WeightsUnavailable
+
+
+def test_ci_size_is_f4_with_4_channels():
+    tok = create_tokenizer("sdvae-ci")
+    assert tok.latent_spec.shape == (4, 8, 8)
+    assert tok.latent_spec.scaling_factor == pytest.approx(0.18215)
+
+
+def test_sd_config_matches_stable_diffusion():
+    tok = create_tokenizer("sdvae-f8")
+    assert tok.latent_spec.shape == (4, 32, 32)
+    assert tuple(tok.vae.config.block_out_channels) == (128, 256, 512, 512)
+    assert 83e6 < sum(p.numel() for p in tok.parameters()) < 84e6  # SD-VAE: 83.65M parameters
+
+
+def test_pretrained_loads_from_local_diffusers_folder(tmp_path):
+    src = create_tokenizer("sdvae-smoke")
+    src.vae.save_pretrained(tmp_path / "vae")
+    tok = create_tokenizer("sdvae-ft-mse", pretrained=str(tmp_path / "vae"), resolution=32)
+    for (k, a), (_, b) in zip(src.state_dict().items(), tok.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_pretrained_hub_id_offline_fails_with_instructions(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsUnavailable, match="huggingface-cli download stabilityai/sd-vae-ft-mse"):
+        create_tokenizer("sdvae-ft-mse")
+
+
+def test_kl_term_is_per_pixel_and_positive():
+    tok = create_tokenizer("sdvae-smoke")
+    _, extra = tok.forward_train(torch.rand(2, 3, 32, 32) * 2 - 1)
+    assert extra["kl"] > 0
