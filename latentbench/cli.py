@@ -73,14 +73,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
 
-    try:
-        from latentbench.data import BadImageError
-    except ImportError:  # pragma: no cover - data package always present
-        BadImageError = ValueError  # type: ignore[misc,assignment]
+    from latentbench.data import BadImageError
     try:
         CLI({"bench": bench, "list": list_}, args=argv, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
-            WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
+            ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"latentbench: error: {message}", file=sys.stderr)
         sys.exit(2)

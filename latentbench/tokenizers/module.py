@@ -111,13 +111,15 @@ class AutoencoderModule(L.LightningModule):
         rec, extra = forward_train(self.tokenizer, x)
         losses = self._reconstruction_losses(x, rec, extra)
         loss = sum(losses.values())
+        d_loss = torch.zeros((), device=x.device)
         if self._gan_active():
             losses["gan"] = self._generator_gan_loss(rec, loss)
-            losses["disc"] = hinge_d_loss(self.discriminator(x), self.discriminator(rec.detach()))
-            loss = loss + losses["gan"] + losses["disc"]
-        self.log("train/loss", loss.detach(), prog_bar=True)
+            loss = loss + losses["gan"]
+            d_loss = hinge_d_loss(self.discriminator(x), self.discriminator(rec.detach()))
+            self.log("train/disc", d_loss.detach())
+        self.log("train/loss", loss.detach(), prog_bar=True)  # the autoencoder's loss
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
-        return loss
+        return loss + d_loss
 
     # ---- optimizer ----------------------------------------------------------------------------
 

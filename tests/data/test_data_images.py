@@ -1,0 +1,92 @@
+"""load_rgb: every colour mode to 8-bit RGB, and a named BadImageError for every broken file."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latentbench.data import BadImageError, load_rgb
+
+
+def _png_bytes(img: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _palette_with_transparency() -> Image.Image:
+    img = Image.new("P", (4, 4), 1)
+    img.putpalette([0, 0, 255, 200, 30, 10] + [0] * 762)
+    return img
+
+
+@pytest.mark.parametrize(
+    ("img", "expected"),
+    [
+        (Image.new("L", (5, 4), 77), (77, 77, 77)),
+        (Image.new("LA", (5, 4), (90, 0)), (90, 90, 90)),
+        (Image.new("RGBA", (5, 4), (10, 20, 30, 0)), (10, 20, 30)),  # alpha dropped, not composited
+        (Image.new("1", (5, 4), 1), (255, 255, 255)),
+    ],
+    ids=["L", "LA", "RGBA", "1"],
+)
+def test_modes_convert_to_rgb(img, expected):
+    rgb = load_rgb(_png_bytes(img), "x.png")
+    assert rgb.mode == "RGB" and rgb.size == (5, 4)
+    assert rgb.getpixel((2, 2)) == expected
+
+
+def test_palette_with_transparency_keeps_stored_colour():
+    data = _png_bytes(_palette_with_transparency(), transparency=1)
+    assert Image.open(io.BytesIO(data)).info.get("transparency") == 1
+    assert load_rgb(data, "p.png").getpixel((0, 0)) == (200, 30, 10)
+
+
+def test_cmyk_jpeg():
+    data = _png_bytes(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    r, g, b = load_rgb(data, "c.jpg").getpixel((8, 8))
+    assert r > 240 and g < 15 and b < 15
+
+
+def test_16bit_png_is_scaled_not_clipped():
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)
+    data = _png_bytes(Image.fromarray(values))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    arr = np.asarray(load_rgb(data, "g16.png"))
+    assert arr[0, :, 0].tolist() == [0, 1, 128, 255]
+    assert np.array_equal(arr[..., 0], arr[..., 2])
+
+
+def test_float_mode_is_clipped():
+    img = Image.fromarray(np.array([[-5.0, 127.6, 300.0]], dtype=np.float32))
+    assert np.asarray(load_rgb(_png_bytes(img, "TIFF"), "f.tif"))[0, :, 1].tolist() == [0, 128, 255]
+
+
+def _truncated(fmt: str) -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = _png_bytes(Image.fromarray(noise), fmt)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_truncated("JPEG"), "truncated"),
+        (_truncated("PNG"), "truncated"),
+        (b"this is a README, not a PNG\n", "not a recognised image"),
+        (b"", "empty file"),
+    ],
+    ids=["truncated-jpeg", "truncated-png", "text", "zero-byte"],
+)
+def test_bad_bytes_raise_named_error(data, reason):
+    with pytest.raises(BadImageError, match="on-bad-image skip") as info:
+        load_rgb(data, "/data/broken.png")
+    assert info.value.path == "/data/broken.png" and "/data/broken.png" in str(info.value)
+    assert reason in info.value.reason
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file_is_bad_image(tmp_path):
+    with pytest.raises(BadImageError, match="cannot read file"):
+        load_rgb(tmp_path / "nope.png")
