@@ -59,7 +59,7 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, A
         if not trust:
             raise UnsafeCheckpointError(
                 f"{path} holds Python objects beyond tensors, and unpickling it could run arbitrary code. "
-                "Convert it to safetensors, or, if you trust its source, pass --trust-checkpoint. "
+                "Convert it to safetensors, or, if you trust its source, pass --trust_checkpoint true. "
                 f"(torch said: {str(e).splitlines()[0]})"
             ) from None
     return torch.load(path, map_location="cpu", weights_only=False)

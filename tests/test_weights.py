@@ -23,7 +23,7 @@ def test_safetensors_and_weights_only_load(tmp_path):
 def test_pickled_objects_are_refused_without_trust(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "obj": Payload()}, path)
-    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+    with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint true"):
         load_checkpoint(path)
     assert isinstance(load_checkpoint(path, trust=True)["obj"], Payload)
 

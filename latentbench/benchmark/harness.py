@@ -5,7 +5,7 @@
 finished stages and resumes an interrupted training from its last checkpoint:
 
     train   Lightning fit on the protocol's train split -> tokenizer.safetensors
-            (skipped with --ckpt, or --train-steps 0 for pretrained weights)
+            (skipped with --ckpt, or --train_steps 0 for pretrained weights)
     eval    reconstruct the eval split; PSNR, SSIM; a reconstruction grid
     record  append one JSON record to leaderboards/<protocol>/v<N>/ and re-render its table
 """
@@ -325,7 +325,7 @@ def run_bench(
     spec = resolve_tokenizer(tokenizer, proto)
     ckpt_sha = sha256_file(ckpt) if ckpt else None
     if train_steps is not None and train_steps < 0:
-        raise ValueError(f"--train-steps must be >= 0, got {train_steps}")
+        raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
     cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed)
     run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
     run_dir.mkdir(parents=True, exist_ok=True)

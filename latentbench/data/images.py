@@ -33,7 +33,7 @@ class BadImageError(ValueError):
         self.reason = reason
         super().__init__(
             f"cannot decode image {self.path}: {reason}. Fix or remove the file, or pass "
-            "--on-bad-image skip (on_bad_image='skip') to drop unreadable files; "
+            "--on_bad_image skip (on_bad_image='skip') to drop unreadable files; "
             "they are then counted and listed in the dataset info."
         )
 

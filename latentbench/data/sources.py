@@ -24,7 +24,7 @@ Data sources (the `source` string):
                                  save_to_disk, or a hub name loaded with load_dataset(name, split=split)
                                  (ImageNet-1k: hf:ILSVRC/imagenet-1k, split validation)
 imagefolder and hf images are ADM center-cropped to the resolution; unreadable files raise
-BadImageError unless on_bad_image='skip' (--on-bad-image skip), which drops and records them."""
+BadImageError unless on_bad_image='skip' (--on_bad_image skip), which drops and records them."""
 
 
 def describe_sources() -> str:

@@ -80,7 +80,7 @@ def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
     state = load_file(next((root / "runs/smoke/v1").iterdir()) / "tokenizer.safetensors")
     path = tmp_path / "legacy.ckpt"
     torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in state.items()}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
-    with pytest.raises(UnsafeCheckpointError, match="--trust-checkpoint"):
+    with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint true"):
         run_bench("sdvae", "smoke", ckpt=str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     trusted = run_bench("sdvae", "smoke", ckpt=str(path), trust_checkpoint=True, runs_dir=tmp_path / "runs2",
                         leaderboard_dir=tmp_path / "lb", log=lambda s: None)
@@ -136,6 +136,6 @@ def test_bad_arguments_fail_clearly(tmp_path):
         run_bench("nope", "smoke", **kw)
     with pytest.raises(FileNotFoundError, match="Shipped protocols: ci, imagenet256, smoke"):
         run_bench("sdvae", "nope", **kw)
-    with pytest.raises(ValueError, match="train-steps must be >= 0"):
+    with pytest.raises(ValueError, match="train_steps must be >= 0"):
         run_bench("sdvae", "smoke", train_steps=-1, **kw)
     assert not (tmp_path / "lb").exists()

@@ -70,7 +70,7 @@ def mixed(tmp_path) -> Path:
 
 
 def test_error_policy_names_first_bad_file(mixed):
-    with pytest.raises(BadImageError, match="on-bad-image skip") as info:
+    with pytest.raises(BadImageError, match="on_bad_image skip") as info:
         build_dataset(f"imagefolder:{mixed}", "train", 16)
     assert info.value.path == str(mixed / "mixed" / "text.png")  # first bad file in sorted order
     assert str(mixed / "mixed" / "text.png") in str(info.value)

@@ -80,7 +80,7 @@ def _truncated(fmt: str) -> bytes:
     ids=["truncated-jpeg", "truncated-png", "text", "zero-byte"],
 )
 def test_bad_bytes_raise_named_error(data, reason):
-    with pytest.raises(BadImageError, match="on-bad-image skip") as info:
+    with pytest.raises(BadImageError, match="on_bad_image skip") as info:
         load_rgb(data, "/data/broken.png")
     assert info.value.path == "/data/broken.png" and "/data/broken.png" in str(info.value)
     assert reason in info.value.reason
