@@ -2,6 +2,7 @@
 
     latentbench list                                  registered tokenizers and shipped protocols
     latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, record
+    latentbench metrics --real DIR --fake DIR --psnr --ssim --fid   metrics of two image folders
 """
 from __future__ import annotations
 
@@ -40,10 +41,54 @@ def bench(
     from latentbench.benchmark.harness import run_bench
 
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir)
-    metrics = ", ".join(f"{k} {v['value']:.4g} (n={v['n']})" for k, v in record["metrics"].items())
+    metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
+                        for k, v in record["metrics"].items())
     print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
     print(f"wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in record["wall_time_s"].items()))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
+
+
+def metrics(
+    real: str,
+    fake: str,
+    fid: bool = False,
+    psnr: bool = False,
+    ssim: bool = False,
+    lpips: bool = False,
+    lpips_net: Literal["alex", "vgg"] = "alex",
+    extractor: str = "inception-tf",
+    extractor_weights: Optional[str] = None,
+    bootstrap: int = 0,
+    batch_size: int = 50,
+    json: bool = False,
+) -> None:
+    """The suite's metrics between two image folders (PSNR/SSIM/LPIPS pair files by name).
+
+    Args:
+        real: folder of reference images.
+        fake: folder of reconstructions or samples (same file names for paired metrics).
+        fid: Fréchet distance of the two folders' features (extractor below).
+        psnr: mean per-image PSNR on uint8 images.
+        ssim: mean per-image SSIM (Gaussian 11/1.5, data_range 255).
+        lpips: mean per-image LPIPS v0.1 (needs the backbone's ImageNet weights in the torch hub cache).
+        lpips_net: LPIPS backbone.
+        extractor: FID features: inception-tf (the papers' FID), domain-<source>, dinov2-vitb14.
+        extractor_weights: weights file of the extractor (default: its standard cache location).
+        bootstrap: Poisson-bootstrap replicates for a 95% FID interval (0: none).
+        batch_size: images per forward pass.
+        json: print one JSON object instead of lines.
+    """
+    import json as json_lib
+
+    from latentbench.benchmark.standalone import folder_metrics
+
+    results = folder_metrics(real, fake, fid, psnr, ssim, lpips, lpips_net, extractor, extractor_weights, bootstrap, batch_size)
+    if json:
+        print(json_lib.dumps(results, indent=1, sort_keys=True))
+        return
+    for name, result in results.items():
+        interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
+        print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']})")
 
 
 def list_(kind: Literal["all", "tokenizers", "protocols"] = "all") -> None:
@@ -67,6 +112,20 @@ def list_(kind: Literal["all", "tokenizers", "protocols"] = "all") -> None:
             print(f"  {name:<16} v{proto.version}  {proto.description}  [{aliases}]")
 
 
+BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint")
+
+
+def expand_bare_flags(argv: list[str]) -> list[str]:
+    """Let boolean options stand alone (``--fid``) as well as take a value (``--fid true``)."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in BOOLEAN_FLAGS and (following is None or following.startswith("--")):
+            out.append("true")
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run a subcommand; known errors print one clear line and exit 2."""
     from jsonargparse import CLI
@@ -75,7 +134,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from latentbench.data import BadImageError
     try:
-        CLI({"bench": bench, "list": list_}, args=argv, as_positional=False)
+        args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
+        CLI({"bench": bench, "metrics": metrics, "list": list_}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

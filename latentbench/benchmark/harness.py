@@ -25,12 +25,12 @@ from typing import Any, Callable
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record, atomic_write_text
-from latentbench.benchmark.metrics import PSNR, SSIM
+from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
+from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, RUNS_DIR
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
@@ -212,7 +212,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.exists() else None)
     weights = run_dir / "tokenizer.safetensors"
-    save_file({k: v.detach().contiguous() for k, v in module.tokenizer.state_dict().items()}, str(weights))
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in module.tokenizer.state_dict().items()}, str(tmp))
     return {
         "steps": int(trainer.global_step),
         "precision": proto.train.precision,
@@ -240,33 +241,64 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
     return tokenizer.eval()
 
 
-@torch.inference_mode()
-def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trust: bool, on_bad_image: str) -> dict[str, Any]:
-    """Reconstruct the eval split and measure PSNR and SSIM per image."""
-    from torchvision.utils import save_image
-    from tqdm.auto import tqdm
+def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = None):
+    """The protocol's reconstruction metrics; a metric whose weights are missing is reported unavailable."""
+    from latentbench.benchmark.evaluate import ReconstructionMetrics
+    from latentbench.benchmark.extractors import DOMAIN_PREFIX, DomainRecipe, create_extractor
+    from latentbench.benchmark.perceptual import LPIPS
+    from latentbench.weights import WeightsUnavailable
 
-    from latentbench.tokenizers import decode_seeded
+    spec, unavailable = proto.eval, {}
+    lpips = extractor = None
+    try:
+        lpips = LPIPS(net=spec.lpips_net)
+    except WeightsUnavailable as e:
+        unavailable["lpips"] = str(e)
+    options = dict(spec.extractor_options)
+    if spec.extractor.startswith(DOMAIN_PREFIX) and options:
+        options = {"recipe": DomainRecipe(**options)}
+    try:
+        extractor = create_extractor(spec.extractor, cache_dir=cache_dir, **options)
+    except WeightsUnavailable as e:
+        unavailable["rfid"] = str(e)
+    return ReconstructionMetrics(extractor, lpips, bootstrap=spec.fid_bootstrap, seed=seed, unavailable=unavailable)
+
+
+def probe_train_subset(dataset, n: int | None, seed: int):
+    """A seeded random subset of ``n`` images (all of them when n is None or larger)."""
+    if n is None or n >= len(dataset):
+        return dataset
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return Subset(dataset, indices.tolist())
+
+
+def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trust: bool, on_bad_image: str,
+               cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """Reconstruct the eval split, measure it, and fit the linear probe on the latents."""
+    from torchvision.utils import save_image
+
+    from latentbench.benchmark.evaluate import encode_all, gather_by_index, reconstruct
+    from latentbench.benchmark.probe import linear_probe
 
     proto = cfg.protocol
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
-    metrics = {"psnr": PSNR(), "ssim": SSIM()}
-    grid: list[torch.Tensor] = []
-    seen, coding_s = 0, 0.0
-    for x, _ in tqdm(_loader(data, proto.eval.batch_size, False, cfg.seed), desc="reconstruct", unit="batch"):
-        start = time.perf_counter()
-        rec = decode_seeded(tokenizer, tokenizer.encode(x), seed=cfg.seed * 1_000_003 + seen).float()
-        coding_s += time.perf_counter() - start
-        for metric in metrics.values():
-            metric.update(x, rec)
-        if seen < 16:
-            grid += [x[: 16 - seen], rec[: 16 - seen]]
-        seen += len(x)
-    save_image(torch.cat(grid[0::2] + grid[1::2]).clamp(-1, 1), run_dir / "reconstructions.png", nrow=16, normalize=True, value_range=(-1, 1))
+    metrics = build_metrics(proto, cfg.seed, cache_dir)
+    passed = reconstruct(tokenizer, data, metrics, proto.eval.batch_size, cfg.seed)
+    grid = torch.cat(passed.grid[0::2] + passed.grid[1::2]).clamp(-1, 1)
+    save_image(grid, run_dir / "reconstructions.png", nrow=len(grid) // 2, normalize=True, value_range=(-1, 1))
+    results = metrics.results()
+
+    start = time.perf_counter()
+    train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
+    train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), proto.eval.batch_size)
+    test_z, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
+    probe = linear_probe(train_z, train_y, test_z, test_y, num_classes=data.info["num_classes"], pooling=proto.eval.probe_pooling)
+    results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {
-        "metrics": {name: {"value": float(m.compute()), "n": int(m.count)} for name, m in metrics.items()},
-        "throughput_img_s": seen / coding_s if coding_s else None,
+        "metrics": results,
+        "throughput_img_s": passed.n / passed.coding_s if passed.coding_s else None,
+        "probe_s": time.perf_counter() - start,
         "data": data.info,
         "grid": "reconstructions.png",
     }

@@ -8,30 +8,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 
+from latentbench.fsutil import atomic_write_text
+
 SCHEMA_VERSION = 1
 REQUIRED_FIELDS = ("schema", "id", "created", "protocol", "tokenizer", "data", "metrics", "provenance", "wall_time_s")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def table_dir(root: Path, protocol_name: str, version: int) -> Path:
@@ -82,16 +67,41 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
     return directory
 
 
-def _fmt(value: float | None, digits: int) -> str:
+def format_metric(metric: dict[str, Any] | None, digits: int) -> str:
+    """A table cell: the value (with its interval when there is one), "n/a" when unavailable."""
+    if not metric:
+        return "—"
+    if "unavailable" in metric:
+        return "n/a"
+    value = metric.get("value")
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.{digits}f}"
+    cell = f"{value:.{digits}f}"
+    if metric.get("interval"):
+        lo, hi = metric["interval"]
+        cell += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    return cell
 
 
 COLUMNS = (  # (metric key, header, digits)
+    ("rfid", "rFID ↓", 2),
     ("psnr", "PSNR (dB) ↑", 2),
     ("ssim", "SSIM ↑", 4),
+    ("lpips", "LPIPS ↓", 4),
+    ("probe", "probe top-1 ↑", 3),
 )
+
+
+def _header(key: str, header: str, records: list[dict[str, Any]]) -> str:
+    """Column header; rFID takes the extractor's label (``rFID-domain(mnist)``) when all rows share it."""
+    labels = {r["metrics"].get(key, {}).get("label") for r in records} - {None}
+    return f"{labels.pop()} ↓" if key == "rfid" and len(labels) == 1 else header
+
+
+def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct reason a metric is missing."""
+    notes = sorted({f"{key}: {m['unavailable']}" for r in records for key, m in r["metrics"].items() if "unavailable" in m})
+    return [f"- n/a — {note}" for note in notes]
 
 
 def render_table(records: list[dict[str, Any]]) -> str:
@@ -107,12 +117,13 @@ def render_table(records: list[dict[str, Any]]) -> str:
         f"Protocol fingerprint `{proto['fingerprint'][:16]}`. Generated from `results.jsonl` "
         "(one JSON record per run, append-only); do not edit by hand.",
         "",
-        "| tokenizer | latent | params (M) | " + " | ".join(h for _, h, _ in COLUMNS) + " | n eval | train steps | wall (s) | commit | date |",
+        "| tokenizer | latent | params (M) | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
+        + " | n eval | train steps | wall (s) | commit | date |",
         "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (r["tokenizer"]["name"], r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
-        values = [_fmt(metrics.get(k, {}).get("value"), d) for k, _, d in COLUMNS]
+        values = [format_metric(metrics.get(k), d) for k, _, d in COLUMNS]
         n = max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
@@ -120,4 +131,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
             + " | ".join(values)
             + f" | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )
-    return "\n".join(lines) + "\n"
+    notes = _unavailable_notes(records)
+    if any(m.get("interval") for r in records for m in r["metrics"].values()):
+        notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

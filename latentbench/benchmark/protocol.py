@@ -42,7 +42,12 @@ class TrainSpec:
 @dataclass(frozen=True)
 class EvalSpec:
     batch_size: int = 250
-    precision: str = "32-true"  # metrics are computed on fp32 decodes
+    extractor: str = "inception-tf"  # FID features; embedded protocols use a suite-trained domain-<source>
+    extractor_options: dict[str, Any] = field(default_factory=dict)  # domain-*: DomainRecipe fields
+    fid_bootstrap: int = 0  # Poisson-bootstrap replicates for the rFID interval (memory: B * D^2 * 8 bytes * 2)
+    lpips_net: str = "alex"  # LPIPS v0.1 backbone: alex or vgg
+    probe_pooling: str = "flatten"  # linear probe features: flatten (every latent element) or mean (over positions)
+    probe_train: int | None = None  # a seeded random subset of the train split fits the probe (None = all of it)
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,16 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert wall < 60
     assert record["tokenizer"]["name"] == "sdvae-smoke" and record["tokenizer"]["requested"] == "sdvae"
     assert record["tokenizer"]["trained_steps"] == 20
-    assert set(record["metrics"]) == {"psnr", "ssim"}
-    assert all(m["n"] == 64 for m in record["metrics"].values())
-    assert 5 < record["metrics"]["psnr"]["value"] < 60 and 0 < record["metrics"]["ssim"]["value"] <= 1
+    metrics = record["metrics"]
+    assert set(metrics) == {"psnr", "ssim", "lpips", "rfid", "probe"}
+    assert all(m["n"] == 64 for m in metrics.values() if "unavailable" not in m)
+    assert 5 < metrics["psnr"]["value"] < 60 and 0 < metrics["ssim"]["value"] <= 1
+    assert "value" in metrics["lpips"] or metrics["lpips"]["unavailable"].startswith("LPIPS-alex needs")
+    rfid = metrics["rfid"]
+    assert rfid["label"] == "rFID-domain(mnist)" and rfid["value"] > 0 and rfid["bootstrap"] == 10
+    assert rfid["interval"][0] < rfid["interval"][1] and len(rfid["extractor"]["weights_sha256"]) == 64
+    assert rfid["extractor"]["info"]["val_accuracy"] > 0.2
+    assert 0 <= metrics["probe"]["value"] <= 1 and metrics["probe"]["n_train"] == 256 and metrics["probe"]["pooling"] == "flatten"
     assert record["data"]["eval"]["n"] == 64 and record["data"]["train"]["n"] == 256
     assert record["training"]["perceptual"] in ("off", "lpips-vgg") or record["training"]["perceptual"].startswith("unavailable")
     assert set(record["wall_time_s"]) == {"train", "eval"}
@@ -121,7 +128,7 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     record = run_bench("user_pkg.mytok:AvgPoolTokenizer", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert record["tokenizer"]["class"] == "user_pkg.mytok.AvgPoolTokenizer"
     assert record["tokenizer"]["latent"]["shape"] == [3, 8, 8]
-    assert record["metrics"]["psnr"]["n"] == 64
+    assert record["metrics"]["psnr"]["n"] == 64 and record["metrics"]["probe"]["feature_dim"] == 192
 
     config = tmp_path / "mytok.yaml"
     config.write_text("class_path: user_pkg.mytok:AvgPoolTokenizer\ninit_args:\n  channels: 6\nmodule_args:\n  disc_weight: 0.0\n")

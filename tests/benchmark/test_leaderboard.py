@@ -28,7 +28,16 @@ def test_append_only_and_rendered(tmp_path):
     with pytest.raises(ValueError, match="never rewritten"):
         append_record(tmp_path, a)
     table = (tmp_path / "unit/v1/README.md").read_text()
-    assert "| tok-b | 4x8x8 | 1.00 | 25.00 | 0.5000 | 10 | 5 | 3 | abcdef12 |" in table
+    assert "| tok-b | 4x8x8 | 1.00 | — | 25.00 | 0.5000 | — | — | 10 | 5 | 3 | abcdef12 |" in table
+
+
+def test_unavailable_metrics_and_intervals_are_rendered():
+    record = make_record()
+    record["metrics"]["lpips"] = {"unavailable": "LPIPS-alex needs weights"}
+    record["metrics"]["rfid"] = {"value": 3.14159, "n": 10, "interval": [2.5, 3.9], "label": "rFID-domain(mnist)"}
+    table = render_table([record])
+    assert "rFID-domain(mnist) ↓" in table and "3.14 [2.50, 3.90]" in table
+    assert "| n/a |" in table and "- n/a — lpips: LPIPS-alex needs weights" in table
 
 
 def test_rendering_is_deterministic():

@@ -1,0 +1,175 @@
+"""Sharded evaluation that counts every sample exactly once, on 1 or N processes.
+
+``DistributedSampler`` pads the last shard with repeated samples so every rank gets the
+same count: that changes the metric whenever N is not divisible by the world size. Here
+rank r takes samples r, r + W, r + 2W, ... and nothing else; metric states are float64
+sums that all-reduce, and every per-sample random draw (decoder noise, bootstrap weights)
+is keyed by the sample's global index, so results do not depend on batch size or on W.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ShardSampler(Sampler[int]):
+    """Indices rank, rank + world, ... of range(n): disjoint shards covering every index once, no padding."""
+
+    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.indices = range(rank, n, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class Indexed(Dataset):
+    """Wrap a dataset so items carry their global index: (index, x, y)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Tensor, int]:
+        x, y = self.dataset[i]
+        return i, x, y
+
+
+def shard_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
+    """A loader over this rank's shard of ``dataset``, yielding (indices, x, y) batches in order."""
+    rank, world_size = world()
+    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
+                      num_workers=num_workers)
+
+
+@dataclass
+class ReconstructionPass:
+    """What one pass over the eval split produced on this rank."""
+
+    latents: list[Tensor] = field(default_factory=list)
+    labels: list[Tensor] = field(default_factory=list)
+    indices: list[Tensor] = field(default_factory=list)
+    grid: list[Tensor] = field(default_factory=list)  # the first images' originals and reconstructions
+    coding_s: float = 0.0
+    n: int = 0
+
+
+def gather_by_index(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """All ranks' rows, ordered by global index (identity on one process)."""
+    rank, world_size = world()
+    if world_size > 1:
+        parts: list[Any] = [None] * world_size
+        dist.all_gather_object(parts, (indices, *tensors))
+        indices = torch.cat([p[0] for p in parts])
+        tensors = tuple(torch.cat([p[i + 1] for p in parts]) for i in range(len(tensors)))
+    order = indices.argsort()
+    return tuple(t[order] for t in tensors)
+
+
+class ReconstructionMetrics:
+    """PSNR, SSIM, LPIPS and rFID of reconstructions, streamed and summed over ranks.
+
+    Args:
+        extractor: FID feature extractor, or None when unavailable (``unavailable`` says why).
+        lpips: an LPIPS metric, or None when unavailable.
+        bootstrap: Poisson-bootstrap replicates for the rFID interval.
+        seed: bootstrap seed.
+        unavailable: metric name -> reason, reported instead of a value.
+    """
+
+    def __init__(self, extractor=None, lpips=None, bootstrap: int = 0, seed: int = 0,
+                 unavailable: dict[str, str] | None = None):
+        from latentbench.benchmark.fid import FrechetDistance
+        from latentbench.benchmark.metrics import PSNR, SSIM
+
+        self.metrics: dict[str, Any] = {"psnr": PSNR(), "ssim": SSIM()}
+        if lpips is not None:
+            self.metrics["lpips"] = lpips
+        self.extractor = extractor
+        self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed) if extractor is not None else None
+        self.unavailable = dict(unavailable or {})
+
+    def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
+        """Add a batch of (real, reconstruction) pairs in [-1, 1] with their global indices."""
+        from latentbench.benchmark.metrics import to_uint8
+
+        for metric in self.metrics.values():
+            metric.update(real, fake)
+        if self.fid is not None:
+            self.fid.update(self.extractor(to_uint8(fake)), real=self.extractor(to_uint8(real)), index=index)
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none."""
+        out: dict[str, dict[str, Any]] = {name: metric.result() for name, metric in self.metrics.items()}
+        if "lpips" in out:
+            out["lpips"]["net"] = self.metrics["lpips"].net
+        if self.fid is not None:
+            fid = self.fid.compute()
+            out["rfid"] = {**fid, "label": "r" + self.extractor.metric_name, "extractor": self.extractor.describe()}
+        out.update({name: {"unavailable": reason} for name, reason in self.unavailable.items()})
+        return out
+
+
+@torch.no_grad()
+def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, batch_size: int, seed: int = 0,
+                grid_size: int = 16, progress: bool = True) -> ReconstructionPass:
+    """Encode and decode this rank's shard of ``dataset``, updating ``metrics``.
+
+    Each batch's decoder seed is derived from its first sample's global index, so a
+    stochastic decoder gives the same reconstructions for any batch size that keeps batch
+    starts aligned; latents are kept for the linear probe.
+    """
+    from tqdm.auto import tqdm
+
+    from latentbench.tokenizers import decode_seeded
+
+    rank, _ = world()
+    out = ReconstructionPass()
+    for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="reconstruct", unit="batch", disable=not progress or rank > 0):
+        start = time.perf_counter()
+        z = tokenizer.encode(x)
+        # decoders overshoot [-1, 1]; clamp as saving the image would (metrics then round to uint8)
+        rec = decode_seeded(tokenizer, z, seed=seed * 1_000_003 + int(index[0])).float().clamp(-1, 1)
+        out.coding_s += time.perf_counter() - start
+        metrics.update(index, x, rec)
+        out.latents.append(z.float().cpu())
+        out.labels.append(torch.as_tensor(y))
+        out.indices.append(index)
+        if out.n < grid_size:
+            out.grid += [x[: grid_size - out.n], rec[: grid_size - out.n]]
+        out.n += len(x)
+    return out
+
+
+@torch.no_grad()
+def encode_all(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Latents and labels of a whole dataset, sharded over ranks and gathered in index order."""
+    from tqdm.auto import tqdm
+
+    rank, _ = world()
+    latents, labels, indices = [], [], []
+    for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="encode", unit="batch", disable=not progress or rank > 0):
+        latents.append(tokenizer.encode(x).float().cpu())
+        labels.append(torch.as_tensor(y))
+        indices.append(index)
+    return gather_by_index(torch.cat(indices), torch.cat(latents), torch.cat(labels))

@@ -1,0 +1,149 @@
+"""``latentbench metrics``: the suite's metrics on any two image folders.
+
+PSNR, SSIM and LPIPS pair images by their path relative to each folder and refuse a
+mismatch in names or sizes; a Fréchet distance compares the two folders' feature
+statistics (counts may differ). Images are decoded as they are on disk (8-bit RGB, see
+``latentbench.data.images``), with no resizing: these are the files a user would publish.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentbench.data import IMAGE_EXTENSIONS, load_rgb
+
+PAIRED = ("psnr", "ssim", "lpips")
+
+
+def list_images(directory: str | Path) -> dict[str, Path]:
+    """Image files under ``directory`` (recursive), keyed by relative path; errors when there are none."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
+             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    if not files:
+        raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def pair_images(real: dict[str, Path], fake: dict[str, Path]) -> list[tuple[str, Path, Path]]:
+    """(name, real path, fake path) for every name in both folders; ValueError on any mismatch."""
+    only_real, only_fake = sorted(set(real) - set(fake)), sorted(set(fake) - set(real))
+    if only_real or only_fake:
+        raise ValueError(
+            f"paired metrics need the same file names in both folders: {len(real)} real vs {len(fake)} fake images; "
+            f"only in real: {only_real[:5]}{' ...' if len(only_real) > 5 else ''}; "
+            f"only in fake: {only_fake[:5]}{' ...' if len(only_fake) > 5 else ''}"
+        )
+    return [(name, real[name], fake[name]) for name in sorted(real)]
+
+
+def load_uint8(path: Path) -> Tensor:
+    """One image file as a (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.asarray(load_rgb(path)).copy()).permute(2, 0, 1)
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """uint8 -> float in [-1, 1] (exactly invertible by the metrics' rounding)."""
+    return x.double() / 127.5 - 1.0
+
+
+def same_size_batches(items: list[Any], load, batch_size: int) -> Iterator[list]:
+    """Load items in order and group consecutive ones of one shape into batches of ``batch_size``."""
+    batch: list = []
+    for item in items:
+        loaded = load(item)
+        if batch and (len(batch) == batch_size or _shape(batch[-1]) != _shape(loaded)):
+            yield batch
+            batch = []
+        batch.append(loaded)
+    if batch:
+        yield batch
+
+
+def _shape(loaded) -> tuple:
+    return tuple(loaded[0].shape) if isinstance(loaded, tuple) else tuple(loaded.shape)
+
+
+def _load_pair(pair: tuple[str, Path, Path]) -> tuple[Tensor, Tensor]:
+    name, real_path, fake_path = pair
+    real, fake = load_uint8(real_path), load_uint8(fake_path)
+    if real.shape != fake.shape:
+        raise ValueError(f"{name}: real image is {tuple(real.shape[1:])} but fake is {tuple(fake.shape[1:])}; paired metrics need equal sizes")
+    return real, fake
+
+
+def paired_metrics(real_dir: str | Path, fake_dir: str | Path, names: list[str], lpips_net: str = "alex", batch_size: int = 50) -> dict[str, dict]:
+    """PSNR / SSIM / LPIPS (any subset of ``names``) over file-name pairs."""
+    from latentbench.benchmark.metrics import PSNR, SSIM
+
+    metrics: dict[str, Any] = {}
+    if "psnr" in names:
+        metrics["psnr"] = PSNR()
+    if "ssim" in names:
+        metrics["ssim"] = SSIM()
+    if "lpips" in names:
+        from latentbench.benchmark.perceptual import LPIPS
+
+        metrics["lpips"] = LPIPS(net=lpips_net)
+    pairs = pair_images(list_images(real_dir), list_images(fake_dir))
+    for batch in same_size_batches(pairs, _load_pair, batch_size):
+        real = to_signed(torch.stack([r for r, _ in batch])).float()
+        fake = to_signed(torch.stack([f for _, f in batch])).float()
+        for metric in metrics.values():
+            metric.update(real, fake)
+    results = {name: m.result() for name, m in metrics.items()}
+    if "lpips" in results:
+        results["lpips"]["net"] = lpips_net
+    return results
+
+
+def folder_features(directory: str | Path, extractor, batch_size: int = 50) -> Iterator[Tensor]:
+    """Features of every image in a folder, batch by batch."""
+    files = list(list_images(directory).values())
+    with torch.inference_mode():
+        for batch in same_size_batches(files, load_uint8, batch_size):
+            yield extractor(torch.stack(batch)).double()
+
+
+def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_name: str = "inception-tf",
+                        extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
+    """Fréchet distance between the feature statistics of two folders."""
+    from latentbench.benchmark.extractors import create_extractor
+    from latentbench.benchmark.fid import FeatureStats, FrechetDistance
+
+    extractor = create_extractor(extractor_name, weights=extractor_weights)
+    real = FeatureStats.empty(extractor.dim)
+    for features in folder_features(real_dir, extractor, batch_size):
+        real.update(features)
+    metric = FrechetDistance(extractor.dim, reference=real.reference(), bootstrap=bootstrap)
+    seen = 0
+    for features in folder_features(fake_dir, extractor, batch_size):
+        metric.update(features, index=torch.arange(seen, seen + len(features)))
+        seen += len(features)
+    result = metric.compute()
+    result.update(label=extractor.metric_name, n_real=real.n, extractor=extractor.id, weights_sha256=extractor.weights_sha256)
+    return result
+
+
+def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: bool = False, ssim: bool = False,
+                   lpips: bool = False, lpips_net: str = "alex", extractor: str = "inception-tf",
+                   extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
+    """The selected metrics between two image folders.
+
+    Returns:
+        ``{metric: {"value": ..., "n": ..., ...}}``.
+    """
+    names = [name for name, on in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)) if on]
+    if not names and not fid:
+        raise ValueError("choose at least one metric: --fid, --psnr, --ssim, --lpips")
+    results = paired_metrics(real, fake, names, lpips_net, batch_size) if names else {}
+    if fid:
+        results["fid"] = fid_between_folders(real, fake, extractor, extractor_weights, bootstrap, batch_size)
+    return results

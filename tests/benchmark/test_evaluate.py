@@ -1,0 +1,89 @@
+"""Sharded evaluation: every sample exactly once, and 2 gloo processes equal 1."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from latentbench.benchmark.evaluate import ShardSampler
+
+
+@pytest.mark.parametrize("n, world_size", [(11, 3), (63, 2), (2, 4)])
+def test_shards_cover_every_index_once_without_padding(n, world_size):
+    shards = [list(ShardSampler(n, rank, world_size)) for rank in range(world_size)]
+    assert sorted(i for shard in shards for i in shard) == list(range(n))
+    assert sum(len(ShardSampler(n, r, world_size)) for r in range(world_size)) == n
+
+
+def test_bad_rank_raises():
+    with pytest.raises(ValueError, match="outside world size"):
+        ShardSampler(10, 2, 2)
+
+
+WORKER = """
+import json, sys
+import lpips, torch, torch.distributed as dist
+from latentbench.benchmark.evaluate import ReconstructionMetrics, gather_by_index, reconstruct
+from latentbench.benchmark.extractors import DomainRecipe, create_extractor
+from latentbench.benchmark.perceptual import LPIPS
+from latentbench.data import build_dataset
+
+out, cache, batch_size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+dist.init_process_group("gloo")
+
+
+class PoolTokenizer(torch.nn.Module):
+    # exactly batch-invariant (a float32 conv net is not, at ~1e-7), so only the sharding is tested
+
+    def encode(self, x):
+        return torch.nn.functional.avg_pool2d(x, 2)
+
+    def decode(self, z):
+        return 0.9 * torch.nn.functional.interpolate(z, scale_factor=2, mode="nearest")
+
+
+tokenizer = PoolTokenizer()
+torch.manual_seed(1)  # the same random LPIPS backbone in every process: tests the wiring, not the weights
+perceptual = LPIPS(model=lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False))
+extractor = create_extractor("domain-mnist", cache_dir=cache, recipe=DomainRecipe(max_steps=20))
+metrics = ReconstructionMetrics(extractor, perceptual, bootstrap=5, seed=0)
+passed = reconstruct(tokenizer, build_dataset("mnist", "val", 32, limit=63), metrics, batch_size, progress=False)
+results = metrics.results()
+(latents,) = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents))
+results["latents"] = {"sum": float(latents.double().sum()), "n": len(latents)}
+if dist.get_rank() == 0:
+    json.dump(results, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def _run(tmp_path, nproc, batch_size, cache):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(WORKER))
+    out = tmp_path / f"out-{nproc}.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(script), str(out), str(cache), str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_two_processes_equal_one_on_an_odd_sample_count(tmp_path):
+    from latentbench.benchmark.extractors import DomainRecipe, create_extractor
+
+    cache = tmp_path / "cache"
+    create_extractor("domain-mnist", cache_dir=cache, recipe=DomainRecipe(max_steps=20))  # warm: ranks only load it
+    one = _run(tmp_path, 1, 16, cache)
+    two = _run(tmp_path, 2, 5, cache)  # another world size and another batch size
+    for name in ("psnr", "ssim", "lpips"):
+        assert one[name]["n"] == two[name]["n"] == 63
+        # PSNR/SSIM: float64 sums, so only the summation order differs; LPIPS runs a float32 conv net,
+        # whose kernels round differently for other batch compositions (~1e-8)
+        assert two[name]["value"] == pytest.approx(one[name]["value"], rel=1e-9 if name != "lpips" else 1e-6)
+    assert one["rfid"]["n"] == two["rfid"]["n"] == 63
+    assert two["rfid"]["value"] == pytest.approx(one["rfid"]["value"], rel=1e-6)
+    assert two["rfid"]["interval"] == pytest.approx(one["rfid"]["interval"], rel=1e-6)
+    assert two["latents"]["n"] == 63 and two["latents"]["sum"] == pytest.approx(one["latents"]["sum"], rel=1e-9)

@@ -1,0 +1,233 @@
+"""Fréchet distance against scipy / numpy references and torch-fidelity; streaming, files, bootstrap, DDP sums."""
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from latentbench.benchmark.fid import (
+    FeatureStats,
+    FrechetDistance,
+    ReferenceStats,
+    frechet_distance,
+    load_adm_reference,
+    poisson_weights,
+)
+
+D = 64
+
+
+def _features(n, shift=0.0, scale=1.0, seed=0, dim=D):
+    """Correlated, non-centred, well-conditioned features (n, dim) in float32."""
+    g = torch.Generator().manual_seed(seed)
+    rotation = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))[0]
+    mix = torch.linspace(0.5, 2.0, dim, dtype=torch.float64)[:, None] * rotation  # singular values 0.5..2
+    return (torch.randn(n, dim, generator=g, dtype=torch.float64) @ mix * scale + shift + 0.5).float()
+
+
+def _reference_fid(a, b):
+    """FID written out from numpy mean/cov and scipy's sqrtm, float64."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def _stats(x):
+    stats = FeatureStats.empty(x.shape[1])
+    stats.update(x)
+    return stats
+
+
+def _gaussians(x):
+    x = np.asarray(x, np.float64)
+    return x.mean(0), np.cov(x, rowvar=False)
+
+
+REAL, FAKE = _features(400, seed=1), _features(300, shift=0.3, scale=1.3, seed=2)
+
+
+def test_frechet_distance_matches_scipy_reference():
+    ours = frechet_distance(*_gaussians(REAL), *_gaussians(FAKE))
+    assert ours == pytest.approx(_reference_fid(REAL, FAKE), rel=1e-6)
+    assert ours > 1.0
+    assert abs(frechet_distance(*_gaussians(REAL), *_gaussians(REAL))) < 1e-6
+
+
+def test_frechet_distance_matches_torch_fidelity():
+    metric_fid = pytest.importorskip("torch_fidelity.metric_fid")
+    stats_real = metric_fid.fid_features_to_statistics(REAL.double())
+    stats_fake = metric_fid.fid_features_to_statistics(FAKE.double())
+    ref = metric_fid.fid_statistics_to_metric(stats_real, stats_fake, False)[metric_fid.KEY_METRIC_FID]
+    assert frechet_distance(*_gaussians(REAL), *_gaussians(FAKE)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_frechet_distance_singular_covariances_stay_finite():
+    few = _features(20, seed=3)  # 20 samples in 64 dims: rank-deficient covariances
+    value = frechet_distance(*_gaussians(few), *_gaussians(_features(20, shift=0.2, seed=4)))
+    assert np.isfinite(value) and value > 0
+
+
+def test_streaming_in_batches_equals_one_update():
+    whole, split = _stats(REAL), FeatureStats.empty(D)
+    for i in range(0, len(REAL), 7):
+        split.update(REAL[i:i + 7])
+    assert split.n == whole.n == len(REAL)
+    np.testing.assert_allclose(split.total, whole.total, rtol=1e-10)
+    np.testing.assert_allclose(split.total_outer, whole.total_outer, rtol=1e-10)
+    np.testing.assert_allclose(whole.mu, REAL.double().numpy().mean(0), rtol=1e-10)
+    np.testing.assert_allclose(whole.sigma, np.cov(REAL.double().numpy(), rowvar=False), rtol=1e-9, atol=1e-12)
+
+    one, batched = FrechetDistance(D), FrechetDistance(D)
+    real = REAL[:300]
+    one.update(FAKE, real=real)
+    for i in range(0, 300, 7):
+        batched.update(FAKE[i:i + 7], real=real[i:i + 7])
+    for name in ("fake_sum", "fake_outer", "real_sum", "real_outer"):
+        torch.testing.assert_close(getattr(batched, name), getattr(one, name), rtol=1e-12, atol=1e-12)
+    assert batched.compute()["value"] == pytest.approx(one.compute()["value"], rel=1e-10)
+    assert one.compute()["value"] == pytest.approx(_reference_fid(REAL[:300], FAKE), rel=1e-6)
+    assert one.compute()["n"] == one.compute()["n_real"] == 300
+    called = FrechetDistance(D)
+    assert called(FAKE, real=real) is None  # forward only updates: no per-batch FID
+    assert called.compute()["value"] == one.compute()["value"]
+
+
+def test_saved_reference_gives_the_same_fid_as_streamed_real(tmp_path):
+    meta = {"extractor_id": "inception-tf", "weights_sha256": "ab" * 32, "preprocessing": "adm-center-crop-256"}
+    path = _stats(REAL[:300]).save_npz(tmp_path / "stats" / "ref.npz", **meta)
+    ref = FeatureStats.load_npz(path)
+    assert isinstance(ref, ReferenceStats) and ref.n == 300 and ref.meta == meta and ref.path == path
+    assert not list(path.parent.glob(".*tmp"))  # the temporary file was renamed away
+
+    gfid, rfid = FrechetDistance(D, reference=ref), FrechetDistance(D)
+    gfid.update(FAKE)
+    rfid.update(FAKE, real=REAL[:300])
+    assert gfid.compute()["value"] == pytest.approx(rfid.compute()["value"], rel=1e-10)
+    assert gfid.compute()["n_real"] == 300
+    assert ref.sha256 == _stats(REAL[:300]).reference().sha256 and len(ref.sha256) == 64
+
+
+def test_adm_reference_loads_and_missing_keys_are_named(tmp_path):
+    mu, sigma = _gaussians(REAL)
+    np.savez(tmp_path / "VIRTUAL_tiny.npz", mu=mu, sigma=sigma, arr_0=np.zeros((2, 8, 8, 3), np.uint8))
+    ref = load_adm_reference(tmp_path / "VIRTUAL_tiny.npz")
+    assert ref.n is None and ref.mu.dtype == np.float64
+    np.testing.assert_array_equal(ref.sigma, sigma)
+    gfid = FrechetDistance(D, reference=ref)
+    gfid.update(FAKE)
+    assert gfid.compute()["value"] == pytest.approx(_reference_fid(REAL, FAKE), rel=1e-6)
+    assert gfid.compute()["n_real"] is None
+
+    np.savez(tmp_path / "features.npz", arr_0=REAL.numpy())
+    with pytest.raises(ValueError, match=r"features\.npz.*\['mu', 'sigma'\]"):
+        load_adm_reference(tmp_path / "features.npz")
+    with pytest.raises(ValueError, match=r"VIRTUAL_tiny\.npz.*\['n'\].*load_adm_reference"):
+        FeatureStats.load_npz(tmp_path / "VIRTUAL_tiny.npz")
+
+
+def _bootstrapped(fake, real=None, batch=16, reference=None, bootstrap=20, seed=0, order=None):
+    metric = FrechetDistance(fake.shape[1], reference=reference, bootstrap=bootstrap, seed=seed)
+    order = torch.arange(len(fake)) if order is None else order
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        metric.update(fake[idx], real=None if real is None else real[idx], index=idx)
+    return metric
+
+
+def test_poisson_weights_depend_only_on_the_index():
+    index = torch.arange(5000)
+    w = poisson_weights(7, 4, index)
+    assert w.shape == (4, 5000) and (w == w.round()).all()
+    perm = torch.randperm(5000, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(poisson_weights(7, 4, index[perm]), w[:, perm.numpy()])
+    np.testing.assert_array_equal(poisson_weights(7, 4, index[:10]), w[:, :10])
+    assert (poisson_weights(8, 4, index) != w).mean() > 0.5  # another seed, other weights
+    # Poisson(1): mean 1, variance 1, P(0) = 1/e
+    assert w.mean() == pytest.approx(1.0, abs=0.03) and w.var() == pytest.approx(1.0, abs=0.05)
+    assert (w == 0).mean() == pytest.approx(np.exp(-1), abs=0.02)
+
+
+# Bootstrap tests use D = 16, small against n: replicates hold ~63% distinct samples, and at
+# n ~ D their covariances turn singular and sqrtm's rounding no longer allows 1e-10 comparisons.
+D_BOOT = 16
+REAL_BOOT, FAKE_BOOT = _features(300, seed=1, dim=D_BOOT), _features(300, shift=0.3, scale=1.3, seed=2, dim=D_BOOT)
+
+
+def test_bootstrap_is_deterministic_and_independent_of_batching():
+    real, fake = REAL_BOOT[:120], FAKE_BOOT[:120]
+    a = _bootstrapped(fake, real, batch=5)
+    b = _bootstrapped(fake, real, batch=13, order=torch.randperm(120, generator=torch.Generator().manual_seed(1)))
+    np.testing.assert_allclose(a.replicate_values(), b.replicate_values(), rtol=1e-10)
+    np.testing.assert_array_equal(a.replicate_values(), _bootstrapped(fake, real, batch=5).replicate_values())
+    assert not np.allclose(a.replicate_values(), _bootstrapped(fake, real, batch=60, seed=1).replicate_values())
+
+    result = a.compute()
+    assert result["interval"][0] < result["interval"][1]
+    assert result["bootstrap"] == 20 and result["interval_level"] == 0.95
+    assert result["value"] == pytest.approx(_reference_fid(real, fake), rel=1e-6)
+    assert result["bootstrap_bias"] == pytest.approx(a.replicate_values().mean() - result["value"], rel=1e-12)
+
+
+def test_bootstrap_against_reference_resamples_fake_only():
+    ref = _stats(REAL_BOOT).reference()
+    result = _bootstrapped(FAKE_BOOT, reference=ref, bootstrap=50).compute()
+    lo, hi = result["interval"]
+    assert lo < result["value"] < hi and result["n"] == 300 and result["n_real"] == 300
+    replicates = _bootstrapped(FAKE_BOOT, reference=ref, bootstrap=50).replicate_values()
+    np.testing.assert_allclose(np.percentile(replicates, [2.5, 97.5]) - (replicates.mean() - result["value"]),
+                               [lo, hi], rtol=1e-12)
+
+
+def test_interval_is_centred_on_the_value_despite_the_resampling_bias():
+    """Resampling duplicates samples: at D = 64, n = 300 the raw replicates sit wholly above the value."""
+    metric = _bootstrapped(FAKE, REAL[:300], bootstrap=20)
+    result, replicates = metric.compute(), metric.replicate_values()
+    assert result["bootstrap_bias"] > 0 and np.percentile(replicates, 2.5) > result["value"]
+    assert result["interval"][0] < result["value"] < result["interval"][1]
+
+
+def test_two_ranks_sum_to_the_single_process_statistics():
+    """DDP emulated: disjoint index sets on two metrics, states summed as an all-reduce would."""
+    real, fake = _features(101, seed=5, dim=D_BOOT), _features(101, shift=0.2, seed=6, dim=D_BOOT)
+    order = torch.randperm(101, generator=torch.Generator().manual_seed(2))
+    rank0 = _bootstrapped(fake, real, batch=8, order=order[0::2])  # 51 samples
+    rank1 = _bootstrapped(fake, real, batch=8, order=order[1::2])  # 50 samples
+    single = _bootstrapped(fake, real, batch=10)
+    rank0.merge_state(rank1)
+    merged, whole = rank0.compute(), single.compute()
+    assert merged["n"] == whole["n"] == 101
+    assert merged["value"] == pytest.approx(whole["value"], rel=1e-10)
+    np.testing.assert_allclose(rank0.replicate_values(), single.replicate_values(), rtol=1e-10)
+    np.testing.assert_allclose(merged["interval"], whole["interval"], rtol=1e-10)
+
+
+def test_bad_inputs_raise_clear_errors():
+    metric = FrechetDistance(D)
+    nan = FAKE[:4].clone()
+    nan[2, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"positions \[2\].*NaN"):
+        metric.update(nan, real=REAL[:4])
+    with pytest.raises(ValueError, match=r"must be \(B, 64\)"):
+        metric.update(FAKE[:4, :32], real=REAL[:4, :32])
+    with pytest.raises(ValueError, match="exactly one"):
+        metric.update(FAKE[:4])
+    with pytest.raises(ValueError, match="exactly one"):
+        FrechetDistance(D, reference=_stats(REAL).reference()).update(FAKE[:4], real=REAL[:4])
+    with pytest.raises(ValueError, match="pair row by row"):
+        metric.update(FAKE[:4], real=REAL[:5])
+    metric.update(FAKE[:1], real=REAL[:1])
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        metric.compute()
+    with pytest.raises(ValueError, match="index"):
+        FrechetDistance(D, bootstrap=3).update(FAKE[:4], real=REAL[:4])
+    with pytest.raises(ValueError, match="non-negative integers"):
+        FrechetDistance(D, bootstrap=3).update(FAKE[:4], real=REAL[:4], index=torch.tensor([0, 1, -2, 3]))
+    with pytest.raises(ValueError, match="GiB"):
+        FrechetDistance(2048, bootstrap=100)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        frechet_distance(np.full(3, np.nan), np.eye(3), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r"sigma \(D, D\)"):
+        frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))

@@ -1,0 +1,88 @@
+"""`latentbench metrics` on two image folders, against scikit-image."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from latentbench.benchmark.standalone import folder_metrics
+from latentbench.cli import main
+
+
+def _folders(tmp_path, n=5, size=40, seed=0):
+    rng = np.random.default_rng(seed)
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    (real / "sub").mkdir(parents=True)
+    (fake / "sub").mkdir(parents=True)
+    pairs = []
+    for i in range(n):
+        a = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        b = np.clip(a.astype(int) + rng.integers(-30, 31, a.shape), 0, 255).astype(np.uint8)
+        name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+        Image.fromarray(a).save(real / name)
+        Image.fromarray(b).save(fake / name)
+        pairs.append((a, b))
+    return real, fake, pairs
+
+
+def test_paired_metrics_match_skimage(tmp_path):
+    real, fake, pairs = _folders(tmp_path)
+    out = folder_metrics(real, fake, psnr=True, ssim=True)
+    psnr = np.mean([peak_signal_noise_ratio(a, b, data_range=255) for a, b in pairs])
+    ssim = np.mean([structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                          data_range=255, channel_axis=-1) for a, b in pairs])
+    assert out["psnr"] == {"value": pytest.approx(psnr, abs=1e-6), "n": 5}
+    assert out["ssim"]["value"] == pytest.approx(ssim, abs=1e-6)
+
+
+def test_fid_with_a_domain_extractor(tmp_path):
+    real, fake, _ = _folders(tmp_path, n=12, size=32)
+    out = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=5)
+    assert out["fid"]["label"] == "FID-domain(mnist)" and out["fid"]["n"] == 12 and out["fid"]["n_real"] == 12
+    assert out["fid"]["value"] > 0 and len(out["fid"]["weights_sha256"]) == 64
+
+
+def test_cli_json_and_bare_flags(tmp_path, capsys):
+    real, fake, _ = _folders(tmp_path)
+    main(["metrics", "--real", str(real), "--fake", str(fake), "--psnr", "--ssim", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"psnr", "ssim"} and out["psnr"]["n"] == 5
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "latentbench.cli", "metrics", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_mismatched_folders_fail_clearly(tmp_path):
+    real, fake, _ = _folders(tmp_path)
+    (fake / "0.png").unlink()
+    proc = _cli("--real", str(real), "--fake", str(fake), "--psnr")
+    assert proc.returncode == 2 and "only in real: ['0.png']" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bad_inputs_fail_clearly(tmp_path):
+    real, fake, _ = _folders(tmp_path)
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(fake / "0.png")
+    with pytest.raises(ValueError, match="0.png: real image is"):
+        folder_metrics(real, fake, psnr=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        folder_metrics(tmp_path / "empty", fake, psnr=True)
+    with pytest.raises(ValueError, match="choose at least one metric"):
+        folder_metrics(real, fake)
+    real, fake, _ = _folders(tmp_path / "again")
+    (real / "2.png").write_bytes(b"not a png")
+    proc = _cli("--real", str(real), "--fake", str(fake), "--ssim")
+    assert proc.returncode == 2 and "cannot decode image" in proc.stderr
+    proc = _cli("--real", str(tmp_path / "nope"), "--fake", str(fake), "--ssim")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_missing_inception_weights_explain_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    real, fake, _ = _folders(tmp_path)
+    proc = _cli("--real", str(real), "--fake", str(fake), "--fid")
+    assert proc.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in proc.stderr
