@@ -65,7 +65,8 @@ def metrics(
     """The suite's metrics between two image folders (PSNR/SSIM/LPIPS pair files by name).
 
     Args:
-        real: folder of reference images.
+        real: folder of reference images, or an .npz of their statistics (`latentbench stats`, or an
+            ADM reference batch such as VIRTUAL_imagenet256_labeled.npz) for FID.
         fake: folder of reconstructions or samples (same file names for paired metrics).
         fid: Fréchet distance of the two folders' features (extractor below).
         psnr: mean per-image PSNR on uint8 images.
@@ -89,6 +90,22 @@ def metrics(
     for name, result in results.items():
         interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
         print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']})")
+
+
+def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weights: Optional[str] = None,
+          batch_size: int = 50) -> None:
+    """Save the feature statistics (mu, sigma, n, extractor id and weights hash) of an image folder.
+
+    Args:
+        images: folder of images.
+        out: the .npz to write (atomically); pass it later as `metrics --real out.npz`.
+        extractor: feature extractor (see `latentbench metrics --help`).
+        extractor_weights: weights file of the extractor.
+        batch_size: images per forward pass.
+    """
+    from latentbench.benchmark.standalone import save_folder_stats
+
+    print(f"wrote {save_folder_stats(images, out, extractor, extractor_weights, batch_size)}")
 
 
 def list_(kind: Literal["all", "tokenizers", "protocols"] = "all") -> None:
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     from latentbench.data import BadImageError
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
-        CLI({"bench": bench, "metrics": metrics, "list": list_}, args=args, as_positional=False)
+        CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

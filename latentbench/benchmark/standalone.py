@@ -119,17 +119,60 @@ def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_na
     from latentbench.benchmark.fid import FeatureStats, FrechetDistance
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
-    real = FeatureStats.empty(extractor.dim)
-    for features in folder_features(real_dir, extractor, batch_size):
-        real.update(features)
-    metric = FrechetDistance(extractor.dim, reference=real.reference(), bootstrap=bootstrap)
+    if str(real_dir).endswith(".npz"):
+        reference = load_reference(real_dir, extractor)
+    else:
+        stats = FeatureStats.empty(extractor.dim)
+        for features in folder_features(real_dir, extractor, batch_size):
+            stats.update(features)
+        reference = stats.reference()
+    metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap)
     seen = 0
     for features in folder_features(fake_dir, extractor, batch_size):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
         seen += len(features)
     result = metric.compute()
-    result.update(label=extractor.metric_name, n_real=real.n, extractor=extractor.id, weights_sha256=extractor.weights_sha256)
+    result.update(label=extractor.metric_name, n_real=reference.n, extractor=extractor.id,
+                  weights_sha256=extractor.weights_sha256, reference_sha256=reference.sha256)
     return result
+
+
+def load_reference(path: str | Path, extractor) -> Any:
+    """Reference statistics from an npz: ours (``FeatureStats.save_npz``) or an ADM reference batch.
+
+    Ours carry the extractor's id and weights hash, and a mismatch is refused; an ADM batch
+    (``mu``, ``sigma`` only) is taken to be Inception pool features and needs ``inception-tf``.
+    """
+    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
+
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as npz:
+        ours = "n" in npz.files  # ADM reference batches carry mu and sigma only
+    reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+    if reference.dim != extractor.dim:
+        raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
+    expected = reference.meta.get("extractor_id") if ours else "inception-tf"
+    if expected and expected != extractor.id:
+        raise ValueError(f"{path} was computed with {expected}, not {extractor.id}; pass --extractor {expected}")
+    sha = reference.meta.get("weights_sha256")
+    if ours and sha and sha != extractor.weights_sha256:
+        raise ValueError(f"{path} was computed with {expected} weights {sha[:12]}, these are {extractor.weights_sha256[:12]}")
+    return reference
+
+
+def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: str = "inception-tf",
+                      extractor_weights: str | None = None, batch_size: int = 50) -> Path:
+    """Feature statistics of a folder as an npz that ``--real`` accepts (tagged with the extractor)."""
+    from latentbench.benchmark.extractors import create_extractor
+    from latentbench.benchmark.fid import FeatureStats
+
+    extractor = create_extractor(extractor_name, weights=extractor_weights)
+    stats = FeatureStats.empty(extractor.dim)
+    for features in folder_features(directory, extractor, batch_size):
+        stats.update(features)
+    return stats.save_npz(out, extractor_id=extractor.id, weights_sha256=extractor.weights_sha256,
+                          preprocessing=extractor.preprocessing, source=str(directory))
 
 
 def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: bool = False, ssim: bool = False,

@@ -86,3 +86,20 @@ def test_missing_inception_weights_explain_where_to_put_them(tmp_path, monkeypat
     real, fake, _ = _folders(tmp_path)
     proc = _cli("--real", str(real), "--fake", str(fake), "--fid")
     assert proc.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in proc.stderr
+
+
+def test_fid_against_saved_and_adm_reference_statistics(tmp_path):
+    from latentbench.benchmark.standalone import save_folder_stats
+
+    real, fake, _ = _folders(tmp_path, n=12, size=32)
+    direct = folder_metrics(real, fake, fid=True, extractor="domain-mnist")["fid"]
+    stats = save_folder_stats(real, tmp_path / "real.npz", extractor_name="domain-mnist")
+    from_npz = folder_metrics(stats, fake, fid=True, extractor="domain-mnist")["fid"]
+    assert from_npz["value"] == pytest.approx(direct["value"], rel=1e-9) and from_npz["n_real"] == 12
+    with np.load(stats) as f:
+        np.savez(tmp_path / "adm.npz", mu=f["mu"], sigma=f["sigma"])  # an ADM reference batch: mu and sigma only
+    with pytest.raises(ValueError, match="pass --extractor inception-tf"):
+        folder_metrics(tmp_path / "adm.npz", fake, fid=True, extractor="domain-mnist")
+    np.savez(tmp_path / "bad.npz", arr_0=np.zeros(3))
+    with pytest.raises(ValueError, match="mu"):
+        folder_metrics(tmp_path / "bad.npz", fake, fid=True, extractor="domain-mnist")
