@@ -105,17 +105,14 @@ def load_pretrained_vae(source: str):
 
     if Path(source).exists():
         return AutoencoderKL.from_pretrained(source)
-    try:
-        return AutoencoderKL.from_pretrained(source, local_files_only=True)
-    except OSError:
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        error: Exception | None = OSError("HF_HUB_OFFLINE is set")
-    else:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    attempts = [{"local_files_only": True}] + ([] if offline else [{}])  # the cache first, then the hub
+    error: Exception = OSError("HF_HUB_OFFLINE is set")
+    for kwargs in attempts:
         try:
-            return AutoencoderKL.from_pretrained(source)
+            return AutoencoderKL.from_pretrained(source, **kwargs)
         except OSError as e:
-            error = e
+            error = e if kwargs == {} else error
     raise WeightsUnavailable(
         f"cannot load the pretrained VAE {source!r}: it is not in the Hugging Face cache and the hub is "
         f"unreachable ({str(error).splitlines()[0]}). On a connected machine run "
