@@ -63,8 +63,13 @@ class Protocol:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 of the canonical JSON of every field."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+        """sha256 of the canonical JSON of every field that can change a number.
+
+        The description and the family aliases are left out: a row records the tokenizer
+        size it resolved to, so adding an alias for a new family changes no existing number.
+        """
+        content = {k: v for k, v in self.to_dict().items() if k not in ("description", "tokenizers")}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
     def id(self) -> str:

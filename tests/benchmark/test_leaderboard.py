@@ -74,3 +74,15 @@ def test_concurrent_appends_lose_nothing(tmp_path):
         assert p.exitcode == 0
     lines = (tmp_path / "unit/v1/results.jsonl").read_text().splitlines()
     assert len(lines) == 20 and len({json.loads(line)["id"] for line in lines}) == 20
+
+
+def test_protocol_fingerprint_ignores_aliases_but_not_budgets():
+    import dataclasses
+
+    from latentbench.benchmark.protocol import load_protocol
+
+    ci = load_protocol("ci")
+    assert dataclasses.replace(ci, tokenizers={**ci.tokenizers, "newfamily": "newfamily-ci"}).fingerprint == ci.fingerprint
+    assert dataclasses.replace(ci, description="reworded").fingerprint == ci.fingerprint
+    assert dataclasses.replace(ci, train=dataclasses.replace(ci.train, max_steps=801)).fingerprint != ci.fingerprint
+    assert dataclasses.replace(ci, seed=1).fingerprint != ci.fingerprint
