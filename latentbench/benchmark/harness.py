@@ -31,7 +31,7 @@ from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
 from latentbench.fsutil import atomic_path, atomic_write_text
-from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, RUNS_DIR
+from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
 TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
@@ -304,6 +304,12 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     }
 
 
+def _display_path(path: str | Path) -> str:
+    """A path relative to the checkout when it lies inside it (records stay valid in any clone)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def _params(module: torch.nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in module.parameters())}
 
@@ -326,7 +332,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "latent": tokenizer.latent_spec.to_dict(),
             "params": _params(tokenizer),
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
-                          {"path": str(run_dir / train["weights"]), "sha256": train["weights_sha256"]} if train else None,
+                          {"path": _display_path(run_dir / train["weights"]), "sha256": train["weights_sha256"]} if train else None,
             "trained_steps": train["steps"] if train else 0,
         },
         "training": {k: train[k] for k in ("precision", "perceptual", "final_loss")} if train else None,
@@ -334,7 +340,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "metrics": evaluation["metrics"],
         "throughput_img_s": evaluation["throughput_img_s"],
         "seeds": {"bench": cfg.seed},
-        "run_dir": str(run_dir),
+        "run_dir": _display_path(run_dir),
         "provenance": provenance(),
         "wall_time_s": wall,
     }
