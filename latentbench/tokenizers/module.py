@@ -37,6 +37,10 @@ class AutoencoderModule(L.LightningModule):
         disc_weight: GAN loss weight (times the adaptive weight); 0 disables the discriminator.
         disc_start: step at which the GAN losses start.
         disc_channels, disc_layers: PatchGAN size.
+        stage_steps: fraction of ``max_steps`` for each of the tokenizer's ``stages``, run in
+            order (MAETok: ``{"ae": 0.75, "decoder-ft": 0.25}``); default: all steps in the first.
+            Before every step the tokenizer's ``set_stage(stage, progress)`` is called, where it
+            has one, so a resumed run picks up the right stage.
     """
 
     def __init__(
@@ -54,6 +58,7 @@ class AutoencoderModule(L.LightningModule):
         disc_start: int = 5_000,
         disc_channels: int = 64,
         disc_layers: int = 3,
+        stage_steps: dict[str, float] | None = None,
     ):
         super().__init__()
         if rec_loss not in ("l1", "mse"):
@@ -63,6 +68,7 @@ class AutoencoderModule(L.LightningModule):
         self.loss_weights = dict(getattr(self.tokenizer, "loss_weights", {}), **(loss_weights or {}))
         self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net)
         self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if disc_weight > 0 else None
+        self.stage_plan = plan_stages(tuple(getattr(self.tokenizer, "stages", ("ae",))), stage_steps, max_steps)
 
     @staticmethod
     def _build_perceptual(weight: float, net: str):
@@ -99,6 +105,19 @@ class AutoencoderModule(L.LightningModule):
         last = getattr(self.tokenizer, "last_layer", lambda: None)()
         weight = adaptive_gan_weight(ae_loss, g_loss, last) if last is not None else 1.0
         return self.hparams.disc_weight * weight * g_loss
+
+    def current_stage(self, step: int) -> tuple[str, float]:
+        """(stage name, fraction of that stage done) at optimizer step ``step``."""
+        for name, start, end in self.stage_plan:
+            if step < end:
+                return name, (step - start) / max(end - start, 1)
+        name, start, end = self.stage_plan[-1]
+        return name, 1.0
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if hasattr(self.tokenizer, "set_stage"):
+            name, progress = self.current_stage(self.global_step)
+            self.tokenizer.set_stage(name, progress)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One step for both networks: each loss reaches only its own network's parameters.
@@ -138,3 +157,20 @@ class AutoencoderModule(L.LightningModule):
         optimizer = torch.optim.Adam(groups, lr=self.hparams.lr, betas=(0.5, 0.9))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def plan_stages(stages: tuple[str, ...], fractions: dict[str, float] | None, max_steps: int) -> list[tuple[str, int, int]]:
+    """[(stage, first step, end step)] covering ``max_steps`` in the tokenizer's stage order."""
+    fractions = fractions or {stages[0]: 1.0}
+    unknown = set(fractions) - set(stages)
+    if unknown:
+        raise ValueError(f"stage_steps names {sorted(unknown)}, but the tokenizer's stages are {list(stages)}")
+    if abs(sum(fractions.values()) - 1.0) > 1e-6 or min(fractions.values()) < 0:
+        raise ValueError(f"stage_steps fractions must be >= 0 and sum to 1, got {fractions}")
+    chosen = [name for name in stages if fractions.get(name, 0) > 0]
+    plan, start = [], 0
+    for i, name in enumerate(chosen):
+        end = max_steps if i == len(chosen) - 1 else min(start + round(fractions[name] * max_steps), max_steps)
+        plan.append((name, start, end))
+        start = end
+    return plan

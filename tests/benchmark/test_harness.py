@@ -146,3 +146,10 @@ def test_bad_arguments_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match="train_steps must be >= 0"):
         run_bench("sdvae", "smoke", train_steps=-1, **kw)
     assert not (tmp_path / "lb").exists()
+
+
+def test_two_stage_tokenizer_runs_its_stages_in_order(tmp_path):
+    record = run_bench("maetok", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert record["tokenizer"]["name"] == "maetok-smoke" and record["tokenizer"]["latent"]["shape"] == [8, 4]
+    assert record["training"]["stages"] == [{"name": "ae", "steps": 15}, {"name": "decoder-ft", "steps": 5}]
+    assert record["metrics"]["psnr"]["n"] == 64 and record["metrics"]["probe"]["feature_dim"] == 32

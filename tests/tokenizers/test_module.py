@@ -1,4 +1,5 @@
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -52,3 +53,27 @@ def test_hparams_rebuild_module():
     module = AutoencoderModule("sdvae-smoke", tokenizer_args={"latent_channels": 2}, disc_weight=0.0)
     rebuilt = AutoencoderModule(**module.hparams)
     assert rebuilt.tokenizer.latent_spec.shape == (2, 16, 16)
+
+
+def test_stage_plan_splits_the_budget_in_order():
+    from latentbench.tokenizers.module import plan_stages
+
+    assert plan_stages(("ae", "decoder-ft"), None, 100) == [("ae", 0, 100)]
+    assert plan_stages(("ae", "decoder-ft"), {"ae": 0.75, "decoder-ft": 0.25}, 100) == [("ae", 0, 75), ("decoder-ft", 75, 100)]
+    with pytest.raises(ValueError, match="sum to 1"):
+        plan_stages(("ae", "decoder-ft"), {"ae": 0.5}, 100)
+    with pytest.raises(ValueError, match="stages are"):
+        plan_stages(("ae",), {"ae": 0.5, "nope": 0.5}, 100)
+
+
+def test_stages_run_in_order_and_reach_the_tokenizer():
+    module = AutoencoderModule("maetok-smoke", max_steps=8, disc_weight=0.0, perceptual_weight=0.0,
+                               stage_steps={"ae": 0.75, "decoder-ft": 0.25})
+    assert module.current_stage(0) == ("ae", 0.0) and module.current_stage(6) == ("decoder-ft", 0.0)
+    assert module.current_stage(7) == ("decoder-ft", 0.5)
+    x = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")
+    encoder_before = [p.detach().clone() for p in module.tokenizer.encoder_parameters()]
+    _fit(module, x, 8)
+    assert module.tokenizer.aux_enabled is False  # ended in decoder-ft
+    # trained in "ae", frozen in "decoder-ft": the encoder moved, but not in the last steps
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, module.tokenizer.encoder_parameters()))

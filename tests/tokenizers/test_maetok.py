@@ -1,0 +1,153 @@
+"""MAETok: latent shapes, masking, auxiliary HOG losses, HOG targets, decoder fine-tuning, overfitting."""
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from latentbench.tokenizers import create_tokenizer
+from latentbench.tokenizers.hog import hog_dim, hog_features
+from latentbench.tokenizers.module import AutoencoderModule
+
+
+def _images(b=2, res=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, res, res, generator=g) * 2 - 1
+
+
+def test_latent_shape_and_spec():
+    tok = create_tokenizer("maetok-smoke").eval()
+    z = tok.encode(_images(3))
+    assert tok.latent_spec.shape == (8, 4) and z.shape == (3, 8, 4)
+    assert tok.decode(z).shape == (3, 3, 32, 32)
+
+
+def test_mask_ratio_applied_in_training_only():
+    torch.manual_seed(0)
+    tok = create_tokenizer("maetok-smoke", patch_size=4, mask_ratio_range=(0.4, 0.6))
+    masks = tok.sample_mask(256, 64)
+    fractions = masks.float().mean(dim=1)
+    assert fractions.min() >= 0.4 - 1e-6 and fractions.max() <= 0.6 + 1e-6
+    assert fractions.std() > 0  # drawn per sample
+
+    seen = []
+    tok.sample_mask = lambda b, n, device=None: seen.append(1) or torch.zeros(b, n, dtype=torch.bool)
+    tok.train().forward_train(_images())
+    tok.eval().forward_train(_images())
+    assert len(seen) == 1, "the mask is sampled in training mode only"
+
+
+def test_masked_tokens_change_the_latent_only_in_training():
+    tok = create_tokenizer("maetok-smoke", aux_targets=())
+    x = _images()
+    with torch.no_grad():
+        tok.eval()
+        rec_eval, extra = tok.forward_train(x)
+        assert extra == {}
+        assert torch.equal(rec_eval, tok.decode(tok.encode(x)))
+        tok.train()
+        rec_train, _ = tok.forward_train(x)
+    assert not torch.allclose(rec_train, rec_eval)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({}, {"hog"}),
+    ({"aux_targets": ()}, set()),
+    ({"mask_ratio_range": None, "aux_targets": ()}, set()),
+])
+def test_aux_loss_only_with_aux_targets(kwargs, expected):
+    tok = create_tokenizer("maetok-smoke", **kwargs).train()
+    _, extra = tok.forward_train(_images())
+    assert set(extra) == expected
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in extra.values())
+
+
+def test_aux_loss_counts_masked_tokens_only():
+    tok = create_tokenizer("maetok-smoke").train()
+    x = _images()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :5] = True
+    tok.sample_mask = lambda b, n, device=None: mask
+    _, extra = tok.forward_train(x)
+    z = tok._encode_tokens(torch.where(mask[..., None], tok.mask_token, tok.patch_embed(x)), (4, 4))
+    per_token = ((tok.aux_decoders["hog"](z, (4, 4)) - hog_features(x, 8)) ** 2).mean(-1)
+    assert torch.allclose(extra["hog"], per_token[mask].mean(), atol=1e-6)
+
+
+def test_unknown_aux_target_raises():
+    with pytest.raises(ValueError, match="supported: hog"):
+        create_tokenizer("maetok-smoke", aux_targets=("hog", "dinov2"))
+
+
+def test_hog_shape_deterministic_and_zero_on_constant():
+    x = _images(2, 32)
+    f = hog_features(x, 8)
+    assert f.shape == (2, 16, hog_dim(8, 8)) == (2, 16, 27)
+    assert torch.equal(f, hog_features(x, 8))
+    assert hog_features(torch.full((1, 3, 32, 32), 0.3), 8).abs().max() == 0
+    assert hog_features(x, 8, cell_size=4).shape == (2, 16, 108)
+
+
+def test_hog_edge_lands_in_its_orientation_bin():
+    vertical = torch.zeros(1, 3, 16, 16)
+    vertical[..., 8:] = 1.0  # intensity changes along x: gradient angle 0 degrees -> bin 0
+    horizontal = vertical.transpose(-1, -2)  # gradient along y: 90 degrees -> bin 4 (80-100)
+    for img, bin_ in ((vertical, 0), (horizontal, 4)):
+        hist = hog_features(img, 16, cell_size=16).reshape(3, 9)
+        assert (hist.argmax(dim=1) == bin_).all()
+        assert hist[:, [b for b in range(9) if b != bin_]].abs().max() == 0
+
+
+def test_hog_matches_scikit_image():
+    skimage = pytest.importorskip("skimage.feature")
+    grey = torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    ours = hog_features(grey.expand(1, 3, 16, 16), 8)[0, :, :9] * 3**0.5  # three equal channels
+    ref = skimage.hog(grey[0, 0].double().numpy(), orientations=9, pixels_per_cell=(8, 8),
+                      cells_per_block=(1, 1), block_norm="L2", feature_vector=False)
+    assert torch.allclose(ours, torch.tensor(ref.reshape(4, 9)).float(), atol=1e-5)
+
+
+def test_decoder_ft_freezes_encoder_and_anneals_mask():
+    tok = create_tokenizer("maetok-smoke")
+    tok.set_stage("decoder-ft", progress=0.25)
+    assert all(not p.requires_grad for p in tok.encoder_parameters())
+    assert all(p.requires_grad for p in tok.decoder.parameters())
+    assert tok.current_mask_range() == pytest.approx((0.3, 0.45))
+    before = [p.detach().clone() for p in tok.encoder_parameters()]
+    opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
+    rec, extra = tok.train().forward_train(_images())
+    assert extra == {}, "auxiliary losses are off while fine-tuning the decoder"
+    rec.square().mean().backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, tok.encoder_parameters()))
+    tok.set_stage("decoder-ft", progress=1.0)
+    assert tok.current_mask_range() == (0.0, 0.0)
+    tok.set_stage("ae")
+    assert all(p.requires_grad for p in tok.parameters()) and tok.current_mask_range() == (0.4, 0.6)
+    with pytest.raises(ValueError, match="unknown stage"):
+        tok.set_stage("gan")
+
+
+def test_resolution_other_than_built():
+    tok = create_tokenizer("maetok-smoke").eval()
+    x = _images(1, 64)
+    z = tok.encode(x)
+    assert z.shape == (1, 8, 4) and tok.decode(z, grid=(8, 8)).shape == (1, 3, 64, 64)
+
+
+def test_module_overfits_one_batch():
+    torch.manual_seed(0)
+    x = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 2 - 1, size=32, mode="bilinear")  # smooth images
+    module = AutoencoderModule("maetok-smoke", lr=3e-3, warmup_steps=1, max_steps=60, rec_loss="mse",
+                               disc_weight=0.0, perceptual_weight=0.0)
+
+    def error():
+        with torch.no_grad():
+            return (module.tokenizer.decode(module.tokenizer.encode(x)) - x).abs().mean().item()
+
+    before = error()
+    loader = DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long)), batch_size=8)
+    trainer = L.Trainer(max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, precision="bf16-mixed", accelerator="cpu")
+    trainer.fit(module, loader)
+    assert "train/hog" in trainer.callback_metrics
+    assert error() < 0.7 * before  # measured 0.56 -> 0.33: 8 x 4 latents bound the smoke size
