@@ -6,9 +6,12 @@ first ``n_rope`` tokens of the sequence and leaves the rest (1D latent tokens) u
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 class PatchEmbed(nn.Module):
@@ -99,8 +102,18 @@ class Attention(nn.Module):
             m = cos.shape[0]
             q = torch.cat([apply_rope(q[:, :, :m], cos, sin), q[:, :, m:]], dim=2)  # (B, h, N, d_h)
             k = torch.cat([apply_rope(k[:, :, :m], cos, sin), k[:, :, m:]], dim=2)  # (B, h, N, d_h)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d_h)
+        with _cpu_math_attention(x.device):
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d_h)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+
+
+def _cpu_math_attention(device: torch.device):
+    """On CPU, SDPA's math kernel (matmuls that hit AMX under bf16 autocast) rather than its flash one.
+
+    Measured on maetok-ci (96 tokens, batch 64, bf16 autocast, 2-core AMX CPU): a training step
+    takes 0.56 s with the math kernel and 0.62 s with the flash kernel, whose backward dominates.
+    """
+    return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 
 class Block(nn.Module):
