@@ -27,6 +27,7 @@ class AutoencoderModule(L.LightningModule):
         tokenizer: registry name or ``package.module:Class``.
         tokenizer_args: keyword arguments for the tokenizer.
         lr: peak Adam learning rate (both networks), after a linear warmup, cosine-decayed to 10%.
+        betas: Adam betas; (0.5, 0.9) is the GAN-autoencoder choice of LDM, ViTs want (0.9, 0.95).
         warmup_steps: linear warmup length.
         max_steps: schedule length (the trainer's max_steps).
         rec_loss: "l1" (LDM) or "mse".
@@ -48,6 +49,7 @@ class AutoencoderModule(L.LightningModule):
         tokenizer: str,
         tokenizer_args: dict[str, Any] | None = None,
         lr: float = 4.5e-6 * 64,
+        betas: tuple[float, float] = (0.5, 0.9),
         warmup_steps: int = 100,
         max_steps: int = 10_000,
         rec_loss: str = "l1",
@@ -154,7 +156,7 @@ class AutoencoderModule(L.LightningModule):
         groups = [{"params": [p for p in self.tokenizer.parameters() if p.requires_grad]}]
         if self.discriminator is not None:
             groups.append({"params": list(self.discriminator.parameters())})
-        optimizer = torch.optim.Adam(groups, lr=self.hparams.lr, betas=(0.5, 0.9))
+        optimizer = torch.optim.Adam(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
