@@ -113,10 +113,11 @@ class ReconstructionMetrics:
         """Add a batch of (real, reconstruction) pairs in [-1, 1] with their global indices."""
         from latentbench.benchmark.metrics import to_uint8
 
-        for metric in self.metrics.values():
-            metric.update(real, fake)
+        real_u8, fake_u8 = to_uint8(real), to_uint8(fake)  # once for every metric (they take uint8 as is)
+        for name, metric in self.metrics.items():
+            metric.update(*((real, fake) if name == "lpips" else (real_u8, fake_u8)))  # LPIPS wants [-1, 1] floats
         if self.fid is not None:
-            self.fid.update(self.extractor(to_uint8(fake)), real=self.extractor(to_uint8(real)), index=index)
+            self.fid.update(self.extractor(fake_u8), real=self.extractor(real_u8), index=index)
 
     def results(self) -> dict[str, dict[str, Any]]:
         """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none."""
