@@ -69,7 +69,7 @@ class ReconstructionPass:
     latents: list[Tensor] = field(default_factory=list)
     labels: list[Tensor] = field(default_factory=list)
     indices: list[Tensor] = field(default_factory=list)
-    grid: list[Tensor] = field(default_factory=list)  # the first images' originals and reconstructions
+    grid: list[Tensor] = field(default_factory=list)  # originals and reconstructions of images spread over the split
     coding_s: float = 0.0
     n: int = 0
 
@@ -136,6 +136,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
                 grid_size: int = 16, progress: bool = True) -> ReconstructionPass:
     """Encode and decode this rank's shard of ``dataset``, updating ``metrics``.
 
+    ``grid_size`` images spread evenly over the split are kept for a picture of the reconstructions.
     Each batch's decoder seed is derived from its first sample's global index, so a
     stochastic decoder gives the same reconstructions for any batch size that keeps batch
     starts aligned; latents are kept for the linear probe.
@@ -146,6 +147,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
 
     rank, _ = world()
     out = ReconstructionPass()
+    shown = set(torch.linspace(0, len(dataset) - 1, grid_size).round().long().tolist())  # spread over the split
     for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="reconstruct", unit="batch", disable=not progress or rank > 0):
         start = time.perf_counter()
         z = tokenizer.encode(x)
@@ -156,8 +158,9 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         out.latents.append(z.float().cpu())
         out.labels.append(torch.as_tensor(y))
         out.indices.append(index)
-        if out.n < grid_size:
-            out.grid += [x[: grid_size - out.n], rec[: grid_size - out.n]]
+        keep = [k for k, i in enumerate(index.tolist()) if i in shown]
+        if keep:
+            out.grid += [x[keep], rec[keep]]
         out.n += len(x)
     return out
 
