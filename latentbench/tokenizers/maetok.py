@@ -15,7 +15,6 @@ then stage "decoder-ft" (+decoder fine-tuning).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
