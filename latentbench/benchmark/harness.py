@@ -219,6 +219,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         "precision": proto.train.precision,
         "perceptual": module.perceptual_status,
         "stages": [{"name": name, "steps": end - start} for name, start, end in module.stage_plan],
+        "targets": module.tokenizer.describe_targets() if hasattr(module.tokenizer, "describe_targets") else None,
         "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "weights": str(weights.relative_to(run_dir)),
         "weights_sha256": sha256_file(weights),
@@ -233,6 +234,8 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
     tokenizer = create_tokenizer(spec.name, **spec.init_args)
     if weights is not None:
         state = extract_state_dict(load_checkpoint(weights, trust=trust), prefix="tokenizer.")
+        if hasattr(tokenizer, "convert_state_dict"):  # official checkpoints of a family (e.g. MAETok's)
+            state = tokenizer.convert_state_dict(state)
         result = tokenizer.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
@@ -336,7 +339,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
                           {"path": _display_path(run_dir / train["weights"]), "sha256": train["weights_sha256"]} if train else None,
             "trained_steps": train["steps"] if train else 0,
         },
-        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages")} if train else None,
+        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets")} if train else None,
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": evaluation["metrics"],
         "throughput_img_s": evaluation["throughput_img_s"],

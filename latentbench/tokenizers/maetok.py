@@ -20,11 +20,12 @@ from torch import Tensor, nn
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.hog import hog_dim, hog_features
 from latentbench.tokenizers.registry import TOKENIZERS
+from latentbench.tokenizers.teachers import create_teacher, normalize_targets
 from latentbench.tokenizers.vit import (
-    PatchEmbed, Transformer, init_vit_weights, resize_grid_embed, rope_2d, sincos_1d, unpatchify,
+    PatchEmbed, Transformer, init_vit_weights, resize_grid_embed, rope_2d, sincos_1d, unpatchify, zero_init_modulations,
 )
 
-AUX_TARGETS = ("hog",)  # teacher features (DINOv2, SigLIP) are not implemented yet
+AUX_TARGETS = ("hog",)  # computed here; any other name is a frozen teacher of latentbench.tokenizers.teachers
 
 
 # ---- blocks ----------------------------------------------------------------------------------
@@ -50,25 +51,31 @@ class QueryDecoder(nn.Module):
 
     Serves both the pixel decoder and the shallow auxiliary decoders. The learned query grid is
     resampled bicubically when the input grid differs from the one it was built for; queries
-    carry 2D RoPE, latent tokens 1D absolute positions.
+    carry 2D RoPE (fixed axial, or learnable RoPE-Mixed), latent tokens 1D absolute positions.
+    With ``movq`` every block's normalised latent tokens are also shifted and scaled by the
+    raw latent (MAETok's MoVQ decoder blocks).
     """
 
     def __init__(self, latent_tokens: int, latent_channels: int, grid: tuple[int, int], width: int, depth: int,
-                 heads: int, out_dim: int, latent_pos: str = "learned", rope_base: float = 100.0):
+                 heads: int, out_dim: int, latent_pos: str = "learned", rope_base: float = 100.0,
+                 rope: str = "axial", movq: bool = False):
         super().__init__()
         self.grid, self.heads, self.rope_base = grid, heads, rope_base
         self.queries = nn.Parameter(torch.randn(1, grid[0] * grid[1], width) * 0.02)
         self.latent_in = nn.Linear(latent_channels, width)
         self.latent_pos = LatentPositions(latent_tokens, width, latent_pos)
-        self.transformer = Transformer(width, depth, heads)
+        self.transformer = Transformer(width, depth, heads, cond_dim=latent_channels if movq else None,
+                                       rope_mixed=rope == "mixed", rope_base=rope_base)
         self.head = nn.Linear(width, out_dim)
 
     def forward(self, z: Tensor, grid: tuple[int, int]) -> Tensor:
         n = grid[0] * grid[1]
         queries = resize_grid_embed(self.queries, self.grid, grid).expand(z.shape[0], -1, -1)  # (B, N, D)
         latents = self.latent_pos(self.latent_in(z))  # (B, L, D)
-        rope = rope_2d(grid, queries.shape[-1] // self.heads, self.rope_base, z.device)
-        x = self.transformer(torch.cat([queries.to(latents.dtype), latents], dim=1), rope)  # (B, N + L, D)
+        rope = None if self.transformer.rope_freqs is not None else rope_2d(
+            grid, queries.shape[-1] // self.heads, self.rope_base, z.device)
+        cond = z if self.transformer.norm_modulation is not None else None
+        x = self.transformer(torch.cat([queries.to(latents.dtype), latents], dim=1), rope, cond, grid)  # (B, N + L, D)
         return self.head(x[:, :n])  # (B, N, out_dim)
 
 
@@ -92,15 +99,27 @@ class MAETok(Tokenizer):
         mask_ratio_range: (lo, hi) fraction of image tokens masked while training, drawn uniformly
             per sample; None trains a plain autoencoder.
         aux_targets: names of the features the auxiliary decoders predict for masked tokens;
-            () disables them. Supported: "hog".
+            () disables them. "hog" (computed here), or a frozen teacher of
+            ``latentbench.tokenizers.teachers`` ("dinov2-vitb14", "siglip-b16" when their
+            weights are on the machine; "domain-<source>", the suite's own offline encoder).
+            Teacher targets are standardised per token (LayerNorm without affine).
         aux_width, aux_depth, aux_heads: size of each auxiliary decoder (paper: 3 layers).
         hog_cell: HOG cell size (default min(8, patch_size)).
+        teacher_cache: cache directory of suite-trained teachers (default: the suite's cache).
+        cls_token: add a class token to the encoder's sequence (the official encoder is a timm
+            DINOv2 ViT, which has one; it is not part of the latent).
+        abs_pos: learned absolute positions on the encoder's [class,] image tokens (timm's
+            ``pos_embed``), on top of RoPE.
+        layer_scale: init value of LayerScale in the encoder blocks (DINOv2: 1e-5); None: none.
+        rope: "axial" (fixed 2D RoPE tables) or "mixed" (learnable RoPE-Mixed frequencies per
+            block and head, as the official code's ``rope_mixed``), in encoder and decoders.
+        movq: MoVQ-style modulation of the latent tokens in every decoder block by the raw latent.
     """
 
     stages = ("ae", "decoder-ft")
-    # The reference notes give MSE for the auxiliary targets but no weight; 1.0 (the issue's
-    # choice) until the official config is checked.
-    loss_weights = {"hog": 1.0}
+    # The reference notes give MSE for the auxiliary targets but no weight: 1.0 per target (set
+    # in __init__; AutoencoderModule's loss_weights overrides them).
+    loss_weights: dict[str, float] = {}
 
     def __init__(
         self,
@@ -122,15 +141,24 @@ class MAETok(Tokenizer):
         aux_depth: int = 3,
         aux_heads: int | None = None,
         hog_cell: int | None = None,
+        teacher_cache: str | None = None,
+        cls_token: bool = False,
+        abs_pos: bool = False,
+        layer_scale: float | None = None,
+        rope: str = "axial",
+        movq: bool = False,
     ):
         super().__init__()
-        unknown = [t for t in aux_targets if t not in AUX_TARGETS]
-        if unknown:
-            raise ValueError(f"unknown aux target(s) {unknown}; supported: {', '.join(AUX_TARGETS)}")
+        aux_targets = tuple(aux_targets)
+        # Frozen teachers live outside the module tree: not trained, not in the state dict, not
+        # moved by .to() (forward moves them to the input's device).
+        self._teachers = {name: create_teacher(name, cache_dir=teacher_cache) for name in aux_targets if name not in AUX_TARGETS}
         if aux_targets and mask_ratio_range is None:
             raise ValueError("aux_targets predict masked tokens: set mask_ratio_range or aux_targets=()")
         if mask_ratio_range is not None and not 0 <= mask_ratio_range[0] <= mask_ratio_range[1] < 1:
             raise ValueError(f"mask_ratio_range must satisfy 0 <= lo <= hi < 1, got {mask_ratio_range}")
+        if rope not in ("axial", "mixed"):
+            raise ValueError(f"rope must be 'axial' or 'mixed', got {rope!r}")
         if resolution % patch_size:
             raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
         self.resolution, self.patch_size, self.heads, self.rope_base = resolution, patch_size, heads, rope_base
@@ -141,25 +169,36 @@ class MAETok(Tokenizer):
         grid = (resolution // patch_size, resolution // patch_size)
         dec_w, dec_d, dec_h = decoder_width or width, decoder_depth or depth, decoder_heads or heads
         # encoder
+        self.grid = grid
         self.patch_embed = PatchEmbed(patch_size, 3, width)
         self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02) if cls_token else None
+        self.pos_embed = nn.Parameter(torch.randn(1, int(cls_token) + grid[0] * grid[1], width) * 0.02) if abs_pos else None
         self.latent_queries = nn.Parameter(torch.randn(1, latent_tokens, width) * 0.02)
         self.latent_pos = LatentPositions(latent_tokens, width, latent_pos)
-        self.encoder = Transformer(width, depth, heads)
+        self.encoder = Transformer(width, depth, heads, layer_scale=layer_scale, rope_mixed=rope == "mixed",
+                                   rope_base=rope_base)
         self.to_latent = nn.Linear(width, latent_channels)
         # pixel decoder and auxiliary decoders
         self.decoder = QueryDecoder(latent_tokens, latent_channels, grid, dec_w, dec_d, dec_h,
-                                    3 * patch_size**2, latent_pos, rope_base)
+                                    3 * patch_size**2, latent_pos, rope_base, rope, movq)
         self.aux_decoders = nn.ModuleDict({
             name: QueryDecoder(latent_tokens, latent_channels, grid, aux_width or dec_w, aux_depth,
-                               aux_heads or dec_h, self._target_dim(name), latent_pos, rope_base)
+                               aux_heads or dec_h, self._target_dim(name), latent_pos, rope_base, rope, movq)
             for name in aux_targets
         })
         self.apply(init_vit_weights)
+        zero_init_modulations(self)
         self._spec = LatentSpec(shape=(latent_tokens, latent_channels))
+        self.loss_weights = {name: 1.0 for name in aux_targets}
 
     def _target_dim(self, name: str) -> int:
-        return hog_dim(self.patch_size, self.hog_cell)  # only "hog" so far (checked in __init__)
+        return hog_dim(self.patch_size, self.hog_cell) if name == "hog" else self._teachers[name].dim
+
+    def describe_targets(self) -> dict[str, dict]:
+        """What each auxiliary target is (for result records): HOG's parameters or the teacher's facts."""
+        return {name: dict(kind="hog", patch=self.patch_size, cell=self.hog_cell, bins=9) if name == "hog"
+                else self._teachers[name].describe() for name in self.aux_decoders}
 
     @property
     def latent_spec(self) -> LatentSpec:
@@ -170,8 +209,8 @@ class MAETok(Tokenizer):
         return [self.patch_embed, self.latent_pos, self.encoder, self.to_latent]
 
     def encoder_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the encoder, mask token and latent queries included."""
-        params = [self.mask_token, self.latent_queries]
+        """Parameters of the encoder: mask token, latent queries, class token and positions included."""
+        params = [p for p in (self.mask_token, self.latent_queries, self.cls_token, self.pos_embed) if p is not None]
         return params + [p for m in self.encoder_modules() for p in m.parameters()]
 
     # ---- encode / decode -----------------------------------------------------------------------
@@ -181,11 +220,23 @@ class MAETok(Tokenizer):
 
     def _encode_tokens(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
         """Image tokens (B, N, D), possibly masked -> latents (B, L, C)."""
-        n = tokens.shape[1]
-        latents = self.latent_pos(self.latent_queries.expand(tokens.shape[0], -1, -1))  # (B, L, D)
-        rope = rope_2d(grid, tokens.shape[-1] // self.heads, self.rope_base, tokens.device)
-        x = self.encoder(torch.cat([tokens, latents.to(tokens.dtype)], dim=1), rope)  # (B, N + L, D)
-        return self.to_latent(x[:, n:])  # (B, L, C)
+        b = tokens.shape[0]
+        prefix = []
+        if self.cls_token is not None:
+            prefix = [self.cls_token.to(tokens.dtype).expand(b, -1, -1)]  # (B, 1, D)
+        if self.pos_embed is not None:  # timm's pos_embed: [class position,] patch grid
+            k = int(self.cls_token is not None)
+            grid_pos = resize_grid_embed(self.pos_embed[:, k:], self.grid, grid).to(tokens.dtype)  # (1, N, D)
+            tokens = tokens + grid_pos
+            if prefix:
+                prefix = [prefix[0] + self.pos_embed[:, :1].to(tokens.dtype)]
+        latents = self.latent_pos(self.latent_queries.expand(b, -1, -1))  # (B, L, D)
+        # Sequence [image tokens, (class token), latent tokens]: RoPE needs the image tokens first;
+        # attention is order-free otherwise, so the class token's place does not matter.
+        rope = None if self.encoder.rope_freqs is not None else rope_2d(
+            grid, tokens.shape[-1] // self.heads, self.rope_base, tokens.device)
+        x = self.encoder(torch.cat([tokens, *prefix, latents.to(tokens.dtype)], dim=1), rope, grid=grid)  # (B, N [+1] + L, D)
+        return self.to_latent(x[:, -latents.shape[1]:])  # (B, L, C)
 
     def encode(self, x: Tensor) -> Tensor:
         """Images (B, 3, H, W) -> latents (B, L, C); never masked."""
@@ -234,7 +285,10 @@ class MAETok(Tokenizer):
 
     def aux_target(self, name: str, x: Tensor) -> Tensor:
         """Target features (B, N, D_t) of every image token, without gradient."""
-        return hog_features(x, self.patch_size, self.hog_cell)  # (B, N, D_hog)
+        if name == "hog":
+            return hog_features(x, self.patch_size, self.hog_cell)  # (B, N, D_hog)
+        teacher = self._teachers[name].to(x.device)
+        return normalize_targets(teacher(x.float(), self._grid(x)))  # (B, N, D_t)
 
     def set_stage(self, stage: str, progress: float = 0.0) -> None:
         """Configure a training stage; ``progress`` in [0, 1] is the fraction of the stage done.
@@ -254,12 +308,24 @@ class MAETok(Tokenizer):
     def last_layer(self) -> Tensor:
         return self.decoder.head.weight
 
+    def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An official MAETok state dict converted to this module's keys; any other state dict as it is."""
+        from latentbench.tokenizers.maetok_convert import convert_official_state_dict, is_official_state_dict
+
+        return convert_official_state_dict(state, self)[0] if is_official_state_dict(state) else state
+
 
 # ---- size variants ---------------------------------------------------------------------------
 
+# The official architecture (configs/maetok-b-*.yaml of the official code): the encoder is a timm
+# DINOv2-style ViT-B (class token, learned positions, LayerScale 1e-5), RoPE-Mixed with base 10
+# in encoder and decoders, MoVQ decoder blocks. ``convert_official_state_dict`` loads its weights.
+OFFICIAL_ARCH = dict(cls_token=True, abs_pos=True, layer_scale=1e-5, rope="mixed", rope_base=10.0, movq=True)
+
+
 @TOKENIZERS.register("maetok-b-128", help="MAETok paper size: ViT-B enc/dec, patch 16, 256px -> 128 x 32 tokens")
 def maetok_b_128(**kw) -> MAETok:
-    return MAETok(**kw)
+    return MAETok(**{**OFFICIAL_ARCH, **kw})
 
 
 @TOKENIZERS.register("maetok-ci", help="CPU size for the `ci` protocol: 32px, patch 4 -> 32 x 8 tokens")

@@ -98,8 +98,8 @@ class Attention(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, d_h)
         if rope is not None:
-            cos, sin = rope
-            m = cos.shape[0]
+            cos, sin = rope  # (N_rope, d_h), or (h, N_rope, d_h) per head (mixed RoPE)
+            m = cos.shape[-2]
             q = torch.cat([apply_rope(q[:, :, :m], cos, sin), q[:, :, m:]], dim=2)  # (B, h, N, d_h)
             k = torch.cat([apply_rope(k[:, :, :m], cos, sin), k[:, :, m:]], dim=2)  # (B, h, N, d_h)
         with _cpu_math_attention(x.device):
@@ -116,34 +116,139 @@ def _cpu_math_attention(device: torch.device):
     return sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def rope_mixed_init(head_dim: int, heads: int, base: float = 10.0, generator: torch.Generator | None = None) -> Tensor:
+    """Initial learnable frequencies (2, heads * head_dim/2) of RoPE-Mixed (Heo et al., ECCV 2024).
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+    Per head a random direction phi: pair j of the first half turns with frequency
+    m_j (cos phi, sin phi) along (x, y), pair j of the second half with m_j (-sin phi, cos phi),
+    where m_j = base^(-4j / head_dim). Row 0 holds the x (column) components, row 1 the y (row) ones.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2D RoPE needs a head dimension divisible by 4, got {head_dim}")
+    mag = base ** (-torch.arange(0, head_dim, 4, dtype=torch.float32) / head_dim)  # (d/4,)
+    phi = torch.rand(heads, 1, generator=generator) * 2 * torch.pi  # (h, 1)
+    fx = torch.cat([mag * phi.cos(), mag * (phi + torch.pi / 2).cos()], dim=1)  # (h, d/2)
+    fy = torch.cat([mag * phi.sin(), mag * (phi + torch.pi / 2).sin()], dim=1)  # (h, d/2)
+    return torch.stack([fx.reshape(-1), fy.reshape(-1)])  # (2, h * d/2)
+
+
+def rope_mixed(freqs: Tensor, grid: tuple[int, int], heads: int) -> tuple[Tensor, Tensor]:
+    """cos, sin tables (heads, N, head_dim) in the rotate-half layout from RoPE-Mixed frequencies (2, heads * d/2).
+
+    Position (row r, column c) of pair j turns by c * fx_j + r * fy_j, computed in float32.
+    """
+    rows, cols = torch.meshgrid(torch.arange(grid[0], device=freqs.device), torch.arange(grid[1], device=freqs.device),
+                                indexing="ij")
+    fx, fy = freqs.float().reshape(2, heads, -1)  # 2 x (h, d/2)
+    angles = cols.reshape(1, -1, 1) * fx[:, None] + rows.reshape(1, -1, 1) * fy[:, None]  # (h, N, d/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (h, N, d)
+    return angles.cos(), angles.sin()
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (CaiT; DINOv2's ``ls1``/``ls2``)."""
+
+    def __init__(self, dim: int, init: float):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma.to(x.dtype)
+
+
+class TailModulation(nn.Module):
+    """Shift and scale of the last L tokens from a condition (B, L, C) (MoVQ-style, as MAETok's decoder).
+
+    ``x * scale + shift`` on the tail only; the modulation layer starts at zero, as MAETok's.
+    """
+
+    def __init__(self, cond_dim: int, dim: int, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, chunks * dim))
+
+    def params(self, cond: Tensor) -> tuple[Tensor, ...]:
+        return self.adaLN_modulation(cond).chunk(self.chunks, dim=-1)  # chunks x (B, L, D)
+
+    @staticmethod
+    def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+        n = x.shape[1] - shift.shape[1]
+        return torch.cat([x[:, :n], x[:, n:] * scale.to(x.dtype) + shift.to(x.dtype)], dim=1)  # (B, N + L, D)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Options: ``layer_scale`` (init value of DINOv2-style LayerScale), ``cond_dim`` (MoVQ-style
+    modulation of the last L tokens' normalised input by a (B, L, cond_dim) condition; the
+    norms then have no affine parameters, as MAETok's decoder blocks).
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, layer_scale: float | None = None,
+                 cond_dim: int | None = None):
         super().__init__()
         hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        affine = cond_dim is None
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=affine)
         self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=affine)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.ls1 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.ls2 = LayerScale(dim, layer_scale) if layer_scale is not None else nn.Identity()
+        self.modulation = TailModulation(cond_dim, dim, 4) if cond_dim is not None else None
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), rope)  # (B, N, D)
-        return x + self.mlp(self.norm2(x))  # (B, N, D)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cond: Tensor | None = None) -> Tensor:
+        h1 = self.norm1(x)  # (B, N, D)
+        if self.modulation is not None:
+            shift1, scale1, shift2, scale2 = self.modulation.params(cond)  # 4 x (B, L, D)
+            h1 = self.modulation.modulate(h1, shift1, scale1)
+        x = x + self.ls1(self.attn(h1, rope))  # (B, N, D)
+        h2 = self.norm2(x)
+        if self.modulation is not None:
+            h2 = self.modulation.modulate(h2, shift2, scale2)
+        return x + self.ls2(self.mlp(h2))  # (B, N, D)
 
 
 class Transformer(nn.Module):
-    """A stack of ``Block`` with a final LayerNorm."""
+    """A stack of ``Block`` with a final LayerNorm.
 
-    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0):
+    Args:
+        dim, depth, heads, mlp_ratio: size.
+        layer_scale, cond_dim: per-block options (see ``Block``).
+        rope_mixed: learnable RoPE-Mixed frequencies per block (``rope_freqs``, shape
+            (2, depth, heads * head_dim/2) as MAETok's ``freqs``) instead of the fixed axial
+            tables the caller passes; ``forward`` then needs ``grid``.
+        rope_base: base of the RoPE-Mixed initial frequencies.
+    """
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, layer_scale: float | None = None,
+                 cond_dim: int | None = None, rope_mixed: bool = False, rope_base: float = 10.0):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.heads = heads
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, layer_scale, cond_dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=cond_dim is None)
+        self.norm_modulation = TailModulation(cond_dim, dim, 2) if cond_dim is not None else None
+        self.rope_freqs = None
+        if rope_mixed:
+            self.rope_freqs = nn.Parameter(torch.stack([rope_mixed_init(dim // heads, heads, rope_base) for _ in range(depth)], dim=1))
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, rope)  # (B, N, D)
-        return self.norm(x)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cond: Tensor | None = None,
+                grid: tuple[int, int] | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            tables = rope_mixed(self.rope_freqs[:, i], grid, self.heads) if self.rope_freqs is not None else rope
+            x = block(x, tables, cond)  # (B, N, D)
+        x = self.norm(x)
+        if self.norm_modulation is not None:
+            x = self.norm_modulation.modulate(x, *self.norm_modulation.params(cond))
+        return x
+
+
+def zero_init_modulations(module: nn.Module) -> None:
+    """Start every ``TailModulation`` at zero output (MAETok's initialisation of its MoVQ layers)."""
+    for m in module.modules():
+        if isinstance(m, TailModulation):
+            nn.init.zeros_(m.adaLN_modulation[-1].weight)
+            nn.init.zeros_(m.adaLN_modulation[-1].bias)
 
 
 def init_vit_weights(module: nn.Module) -> None:
@@ -152,7 +257,7 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.xavier_uniform_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
+    elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
     elif isinstance(module, nn.Conv2d):
@@ -162,6 +267,7 @@ def init_vit_weights(module: nn.Module) -> None:
 
 
 __all__ = [
-    "Attention", "Block", "PatchEmbed", "Transformer", "apply_rope", "init_vit_weights", "patchify",
-    "resize_grid_embed", "rope_2d", "sincos_1d", "unpatchify",
+    "Attention", "Block", "LayerScale", "PatchEmbed", "TailModulation", "Transformer", "apply_rope", "init_vit_weights",
+    "patchify", "resize_grid_embed", "rope_2d", "rope_mixed", "rope_mixed_init", "sincos_1d", "unpatchify",
+    "zero_init_modulations",
 ]

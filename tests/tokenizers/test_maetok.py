@@ -1,4 +1,6 @@
-"""MAETok: latent shapes, masking, auxiliary HOG losses, HOG targets, decoder fine-tuning, overfitting."""
+"""MAETok: latent shapes, masking, auxiliary HOG and teacher losses, HOG targets, decoder fine-tuning, overfitting."""
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -74,8 +76,37 @@ def test_aux_loss_counts_masked_tokens_only():
 
 
 def test_unknown_aux_target_raises():
-    with pytest.raises(ValueError, match="supported: hog"):
+    with pytest.raises(KeyError, match="dinov2-vitb14"):  # the error lists the registered teachers
         create_tokenizer("maetok-smoke", aux_targets=("hog", "dinov2"))
+
+
+def test_teacher_without_weights_is_refused_not_faked():
+    from latentbench.weights import WeightsUnavailable
+
+    with pytest.raises(WeightsUnavailable):
+        create_tokenizer("maetok-smoke", aux_targets=("hog", "dinov2-vitb14"))
+
+
+def test_offline_teacher_target_on_masked_tokens(tmp_path):
+    """A suite-trained frozen encoder ("domain-<source>") as auxiliary target: masked tokens only, outside the state dict."""
+    from latentbench.tokenizers.teachers import normalize_targets
+
+    name = "domain-shapes:48:20"
+    tok = create_tokenizer("maetok-smoke", aux_targets=("hog", name), teacher_cache=str(tmp_path)).train()
+    assert tok.loss_weights == {"hog": 1.0, name: 1.0}
+    assert not any("teacher" in k or k.startswith("_") for k in tok.state_dict())
+    json.dumps(tok.describe_targets())
+    x = _images()
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 3:9] = True
+    tok.sample_mask = lambda b, n, device=None: mask
+    _, extra = tok.forward_train(x)
+    target = tok.aux_target(name, x)
+    assert target.shape == (2, 16, tok._teachers[name].dim)
+    torch.testing.assert_close(target, normalize_targets(tok._teachers[name](x, (4, 4))))
+    z = tok._encode_tokens(torch.where(mask[..., None], tok.mask_token, tok.patch_embed(x)), (4, 4))
+    per_token = ((tok.aux_decoders[name](z, (4, 4)) - target) ** 2).mean(-1)
+    torch.testing.assert_close(extra[name], per_token[mask].mean())
 
 
 def test_hog_shape_deterministic_and_zero_on_constant():

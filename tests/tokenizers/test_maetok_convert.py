@@ -1,0 +1,149 @@
+"""The official MAETok state-dict converter, on state dicts built here with the official key names and shapes."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentbench.tokenizers import create_tokenizer
+from latentbench.tokenizers.maetok import OFFICIAL_ARCH
+from latentbench.tokenizers.maetok_convert import (
+    ConversionError, convert_official_state_dict, interleaved_to_half, is_official_state_dict,
+)
+from latentbench.tokenizers.vit import rope_mixed, unpatchify
+
+SIZE = dict(resolution=32, patch_size=8, width=32, depth=2, heads=2, latent_tokens=8, latent_channels=4,
+            decoder_width=48, decoder_depth=2, decoder_heads=4, aux_width=16, aux_depth=1, aux_heads=1)
+HOG_DIM = 3 * 9 * 1  # patch 8, HOG cell 8
+
+
+def _tokenizer(**kw):
+    return create_tokenizer("maetok-smoke", **{**SIZE, **OFFICIAL_ARCH, **kw})
+
+
+def _vit_blocks(prefix: str, depth: int, dim: int, movq_cond: int | None, layer_scale: bool) -> dict[str, tuple]:
+    """Official (timm / MoVQBlockv2) block keys and shapes."""
+    keys = {}
+    for i in range(depth):
+        b = f"{prefix}.model.blocks.{i}"
+        keys |= {f"{b}.attn.qkv.weight": (3 * dim, dim), f"{b}.attn.qkv.bias": (3 * dim,), f"{b}.attn.proj.weight": (dim, dim),
+                 f"{b}.attn.proj.bias": (dim,), f"{b}.mlp.fc1.weight": (4 * dim, dim), f"{b}.mlp.fc1.bias": (4 * dim,),
+                 f"{b}.mlp.fc2.weight": (dim, 4 * dim), f"{b}.mlp.fc2.bias": (dim,)}
+        if movq_cond is None:  # timm blocks: affine norms
+            keys |= {f"{b}.norm1.weight": (dim,), f"{b}.norm1.bias": (dim,), f"{b}.norm2.weight": (dim,), f"{b}.norm2.bias": (dim,)}
+        else:  # MoVQBlockv2: norms without affine, adaLN modulation from the latent
+            keys |= {f"{b}.adaLN_modulation.1.weight": (4 * dim, movq_cond), f"{b}.adaLN_modulation.1.bias": (4 * dim,)}
+        if layer_scale:
+            keys |= {f"{b}.ls1.gamma": (dim,), f"{b}.ls2.gamma": (dim,)}
+    return keys
+
+
+def _query_decoder(prefix: str, depth: int, dim: int, heads: int, c: int, n: int, p: int, latent_tokens: int) -> dict[str, tuple]:
+    keys = _vit_blocks(prefix, depth, dim, c, layer_scale=False)
+    return keys | {f"{prefix}.mask_token": (1, 1, dim), f"{prefix}.latent_pos_embed": (1, latent_tokens, dim),
+                   f"{prefix}.freqs": (2, depth, dim // 2), f"{prefix}.model.norm.adaLN_modulation.1.weight": (2 * dim, c),
+                   f"{prefix}.model.norm.adaLN_modulation.1.bias": (2 * dim,),
+                   f"{prefix}.model.patch_embed.proj.weight": (dim, 3, p, p), f"{prefix}.model.patch_embed.proj.bias": (dim,),
+                   f"{prefix}.model.pos_embed": (1, n, dim)}
+
+
+def official_state(aux=("hog", "dino"), seed: int = 0) -> dict[str, torch.Tensor]:
+    """A MaskAEModel state dict (official key names and shapes) at the SIZE above."""
+    d, dd, c, p, n, lt = SIZE["width"], SIZE["decoder_width"], SIZE["latent_channels"], SIZE["patch_size"], 16, SIZE["latent_tokens"]
+    shapes = _vit_blocks("encoder", SIZE["depth"], d, None, layer_scale=True) | {
+        "encoder.model.patch_embed.proj.weight": (d, 3, p, p), "encoder.model.patch_embed.proj.bias": (d,),
+        "encoder.model.cls_token": (1, 1, d), "encoder.model.pos_embed": (1, 1 + n, d),
+        "encoder.model.norm.weight": (d,), "encoder.model.norm.bias": (d,),
+        "encoder.latent_tokens": (1, lt, d), "encoder.latent_pos_embed": (1, lt, d), "encoder.mask_token": (1, 1, d),
+        "encoder.freqs": (2, SIZE["depth"], d // 2),
+        "quant_conv.weight": (c, d), "quant_conv.bias": (c,), "post_quant_conv.weight": (dd, c), "post_quant_conv.bias": (dd,),
+        "decoder.to_pixel.model.weight": (3 * p * p, dd), "decoder.to_pixel.model.bias": (3 * p * p,),
+        "repa_model.blocks.0.attn.qkv.weight": (12, 4), "projection.0.weight": (8, c),
+    }
+    shapes |= _query_decoder("decoder", SIZE["decoder_depth"], dd, SIZE["decoder_heads"], c, n, p, lt)
+    for name, out in (("hog", HOG_DIM), ("dino", 24), ("clip", 24)):
+        if name in aux:
+            shapes |= _query_decoder(f"decoder_{name}", SIZE["aux_depth"], SIZE["aux_width"], 1, c, n, p, lt)
+            shapes |= {f"post_quant_conv_{name}.weight": (SIZE["aux_width"], c), f"post_quant_conv_{name}.bias": (SIZE["aux_width"],),
+                       f"to_pixel_{name}.weight": (out, SIZE["aux_width"]), f"to_pixel_{name}.bias": (out,)}
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+
+
+def test_every_official_key_is_mapped_or_skipped_with_a_reason():
+    state = official_state()
+    assert is_official_state_dict(state)
+    tok = _tokenizer()
+    converted, report = convert_official_state_dict(state, tok)
+    assert set(report.mapped) | set(report.skipped) == set(state)
+    assert not set(report.mapped) & set(report.skipped)
+    tok.load_state_dict(converted, strict=True)  # fills every parameter of ours
+    assert set(converted) == set(tok.state_dict())
+    assert "training-only" in report.skipped["repa_model.blocks.0.attn.qkv.weight"]
+    assert "dinov2-vitb14" in report.skipped["decoder_dino.mask_token"]
+    assert "never read" in report.skipped["decoder.model.patch_embed.proj.weight"]
+    # one mask token at every query position
+    assert torch.equal(tok.decoder.queries[0], state["decoder.mask_token"][0].expand(16, -1))
+    assert torch.equal(tok.encoder.blocks[1].ls2.gamma, state["encoder.model.blocks.1.ls2.gamma"])
+    assert torch.equal(tok.to_latent.weight, state["quant_conv.weight"])
+
+
+def test_unknown_missing_and_misshapen_keys_fail_with_the_keys_named():
+    tok = _tokenizer()
+    state = official_state()
+    with pytest.raises(ConversionError, match="encoder.model.reg_token"):
+        convert_official_state_dict(state | {"encoder.model.reg_token": torch.zeros(1, 4, 32)}, tok)
+    partial = {k: v for k, v in state.items() if k != "encoder.model.norm.weight"}
+    with pytest.raises(ConversionError, match="encoder.norm.weight"):
+        convert_official_state_dict(partial, tok)
+    wrong = state | {"encoder.model.pos_embed": torch.zeros(1, 65, 32)}  # a 64-patch grid: another resolution
+    with pytest.raises(ConversionError, match="shapes differ"):
+        convert_official_state_dict(wrong, tok)
+    with pytest.raises(ConversionError, match="not built with"):  # official CLIP decoder, ours built without that target
+        convert_official_state_dict(official_state(aux=("hog",)), create_tokenizer("maetok-smoke", **SIZE))
+
+
+def test_pixel_head_matches_mae_unpatchify():
+    state = official_state()
+    tok = _tokenizer()
+    tok.load_state_dict(convert_official_state_dict(state, tok)[0])
+    h = torch.randn(2, 16, SIZE["decoder_width"])  # (B, N, D) decoder outputs on the 4x4 grid
+    w, b, p = state["decoder.to_pixel.model.weight"], state["decoder.to_pixel.model.bias"], SIZE["patch_size"]
+    official = (h @ w.T + b).reshape(2, 4, 4, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(2, 3, 32, 32)  # nhwpqc->nchpwq
+    ours = unpatchify(tok.decoder.head(h), p, (4, 4))
+    torch.testing.assert_close(ours, official)
+
+
+def _official_rope(x: torch.Tensor, freqs: torch.Tensor, grid: tuple[int, int], heads: int) -> torch.Tensor:
+    """The official RoPE-Mixed rotation: complex multiplication of interleaved pairs (B, h, N, d)."""
+    t = torch.arange(grid[0] * grid[1], dtype=torch.float32)
+    t_x, t_y = t % grid[1], torch.div(t, grid[1], rounding_mode="floor")
+    fx = (t_x[:, None] @ freqs[0][None]).view(-1, heads, freqs.shape[1] // heads).permute(1, 0, 2)  # (h, N, d/2)
+    fy = (t_y[:, None] @ freqs[1][None]).view(-1, heads, freqs.shape[1] // heads).permute(1, 0, 2)
+    cis = torch.polar(torch.ones_like(fx), fx + fy)
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(xc * cis).flatten(-2)
+
+
+def test_rope_permutation_gives_the_official_attention_logits():
+    heads, d, grid = 2, 16, (3, 4)
+    g = torch.Generator().manual_seed(1)
+    freqs = torch.randn(2, heads * d // 2, generator=g) * 0.3  # one block's official frequencies
+    q, k = torch.randn(2, 1, heads, 12, d, generator=g).unbind(0)  # (1, h, N, d) official layout
+    qo, ko = _official_rope(q, freqs, grid, heads), _official_rope(k, freqs, grid, heads)
+    order = interleaved_to_half(heads, d).reshape(heads, d) - torch.arange(heads)[:, None] * d  # per-head channel order
+    qp = torch.stack([q[:, h][..., order[h]] for h in range(heads)], dim=1)
+    kp = torch.stack([k[:, h][..., order[h]] for h in range(heads)], dim=1)
+    cos, sin = rope_mixed(freqs, grid, heads)  # (h, N, d) rotate-half tables
+    from latentbench.tokenizers.vit import apply_rope
+
+    torch.testing.assert_close(apply_rope(qp, cos, sin) @ apply_rope(kp, cos, sin).transpose(-1, -2), qo @ ko.transpose(-1, -2))
+
+
+def test_converted_weights_run_and_own_checkpoints_pass_through():
+    tok = _tokenizer().eval()
+    converted, _ = convert_official_state_dict(official_state(), tok)
+    assert tok.convert_state_dict(converted) is converted  # not official: left as it is
+    tok.load_state_dict(tok.convert_state_dict(official_state()))
+    with torch.no_grad():
+        z = tok.encode(torch.rand(2, 3, 32, 32) * 2 - 1)
+        assert z.shape == (2, 8, 4) and tok.decode(z).shape == (2, 3, 32, 32)
