@@ -104,6 +104,15 @@ def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
     return [f"- n/a — {note}" for note in notes]
 
 
+def display_name(tokenizer: dict[str, Any]) -> str:
+    """Table label: the registered name, plus the config file's stem when a YAML file chose the arguments
+    (``maetok-ci [maetok-ci-plain]``), plus the record's variant (``flowmo-ci (1a)``) where it has one."""
+    name, requested = tokenizer["name"], tokenizer.get("requested") or ""
+    if requested.endswith((".yaml", ".yml")) and Path(requested).stem != name:
+        name = f"{name} [{Path(requested).stem}]"
+    return f"{name} ({tokenizer['variant']})" if tokenizer.get("variant") else name
+
+
 def render_table(records: list[dict[str, Any]]) -> str:
     """Markdown table of a protocol version's results (deterministic for the same records)."""
     if not records:
@@ -121,13 +130,13 @@ def render_table(records: list[dict[str, Any]]) -> str:
         + " | n eval | train steps | wall (s) | commit | date |",
         "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (r["tokenizer"]["name"], r["created"])):
+    for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
         values = [format_metric(metrics.get(k), d) for k, _, d in COLUMNS]
         n = max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {tok['name']} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | "
+            f"| {display_name(tok)} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | "
             + " | ".join(values)
             + f" | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )

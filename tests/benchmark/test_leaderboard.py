@@ -86,3 +86,11 @@ def test_protocol_fingerprint_ignores_aliases_but_not_budgets():
     assert dataclasses.replace(ci, description="reworded").fingerprint == ci.fingerprint
     assert dataclasses.replace(ci, train=dataclasses.replace(ci.train, max_steps=801)).fingerprint != ci.fingerprint
     assert dataclasses.replace(ci, seed=1).fingerprint != ci.fingerprint
+
+
+def test_display_name_tells_config_variants_apart():
+    from latentbench.benchmark.leaderboard import display_name
+
+    assert display_name({"name": "maetok-ci", "requested": "maetok"}) == "maetok-ci"
+    assert display_name({"name": "maetok-ci", "requested": "configs/x/maetok-ci-plain.yaml"}) == "maetok-ci [maetok-ci-plain]"
+    assert display_name({"name": "flowmo-ci", "requested": "flowmo", "variant": "1a"}) == "flowmo-ci (1a)"

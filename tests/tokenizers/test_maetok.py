@@ -182,3 +182,26 @@ def test_module_overfits_one_batch():
     trainer.fit(module, loader)
     assert "train/hog" in trainer.callback_metrics
     assert error() < 0.7 * before  # measured 0.56 -> 0.33: 8 x 4 latents bound the smoke size
+
+
+@pytest.mark.parametrize("config, masked, targets, stages", [
+    ("configs/tokenizers/ablations/maetok-ci-plain.yaml", False, [], ["ae"]),
+    ("configs/tokenizers/ablations/maetok-ci-mask.yaml", True, [], ["ae"]),
+    ("configs/tokenizers/ablations/maetok-ci-aux.yaml", True, ["hog", "domain-mnist"], ["ae"]),
+    ("maetok", True, ["hog", "domain-mnist"], ["ae", "decoder-ft"]),  # the shipped maetok-ci: + decoder fine-tuning
+])
+def test_table1_ablation_rows_are_configs(config, masked, targets, stages):
+    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.paths import REPO_ROOT
+    from latentbench.tokenizers.module import plan_stages
+
+    arg = str(REPO_ROOT / config) if config.endswith(".yaml") else config
+    spec = resolve_tokenizer(arg, load_protocol("ci"))
+    assert spec.name == "maetok-ci"
+    assert (spec.init_args.get("mask_ratio_range", (0.4, 0.6)) is not None) == masked
+    assert list(spec.init_args.get("aux_targets", ["hog"])) == targets
+    plan = plan_stages(("ae", "decoder-ft"), spec.module_args["stage_steps"], 800)
+    assert [name for name, _, _ in plan] == stages
+    shared = {k: v for k, v in spec.module_args.items() if k != "stage_steps"}
+    assert shared == {k: v for k, v in resolve_tokenizer("maetok", load_protocol("ci")).module_args.items() if k != "stage_steps"}
