@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latentbench.tokenizers import create_tokenizer, forward_train
-from latentbench.tokenizers.parts import PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss
+from latentbench.tokenizers.parts import (
+    FeatureDistance, PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss,
+)
 from latentbench.weights import WeightsUnavailable, build_lpips
 
 
@@ -34,6 +36,10 @@ class AutoencoderModule(L.LightningModule):
         perceptual_weight: LPIPS weight; 0 disables. Without LPIPS weights on the machine the
             term is dropped and ``perceptual_status`` says why (it goes into the result).
         perceptual_net: LPIPS backbone ("vgg" as LDM, "alex").
+        perceptual_fallback: when LPIPS weights are absent, a labelled substitute instead of no
+            perceptual term: ``"domain-<source>"`` gives LPIPS's recipe (unit-normalised
+            activations, equal layer weights) on the suite's frozen domain classifier
+            (``parts.FeatureDistance``). None: the term is dropped.
         loss_weights: weights of the tokenizer's own loss terms; defaults to ``tokenizer.loss_weights``.
         disc_weight: GAN loss weight (times the adaptive weight); 0 disables the discriminator.
         disc_start: step at which the GAN losses start.
@@ -55,6 +61,7 @@ class AutoencoderModule(L.LightningModule):
         rec_loss: str = "l1",
         perceptual_weight: float = 1.0,
         perceptual_net: str = "vgg",
+        perceptual_fallback: str | None = None,
         loss_weights: dict[str, float] | None = None,
         disc_weight: float = 0.5,
         disc_start: int = 5_000,
@@ -68,19 +75,28 @@ class AutoencoderModule(L.LightningModule):
         self.save_hyperparameters()
         self.tokenizer = create_tokenizer(tokenizer, **(tokenizer_args or {}))
         self.loss_weights = dict(getattr(self.tokenizer, "loss_weights", {}), **(loss_weights or {}))
-        self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net)
+        self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net, perceptual_fallback)
         self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if disc_weight > 0 else None
         self.stage_plan = plan_stages(tuple(getattr(self.tokenizer, "stages", ("ae",))), stage_steps, max_steps)
 
     @staticmethod
-    def _build_perceptual(weight: float, net: str):
-        """(LPIPS module or None, a status string for the result record)."""
+    def _build_perceptual(weight: float, net: str, fallback: str | None = None):
+        """(perceptual loss module or None, a status string for the result record)."""
         if weight <= 0:
             return None, "off"
         try:
             return build_lpips(net), f"lpips-{net}"
         except WeightsUnavailable as e:
-            return None, f"unavailable: {e}"
+            if fallback is None:
+                return None, f"unavailable: {e}"
+            from latentbench.tokenizers.teachers import DOMAIN_PREFIX, create_teacher
+
+            if not fallback.startswith(DOMAIN_PREFIX):
+                raise ValueError(f"perceptual_fallback must be 'domain-<source>' (e.g. domain-mnist), got {fallback!r}") from None
+            teacher = create_teacher(fallback)
+            return FeatureDistance(teacher), (
+                f"substitute: {fallback} feature distance (LPIPS recipe on the suite's frozen classifier, "
+                f"weights sha256 {teacher.weights_sha256[:12]}), not LPIPS; lpips-{net} unavailable: {e}")
 
     # ---- losses -----------------------------------------------------------------------------
 

@@ -60,3 +60,36 @@ def adaptive_gan_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, ma
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     weight = rec_grad.norm() / (g_grad.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
+
+
+class FeatureDistance(nn.Module):
+    """Perceptual-loss substitute when LPIPS weights are absent: LPIPS's recipe on a frozen suite network.
+
+    Activations after every ReLU of a ``domain-<source>`` teacher's conv body (the FID-domain
+    classifier the suite trains offline), unit-normalised over channels at each position,
+    squared differences averaged over positions and summed over layers with equal weights
+    (LPIPS "baseline": no learned linear heads, since there is no human-judgement data here).
+    Not LPIPS, and labelled so wherever it is used.
+    """
+
+    def __init__(self, teacher: nn.Module):
+        super().__init__()
+        self.teacher_name = teacher.name
+        self.resolution = teacher.resolution
+        self.convs = teacher.convs  # frozen, shared with the teacher
+
+    def _features(self, x: Tensor) -> list[Tensor]:
+        if x.shape[-2:] != (self.resolution, self.resolution):
+            x = F.interpolate(x, size=(self.resolution,) * 2, mode="bilinear", align_corners=False)
+        feats = []
+        for layer in self.convs:
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                feats.append(x / (x.norm(dim=1, keepdim=True) + 1e-10))  # (B, C_l, H_l, W_l)
+        return feats
+
+    def forward(self, rec: Tensor, x: Tensor) -> Tensor:
+        """Per-image distance (B,) between reconstructions and images in [-1, 1]; differentiable in ``rec``."""
+        with torch.no_grad():
+            target = self._features(x.float())
+        return sum(((a - b) ** 2).sum(1).mean((1, 2)) for a, b in zip(self._features(rec.float()), target))

@@ -77,3 +77,22 @@ def test_stages_run_in_order_and_reach_the_tokenizer():
     assert module.tokenizer.aux_enabled is False  # ended in decoder-ft
     # trained in "ae", frozen in "decoder-ft": the encoder moved, but not in the last steps
     assert any(not torch.equal(a, b) for a, b in zip(encoder_before, module.tokenizer.encoder_parameters()))
+
+
+def test_perceptual_fallback_is_a_labelled_substitute(monkeypatch, tmp_path):
+    """Without LPIPS weights, ``perceptual_fallback`` trains with the suite's frozen-classifier feature distance, labelled."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS backbone weights there
+    module = AutoencoderModule("sdvae-smoke", perceptual_fallback="domain-shapes:48:20", disc_weight=0.0)
+    assert module.perceptual_status.startswith("substitute: domain-shapes:48:20 feature distance")
+    assert "not LPIPS" in module.perceptual_status
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    d = module.perceptual(x.clone().requires_grad_(True), x)
+    assert d.shape == (2,) and torch.allclose(d, torch.zeros(2), atol=1e-6)  # identical images: distance 0
+    rec = (x + 0.3 * torch.randn_like(x)).requires_grad_(True)
+    module.perceptual(rec, x).sum().backward()
+    assert rec.grad.abs().sum() > 0  # differentiable in the reconstruction
+    assert not any(p.requires_grad for p in module.perceptual.parameters())  # frozen network
+    losses = module._reconstruction_losses(x, rec.detach(), {})
+    assert set(losses) == {"rec", "perceptual"}
+    with pytest.raises(ValueError, match="domain-<source>"):
+        AutoencoderModule("sdvae-smoke", perceptual_fallback="vgg", disc_weight=0.0)
