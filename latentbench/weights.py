@@ -66,12 +66,13 @@ def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, A
 
 
 def extract_state_dict(obj: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:
-    """The tensor state dict inside a loaded checkpoint (plain, ``{"state_dict": ...}`` or Lightning).
+    """The tensor state dict inside a loaded checkpoint (plain, ``{"state_dict": ...}``, Lightning, FlowMo's EMA).
 
     Keys that start with ``prefix`` (e.g. ``"tokenizer."`` in a Lightning checkpoint) are
     kept with the prefix removed; when no key has it, the dict is returned as it is.
     """
-    for key in ("state_dict", "model", "module"):
+    # "model_ema_state_dict": FlowMo's released files (the EMA weights, which the paper evaluates)
+    for key in ("state_dict", "model_ema_state_dict", "model_state_dict", "model", "module"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break

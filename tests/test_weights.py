@@ -48,3 +48,9 @@ def test_lpips_weights_missing_names_file_and_place(monkeypatch, tmp_path):
         require_lpips_weights("alex")
     with pytest.raises(ValueError, match="must be one of"):
         require_lpips_weights("resnet")
+
+
+def test_extract_state_dict_takes_flowmo_ema_weights():
+    ema, raw = {"w": torch.ones(1)}, {"w": torch.zeros(1)}
+    ckpt = {"model_ema_state_dict": ema, "model_state_dict": raw, "total_steps": 1_300_000}  # FlowMo's release layout
+    assert extract_state_dict(ckpt) is ema

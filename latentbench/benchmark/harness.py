@@ -35,6 +35,7 @@ from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
 TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
+VAL_HOLDOUT = 16  # training-time validation (modules that early-stop) holds out every 16th train image
 
 
 # ---- what is benched ---------------------------------------------------------------------------
@@ -45,11 +46,19 @@ class TokenizerSpec:
 
     name: str
     init_args: dict[str, Any] = field(default_factory=dict)
-    module_args: dict[str, Any] = field(default_factory=dict)  # AutoencoderModule training arguments
+    module_args: dict[str, Any] = field(default_factory=dict)  # training module arguments
     requested: str = ""  # what the user typed
+    module: str | None = None  # training LightningModule as module:Class; None = AutoencoderModule
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "init_args": self.init_args, "module_args": self.module_args, "requested": self.requested}
+        out = {"name": self.name, "init_args": self.init_args, "module_args": self.module_args, "requested": self.requested}
+        return out | ({"module": self.module} if self.module else {})  # absent by default: run keys stay as they were
+
+    def module_class(self):
+        from latentbench.registry import import_object
+        from latentbench.tokenizers.module import AutoencoderModule
+
+        return import_object(self.module) if self.module else AutoencoderModule
 
 
 def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
@@ -77,10 +86,12 @@ def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
     name = raw.get("class_path") or raw.get("name")
     if not name:
         raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
-    unknown = set(raw) - {"name", "class_path", "init_args", "module_args"}
+    unknown = set(raw) - {"name", "class_path", "init_args", "module_args", "module"}
     if unknown:
-        raise ValueError(f"tokenizer config {path} has unknown keys {sorted(unknown)}")
-    return TokenizerSpec(name=name, init_args=raw.get("init_args") or {}, module_args=raw.get("module_args") or {}, requested=requested)
+        raise ValueError(f"tokenizer config {path} has unknown keys {sorted(unknown)} (allowed: name or class_path, "
+                         "init_args, module_args, module)")
+    return TokenizerSpec(name=name, init_args=raw.get("init_args") or {}, module_args=raw.get("module_args") or {},
+                         requested=requested, module=raw.get("module"))
 
 
 @dataclass(frozen=True)
@@ -192,29 +203,47 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
-    from latentbench.tokenizers.module import AutoencoderModule
-
     proto, spec = cfg.protocol, cfg.tokenizer
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
-    loader = _loader(data, proto.train.batch_size, True, cfg.seed, proto.train.num_workers, drop_last=len(data) > proto.train.batch_size)
-    module = AutoencoderModule(spec.name, spec.init_args, max_steps=cfg.steps, **spec.module_args)
+    module = spec.module_class()(spec.name, spec.init_args, max_steps=cfg.steps, **spec.module_args)
+    # A module that validates while training (FlowMo's early stopping of stage 1b) gets every
+    # VAL_HOLDOUT-th image of the *train* split, held out of training; the eval split, which the
+    # reported metrics use, is never seen before evaluation.
+    validates = hasattr(module, "trainer_kwargs")
+    train_data, val_loader = data, None
+    if validates:
+        held = set(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
+        train_data = Subset(data, [i for i in range(len(data)) if i not in held])
+        val_loader = _loader(Subset(data, sorted(held)), proto.eval.batch_size, False, cfg.seed)
+    loader = _loader(train_data, proto.train.batch_size, True, cfg.seed, proto.train.num_workers,
+                     drop_last=len(train_data) > proto.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
+    loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     trainer = L.Trainer(
         max_steps=cfg.steps, max_epochs=-1, precision=proto.train.precision, accelerator="auto", devices=1,
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
                                    save_top_k=1, enable_version_counter=False), StepProgress()],
-        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-        default_root_dir=str(run_dir),
+        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
+        default_root_dir=str(run_dir), **loop,
     )
     last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, train_dataloaders=loader, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(last) if last.exists() else None)
+    # Modules with several results (FlowMo: without and with post-training) name each state; the last is the run's.
+    states = module.stage_weights() if hasattr(module, "stage_weights") else {"": module.tokenizer.state_dict()}
+    variants = {}
+    for i, (variant, state) in enumerate(states.items()):
+        path = run_dir / ("tokenizer.safetensors" if i == len(states) - 1 else f"tokenizer-{variant}.safetensors")
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
+        variants[variant] = str(path.relative_to(run_dir))
     weights = run_dir / "tokenizer.safetensors"
-    with atomic_path(weights) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in module.tokenizer.state_dict().items()}, str(tmp))
     return {
+        "variants": variants if len(variants) > 1 or "" not in variants else None,
+        "early_stopping": getattr(module, "early_stopping", None),
+        "validation_images": len(held) if validates else 0,
         "steps": int(trainer.global_step),
         "precision": proto.train.precision,
         "perceptual": module.perceptual_status,
@@ -277,7 +306,7 @@ def probe_train_subset(dataset, n: int | None, seed: int):
 
 
 def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trust: bool, on_bad_image: str,
-               cache_dir: str | Path | None = None) -> dict[str, Any]:
+               cache_dir: str | Path | None = None, grid_name: str = "reconstructions.png") -> dict[str, Any]:
     """Reconstruct the eval split, measure it, and fit the linear probe on the latents."""
     from torchvision.utils import save_image
 
@@ -290,8 +319,9 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     metrics = build_metrics(proto, cfg.seed, cache_dir)
     passed = reconstruct(tokenizer, data, metrics, proto.eval.batch_size, cfg.seed)
     grid = torch.cat(passed.grid[0::2] + passed.grid[1::2]).clamp(-1, 1)
-    save_image(grid, run_dir / "reconstructions.png", nrow=len(grid) // 2, normalize=True, value_range=(-1, 1))
+    save_image(grid, run_dir / grid_name, nrow=len(grid) // 2, normalize=True, value_range=(-1, 1))
     results = metrics.results()
+    codes = code_statistics(tokenizer, passed.latents, proto.data.resolution)
 
     start = time.perf_counter()
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
@@ -304,8 +334,24 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "throughput_img_s": passed.n / passed.coding_s if passed.coding_s else None,
         "probe_s": time.perf_counter() - start,
         "data": data.info,
-        "grid": "reconstructions.png",
+        "grid": grid_name,
+        "codes": codes,
     }
+
+
+def code_statistics(tokenizer, latents: list[torch.Tensor], resolution: int) -> dict[str, Any] | None:
+    """Bits per pixel, sub-codebook usage and code entropy of a discrete tokenizer's eval codes; None if continuous."""
+    spec = tokenizer.latent_spec
+    if spec.bits_per_token is None:
+        return None
+    from latentbench.tokenizers.lfq import CodeUsage
+
+    quantizer = getattr(tokenizer, "quantizer", None)
+    bits = int(spec.bits_per_token)
+    usage = CodeUsage(bits, getattr(quantizer, "group_size", None))
+    for z in latents:
+        usage.update(z.float().sign().reshape(-1, bits))  # (B*L, bits) of +-1
+    return {"bits_per_pixel": spec.bits_per_pixel(resolution, resolution), "bits_per_token": bits, **usage.compute()}
 
 
 def _display_path(path: str | Path) -> str:
@@ -336,13 +382,14 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "latent": tokenizer.latent_spec.to_dict(),
             "params": _params(tokenizer),
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
-                          {"path": _display_path(run_dir / train["weights"]), "sha256": train["weights_sha256"]} if train else None,
+                          {"path": _display_path(weights), "sha256": sha256_file(weights)} if train else None,
             "trained_steps": train["steps"] if train else 0,
         },
-        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets")} if train else None,
+        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping", "validation_images")} if train else None,
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": evaluation["metrics"],
         "throughput_img_s": evaluation["throughput_img_s"],
+        "codes": evaluation.get("codes"),
         "seeds": {"bench": cfg.seed},
         "run_dir": _display_path(run_dir),
         "provenance": provenance(),
@@ -380,12 +427,21 @@ def run_bench(
     if cfg.steps > 0:
         train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
         weights = run_dir / train["weights"]
-    evaluation = stages.run("eval", lambda: eval_stage(cfg, run_dir, weights, trust_checkpoint, on_bad_image), log)
-    recorded = stages.run("record", lambda: _record_stage(cfg, run_dir, train, evaluation, weights, trust_checkpoint, Path(leaderboard_dir)), log)
+    variants = (train or {}).get("variants") or {"": weights}
+    recorded = None
+    for variant, path in variants.items():  # one row per result (FlowMo: without and with post-training)
+        w = weights if variant == "" else run_dir / path
+        suffix = f"-{variant}" if variant else ""
+        evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(  # noqa: B023 (run at once)
+            cfg, run_dir, w, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
+        recorded = stages.run(f"record{suffix}", lambda: _record_stage(  # noqa: B023
+            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant), log)
     return recorded["record"]
 
 
-def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path) -> dict[str, Any]:
+def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path, variant: str = "") -> dict[str, Any]:
     record = build_record(cfg, run_dir, train, evaluation, weights, trust)
+    if variant:
+        record["tokenizer"]["variant"] = variant
     table = append_record(leaderboard_dir, record)
     return {"record": record, "table": str(table)}

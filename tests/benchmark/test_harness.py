@@ -153,3 +153,22 @@ def test_two_stage_tokenizer_runs_its_stages_in_order(tmp_path):
     assert record["tokenizer"]["name"] == "maetok-smoke" and record["tokenizer"]["latent"]["shape"] == [8, 4]
     assert record["training"]["stages"] == [{"name": "ae", "steps": 15}, {"name": "decoder-ft", "steps": 5}]
     assert record["metrics"]["psnr"]["n"] == 64 and record["metrics"]["probe"]["feature_dim"] == 32
+
+
+def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
+    """FlowMo trains with its own module, early-stops 1b on held-out train images, and records both results."""
+    record = run_bench("flowmo", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    rows = read_records(tmp_path / "lb" / "smoke" / "v1")
+    assert [r["tokenizer"]["variant"] for r in rows] == ["1a", "1b"] and rows[-1]["id"] == record["id"]
+    assert all(r["tokenizer"]["module"].endswith(":FlowMoModule") for r in rows)
+    a, b = rows
+    assert a["tokenizer"]["checkpoint"]["sha256"] != b["tokenizer"]["checkpoint"]["sha256"]
+    assert a["tokenizer"]["checkpoint"]["path"].endswith("tokenizer-1a.safetensors")
+    assert b["training"]["stages"] == [{"name": "1a", "steps": 15}, {"name": "1b", "steps": 5}]
+    assert b["training"]["validation_images"] > 0 and b["training"]["early_stopping"]["evaluations"] >= 1
+    codes = b["codes"]  # bits per pixel, usage and entropy of the eval codes, for every discrete run
+    assert codes["bits_per_pixel"] == 8 * 6 / (32 * 32) and 0 < codes["usage"] <= 1
+    assert 0 <= codes["entropy_bits"] <= codes["max_entropy_bits"]
+    table = (tmp_path / "lb" / "smoke" / "v1" / "README.md").read_text()
+    assert "flowmo-smoke (1a)" in table and "flowmo-smoke (1b)" in table
+    assert any((tmp_path / "runs").rglob("reconstructions-1a.png"))
