@@ -243,6 +243,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     return {
         "variants": variants if len(variants) > 1 or "" not in variants else None,
         "early_stopping": getattr(module, "early_stopping", None),
+        "normalization": getattr(module, "normalization", None),  # RAE: latent statistics fitted on the train split
+        "discriminator": getattr(module, "discriminator_info", None),
         "validation_images": len(held) if validates else 0,
         "steps": int(trainer.global_step),
         "precision": proto.train.precision,
@@ -360,6 +362,17 @@ def _display_path(path: str | Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+def _costs(tokenizer: torch.nn.Module, resolution: int) -> dict[str, Any] | None:
+    """Encoder / decoder GMACs and parameters per image (``benchmark.costs``); None, with the reason logged, if uncountable."""
+    from latentbench.benchmark.costs import tokenizer_costs
+
+    try:
+        return tokenizer_costs(tokenizer, resolution)
+    except Exception as e:  # a user's tokenizer the FLOP counter cannot trace must not lose its row
+        logging.getLogger(__name__).warning("cost count failed for %s: %s", type(tokenizer).__name__, e)
+        return None
+
+
 def _params(module: torch.nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in module.parameters())}
 
@@ -381,11 +394,14 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
             "latent": tokenizer.latent_spec.to_dict(),
             "params": _params(tokenizer),
+            "costs": _costs(tokenizer, proto.data.resolution),
+            "describe": tokenizer.describe() if hasattr(tokenizer, "describe") else None,
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
                           {"path": _display_path(weights), "sha256": sha256_file(weights)} if train else None,
             "trained_steps": train["steps"] if train else 0,
         },
-        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping", "validation_images")} if train else None,
+        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
+                                               "validation_images", "normalization", "discriminator")} if train else None,
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": evaluation["metrics"],
         "throughput_img_s": evaluation["throughput_img_s"],

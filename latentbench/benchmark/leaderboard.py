@@ -104,10 +104,20 @@ def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
     return [f"- n/a — {note}" for note in notes]
 
 
+def _gmacs(tokenizer: dict[str, Any]) -> str:
+    """Encoder / decoder multiply-adds per image (the papers' "GFLOPs"); "—" for rows recorded without a count."""
+    costs = tokenizer.get("costs")
+    if not costs:
+        return "—"
+    return f"{costs['encoder_gmacs']:.3g} / {costs['decoder_gmacs']:.3g}"
+
+
 def display_name(tokenizer: dict[str, Any]) -> str:
     """Table label: the registered name, plus the config file's stem when a YAML file chose the arguments
     (``maetok-ci [maetok-ci-plain]``), plus the record's variant (``flowmo-ci (1a)``) where it has one."""
     name, requested = tokenizer["name"], tokenizer.get("requested") or ""
+    if ((tokenizer.get("describe") or {}).get("encoder") or {}).get("kind") == "random-init":
+        name += " [RANDOM-INIT ENCODER]"
     if requested.endswith((".yaml", ".yml")) and Path(requested).stem != name:
         name = f"{name} [{Path(requested).stem}]"
     return f"{name} ({tokenizer['variant']})" if tokenizer.get("variant") else name
@@ -126,9 +136,9 @@ def render_table(records: list[dict[str, Any]]) -> str:
         f"Protocol fingerprint `{proto['fingerprint'][:16]}`. Generated from `results.jsonl` "
         "(one JSON record per run, append-only); do not edit by hand.",
         "",
-        "| tokenizer | latent | params (M) | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
+        "| tokenizer | latent | params (M) | enc / dec GMACs | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
         + " | n eval | train steps | wall (s) | commit | date |",
-        "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|",
+        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
@@ -136,7 +146,7 @@ def render_table(records: list[dict[str, Any]]) -> str:
         n = max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {display_name(tok)} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | "
+            f"| {display_name(tok)} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )

@@ -28,7 +28,7 @@ def test_append_only_and_rendered(tmp_path):
     with pytest.raises(ValueError, match="never rewritten"):
         append_record(tmp_path, a)
     table = (tmp_path / "unit/v1/README.md").read_text()
-    assert "| tok-b | 4x8x8 | 1.00 | — | 25.00 | 0.5000 | — | — | 10 | 5 | 3 | abcdef12 |" in table
+    assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | 10 | 5 | 3 | abcdef12 |" in table
 
 
 def test_unavailable_metrics_and_intervals_are_rendered():
@@ -94,3 +94,12 @@ def test_display_name_tells_config_variants_apart():
     assert display_name({"name": "maetok-ci", "requested": "maetok"}) == "maetok-ci"
     assert display_name({"name": "maetok-ci", "requested": "configs/x/maetok-ci-plain.yaml"}) == "maetok-ci [maetok-ci-plain]"
     assert display_name({"name": "flowmo-ci", "requested": "flowmo", "variant": "1a"}) == "flowmo-ci (1a)"
+
+
+def test_costs_column_and_random_encoder_label():
+    from latentbench.benchmark.leaderboard import _gmacs, display_name
+
+    assert _gmacs({"costs": {"encoder_gmacs": 23.5, "decoder_gmacs": 311.1}}) == "23.5 / 311"
+    assert _gmacs({"costs": None}) == "—"
+    tok = {"name": "rae-ci", "requested": "rae", "describe": {"encoder": {"kind": "random-init"}}}
+    assert display_name(tok) == "rae-ci [RANDOM-INIT ENCODER]"

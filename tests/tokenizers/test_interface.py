@@ -8,7 +8,7 @@ from latentbench.weights import WeightsUnavailable
 # Paper-size nets are checked at a small input where the architecture allows (convolutional
 # ones); the paper-size ViTs run at their own 256x256 and are marked slow.
 TEST_RES = {"sdvae-f8": 64}
-SLOW = {"maetok-b-128", "flowmo-lo", "flowmo-hi"}  # paper sizes: minutes to hours on a CPU
+SLOW = {"maetok-b-128", "flowmo-lo", "flowmo-hi", "rae-ci"}  # paper sizes: minutes to hours on a CPU; rae-ci pretrains its MAE encoder (~60 s)
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TOKENIZERS.names()]
 
 
