@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 import warnings
@@ -46,7 +44,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentbench.fsutil import atomic_path, atomic_write_text
+from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
 from latentbench.registry import Registry
 from latentbench.weights import WeightsUnavailable, extract_state_dict, load_checkpoint, sha256_file, torch_hub_file
 
@@ -473,29 +471,14 @@ _STORED_FACTS = ("format", "source", "num_classes", "recipe", "train_images", "v
 
 def save_domain_classifier(net: DomainClassifier, facts: dict, path: Path) -> str:
     """Write weights (+ the training facts as metadata) atomically, then a JSON sidecar; return the sha256."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"latentbench": json.dumps({k: facts[k] for k in _STORED_FACTS}, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
-    sha = sha256_file(path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(facts | dict(weights_sha256=sha), indent=2, sort_keys=True) + "\n")
-    return sha
+    return save_with_facts(net, facts, _STORED_FACTS, path)
 
 
 def load_domain_classifier(path: Path) -> tuple[DomainClassifier, dict]:
     """A domain classifier and its stored training facts from a file ``save_domain_classifier`` wrote."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get("latentbench")
-    if stored is None:
-        raise ValueError(f"{path} is not a latentbench domain classifier (its safetensors metadata has no 'latentbench' entry)")
-    facts = json.loads(stored)
-    if facts.get("format") != DOMAIN_FORMAT:
-        raise ValueError(f"{path} holds a domain classifier of format {facts.get('format')!r}; this code reads {DOMAIN_FORMAT!r}")
+    facts = read_stored_facts(path, DOMAIN_FORMAT, "domain classifier")
     recipe = DomainRecipe(**facts["recipe"])
     with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
         net = DomainClassifier(facts["num_classes"], recipe.resolution, recipe.width, recipe.feature_dim)
@@ -507,9 +490,7 @@ def domain_cache_path(cache_dir: Path, source: str, recipe: DomainRecipe, train_
     """``<cache_dir>/extractors/domain-<source>-<hash>.safetensors``, hashing all that defines the weights."""
     key = dict(format=DOMAIN_FORMAT, source=source, recipe=asdict(recipe),
                train=train_info["fingerprint"], val=val_info["fingerprint"])
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[:48]
-    return Path(cache_dir) / "extractors" / f"domain-{slug}-{digest}.safetensors"
+    return hashed_cache_path(cache_dir, "extractors", "domain", source, key)
 
 
 def _cached_facts(path: Path) -> dict | None:

@@ -26,9 +26,7 @@ built only with ``random_init=True`` and says so in ``info["kind"]``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +40,7 @@ from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
 from latentbench.benchmark.extractors import (
     _cached_facts,
     _num_threads,
@@ -49,7 +48,6 @@ from latentbench.benchmark.extractors import (
     _split_tensors,
     default_cache_dir,
 )
-from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.tokenizers.teachers import (
     hf_cached_file,
     load_timm_vit,
@@ -302,29 +300,14 @@ _STORED_FACTS = ("format", "source", "recipe", "train_images", "val_images", "st
 
 def save_mae_encoder(net: SmallViT, facts: dict, path: Path) -> str:
     """Write weights (+ the training facts as metadata) atomically, then a JSON sidecar; return the sha256."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {"latentbench": json.dumps({k: facts[k] for k in _STORED_FACTS}, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
-    sha = sha256_file(path)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(facts | dict(weights_sha256=sha), indent=2, sort_keys=True) + "\n")
-    return sha
+    return save_with_facts(net, facts, _STORED_FACTS, path)
 
 
 def load_mae_encoder(path: Path) -> tuple[SmallViT, dict]:
     """The encoder and its stored training facts from a file ``save_mae_encoder`` wrote."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get("latentbench")
-    if stored is None:
-        raise ValueError(f"{path} is not a latentbench MAE encoder (its safetensors metadata has no 'latentbench' entry)")
-    facts = json.loads(stored)
-    if facts.get("format") != MAE_FORMAT:
-        raise ValueError(f"{path} holds an encoder of format {facts.get('format')!r}; this code reads {MAE_FORMAT!r}")
+    facts = read_stored_facts(path, MAE_FORMAT, "MAE encoder")
     r = MAERecipe(**facts["recipe"])
     with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
         net = SmallViT(r.resolution, r.patch_size, r.width, r.depth, r.heads)
@@ -336,9 +319,7 @@ def mae_cache_path(cache_dir: Path, source: str, recipe: MAERecipe, train_info: 
     """``<cache_dir>/encoders/mae-<source>-<hash>.safetensors``, hashing all that defines the weights."""
     key = dict(format=MAE_FORMAT, source=source, recipe=asdict(recipe), train=train_info["fingerprint"],
                val=val_info["fingerprint"])
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[:48]
-    return Path(cache_dir) / "encoders" / f"mae-{slug}-{digest}.safetensors"
+    return hashed_cache_path(cache_dir, "encoders", "mae", source, key)
 
 
 def build_mae_encoder(source: str, weights: str | Path | None = None, cache_dir: str | Path | None = None,

@@ -1,0 +1,52 @@
+"""Suite-trained weights in the cache: safetensors with their training facts, a JSON sidecar, hashed names.
+
+Shared by the FID-domain classifier (``benchmark.extractors``) and RAE's MAE encoder
+(``tokenizers.rae_encoders``): both are trained by the suite, deterministically, and cached
+under a name that hashes everything that defines the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from latentbench.fsutil import atomic_path, atomic_write_text
+from latentbench.weights import sha256_file
+
+
+def save_with_facts(net: nn.Module, facts: dict[str, Any], stored: tuple[str, ...], path: Path) -> str:
+    """Write weights (+ the ``stored`` facts as metadata) atomically, then a JSON sidecar; return the sha256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {"latentbench": json.dumps({k: facts[k] for k in stored}, sort_keys=True)}
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=metadata)
+    sha = sha256_file(path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps(facts | {"weights_sha256": sha}, indent=2, sort_keys=True) + "\n")
+    return sha
+
+
+def read_stored_facts(path: Path, fmt: str, what: str) -> dict[str, Any]:
+    """The facts ``save_with_facts`` stored in ``path``; a clear error if it is not a ``what`` of format ``fmt``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        stored = (f.metadata() or {}).get("latentbench")
+    if stored is None:
+        raise ValueError(f"{path} is not a latentbench {what} (its safetensors metadata has no 'latentbench' entry)")
+    facts = json.loads(stored)
+    if facts.get("format") != fmt:
+        raise ValueError(f"{path} holds a {what} of format {facts.get('format')!r}; this code reads {fmt!r}")
+    return facts
+
+
+def hashed_cache_path(cache_dir: Path, folder: str, prefix: str, source: str, key: dict[str, Any]) -> Path:
+    """``<cache_dir>/<folder>/<prefix>-<source slug>-<hash of key>.safetensors``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("_")[:48]
+    return Path(cache_dir) / folder / f"{prefix}-{slug}-{digest}.safetensors"
