@@ -31,15 +31,7 @@ from latentbench.benchmark.metrics import psnr_per_image
 from latentbench.tokenizers import create_tokenizer, decode_seeded, flowmo  # noqa: F401  (flowmo registers flowmo-*)
 from latentbench.tokenizers.lfq import CodeUsage
 from latentbench.tokenizers.mmdit import block_linear_weights
-from latentbench.tokenizers.module import AutoencoderModule, plan_stages
-
-
-def stage_at(plan: list[tuple[str, int, int]], step: int) -> tuple[str, float]:
-    """(stage name, fraction of that stage done) at optimizer step ``step`` of a ``plan_stages`` plan."""
-    for name, start, end in plan:
-        if step < end:
-            return name, (step - start) / max(end - start, 1)
-    return plan[-1][0], 1.0
+from latentbench.tokenizers.module import AutoencoderModule, plan_stages, stage_at
 
 
 class FlowMoModule(L.LightningModule):

@@ -126,11 +126,7 @@ class AutoencoderModule(L.LightningModule):
 
     def current_stage(self, step: int) -> tuple[str, float]:
         """(stage name, fraction of that stage done) at optimizer step ``step``."""
-        for name, start, end in self.stage_plan:
-            if step < end:
-                return name, (step - start) / max(end - start, 1)
-        name, start, end = self.stage_plan[-1]
-        return name, 1.0
+        return stage_at(self.stage_plan, step)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if hasattr(self.tokenizer, "set_stage"):
@@ -192,3 +188,11 @@ def plan_stages(stages: tuple[str, ...], fractions: dict[str, float] | None, max
         plan.append((name, start, end))
         start = end
     return plan
+
+
+def stage_at(plan: list[tuple[str, int, int]], step: int) -> tuple[str, float]:
+    """(stage name, fraction of that stage done) at optimizer step ``step`` of a ``plan_stages`` plan."""
+    for name, start, end in plan:
+        if step < end:
+            return name, (step - start) / max(end - start, 1)
+    return plan[-1][0], 1.0
