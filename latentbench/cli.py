@@ -1,7 +1,7 @@
 """The ``latentbench`` command (jsonargparse subcommands).
 
-    latentbench list                                  registered tokenizers and shipped protocols
-    latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, record
+    latentbench list                                  registered tokenizers, generators and shipped protocols
+    latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, train a generator, record
     latentbench metrics --real DIR --fake DIR --psnr --ssim --fid   metrics of two image folders
 """
 from __future__ import annotations
@@ -44,6 +44,13 @@ def bench(
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
                         for k, v in record["metrics"].items())
     print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
+    conv = (record.get("generation") or {}).get("convergence") or {}
+    if conv.get("target") == "baseline":
+        print(f"convergence: steps to {conv['baseline']}'s final gFID are in the leaderboard table (resolved from its rows)")
+    elif conv.get("target") is not None:
+        reached = conv["steps_to_target"]
+        print(f"convergence: gFID <= {conv['target']} at step {reached}" if reached is not None
+              else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
     print(f"wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in record["wall_time_s"].items()))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
 
@@ -108,19 +115,21 @@ def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weig
     print(f"wrote {save_folder_stats(images, out, extractor, extractor_weights, batch_size)}")
 
 
-def list_(kind: Literal["all", "tokenizers", "protocols"] = "all") -> None:
-    """List registered tokenizers and shipped protocols.
+def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all") -> None:
+    """List registered tokenizers and generators, and shipped protocols.
 
     Args:
         kind: what to list.
     """
     from latentbench.benchmark.protocol import available_protocols, load_protocol
+    from latentbench.generators import GENERATORS
     from latentbench.tokenizers import TOKENIZERS
 
-    if kind in ("all", "tokenizers"):
-        print("tokenizers:")
-        for name in TOKENIZERS.names():
-            print(f"  {name:<16} {TOKENIZERS.help(name)}")
+    for what, registry in (("tokenizers", TOKENIZERS), ("generators", GENERATORS)):
+        if kind in ("all", what):
+            print(f"{what}:")
+            for name in registry.names():
+                print(f"  {name:<18} {registry.help(name)}")
     if kind in ("all", "protocols"):
         print("protocols:")
         for name in available_protocols():

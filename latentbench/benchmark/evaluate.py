@@ -27,12 +27,21 @@ def world() -> tuple[int, int]:
 
 
 class ShardSampler(Sampler[int]):
-    """Indices rank, rank + world, ... of range(n): disjoint shards covering every index once, no padding."""
+    """Indices rank, rank + world, ... of range(n): disjoint shards covering every index once, no padding.
 
-    def __init__(self, n: int, rank: int = 0, world_size: int = 1):
-        if not 0 <= rank < world_size:
+    With ``rank=None`` the rank and world size are read when iterating, so a loader built
+    before the process group exists (Lightning starts it in ``fit``) shards correctly.
+    """
+
+    def __init__(self, n: int, rank: int | None = 0, world_size: int = 1):
+        if rank is not None and not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
-        self.indices = range(rank, n, world_size)
+        self.n, self.rank, self.world_size = n, rank, world_size
+
+    @property
+    def indices(self) -> range:
+        rank, world_size = world() if self.rank is None else (self.rank, self.world_size)
+        return range(rank, self.n, world_size)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -166,8 +175,8 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
 
 
 @torch.no_grad()
-def encode_all(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Latents and labels of a whole dataset, sharded over ranks and gathered in index order."""
+def encode_shard(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(global indices, latents, labels) of this rank's shard of ``dataset``."""
     from tqdm.auto import tqdm
 
     rank, _ = world()
@@ -176,4 +185,9 @@ def encode_all(tokenizer, dataset: Dataset, batch_size: int, progress: bool = Tr
         latents.append(tokenizer.encode(x).float().cpu())
         labels.append(torch.as_tensor(y))
         indices.append(index)
-    return gather_by_index(torch.cat(indices), torch.cat(latents), torch.cat(labels))
+    return torch.cat(indices), torch.cat(latents), torch.cat(labels)
+
+
+def encode_all(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Latents and labels of a whole dataset, sharded over ranks and gathered in index order."""
+    return gather_by_index(*encode_shard(tokenizer, dataset, batch_size, progress))

@@ -276,27 +276,35 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
     return tokenizer.eval()
 
 
+def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
+    """The protocol's FID feature extractor, or (None, the reason) when its weights are missing."""
+    from latentbench.benchmark.extractors import DOMAIN_PREFIX, DomainRecipe, create_extractor
+    from latentbench.weights import WeightsUnavailable
+
+    options = dict(proto.eval.extractor_options)
+    if proto.eval.extractor.startswith(DOMAIN_PREFIX) and options:
+        options = {"recipe": DomainRecipe(**options)}
+    try:
+        return create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options), None
+    except WeightsUnavailable as e:
+        return None, str(e)
+
+
 def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = None):
     """The protocol's reconstruction metrics; a metric whose weights are missing is reported unavailable."""
     from latentbench.benchmark.evaluate import ReconstructionMetrics
-    from latentbench.benchmark.extractors import DOMAIN_PREFIX, DomainRecipe, create_extractor
     from latentbench.benchmark.perceptual import LPIPS
     from latentbench.weights import WeightsUnavailable
 
-    spec, unavailable = proto.eval, {}
-    lpips = extractor = None
+    unavailable, lpips = {}, None
     try:
-        lpips = LPIPS(net=spec.lpips_net)
+        lpips = LPIPS(net=proto.eval.lpips_net)
     except WeightsUnavailable as e:
         unavailable["lpips"] = str(e)
-    options = dict(spec.extractor_options)
-    if spec.extractor.startswith(DOMAIN_PREFIX) and options:
-        options = {"recipe": DomainRecipe(**options)}
-    try:
-        extractor = create_extractor(spec.extractor, cache_dir=cache_dir, **options)
-    except WeightsUnavailable as e:
-        unavailable["rfid"] = str(e)
-    return ReconstructionMetrics(extractor, lpips, bootstrap=spec.fid_bootstrap, seed=seed, unavailable=unavailable)
+    extractor, why = build_extractor(proto, cache_dir)
+    if extractor is None:
+        unavailable["rfid"] = why
+    return ReconstructionMetrics(extractor, lpips, bootstrap=proto.eval.fid_bootstrap, seed=seed, unavailable=unavailable)
 
 
 def probe_train_subset(dataset, n: int | None, seed: int):
@@ -377,13 +385,18 @@ def _params(module: torch.nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in module.parameters())}
 
 
-def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation: dict, weights: str | Path | None, trust: bool) -> dict[str, Any]:
+def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation: dict, weights: str | Path | None, trust: bool,
+                 generation: dict[str, Any] | None = None) -> dict[str, Any]:
     """One leaderboard row with its provenance."""
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
     proto = cfg.protocol
     wall = {"eval": evaluation["wall_time_s"]}
     if train is not None:
         wall = {"train": train["wall_time_s"], **wall}
+    metrics = dict(evaluation["metrics"])
+    if generation is not None:
+        wall["generate"] = generation["wall_time_s"]
+        metrics["gfid"] = generation["gfid"]
     return {
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
@@ -403,7 +416,8 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
                                                "validation_images", "normalization", "discriminator")} if train else None,
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
-        "metrics": evaluation["metrics"],
+        "metrics": metrics,
+        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s")} if generation else None,
         "throughput_img_s": evaluation["throughput_img_s"],
         "codes": evaluation.get("codes"),
         "seeds": {"bench": cfg.seed},
@@ -450,13 +464,20 @@ def run_bench(
         suffix = f"-{variant}" if variant else ""
         evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(  # noqa: B023 (run at once)
             cfg, run_dir, w, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
+        generation = None
+        if proto.generator.max_steps > 0:
+            from latentbench.benchmark.generation import generator_stage
+
+            generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
+                cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
         recorded = stages.run(f"record{suffix}", lambda: _record_stage(  # noqa: B023
-            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant), log)
+            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation), log)
     return recorded["record"]
 
 
-def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path, variant: str = "") -> dict[str, Any]:
-    record = build_record(cfg, run_dir, train, evaluation, weights, trust)
+def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path, variant: str = "",
+                  generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
     table = append_record(leaderboard_dir, record)

@@ -63,8 +63,21 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
         path = directory / "results.jsonl"
         old = path.read_text() if path.exists() else ""
         atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
-        atomic_write_text(directory / "README.md", render_table(records + [record]))
+        render(directory, records + [record])
     return directory
+
+
+def render(directory: Path, records: list[dict[str, Any]]) -> None:
+    """Write a table's README.md and its plots from its records."""
+    curves = {display_name(r["tokenizer"]): (r.get("generation") or {}).get("curve") for r in records}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        from latentbench.benchmark.gfid import plot_curves
+
+        label = _metric_label("gfid", records) or "gFID"
+        target, what = _plot_target(records)
+        plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what)
+    atomic_write_text(Path(directory) / "README.md", render_table(records))
 
 
 def format_metric(metric: dict[str, Any] | None, digits: int) -> str:
@@ -88,14 +101,72 @@ COLUMNS = (  # (metric key, header, digits)
     ("psnr", "PSNR (dB) ↑", 2),
     ("ssim", "SSIM ↑", 4),
     ("lpips", "LPIPS ↓", 4),
+    ("gfid", "gFID ↓", 2),
     ("probe", "probe top-1 ↑", 3),
 )
+CURVES_PNG = "gfid_curves.png"
+
+
+def _metric_label(key: str, records: list[dict[str, Any]]) -> str | None:
+    """The label all rows give a metric (``rFID-domain(mnist)``), or None when they differ or give none."""
+    labels = {(r["metrics"].get(key) or {}).get("label") for r in records} - {None}
+    return labels.pop() if len(labels) == 1 else None
 
 
 def _header(key: str, header: str, records: list[dict[str, Any]]) -> str:
-    """Column header; rFID takes the extractor's label (``rFID-domain(mnist)``) when all rows share it."""
-    labels = {r["metrics"].get(key, {}).get("label") for r in records} - {None}
-    return f"{labels.pop()} ↓" if key == "rfid" and len(labels) == 1 else header
+    """Column header; FIDs take the extractor's label (``rFID-domain(mnist)``) when all rows share it."""
+    label = _metric_label(key, records) if key in ("rfid", "gfid") else None
+    return f"{label} ↓" if label else header
+
+
+def _plot_target(records: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """The convergence target to draw: the number all rows share, or the baseline's final gFID."""
+    rows = [r for r in records if _conv(r).get("target") is not None and (r.get("generation") or {}).get("curve")]
+    targets = {str(_conv(r)["target"]) for r in rows}
+    if len(targets) != 1:
+        return None, ""
+    if _conv(rows[0])["target"] != "baseline":
+        return float(_conv(rows[0])["target"]), "target"
+    base = _baseline_row(rows[0], records)
+    return (base["generation"]["curve"][-1]["value"], f"{base['tokenizer']['name']} final") if base else (None, "")
+
+
+def _conv(record: dict[str, Any]) -> dict[str, Any]:
+    return ((record.get("generation") or {}).get("convergence")) or {}
+
+
+def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule."""
+    conv = _conv(record)
+    rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
+            and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")]
+    return rows[-1] if rows else None
+
+
+def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """Steps to the protocol's gFID target, and the speed-up against the baseline tokenizer's curve in the table.
+
+    The target is a number, or ``"baseline"``: the baseline's final gFID (resolved here, from the
+    table's rows, so rows recorded before the baseline's get their cell when it arrives).
+    """
+    from latentbench.benchmark.gfid import speedup, steps_to_target
+
+    conv, curve = _conv(record), (record.get("generation") or {}).get("curve")
+    if not curve or conv.get("target") is None:
+        return "—"
+    base = _baseline_row(record, records)
+    target = conv["target"]
+    if target == "baseline":
+        if base is None:
+            return f"— (no {conv.get('baseline')} row)"
+        target = base["generation"]["curve"][-1]["value"]
+    ours = steps_to_target(curve, target)
+    cell = f"{ours}" if ours is not None else f"> {conv['budget']}"
+    if base is not None and base is not record:
+        ratio = speedup(ours, steps_to_target(base["generation"]["curve"], target), _conv(base)["budget"])
+        if ratio:
+            cell += f" ({'≥' if ratio['bound'] == '>=' else ''}{ratio['ratio']:.1f}x)"
+    return cell
 
 
 def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
@@ -137,20 +208,27 @@ def render_table(records: list[dict[str, Any]]) -> str:
         "(one JSON record per run, append-only); do not edit by hand.",
         "",
         "| tokenizer | latent | params (M) | enc / dec GMACs | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
-        + " | n eval | train steps | wall (s) | commit | date |",
-        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|",
+        + " | conv. steps | n eval | train steps | wall (s) | commit | date |",
+        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
         values = [format_metric(metrics.get(k), d) for k, _, d in COLUMNS]
-        n = max((m.get("n", 0) for m in metrics.values()), default=0)
+        n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
             f"| {display_name(tok)} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
             + " | ".join(values)
-            + f" | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
+            + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )
     notes = _unavailable_notes(records)
+    targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
+    if targets:
+        what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))
+        bases = ", ".join(sorted({_conv(r)["baseline"] for r in records if _conv(r).get("baseline")}))
+        notes.insert(0, f"- conv. steps: the first evaluated generator step with gFID <= {what} (baseline: {bases}; "
+                        "\"> N\": not reached in N steps); (Kx): the baseline's steps to the same gFID divided by this "
+                        f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG}).")
     if any(m.get("interval") for r in records for m in r["metrics"].values()):
         notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"

@@ -51,6 +51,45 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class GeneratorSpec:
+    """The generator stage: a generator trained on each tokenizer's cached train-split latents, measured by gFID."""
+
+    continuous: str = "dit-ci"  # generator for continuous latents: configs/generators/<name>.yaml or a registered name
+    discrete: str = "maskgit-ci"  # generator for discrete codes (tokenizers whose latent_spec has bits_per_token)
+    normalization: str = "channel"  # continuous latents: channel, element, scaling or none (generators.latents)
+    max_steps: int = 0  # generator optimizer steps; 0 = no generator stage (no gFID)
+    batch_size: int = 128
+    precision: str = "bf16-mixed"
+    eval_every: int = 0  # gFID every N steps (the convergence curve); 0 = once, at max_steps
+    num_samples: int = 1000  # generated images per gFID evaluation
+    class_sampling: str = "balanced"  # balanced: exactly num_samples / classes per class; random: a label per sample seed
+    reference: str = "train"  # gFID reference statistics: a split of the protocol's data, or an .npz (ADM reference batch)
+    sample_batch_size: int = 250
+    fid_bootstrap: int = 0  # Poisson-bootstrap replicates for the gFID interval
+    # convergence steps: the first evaluated step with gFID <= target; a number, or "baseline": the
+    # baseline tokenizer's final gFID in the same table (the papers' "reaches the baseline's quality in N steps")
+    target_gfid: float | str | None = None
+    baseline: str = "sdvae"  # convergence speed-up is measured against this family's curve in the same table
+
+    def __post_init__(self):
+        if self.max_steps < 0 or self.eval_every < 0:
+            raise ValueError(f"generator max_steps and eval_every must be >= 0, got {self.max_steps}, {self.eval_every}")
+        if self.eval_every and self.max_steps % self.eval_every:
+            raise ValueError(f"generator max_steps {self.max_steps} must be a multiple of eval_every {self.eval_every} "
+                             "(the curve ends at the final step)")
+        if isinstance(self.target_gfid, str) and self.target_gfid != "baseline":
+            raise ValueError(f"generator target_gfid must be a number, 'baseline' or null, got {self.target_gfid!r}")
+        if self.class_sampling not in ("balanced", "random"):
+            raise ValueError(f"generator class_sampling must be 'balanced' or 'random', got {self.class_sampling!r}")
+
+    @property
+    def eval_steps(self) -> list[int]:
+        """The training steps at which gFID is measured."""
+        every = self.eval_every or self.max_steps
+        return list(range(every, self.max_steps + 1, every)) if self.max_steps else []
+
+
+@dataclass(frozen=True)
 class Protocol:
     name: str
     version: int
@@ -58,6 +97,7 @@ class Protocol:
     data: DataSpec
     train: TrainSpec = field(default_factory=TrainSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
+    generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     seed: int = 0
     tokenizers: dict[str, str] = field(default_factory=dict)  # family alias -> registered size
 
@@ -103,7 +143,8 @@ def load_protocol(name_or_path: str) -> Protocol:
         return Protocol(
             name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
             data=DataSpec(**raw["data"]), train=TrainSpec(**raw.get("train", {})),
-            eval=EvalSpec(**raw.get("eval", {})), seed=int(raw.get("seed", 0)),
+            eval=EvalSpec(**raw.get("eval", {})), generator=GeneratorSpec(**raw.get("generator", {})),
+            seed=int(raw.get("seed", 0)),
             tokenizers=dict(raw.get("tokenizers", {})),
         )
     except (KeyError, TypeError) as e:

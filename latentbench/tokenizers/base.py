@@ -108,3 +108,21 @@ def decode_seeded(tokenizer: nn.Module, z: Tensor, seed: int) -> Tensor:
     with torch.random.fork_rng(devices=[] if z.device.type == "cpu" else [z.device]):
         torch.manual_seed(seed)
         return tokenizer.decode(z)
+
+
+def decode_per_sample(tokenizer: nn.Module, z: Tensor, seeds: list[int] | Tensor) -> Tensor:
+    """Decode with sample ``i``'s decoder randomness drawn from ``seeds[i]`` alone (gFID's sample sets).
+
+    A deterministic decoder (no ``generator`` argument) decodes the batch as is. A stochastic
+    one that takes its initial ``noise`` (FlowMo) gets per-sample seeded noise in one batch;
+    any other stochastic decoder decodes one sample at a time with its own generator.
+    """
+    from latentbench.generators import seeding
+
+    params = inspect.signature(tokenizer.decode).parameters
+    if "generator" not in params:
+        return tokenizer.decode(z)
+    gens = seeding.generators(seeds, z.device)
+    if "noise" in params and hasattr(tokenizer, "decode_noise_shape"):
+        return tokenizer.decode(z, noise=seeding.randn(gens, tokenizer.decode_noise_shape, z.device))
+    return torch.cat([tokenizer.decode(z[i:i + 1], generator=g) for i, g in enumerate(gens)])

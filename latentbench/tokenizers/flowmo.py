@@ -228,12 +228,17 @@ class FlowMo(Tokenizer):
         cond = torch.cat([code, torch.ones_like(code[..., :1])], dim=-1)  # (B, L, bits + 1)
         return cond if keep is None else cond * keep[:, None, None].to(cond.dtype)
 
+    @property
+    def decode_noise_shape(self) -> tuple[int, int, int]:
+        """Shape of one image's initial decoder noise (``decode(..., noise=)``)."""
+        return (3, self.resolution, self.resolution)
+
     def velocity(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """Decoder velocity (B, 3, H, W) at noisy images x_t and times t (B,)."""
         return self.decoder(x_t, t, cond)
 
     def decode(self, z: Tensor, generator: torch.Generator | None = None, steps: int | None = None,
-               guidance: float | None = None, size: tuple[int, int] | None = None) -> Tensor:
+               guidance: float | None = None, size: tuple[int, int] | None = None, noise: Tensor | None = None) -> Tensor:
         """Code (B, L, bits) -> images (B, 3, H, W) in [-1, 1] by the guided probability-flow sampler.
 
         Args:
@@ -241,9 +246,12 @@ class FlowMo(Tokenizer):
             generator: seeds the initial noise; the sampler is otherwise deterministic.
             steps, guidance: override ``sample_steps`` and ``guidance``.
             size: (H, W) to decode at; default (resolution, resolution).
+            noise: the initial noise (B, 3, H, W) itself, instead of drawing it from ``generator``
+                (gFID draws each sample's noise from its own seed: ``decode_per_sample``).
         """
         h, w = size or (self.resolution, self.resolution)
-        noise = torch.randn(z.shape[0], 3, h, w, generator=generator, device=z.device)
+        if noise is None:
+            noise = torch.randn(z.shape[0], 3, h, w, generator=generator, device=z.device)
         times = shifted_time_grid(steps or self.sample_steps, self.rho, z.device)
         g = self.guidance if guidance is None else guidance
         return self.sample(self.condition(z), noise, times, guidance=g).clamp(-1, 1).float()

@@ -26,8 +26,8 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert record["tokenizer"]["name"] == "sdvae-smoke" and record["tokenizer"]["requested"] == "sdvae"
     assert record["tokenizer"]["trained_steps"] == 20
     metrics = record["metrics"]
-    assert set(metrics) == {"psnr", "ssim", "lpips", "rfid", "probe"}
-    assert all(m["n"] == 64 for m in metrics.values() if "unavailable" not in m)
+    assert set(metrics) == {"psnr", "ssim", "lpips", "rfid", "probe", "gfid"}
+    assert all(m["n"] == 64 for k, m in metrics.items() if "unavailable" not in m and k != "gfid")
     assert 5 < metrics["psnr"]["value"] < 60 and 0 < metrics["ssim"]["value"] <= 1
     assert "value" in metrics["lpips"] or metrics["lpips"]["unavailable"].startswith("LPIPS-alex needs")
     rfid = metrics["rfid"]
@@ -37,15 +37,28 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert 0 <= metrics["probe"]["value"] <= 1 and metrics["probe"]["n_train"] == 256 and metrics["probe"]["pooling"] == "flatten"
     assert record["data"]["eval"]["n"] == 64 and record["data"]["train"]["n"] == 256
     assert record["training"]["perceptual"] in ("off", "lpips-vgg") or record["training"]["perceptual"].startswith("unavailable")
-    assert set(record["wall_time_s"]) == {"train", "eval"}
+    assert set(record["wall_time_s"]) == {"train", "eval", "generate"}
+    gfid, gen = metrics["gfid"], record["generation"]
+    assert gfid["label"] == "gFID-domain(mnist)" and gfid["n"] == 40 and gfid["value"] > 0 and gfid["bootstrap"] == 10
+    assert len(gfid["reference"]["sha256"]) == 64 and gfid["reference"]["n"] == 256  # the train split's statistics
+    assert [p["step"] for p in gen["curve"]] == [10, 20] and gen["curve"][-1]["value"] == gfid["value"]
+    assert gen["generator"]["name"] == "dit-smoke" and gen["generator"]["steps"] == 20
+    assert gen["generator"]["describe"]["alpha"] == pytest.approx(2.0)  # sqrt(4*16*16 / 256)
+    assert gen["latents"]["n"] == 256 and gen["latents"]["shape"] == [4, 16, 16] and len(gen["latents"]["sha256"]) == 64
+    assert gen["convergence"] == {"target": 1000.0, "steps_to_target": gen["convergence"]["steps_to_target"],
+                                  "budget": 20, "baseline": "sdvae-smoke"}
     assert len(record["tokenizer"]["checkpoint"]["sha256"]) == 64
-    run_dir = next((root / "runs/smoke/v1").iterdir())
-    for f in ("tokenizer.safetensors", "reconstructions.png", "stages/train.json", "stages/eval.json", "checkpoints/last.ckpt"):
+    run_dir = next((root / "runs/smoke/v2").iterdir())
+    for f in ("tokenizer.safetensors", "reconstructions.png", "stages/train.json", "stages/eval.json", "checkpoints/last.ckpt",
+              "stages/generate.json", "samples.png", "gfid_curve.png"):
         assert (run_dir / f).exists(), f
+    gen_dir = next((run_dir / "generators").iterdir())
+    assert (gen_dir / "generator.safetensors").exists() and (gen_dir / "samples/step-0000010").is_dir()
+    assert (root / "lb/smoke/v2/gfid_curves.png").exists()
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents*"))
-    rows = read_records(root / "lb/smoke/v1")
+    rows = read_records(root / "lb/smoke/v2")
     assert [r["id"] for r in rows] == [record["id"]]
-    assert "sdvae-smoke" in (root / "lb/smoke/v1/README.md").read_text()
+    assert "sdvae-smoke" in (root / "lb/smoke/v2/README.md").read_text()
 
 
 def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
@@ -53,14 +66,14 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     logs = []
     again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
     assert again["id"] == record["id"]
-    assert sum("already done" in line for line in logs) == 3
-    assert len(read_records(root / "lb/smoke/v1")) == 1
+    assert sum("already done" in line for line in logs) == 4  # train, eval, generate, record
+    assert len(read_records(root / "lb/smoke/v2")) == 1
 
 
 def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
     root, record, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v1").iterdir())
-    copy = tmp_path / "runs/smoke/v1" / run_dir.name
+    run_dir = next((root / "runs/smoke/v2").iterdir())
+    copy = tmp_path / "runs/smoke/v2" / run_dir.name
     copy.mkdir(parents=True)
     (copy / "checkpoints").mkdir()
     (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes())  # as if killed after the last save
@@ -73,7 +86,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
 
 def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):
     root, record, _ = smoke_run
-    weights = next((root / "runs/smoke/v1").iterdir()) / "tokenizer.safetensors"
+    weights = next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors"
     again = run_bench("sdvae", "smoke", ckpt=str(weights), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert again["tokenizer"]["trained_steps"] == 0
     assert again["tokenizer"]["checkpoint"]["sha256"] == record["tokenizer"]["checkpoint"]["sha256"]
@@ -84,7 +97,7 @@ def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
     root, _, _ = smoke_run
     from safetensors.torch import load_file
 
-    state = load_file(next((root / "runs/smoke/v1").iterdir()) / "tokenizer.safetensors")
+    state = load_file(next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors")
     path = tmp_path / "legacy.ckpt"
     torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in state.items()}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
     with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint true"):
@@ -134,7 +147,7 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     config.write_text("class_path: user_pkg.mytok:AvgPoolTokenizer\ninit_args:\n  channels: 6\nmodule_args:\n  disc_weight: 0.0\n")
     record = run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert record["tokenizer"]["latent"]["shape"] == [6, 8, 8]
-    assert len(read_records(tmp_path / "lb/smoke/v1")) == 2
+    assert len(read_records(tmp_path / "lb/smoke/v2")) == 2
 
 
 def test_bad_arguments_fail_clearly(tmp_path):
@@ -158,7 +171,7 @@ def test_two_stage_tokenizer_runs_its_stages_in_order(tmp_path):
 def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     """FlowMo trains with its own module, early-stops 1b on held-out train images, and records both results."""
     record = run_bench("flowmo", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
-    rows = read_records(tmp_path / "lb" / "smoke" / "v1")
+    rows = read_records(tmp_path / "lb" / "smoke" / "v2")
     assert [r["tokenizer"]["variant"] for r in rows] == ["1a", "1b"] and rows[-1]["id"] == record["id"]
     assert all(r["tokenizer"]["module"].endswith(":FlowMoModule") for r in rows)
     a, b = rows
@@ -169,6 +182,6 @@ def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     codes = b["codes"]  # bits per pixel, usage and entropy of the eval codes, for every discrete run
     assert codes["bits_per_pixel"] == 8 * 6 / (32 * 32) and 0 < codes["usage"] <= 1
     assert 0 <= codes["entropy_bits"] <= codes["max_entropy_bits"]
-    table = (tmp_path / "lb" / "smoke" / "v1" / "README.md").read_text()
+    table = (tmp_path / "lb" / "smoke" / "v2" / "README.md").read_text()
     assert "flowmo-smoke (1a)" in table and "flowmo-smoke (1b)" in table
     assert any((tmp_path / "runs").rglob("reconstructions-1a.png"))

@@ -28,7 +28,7 @@ def test_append_only_and_rendered(tmp_path):
     with pytest.raises(ValueError, match="never rewritten"):
         append_record(tmp_path, a)
     table = (tmp_path / "unit/v1/README.md").read_text()
-    assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | 10 | 5 | 3 | abcdef12 |" in table
+    assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | — | — | 10 | 5 | 3 | abcdef12 |" in table
 
 
 def test_unavailable_metrics_and_intervals_are_rendered():
@@ -103,3 +103,40 @@ def test_costs_column_and_random_encoder_label():
     assert _gmacs({"costs": None}) == "—"
     tok = {"name": "rae-ci", "requested": "rae", "describe": {"encoder": {"kind": "random-init"}}}
     assert display_name(tok) == "rae-ci [RANDOM-INIT ENCODER]"
+
+
+def _with_curve(name, values, target="baseline", variant=None):
+    record = make_record(name)
+    curve = [{"step": 250 * (i + 1), "value": v, "interval": None, "n": 500} for i, v in enumerate(values)]
+    record["metrics"]["gfid"] = {"value": values[-1], "n": 500, "label": "gFID-domain(mnist)"}
+    record["generation"] = {"curve": curve, "convergence": {"target": target, "steps_to_target": None,
+                                                            "budget": 250 * len(values), "baseline": "base"}}
+    if variant:
+        record["tokenizer"]["variant"] = variant
+    return record
+
+
+def test_convergence_against_the_baseline_final_gfid(tmp_path):
+    from latentbench.benchmark.leaderboard import convergence_cell
+
+    base = _with_curve("base", [90.0, 60.0, 45.0, 40.0])
+    fast = _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    slow = _with_curve("slow", [95.0, 80.0, 70.0, 66.0])
+    early = _with_curve("early", [38.0, 30.0, 20.0, 10.0])
+    rows = [fast, base, slow, early]
+    assert convergence_cell(base, rows) == "1000"
+    assert convergence_cell(fast, rows) == "500 (2.0x)"
+    assert convergence_cell(early, rows) == "250 (4.0x)"
+    assert convergence_cell(slow, rows) == "> 1000"
+    assert convergence_cell(fast, [fast]) == "— (no base row)"
+    table = render_table(rows)
+    assert "gFID-domain(mnist) ↓" in table and "the baseline's final gFID (baseline: base" in table
+
+
+def test_numeric_target_and_a_baseline_that_never_reaches_it():
+    from latentbench.benchmark.leaderboard import convergence_cell
+
+    base = _with_curve("base", [90.0, 60.0], target=20.0)
+    ours = _with_curve("ours", [30.0, 15.0], target=20.0)
+    assert convergence_cell(ours, [base, ours]) == "500 (≥1.0x)"
+    assert convergence_cell(base, [base, ours]) == "> 500"

@@ -1,0 +1,185 @@
+"""The bench's generator stage: latent cache -> generator training -> gFID curve -> convergence steps.
+
+For one tokenizer checkpoint (one result variant):
+
+1. encode the protocol's train split once into the latent cache (``generators.latents``),
+   keyed by the checkpoint's sha256, the data and the preprocessing;
+2. train the protocol's generator on the normalised latents (DiT + flow matching for
+   continuous latents, MaskGIT for discrete codes), sampling the gFID sample set with the EMA
+   weights every ``eval_every`` steps. The generator's folder is keyed by the sha256 of the
+   latents themselves, so two checkpoints that encode identically (FlowMo 1a and 1b: stage 1b
+   freezes the encoder) train one generator;
+3. decode each evaluated step's samples with this checkpoint's decoder and measure gFID against
+   the protocol's reference statistics; the curve gives the convergence steps.
+
+Each piece resumes: the cache is reused, the generator resumes from its last checkpoint, and
+a finished generator training is a stored stage result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from latentbench.benchmark.gfid import (
+    measure_samples,
+    plot_curves,
+    reference_stats,
+    steps_to_target,
+)
+
+
+def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool, on_bad_image: str,
+                    variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
+    from latentbench.benchmark.harness import Stages, _dataset, load_tokenizer
+    from latentbench.generators.latents import CacheKey, LatentNorm, cached_latents
+    from latentbench.generators.module import resolve_generator
+    from latentbench.weights import sha256_file
+
+    proto, spec = cfg.protocol, cfg.protocol.generator
+    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    latent = tokenizer.latent_spec
+    train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
+    key = CacheKey(tokenizer_sha256=sha256_file(weights) if weights else f"init:{json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)}",
+                   dataset=train.info, preprocessing=f"resolution {proto.data.resolution}, [-1, 1]")
+    start = time.perf_counter()
+    z, y, cache = cached_latents(run_dir / "latents" / key.digest[:16], key, tokenizer, train, proto.eval.batch_size)
+    encode_s = time.perf_counter() - start
+
+    discrete = latent.bits_per_token is not None
+    gen = resolve_generator(spec.discrete if discrete else spec.continuous)
+    norm = LatentNorm.fit("none" if discrete else spec.normalization, z, latent.scaling_factor)
+    num_classes = train.info["num_classes"]
+    gen_key = hashlib.sha256(json.dumps({"latents": cache["latents_sha256"], "generator": gen.to_dict(), "spec": _training_fields(spec),
+                                         "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
+    gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
+    gen_dir.mkdir(parents=True, exist_ok=True)
+    trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, norm.normalize(z), y, num_classes, gen_dir, cfg.seed), log)
+
+    extractor, why = _extractor(proto)
+    if extractor is None:
+        return {"gfid": {"unavailable": why}, **_facts(gen, trained, cache, norm, encode_s, spec)}
+    limits = {proto.data.train_split: proto.data.num_train, proto.data.eval_split: proto.data.num_eval}
+    reference = reference_stats(spec.reference, lambda split: _dataset(proto, split, limits.get(split), on_bad_image),
+                                extractor, proto.eval.batch_size, cache_dir=_cache_dir())
+    curve, images = [], None
+    for step in spec.eval_steps:
+        last = step == spec.max_steps
+        result, images_step = measure_samples(gen_dir / "samples" / f"step-{step:07d}", tokenizer, norm, extractor, reference,
+                                              cfg.seed, spec.sample_batch_size, spec.fid_bootstrap if last else 0,
+                                              keep_images=2 * num_classes if last else 0)
+        log(f"  gFID at step {step}: {result['value']:.3f} ({result['n']} samples)")
+        curve.append({"step": step, "value": result["value"], "interval": result["interval"], "n": result["n"]})
+        images = images_step if last else images
+    suffix = f"-{variant}" if variant else ""
+    grid = _save_grid(images, run_dir / f"samples{suffix}.png", num_classes)
+    gfid = {**result, "extractor": extractor.describe(), "reference": {"source": spec.reference, "sha256": reference.sha256, "n": reference.n}}
+    plot_curves({cfg.tokenizer.name + suffix: curve}, run_dir / f"gfid_curve{suffix}.png", label=gfid["label"],
+                target=spec.target_gfid if _number(spec.target_gfid) else None)
+    return {"gfid": gfid, "curve": curve, "samples_grid": grid,
+            "convergence": {"target": spec.target_gfid,  # "baseline": resolved when the table is rendered
+                            "steps_to_target": steps_to_target(curve, spec.target_gfid) if _number(spec.target_gfid) else None,
+                            "budget": spec.max_steps, "baseline": proto.resolve_tokenizer(spec.baseline)},
+            **_facts(gen, trained, cache, norm, encode_s, spec)}
+
+
+def _facts(gen, trained: dict[str, Any], cache: dict[str, Any], norm, encode_s: float, spec) -> dict[str, Any]:
+    return {"generator": {**gen.to_dict(), **{k: trained[k] for k in ("describe", "params", "steps", "final_loss", "precision")}},
+            "latents": {"sha256": cache["latents_sha256"], "n": cache["n"], "shape": cache["shape"], "encode_s": encode_s,
+                        "normalization": norm.describe()},
+            "samples": {"n": spec.num_samples, "class_sampling": spec.class_sampling},
+            "generator_train_s": trained["wall_time_s"]}
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _training_fields(spec) -> dict[str, Any]:
+    """The generator settings that change its training or its samples (not the target, baseline or reference)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(spec).items() if k not in ("target_gfid", "baseline", "reference", "fid_bootstrap")}
+
+
+def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: int, out_dir: Path, seed: int) -> dict[str, Any]:
+    """Fit the generator on normalised latents with Lightning; sampled latents land in ``out_dir/samples``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from safetensors.torch import save_file
+
+    from latentbench.benchmark.evaluate import ShardSampler
+    from latentbench.benchmark.harness import StepProgress, _loader, _quiet_lightning
+    from latentbench.fsutil import atomic_path
+    from latentbench.generators.module import GeneratorModule
+
+    _quiet_lightning()
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = GeneratorModule(gen.name, list(z.shape[1:]), num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
+                             sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,
+                             samples_dir=str(out_dir / "samples"), **gen.module_args)
+    loader = _loader(TensorDataset(z, y), spec.batch_size, True, seed, drop_last=len(z) > spec.batch_size)
+    sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=spec.sample_batch_size,
+                              sampler=ShardSampler(spec.num_samples, rank=None))
+    ckpt_dir = out_dir / "checkpoints"
+    trainer = L.Trainer(
+        max_steps=spec.max_steps, max_epochs=-1, precision=spec.precision, accelerator="auto", devices=1,
+        val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
+        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
+        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
+                   StepProgress()],
+        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
+        default_root_dir=str(out_dir), use_distributed_sampler=False,
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=sample_index, ckpt_path=str(last) if last.exists() else None)
+    missing = [s for s in spec.eval_steps if not (out_dir / "samples" / f"step-{s:07d}").is_dir()]
+    if missing:
+        raise RuntimeError(f"generator training in {out_dir} ended without samples for steps {missing}; "
+                           f"delete {ckpt_dir} to retrain")
+    weights = out_dir / "generator.safetensors"  # the EMA weights (EMAWeightAveraging copies them in at the end)
+    with atomic_path(weights) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in module.generator.state_dict().items()}, str(tmp))
+    generator = module.generator
+    return {
+        "steps": int(trainer.global_step),
+        "precision": spec.precision,
+        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "params": sum(p.numel() for p in generator.parameters()),
+        "describe": generator.describe() if hasattr(generator, "describe") else None,
+        "weights": weights.name,
+    }
+
+
+def _extractor(proto):
+    """The protocol's FID extractor, or (None, why) when its weights are missing."""
+    from latentbench.benchmark.harness import build_extractor
+
+    return build_extractor(proto, _cache_dir())
+
+
+def _cache_dir():
+    from latentbench.benchmark.extractors import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _save_grid(images: torch.Tensor | None, path: Path, nrow: int) -> str | None:
+    """A picture of generated images, one column per class (sample i has class i mod K)."""
+    if images is None:
+        return None
+    from torchvision.utils import save_image
+
+    from latentbench.fsutil import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_image(images, str(tmp), nrow=nrow, normalize=True, value_range=(-1, 1), format="png")
+    return path.name

@@ -1,0 +1,192 @@
+"""gFID and convergence: decode a generator's sampled latents, measure them against reference statistics.
+
+The generator stage (``generators.module``) writes the latents it sampled at each evaluated
+step; here each step's set is decoded by the tokenizer (sample ``i``'s decoder noise from its
+own seed), passed through the protocol's feature extractor as uint8 images, and compared
+with the reference statistics by the Fréchet distance (with a Poisson-bootstrap interval).
+The curve of gFID over training steps gives the convergence steps: the first evaluated step
+at which gFID reaches the protocol's target, and the speed-up against a baseline's curve.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from latentbench.generators import seeding
+
+DECODE_SEED_OFFSET = 2  # decoder noise seeds: sample_seed(seed + 2, i), apart from the generator's own streams
+
+
+# ---- reference statistics --------------------------------------------------------------------------
+
+def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cache_dir: Path | None = None):
+    """The gFID reference: statistics of a split's images (cached by extractor and data), or an .npz file.
+
+    Args:
+        reference: a split name of the protocol's data (``train``), or a path to an ``.npz`` with
+            mu/sigma (this suite's ``FeatureStats.save_npz`` files or an ADM reference batch).
+        dataset_fn: split name -> dataset of (image in [-1, 1], label).
+        extractor: the protocol's feature extractor.
+        batch_size: extraction batch size.
+        cache_dir: where computed statistics are cached; None = not cached.
+
+    Returns:
+        A ``ReferenceStats`` with ``meta`` naming what it was computed from.
+    """
+    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
+
+    if reference.endswith(".npz"):
+        path = Path(reference)
+        if not path.is_absolute() and not path.exists() and cache_dir is not None:
+            path = Path(cache_dir) / reference  # shipped protocols name files to place in the cache
+        if not path.is_file():
+            raise FileNotFoundError(f"gFID reference statistics {reference} not found (looked at {path}): the protocol's "
+                                    "generator.reference names an .npz of mu/sigma (e.g. ADM's reference batch); "
+                                    "download it there or give an absolute path in the protocol")
+        with np.load(path, allow_pickle=False) as f:
+            ours = "n" in f.files
+        return FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+    dataset = dataset_fn(reference)
+    key = {"extractor": extractor.id, "weights": extractor.weights_sha256, "data": dataset.info}
+    path = None
+    if cache_dir is not None:
+        from latentbench.cachefiles import hashed_cache_path
+
+        path = hashed_cache_path(cache_dir, "reference-stats", "ref", f"{dataset.info.get('source', '')}-{reference}",
+                                 key).with_suffix(".npz")
+        if path.exists():
+            return FeatureStats.load_npz(path)
+    stats = _split_stats(dataset, extractor, batch_size)
+    meta = {"extractor_id": extractor.id, "weights_sha256": extractor.weights_sha256,
+            "preprocessing": extractor.preprocessing, "dataset": json.dumps(dataset.info, sort_keys=True, default=str)}
+    if path is not None:
+        return FeatureStats.load_npz(stats.save_npz(path, **meta))
+    return stats.reference(**meta)
+
+
+@torch.no_grad()
+def _split_stats(dataset, extractor, batch_size: int):
+    """Feature statistics of every image of ``dataset`` (sharded over ranks, summed)."""
+    from latentbench.benchmark.evaluate import shard_loader
+    from latentbench.benchmark.fid import FeatureStats
+    from latentbench.benchmark.metrics import to_uint8
+
+    stats = FeatureStats.empty(extractor.dim)
+    for _, x, _ in shard_loader(dataset, batch_size):
+        stats.update(extractor(to_uint8(x)))
+    _all_reduce_stats(stats)
+    return stats
+
+
+def _all_reduce_stats(stats) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        for name in ("total", "total_outer"):
+            t = torch.from_numpy(getattr(stats, name))
+            dist.all_reduce(t)
+            setattr(stats, name, t.numpy())
+        n = torch.tensor(stats.n)
+        dist.all_reduce(n)
+        stats.n = int(n)
+
+
+# ---- one evaluation ---------------------------------------------------------------------------------
+
+@torch.no_grad()
+def decode_samples(tokenizer, z: Tensor, index: Tensor, norm, seed: int) -> Tensor:
+    """Normalised sampled latents -> images in [-1, 1]; sample i's decoder noise from its own seed."""
+    from latentbench.tokenizers.base import decode_per_sample
+
+    latents = norm.denormalize(z) if norm is not None else z
+    seeds = [seeding.sample_seed(seed + DECODE_SEED_OFFSET, int(i)) for i in index]
+    return decode_per_sample(tokenizer, latents, seeds).float().clamp(-1, 1)
+
+
+@torch.no_grad()
+def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed: int, batch_size: int,
+                    bootstrap: int = 0, keep_images: int = 0) -> tuple[dict[str, Any], Tensor | None]:
+    """gFID of the latents sampled in ``step_dir`` (this rank decodes its shard; the metric sums over ranks).
+
+    Returns:
+        (the FID result with ``n``, interval and the extractor's label; the first ``keep_images``
+        decoded images by index, for a picture, or None).
+    """
+    from latentbench.benchmark.evaluate import ShardSampler, world
+    from latentbench.benchmark.fid import FrechetDistance
+    from latentbench.benchmark.metrics import to_uint8
+    from latentbench.generators.latents import read_shards
+
+    z_all, _ = read_shards(step_dir)
+    index_all = torch.arange(len(z_all))
+    fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed)
+    rank, world_size = world()
+    mine = torch.tensor(list(ShardSampler(len(z_all), rank, world_size)), dtype=torch.long)
+    shown = []
+    for chunk in mine.split(batch_size):
+        images = decode_samples(tokenizer, z_all[chunk], index_all[chunk], norm, seed)
+        fid.update(extractor(to_uint8(images)), index=chunk)
+        shown += [images[chunk < keep_images]]
+    result = fid.compute()
+    result["label"] = "g" + extractor.metric_name
+    kept = torch.cat(shown)[:keep_images] if keep_images and shown else None
+    return result, kept
+
+
+# ---- convergence ---------------------------------------------------------------------------------------
+
+def steps_to_target(curve: list[dict[str, Any]], target: float | None) -> int | None:
+    """The first evaluated step whose gFID is at or below ``target``; None if never (or no target)."""
+    if target is None:
+        return None
+    return next((p["step"] for p in curve if p["value"] <= target), None)
+
+
+def speedup(ours: int | None, baseline: int | None, baseline_budget: int) -> dict[str, Any] | None:
+    """Convergence speed-up against the baseline's curve: baseline steps / our steps to the target.
+
+    When the baseline never reached the target within its ``baseline_budget`` steps, the ratio is a
+    lower bound (``">="``); when we never reached it, there is no ratio.
+    """
+    if ours is None:
+        return None
+    if baseline is None:
+        return {"ratio": baseline_budget / ours, "bound": ">="}
+    return {"ratio": baseline / ours, "bound": "="}
+
+
+def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str = "gFID",
+                target: float | None = None, target_label: str = "target") -> Path:
+    """gFID-vs-steps curves of several runs in one PNG (written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentbench.fsutil import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, curve in sorted(curves.items()):
+        steps = [p["step"] for p in curve]
+        values = [p["value"] for p in curve]
+        line, = ax.plot(steps, values, marker="o", label=name)
+        lo = [p["interval"][0] if p.get("interval") else v for p, v in zip(curve, values)]
+        hi = [p["interval"][1] if p.get("interval") else v for p, v in zip(curve, values)]
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"{target_label} {target:.4g}")
+    ax.set_xlabel("generator training step")
+    ax.set_ylabel(f"{label} (lower is better)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,181 @@
+"""Training a generator on cached latents: configs, the LightningModule, EMA and sampling during training.
+
+A generator config (``configs/generators/<name>.yaml``) names a registered network and holds
+only what differs from its defaults::
+
+    name: dit-ci                 # GENERATORS registry
+    init_args: {...}             # network arguments
+    transport: {...}             # FlowMatching arguments (continuous latents only)
+    module_args: {lr: ..., ema_decay: ...}
+
+``GeneratorModule`` trains ``training_losses(z, y)`` of the built generator with AdamW and a
+linear warmup; Lightning's ``EMAWeightAveraging`` keeps the EMA weights, swaps them in for
+validation and copies them into the model when training ends, so every sample (during
+training and after) comes from the EMA weights. Validation is sampling: at every
+``eval_every`` steps each rank samples its shard of the gFID sample set (sample ``i`` has
+label ``sample_labels(i)`` and seed ``sample_seed(seed, i)``) and writes the latents to
+``<samples_dir>/step-<N>/``; ``benchmark.gfid`` decodes and measures them afterwards, so
+any decoder of the same latents (FlowMo's 1a and 1b) gets its own curve from one training.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from torch import Tensor, nn
+
+from latentbench.generators import seeding
+from latentbench.paths import CONFIG_DIR
+
+GENERATOR_CONFIG_DIR = CONFIG_DIR / "generators"
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """A generator as the harness builds it."""
+
+    name: str
+    init_args: dict[str, Any] = field(default_factory=dict)
+    transport: dict[str, Any] = field(default_factory=dict)
+    module_args: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # the YAML file it came from, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "init_args": self.init_args, "transport": self.transport,
+                "module_args": self.module_args, "source": self.source}
+
+
+def resolve_generator(arg: str) -> GeneratorConfig:
+    """A shipped config name (``dit-ci``), a YAML path, or a bare registered name."""
+    path = Path(arg)
+    if path.suffix not in (".yaml", ".yml"):
+        path = GENERATOR_CONFIG_DIR / f"{arg}.yaml"
+        if not path.is_file():
+            return GeneratorConfig(name=arg)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator config {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"name", "init_args", "transport", "module_args"}
+    if unknown or "name" not in raw:
+        raise ValueError(f"generator config {path} needs 'name' and may have init_args, transport, module_args; "
+                         f"unknown keys: {sorted(unknown)}")
+    return GeneratorConfig(raw["name"], raw.get("init_args") or {}, raw.get("transport") or {},
+                           raw.get("module_args") or {}, source=_display(path))
+
+
+def _display(path: Path) -> str:
+    from latentbench.paths import REPO_ROOT
+
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def build_generator(name: str, input_shape: tuple[int, ...], num_classes: int, init_args: dict[str, Any] | None = None,
+                    transport: dict[str, Any] | None = None) -> nn.Module:
+    """The registered network; a velocity network (no ``training_losses`` of its own) is wrapped in FlowMatching."""
+    from latentbench.generators import GENERATORS
+    from latentbench.generators.transport import FlowMatching
+
+    net = GENERATORS.create(name, input_shape=tuple(input_shape), num_classes=num_classes, **(init_args or {}))
+    if hasattr(net, "training_losses"):  # MaskGIT: its own masking process
+        if transport:
+            raise ValueError(f"generator {name} has its own training process; drop the transport arguments {sorted(transport)}")
+        return net
+    return FlowMatching(net, tuple(input_shape), num_classes, **(transport or {}))
+
+
+def sample_labels(index: Tensor, num_classes: int, num_samples: int, mode: str = "balanced", seed: int = 0) -> Tensor:
+    """Class label of each gFID sample index.
+
+    ``balanced``: index i has class i mod K, so any num_samples divisible by K gives exactly
+    num_samples / K per class whatever the sharding. ``random``: a label drawn from sample i's own seed.
+    """
+    if mode == "balanced":
+        if num_samples % num_classes:
+            raise ValueError(f"class-balanced sampling needs num_samples ({num_samples}) divisible by the "
+                             f"{num_classes} classes; change num_samples or use class_sampling: random")
+        return index.long() % num_classes
+    gens = seeding.generators([seeding.sample_seed(seed + 1, int(i)) for i in index])
+    return torch.stack([torch.randint(num_classes, (), generator=g) for g in gens])
+
+
+def sample_seeds(index: Tensor, seed: int) -> list[int]:
+    """The seed of each gFID sample index (``seeding.sample_seed``)."""
+    return [seeding.sample_seed(seed, int(i)) for i in index]
+
+
+class GeneratorModule(L.LightningModule):
+    """Trains a generator's ``training_losses`` on (normalised latent, label) batches; samples in validation.
+
+    Args:
+        generator: registered network name.
+        input_shape: one latent's shape, (C, h, w) or (L, C).
+        num_classes: number of classes (the null label for guidance is ``num_classes``).
+        init_args, transport: network and FlowMatching arguments.
+        max_steps: optimizer steps (sets the schedule).
+        lr, weight_decay, betas, warmup_steps: AdamW with linear warmup, then constant (DiT/SiT).
+        ema_decay: EMA decay of the sampled weights (0 disables EMA).
+        sample_seed, num_samples, class_sampling: the gFID sample set (see ``sample_labels``).
+        samples_dir: where validation writes sampled latents; None = keep nothing.
+    """
+
+    def __init__(self, generator: str, input_shape: list[int], num_classes: int, init_args: dict | None = None,
+                 transport: dict | None = None, max_steps: int = 1000, lr: float = 1e-4, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float = 0.9999,
+                 sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced",
+                 samples_dir: str | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.generator = build_generator(generator, tuple(input_shape), num_classes, init_args, transport)
+        self._samples: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        z, y = batch
+        out = self.generator.training_losses(z, y)
+        self.log_dict({f"train/{k}": v.mean() for k, v in out.items() if torch.is_tensor(v) and v.numel() <= z.shape[0]},
+                      prog_bar=False)
+        return out["loss"]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.AdamW(self.generator.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
+        warm = max(int(hp.warmup_steps), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_callbacks(self):
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay)] if self.hparams.ema_decay > 0 else []
+
+    # ---- sampling (validation) -------------------------------------------------------------------
+
+    def sample(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """Latents (normalised space) and labels of gFID samples ``index``."""
+        hp = self.hparams
+        y = sample_labels(index, hp.num_classes, hp.num_samples, hp.class_sampling, hp.sample_seed).to(self.device)
+        return self.generator.sample(y, sample_seeds(index, hp.sample_seed)), y
+
+    def validation_step(self, index: Tensor, batch_idx: int) -> None:
+        z, y = self.sample(index)
+        self._samples.append((index.cpu(), z.float().cpu(), y.cpu()))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.samples_dir and self._samples:
+            from latentbench.benchmark.evaluate import world
+            from latentbench.generators.latents import write_shard
+
+            rank, world_size = world()
+            index, z, y = (torch.cat(t) for t in zip(*self._samples))
+            write_shard(samples_step_dir(self.hparams.samples_dir, self.global_step), rank, world_size, index, z, y)
+        self._samples = []
+
+
+def samples_step_dir(samples_dir: str | Path, step: int) -> Path:
+    """Folder of the latents sampled at training step ``step``."""
+    return Path(samples_dir) / f"step-{step:07d}"
+

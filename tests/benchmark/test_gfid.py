@@ -1,0 +1,114 @@
+"""gFID pieces: reference statistics, per-sample decoding, measuring sampled latents, convergence."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from latentbench.benchmark.fid import FeatureStats, frechet_distance
+from latentbench.benchmark.gfid import (
+    measure_samples,
+    plot_curves,
+    reference_stats,
+    speedup,
+    steps_to_target,
+)
+from latentbench.benchmark.metrics import to_uint8
+from latentbench.generators.latents import LatentNorm, write_shard
+from latentbench.tokenizers.base import decode_per_sample
+
+
+class PixelStats(nn.Module):
+    """A toy extractor: per-channel mean and std of uint8 images (6 features)."""
+
+    id, weights_sha256, preprocessing, metric_name, dim = "pixel-stats", "none", "uint8", "FID-toy", 6
+
+    def forward(self, images):
+        x = images.double() / 255
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+    def describe(self):
+        return {"id": self.id}
+
+
+class NoisyDecoder(nn.Module):
+    """A stochastic decoder without a ``noise`` argument: z (B, 3) -> image + seeded noise."""
+
+    def decode(self, z, generator=None):
+        return z[:, :, None, None].expand(-1, 3, 4, 4) * 0.5 + 0.1 * torch.randn(len(z), 3, 4, 4, generator=generator)
+
+
+class NoiseArgDecoder(NoisyDecoder):
+    decode_noise_shape = (3, 4, 4)
+
+    def decode(self, z, generator=None, noise=None):
+        noise = torch.randn(len(z), 3, 4, 4, generator=generator) if noise is None else noise
+        return z[:, :, None, None].expand(-1, 3, 4, 4) * 0.5 + 0.1 * noise
+
+
+@pytest.mark.parametrize("decoder", [NoisyDecoder(), NoiseArgDecoder()])
+def test_decode_per_sample_does_not_depend_on_the_batch(decoder):
+    z, seeds = torch.randn(5, 3), [11, 12, 13, 14, 15]
+    whole = decode_per_sample(decoder, z, seeds)
+    parts = torch.cat([decode_per_sample(decoder, z[:2], seeds[:2]), decode_per_sample(decoder, z[2:], seeds[2:])])
+    torch.testing.assert_close(whole, parts)
+    perm = [4, 2, 0, 1, 3]
+    torch.testing.assert_close(decode_per_sample(decoder, z[perm], [seeds[i] for i in perm]), whole[perm])
+
+
+def test_measure_samples_matches_a_direct_frechet_distance(tmp_path):
+    z = torch.rand(30, 3) * 2 - 1
+    write_shard(tmp_path, 0, 1, torch.arange(30), z, torch.arange(30) % 3)
+    extractor, tokenizer = PixelStats(), NoiseArgDecoder()
+    norm = LatentNorm.fit("none", z)
+    ref = FeatureStats.empty(6)
+    ref.update(torch.rand(50, 6))
+    reference = ref.reference()
+    result, kept = measure_samples(tmp_path, tokenizer, norm, extractor, reference, seed=0, batch_size=7, keep_images=4)
+    from latentbench.benchmark.gfid import decode_samples
+
+    feats = extractor(to_uint8(decode_samples(tokenizer, z, torch.arange(30), norm, seed=0)))
+    expected = frechet_distance(feats.mean(0).numpy(), np.cov(feats.numpy(), rowvar=False), reference.mu, reference.sigma)
+    assert result["n"] == 30 and result["label"] == "gFID-toy"
+    assert result["value"] == pytest.approx(expected, rel=1e-6)
+    assert kept.shape == (4, 3, 4, 4)
+
+
+def test_reference_stats_from_a_split_are_cached(tmp_path):
+    data = TensorDataset(torch.rand(20, 3, 4, 4) * 2 - 1, torch.zeros(20, dtype=torch.long))
+    data.info = {"source": "toy", "n": 20}
+    calls = []
+
+    def dataset_fn(split):
+        calls.append(split)
+        return data
+
+    first = reference_stats("train", dataset_fn, PixelStats(), batch_size=6, cache_dir=tmp_path)
+    second = reference_stats("train", dataset_fn, PixelStats(), batch_size=6, cache_dir=tmp_path)
+    feats = PixelStats()(to_uint8(data.tensors[0])).numpy()
+    np.testing.assert_allclose(first.mu, feats.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(second.sigma, np.cov(feats, rowvar=False), rtol=1e-10)
+    assert first.n == 20 and first.sha256 == second.sha256
+    assert len(list(tmp_path.rglob("*.npz"))) == 1
+
+
+def test_reference_npz_missing_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="generator.reference.*download"):
+        reference_stats("VIRTUAL_imagenet256_labeled.npz", None, PixelStats(), 4, cache_dir=tmp_path)
+
+
+def test_convergence_steps_and_speedup():
+    curve = [{"step": s, "value": v} for s, v in [(100, 50.0), (200, 20.0), (300, 9.0), (400, 8.0)]]
+    assert steps_to_target(curve, 10.0) == 300
+    assert steps_to_target(curve, 5.0) is None
+    assert steps_to_target(curve, None) is None
+    assert speedup(300, 900, 1000) == {"ratio": 3.0, "bound": "="}
+    assert speedup(300, None, 1200) == {"ratio": 4.0, "bound": ">="}
+    assert speedup(None, 900, 1000) is None
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    curves = {"a": [{"step": 1, "value": 5.0, "interval": [4.0, 6.0]}, {"step": 2, "value": 3.0, "interval": None}],
+              "b": [{"step": 1, "value": 7.0}, {"step": 2, "value": 6.0}]}
+    path = plot_curves(curves, tmp_path / "curves.png", target=4.0)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,119 @@
+"""GeneratorModule: class-balanced labels, EMA, overfitting, and sample sets independent of the world size."""
+import lightning as L
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader, TensorDataset
+
+from latentbench.benchmark.evaluate import ShardSampler
+from latentbench.generators.latents import read_shards, write_shard
+from latentbench.generators.module import GeneratorModule, sample_labels, sample_seeds
+
+SHAPES = {"dit-smoke": [4, 4, 4], "maskgit-smoke": [8, 6]}
+
+
+def test_balanced_labels_give_exactly_n_over_k_per_class_on_any_sharding():
+    n, k = 60, 10
+    for world_size in (1, 2, 7):
+        labels = torch.cat([sample_labels(torch.tensor(list(ShardSampler(n, r, world_size))), k, n) for r in range(world_size)])
+        assert torch.bincount(labels, minlength=k).tolist() == [n // k] * k
+    with pytest.raises(ValueError, match="divisible by the 10 classes"):
+        sample_labels(torch.arange(5), 10, 55)
+
+
+def test_random_labels_follow_the_sample_not_the_batch():
+    idx = torch.arange(40)
+    labels = sample_labels(idx, 10, 40, mode="random", seed=3)
+    assert torch.equal(sample_labels(idx[25:], 10, 40, mode="random", seed=3), labels[25:])
+    assert len(labels.unique()) > 3 and labels.max() < 10
+
+
+def _module(name, **kw):
+    torch.manual_seed(0)
+    shape = SHAPES[name]
+    return GeneratorModule(name, shape, num_classes=3, num_samples=9, **({"transport": {"sample_steps": 3}} if name.startswith("dit") else {}), **kw)
+
+
+def _codes(n, shape):
+    return torch.randint(0, 2, (n, *shape)).float() * 2 - 1
+
+
+def _latents(name, n):
+    return _codes(n, SHAPES[name]) if name.startswith("maskgit") else torch.randn(n, *SHAPES[name])
+
+
+@pytest.mark.parametrize("name", ["dit-smoke", "maskgit-smoke"])
+def test_tiny_generator_overfits_a_few_latents(name):
+    module = _module(name)
+    z, y = _latents(name, 4), torch.tensor([0, 1, 2, 0])
+    opt = torch.optim.Adam(module.generator.parameters(), lr=3e-3)
+    losses = []
+    for step in range(150):
+        torch.manual_seed(step % 4)  # a fixed handful of noise/time (mask) draws to memorise
+        loss = module.generator.training_losses(z, y)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert sum(losses[-10:]) / 10 < 0.3 * sum(losses[:10]) / 10
+
+
+class _Trajectory(Callback):
+    def __init__(self):
+        self.params = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.params.append([p.detach().clone() for p in pl_module.parameters()])
+
+
+def test_ema_weights_follow_the_ema_rule_and_are_what_training_leaves():
+    decay = 0.8
+    module = _module("dit-smoke", ema_decay=decay, lr=1e-2)
+    data = DataLoader(TensorDataset(torch.randn(16, 4, 4, 4), torch.randint(0, 3, (16,))), batch_size=4)
+    trajectory = _Trajectory()
+    trainer = L.Trainer(max_steps=5, callbacks=[trajectory], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, data)
+    ema = trajectory.params[0]  # AveragedModel's first update copies the weights
+    for params in trajectory.params[1:]:
+        ema = [decay * e + (1 - decay) * p for e, p in zip(ema, params)]
+    for got, want, last in zip(module.parameters(), ema, trajectory.params[-1]):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert any(not torch.allclose(p, q) for p, q in zip(module.parameters(), trajectory.params[-1]))
+
+
+def _sample_shard(rank, world_size, name, out, init):
+    torch.set_num_threads(1)
+    if world_size > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world_size)
+    module = _module(name).eval()
+    index = torch.tensor(list(ShardSampler(9, rank, world_size)))
+    z, y = module.sample(index)
+    write_shard(out, rank, world_size, index, z, y)
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["dit-smoke", "maskgit-smoke"])
+def test_sample_set_is_the_same_on_one_and_two_processes(tmp_path, name):
+    """Per-sample seeds: 9 samples (odd) drawn by 2 gloo processes equal those drawn by 1."""
+    _sample_shard(0, 1, name, tmp_path / "one", None)
+    ctx = mp.get_context("fork")  # the worker lives in this test file, which spawn cannot import
+    procs = [ctx.Process(target=_sample_shard, args=(r, 2, name, tmp_path / "two", tmp_path / "pg")) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    z1, y1 = read_shards(tmp_path / "one")
+    z2, y2 = read_shards(tmp_path / "two")
+    assert torch.equal(y1, y2) and len(z1) == 9
+    torch.testing.assert_close(z1, z2, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(z1[0], z1[3])  # same class (0), different seeds: different samples
+
+
+def test_sample_seeds_are_distinct_per_index():
+    seeds = sample_seeds(torch.arange(1000), 0)
+    assert len(set(seeds)) == 1000 and sample_seeds(torch.tensor([5]), 0)[0] == seeds[5]
