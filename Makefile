@@ -8,7 +8,7 @@ CKPT ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install bench test test-all list clean-runs
+.PHONY: install bench test test-all list clean-runs leaderboard regress
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: install  ## the default test suite (excludes tests marked slow)
 
 test-all: install  ## every test, slow ones included
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+leaderboard: install  ## re-render every leaderboard table from its results.jsonl
+	$(BIN)/latentbench leaderboard
+
+regress: install  ## the regression gate: smoke benches against configs/regress/smoke.yaml
+	$(BIN)/latentbench regress
 
 list: install
 	$(BIN)/latentbench list

@@ -3,10 +3,13 @@
     latentbench list                                  registered tokenizers, generators and shipped protocols
     latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, train a generator, record
     latentbench metrics --real DIR --fake DIR --psnr --ssim --fid   metrics of two image folders
+    latentbench leaderboard                           re-render every table from its results.jsonl
+    latentbench regress [--update]                    the `smoke` regression gate against configs/regress/smoke.yaml
 """
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Literal, Optional
 
 from latentbench.paths import LEADERBOARD_DIR, RUNS_DIR
@@ -115,6 +118,40 @@ def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weig
     print(f"wrote {save_folder_stats(images, out, extractor, extractor_weights, batch_size)}")
 
 
+def leaderboard(root: str = str(LEADERBOARD_DIR)) -> None:
+    """Re-render every leaderboard table (README.md, gfid_curves.png) from its results.jsonl.
+
+    Args:
+        root: root of the leaderboard tables.
+    """
+    from latentbench.benchmark.leaderboard import render_all
+
+    for table in render_all(Path(root)):
+        print(f"rendered {table}/README.md")
+
+
+def regress(update: bool = False, seeds: Optional[list[int]] = None, families: Optional[list[str]] = None,
+            golden: Optional[str] = None) -> None:
+    """The regression gate: re-run every family's `smoke` bench and compare with the golden values.
+
+    Exits 1, naming tokenizer and metric, when a metric is worse than golden beyond its tolerance.
+
+    Args:
+        update: re-measure the golden values over ``seeds`` instead of checking.
+        seeds: seeds for --update (default 0 1 2); tolerances come from their spread.
+        families: run only these families (default: every family of the `smoke` protocol).
+        golden: the golden file (default configs/regress/smoke.yaml).
+    """
+    from latentbench.benchmark.regress import GOLDEN_PATH, regress as run_gate
+
+    failures = run_gate(Path(golden) if golden else GOLDEN_PATH, update, seeds, families)
+    if failures:
+        print("regression gate FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        sys.exit(1)
+    if not update:
+        print("regression gate passed")
+
+
 def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all") -> None:
     """List registered tokenizers and generators, and shipped protocols.
 
@@ -138,7 +175,7 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
             print(f"  {name:<16} v{proto.version}  {proto.description}  [{aliases}]")
 
 
-BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint")
+BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint", "--update")
 
 
 def expand_bare_flags(argv: list[str]) -> list[str]:
@@ -161,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     from latentbench.data import BadImageError
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
-        CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_}, args=args, as_positional=False)
+        CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
+             "leaderboard": leaderboard, "regress": regress}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -15,8 +15,7 @@ from filelock import FileLock
 
 from latentbench.fsutil import atomic_write_text
 
-SCHEMA_VERSION = 1
-REQUIRED_FIELDS = ("schema", "id", "created", "protocol", "tokenizer", "data", "metrics", "provenance", "wall_time_s")
+from latentbench.benchmark.schema import SCHEMA_VERSION, validate_record  # noqa: F401  (re-exported)
 
 
 def table_dir(root: Path, protocol_name: str, version: int) -> Path:
@@ -29,15 +28,6 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def validate_record(record: dict[str, Any]) -> None:
-    """Raise ValueError when a record lacks a required field."""
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
-    if missing:
-        raise ValueError(f"result record lacks {missing}; refusing to write it")
-    if record["schema"] != SCHEMA_VERSION:
-        raise ValueError(f"record schema {record['schema']} != {SCHEMA_VERSION}")
 
 
 def append_record(root: Path, record: dict[str, Any]) -> Path:
@@ -65,6 +55,16 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
         atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
         render(directory, records + [record])
     return directory
+
+
+def render_all(root: Path) -> list[Path]:
+    """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock."""
+    done = []
+    for path in sorted(Path(root).glob("*/v*/results.jsonl")):
+        with FileLock(str(path.parent / ".lock"), timeout=120):
+            render(path.parent, read_records(path.parent))
+        done.append(path.parent)
+    return done
 
 
 def render(directory: Path, records: list[dict[str, Any]]) -> None:
@@ -183,6 +183,19 @@ def _gmacs(tokenizer: dict[str, Any]) -> str:
     return f"{costs['encoder_gmacs']:.3g} / {costs['decoder_gmacs']:.3g}"
 
 
+def _latent(record: dict[str, Any]) -> str:
+    """Latent shape per image, with bits per pixel for discrete codes."""
+    shape = "x".join(map(str, record["tokenizer"]["latent"]["shape"]))
+    bpp = (record.get("codes") or {}).get("bits_per_pixel")
+    return f"{shape} ({bpp:.3g} bpp)" if bpp else shape
+
+
+def _throughput(record: dict[str, Any]) -> str:
+    """Encode + decode images per second in the eval pass, on the recording machine."""
+    value = record.get("throughput_img_s")
+    return f"{value:.0f}" if value else "—"
+
+
 def display_name(tokenizer: dict[str, Any]) -> str:
     """Table label: the registered name, plus the config file's stem when a YAML file chose the arguments
     (``maetok-ci [maetok-ci-plain]``), plus the record's variant (``flowmo-ci (1a)``) where it has one."""
@@ -208,8 +221,8 @@ def render_table(records: list[dict[str, Any]]) -> str:
         "(one JSON record per run, append-only); do not edit by hand.",
         "",
         "| tokenizer | latent | params (M) | enc / dec GMACs | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
-        + " | conv. steps | n eval | train steps | wall (s) | commit | date |",
-        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|",
+        + " | conv. steps | n eval | train steps | codec img/s | wall (s) | commit | date |",
+        "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
@@ -217,9 +230,10 @@ def render_table(records: list[dict[str, Any]]) -> str:
         n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {display_name(tok)} | {'x'.join(map(str, tok['latent']['shape']))} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
+            f"| {display_name(tok)} | {_latent(r)} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
             + " | ".join(values)
-            + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
+            + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
+            f"| {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )
     notes = _unavailable_notes(records)
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}

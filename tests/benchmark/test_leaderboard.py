@@ -11,9 +11,15 @@ def make_record(name="tok-a", fingerprint="f" * 64, psnr=20.0):
     return {
         "schema": 1, "id": uuid.uuid4().hex, "created": "2026-01-01T00:00:00+00:00",
         "protocol": {"name": "unit", "version": 1, "fingerprint": fingerprint, "description": "unit test"},
-        "tokenizer": {"name": name, "latent": {"shape": [4, 8, 8]}, "params": {"total": 1_000_000}, "trained_steps": 5},
-        "data": {}, "metrics": {"psnr": {"value": psnr, "n": 10}, "ssim": {"value": 0.5, "n": 10}},
-        "provenance": {"code": {"commit": "abcdef123456", "dirty": False}}, "wall_time_s": {"train": 1.0, "eval": 2.0},
+        "tokenizer": {"name": name, "init_args": {}, "module_args": {}, "latent": {"shape": [4, 8, 8]},
+                      "params": {"total": 1_000_000}, "checkpoint": {"sha256": "c" * 64}, "trained_steps": 5},
+        "training": {"precision": "bf16-mixed"},
+        "data": {"eval": {"fingerprint": "d" * 64, "n": 10, "source": "unit", "split": "val"}},
+        "metrics": {"psnr": {"value": psnr, "n": 10}, "ssim": {"value": 0.5, "n": 10}},
+        "seeds": {"bench": 0},
+        "provenance": {"code": {"commit": "abcdef123456", "dirty": False}, "packages": {"torch": "2", "latentbench": "0"},
+                       "hardware": {"cpu": "unit", "cuda": []}, "python": "3.11"},
+        "wall_time_s": {"train": 1.0, "eval": 2.0},
     }
 
 
@@ -28,7 +34,7 @@ def test_append_only_and_rendered(tmp_path):
     with pytest.raises(ValueError, match="never rewritten"):
         append_record(tmp_path, a)
     table = (tmp_path / "unit/v1/README.md").read_text()
-    assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | — | — | 10 | 5 | 3 | abcdef12 |" in table
+    assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | — | — | 10 | 5 | — | 3 | abcdef12 |" in table
 
 
 def test_unavailable_metrics_and_intervals_are_rendered():
@@ -48,7 +54,7 @@ def test_rendering_is_deterministic():
 def test_record_without_provenance_is_refused(tmp_path):
     record = make_record()
     del record["provenance"]
-    with pytest.raises(ValueError, match="lacks"):
+    with pytest.raises(ValueError, match="'provenance' is a required property"):
         append_record(tmp_path, record)
     assert not (tmp_path / "unit/v1/results.jsonl").exists()
 
@@ -140,3 +146,53 @@ def test_numeric_target_and_a_baseline_that_never_reaches_it():
     ours = _with_curve("ours", [30.0, 15.0], target=20.0)
     assert convergence_cell(ours, [base, ours]) == "500 (≥1.0x)"
     assert convergence_cell(base, [base, ours]) == "> 500"
+
+
+@pytest.mark.parametrize("breakage, where", [
+    (lambda r: r["provenance"].pop("code"), "provenance: 'code' is a required property"),
+    (lambda r: r["provenance"]["packages"].pop("torch"), "provenance.packages"),
+    (lambda r: r["tokenizer"].update(checkpoint={"sha256": "abc"}), "tokenizer.checkpoint"),
+    (lambda r: r["data"]["eval"].pop("fingerprint"), "data.eval"),
+    (lambda r: r["metrics"]["psnr"].pop("n"), "metrics.psnr"),
+    (lambda r: r["metrics"].update(rfid={"value": 3.0, "n": 10, "label": "rFID"}), "metrics.rfid"),
+    (lambda r: r["metrics"].update(gfid={"value": 3.0, "n": 10, "label": "gFID", "extractor": {"id": "x", "weights_sha256": "y"}}),
+     "metrics.gfid"),
+    (lambda r: r.pop("seeds"), "'seeds' is a required property"),
+])
+def test_schema_rejects_a_record_missing_provenance(tmp_path, breakage, where):
+    record = make_record()
+    breakage(record)
+    with pytest.raises(ValueError, match="does not match schema v1") as err:
+        append_record(tmp_path, record)
+    assert where in str(err.value)
+    assert not (tmp_path / "unit/v1/results.jsonl").exists()  # nothing written
+
+
+def test_committed_rows_match_the_schema():
+    from latentbench.benchmark.leaderboard import validate_record
+    from latentbench.paths import LEADERBOARD_DIR
+
+    rows = [r for path in LEADERBOARD_DIR.glob("*/v*/results.jsonl") for r in read_records(path.parent)]
+    assert rows
+    for r in rows:
+        validate_record(r)
+
+
+def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
+    import shutil
+
+    from latentbench.benchmark.leaderboard import render_all
+    from latentbench.paths import LEADERBOARD_DIR
+
+    for path in LEADERBOARD_DIR.glob("*/v*/results.jsonl"):
+        dst = tmp_path / path.parent.relative_to(LEADERBOARD_DIR)
+        dst.mkdir(parents=True)
+        shutil.copy(path, dst / "results.jsonl")
+    tables = render_all(tmp_path)
+    assert tables
+    first = {t: (t / "README.md").read_text() for t in tables}
+    render_all(tmp_path)
+    for table, text in first.items():
+        assert (table / "README.md").read_text() == text  # deterministic
+        committed = LEADERBOARD_DIR / table.relative_to(tmp_path) / "README.md"
+        assert committed.read_text() == text, f"{committed} is stale: run `latentbench leaderboard`"

@@ -261,6 +261,7 @@ def test_flow_matching_training_losses_and_describe():
     out["loss"].backward()
     assert flow.net.conv.weight.grad is not None
     info = json.loads(json.dumps(flow.describe()))
+    assert info.pop("network")["class"] == type(flow.net).__qualname__  # a net without describe() is named
     assert info == {"time_sampler": "logit-normal", "time_mean": 0.0, "time_std": 1.0, "shift": "auto", "alpha": 2.0,
                     "shift_base": 8, "sample_steps": 3, "sampler": "heun", "guidance": 1.5,
                     "guidance_interval": [0.1, 0.9]}

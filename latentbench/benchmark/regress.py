@@ -1,0 +1,132 @@
+"""The regression gate: every tokenizer's `smoke` bench against golden values kept in the repo.
+
+``configs/regress/smoke.yaml`` holds, for every family the `smoke` protocol maps (each result
+variant its own entry: ``flowmo-smoke (1b)``), each metric's golden value (seed 0), the values
+the other seeds gave, and a tolerance set from that seed-to-seed spread:
+``tolerance = SPREAD_FACTOR * (max - min)`` over the seeds, at least ``MIN_TOLERANCE`` of the
+value. ``latentbench regress`` re-runs the benches with seed 0 and fails, naming tokenizer and
+metric, when a metric is worse than golden by more than its tolerance (better is fine: update
+the golden file with ``latentbench regress --update`` when an improvement lands).
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from latentbench.fsutil import atomic_write_text
+from latentbench.paths import CONFIG_DIR
+
+GOLDEN_PATH = CONFIG_DIR / "regress" / "smoke.yaml"
+PROTOCOL = "smoke"
+DIRECTION = {"psnr": 1, "ssim": 1, "probe": 1, "lpips": -1, "rfid": -1, "gfid": -1}  # +1: higher is better
+SPREAD_FACTOR = 2.0
+MIN_TOLERANCE = 1e-3  # relative: a metric identical on every seed still gets 0.1% for other CPUs' rounding
+
+
+def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Run the `smoke` bench of ``family`` with ``seed``; metric values of every row it wrote, by row name."""
+    from latentbench.benchmark.harness import run_bench
+    from latentbench.benchmark.leaderboard import display_name, read_records
+
+    lb = root / f"lb-{family}-{seed}"
+    run_bench(family, PROTOCOL, seed=seed, runs_dir=root / "runs", leaderboard_dir=lb, log=lambda s: None)
+    rows = {}
+    for record in (r for d in lb.glob(f"{PROTOCOL}/v*") for r in read_records(d)):
+        rows[display_name(record["tokenizer"])] = {k: float(m["value"]) for k, m in record["metrics"].items()
+                                                   if k in DIRECTION and "value" in m}
+    log(f"  {family} seed {seed}: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
+                                               for name, m in rows.items()))
+    return rows
+
+
+def families() -> list[str]:
+    """The family aliases of the `smoke` protocol: every registered tokenizer family."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    return sorted(load_protocol(PROTOCOL).tokenizers)
+
+
+def measure_golden(seeds: list[int], root: Path, only: list[str] | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Golden values (the first seed) and tolerances from the spread over ``seeds``."""
+    if len(seeds) < 2:
+        raise ValueError("golden tolerances need at least 2 seeds to measure a spread")
+    runs = {f: [bench_rows(f, s, root, log) for s in seeds] for f in only or families()}
+    golden: dict[str, Any] = {}
+    for per_seed in runs.values():
+        for name in per_seed[0]:
+            golden[name] = {}
+            for metric, value in per_seed[0][name].items():
+                values = [r[name][metric] for r in per_seed]
+                spread = max(values) - min(values)
+                golden[name][metric] = {
+                    "value": value, "tolerance": max(SPREAD_FACTOR * spread, MIN_TOLERANCE * abs(value)),
+                    "seeds": dict(zip(seeds, values)), "stdev": statistics.stdev(values),
+                }
+    return golden
+
+
+def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_PATH) -> Path:
+    header = (f"# Golden `smoke` values for `make regress` (written by `latentbench regress --update`).\n"
+              f"# value: seed {seeds[0]}; tolerance: {SPREAD_FACTOR:g} x (max - min) over seeds {seeds}, "
+              f"at least {MIN_TOLERANCE:g} x |value|.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, header + yaml.safe_dump(golden, sort_keys=True))
+    return path
+
+
+def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no golden values at {path}: create them with `latentbench regress --update`")
+    return yaml.safe_load(Path(path).read_text())
+
+
+def check(golden: dict[str, Any], measured: dict[str, dict[str, float]]) -> list[str]:
+    """One line per regression: a metric worse than golden by more than its tolerance, or a missing row/metric."""
+    failures = []
+    for name, metrics in sorted(golden.items()):
+        if name not in measured:
+            failures.append(f"{name}: no row (the bench did not produce it)")
+            continue
+        for metric, g in sorted(metrics.items()):
+            if metric not in measured[name]:
+                failures.append(f"{name} {metric}: missing (golden {g['value']:.6g})")
+                continue
+            worse = DIRECTION[metric] * (g["value"] - measured[name][metric])  # > 0: worse than golden
+            if worse > g["tolerance"]:
+                failures.append(f"{name} {metric}: {measured[name][metric]:.6g} vs golden {g['value']:.6g} "
+                                f"(worse by {worse:.4g} > tolerance {g['tolerance']:.4g})")
+    return failures
+
+
+def regress(golden_path: Path = GOLDEN_PATH, update: bool = False, seeds: list[int] | None = None,
+            only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:
+    """Run the gate (or, with ``update``, re-measure golden values); returns the failures (empty: passed).
+
+    Args:
+        golden_path: the golden file.
+        update: measure golden values over ``seeds`` (default 0, 1, 2) and write them instead of checking.
+        only: families to run (default: all of the `smoke` protocol's); with ``only`` the check
+            covers only those families' golden rows.
+    """
+    unknown = sorted(set(only or []) - set(families()))
+    if unknown:
+        raise ValueError(f"unknown families {unknown} for the regression gate; choose from {families()}")
+    with tempfile.TemporaryDirectory(prefix="latentbench-regress-") as tmp:
+        root = Path(tmp)
+        if update:
+            seeds = seeds or [0, 1, 2]
+            write_golden(measure_golden(seeds, root, only, log), seeds, golden_path)
+            log(f"wrote {golden_path}")
+            return []
+        golden = load_golden(golden_path)
+        measured: dict[str, dict[str, float]] = {}
+        for family in only or families():
+            measured.update(bench_rows(family, 0, root, log))
+        if only:  # row names start with the family's size name (sdvae-smoke, flowmo-smoke (1b))
+            golden = {k: v for k, v in golden.items() if any(k.startswith(f) for f in only)}
+        return check(golden, measured)

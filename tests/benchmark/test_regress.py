@@ -1,0 +1,57 @@
+"""The regression gate: tolerances from the seed spread, worse-than-golden fails with the metric named."""
+import pytest
+
+from latentbench.benchmark.regress import MIN_TOLERANCE, check, load_golden, regress, write_golden
+
+
+def _golden():
+    return {"tok-smoke": {"psnr": {"value": 20.0, "tolerance": 0.5}, "rfid": {"value": 100.0, "tolerance": 5.0}}}
+
+
+def test_within_tolerance_and_better_pass():
+    assert check(_golden(), {"tok-smoke": {"psnr": 19.6, "rfid": 104.0}}) == []
+    assert check(_golden(), {"tok-smoke": {"psnr": 25.0, "rfid": 10.0}}) == []
+
+
+def test_worse_beyond_tolerance_names_tokenizer_and_metric():
+    failures = check(_golden(), {"tok-smoke": {"psnr": 19.0, "rfid": 106.0}})
+    assert len(failures) == 2
+    assert failures[0].startswith("tok-smoke psnr: 19 vs golden 20") and "tolerance 0.5" in failures[0]
+    assert failures[1].startswith("tok-smoke rfid: 106 vs golden 100")
+
+
+def test_missing_rows_and_metrics_fail():
+    assert check(_golden(), {}) == ["tok-smoke: no row (the bench did not produce it)"]
+    assert check(_golden(), {"tok-smoke": {"psnr": 20.0}}) == ["tok-smoke rfid: missing (golden 100)"]
+
+
+def test_golden_file_round_trip(tmp_path):
+    path = write_golden(_golden(), [0, 1, 2], tmp_path / "g.yaml")
+    assert load_golden(path) == _golden()
+    assert "2 x (max - min) over seeds [0, 1, 2]" in path.read_text()
+    with pytest.raises(FileNotFoundError, match="regress --update"):
+        load_golden(tmp_path / "none.yaml")
+
+
+def test_committed_golden_covers_every_family_with_measured_tolerances():
+    from latentbench.benchmark.regress import families
+
+    golden = load_golden()
+    for family in families():
+        rows = [name for name in golden if name.startswith(family)]
+        assert rows, f"no golden row for {family}"
+        for name in rows:
+            for metric, g in golden[name].items():
+                spread = max(g["seeds"].values()) - min(g["seeds"].values())
+                assert g["tolerance"] == pytest.approx(max(2 * spread, MIN_TOLERANCE * abs(g["value"])))
+
+
+@pytest.mark.slow
+def test_worsened_golden_value_makes_the_gate_fail(tmp_path):
+    """The real gate on sdvae's smoke bench: passes on the committed values, fails on a golden PSNR raised by 1 dB."""
+    golden = load_golden()
+    assert regress(only=["sdvae"], log=lambda s: None) == []
+    golden["sdvae-smoke"]["psnr"]["value"] += 1.0
+    path = write_golden(golden, [0, 1, 2], tmp_path / "worse.yaml")
+    failures = regress(golden_path=path, only=["sdvae"], log=lambda s: None)
+    assert len(failures) == 1 and failures[0].startswith("sdvae-smoke psnr:")
