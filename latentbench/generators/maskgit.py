@@ -93,7 +93,7 @@ def unmasking_schedule(length: int, steps: int, schedule: MaskSchedule | str = "
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"sampling needs an integer steps >= 1, got {steps!r}")
-    t = torch.arange(1, steps + 1, dtype=torch.float64) / steps  # (K,)
+    t = torch.arange(1, steps + 1, dtype=torch.float64, device="cpu") / steps  # (K,) bookkeeping: CPU even under a meta/cuda default device
     planned = torch.floor(length * mask_ratio(t, schedule)).long().tolist()
     counts, left = [], length
     for k, n in enumerate(planned):
