@@ -475,10 +475,34 @@ def run_bench(
     return recorded["record"]
 
 
+def _copy_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, *names: str | None) -> list[Path]:
+    """Copy the run's reconstruction and sample pictures beside the table, named by the record id."""
+    import shutil
+
+    from latentbench.benchmark.leaderboard import GRID_DIR, grid_names, table_dir
+
+    proto = record["protocol"]
+    target = table_dir(leaderboard_dir, proto["name"], proto["version"]) / GRID_DIR
+    copied = []
+    for name, dst in zip(names, grid_names(record)):
+        if name and (run_dir / name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target / dst) as tmp:
+                shutil.copyfile(run_dir / name, tmp)
+            copied.append(target / dst)
+    return copied
+
+
 def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path, variant: str = "",
                   generation: dict[str, Any] | None = None) -> dict[str, Any]:
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
-    table = append_record(leaderboard_dir, record)
+    copied = _copy_grids(record, run_dir, leaderboard_dir, evaluation.get("grid"), (generation or {}).get("samples_grid"))
+    try:
+        table = append_record(leaderboard_dir, record)
+    except Exception:
+        for path in copied:  # no picture without its row
+            path.unlink(missing_ok=True)
+        raise
     return {"record": record, "table": str(table)}

@@ -77,7 +77,9 @@ def render(directory: Path, records: list[dict[str, Any]]) -> None:
         label = _metric_label("gfid", records) or "gFID"
         target, what = _plot_target(records)
         plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what)
-    atomic_write_text(Path(directory) / "README.md", render_table(records))
+    _plot_rate_distortion(records, Path(directory) / RD_PNG)
+    grids = {p.name for p in (Path(directory) / GRID_DIR).glob("*.png")}
+    atomic_write_text(Path(directory) / "README.md", render_table(records, grids))
 
 
 def format_metric(metric: dict[str, Any] | None, digits: int) -> str:
@@ -105,6 +107,53 @@ COLUMNS = (  # (metric key, header, digits)
     ("probe", "probe top-1 ↑", 3),
 )
 CURVES_PNG = "gfid_curves.png"
+RD_PNG = "rate_distortion.png"
+GRID_DIR = "grids"  # <record id[:12]>-reconstructions.png and -samples.png, copied in by the harness
+
+
+def grid_names(record: dict[str, Any]) -> tuple[str, str]:
+    """File names (in GRID_DIR) of a record's reconstruction grid and generated-sample grid."""
+    return f"{record['id'][:12]}-reconstructions.png", f"{record['id'][:12]}-samples.png"
+
+
+def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
+    """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes."""
+    import math as _math
+
+    points = []
+    for r in records:
+        psnr = (r["metrics"].get("psnr") or {}).get("value")
+        if psnr is None:
+            continue
+        bpp = (r.get("codes") or {}).get("bits_per_pixel")
+        res = (r["data"]["eval"] or {}).get("resolution")
+        if bpp is None and not res:
+            continue
+        rate = bpp if bpp is not None else _math.prod(r["tokenizer"]["latent"]["shape"]) / res**2
+        points.append((display_name(r["tokenizer"]), rate, psnr, bpp is not None))
+    if not points:
+        return
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentbench.fsutil import atomic_path
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, rate, psnr, discrete in sorted(points):
+        ax.scatter(rate, psnr, marker="s" if discrete else "o", color="tab:orange" if discrete else "tab:blue")
+        ax.annotate(name, (rate, psnr), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log labels overlap
+    ax.set_xlabel("latent size per pixel: floats (circles, continuous) or bits (squares, discrete codes)")
+    ax.set_ylabel("PSNR (dB, higher is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def _metric_label(key: str, records: list[dict[str, Any]]) -> str | None:
@@ -207,7 +256,7 @@ def display_name(tokenizer: dict[str, Any]) -> str:
     return f"{name} ({tokenizer['variant']})" if tokenizer.get("variant") else name
 
 
-def render_table(records: list[dict[str, Any]]) -> str:
+def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str] = frozenset()) -> str:
     """Markdown table of a protocol version's results (deterministic for the same records)."""
     if not records:
         return "# (empty)\n"
@@ -245,4 +294,24 @@ def render_table(records: list[dict[str, Any]]) -> str:
                         f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG}).")
     if any(m.get("interval") for r in records for m in r["metrics"].values()):
         notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    pictures = _pictures(records, grids)
+    return "\n".join(lines + ([""] + notes if notes else []) + pictures) + "\n"
+
+
+def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -> list[str]:
+    """Links to the table's plots and to each row's reconstruction and sample grids that exist."""
+    out = ["", "## Plots", "", f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row",
+           f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"]
+    rows = []
+    for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
+        rec, smp = grid_names(r)
+        cells = [f"![{display_name(r['tokenizer'])} {what}]({GRID_DIR}/{name})" if name in grids else "—"
+                 for name, what in ((rec, "reconstructions"), (smp, "samples"))]
+        if cells != ["—", "—"]:
+            rows.append(f"| {display_name(r['tokenizer'])} | {cells[0]} | {cells[1]} |")
+    if rows:
+        out += ["", "## Reconstructions and samples", "",
+                "Reconstructions: originals (top) and reconstructions (bottom) spread over the eval split. "
+                "Samples: generated images, one column per class.", "",
+                "| tokenizer | reconstructions | samples |", "|---|---|---|", *rows]
+    return out

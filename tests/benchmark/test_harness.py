@@ -54,7 +54,10 @@ def test_smoke_bench_end_to_end(smoke_run):
         assert (run_dir / f).exists(), f
     gen_dir = next((run_dir / "generators").iterdir())
     assert (gen_dir / "generator.safetensors").exists() and (gen_dir / "samples/step-0000010").is_dir()
-    assert (root / "lb/smoke/v2/gfid_curves.png").exists()
+    assert (root / "lb/smoke/v2/gfid_curves.png").exists() and (root / "lb/smoke/v2/rate_distortion.png").exists()
+    pictures = sorted(p.name for p in (root / "lb/smoke/v2/grids").iterdir())
+    assert pictures == [f"{record['id'][:12]}-reconstructions.png", f"{record['id'][:12]}-samples.png"]
+    assert f"grids/{record['id'][:12]}-samples.png" in (root / "lb/smoke/v2/README.md").read_text()
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents*"))
     rows = read_records(root / "lb/smoke/v2")
     assert [r["id"] for r in rows] == [record["id"]]

@@ -188,6 +188,8 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
         dst = tmp_path / path.parent.relative_to(LEADERBOARD_DIR)
         dst.mkdir(parents=True)
         shutil.copy(path, dst / "results.jsonl")
+        if (path.parent / "grids").is_dir():
+            shutil.copytree(path.parent / "grids", dst / "grids")
     tables = render_all(tmp_path)
     assert tables
     first = {t: (t / "README.md").read_text() for t in tables}
