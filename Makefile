@@ -8,7 +8,7 @@ CKPT ?=
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install bench test test-all list clean-runs leaderboard regress
+.PHONY: install bench test test-all list clean-runs leaderboard regress compare
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ leaderboard: install  ## re-render every leaderboard table from its results.json
 
 regress: install  ## the regression gate: smoke benches against configs/regress/smoke.yaml
 	$(BIN)/latentbench regress
+
+compare: install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
+	$(BIN)/latentbench compare --result $(RESULT) $(if $(FAMILY),--family $(FAMILY))
 
 list: install
 	$(BIN)/latentbench list

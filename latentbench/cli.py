@@ -4,6 +4,7 @@
     latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, train a generator, record
     latentbench metrics --real DIR --fake DIR --psnr --ssim --fid   metrics of two image folders
     latentbench leaderboard                           re-render every table from its results.jsonl
+    latentbench compare --result ID                   a result beside the papers' figures of its protocol
     latentbench regress [--update]                    the `smoke` regression gate against configs/regress/smoke.yaml
 """
 from __future__ import annotations
@@ -152,6 +153,24 @@ def regress(update: bool = False, seeds: Optional[list[int]] = None, families: O
         print("regression gate passed")
 
 
+def compare(result: str, family: Optional[str] = None, json: bool = False) -> None:
+    """Set a result beside the papers' reported figures of the same protocol (leaderboards/paper/).
+
+    Args:
+        result: a record id (or unique prefix) from any leaderboards/<protocol>/v<N>/results.jsonl,
+            a results.jsonl (its last row), or a run directory's stages/record.json.
+        family: which paper rows: a name matched in their source and row (MAETok, FlowMo, RAE,
+            SD-VAE), or "all"; default: the result's tokenizer family.
+        json: print the comparison as JSON instead of a table.
+    """
+    import json as json_lib
+
+    from latentbench.benchmark.paper import compare as compare_rows, find_record, format_comparison, load_paper_rows
+
+    entries = compare_rows(find_record(result), load_paper_rows(), family)
+    print(json_lib.dumps(entries, indent=1) if json else format_comparison(entries))
+
+
 def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all") -> None:
     """List registered tokenizers and generators, and shipped protocols.
 
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
-             "leaderboard": leaderboard, "regress": regress}, args=args, as_positional=False)
+             "leaderboard": leaderboard, "regress": regress, "compare": compare}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

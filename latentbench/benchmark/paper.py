@@ -1,0 +1,158 @@
+"""The papers' reported figures as reference rows, and side-by-side comparison of a result with them.
+
+``leaderboards/paper/paper_tables.csv`` holds the figures (source, table, row, resolution,
+latent, metric, value, condition, verified, note), copied from the papers; they are reported,
+not measured here. A result is compared only with rows of its own protocol: the papers measured
+ImageNet at 256x256 (protocol ``imagenet256``), so a ``ci`` result is refused, not compared.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from latentbench.paths import LEADERBOARD_DIR
+
+PAPER_DIR = LEADERBOARD_DIR / "paper"
+PAPER_CSV = PAPER_DIR / "paper_tables.csv"
+METRIC_KEYS = {"rFID": "rfid", "PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips", "gFID": "gfid",
+               "linear probe top-1": "probe"}
+PERCENT = {"linear probe top-1"}  # the papers report these in percent; records hold fractions
+FIELDS = ("source", "table", "row", "resolution", "bpp_or_tokens", "metric", "value", "condition", "verified", "note")
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    source: str
+    table: str
+    row: str
+    resolution: int
+    bpp_or_tokens: str
+    metric: str
+    value: float
+    condition: str
+    verified: str
+    note: str
+
+    @property
+    def protocol(self) -> str:
+        """The protocol the figure belongs to: ImageNet at its resolution (``imagenet256``)."""
+        return f"imagenet{self.resolution}"
+
+
+def load_paper_rows(path: Path = PAPER_CSV) -> list[PaperRow]:
+    """Every reference row; a malformed line raises ValueError naming it."""
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != FIELDS:
+            raise ValueError(f"{path}: header must be {','.join(FIELDS)}, got {reader.fieldnames}")
+        for line, raw in enumerate(reader, start=2):
+            try:
+                rows.append(PaperRow(**{**raw, "resolution": int(raw["resolution"]), "value": float(raw["value"])}))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path} line {line} is malformed: {e}") from None
+            if raw["metric"] not in METRIC_KEYS:
+                raise ValueError(f"{path} line {line}: unknown metric {raw['metric']!r} (known: {', '.join(METRIC_KEYS)})")
+    return rows
+
+
+def render_paper_readme(rows: list[PaperRow]) -> str:
+    """Markdown of the reference rows, grouped by source and table (deterministic)."""
+    lines = ["# Reported figures from the papers", "",
+             "Reference rows, **reported by the papers, not measured here**, from `paper_tables.csv` (one row per",
+             "figure: source, table, row, resolution, latent, metric, value, condition). `verified` is `paper` for",
+             "a figure read in the paper itself and `secondhand` for one quoted from another paper's table.",
+             "`latentbench compare <record id>` sets a result beside the rows of its own protocol.", "",
+             "Caveats: press summaries of MAETok quote gFID 2.4 vs 3.2, \"2.5x faster convergence\" and LPIPS",
+             "0.052 / 0.061; those figures are not in the paper and are not here. FlowMo's official evaluation pools",
+             "PSNR over a batch; latentbench reports per-image PSNR. RAE's guided gFID uses AutoGuidance, not CFG,",
+             "and its baselines were re-evaluated with 50 images per class, so they differ from the originals.", ""]
+    for source in sorted({r.source for r in rows}):
+        lines += [f"## {source}", "", "| table | row | res. | latent | metric | value | condition | verified | note |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in rows if r.source == source), key=lambda r: (r.table, r.row, r.metric, r.condition)):
+            lines.append(f"| {r.table} | {r.row} | {r.resolution} | {r.bpp_or_tokens} | {r.metric} | {r.value:g} | "
+                         f"{r.condition} | {r.verified} | {r.note} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _family_matches(family: str, row: PaperRow) -> bool:
+    text = f"{row.source} {row.row}".lower().replace("-", "")
+    return family.lower().replace("-", "") in text
+
+
+def compare(record: dict[str, Any], rows: list[PaperRow], family: str | None = None) -> list[dict[str, Any]]:
+    """One entry per paper figure of the record's protocol (and family): paper value, ours, delta, within interval.
+
+    Raises:
+        ValueError: the record's protocol has no paper rows (e.g. ``ci``): differences across data,
+            resolution, extractor and budget would be meaningless.
+    """
+    proto = record["protocol"]["name"]
+    protocols = sorted({r.protocol for r in rows})
+    if proto not in protocols:
+        raise ValueError(
+            f"refusing to compare a `{proto}` result with the papers: their figures were measured under "
+            f"{', '.join(protocols)} (ImageNet at that resolution, the papers' extractors and budgets), this one under "
+            f"`{proto}` ({record['protocol'].get('description', 'another protocol')}), so a difference would say nothing. "
+            "Bench the tokenizer with --protocol imagenet256 to compare it with the papers")
+    family = family or record["tokenizer"]["name"].split("-")[0]
+    chosen = [r for r in rows if r.protocol == proto and (family == "all" or _family_matches(family, r))]
+    return [_entry(r, record["metrics"].get(METRIC_KEYS[r.metric])) for r in chosen]
+
+
+def _entry(row: PaperRow, ours: dict[str, Any] | None) -> dict[str, Any]:
+    out = {**asdict(row), "ours": None, "interval": None, "delta": None, "within": None, "missing": None}
+    if not ours:
+        return out | {"missing": "not measured"}
+    if "unavailable" in ours:
+        return out | {"missing": ours["unavailable"]}
+    scale = 100.0 if row.metric in PERCENT else 1.0
+    ours = {**ours, "value": ours["value"] * scale,
+            "interval": [v * scale for v in ours["interval"]] if ours.get("interval") else None}
+    interval = ours.get("interval")
+    within = None if not interval else bool(interval[0] <= row.value <= interval[1])
+    return out | {"ours": ours["value"], "interval": interval, "delta": ours["value"] - row.value, "within": within}
+
+
+def format_comparison(entries: list[dict[str, Any]]) -> str:
+    """A plain-text side-by-side table."""
+    if not entries:
+        return "no paper rows match (use --family all to see every row of the protocol)"
+    head = f"{'source / table / row':<70} {'metric':<7} {'paper':>9} {'ours':>24} {'delta':>9}  within"
+    lines = [head, "-" * len(head)]
+    for e in entries:
+        name = f"{e['source'].split(' (')[0]} {e['table']}: {e['row']}"[:70]
+        if e["missing"]:
+            ours, delta, within = "n/a", "", e["missing"][:60]
+        else:
+            iv = f" [{e['interval'][0]:.3g}, {e['interval'][1]:.3g}]" if e["interval"] else ""
+            ours, delta = f"{e['ours']:.4g}{iv}", f"{e['delta']:+.4g}"
+            within = "no interval" if e["within"] is None else ("yes" if e["within"] else "no")
+        lines.append(f"{name:<70} {e['metric']:<7} {e['value']:>9.4g} {ours:>24} {delta:>9}  {within}")
+    return "\n".join(lines)
+
+
+def find_record(result: str, root: Path = LEADERBOARD_DIR) -> dict[str, Any]:
+    """A record by id (or unique prefix) in any table, the last row of a results.jsonl, or a stage's record json."""
+    import json
+
+    path = Path(result)
+    if path.is_file():
+        if path.suffix == ".jsonl":
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+            if not lines:
+                raise ValueError(f"{path} holds no records")
+            return json.loads(lines[-1])
+        data = json.loads(path.read_text())
+        return data.get("record", data)
+    found = [json.loads(line) for p in Path(root).glob("*/v*/results.jsonl") for line in p.read_text().splitlines()
+             if line.strip() and json.loads(line)["id"].startswith(result)]
+    if len(found) != 1:
+        raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}: give a record id "
+                         "(the 'id' field of a line of leaderboards/<protocol>/v<N>/results.jsonl), a results.jsonl, or a "
+                         "run directory's stages/record.json")
+    return found[0]

@@ -1,0 +1,74 @@
+"""Paper reference rows and `latentbench compare`."""
+import json
+
+import pytest
+
+from latentbench.benchmark.paper import (
+    METRIC_KEYS,
+    PAPER_CSV,
+    PAPER_DIR,
+    compare,
+    format_comparison,
+    load_paper_rows,
+    render_paper_readme,
+)
+from latentbench.cli import main
+
+
+def test_csv_loads_every_line_with_known_metrics():
+    rows = load_paper_rows()
+    assert len(rows) == len(PAPER_CSV.read_text().strip().splitlines()) - 1
+    assert {r.metric for r in rows} <= set(METRIC_KEYS) and {r.protocol for r in rows} == {"imagenet256", "imagenet512"}
+
+
+def test_committed_readme_is_a_fresh_render():
+    rows = load_paper_rows()
+    assert render_paper_readme(rows) == render_paper_readme(rows)
+    assert (PAPER_DIR / "README.md").read_text() == render_paper_readme(rows) + "\n"
+
+
+def test_malformed_csv_names_the_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text(PAPER_CSV.read_text().splitlines()[0] + "\nA,T,r,256,x,PSNR,not-a-number,c,paper,\n")
+    with pytest.raises(ValueError, match="line 2 is malformed"):
+        load_paper_rows(path)
+
+
+def _record(protocol="imagenet256", name="maetok-b-128"):
+    return {"id": "ab" * 16, "protocol": {"name": protocol, "version": 2, "description": "d"}, "tokenizer": {"name": name},
+            "metrics": {"rfid": {"value": 0.50, "n": 50000, "interval": [0.45, 0.55]},  # MAETok paper: 0.48, inside
+                        "psnr": {"value": 22.0, "n": 50000, "interval": [21.9, 22.1]},  # paper 23.61, outside
+                        "lpips": {"unavailable": "no LPIPS weights"}}}
+
+
+def test_compare_gives_deltas_within_flags_and_handles_missing_metrics():
+    entries = compare(_record(), load_paper_rows())
+    by = {(e["row"], e["metric"]): e for e in entries}
+    rfid, psnr = by[("MAETok", "rFID")], by[("MAETok", "PSNR")]
+    assert rfid["delta"] == pytest.approx(0.50 - 0.48) and rfid["within"] is True
+    assert psnr["delta"] == pytest.approx(22.0 - 23.61) and psnr["within"] is False
+    assert any(e["metric"] == "gFID" for e in entries)
+    assert all(e["missing"] == "not measured" for e in entries if e["metric"] == "gFID")
+    everything = compare(_record(), load_paper_rows(), family="all")
+    lpips = [e for e in everything if e["metric"] == "LPIPS"]
+    assert lpips and all(e["missing"] == "no LPIPS weights" for e in lpips)
+    text = format_comparison(everything)
+    assert "MAETok Table 4: MAETok" in text and "no LPIPS weights" in text and "not measured" in text
+
+
+def test_cross_protocol_comparison_is_refused():
+    with pytest.raises(ValueError, match="refusing to compare a `ci` result.*--protocol imagenet256"):
+        compare(_record("ci"), load_paper_rows())
+
+
+def test_cli_compare(tmp_path, capsys):
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps(_record()) + "\n")
+    bad.write_text(json.dumps(_record("ci")) + "\n")
+    main(["compare", "--result", str(good)])
+    assert "MAETok Table 4: MAETok" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--result", str(bad)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("latentbench: error: refusing to compare")
