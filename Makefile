@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 TOKENIZER ?= sdvae
 PROTOCOL ?= ci
 CKPT ?=
+DEVICES ?= 1
+NODES ?= 1
+STRATEGY ?= auto
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -18,8 +21,9 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-bench: install  ## bench TOKENIZER under PROTOCOL (default: ci), append its leaderboard row
-	$(BIN)/latentbench bench --tokenizer $(TOKENIZER) --protocol $(PROTOCOL) $(if $(CKPT),--ckpt $(CKPT)) $(ARGS)
+bench: install  ## bench TOKENIZER under PROTOCOL (default: ci) on DEVICES x NODES processes, append its leaderboard row
+	$(BIN)/latentbench bench --tokenizer $(TOKENIZER) --protocol $(PROTOCOL) $(if $(CKPT),--ckpt $(CKPT)) \
+		--devices $(DEVICES) --num_nodes $(NODES) --strategy $(STRATEGY) $(ARGS)
 
 test: install  ## the default test suite (excludes tests marked slow)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)

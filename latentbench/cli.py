@@ -26,6 +26,9 @@ def bench(
     on_bad_image: Literal["error", "skip"] = "error",
     runs_dir: str = str(RUNS_DIR),
     leaderboard_dir: str = str(LEADERBOARD_DIR),
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    devices: int = 1,
+    num_nodes: int = 1,
 ) -> None:
     """Bench a tokenizer under a protocol and append its row to the protocol's leaderboard.
 
@@ -41,10 +44,21 @@ def bench(
         on_bad_image: unreadable images abort naming the file (error) or are skipped and counted (skip).
         runs_dir: where run directories (checkpoints, TensorBoard logs, stage results) go.
         leaderboard_dir: root of the leaderboard tables.
+        strategy: distributed training: auto (DDP when several processes), ddp, or fsdp (generator
+            training sharded with FSDP, for the largest generator configs).
+        devices: processes per node (GPUs; CPU processes without GPUs). On one machine the bench
+            starts them itself under torchrun; under torchrun or srun it joins the launcher's.
+        num_nodes: machines (launch with srun, or torchrun on each node; README "Scaling out").
     """
     from latentbench.benchmark.harness import run_bench
+    from latentbench.distributed import Launch, is_rank_zero, maybe_relaunch
 
-    record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir)
+    launch = Launch(strategy, devices, num_nodes)
+    maybe_relaunch(launch, _ARGS or sys.argv[1:])
+    record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
+                       launch=launch)
+    if not is_rank_zero():
+        return
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
                         for k, v in record["metrics"].items())
     print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
@@ -194,6 +208,8 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
             print(f"  {name:<16} v{proto.version}  {proto.description}  [{aliases}]")
 
 
+_ARGS: list[str] = []  # the command line main() parsed (a multi-process bench re-executes it)
+
 BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint", "--update")
 
 
@@ -217,6 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     from latentbench.data import BadImageError
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
+        _ARGS[:] = args
         CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
              "leaderboard": leaderboard, "regress": regress, "compare": compare}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,

@@ -78,9 +78,23 @@ class ReconstructionPass:
     latents: list[Tensor] = field(default_factory=list)
     labels: list[Tensor] = field(default_factory=list)
     indices: list[Tensor] = field(default_factory=list)
-    grid: list[Tensor] = field(default_factory=list)  # originals and reconstructions of images spread over the split
+    grid: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (indices, originals, reconstructions)
     coding_s: float = 0.0
     n: int = 0
+
+    def grid_rows(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(indices, originals, reconstructions) of this rank's picture images (``gather_by_index`` them)."""
+        if not self.grid:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)
+        return tuple(torch.cat(parts) for parts in zip(*self.grid))
+
+    def throughput(self) -> float | None:
+        """Encode + decode images per second over all ranks: all images / the slowest rank's coding time."""
+        n, seconds = torch.tensor(float(self.n), dtype=torch.float64), torch.tensor(self.coding_s, dtype=torch.float64)
+        if world()[1] > 1:
+            dist.all_reduce(n)
+            dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+        return float(n / seconds) if seconds > 0 else None
 
 
 def gather_by_index(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
@@ -89,6 +103,7 @@ def gather_by_index(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     if world_size > 1:
         parts: list[Any] = [None] * world_size
         dist.all_gather_object(parts, (indices, *tensors))
+        parts = [p for p in parts if len(p[0])] or parts[:1]  # a rank may hold none of the rows
         indices = torch.cat([p[0] for p in parts])
         tensors = tuple(torch.cat([p[i + 1] for p in parts]) for i in range(len(tensors)))
     order = indices.argsort()
@@ -169,7 +184,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         out.indices.append(index)
         keep = [k for k, i in enumerate(index.tolist()) if i in shown]
         if keep:
-            out.grid += [x[keep], rec[keep]]
+            out.grid.append((index[keep], x[keep], rec[keep]))
         out.n += len(x)
     return out
 

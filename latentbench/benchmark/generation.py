@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentbench.distributed import Launch, barrier, is_rank_zero, per_rank_batch, trainer_kwargs
 from latentbench.benchmark.gfid import (
     measure_samples,
     plot_curves,
@@ -61,7 +62,8 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
                                          "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, norm.normalize(z), y, num_classes, gen_dir, cfg.seed), log)
+    trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, norm.normalize(z), y, num_classes, gen_dir, cfg.seed,
+                                                                   cfg.launch), log)
 
     extractor, why = _extractor(proto)
     if extractor is None:
@@ -73,16 +75,19 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     for step in spec.eval_steps:
         last = step == spec.max_steps
         result, images_step = measure_samples(gen_dir / "samples" / f"step-{step:07d}", tokenizer, norm, extractor, reference,
-                                              cfg.seed, spec.sample_batch_size, spec.fid_bootstrap if last else 0,
+                                              cfg.seed, per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
+                                              spec.fid_bootstrap if last else 0,
                                               keep_images=2 * num_classes if last else 0)
         log(f"  gFID at step {step}: {result['value']:.3f} ({result['n']} samples)")
         curve.append({"step": step, "value": result["value"], "interval": result["interval"], "n": result["n"]})
         images = images_step if last else images
     suffix = f"-{variant}" if variant else ""
-    grid = _save_grid(images, run_dir / f"samples{suffix}.png", num_classes)
     gfid = {**result, "extractor": extractor.describe(), "reference": {"source": spec.reference, "sha256": reference.sha256, "n": reference.n}}
-    plot_curves({cfg.tokenizer.name + suffix: curve}, run_dir / f"gfid_curve{suffix}.png", label=gfid["label"],
-                target=spec.target_gfid if _number(spec.target_gfid) else None)
+    grid = None
+    if is_rank_zero():
+        grid = _save_grid(images, run_dir / f"samples{suffix}.png", num_classes)
+        plot_curves({cfg.tokenizer.name + suffix: curve}, run_dir / f"gfid_curve{suffix}.png", label=gfid["label"],
+                    target=spec.target_gfid if _number(spec.target_gfid) else None)
     return {"gfid": gfid, "curve": curve, "samples_grid": grid,
             "convergence": {"target": spec.target_gfid,  # "baseline": resolved when the table is rendered
                             "steps_to_target": steps_to_target(curve, spec.target_gfid) if _number(spec.target_gfid) else None,
@@ -109,29 +114,45 @@ def _training_fields(spec) -> dict[str, Any]:
     return {k: v for k, v in asdict(spec).items() if k not in ("target_gfid", "baseline", "reference", "fid_bootstrap")}
 
 
-def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: int, out_dir: Path, seed: int) -> dict[str, Any]:
-    """Fit the generator on normalised latents with Lightning; sampled latents land in ``out_dir/samples``."""
+def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: int, out_dir: Path, seed: int,
+                    launch: Launch | None = None) -> dict[str, Any]:
+    """Fit the generator on normalised latents with Lightning; sampled latents land in ``out_dir/samples``.
+
+    Under DDP (or FSDP, ``--strategy fsdp``) each process takes ``batch_size / world size``
+    latents per step from its ``DistributedSampler`` shard and samples its shard of the gFID
+    sample set at every evaluation.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
-    from latentbench.benchmark.evaluate import ShardSampler
-    from latentbench.benchmark.harness import StepProgress, _loader, _quiet_lightning
+    from torch.utils.data import DistributedSampler
+
+    from latentbench.benchmark.evaluate import ShardSampler, world
+    from latentbench.benchmark.harness import StepProgress, _loader, _quiet_lightning, seed_process
     from latentbench.fsutil import atomic_path
     from latentbench.generators.module import GeneratorModule
 
     _quiet_lightning()
-    L.seed_everything(seed, workers=True, verbose=False)
+    seed_process(seed)
     module = GeneratorModule(gen.name, list(z.shape[1:]), num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
                              sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,
                              samples_dir=str(out_dir / "samples"), **gen.module_args)
-    loader = _loader(TensorDataset(z, y), spec.batch_size, True, seed, drop_last=len(z) > spec.batch_size)
-    sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=spec.sample_batch_size,
+    batch = per_rank_batch(spec.batch_size, "generator batch_size")
+    data = TensorDataset(z, y)
+    rank, world_size = world()
+    if world_size > 1:  # the sample loader below is sharded by hand, so Lightning's sampler replacement is off
+        loader = DataLoader(data, batch_size=batch, drop_last=len(z) > spec.batch_size,
+                            sampler=DistributedSampler(data, world_size, rank, shuffle=True, seed=seed, drop_last=True))
+    else:
+        loader = _loader(data, batch, True, seed, drop_last=len(z) > spec.batch_size)
+    sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
                               sampler=ShardSampler(spec.num_samples, rank=None))
     ckpt_dir = out_dir / "checkpoints"
     trainer = L.Trainer(
-        max_steps=spec.max_steps, max_epochs=-1, precision=spec.precision, accelerator="auto", devices=1,
+        max_steps=spec.max_steps, max_epochs=-1, precision=spec.precision, accelerator="auto",
+        **trainer_kwargs(launch or Launch(), fsdp=True),
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
@@ -141,13 +162,16 @@ def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: in
     )
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=sample_index, ckpt_path=str(last) if last.exists() else None)
+    barrier()  # every rank has written its shard of the last evaluation's samples
     missing = [s for s in spec.eval_steps if not (out_dir / "samples" / f"step-{s:07d}").is_dir()]
     if missing:
         raise RuntimeError(f"generator training in {out_dir} ended without samples for steps {missing}; "
                            f"delete {ckpt_dir} to retrain")
     weights = out_dir / "generator.safetensors"  # the EMA weights (EMAWeightAveraging copies them in at the end)
-    with atomic_path(weights) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in module.generator.state_dict().items()}, str(tmp))
+    state = module.generator.state_dict()  # on every rank: under FSDP gathering the full state is collective
+    if rank == 0:
+        with atomic_path(weights) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))
     generator = module.generator
     return {
         "steps": int(trainer.global_step),

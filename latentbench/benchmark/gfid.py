@@ -59,13 +59,20 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
 
         path = hashed_cache_path(cache_dir, "reference-stats", "ref", f"{dataset.info.get('source', '')}-{reference}",
                                  key).with_suffix(".npz")
-        if path.exists():
+        from latentbench.distributed import broadcast
+
+        if broadcast(path.exists()):  # rank 0 decides: every rank must take the same branch (the other one all-reduces)
             return FeatureStats.load_npz(path)
     stats = _split_stats(dataset, extractor, batch_size)
     meta = {"extractor_id": extractor.id, "weights_sha256": extractor.weights_sha256,
             "preprocessing": extractor.preprocessing, "dataset": json.dumps(dataset.info, sort_keys=True, default=str)}
-    if path is not None:
-        return FeatureStats.load_npz(stats.save_npz(path, **meta))
+    if path is not None:  # rank 0 writes the cache, then every rank reads the same file
+        from latentbench.distributed import barrier, is_rank_zero
+
+        if is_rank_zero():
+            stats.save_npz(path, **meta)
+        barrier()
+        return FeatureStats.load_npz(path)
     return stats.reference(**meta)
 
 
@@ -117,7 +124,7 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
         (the FID result with ``n``, interval and the extractor's label; the first ``keep_images``
         decoded images by index, for a picture, or None).
     """
-    from latentbench.benchmark.evaluate import ShardSampler, world
+    from latentbench.benchmark.evaluate import ShardSampler, gather_by_index, world
     from latentbench.benchmark.fid import FrechetDistance
     from latentbench.benchmark.metrics import to_uint8
     from latentbench.generators.latents import read_shards
@@ -127,14 +134,18 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
     fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed)
     rank, world_size = world()
     mine = torch.tensor(list(ShardSampler(len(z_all), rank, world_size)), dtype=torch.long)
-    shown = []
+    shown, shown_index = [], []
     for chunk in mine.split(batch_size):
         images = decode_samples(tokenizer, z_all[chunk], index_all[chunk], norm, seed)
         fid.update(extractor(to_uint8(images)), index=chunk)
-        shown += [images[chunk < keep_images]]
+        keep = chunk < keep_images
+        shown.append(images[keep])
+        shown_index.append(chunk[keep])
     result = fid.compute()
     result["label"] = "g" + extractor.metric_name
-    kept = torch.cat(shown)[:keep_images] if keep_images and shown else None
+    kept = None
+    if keep_images and shown:  # the first keep_images samples, whichever ranks decoded them
+        (kept,) = gather_by_index(torch.cat(shown_index), torch.cat(shown))
     return result, kept
 
 

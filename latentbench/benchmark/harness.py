@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Subset
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
+from latentbench.distributed import Launch, broadcast, is_rank_zero, per_rank_batch, run_on_rank_zero, trainer_kwargs
 from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
@@ -104,6 +105,9 @@ class BenchConfig:
     ckpt_sha256: str | None = None
     train_steps: int | None = None  # None = the protocol's budget
     seed: int = 0
+    # how many processes run it; not part of the key: any world size gives the same numbers and
+    # resumes the same run directory (training is statistically, not bitwise, the same; see README)
+    launch: Launch = field(default_factory=Launch, compare=False)
 
     @property
     def steps(self) -> int:
@@ -135,8 +139,12 @@ class Stages:
         return json.loads(path.read_text()) if path.exists() else None
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
-        """Return the stage's stored result, or run it, time it and store the result."""
-        done = self.get(name)
+        """Return the stage's stored result, or run it, time it and store the result.
+
+        Under torch.distributed every rank runs ``fn`` (stages shard their work); rank 0 stores
+        its result and every rank returns rank 0's, so all ranks go on with the same facts.
+        """
+        done = broadcast(self.get(name))  # rank 0's view of the folder decides for all
         if done is not None:
             log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
             return done
@@ -144,7 +152,9 @@ class Stages:
         start = time.perf_counter()
         result = fn()
         result["wall_time_s"] = time.perf_counter() - start
-        atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
+        if is_rank_zero():
+            atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
+        result = broadcast(result)
         log(f"[{name}] done in {result['wall_time_s']:.1f} s")
         return result
 
@@ -159,7 +169,8 @@ class StepProgress(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=trainer.global_rank > 0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.bar.update(trainer.global_step - self.bar.n)
@@ -196,8 +207,25 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     return build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
 
 
+def seed_process(seed: int) -> None:
+    """Seed this process: ``seed`` on rank 0 (so 1 process is unchanged), ``seed + rank`` elsewhere.
+
+    Each rank draws its own training noise; models start equal anyway (DDP copies rank 0's
+    parameters and buffers to every rank when it wraps the module).
+    """
+    import lightning as L
+
+    from latentbench.distributed import rank
+
+    L.seed_everything(seed + rank(), workers=True, verbose=False)
+
+
 def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str, Any]:
-    """Fit the tokenizer with Lightning; resume from the last checkpoint if one exists."""
+    """Fit the tokenizer with Lightning; resume from the last checkpoint if one exists.
+
+    Under DDP each process takes ``batch_size / world size`` images per step (Lightning's
+    distributed sampler splits the shuffled split); rank 0 writes the weights.
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -205,7 +233,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
 
     proto, spec = cfg.protocol, cfg.tokenizer
     _quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    seed_process(cfg.seed)
     data = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
     module = spec.module_class()(spec.name, spec.init_args, max_steps=cfg.steps, **spec.module_args)
     # A module that validates while training (FlowMo's early stopping of stage 1b) gets every
@@ -216,13 +244,16 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     if validates:
         held = set(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
         train_data = Subset(data, [i for i in range(len(data)) if i not in held])
-        val_loader = _loader(Subset(data, sorted(held)), proto.eval.batch_size, False, cfg.seed)
-    loader = _loader(train_data, proto.train.batch_size, True, cfg.seed, proto.train.num_workers,
-                     drop_last=len(train_data) > proto.train.batch_size)
+        val_loader = _loader(Subset(data, sorted(held)), per_rank_batch(proto.eval.batch_size, "eval batch_size"), False, cfg.seed)
+    batch = per_rank_batch(proto.train.batch_size, "train batch_size")
+    loader = _loader(train_data, batch, True, cfg.seed, proto.train.num_workers, drop_last=len(train_data) > proto.train.batch_size)
     ckpt_dir = run_dir / "checkpoints"
     loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     trainer = L.Trainer(
-        max_steps=cfg.steps, max_epochs=-1, precision=proto.train.precision, accelerator="auto", devices=1,
+        max_steps=cfg.steps, max_epochs=-1, precision=proto.train.precision, accelerator="auto",
+        # tokenizer steps can leave parameters without a gradient (a GAN before disc_start, MAETok's auxiliary
+        # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
+        **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
                                    save_top_k=1, enable_version_counter=False), StepProgress()],
@@ -233,6 +264,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(last) if last.exists() else None)
     # Modules with several results (FlowMo: without and with post-training) name each state; the last is the run's.
     states = module.stage_weights() if hasattr(module, "stage_weights") else {"": module.tokenizer.state_dict()}
+    if not is_rank_zero():
+        return {}  # rank 0 writes the weights; Stages.run hands its result to every rank
     variants = {}
     for i, (variant, state) in enumerate(states.items()):
         path = run_dir / ("tokenizer.safetensors" if i == len(states) - 1 else f"tokenizer-{variant}.safetensors")
@@ -262,7 +295,9 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
     """Build the tokenizer of ``spec`` and load ``weights`` (safetensors, or a weights-only torch file)."""
     from latentbench.tokenizers import create_tokenizer
 
-    tokenizer = create_tokenizer(spec.name, **spec.init_args)
+    with torch.random.fork_rng(devices=[]):  # the same initial weights in every process (and every run)
+        torch.manual_seed(0)
+        tokenizer = create_tokenizer(spec.name, **spec.init_args)
     if weights is not None:
         state = extract_state_dict(load_checkpoint(weights, trust=trust), prefix="tokenizer.")
         if hasattr(tokenizer, "convert_state_dict"):  # official checkpoints of a family (e.g. MAETok's)
@@ -327,21 +362,25 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
     metrics = build_metrics(proto, cfg.seed, cache_dir)
-    passed = reconstruct(tokenizer, data, metrics, proto.eval.batch_size, cfg.seed)
-    grid = torch.cat(passed.grid[0::2] + passed.grid[1::2]).clamp(-1, 1)
-    save_image(grid, run_dir / grid_name, nrow=len(grid) // 2, normalize=True, value_range=(-1, 1))
+    batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")
+    passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed)
+    originals, recs = gather_by_index(*passed.grid_rows())  # every rank's share of the picture
+    grid = torch.cat([originals, recs]).clamp(-1, 1)
+    if is_rank_zero():
+        with atomic_path(run_dir / grid_name) as tmp:
+            save_image(grid, tmp, nrow=len(grid) // 2, normalize=True, value_range=(-1, 1), format="png")
     results = metrics.results()
-    codes = code_statistics(tokenizer, passed.latents, proto.data.resolution)
+    test_z, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
+    codes = code_statistics(tokenizer, [test_z], proto.data.resolution)
 
     start = time.perf_counter()
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
-    train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), proto.eval.batch_size)
-    test_z, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
+    train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), batch)
     probe = linear_probe(train_z, train_y, test_z, test_y, num_classes=data.info["num_classes"], pooling=proto.eval.probe_pooling)
     results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {
         "metrics": results,
-        "throughput_img_s": passed.n / passed.coding_s if passed.coding_s else None,
+        "throughput_img_s": passed.throughput(),
         "probe_s": time.perf_counter() - start,
         "data": data.info,
         "grid": grid_name,
@@ -422,6 +461,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "codes": evaluation.get("codes"),
         "seeds": {"bench": cfg.seed},
         "run_dir": _display_path(run_dir),
+        "distributed": cfg.launch.to_dict(),
         "provenance": provenance(),
         "wall_time_s": wall,
     }
@@ -438,19 +478,36 @@ def run_bench(
     runs_dir: str | Path = RUNS_DIR,
     leaderboard_dir: str | Path = LEADERBOARD_DIR,
     log: Callable[[str], None] = print,
+    launch: Launch | None = None,
 ) -> dict[str, Any]:
-    """Bench one tokenizer under one protocol; returns the record written to the leaderboard."""
+    """Bench one tokenizer under one protocol; returns the record written to the leaderboard.
+
+    With ``launch`` of several processes (started by ``latentbench bench --devices N``, torchrun
+    or srun) every rank calls this; the stages shard their work, rank 0 writes.
+    """
+    from latentbench.distributed import init_process_group, resolve_launch
+
+    launch = resolve_launch(launch or Launch())
+    init_process_group(launch)
+    if not is_rank_zero():
+        log = _silent
     proto = load_protocol(protocol)
     spec = resolve_tokenizer(tokenizer, proto)
     ckpt_sha = sha256_file(ckpt) if ckpt else None
     if train_steps is not None and train_steps < 0:
         raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
-    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed)
+    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch)
     run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
-    log(f"bench {spec.name} ({spec.requested}) under {proto.id}; run directory {run_dir}")
+    if is_rank_zero():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
 
+    if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
+        from latentbench.generators.module import sample_labels
+
+        classes = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image).info["num_classes"]
+        sample_labels(torch.arange(1), classes, proto.generator.num_samples, "balanced")
     stages = Stages(run_dir)
     train = None
     weights: str | Path | None = ckpt
@@ -470,9 +527,13 @@ def run_bench(
 
             generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
                 cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
-        recorded = stages.run(f"record{suffix}", lambda: _record_stage(  # noqa: B023
-            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation), log)
+        recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
+            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation)), log)
     return recorded["record"]
+
+
+def _silent(message: str) -> None:
+    """Ranks other than 0 print nothing: one process speaks for the run."""
 
 
 def _copy_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, *names: str | None) -> list[Path]:

@@ -54,6 +54,8 @@ RECORD_SCHEMA: dict[str, Any] = {
             },
         },
         "training": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["precision"]}]},
+        # the processes a result ran on (absent in records written before distributed runs)
+        "distributed": {"type": "object", "required": ["world_size"], "properties": {"world_size": {"type": "integer", "minimum": 1}}},
         "data": {"type": "object", "required": ["eval"],
                  "properties": {"eval": {"type": "object", "required": ["fingerprint", "n", "source", "split"]}}},
         "metrics": {

@@ -168,8 +168,14 @@ def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_siz
     """The train split's latents for ``key``: read from ``directory`` when cached there, else encoded and cached."""
     from latentbench.benchmark.evaluate import world
 
-    found = load_cache(directory, key)
-    if found is not None:
+    from latentbench.distributed import broadcast
+
+    meta_path = directory / "meta.json"
+    cached = meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key.digest
+    if broadcast(cached):  # rank 0 decides: every rank reads, or every rank encodes its shard
+        found = load_cache(directory, key)
+        if found is None:
+            raise RuntimeError(f"latent cache {directory} changed while being read; rerun the bench")
         return found
     if world()[0] == 0:
         for stale in directory.glob("shard-*.safetensors"):  # another key's shards, or an interrupted write

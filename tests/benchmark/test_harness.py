@@ -188,3 +188,18 @@ def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     table = (tmp_path / "lb" / "smoke" / "v2" / "README.md").read_text()
     assert "flowmo-smoke (1a)" in table and "flowmo-smoke (1b)" in table
     assert any((tmp_path / "runs").rglob("reconstructions-1a.png"))
+
+
+def test_unbalanceable_sample_count_fails_before_training(tmp_path):
+    import yaml
+
+    from latentbench.benchmark.harness import run_bench
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["generator"]["num_samples"] = 41  # 10 classes
+    path = tmp_path / "odd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"num_samples \(41\) divisible by the 10 classes"):
+        run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert not list((tmp_path / "runs").rglob("stages/*.json"))  # nothing ran

@@ -1,0 +1,198 @@
+"""Running the bench on many processes: launch, process group, rank-0 writes, Trainer settings.
+
+Every stage of a bench is written so that N processes give the numbers of 1 process:
+evaluation shards samples without padding and sums metric states (``benchmark.evaluate``),
+sampling seeds each sample by its global index (``generators.seeding``), the latent cache is
+written in per-rank shards and read by any world size (``generators.latents``). What this
+module adds is the plumbing around it:
+
+* ``Launch``: the ``--strategy / --devices / --num_nodes`` a user asked for.
+* ``maybe_relaunch``: ``latentbench bench --devices 8`` on one machine re-executes itself under
+  ``torch.distributed.run`` (torchrun), one process per device. Under torchrun or SLURM
+  (``srun``) the processes already exist and nothing is relaunched.
+* ``init_process_group``: the harness joins the process group *before* its first stage, so
+  stages without a Lightning Trainer (evaluation, sampling, the latent cache) shard too;
+  Lightning finds the group initialised and uses it.
+* ``run_on_rank_zero`` / ``broadcast``: stage results, records and leaderboards are written by
+  rank 0 only; the other ranks receive rank 0's result.
+
+The protocol's batch sizes are global: each of W processes takes ``batch_size / W`` per step,
+so one optimizer step sees the same number of images at any world size.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How many processes a bench runs on and how Lightning distributes training.
+
+    Args:
+        strategy: ``auto`` (DDP when more than one process, else a single device), ``ddp``, or
+            ``fsdp`` (generator training is sharded with FSDP, for the largest generator configs;
+            tokenizer training stays on DDP).
+        devices: processes per node (GPUs per node; CPU processes on a machine without GPUs).
+        num_nodes: machines.
+    """
+
+    strategy: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.devices < 1 or self.num_nodes < 1:
+            raise ValueError(f"--devices and --num_nodes must be >= 1, got {self.devices} and {self.num_nodes}")
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "devices": self.devices, "num_nodes": self.num_nodes, "world_size": self.world_size}
+
+
+def cluster_environment():
+    """Lightning's description of the launcher that started this process (torchrun, SLURM), or None."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect():
+        return TorchElasticEnvironment()
+    if SLURMEnvironment.detect():
+        return SLURMEnvironment()
+    return None
+
+
+def resolve_launch(launch: Launch) -> Launch:
+    """Check ``launch`` against the launcher's processes (under torchrun or SLURM); return what actually runs.
+
+    Raises:
+        ValueError: when the processes the launcher started do not match ``--devices x --num_nodes``.
+    """
+    env = cluster_environment()
+    if env is None:
+        return launch
+    size = env.world_size()
+    if size == 1 and launch.world_size == 1:
+        return launch
+    if launch.world_size == 1:  # launched by torchrun/srun without flags: take the launcher's layout
+        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or size)
+        return Launch(launch.strategy, local, max(size // local, 1))
+    if launch.world_size != size:
+        raise ValueError(f"--devices {launch.devices} x --num_nodes {launch.num_nodes} = {launch.world_size} processes, "
+                         f"but the launcher started {size}; make them agree (torchrun --nproc_per_node / --nnodes, "
+                         f"srun --ntasks-per-node / --nodes)")
+    return launch
+
+
+def maybe_relaunch(launch: Launch, argv: list[str]) -> None:
+    """On one machine, re-execute ``latentbench <argv>`` under torchrun with ``launch.devices`` processes.
+
+    Does nothing for one process or when a launcher already started the processes. Several
+    nodes need a launcher on each (srun, or torchrun per node): the error says how.
+    """
+    if launch.world_size == 1 or cluster_environment() is not None:
+        return
+    if launch.num_nodes > 1:
+        raise SystemExit(
+            f"--num_nodes {launch.num_nodes} needs a process on every node: run under SLURM "
+            f"(srun --nodes {launch.num_nodes} --ntasks-per-node {launch.devices} latentbench {' '.join(argv)}) "
+            f"or start torchrun on each node (see README, 'Scaling out')")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={launch.devices}",
+           "-m", "latentbench.cli", *argv]
+    print(f"launching {launch.devices} processes: {' '.join(cmd[1:])}", flush=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
+
+
+def init_process_group(launch: Launch) -> None:
+    """Join the launcher's process group (NCCL on GPUs, gloo on CPUs); a no-op for one process."""
+    if launch.world_size == 1 or not dist.is_available() or dist.is_initialized():
+        return
+    env = cluster_environment()
+    if env is None:
+        raise RuntimeError(f"{launch.world_size} processes requested but no launcher environment found "
+                           "(use `latentbench bench --devices N` on one machine, torchrun, or srun)")
+    os.environ["MASTER_ADDR"] = env.main_address
+    os.environ["MASTER_PORT"] = str(env.main_port)
+    import warnings
+
+    # CPU convolution backward returns 1x1-kernel gradients in channels-last strides; DDP copies
+    # them into its flat buckets and warns once per process. Numbers are unaffected.
+    warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(env.local_rank())
+    dist.init_process_group(backend, rank=env.global_rank(), world_size=env.world_size())
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_rank_zero() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def broadcast(obj: T, src: int = 0) -> T:
+    """``obj`` from rank ``src`` on every rank (pickled; for small results, not tensors of data)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def run_on_rank_zero(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only (it writes files); every rank returns its result."""
+    return broadcast(fn() if is_rank_zero() else None)
+
+
+def per_rank_batch(global_batch: int, what: str) -> int:
+    """This process's share of a protocol's global batch size."""
+    size = world_size()
+    if global_batch % size:
+        raise ValueError(f"{what} {global_batch} is not divisible by the {size} processes; choose a world size that divides "
+                         f"it (the protocol's batch sizes are global, so every world size trains on the same batch size)")
+    return global_batch // size
+
+
+def trainer_kwargs(launch: Launch, *, fsdp: bool = False, find_unused_parameters: bool = False) -> dict[str, Any]:
+    """``strategy``, ``devices`` and ``num_nodes`` for a Lightning Trainer of this launch.
+
+    Args:
+        fsdp: use FSDP when the launch asks for it (generator training); otherwise FSDP falls back to DDP.
+        find_unused_parameters: DDP's search for parameters without a gradient in a step
+            (tokenizer modules with a discriminator or auxiliary heads that are idle in some steps).
+    """
+    if launch.world_size == 1:
+        return {"strategy": "auto", "devices": 1, "num_nodes": 1}
+    if launch.strategy == "fsdp" and fsdp:
+        strategy: Any = "fsdp"
+    else:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
+    return {"strategy": strategy, "devices": launch.devices, "num_nodes": launch.num_nodes}

@@ -1,0 +1,106 @@
+"""Distributed benches: 2 gloo processes give 1 process's numbers; rank 0 alone writes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from latentbench.benchmark.protocol import PROTOCOL_DIR
+from latentbench.distributed import Launch, maybe_relaunch, per_rank_batch, resolve_launch, trainer_kwargs
+
+ELASTIC = {"RANK": "0", "GROUP_RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "test"}
+
+
+def test_launch_checks_its_arguments():
+    with pytest.raises(ValueError, match="--strategy must be one of"):
+        Launch(strategy="deepspeed")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Launch(devices=0)
+    assert Launch(devices=8, num_nodes=2).world_size == 16
+
+
+def test_one_process_trains_on_a_single_device():
+    assert trainer_kwargs(Launch()) == {"strategy": "auto", "devices": 1, "num_nodes": 1}
+    kwargs = trainer_kwargs(Launch("fsdp", devices=2), fsdp=True)
+    assert kwargs["strategy"] == "fsdp" and kwargs["devices"] == 2
+    assert type(trainer_kwargs(Launch("fsdp", devices=2), fsdp=False)["strategy"]).__name__ == "DDPStrategy"
+
+
+def test_global_batch_must_split_evenly(monkeypatch):
+    import latentbench.distributed as d
+
+    monkeypatch.setattr(d, "world_size", lambda: 3)
+    assert per_rank_batch(96, "batch_size") == 32
+    with pytest.raises(ValueError, match="batch_size 64 is not divisible by the 3 processes"):
+        per_rank_batch(64, "batch_size")
+
+
+def test_launcher_layout_is_taken_or_checked(monkeypatch):
+    for k, v in ELASTIC.items():
+        monkeypatch.setenv(k, v)
+    assert resolve_launch(Launch()) == Launch("auto", 2, 1)  # torchrun without flags: its layout
+    assert resolve_launch(Launch("ddp", 2)) == Launch("ddp", 2, 1)
+    with pytest.raises(ValueError, match="but the launcher started 2"):
+        resolve_launch(Launch(devices=4))
+
+
+def test_several_nodes_without_a_launcher_say_how(monkeypatch):
+    for k in ELASTIC:
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(SystemExit, match="srun --nodes 2 --ntasks-per-node 4"):
+        maybe_relaunch(Launch(devices=4, num_nodes=2), ["bench", "--tokenizer", "sdvae"])
+
+
+def _odd_protocol(tmp_path: Path) -> Path:
+    """The smoke protocol with odd eval and sample counts (63 and 41: not divisible by 2 processes)."""
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["name"] = "smoke-odd"
+    raw["data"]["num_eval"] = 63
+    raw["generator"]["num_samples"] = 41
+    raw["generator"]["class_sampling"] = "random"  # balanced classes need a multiple of 10
+    path = tmp_path / "smoke-odd.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _bench(tmp_path: Path, runs: str, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", str(_odd_protocol(tmp_path)),
+           "--runs_dir", str(tmp_path / runs), "--leaderboard_dir", str(tmp_path / "lb"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def test_two_process_bench_equals_one_process(tmp_path):
+    """Train under DDP on 2 processes, then evaluate those weights on 1: the same numbers, every sample once."""
+    from latentbench.generators.latents import read_shards
+
+    _bench(tmp_path, "runs2", "--devices", "2")
+    (run2,) = (tmp_path / "runs2" / "smoke-odd" / "v2").iterdir()
+    _bench(tmp_path, "runs1", "--ckpt", str(run2 / "tokenizer.safetensors"))
+    rows = [json.loads(line) for line in (tmp_path / "lb" / "smoke-odd" / "v2" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2, "rank 1 must not write a row"  # one per bench
+    two, one = rows
+    assert two["distributed"]["world_size"] == 2 and one["distributed"]["world_size"] == 1
+    assert two["tokenizer"]["trained_steps"] == 20 and two["training"] is not None
+    for name in ("psnr", "ssim"):
+        assert one["metrics"][name]["n"] == two["metrics"][name]["n"] == 63
+        assert two["metrics"][name]["value"] == pytest.approx(one["metrics"][name]["value"], rel=1e-6, abs=1e-9)
+    assert two["metrics"]["probe"]["value"] == one["metrics"]["probe"]["value"]
+    assert two["metrics"]["probe"]["n"] == one["metrics"]["probe"]["n"] == 63
+    assert one["metrics"]["rfid"]["n"] == two["metrics"]["rfid"]["n"] == 63
+    assert two["metrics"]["rfid"]["value"] == pytest.approx(one["metrics"]["rfid"]["value"], rel=1e-4)
+    # generators train on differently split batches (statistically, not bitwise, the same): gFID counts agree
+    assert one["metrics"]["gfid"]["n"] == two["metrics"]["gfid"]["n"] == 41
+    # the latent cache the 2 processes wrote, one shard each, is read whole by this single process
+    (cache,) = (run2 / "latents").iterdir()
+    assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
+    z, y = read_shards(cache)
+    assert len(z) == len(y) == 256 and json.loads((cache / "meta.json").read_text())["world_size"] == 2
+    (samples,) = (run2 / "generators").iterdir()
+    z_samples, _ = read_shards(samples / "samples" / "step-0000020")
+    assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once
