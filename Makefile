@@ -11,7 +11,7 @@ STRATEGY ?= auto
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install bench test test-all list clean-runs leaderboard regress compare
+.PHONY: install bench test test-all list clean-runs leaderboard regress compare perf
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ regress: install  ## the regression gate: smoke benches against configs/regress/
 
 compare: install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
 	$(BIN)/latentbench compare --result $(RESULT) $(if $(FAMILY),--family $(FAMILY))
+
+perf: install  ## step times fp32/bf16, FLOPs, MFU, codec img/s, peak memory of every CPU config -> leaderboards/perf/perf.json
+	$(BIN)/latentbench perf $(ARGS)
 
 list: install
 	$(BIN)/latentbench list

@@ -6,6 +6,7 @@
     latentbench leaderboard                           re-render every table from its results.jsonl
     latentbench compare --result ID                   a result beside the papers' figures of its protocol
     latentbench regress [--update]                    the `smoke` regression gate against configs/regress/smoke.yaml
+    latentbench perf                                  step times, FLOPs, MFU, codec img/s and memory of every CPU config
 """
 from __future__ import annotations
 
@@ -185,6 +186,32 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
     print(json_lib.dumps(entries, indent=1) if json else format_comparison(entries))
 
 
+def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
+         out: Optional[str] = None, json: bool = False) -> None:
+    """What the suite's own work costs on this machine: step times fp32/bf16, FLOPs, MFU, codec img/s, memory.
+
+    Every config is measured in its own process (its peak memory is its own). MFU divides a
+    step's achieved FLOP/s by this machine's matrix-product peak, measured first.
+
+    Args:
+        targets: configs to measure: a tokenizer (sdvae, or any --tokenizer value) or a generator
+            config on a tokenizer's latents (dit-ci@sdvae); default: the protocol's CPU configs.
+        protocol: protocol whose data, batch sizes and tokenizer sizes are used.
+        steps: timed training steps per precision (the median is reported).
+        warmup: untimed steps first.
+        out: JSON file to write (default leaderboards/perf/perf.json; rendered beside the tables).
+        json: print the JSON instead of the table.
+    """
+    import json as json_lib
+
+    from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
+
+    result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
+                      out or PERF_PATH, log=(lambda m: None) if json else print)
+    if json:
+        print(json_lib.dumps(result, indent=1))
+
+
 def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all") -> None:
     """List registered tokenizers and generators, and shipped protocols.
 
@@ -235,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         _ARGS[:] = args
         CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
-             "leaderboard": leaderboard, "regress": regress, "compare": compare}, args=args, as_positional=False)
+             "leaderboard": leaderboard, "regress": regress, "compare": compare,
+             "perf": perf}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

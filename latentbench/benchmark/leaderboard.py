@@ -79,7 +79,27 @@ def render(directory: Path, records: list[dict[str, Any]]) -> None:
         plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what)
     _plot_rate_distortion(records, Path(directory) / RD_PNG)
     grids = {p.name for p in (Path(directory) / GRID_DIR).glob("*.png")}
-    atomic_write_text(Path(directory) / "README.md", render_table(records, grids))
+    from latentbench.benchmark.perf import load_perf
+
+    perf = load_perf(Path(directory).parent.parent / "perf" / "perf.json")  # <root>/perf/perf.json beside <root>/<name>/v<N>
+    atomic_write_text(Path(directory) / "README.md", render_table(records, grids) + cost_section(records, perf))
+
+
+def cost_section(records: list[dict[str, Any]], perf: dict[str, Any] | None) -> str:
+    """The measured cost of this protocol's configs (``latentbench perf``), or nothing if it has not been run."""
+    if not records or not perf:
+        return ""
+    from latentbench.benchmark.perf import format_table
+
+    proto = records[0]["protocol"]
+    rows = [r for r in perf["rows"] if r.get("protocol") == f"{proto['name']}/v{proto['version']}"]
+    if not rows:
+        return ""
+    return ("\n## Cost\n\nTraining step, codec and sampling throughput of this protocol's configs, from `latentbench perf` "
+            f"(`make perf`) on {perf['threads']} threads, {perf['created'][:10]}, commit "
+            f"{perf['provenance']['code']['commit'][:8]} ([perf.json](../../perf/perf.json)). MFU: a step's FLOPs "
+            "(FlopCounterMode) per second over this machine's measured matrix-product peak.\n\n"
+            + format_table({**perf, "rows": rows}) + "\n")
 
 
 def format_metric(metric: dict[str, Any] | None, digits: int) -> str:

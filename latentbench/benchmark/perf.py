@@ -1,0 +1,319 @@
+"""What the suite's own work costs: training step time, codec throughput, FLOPs, MFU and memory.
+
+``latentbench perf`` (``make perf``) measures, on the machine it runs on:
+
+* the matrix-product peak, fp32 and bf16: the best of several large square ``torch.mm`` in a
+  row (the roof every MFU figure here is divided by);
+* for each tokenizer config: one training step of the module the bench trains, through a
+  Lightning ``Trainer`` as the bench runs it, in fp32 and under bf16 autocast (median of
+  ``steps`` after ``warmup``); the FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``
+  around a whole step: forward, backward, every loss network, counted once, not timed); encode and
+  decode images per second in eval mode (fp32, as evaluation runs, and bf16);
+* for each generator config: the same for one training step on latents of the tokenizer it
+  serves, and sampling throughput;
+* peak resident memory: every config is measured in its own process (``ru_maxrss``).
+
+MFU = achieved FLOP/s of a step / the measured matrix-product peak of the same precision. It
+counts matrix products, convolutions and attention only (what FlopCounterMode counts), so it is
+the fraction of the machine's matmul roof a step reaches.
+
+The results are printed as a table and written (atomically) as JSON; ``leaderboard`` renders a
+cost table from it beside each protocol's results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latentbench.paths import LEADERBOARD_DIR
+
+PERF_PATH = LEADERBOARD_DIR / "perf" / "perf.json"
+PERF_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Target:
+    """One configuration to measure: a tokenizer (bench training module) or a generator on a tokenizer's latents."""
+
+    kind: str  # "tokenizer" or "generator"
+    name: str  # tokenizer alias/registry name, or generator config
+    latent_of: str | None = None  # generators: the tokenizer whose latent shape it trains on
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "tokenizer" else f"{self.name} on {self.latent_of}"
+
+
+# The CPU configs: what `make bench` trains. Paper sizes at 256 px run on GPUs (`--targets`).
+DEFAULT_TARGETS = (
+    Target("tokenizer", "sdvae"), Target("tokenizer", "maetok"), Target("tokenizer", "flowmo"), Target("tokenizer", "rae"),
+    Target("generator", "dit-ci", "sdvae"), Target("generator", "dit-ci", "maetok"), Target("generator", "dit-ci", "rae"),
+    Target("generator", "maskgit-ci", "flowmo"),
+)
+
+
+def parse_target(text: str) -> Target:
+    """``sdvae`` (a tokenizer) or ``dit-ci@sdvae`` (a generator config on that tokenizer's latents)."""
+    if "@" in text:
+        name, latent_of = text.split("@", 1)
+        return Target("generator", name, latent_of)
+    return Target("tokenizer", text)
+
+
+# ---- the machine's roof ---------------------------------------------------------------------------
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, rounds: int = 5) -> float:
+    """Best GFLOP/s of ``repeats`` back-to-back n x n x n ``torch.mm`` over ``rounds`` (2 n^3 FLOPs each)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b, out=out)
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+# ---- timing a Lightning training step -------------------------------------------------------------
+
+class StepClock:
+    """A Lightning callback: wall time of every training step (batch start to batch start) and the FLOPs of one."""
+
+    def __init__(self, count_step: int):
+        from lightning.pytorch.callbacks import Callback
+
+        clock = self
+
+        class _Callback(Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                now = time.perf_counter()
+                if clock.last is not None and not clock.counted_previous:
+                    clock.times.append(now - clock.last)
+                clock.counted_previous = False
+                clock.last = now
+                if trainer.global_step == count_step:
+                    from torch.utils.flop_counter import FlopCounterMode
+
+                    clock.counter = FlopCounterMode(display=False)
+                    clock.counter.__enter__()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                if clock.counter is not None:
+                    clock.counter.__exit__(None, None, None)
+                    clock.flops = clock.counter.get_total_flops()
+                    clock.counter = None
+                    clock.counted_previous = True  # the counted step is slow: not timed
+                    clock.last = None
+
+        self.callback = _Callback()
+        self.times: list[float] = []
+        self.last: float | None = None
+        self.counter = None
+        self.counted_previous = False
+        self.flops = 0
+
+
+def _train_steps(module, loader, precision: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Run ``warmup + 1 + steps`` optimizer steps; the step after warmup is FLOP-counted, the rest timed."""
+    import lightning as L
+
+    from latentbench.benchmark.harness import _quiet_lightning
+
+    _quiet_lightning()
+    clock = StepClock(count_step=warmup)
+    trainer = L.Trainer(max_steps=warmup + 1 + steps + 1, max_epochs=-1, precision=precision, accelerator="cpu", devices=1,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock.callback])
+    trainer.fit(module, train_dataloaders=loader)
+    timed = clock.times[warmup:]  # the intervals after warm-up, the FLOP-counted step excluded
+    return {"step_s": statistics.median(timed) if timed else None, "steps_timed": len(timed), "flops": clock.flops}
+
+
+# ---- one target, in this process -----------------------------------------------------------------------
+
+def _tokenizer_module(name: str, protocol):
+    from latentbench.benchmark.harness import resolve_tokenizer
+
+    spec = resolve_tokenizer(name, protocol)
+    module = spec.module_class()(spec.name, spec.init_args, max_steps=protocol.train.max_steps, **spec.module_args)
+    return spec, module
+
+
+def _loader(dataset, batch_size: int):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def _codec_rate(tokenizer, images: torch.Tensor, bf16: bool, repeats: int = 3) -> tuple[float, float]:
+    """(encode images/s, decode images/s): best of ``repeats`` passes over ``images`` in eval mode."""
+    from latentbench.tokenizers import decode_seeded
+
+    tokenizer.eval()
+    enc, dec = float("inf"), float("inf")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for _ in range(repeats):
+            start = time.perf_counter()
+            z = tokenizer.encode(images)
+            mid = time.perf_counter()
+            decode_seeded(tokenizer, z, seed=0)
+            end = time.perf_counter()
+            enc, dec = min(enc, mid - start), min(dec, end - mid)
+    return len(images) / enc, len(images) / dec
+
+
+def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, warmup: int = 3,
+                   precisions: tuple[str, ...] = ("32-true", "bf16-mixed")) -> dict[str, Any]:
+    """Step times, FLOPs, codec or sampling throughput of ``target`` (in this process)."""
+    from latentbench.benchmark.harness import _dataset, load_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    torch.manual_seed(0)
+    proto = load_protocol(protocol_name)
+    data = _dataset(proto, proto.data.train_split, proto.data.num_train, "error")
+    row: dict[str, Any] = {"target": target.label, "kind": target.kind, "name": target.name, "protocol": proto.id}
+    if target.kind == "tokenizer":
+        batch = proto.train.batch_size
+        for precision in precisions:
+            spec, module = _tokenizer_module(target.name, proto)
+            row[precision] = _train_steps(module, _loader(data, batch), precision, steps, warmup)
+        row["tokenizer"] = spec.name
+        tokenizer = load_tokenizer(spec, None)
+        images = torch.stack([data[i][0] for i in range(proto.eval.batch_size)])
+        row["encode_img_s"], row["decode_img_s"] = _codec_rate(tokenizer, images, bf16=False)
+        row["encode_img_s_bf16"], row["decode_img_s_bf16"] = _codec_rate(tokenizer, images, bf16=True)
+    else:
+        from torch.utils.data import TensorDataset
+
+        from latentbench.benchmark.harness import resolve_tokenizer
+        from latentbench.generators.module import GeneratorModule, resolve_generator
+
+        spec = resolve_tokenizer(target.latent_of, proto)
+        tokenizer = load_tokenizer(spec, None)
+        shape = tuple(tokenizer.latent_spec.shape)
+        discrete = tokenizer.latent_spec.bits_per_token is not None
+        gen = resolve_generator(target.name)
+        g = torch.Generator().manual_seed(0)
+        n = 4 * proto.generator.batch_size
+        z = (torch.randint(0, 2, (n, *shape), generator=g) * 2 - 1).float() if discrete else torch.randn(n, *shape, generator=g)
+        y = torch.randint(0, 10, (n,), generator=g)
+        batch = proto.generator.batch_size
+        for precision in precisions:
+            module = GeneratorModule(gen.name, list(shape), 10, gen.init_args, gen.transport, max_steps=1000, **gen.module_args)
+            row[precision] = _train_steps(module, _loader(TensorDataset(z, y), batch), precision, steps, warmup)
+        row["latent_shape"] = list(shape)
+        net = module.generator.eval()
+        labels = torch.arange(proto.generator.sample_batch_size) % 10
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            start = time.perf_counter()
+            net.sample(labels, list(range(len(labels))))
+            row["sample_img_s_bf16"] = len(labels) / (time.perf_counter() - start)
+    row["batch"] = batch
+    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return row
+
+
+# ---- the command ---------------------------------------------------------------------------------------
+
+def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int) -> dict[str, Any]:
+    """``measure_target`` in a fresh process, so its peak memory is its own."""
+    text = f"{target.kind}:{target.name}:{target.latent_of or ''}"
+    cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"measuring {target.label} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
+    """Add GFLOP/s and MFU per precision to a measured row."""
+    for precision, roof in (("32-true", peak["fp32"]), ("bf16-mixed", peak["bf16"])):
+        r = row.get(precision)
+        if r and r.get("step_s"):
+            r["gflops_per_s"] = r["flops"] / r["step_s"] / 1e9
+            r["mfu"] = r["gflops_per_s"] / roof
+    return row
+
+
+def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
+             out: str | Path | None = PERF_PATH, log=print) -> dict[str, Any]:
+    """Measure ``targets`` (default: the CPU configs) and the matmul peak; write JSON to ``out``."""
+    from tqdm.auto import tqdm
+
+    from latentbench.benchmark.provenance import provenance
+    from latentbench.fsutil import atomic_write_text
+
+    targets = list(targets or DEFAULT_TARGETS)
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    log(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+        f"({torch.get_num_threads()} threads)")
+    rows = []
+    for target in tqdm(targets, desc="perf", unit="config"):
+        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup), peak))
+    result = {"schema": PERF_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
+              "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "steps": steps, "warmup": warmup,
+              "rows": rows, "provenance": provenance()}
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(Path(out).with_name("README.md"), "# latentbench perf\n\n" + format_table(result) + "\n")
+        if Path(out).resolve() == PERF_PATH.resolve():  # the tables' cost sections come from it
+            from latentbench.benchmark.leaderboard import render_all
+
+            render_all(LEADERBOARD_DIR)
+    log(format_table(result))
+    return result
+
+
+def _fmt(x, spec: str) -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else "n/a"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A Markdown table of a perf result."""
+    peak = result["matmul_peak_gflops"]
+    lines = [f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s; medians of {result['steps']} steps",
+             "",
+             "| config | batch | step fp32 (s) | step bf16 (s) | bf16/fp32 | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
+             "encode img/s | decode img/s | sample img/s | peak RSS (GiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        fp32, bf16 = row.get("32-true") or {}, row.get("bf16-mixed") or {}
+        speed = fp32["step_s"] / bf16["step_s"] if fp32.get("step_s") and bf16.get("step_s") else None
+        enc = row.get("encode_img_s_bf16") and f"{row['encode_img_s']:.0f} / {row['encode_img_s_bf16']:.0f}"
+        dec = row.get("decode_img_s_bf16") and f"{row['decode_img_s']:.0f} / {row['decode_img_s_bf16']:.0f}"
+        lines.append(
+            f"| {row['target']} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
+            f"{_fmt(speed, '.2f')}x | {_fmt((bf16.get('flops') or 0) / 1e9, '.1f')} | {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
+            f"{_fmt(100 * bf16['mfu'] if bf16.get('mfu') else None, '.1f')}% | {_fmt(100 * fp32['mfu'] if fp32.get('mfu') else None, '.1f')}% | "
+            f"{enc or 'n/a'} | {dec or 'n/a'} | {_fmt(row.get('sample_img_s_bf16'), '.0f')} | {row['peak_rss_gib']:.2f} |")
+    lines.append("")
+    lines.append("encode / decode: fp32 (as evaluation runs) / bf16 autocast, eval mode, at the protocol's eval batch.")
+    return "\n".join(lines)
+
+
+def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
+    """The last ``latentbench perf`` result, or None."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+if __name__ == "__main__":  # one target in a fresh process: python -m latentbench.benchmark.perf kind:name:latent_of protocol steps warmup
+    kind, name, latent_of = sys.argv[1].split(":")
+    measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    print(json.dumps(measured))

@@ -1,0 +1,62 @@
+"""latentbench perf: the matmul roof, timed Lightning steps with their FLOPs, MFU, the JSON and the table."""
+import json
+
+import pytest
+import torch
+
+from latentbench.benchmark.perf import (
+    DEFAULT_TARGETS,
+    Target,
+    format_table,
+    matmul_peak,
+    measure_target,
+    parse_target,
+    run_perf,
+    summarize,
+)
+
+
+def test_targets_parse():
+    assert parse_target("sdvae") == Target("tokenizer", "sdvae")
+    assert parse_target("dit-ci@rae") == Target("generator", "dit-ci", "rae")
+    assert parse_target("dit-ci@rae").label == "dit-ci on rae"
+    assert {t.kind for t in DEFAULT_TARGETS} == {"tokenizer", "generator"}
+
+
+def test_matmul_peak_is_a_plausible_rate():
+    rate = matmul_peak(torch.float32, n=256, repeats=2, rounds=2)
+    assert 0.1 < rate < 1e6  # GFLOP/s
+
+
+def test_mfu_is_achieved_rate_over_the_roof():
+    row = summarize({"32-true": {"step_s": 0.5, "flops": 50e9}, "bf16-mixed": {"step_s": 0.25, "flops": 50e9}},
+                    {"fp32": 200.0, "bf16": 800.0})
+    assert row["32-true"]["gflops_per_s"] == pytest.approx(100.0) and row["32-true"]["mfu"] == pytest.approx(0.5)
+    assert row["bf16-mixed"]["gflops_per_s"] == pytest.approx(200.0) and row["bf16-mixed"]["mfu"] == pytest.approx(0.25)
+
+
+def test_a_tokenizer_step_is_timed_and_counted():
+    row = measure_target(Target("tokenizer", "sdvae"), "smoke", steps=2, warmup=1, precisions=("bf16-mixed",))
+    step = row["bf16-mixed"]
+    assert step["steps_timed"] == 2 and step["step_s"] > 0
+    # FlopCounterMode saw forward and backward: about 3x one forward pass of the batch (no input gradient: a bit less)
+    from latentbench.benchmark.costs import tokenizer_costs
+    from latentbench.tokenizers import create_tokenizer
+
+    per_image = tokenizer_costs(create_tokenizer("sdvae-smoke"), 32)
+    forward = (per_image["encoder_gflops"] + per_image["decoder_gflops"]) * 1e9 * row["batch"]
+    assert step["flops"] > 2 * forward
+    assert row["encode_img_s"] > 0 and row["decode_img_s_bf16"] > 0 and row["peak_rss_gib"] > 0.1
+
+
+def test_perf_writes_json_and_a_table(tmp_path):
+    out = tmp_path / "perf.json"
+    lines = []
+    result = run_perf([parse_target("dit-smoke@sdvae")], protocol="smoke", steps=2, warmup=1, out=out, log=lines.append)
+    stored = json.loads(out.read_text())
+    assert stored["rows"][0]["target"] == "dit-smoke on sdvae" and stored == json.loads(json.dumps(result))
+    row = stored["rows"][0]
+    assert row["bf16-mixed"]["mfu"] > 0 and row["sample_img_s_bf16"] > 0
+    assert stored["matmul_peak_gflops"]["bf16"] > 0
+    assert "| dit-smoke on sdvae | 32 |" in lines[-1]
+    assert "| dit-smoke on sdvae |" in format_table(stored)
