@@ -187,7 +187,7 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
 
 
 def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
-         out: Optional[str] = None, json: bool = False) -> None:
+         batch_size: Optional[int] = None, out: Optional[str] = None, json: bool = False) -> None:
     """What the suite's own work costs on this machine: step times fp32/bf16, FLOPs, MFU, codec img/s, memory.
 
     Every config is measured in its own process (its peak memory is its own). MFU divides a
@@ -199,6 +199,8 @@ def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int =
         protocol: protocol whose data, batch sizes and tokenizer sizes are used.
         steps: timed training steps per precision (the median is reported).
         warmup: untimed steps first.
+        batch_size: training batch instead of the protocol's (e.g. 16 for the shapes of
+            configs/tokenizers/perf/*-anchor.yaml).
         out: JSON file to write (default leaderboards/perf/perf.json; rendered beside the tables).
         json: print the JSON instead of the table.
     """
@@ -207,7 +209,7 @@ def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int =
     from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
 
     result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
-                      out or PERF_PATH, log=(lambda m: None) if json else print)
+                      out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size)
     if json:
         print(json_lib.dumps(result, indent=1))
 

@@ -52,7 +52,8 @@ class Target:
 
     @property
     def label(self) -> str:
-        return self.name if self.kind == "tokenizer" else f"{self.name} on {self.latent_of}"
+        name = Path(self.name).stem if self.name.endswith((".yaml", ".yml")) else self.name
+        return name if self.kind == "tokenizer" else f"{name} on {self.latent_of}"
 
 
 # The CPU configs: what `make bench` trains. Paper sizes at 256 px run on GPUs (`--targets`).
@@ -178,8 +179,11 @@ def _codec_rate(tokenizer, images: torch.Tensor, bf16: bool, repeats: int = 3) -
 
 
 def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, warmup: int = 3,
-                   precisions: tuple[str, ...] = ("32-true", "bf16-mixed")) -> dict[str, Any]:
-    """Step times, FLOPs, codec or sampling throughput of ``target`` (in this process)."""
+                   precisions: tuple[str, ...] = ("32-true", "bf16-mixed"), batch_size: int | None = None) -> dict[str, Any]:
+    """Step times, FLOPs, codec or sampling throughput of ``target`` (in this process).
+
+    ``batch_size`` overrides the protocol's training batch (None: the protocol's).
+    """
     from latentbench.benchmark.harness import _dataset, load_tokenizer
     from latentbench.benchmark.protocol import load_protocol
 
@@ -188,7 +192,7 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
     data = _dataset(proto, proto.data.train_split, proto.data.num_train, "error")
     row: dict[str, Any] = {"target": target.label, "kind": target.kind, "name": target.name, "protocol": proto.id}
     if target.kind == "tokenizer":
-        batch = proto.train.batch_size
+        batch = batch_size or proto.train.batch_size
         for precision in precisions:
             spec, module = _tokenizer_module(target.name, proto)
             row[precision] = _train_steps(module, _loader(data, batch), precision, steps, warmup)
@@ -209,10 +213,10 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         discrete = tokenizer.latent_spec.bits_per_token is not None
         gen = resolve_generator(target.name)
         g = torch.Generator().manual_seed(0)
-        n = 4 * proto.generator.batch_size
+        n = 4 * (batch_size or proto.generator.batch_size)
         z = (torch.randint(0, 2, (n, *shape), generator=g) * 2 - 1).float() if discrete else torch.randn(n, *shape, generator=g)
         y = torch.randint(0, 10, (n,), generator=g)
-        batch = proto.generator.batch_size
+        batch = batch_size or proto.generator.batch_size
         for precision in precisions:
             module = GeneratorModule(gen.name, list(shape), 10, gen.init_args, gen.transport, max_steps=1000, **gen.module_args)
             row[precision] = _train_steps(module, _loader(TensorDataset(z, y), batch), precision, steps, warmup)
@@ -230,10 +234,10 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
 
 # ---- the command ---------------------------------------------------------------------------------------
 
-def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int) -> dict[str, Any]:
+def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int, batch_size: int | None = None) -> dict[str, Any]:
     """``measure_target`` in a fresh process, so its peak memory is its own."""
-    text = f"{target.kind}:{target.name}:{target.latent_of or ''}"
-    cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup)]
+    text = f"{target.kind}|{target.name}|{target.latent_of or ''}"
+    cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup), str(batch_size or 0)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {target.label} failed:\n{proc.stderr[-3000:]}")
@@ -251,7 +255,7 @@ def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
 
 
 def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
-             out: str | Path | None = PERF_PATH, log=print) -> dict[str, Any]:
+             out: str | Path | None = PERF_PATH, log=print, batch_size: int | None = None) -> dict[str, Any]:
     """Measure ``targets`` (default: the CPU configs) and the matmul peak; write JSON to ``out``."""
     from tqdm.auto import tqdm
 
@@ -264,7 +268,7 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
         f"({torch.get_num_threads()} threads)")
     rows = []
     for target in tqdm(targets, desc="perf", unit="config"):
-        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup), peak))
+        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size), peak))
     result = {"schema": PERF_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
               "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "steps": steps, "warmup": warmup,
               "rows": rows, "provenance": provenance()}
@@ -313,7 +317,8 @@ def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-if __name__ == "__main__":  # one target in a fresh process: python -m latentbench.benchmark.perf kind:name:latent_of protocol steps warmup
-    kind, name, latent_of = sys.argv[1].split(":")
-    measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+if __name__ == "__main__":  # one target in a fresh process: python -m latentbench.benchmark.perf "kind|name|latent_of" protocol steps warmup batch
+    kind, name, latent_of = sys.argv[1].split("|")
+    measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                              batch_size=int(sys.argv[5]) or None)
     print(json.dumps(measured))

@@ -190,6 +190,8 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
         shutil.copy(path, dst / "results.jsonl")
         if (path.parent / "grids").is_dir():
             shutil.copytree(path.parent / "grids", dst / "grids")
+    if (LEADERBOARD_DIR / "perf" / "perf.json").exists():  # the tables' cost sections
+        shutil.copytree(LEADERBOARD_DIR / "perf", tmp_path / "perf")
     tables = render_all(tmp_path)
     assert tables
     first = {t: (t / "README.md").read_text() for t in tables}
@@ -198,3 +200,20 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
         assert (table / "README.md").read_text() == text  # deterministic
         committed = LEADERBOARD_DIR / table.relative_to(tmp_path) / "README.md"
         assert committed.read_text() == text, f"{committed} is stale: run `latentbench leaderboard`"
+
+
+def test_cost_section_comes_from_perf_json():
+    from latentbench.benchmark.leaderboard import cost_section
+
+    record = {"protocol": {"name": "ci", "version": 2}}
+    perf = {"threads": 2, "created": "2026-11-22T13:00:00", "provenance": {"code": {"commit": "abcdef0123"}},
+            "matmul_peak_gflops": {"fp32": 150.0, "bf16": 400.0}, "steps": 8,
+            "rows": [{"target": "sdvae", "protocol": "ci/v2", "batch": 64, "peak_rss_gib": 1.5,
+                      "32-true": {"step_s": 0.7, "flops": 80e9, "mfu": 0.75},
+                      "bf16-mixed": {"step_s": 0.5, "flops": 80e9, "gflops_per_s": 160.0, "mfu": 0.4},
+                      "encode_img_s": 900.0, "decode_img_s": 250.0, "encode_img_s_bf16": 1500.0, "decode_img_s_bf16": 600.0},
+                     {"target": "other", "protocol": "smoke/v2", "batch": 32, "peak_rss_gib": 1.0}]}
+    text = cost_section([record], perf)
+    assert "## Cost" in text and "| sdvae | 64 | 0.700 | 0.500 | 1.40x | 80.0 | 160 | 40.0% | 75.0% | 900 / 1500 | 250 / 600 |" in text
+    assert "other" not in text  # another protocol's row
+    assert cost_section([record], None) == ""

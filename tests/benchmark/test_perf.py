@@ -20,6 +20,7 @@ def test_targets_parse():
     assert parse_target("sdvae") == Target("tokenizer", "sdvae")
     assert parse_target("dit-ci@rae") == Target("generator", "dit-ci", "rae")
     assert parse_target("dit-ci@rae").label == "dit-ci on rae"
+    assert parse_target("configs/tokenizers/perf/rae-anchor.yaml").label == "rae-anchor"
     assert {t.kind for t in DEFAULT_TARGETS} == {"tokenizer", "generator"}
 
 
