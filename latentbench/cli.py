@@ -158,7 +158,8 @@ def regress(update: bool = False, seeds: Optional[list[int]] = None, families: O
         families: run only these families (default: every family of the `smoke` protocol).
         golden: the golden file (default configs/regress/smoke.yaml).
     """
-    from latentbench.benchmark.regress import GOLDEN_PATH, regress as run_gate
+    from latentbench.benchmark.regress import GOLDEN_PATH
+    from latentbench.benchmark.regress import regress as run_gate
 
     failures = run_gate(Path(golden) if golden else GOLDEN_PATH, update, seeds, families)
     if failures:
@@ -180,7 +181,12 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
     """
     import json as json_lib
 
-    from latentbench.benchmark.paper import compare as compare_rows, find_record, format_comparison, load_paper_rows
+    from latentbench.benchmark.paper import compare as compare_rows
+    from latentbench.benchmark.paper import (
+        find_record,
+        format_comparison,
+        load_paper_rows,
+    )
 
     entries = compare_rows(find_record(result), load_paper_rows(), family)
     print(json_lib.dumps(entries, indent=1) if json else format_comparison(entries))
@@ -257,9 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run a subcommand; known errors print one clear line and exit 2."""
     from jsonargparse import CLI
 
-    from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
-
     from latentbench.data import BadImageError
+    from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         _ARGS[:] = args

@@ -66,7 +66,10 @@ class Launch:
 
 def cluster_environment():
     """Lightning's description of the launcher that started this process (torchrun, SLURM), or None."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    from lightning.fabric.plugins.environments import (
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
 
     if TorchElasticEnvironment.detect():
         return TorchElasticEnvironment()

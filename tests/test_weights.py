@@ -4,8 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from latentbench.weights import (UnsafeCheckpointError, WeightsUnavailable, extract_state_dict, load_checkpoint,
-                                 require_lpips_weights, sha256_file)
+from latentbench.weights import (
+    UnsafeCheckpointError,
+    WeightsUnavailable,
+    extract_state_dict,
+    load_checkpoint,
+    require_lpips_weights,
+    sha256_file,
+)
 
 
 class Payload:

@@ -46,7 +46,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
 from latentbench.registry import Registry
-from latentbench.weights import WeightsUnavailable, extract_state_dict, load_checkpoint, sha256_file, torch_hub_file
+from latentbench.weights import (
+    WeightsUnavailable,
+    extract_state_dict,
+    load_checkpoint,
+    sha256_file,
+    torch_hub_file,
+)
 
 EXTRACTORS = Registry("extractor")
 
@@ -171,7 +177,9 @@ class InceptionTF(FeatureExtractor):
                 "downloads it itself and never computes FID from random weights."
             )
         try:
-            from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+            from torch_fidelity.feature_extractor_inceptionv3 import (
+                FeatureExtractorInceptionV3,
+            )
         except ImportError as e:
             raise ImportError(f"inception-tf needs torch-fidelity: pip install 'torch-fidelity>=0.3' ({e})") from None
         # torch-fidelity reads the file with torch.load(weights_only=False); read it safely first, so

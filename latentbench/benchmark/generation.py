@@ -27,12 +27,18 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentbench.distributed import Launch, barrier, is_rank_zero, per_rank_batch, trainer_kwargs
 from latentbench.benchmark.gfid import (
     measure_samples,
     plot_curves,
     reference_stats,
     steps_to_target,
+)
+from latentbench.distributed import (
+    Launch,
+    barrier,
+    is_rank_zero,
+    per_rank_batch,
+    trainer_kwargs,
 )
 
 
@@ -40,18 +46,15 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
                     variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
     from latentbench.benchmark.harness import Stages, _dataset, load_tokenizer
-    from latentbench.generators.latents import CacheKey, LatentNorm, cached_latents
+    from latentbench.generators.latents import LatentNorm
     from latentbench.generators.module import resolve_generator
-    from latentbench.weights import sha256_file
 
     proto, spec = cfg.protocol, cfg.protocol.generator
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
-    key = CacheKey(tokenizer_sha256=sha256_file(weights) if weights else f"init:{json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)}",
-                   dataset=train.info, preprocessing=f"resolution {proto.data.resolution}, [-1, 1]")
     start = time.perf_counter()
-    z, y, cache = cached_latents(run_dir / "latents" / key.digest[:16], key, tokenizer, train, proto.eval.batch_size)
+    z, y, cache = train_latents(cfg, run_dir, tokenizer, weights, train)
     encode_s = time.perf_counter() - start
 
     discrete = latent.bits_per_token is not None
@@ -95,6 +98,23 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
             **_facts(gen, trained, cache, norm, encode_s, spec)}
 
 
+def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, train) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """The train split's latents from the run's latent cache (encoded and cached on first use).
+
+    The eval stage's linear probe and the generator stage both read them: the train split is
+    encoded once per checkpoint. The key hashes the checkpoint, the dataset and the preprocessing.
+    """
+    from latentbench.distributed import per_rank_batch
+    from latentbench.generators.latents import CacheKey, cached_latents
+    from latentbench.weights import sha256_file
+
+    proto = cfg.protocol
+    key = CacheKey(tokenizer_sha256=sha256_file(weights) if weights else f"init:{json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)}",
+                   dataset=train.info, preprocessing=f"resolution {proto.data.resolution}, [-1, 1]")
+    return cached_latents(run_dir / "latents" / key.digest[:16], key, tokenizer, train,
+                          per_rank_batch(proto.eval.batch_size, "eval batch_size"))
+
+
 def _facts(gen, trained: dict[str, Any], cache: dict[str, Any], norm, encode_s: float, spec) -> dict[str, Any]:
     return {"generator": {**gen.to_dict(), **{k: trained[k] for k in ("describe", "params", "steps", "final_loss", "precision")}},
             "latents": {"sha256": cache["latents_sha256"], "n": cache["n"], "shape": cache["shape"], "encode_s": encode_s,
@@ -126,11 +146,15 @@ def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: in
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
-
     from torch.utils.data import DistributedSampler
 
     from latentbench.benchmark.evaluate import ShardSampler, world
-    from latentbench.benchmark.harness import StepProgress, _loader, _quiet_lightning, seed_process
+    from latentbench.benchmark.harness import (
+        StepProgress,
+        _loader,
+        _quiet_lightning,
+        seed_process,
+    )
     from latentbench.fsutil import atomic_path
     from latentbench.generators.module import GeneratorModule
 

@@ -15,8 +15,8 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +30,14 @@ from torch.utils.data import DataLoader, Subset
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
-from latentbench.distributed import Launch, broadcast, is_rank_zero, per_rank_batch, run_on_rank_zero, trainer_kwargs
+from latentbench.distributed import (
+    Launch,
+    broadcast,
+    is_rank_zero,
+    per_rank_batch,
+    run_on_rank_zero,
+    trainer_kwargs,
+)
 from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
@@ -313,7 +320,11 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
 
 def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
     """The protocol's FID feature extractor, or (None, the reason) when its weights are missing."""
-    from latentbench.benchmark.extractors import DOMAIN_PREFIX, DomainRecipe, create_extractor
+    from latentbench.benchmark.extractors import (
+        DOMAIN_PREFIX,
+        DomainRecipe,
+        create_extractor,
+    )
     from latentbench.weights import WeightsUnavailable
 
     options = dict(proto.eval.extractor_options)
@@ -375,7 +386,15 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
 
     start = time.perf_counter()
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
-    train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), batch)
+    if proto.generator.max_steps > 0:  # the generator stage caches the whole split's latents: encode it once, here
+        from latentbench.benchmark.generation import train_latents
+
+        all_z, all_y, _ = train_latents(cfg, run_dir, tokenizer, weights, train)
+        subset = probe_train_subset(range(len(all_z)), proto.eval.probe_train, cfg.seed)
+        rows = torch.as_tensor(list(subset), dtype=torch.long)
+        train_z, train_y = all_z[rows], all_y[rows]
+    else:
+        train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), batch)
     probe = linear_probe(train_z, train_y, test_z, test_y, num_classes=data.info["num_classes"], pooling=proto.eval.probe_pooling)
     results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {

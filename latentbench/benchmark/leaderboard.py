@@ -13,9 +13,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from latentbench.fsutil import atomic_write_text
-
 from latentbench.benchmark.schema import SCHEMA_VERSION, validate_record  # noqa: F401  (re-exported)
+from latentbench.fsutil import atomic_write_text
 
 
 def table_dir(root: Path, protocol_name: str, version: int) -> Path:

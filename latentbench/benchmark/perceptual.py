@@ -22,7 +22,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-from latentbench.benchmark.metrics import _PerImageMean, check_finite, check_pair, to_uint8
+from latentbench.benchmark.metrics import (
+    _PerImageMean,
+    check_finite,
+    check_pair,
+    to_uint8,
+)
 from latentbench.weights import WeightsUnavailable, build_lpips, require_lpips_weights
 
 RANGE_TOLERANCE = 1e-3  # decoders that end in tanh or a clamp overshoot by float error only

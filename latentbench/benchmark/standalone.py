@@ -143,9 +143,9 @@ def load_reference(path: str | Path, extractor) -> Any:
     Ours carry the extractor's id and weights hash, and a mismatch is refused; an ADM batch
     (``mu``, ``sigma`` only) is taken to be Inception pool features and needs ``inception-tf``.
     """
-    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
-
     import numpy as np
+
+    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
 
     with np.load(path, allow_pickle=False) as npz:
         ours = "n" in npz.files  # ADM reference batches carry mu and sigma only

@@ -167,7 +167,6 @@ def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: 
 def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """The train split's latents for ``key``: read from ``directory`` when cached there, else encoded and cached."""
     from latentbench.benchmark.evaluate import world
-
     from latentbench.distributed import broadcast
 
     meta_path = directory / "meta.json"

@@ -5,11 +5,19 @@ from typing import Any
 
 from torch import nn
 
-from latentbench.tokenizers import sdvae  # noqa: F401  (registers the sdvae-* names)
-from latentbench.tokenizers import maetok  # noqa: F401
-from latentbench.tokenizers import flowmo  # noqa: F401
-from latentbench.tokenizers import rae  # noqa: F401
-from latentbench.tokenizers.base import LatentSpec, Tokenizer, check_tokenizer, decode_seeded, forward_train
+from latentbench.tokenizers import (
+    flowmo,  # noqa: F401
+    maetok,  # noqa: F401
+    rae,  # noqa: F401
+    sdvae,  # noqa: F401  (registers the sdvae-* names)
+)
+from latentbench.tokenizers.base import (
+    LatentSpec,
+    Tokenizer,
+    check_tokenizer,
+    decode_seeded,
+    forward_train,
+)
 from latentbench.tokenizers.registry import TOKENIZERS
 
 

@@ -22,7 +22,14 @@ from latentbench.tokenizers.hog import hog_dim, hog_features
 from latentbench.tokenizers.registry import TOKENIZERS
 from latentbench.tokenizers.teachers import create_teacher, normalize_targets
 from latentbench.tokenizers.vit import (
-    PatchEmbed, Transformer, init_vit_weights, resize_grid_embed, rope_2d, sincos_1d, unpatchify, zero_init_modulations,
+    PatchEmbed,
+    Transformer,
+    init_vit_weights,
+    resize_grid_embed,
+    rope_2d,
+    sincos_1d,
+    unpatchify,
+    zero_init_modulations,
 )
 
 AUX_TARGETS = ("hog",)  # computed here; any other name is a frozen teacher of latentbench.tokenizers.teachers
@@ -310,7 +317,10 @@ class MAETok(Tokenizer):
 
     def convert_state_dict(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
         """An official MAETok state dict converted to this module's keys; any other state dict as it is."""
-        from latentbench.tokenizers.maetok_convert import convert_official_state_dict, is_official_state_dict
+        from latentbench.tokenizers.maetok_convert import (
+            convert_official_state_dict,
+            is_official_state_dict,
+        )
 
         return convert_official_state_dict(state, self)[0] if is_official_state_dict(state) else state
 

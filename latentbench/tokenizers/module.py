@@ -17,7 +17,11 @@ from torch import Tensor
 
 from latentbench.tokenizers import create_tokenizer, forward_train
 from latentbench.tokenizers.parts import (
-    FeatureDistance, PatchDiscriminator, adaptive_gan_weight, hinge_d_loss, hinge_g_loss,
+    FeatureDistance,
+    PatchDiscriminator,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    hinge_g_loss,
 )
 from latentbench.weights import WeightsUnavailable, build_lpips
 

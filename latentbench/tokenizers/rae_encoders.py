@@ -40,7 +40,6 @@ from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
 from latentbench.benchmark.extractors import (
     _cached_facts,
     _num_threads,
@@ -48,6 +47,7 @@ from latentbench.benchmark.extractors import (
     _split_tensors,
     default_cache_dir,
 )
+from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
 from latentbench.tokenizers.teachers import (
     hf_cached_file,
     load_timm_vit,

@@ -10,7 +10,12 @@ import torch
 from PIL import Image
 
 from latentbench.benchmark import extractors as ex
-from latentbench.benchmark.extractors import EXTRACTORS, DomainRecipe, check_images, create_extractor
+from latentbench.benchmark.extractors import (
+    EXTRACTORS,
+    DomainRecipe,
+    check_images,
+    create_extractor,
+)
 from latentbench.weights import WeightsUnavailable, sha256_file
 
 TINY = DomainRecipe(epochs=1, limit=128, max_steps=3, batch_size=32)  # seconds, not a useful classifier

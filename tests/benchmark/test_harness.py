@@ -203,3 +203,20 @@ def test_unbalanceable_sample_count_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"num_samples \(41\) divisible by the 10 classes"):
         run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
     assert not list((tmp_path / "runs").rglob("stages/*.json"))  # nothing ran
+
+
+def test_train_split_is_encoded_once_for_probe_and_generator(tmp_path, monkeypatch):
+    import latentbench.benchmark.evaluate as evaluate
+    from latentbench.benchmark.harness import run_bench
+
+    calls = []
+    real = evaluate.encode_shard
+
+    def counting(tokenizer, dataset, batch_size, progress=True):
+        calls.append(len(dataset))
+        return real(tokenizer, dataset, batch_size, progress)
+
+    monkeypatch.setattr(evaluate, "encode_shard", counting)
+    record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert calls == [256]  # the latent cache, read by the probe and by the generator stage
+    assert record["metrics"]["probe"]["n"] == 64 and record["generation"]["latents"]["n"] == 256

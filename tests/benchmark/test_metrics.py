@@ -4,7 +4,13 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from latentbench.benchmark.metrics import PSNR, SSIM, psnr_per_image, ssim_per_image, to_uint8
+from latentbench.benchmark.metrics import (
+    PSNR,
+    SSIM,
+    psnr_per_image,
+    ssim_per_image,
+    to_uint8,
+)
 
 
 def _pair(n=6, size=32, noise=0.15, seed=0):

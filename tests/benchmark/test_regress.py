@@ -1,7 +1,13 @@
 """The regression gate: tolerances from the seed spread, worse-than-golden fails with the metric named."""
 import pytest
 
-from latentbench.benchmark.regress import MIN_TOLERANCE, check, load_golden, regress, write_golden
+from latentbench.benchmark.regress import (
+    MIN_TOLERANCE,
+    check,
+    load_golden,
+    regress,
+    write_golden,
+)
 
 
 def _golden():

@@ -8,7 +8,13 @@ from PIL import Image
 
 datasets = pytest.importorskip("datasets")
 
-from latentbench.data import BadImageError, SplitNotFoundError, build_dataset, center_crop_arr, to_tensor  # noqa: E402
+from latentbench.data import (  # noqa: E402
+    BadImageError,
+    SplitNotFoundError,
+    build_dataset,
+    center_crop_arr,
+    to_tensor,
+)
 from latentbench.data.hf import HubUnreachableError  # noqa: E402
 
 CLASSES = ["cat", "dog", "bird"]

@@ -7,7 +7,10 @@ import torch
 from latentbench.tokenizers import create_tokenizer
 from latentbench.tokenizers.maetok import OFFICIAL_ARCH
 from latentbench.tokenizers.maetok_convert import (
-    ConversionError, convert_official_state_dict, interleaved_to_half, is_official_state_dict,
+    ConversionError,
+    convert_official_state_dict,
+    interleaved_to_half,
+    is_official_state_dict,
 )
 from latentbench.tokenizers.vit import rope_mixed, unpatchify
 
