@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 def world() -> tuple[int, int]:
     """(rank, world size) of this process; (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    from latentbench.distributed import rank, world_size
+
+    return rank(), world_size()
 
 
 class ShardSampler(Sampler[int]):

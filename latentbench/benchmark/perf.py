@@ -91,41 +91,39 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10, rounds: in
 
 # ---- timing a Lightning training step -------------------------------------------------------------
 
-class StepClock:
-    """A Lightning callback: wall time of every training step (batch start to batch start) and the FLOPs of one."""
+def step_clock(count_step: int):
+    """A Lightning callback recording each training step's wall time (batch start to batch start) and one step's FLOPs.
 
-    def __init__(self, count_step: int):
-        from lightning.pytorch.callbacks import Callback
+    Step ``count_step`` runs under ``FlopCounterMode`` and is not timed. Built by a function so
+    that importing this module (the leaderboard reads perf.json) does not import Lightning.
+    """
+    from lightning.pytorch.callbacks import Callback
+    from torch.utils.flop_counter import FlopCounterMode
 
-        clock = self
+    class StepClock(Callback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.flops = 0
+            self.last: float | None = None
+            self.counter: FlopCounterMode | None = None
 
-        class _Callback(Callback):
-            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-                now = time.perf_counter()
-                if clock.last is not None and not clock.counted_previous:
-                    clock.times.append(now - clock.last)
-                clock.counted_previous = False
-                clock.last = now
-                if trainer.global_step == count_step:
-                    from torch.utils.flop_counter import FlopCounterMode
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            now = time.perf_counter()
+            if self.last is not None:
+                self.times.append(now - self.last)
+            self.last = now
+            if trainer.global_step == count_step:
+                self.counter = FlopCounterMode(display=False)
+                self.counter.__enter__()
 
-                    clock.counter = FlopCounterMode(display=False)
-                    clock.counter.__enter__()
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
+                self.flops = self.counter.get_total_flops()
+                self.counter = None
+                self.last = None  # the counted step is slow: the interval ending at the next start is not timed
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                if clock.counter is not None:
-                    clock.counter.__exit__(None, None, None)
-                    clock.flops = clock.counter.get_total_flops()
-                    clock.counter = None
-                    clock.counted_previous = True  # the counted step is slow: not timed
-                    clock.last = None
-
-        self.callback = _Callback()
-        self.times: list[float] = []
-        self.last: float | None = None
-        self.counter = None
-        self.counted_previous = False
-        self.flops = 0
+    return StepClock()
 
 
 def _train_steps(module, loader, precision: str, steps: int, warmup: int) -> dict[str, Any]:
@@ -135,10 +133,10 @@ def _train_steps(module, loader, precision: str, steps: int, warmup: int) -> dic
     from latentbench.benchmark.harness import _quiet_lightning
 
     _quiet_lightning()
-    clock = StepClock(count_step=warmup)
+    clock = step_clock(count_step=warmup)
     trainer = L.Trainer(max_steps=warmup + 1 + steps + 1, max_epochs=-1, precision=precision, accelerator="cpu", devices=1,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock.callback])
+                        num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
     trainer.fit(module, train_dataloaders=loader)
     timed = clock.times[warmup:]  # the intervals after warm-up, the FLOP-counted step excluded
     return {"step_s": statistics.median(timed) if timed else None, "steps_timed": len(timed), "flops": clock.flops}

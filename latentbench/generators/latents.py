@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from latentbench.distributed import barrier
 from latentbench.fsutil import atomic_path, atomic_write_text
 
 NORM_MODES = {
@@ -136,13 +137,19 @@ def read_shards(directory: Path) -> tuple[Tensor, Tensor]:
     return torch.cat([p["latents"] for p in parts])[order], torch.cat([p["labels"] for p in parts])[order]
 
 
-def load_cache(directory: Path, key: CacheKey) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
-    """The cached (latents, labels, meta) if the folder holds a complete cache for ``key``, else None."""
+def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
+    """The folder's ``meta.json`` if it records a finished cache for ``key``, else None."""
     meta_path = directory / "meta.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    if meta.get("key") != key.digest:
+    return meta if meta.get("key") == key.digest else None
+
+
+def load_cache(directory: Path, key: CacheKey) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
+    """The cached (latents, labels, meta) if the folder holds a complete cache for ``key``, else None."""
+    meta = _cached_meta(directory, key)
+    if meta is None:
         return None
     z, y = read_shards(directory)
     return z, y, meta
@@ -155,7 +162,7 @@ def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: 
     rank, world_size = world()
     index, z, y = encode_shard(tokenizer, dataset, batch_size)
     write_shard(directory, rank, world_size, index, z, y)
-    _barrier()
+    barrier()
     z, y = read_shards(directory)
     meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": latents_sha256(z, y),
             "n": len(z), "shape": list(z.shape[1:]), "world_size": world_size}
@@ -169,9 +176,7 @@ def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_siz
     from latentbench.benchmark.evaluate import world
     from latentbench.distributed import broadcast
 
-    meta_path = directory / "meta.json"
-    cached = meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key.digest
-    if broadcast(cached):  # rank 0 decides: every rank reads, or every rank encodes its shard
+    if broadcast(_cached_meta(directory, key) is not None):  # rank 0 decides: every rank reads, or every rank encodes its shard
         found = load_cache(directory, key)
         if found is None:
             raise RuntimeError(f"latent cache {directory} changed while being read; rerun the bench")
@@ -179,12 +184,5 @@ def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_siz
     if world()[0] == 0:
         for stale in directory.glob("shard-*.safetensors"):  # another key's shards, or an interrupted write
             stale.unlink()
-    _barrier()
+    barrier()
     return build_cache(directory, key, tokenizer, dataset, batch_size)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
