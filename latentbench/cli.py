@@ -30,6 +30,7 @@ def bench(
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
     devices: int = 1,
     num_nodes: int = 1,
+    precision: Literal["auto", "32-true", "bf16-mixed"] = "auto",
 ) -> None:
     """Bench a tokenizer under a protocol and append its row to the protocol's leaderboard.
 
@@ -50,6 +51,9 @@ def bench(
         devices: processes per node (GPUs; CPU processes without GPUs). On one machine the bench
             starts them itself under torchrun; under torchrun or srun it joins the launcher's.
         num_nodes: machines (launch with srun, or torchrun on each node; README "Scaling out").
+        precision: training precision. auto: the protocol's (bf16-mixed), except on a CPU without
+            fast bf16 (AVX2 only: ~100x slower than float32), where training runs in 32-true and
+            the row is marked [32-true]. A value forces that precision.
     """
     from latentbench.benchmark.harness import run_bench
     from latentbench.distributed import Launch, is_rank_zero, maybe_relaunch
@@ -57,7 +61,7 @@ def bench(
     launch = Launch(strategy, devices, num_nodes)
     maybe_relaunch(launch, _ARGS or sys.argv[1:])
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
-                       launch=launch)
+                       launch=launch, precision=precision)
     if not is_rank_zero():
         return
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
@@ -147,7 +151,7 @@ def leaderboard(root: str = str(LEADERBOARD_DIR)) -> None:
 
 
 def regress(update: bool = False, seeds: Optional[list[int]] = None, families: Optional[list[str]] = None,
-            golden: Optional[str] = None) -> None:
+            golden: Optional[str] = None, precision: Literal["auto", "32-true", "bf16-mixed"] = "auto") -> None:
     """The regression gate: re-run every family's `smoke` bench and compare with the golden values.
 
     Exits 1, naming tokenizer and metric, when a metric is worse than golden beyond its tolerance.
@@ -156,12 +160,13 @@ def regress(update: bool = False, seeds: Optional[list[int]] = None, families: O
         update: re-measure the golden values over ``seeds`` instead of checking.
         seeds: seeds for --update (default 0 1 2); tolerances come from their spread.
         families: run only these families (default: every family of the `smoke` protocol).
-        golden: the golden file (default configs/regress/smoke.yaml).
+        golden: the golden file (default configs/regress/smoke.yaml, or smoke.<precision>.yaml when
+            training runs in another precision than the protocol's bf16-mixed).
+        precision: auto (the protocol's, or 32-true on a CPU without fast bf16) or a precision to force.
     """
-    from latentbench.benchmark.regress import GOLDEN_PATH
     from latentbench.benchmark.regress import regress as run_gate
 
-    failures = run_gate(Path(golden) if golden else GOLDEN_PATH, update, seeds, families)
+    failures = run_gate(Path(golden) if golden else None, update, seeds, families, precision=precision)
     if failures:
         print("regression gate FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)

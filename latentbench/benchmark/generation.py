@@ -61,12 +61,13 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     gen = resolve_generator(spec.discrete if discrete else spec.continuous)
     norm = LatentNorm.fit("none" if discrete else spec.normalization, z, latent.scaling_factor)
     num_classes = train.info["num_classes"]
-    gen_key = hashlib.sha256(json.dumps({"latents": cache["latents_sha256"], "generator": gen.to_dict(), "spec": _training_fields(spec),
+    fields = {**_training_fields(spec), "precision": cfg.gen_precision}  # the protocol's, or latentbench.precision's fallback
+    gen_key = hashlib.sha256(json.dumps({"latents": cache["latents_sha256"], "generator": gen.to_dict(), "spec": fields,
                                          "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
     gen_dir.mkdir(parents=True, exist_ok=True)
     trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, norm.normalize(z), y, num_classes, gen_dir, cfg.seed,
-                                                                   cfg.launch), log)
+                                                                   cfg.launch, cfg.gen_precision), log)
 
     extractor, why = _extractor(proto)
     if extractor is None:
@@ -135,8 +136,10 @@ def _training_fields(spec) -> dict[str, Any]:
 
 
 def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: int, out_dir: Path, seed: int,
-                    launch: Launch | None = None) -> dict[str, Any]:
+                    launch: Launch | None = None, precision: str | None = None) -> dict[str, Any]:
     """Fit the generator on normalised latents with Lightning; sampled latents land in ``out_dir/samples``.
+
+    ``precision``: the Lightning precision to train in (None: the protocol's, ``spec.precision``).
 
     Under DDP (or FSDP, ``--strategy fsdp``) each process takes ``batch_size / world size``
     latents per step from its ``DistributedSampler`` shard and samples its shard of the gFID
@@ -175,7 +178,7 @@ def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: in
                               sampler=ShardSampler(spec.num_samples, rank=None))
     ckpt_dir = out_dir / "checkpoints"
     trainer = L.Trainer(
-        max_steps=spec.max_steps, max_epochs=-1, precision=spec.precision, accelerator="auto",
+        max_steps=spec.max_steps, max_epochs=-1, precision=precision or spec.precision, accelerator="auto",
         **trainer_kwargs(launch or Launch(), fsdp=True),
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
@@ -199,7 +202,7 @@ def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: in
     generator = module.generator
     return {
         "steps": int(trainer.global_step),
-        "precision": spec.precision,
+        "precision": precision or spec.precision,
         "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
         "params": sum(p.numel() for p in generator.parameters()),
         "describe": generator.describe() if hasattr(generator, "describe") else None,

@@ -40,6 +40,7 @@ from latentbench.distributed import (
 )
 from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
+from latentbench.precision import Precision, resolve_precision
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
 TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
@@ -115,6 +116,21 @@ class BenchConfig:
     # how many processes run it; not part of the key: any world size gives the same numbers and
     # resumes the same run directory (training is statistically, not bitwise, the same; see README)
     launch: Launch = field(default_factory=Launch, compare=False)
+    # the precisions training runs in (latentbench.precision: the protocol's, or float32 where this
+    # machine has no fast bf16, or --precision); None = the protocol's. Part of the key only when
+    # they differ from the protocol's, so protocol-precision runs keep their run directories.
+    train_precision: Precision | None = None
+    generator_precision: Precision | None = None
+
+    @property
+    def precision(self) -> str:
+        """The tokenizer's training precision."""
+        return self.train_precision.used if self.train_precision else self.protocol.train.precision
+
+    @property
+    def gen_precision(self) -> str:
+        """The generator's training precision."""
+        return self.generator_precision.used if self.generator_precision else self.protocol.generator.precision
 
     @property
     def steps(self) -> int:
@@ -123,10 +139,19 @@ class BenchConfig:
         return self.protocol.train.max_steps if self.train_steps is None else self.train_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "tokenizer": self.tokenizer.to_dict(), "protocol_fingerprint": self.protocol.fingerprint,
             "ckpt_sha256": self.ckpt_sha256, "train_steps": self.steps, "seed": self.seed,
         }
+        if (self.precision, self.gen_precision) != (self.protocol.train.precision, self.protocol.generator.precision):
+            out["precision"] = {"train": self.precision, "generator": self.gen_precision}
+        return out
+
+    def precision_notes(self) -> dict[str, Any] | None:
+        """Where training left the protocol's precision, what it used and why (None: it did not)."""
+        notes = {k: {"requested": p.requested, "used": p.used, "reason": p.reason}
+                 for k, p in (("train", self.train_precision), ("generator", self.generator_precision)) if p and p.changed}
+        return notes or None
 
     @property
     def key(self) -> str:
@@ -257,7 +282,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     ckpt_dir = run_dir / "checkpoints"
     loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     trainer = L.Trainer(
-        max_steps=cfg.steps, max_epochs=-1, precision=proto.train.precision, accelerator="auto",
+        max_steps=cfg.steps, max_epochs=-1, precision=cfg.precision, accelerator="auto",
         # tokenizer steps can leave parameters without a gradient (a GAN before disc_start, MAETok's auxiliary
         # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
         **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
@@ -287,7 +312,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         "discriminator": getattr(module, "discriminator_info", None),
         "validation_images": len(held) if validates else 0,
         "steps": int(trainer.global_step),
-        "precision": proto.train.precision,
+        "precision": cfg.precision,
         "perceptual": module.perceptual_status,
         "stages": [{"name": name, "steps": end - start} for name, start, end in module.stage_plan],
         "targets": module.tokenizer.describe_targets() if hasattr(module.tokenizer, "describe_targets") else None,
@@ -473,6 +498,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         },
         "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
                                                "validation_images", "normalization", "discriminator")} if train else None,
+        "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
         "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s")} if generation else None,
@@ -498,8 +524,12 @@ def run_bench(
     leaderboard_dir: str | Path = LEADERBOARD_DIR,
     log: Callable[[str], None] = print,
     launch: Launch | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Bench one tokenizer under one protocol; returns the record written to the leaderboard.
+
+    ``precision``: ``auto`` trains in the protocol's precision, or in float32 where this machine
+    runs bf16 far slower (``latentbench.precision``); a Lightning precision string forces it.
 
     With ``launch`` of several processes (started by ``latentbench bench --devices N``, torchrun
     or srun) every rank calls this; the stages shard their work, rank 0 writes.
@@ -515,12 +545,17 @@ def run_bench(
     ckpt_sha = sha256_file(ckpt) if ckpt else None
     if train_steps is not None and train_steps < 0:
         raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
-    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch)
+    train_precision = resolve_precision(proto.train.precision, precision)
+    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch,
+                      train_precision, resolve_precision(proto.generator.precision, precision))
     run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
     log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
+    for what, p in (("training", cfg.train_precision), ("generator training", cfg.generator_precision)):
+        if p.changed:
+            log(f"precision: {what} in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
     if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
         from latentbench.generators.module import sample_labels

@@ -68,7 +68,7 @@ def render_all(root: Path) -> list[Path]:
 
 def render(directory: Path, records: list[dict[str, Any]]) -> None:
     """Write a table's README.md and its plots from its records."""
-    curves = {display_name(r["tokenizer"]): (r.get("generation") or {}).get("curve") for r in records}
+    curves = {row_name(r): (r.get("generation") or {}).get("curve") for r in records}
     curves = {k: v for k, v in curves.items() if v}
     if curves:
         from latentbench.benchmark.gfid import plot_curves
@@ -149,7 +149,7 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
         if bpp is None and not res:
             continue
         rate = bpp if bpp is not None else _math.prod(r["tokenizer"]["latent"]["shape"]) / res**2
-        points.append((display_name(r["tokenizer"]), rate, psnr, bpp is not None))
+        points.append((row_name(r), rate, psnr, bpp is not None))
     if not points:
         return
     import matplotlib
@@ -275,6 +275,13 @@ def display_name(tokenizer: dict[str, Any]) -> str:
     return f"{name} ({tokenizer['variant']})" if tokenizer.get("variant") else name
 
 
+def row_name(record: dict[str, Any]) -> str:
+    """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
+    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``)."""
+    used = sorted({p["used"] for p in (record.get("precision_changed") or {}).values()})
+    return display_name(record["tokenizer"]) + (f" [{', '.join(used)}]" if used else "")
+
+
 def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str] = frozenset()) -> str:
     """Markdown table of a protocol version's results (deterministic for the same records)."""
     if not records:
@@ -292,18 +299,23 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         + " | conv. steps | n eval | train steps | codec img/s | wall (s) | commit | date |",
         "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|---|",
     ]
-    for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
+    for r in sorted(records, key=lambda r: (row_name(r), r["created"])):
         tok, metrics = r["tokenizer"], r["metrics"]
         values = [format_metric(metrics.get(k), d) for k, _, d in COLUMNS]
         n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {display_name(tok)} | {_latent(r)} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
+            f"| {row_name(r)} | {_latent(r)} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
             f"| {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
         )
     notes = _unavailable_notes(records)
+    changed = sorted({(p["used"], p["requested"]) for r in records for p in (r.get("precision_changed") or {}).values()})
+    for used, requested in changed:
+        notes.append(f"- [{used}]: trained in {used}, not the protocol's {requested} (a CPU without fast bf16 falls back "
+                     "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
+                     "from bf16 rows by training numerics.")
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))
@@ -322,12 +334,12 @@ def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -
     out = ["", "## Plots", "", f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row",
            f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"]
     rows = []
-    for r in sorted(records, key=lambda r: (display_name(r["tokenizer"]), r["created"])):
+    for r in sorted(records, key=lambda r: (row_name(r), r["created"])):
         rec, smp = grid_names(r)
-        cells = [f"![{display_name(r['tokenizer'])} {what}]({GRID_DIR}/{name})" if name in grids else "—"
+        cells = [f"![{row_name(r)} {what}]({GRID_DIR}/{name})" if name in grids else "—"
                  for name, what in ((rec, "reconstructions"), (smp, "samples"))]
         if cells != ["—", "—"]:
-            rows.append(f"| {display_name(r['tokenizer'])} | {cells[0]} | {cells[1]} |")
+            rows.append(f"| {row_name(r)} | {cells[0]} | {cells[1]} |")
     if rows:
         out += ["", "## Reconstructions and samples", "",
                 "Reconstructions: originals (top) and reconstructions (bottom) spread over the eval split. "

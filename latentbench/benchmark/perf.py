@@ -13,6 +13,10 @@
   serves, and sampling throughput;
 * peak resident memory: every config is measured in its own process (``ru_maxrss``).
 
+On a CPU without fast bf16 (``latentbench.precision``: AVX2 only, where bf16 runs ~100x slower
+than fp32 and the bench trains in fp32) the bf16 columns are skipped and say why; the bf16 roof is
+still measured, on small matrices.
+
 MFU = achieved FLOP/s of a step / the measured matrix-product peak of the same precision. It
 counts matrix products, convolutions and attention only (what FlopCounterMode counts), so it is
 the fraction of the machine's matmul roof a step reaches.
@@ -198,7 +202,8 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         tokenizer = load_tokenizer(spec, None)
         images = torch.stack([data[i][0] for i in range(proto.eval.batch_size)])
         row["encode_img_s"], row["decode_img_s"] = _codec_rate(tokenizer, images, bf16=False)
-        row["encode_img_s_bf16"], row["decode_img_s_bf16"] = _codec_rate(tokenizer, images, bf16=True)
+        if "bf16-mixed" in precisions:
+            row["encode_img_s_bf16"], row["decode_img_s_bf16"] = _codec_rate(tokenizer, images, bf16=True)
     else:
         from torch.utils.data import TensorDataset
 
@@ -221,10 +226,11 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         row["latent_shape"] = list(shape)
         net = module.generator.eval()
         labels = torch.arange(proto.generator.sample_batch_size) % 10
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = "bf16-mixed" in precisions  # sampling in the precision the bench trains in
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             start = time.perf_counter()
             net.sample(labels, list(range(len(labels))))
-            row["sample_img_s_bf16"] = len(labels) / (time.perf_counter() - start)
+            row["sample_img_s_bf16" if bf16 else "sample_img_s"] = len(labels) / (time.perf_counter() - start)
     row["batch"] = batch
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
@@ -232,10 +238,12 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
 
 # ---- the command ---------------------------------------------------------------------------------------
 
-def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int, batch_size: int | None = None) -> dict[str, Any]:
+def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int, batch_size: int | None = None,
+                   bf16: bool = True) -> dict[str, Any]:
     """``measure_target`` in a fresh process, so its peak memory is its own."""
     text = f"{target.kind}|{target.name}|{target.latent_of or ''}"
-    cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup), str(batch_size or 0)]
+    cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup), str(batch_size or 0),
+           "32-true,bf16-mixed" if bf16 else "32-true"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {target.label} failed:\n{proc.stderr[-3000:]}")
@@ -259,17 +267,22 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
 
     from latentbench.benchmark.provenance import provenance
     from latentbench.fsutil import atomic_write_text
+    from latentbench.precision import bf16_support
 
     targets = list(targets or DEFAULT_TARGETS)
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    log(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+    bf16, cpu = bf16_support("cpu")
+    # without fast bf16 a 2048^3 product takes ~20 s: the roof is measured on 256^3 products instead
+    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16) if bf16 else matmul_peak(torch.bfloat16, 256, 3, 2)}
+    log(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.3g} GFLOP/s "
         f"({torch.get_num_threads()} threads)")
+    if not bf16:
+        log(f"bf16 steps skipped: {cpu}; the bench trains in fp32 here")
     rows = []
     for target in tqdm(targets, desc="perf", unit="config"):
-        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size), peak))
+        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size, bf16), peak))
     result = {"schema": PERF_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
-              "threads": torch.get_num_threads(), "matmul_peak_gflops": peak, "steps": steps, "warmup": warmup,
-              "rows": rows, "provenance": provenance()}
+              "cpu": cpu, "bf16_usable": bf16, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
+              "steps": steps, "warmup": warmup, "rows": rows, "provenance": provenance()}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True) + "\n")
@@ -289,21 +302,23 @@ def _fmt(x, spec: str) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of a perf result."""
     peak = result["matmul_peak_gflops"]
-    lines = [f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.0f} GFLOP/s; medians of {result['steps']} steps",
-             "",
-             "| config | batch | step fp32 (s) | step bf16 (s) | bf16/fp32 | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
-             "encode img/s | decode img/s | sample img/s | peak RSS (GiB) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; medians of {result['steps']} steps", ""]
+    if result.get("bf16_usable") is False:
+        lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
+    lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16/fp32 | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
+              "encode img/s | decode img/s | sample img/s | peak RSS (GiB) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in result["rows"]:
         fp32, bf16 = row.get("32-true") or {}, row.get("bf16-mixed") or {}
         speed = fp32["step_s"] / bf16["step_s"] if fp32.get("step_s") and bf16.get("step_s") else None
-        enc = row.get("encode_img_s_bf16") and f"{row['encode_img_s']:.0f} / {row['encode_img_s_bf16']:.0f}"
-        dec = row.get("decode_img_s_bf16") and f"{row['decode_img_s']:.0f} / {row['decode_img_s_bf16']:.0f}"
+        enc = row.get("encode_img_s") and f"{row['encode_img_s']:.0f} / {_fmt(row.get('encode_img_s_bf16'), '.0f')}"
+        dec = row.get("decode_img_s") and f"{row['decode_img_s']:.0f} / {_fmt(row.get('decode_img_s_bf16'), '.0f')}"
         lines.append(
             f"| {row['target']} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
-            f"{_fmt(speed, '.2f')}x | {_fmt((bf16.get('flops') or 0) / 1e9, '.1f')} | {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
+            f"{_fmt(speed, '.2f')}x | {_fmt((bf16.get('flops') or fp32.get('flops') or 0) / 1e9, '.1f')} | {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
             f"{_fmt(100 * bf16['mfu'] if bf16.get('mfu') else None, '.1f')}% | {_fmt(100 * fp32['mfu'] if fp32.get('mfu') else None, '.1f')}% | "
-            f"{enc or 'n/a'} | {dec or 'n/a'} | {_fmt(row.get('sample_img_s_bf16'), '.0f')} | {row['peak_rss_gib']:.2f} |")
+            f"{enc or 'n/a'} | {dec or 'n/a'} | {_fmt(row.get('sample_img_s_bf16') or row.get('sample_img_s'), '.0f')} "
+            f"| {row['peak_rss_gib']:.2f} |")
     lines.append("")
     lines.append("encode / decode: fp32 (as evaluation runs) / bf16 autocast, eval mode, at the protocol's eval batch.")
     return "\n".join(lines)
@@ -318,5 +333,5 @@ def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
 if __name__ == "__main__":  # one target in a fresh process: python -m latentbench.benchmark.perf "kind|name|latent_of" protocol steps warmup batch
     kind, name, latent_of = sys.argv[1].split("|")
     measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-                              batch_size=int(sys.argv[5]) or None)
+                              precisions=tuple(sys.argv[6].split(",")), batch_size=int(sys.argv[5]) or None)
     print(json.dumps(measured))

@@ -7,6 +7,10 @@ the other seeds gave, and a tolerance set from that seed-to-seed spread:
 value. ``latentbench regress`` re-runs the benches with seed 0 and fails, naming tokenizer and
 metric, when a metric is worse than golden by more than its tolerance (better is fine: update
 the golden file with ``latentbench regress --update`` when an improvement lands).
+
+Golden values hold for one training precision. ``smoke.yaml`` is the protocol's (bf16-mixed); a
+machine that trains in another one (a CPU without fast bf16 falls back to 32-true, see
+``latentbench.precision``) is checked against ``smoke.<precision>.yaml``, measured the same way.
 """
 from __future__ import annotations
 
@@ -28,13 +32,31 @@ SPREAD_FACTOR = 2.0
 MIN_TOLERANCE = 1e-3  # relative: a metric identical on every seed still gets 0.1% for other CPUs' rounding
 
 
-def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+def golden_file(precision: str) -> Path:
+    """The golden file for runs trained in ``precision``: smoke.yaml for the protocol's own."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    if precision == load_protocol(PROTOCOL).train.precision:
+        return GOLDEN_PATH
+    return GOLDEN_PATH.with_name(f"{GOLDEN_PATH.stem}.{precision}{GOLDEN_PATH.suffix}")
+
+
+def gate_precision(requested: str = "auto") -> str:
+    """The precision the gate's benches train in here (``auto``: the protocol's, or float32 without fast bf16)."""
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.precision import resolve_precision
+
+    return resolve_precision(load_protocol(PROTOCOL).train.precision, requested).used
+
+
+def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = print,
+               precision: str = "auto") -> dict[str, dict[str, float]]:
     """Run the `smoke` bench of ``family`` with ``seed``; metric values of every row it wrote, by row name."""
     from latentbench.benchmark.harness import run_bench
     from latentbench.benchmark.leaderboard import display_name, read_records
 
     lb = root / f"lb-{family}-{seed}"
-    run_bench(family, PROTOCOL, seed=seed, runs_dir=root / "runs", leaderboard_dir=lb, log=lambda s: None)
+    run_bench(family, PROTOCOL, seed=seed, runs_dir=root / "runs", leaderboard_dir=lb, log=lambda s: None, precision=precision)
     rows = {}
     for record in (r for d in lb.glob(f"{PROTOCOL}/v*") for r in read_records(d)):
         rows[display_name(record["tokenizer"])] = {k: float(m["value"]) for k, m in record["metrics"].items()
@@ -52,11 +74,11 @@ def families() -> list[str]:
 
 
 def measure_golden(seeds: list[int], root: Path, only: list[str] | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, precision: str = "auto") -> dict[str, Any]:
     """Golden values (the first seed) and tolerances from the spread over ``seeds``."""
     if len(seeds) < 2:
         raise ValueError("golden tolerances need at least 2 seeds to measure a spread")
-    runs = {f: [bench_rows(f, s, root, log) for s in seeds] for f in only or families()}
+    runs = {f: [bench_rows(f, s, root, log, precision) for s in seeds] for f in only or families()}
     golden: dict[str, Any] = {}
     for per_seed in runs.values():
         for name in per_seed[0]:
@@ -71,8 +93,9 @@ def measure_golden(seeds: list[int], root: Path, only: list[str] | None = None,
     return golden
 
 
-def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_PATH) -> Path:
-    header = (f"# Golden `smoke` values for `make regress` (written by `latentbench regress --update`).\n"
+def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_PATH, precision: str | None = None) -> Path:
+    trained = f", trained in {precision}" if precision else ""
+    header = (f"# Golden `smoke` values for `make regress` (written by `latentbench regress --update`{trained}).\n"
               f"# value: seed {seeds[0]}; tolerance: {SPREAD_FACTOR:g} x (max - min) over seeds {seeds}, "
               f"at least {MIN_TOLERANCE:g} x |value|.\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +105,8 @@ def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_P
 
 def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
     if not Path(path).is_file():
-        raise FileNotFoundError(f"no golden values at {path}: create them with `latentbench regress --update`")
+        raise FileNotFoundError(f"no golden values at {path}: create them with `latentbench regress --update` "
+                                "(on a machine that trains in that file's precision, or with --precision)")
     return yaml.safe_load(Path(path).read_text())
 
 
@@ -104,12 +128,13 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]]) -> list
     return failures
 
 
-def regress(golden_path: Path = GOLDEN_PATH, update: bool = False, seeds: list[int] | None = None,
-            only: list[str] | None = None, log: Callable[[str], None] = print) -> list[str]:
+def regress(golden_path: Path | None = None, update: bool = False, seeds: list[int] | None = None,
+            only: list[str] | None = None, log: Callable[[str], None] = print, precision: str = "auto") -> list[str]:
     """Run the gate (or, with ``update``, re-measure golden values); returns the failures (empty: passed).
 
     Args:
-        golden_path: the golden file.
+        golden_path: the golden file (default: ``golden_path`` of the precision the benches train in).
+        precision: ``auto`` (the protocol's, or float32 on a CPU without fast bf16) or a Lightning precision.
         update: measure golden values over ``seeds`` (default 0, 1, 2) and write them instead of checking.
         only: families to run (default: all of the `smoke` protocol's); with ``only`` the check
             covers only those families' golden rows.
@@ -117,17 +142,20 @@ def regress(golden_path: Path = GOLDEN_PATH, update: bool = False, seeds: list[i
     unknown = sorted(set(only or []) - set(families()))
     if unknown:
         raise ValueError(f"unknown families {unknown} for the regression gate; choose from {families()}")
+    used = gate_precision(precision)
+    golden_path = golden_path or golden_file(used)
+    log(f"regression gate: smoke benches trained in {used}, golden values {golden_path}")
     with tempfile.TemporaryDirectory(prefix="latentbench-regress-") as tmp:
         root = Path(tmp)
         if update:
             seeds = seeds or [0, 1, 2]
-            write_golden(measure_golden(seeds, root, only, log), seeds, golden_path)
+            write_golden(measure_golden(seeds, root, only, log, used), seeds, golden_path, used)
             log(f"wrote {golden_path}")
             return []
         golden = load_golden(golden_path)
         measured: dict[str, dict[str, float]] = {}
         for family in only or families():
-            measured.update(bench_rows(family, 0, root, log))
+            measured.update(bench_rows(family, 0, root, log, used))
         if only:  # row names start with the family's size name (sdvae-smoke, flowmo-smoke (1b))
             golden = {k: v for k, v in golden.items() if any(k.startswith(f) for f in only)}
         return check(golden, measured)

@@ -54,6 +54,9 @@ RECORD_SCHEMA: dict[str, Any] = {
             },
         },
         "training": {"oneOf": [{"type": "null"}, {"type": "object", "required": ["precision"]}]},
+        # training that left the protocol's precision (latentbench.precision), per stage: requested, used, why
+        "precision_changed": {"oneOf": [{"type": "null"}, {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["requested", "used", "reason"]}}]},
         # the processes a result ran on (absent in records written before distributed runs)
         "distributed": {"type": "object", "required": ["world_size"], "properties": {"world_size": {"type": "integer", "minimum": 1}}},
         "data": {"type": "object", "required": ["eval"],

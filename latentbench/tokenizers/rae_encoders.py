@@ -29,7 +29,7 @@ import hashlib
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from latentbench.benchmark.extractors import (
     default_cache_dir,
 )
 from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
+from latentbench.precision import resolve_precision
 from latentbench.tokenizers.teachers import (
     hf_cached_file,
     load_timm_vit,
@@ -346,6 +347,8 @@ def build_mae_encoder(source: str, weights: str | Path | None = None, cache_dir:
             raise ValueError(f"{weights} was pre-trained with recipe {facts['recipe']}, not {asdict(recipe)}")
         return net, facts, Path(weights)
     recipe = recipe or MAERecipe()
+    # bf16 where this CPU runs it at speed, else float32 (latentbench.precision); the cache key has the one used
+    recipe = replace(recipe, precision=resolve_precision(recipe.precision, device="cpu").used)
     train = _split_tensors(source, "train", recipe.resolution, recipe.limit)
     val = _split_tensors(source, "val", recipe.resolution)
     path = mae_cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source, recipe, train[2], val[2])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentbench.precision import resolve_precision
 from latentbench.tokenizers import create_tokenizer, decode_seeded
 from latentbench.tokenizers.flowmo import (
     GUIDANCE_INTERVAL,
@@ -41,7 +42,7 @@ def _fit(module, x, steps, val=None, **trainer_kw):
     val_loader = None if val is None else DataLoader(TensorDataset(val, torch.zeros(len(val), dtype=torch.long)), batch_size=len(val))
     kw = {"num_sanity_val_steps": 0, "limit_val_batches": 0 if val is None else None, **trainer_kw}
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, precision="bf16-mixed", accelerator="cpu", **kw)
+                        enable_model_summary=False, precision=resolve_precision("bf16-mixed", device="cpu").used, accelerator="cpu", **kw)
     trainer.fit(module, loader, val_loader)
     return trainer
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentbench.precision import resolve_precision
 from latentbench.tokenizers import create_tokenizer
 from latentbench.tokenizers.hog import hog_dim, hog_features
 from latentbench.tokenizers.module import AutoencoderModule
@@ -178,7 +179,7 @@ def test_module_overfits_one_batch():
     before = error()
     loader = DataLoader(TensorDataset(x, torch.zeros(8, dtype=torch.long)), batch_size=8)
     trainer = L.Trainer(max_steps=60, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, precision="bf16-mixed", accelerator="cpu")
+                        enable_model_summary=False, precision=resolve_precision("bf16-mixed", device="cpu").used, accelerator="cpu")
     trainer.fit(module, loader)
     assert "train/hog" in trainer.callback_metrics
     assert error() < 0.7 * before  # measured 0.56 -> 0.33: 8 x 4 latents bound the smoke size

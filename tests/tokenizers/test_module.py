@@ -3,13 +3,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from latentbench.precision import resolve_precision
 from latentbench.tokenizers.module import AutoencoderModule
 
 
 def _fit(module, x, steps):
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=len(x))
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, precision="bf16-mixed", accelerator="cpu")
+                        enable_model_summary=False, precision=resolve_precision("bf16-mixed", device="cpu").used, accelerator="cpu")
     trainer.fit(module, loader)
     return trainer
 
