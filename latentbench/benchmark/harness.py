@@ -545,9 +545,9 @@ def run_bench(
     ckpt_sha = sha256_file(ckpt) if ckpt else None
     if train_steps is not None and train_steps < 0:
         raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
-    train_precision = resolve_precision(proto.train.precision, precision)
-    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch,
-                      train_precision, resolve_precision(proto.generator.precision, precision))
+    # rank 0's hardware decides for all ranks: one run trains in one precision
+    precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
+    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions)
     run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
     if is_rank_zero():
         run_dir.mkdir(parents=True, exist_ok=True)

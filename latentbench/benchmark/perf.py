@@ -299,6 +299,10 @@ def _fmt(x, spec: str) -> str:
     return format(x, spec) if isinstance(x, (int, float)) else "n/a"
 
 
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of a perf result."""
     peak = result["matmul_peak_gflops"]
@@ -315,8 +319,9 @@ def format_table(result: dict[str, Any]) -> str:
         dec = row.get("decode_img_s") and f"{row['decode_img_s']:.0f} / {_fmt(row.get('decode_img_s_bf16'), '.0f')}"
         lines.append(
             f"| {row['target']} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
-            f"{_fmt(speed, '.2f')}x | {_fmt((bf16.get('flops') or fp32.get('flops') or 0) / 1e9, '.1f')} | {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
-            f"{_fmt(100 * bf16['mfu'] if bf16.get('mfu') else None, '.1f')}% | {_fmt(100 * fp32['mfu'] if fp32.get('mfu') else None, '.1f')}% | "
+            f"{_fmt(speed, '.2f') + 'x' if speed else 'n/a'} | {_fmt((bf16.get('flops') or fp32.get('flops') or 0) / 1e9, '.1f')} "
+            f"| {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
+            f"{_pct(bf16.get('mfu'))} | {_pct(fp32.get('mfu'))} | "
             f"{enc or 'n/a'} | {dec or 'n/a'} | {_fmt(row.get('sample_img_s_bf16') or row.get('sample_img_s'), '.0f')} "
             f"| {row['peak_rss_gib']:.2f} |")
     lines.append("")
