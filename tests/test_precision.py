@@ -69,3 +69,36 @@ def test_regress_gate_picks_golden_values_of_its_precision(cpu_without_bf16):
     assert gate_precision() == "32-true" and gate_precision("bf16-mixed") == "bf16-mixed"
     assert golden_file("bf16-mixed") == GOLDEN_PATH
     assert golden_file("32-true") == GOLDEN_PATH.with_name("smoke.32-true.yaml")
+
+
+def test_forced_precision_reaches_training_the_record_and_the_table(tmp_path):
+    """A smoke bench with --precision 32-true: both trainings in float32, said once, recorded, row marked."""
+    from latentbench.benchmark.harness import run_bench
+
+    lines = []
+    record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lines.append,
+                       precision="32-true")
+    said = [line for line in lines if line.startswith("precision:")]
+    assert said == ["precision: tokenizer and generator training in 32-true, not the protocol's bf16-mixed: --precision 32-true given"]
+    assert record["training"]["precision"] == "32-true" and record["generation"]["generator"]["precision"] == "32-true"
+    assert record["precision_changed"]["train"] == {"requested": "bf16-mixed", "used": "32-true", "reason": "--precision 32-true given"}
+    table = (tmp_path / "lb" / "smoke" / "v2" / "README.md").read_text()
+    assert "| sdvae-smoke [32-true] |" in table and "- [32-true]: trained in 32-true, not the protocol's bf16-mixed" in table
+
+
+def test_a_fallback_row_never_becomes_the_baseline_of_protocol_precision_rows():
+    from latentbench.benchmark.leaderboard import convergence_cell
+
+    def row(name, values, used=None):
+        conv = {"target": "baseline", "baseline": "sdvae-ci", "budget": 1000}
+        curve = [{"step": s, "value": v} for s, v in zip((250, 500, 750, 1000), values)]
+        changed = {"train": {"requested": "bf16-mixed", "used": used, "reason": "test"}} if used else None
+        return {"tokenizer": {"name": name}, "generation": {"curve": curve, "convergence": conv}, "precision_changed": changed}
+
+    base = row("sdvae-ci", [900, 700, 500, 400])
+    base_fp32 = row("sdvae-ci", [900, 700, 450, 300], used="32-true")  # later and lower: would move every cell
+    other = row("flowmo-ci", [600, 400, 300, 250])
+    records = [base, other, base_fp32]
+    assert convergence_cell(other, records) == "500 (2.0x)"  # against the bf16 baseline's 400 at step 1000
+    assert convergence_cell(base, records) == "1000"
+    assert convergence_cell(base_fp32, records) == "1000"

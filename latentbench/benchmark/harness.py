@@ -553,9 +553,10 @@ def run_bench(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
     log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
-    for what, p in (("training", cfg.train_precision), ("generator training", cfg.generator_precision)):
-        if p.changed:
-            log(f"precision: {what} in {p.used}, not the protocol's {p.requested}: {p.reason}")
+    changed = [(what, p) for what, p in (("tokenizer", cfg.train_precision), ("generator", cfg.generator_precision)) if p.changed]
+    for p in dict.fromkeys(p for _, p in changed):  # one line when both changed alike
+        whats = " and ".join(what for what, q in changed if q == p)
+        log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
     if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
         from latentbench.generators.module import sample_labels

@@ -203,11 +203,18 @@ def _conv(record: dict[str, Any]) -> dict[str, Any]:
     return ((record.get("generation") or {}).get("convergence")) or {}
 
 
+def _fallback_precisions(record: dict[str, Any]) -> list[str]:
+    """The precisions a record trained in instead of the protocol's (empty: the protocol's own)."""
+    return sorted({p["used"] for p in (record.get("precision_changed") or {}).values()})
+
+
 def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule."""
+    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule,
+    trained in the same precision (a float32 fallback row is compared with float32 baselines only)."""
     conv = _conv(record)
     rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
-            and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")]
+            and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
+            and _fallback_precisions(r) == _fallback_precisions(record)]
     return rows[-1] if rows else None
 
 
@@ -278,7 +285,7 @@ def display_name(tokenizer: dict[str, Any]) -> str:
 def row_name(record: dict[str, Any]) -> str:
     """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
     precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``)."""
-    used = sorted({p["used"] for p in (record.get("precision_changed") or {}).values()})
+    used = _fallback_precisions(record)
     return display_name(record["tokenizer"]) + (f" [{', '.join(used)}]" if used else "")
 
 
@@ -315,7 +322,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
     for used, requested in changed:
         notes.append(f"- [{used}]: trained in {used}, not the protocol's {requested} (a CPU without fast bf16 falls back "
                      "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
-                     "from bf16 rows by training numerics.")
+                     f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))
