@@ -35,7 +35,7 @@ class DataSpec:
 class TrainSpec:
     max_steps: int = 1000  # tokenizer training budget, optimizer steps
     batch_size: int = 64
-    precision: str = "bf16-mixed"  # Lightning precision; bf16 autocast runs on the CPU's AMX units
+    precision: str = "bf16-mixed"  # Lightning precision; float32 where bf16 is slow here (latentbench.precision)
     num_workers: int = 0  # in-memory embedded data needs none
 
 

@@ -6,6 +6,7 @@ import torch
 
 from latentbench.benchmark.perf import (
     DEFAULT_TARGETS,
+    _codec_rate,
     Target,
     format_table,
     matmul_peak,
@@ -79,3 +80,30 @@ def test_table_of_a_machine_without_fast_bf16_says_why():
     table = format_table(result)
     assert "bf16 not measured: AVX2 CPU ..." in table
     assert "| sdvae | 64 | 0.800 | n/a | n/a" in table and "| 80.0 |" in table and "96.2%" in table and "800 / n/a" in table
+
+
+class _SlowCodec(torch.nn.Module):
+    """A codec whose decode takes ``delay`` seconds; counts its passes."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay, self.passes = delay, 0
+
+    def encode(self, x):
+        return x
+
+    def decode(self, z):
+        import time
+
+        self.passes += 1
+        time.sleep(self.delay)
+        return z
+
+
+def test_codec_timing_stops_early_on_a_slow_decoder():
+    images = torch.zeros(10, 3, 8, 8)
+    fast, slow = _SlowCodec(0.0), _SlowCodec(0.3)
+    _codec_rate(fast, images, bf16=False, repeats=3, budget_s=0.2)
+    enc, dec = _codec_rate(slow, images, bf16=False, repeats=3, budget_s=0.2)
+    assert fast.passes == 3 and slow.passes == 1  # best of 3 where cheap, one pass past the budget
+    assert dec == pytest.approx(10 / 0.3, rel=0.3) and enc > dec
