@@ -1,15 +1,15 @@
 """The precision a run trains in: the protocol's, unless this machine cannot run it at speed.
 
-Protocols pin bf16 autocast for training (``bf16-mixed``). On GPUs with bf16 and on CPUs with
-AMX or AVX512-BF16 it is 1.5-4x faster than float32. On a CPU without either, PyTorch falls back
-to scalar bf16 kernels: measured on an AVX2-only AMD EPYC (2 cores), a 1024^3 matrix product ran
+Protocols pin bf16 autocast for training (``bf16-mixed``). On GPUs with bf16 and on CPUs whose
+bf16 goes to oneDNN (AVX512 or AMX) it is 1.5-4x faster than float32. On any other CPU PyTorch
+falls back to scalar bf16 kernels: measured on an AVX2-only AMD EPYC (2 cores), a 1024^3 matrix product ran
 at 0.8 GFLOP/s in bf16 against 104 GFLOP/s in float32, and one `ci` sdvae training step took 16 s
 instead of under a second. There the harness trains in ``32-true`` instead, says so in one line,
 and records the protocol's and the used precision; the leaderboard marks such rows and the
 regression gate compares them with float32 golden values. ``--precision`` overrides the choice.
 
-Hand-written because neither Lightning nor torch decides this: Lightning runs whatever precision
-it is given, and ``torch.cpu``'s feature probes say what the CPU has, not what it costs.
+Hand-written because nothing upstream decides this: Lightning runs whatever precision it is
+given; PyTorch's oneDNN probe (used below) only says whether bf16 reaches oneDNN.
 """
 from __future__ import annotations
 

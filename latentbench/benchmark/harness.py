@@ -143,15 +143,18 @@ class BenchConfig:
             "tokenizer": self.tokenizer.to_dict(), "protocol_fingerprint": self.protocol.fingerprint,
             "ckpt_sha256": self.ckpt_sha256, "train_steps": self.steps, "seed": self.seed,
         }
-        if (self.precision, self.gen_precision) != (self.protocol.train.precision, self.protocol.generator.precision):
+        if self.changed_precisions():
             out["precision"] = {"train": self.precision, "generator": self.gen_precision}
         return out
 
+    def changed_precisions(self) -> dict[str, Precision]:
+        """The trainings (``train``, ``generator``) that left the protocol's precision."""
+        return {k: p for k, p in (("train", self.train_precision), ("generator", self.generator_precision)) if p and p.changed}
+
     def precision_notes(self) -> dict[str, Any] | None:
         """Where training left the protocol's precision, what it used and why (None: it did not)."""
-        notes = {k: {"requested": p.requested, "used": p.used, "reason": p.reason}
-                 for k, p in (("train", self.train_precision), ("generator", self.generator_precision)) if p and p.changed}
-        return notes or None
+        return {k: {"requested": p.requested, "used": p.used, "reason": p.reason}
+                for k, p in self.changed_precisions().items()} or None
 
     @property
     def key(self) -> str:
@@ -553,9 +556,9 @@ def run_bench(
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
     log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
-    changed = [(what, p) for what, p in (("tokenizer", cfg.train_precision), ("generator", cfg.generator_precision)) if p.changed]
-    for p in dict.fromkeys(p for _, p in changed):  # one line when both changed alike
-        whats = " and ".join(what for what, q in changed if q == p)
+    changed = cfg.changed_precisions()
+    for p in dict.fromkeys(changed.values()):  # one line when both changed alike
+        whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
         log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
     if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
