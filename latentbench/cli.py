@@ -56,13 +56,13 @@ def bench(
             the row is marked [32-true]. A value forces that precision.
     """
     from latentbench.benchmark.harness import run_bench
-    from latentbench.distributed import Launch, is_rank_zero, maybe_relaunch
+    from latentbench.distributed import Launch, launcher_rank, maybe_relaunch
 
     launch = Launch(strategy, devices, num_nodes)
     maybe_relaunch(launch, _ARGS or sys.argv[1:])
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
                        launch=launch, precision=precision)
-    if not is_rank_zero():
+    if launcher_rank() != 0:  # the process group is left by now: ask the launcher which rank this is
         return
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
                         for k, v in record["metrics"].items())

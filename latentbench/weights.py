@@ -26,13 +26,24 @@ class UnsafeCheckpointError(RuntimeError):
     """A checkpoint needs arbitrary unpickling, and the user did not say they trust it."""
 
 
+# (real path, device, inode, size, mtime in ns) -> digest. A bench hashes the same weights in
+# several stages (run key, cache keys, record); paper-scale checkpoints are hundreds of MB. A
+# file rewritten in place changes its mtime or size, so a stale digest is never returned for it.
+_SHA256_MEMO: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes (remembered per process while the file is unchanged)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key in _SHA256_MEMO:
+        return _SHA256_MEMO[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
+    _SHA256_MEMO[key] = digest = h.hexdigest()
+    return digest
 
 
 def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:

@@ -48,6 +48,22 @@ def test_missing_file_and_hash(tmp_path):
     assert sha256_file(tmp_path / "f") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
+def test_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"abc")
+    calls = []
+    real = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda *a: calls.append(1) or real(*a))
+    first = sha256_file(path)
+    assert sha256_file(path) == first and len(calls) == 1  # the second stage does not read the file again
+    path.write_bytes(b"abd")  # rewritten in place: same inode, new bytes and mtime
+    os.utime(path, ns=(1, 1))  # even with an mtime set back, the key (size, mtime) differs from the first
+    assert sha256_file(path) == real(b"abd").hexdigest() and len(calls) == 2
+
+
 def test_lpips_weights_missing_names_file_and_place(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with pytest.raises(WeightsUnavailable, match=r"alexnet-owt-7be5be79\.pth"):

@@ -537,10 +537,21 @@ def run_bench(
     With ``launch`` of several processes (started by ``latentbench bench --devices N``, torchrun
     or srun) every rank calls this; the stages shard their work, rank 0 writes.
     """
-    from latentbench.distributed import init_process_group, resolve_launch
+    from latentbench.distributed import destroy_process_group, init_process_group, resolve_launch
 
     launch = resolve_launch(launch or Launch())
-    init_process_group(launch)
+    created = init_process_group(launch)
+    try:
+        return _run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir,
+                          leaderboard_dir, log, launch, precision)
+    finally:
+        if created:
+            destroy_process_group()
+
+
+def _run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
+               log, launch, precision) -> dict[str, Any]:
+    """:func:`run_bench` once the process group is joined."""
     if not is_rank_zero():
         log = _silent
     proto = load_protocol(protocol)

@@ -157,8 +157,11 @@ class GeneratorModule(L.LightningModule):
     def sample(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Latents (normalised space) and labels of gFID samples ``index``."""
         hp = self.hparams
+        from latentbench.batching import chunks
+
         y = sample_labels(index, hp.num_classes, hp.num_samples, hp.class_sampling, hp.sample_seed).to(self.device)
-        return self.generator.sample(y, sample_seeds(index, hp.sample_seed)), y
+        seeds = sample_seeds(index, hp.sample_seed)  # one per sample: splitting the batch changes no sample
+        return torch.cat([self.generator.sample(y[s], seeds[s]) for s in chunks(len(y), self.device)]), y
 
     def validation_step(self, index: Tensor, batch_idx: int) -> None:
         z, y = self.sample(index)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
+from latentbench.batching import chunks
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.lfq import LFQ
 from latentbench.tokenizers.mmdit import FinalLayer, MMDiT, TimeEmbed
@@ -254,7 +255,9 @@ class FlowMo(Tokenizer):
             noise = torch.randn(z.shape[0], 3, h, w, generator=generator, device=z.device)
         times = shifted_time_grid(steps or self.sample_steps, self.rho, z.device)
         g = self.guidance if guidance is None else guidance
-        return self.sample(self.condition(z), noise, times, guidance=g).clamp(-1, 1).float()
+        cond = self.condition(z)
+        # the noise is drawn for the whole batch first, so splitting it changes no image (latentbench.batching)
+        return torch.cat([self.sample(cond[s], noise[s], times, guidance=g) for s in chunks(len(z), z.device)]).clamp(-1, 1).float()
 
     def sample(self, cond: Tensor, noise: Tensor, times: Tensor, guidance: float = 1.0, grad_checkpoint: bool = False) -> Tensor:
         """Euler integration of the probability-flow ODE from ``times[..., 0]`` (noise) to ``times[..., -1]``.

@@ -123,6 +123,24 @@ def test_sample_set_is_the_same_on_one_and_two_processes(tmp_path, name):
     assert not torch.allclose(z1[0], z1[3])  # same class (0), different seeds: different samples
 
 
+@pytest.mark.parametrize("name", ["dit-smoke", "maskgit-smoke"])
+def test_cpu_sampling_in_chunks_changes_no_sample(monkeypatch, name):
+    import latentbench.batching as batching
+
+    module = _module(name).eval()
+    index = torch.arange(7)
+    with torch.no_grad():
+        whole, y = module.sample(index)  # one pass: 7 < the default chunk of 64
+        monkeypatch.setattr(batching, "CPU_CHUNK", 3)  # passes of 3, 3 and 1 samples, each seeded by its own index
+        sizes = []
+        sample = module.generator.sample
+        monkeypatch.setattr(module.generator, "sample", lambda y, *a, **k: sizes.append(len(y)) or sample(y, *a, **k))
+        split, y_split = module.sample(index)
+    assert sizes == [3, 3, 1] and torch.equal(y, y_split)
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+    assert batching.chunks(7, "cuda") == [slice(0, 7)]  # GPUs take the batch whole
+
+
 def test_sample_seeds_are_distinct_per_index():
     seeds = sample_seeds(torch.arange(1000), 0)
     assert len(set(seeds)) == 1000 and sample_seeds(torch.tensor([5]), 0)[0] == seeds[5]

@@ -81,6 +81,22 @@ def test_decoding_is_seeded():
     assert a.shape == (2, 3, 32, 32) and a.abs().max() <= 1
 
 
+def test_cpu_decoding_in_chunks_changes_no_image(monkeypatch):
+    import latentbench.batching as batching
+
+    tok = create_tokenizer("flowmo-smoke").eval()
+    with torch.no_grad():
+        z = tok.encode(_images(5))
+        whole = decode_seeded(tok, z, seed=3)  # 5 images, one pass (the default chunk is 64)
+        monkeypatch.setattr(batching, "CPU_CHUNK", 2)  # passes of 2, 2 and 1 images; the noise is drawn for all 5 first
+        sizes = []
+        sample = tok.sample
+        monkeypatch.setattr(tok, "sample", lambda cond, *a, **k: sizes.append(len(cond)) or sample(cond, *a, **k))
+        split = decode_seeded(tok, z, seed=3)
+    assert sizes == [2, 2, 1]
+    torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+
+
 def test_shifted_time_grid():
     t = shifted_time_grid(25, rho=4)
     assert t.shape == (26,) and t[0] == 1 and t[-1] == 0
