@@ -54,6 +54,17 @@ def test_launcher_layout_is_taken_or_checked(monkeypatch):
         resolve_launch(Launch(devices=4))
 
 
+def test_launcher_rank_holds_without_a_process_group(monkeypatch):
+    from latentbench.distributed import launcher_rank
+
+    for k in ELASTIC:
+        monkeypatch.delenv(k, raising=False)
+    assert launcher_rank() == 0  # no launcher: the one process
+    for k, v in {**ELASTIC, "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(k, v)
+    assert launcher_rank() == 1  # torchrun's rank 1 stays silent after the bench has left the group
+
+
 def test_several_nodes_without_a_launcher_say_how(monkeypatch):
     for k in ELASTIC:
         monkeypatch.delenv(k, raising=False)
