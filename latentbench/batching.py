@@ -1,10 +1,11 @@
 """Micro-batches for iterative samplers on CPUs.
 
-FlowMo's decoder (25 steps), DiT sampling (50 steps) and MaskGIT decoding run a network many
-times over the same batch. On a CPU their activations for a whole evaluation batch (250
-images at 32x32: ~150 MB for FlowMo-ci's MLPs) stream through main memory on every pass; 64
-images at a time stay far more in cache. Measured at the ``ci`` protocol's size on a 2-core
-AVX2 CPU, 250 images in one batch against chunks of 64 (float32, same inputs, best of 2-3):
+FlowMo's decoder (25 steps), DiT sampling (25 Euler steps in dit-ci) and MaskGIT decoding run
+a network many times over the same batch. On a CPU their activations for a whole evaluation
+batch (250 images at 32x32: ~50 MB per FlowMo-ci MLP activation, twice that in guided steps)
+stream through main memory on every pass; 64 images at a time stay far more in cache.
+Measured at the ``ci`` protocol's size on a 2-core AVX2 CPU, 250 images in one batch against
+chunks of 64 (float32, same inputs, best of 2-3):
 
 ========================  ============  ============  ===========================
 sampler                   250 at once   64 at a time  outputs
