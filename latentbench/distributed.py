@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -157,6 +158,17 @@ def destroy_process_group() -> None:
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(launch: Launch) -> Iterator[None]:
+    """The launcher's process group for the ``with`` block; left at its end if the block joined it."""
+    created = init_process_group(launch)
+    try:
+        yield
+    finally:
+        if created:
+            destroy_process_group()
 
 
 def rank() -> int:

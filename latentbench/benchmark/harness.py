@@ -537,68 +537,57 @@ def run_bench(
     With ``launch`` of several processes (started by ``latentbench bench --devices N``, torchrun
     or srun) every rank calls this; the stages shard their work, rank 0 writes.
     """
-    from latentbench.distributed import destroy_process_group, init_process_group, resolve_launch
+    from latentbench.distributed import process_group, resolve_launch
 
     launch = resolve_launch(launch or Launch())
-    created = init_process_group(launch)
-    try:
-        return _run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir,
-                          leaderboard_dir, log, launch, precision)
-    finally:
-        if created:
-            destroy_process_group()
+    with process_group(launch):  # left before returning: see distributed.destroy_process_group
+        if not is_rank_zero():
+            log = _silent
+        proto = load_protocol(protocol)
+        spec = resolve_tokenizer(tokenizer, proto)
+        ckpt_sha = sha256_file(ckpt) if ckpt else None
+        if train_steps is not None and train_steps < 0:
+            raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
+        # rank 0's hardware decides for all ranks: one run trains in one precision
+        precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
+        cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions)
+        run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
+        if is_rank_zero():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+        log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
+        changed = cfg.changed_precisions()
+        for p in dict.fromkeys(changed.values()):  # one line when both changed alike
+            whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
+            log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
+        if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
+            from latentbench.generators.module import sample_labels
 
-def _run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
-               log, launch, precision) -> dict[str, Any]:
-    """:func:`run_bench` once the process group is joined."""
-    if not is_rank_zero():
-        log = _silent
-    proto = load_protocol(protocol)
-    spec = resolve_tokenizer(tokenizer, proto)
-    ckpt_sha = sha256_file(ckpt) if ckpt else None
-    if train_steps is not None and train_steps < 0:
-        raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
-    # rank 0's hardware decides for all ranks: one run trains in one precision
-    precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
-    cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions)
-    run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
-    if is_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
-    log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
-    changed = cfg.changed_precisions()
-    for p in dict.fromkeys(changed.values()):  # one line when both changed alike
-        whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
-        log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
+            classes = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image).info["num_classes"]
+            sample_labels(torch.arange(1), classes, proto.generator.num_samples, "balanced")
+        stages = Stages(run_dir)
+        train = None
+        weights: str | Path | None = ckpt
+        if cfg.steps > 0:
+            train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
+            weights = run_dir / train["weights"]
+        variants = (train or {}).get("variants") or {"": weights}
+        recorded = None
+        for variant, path in variants.items():  # one row per result (FlowMo: without and with post-training)
+            w = weights if variant == "" else run_dir / path
+            suffix = f"-{variant}" if variant else ""
+            evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(  # noqa: B023 (run at once)
+                cfg, run_dir, w, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
+            generation = None
+            if proto.generator.max_steps > 0:
+                from latentbench.benchmark.generation import generator_stage
 
-    if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
-        from latentbench.generators.module import sample_labels
-
-        classes = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image).info["num_classes"]
-        sample_labels(torch.arange(1), classes, proto.generator.num_samples, "balanced")
-    stages = Stages(run_dir)
-    train = None
-    weights: str | Path | None = ckpt
-    if cfg.steps > 0:
-        train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
-        weights = run_dir / train["weights"]
-    variants = (train or {}).get("variants") or {"": weights}
-    recorded = None
-    for variant, path in variants.items():  # one row per result (FlowMo: without and with post-training)
-        w = weights if variant == "" else run_dir / path
-        suffix = f"-{variant}" if variant else ""
-        evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(  # noqa: B023 (run at once)
-            cfg, run_dir, w, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
-        generation = None
-        if proto.generator.max_steps > 0:
-            from latentbench.benchmark.generation import generator_stage
-
-            generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
-                cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
-        recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
-            cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation)), log)
-    return recorded["record"]
+                generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
+                    cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
+            recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
+                cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation)), log)
+        return recorded["record"]
 
 
 def _silent(message: str) -> None:

@@ -28,6 +28,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from latentbench.batching import chunks
 from latentbench.generators import seeding
 from latentbench.paths import CONFIG_DIR
 
@@ -157,8 +158,6 @@ class GeneratorModule(L.LightningModule):
     def sample(self, index: Tensor) -> tuple[Tensor, Tensor]:
         """Latents (normalised space) and labels of gFID samples ``index``."""
         hp = self.hparams
-        from latentbench.batching import chunks
-
         y = sample_labels(index, hp.num_classes, hp.num_samples, hp.class_sampling, hp.sample_seed).to(self.device)
         seeds = sample_seeds(index, hp.sample_seed)  # one per sample: splitting the batch changes no sample
         return torch.cat([self.generator.sample(y[s], seeds[s]) for s in chunks(len(y), self.device)]), y

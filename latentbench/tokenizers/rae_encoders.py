@@ -184,8 +184,8 @@ class MAERecipe:
     # One thread: a fixed float reduction order whatever the machine's core count, and on 2 busy
     # cores 2 threads ran 3-10x slower than 1 (measured).
     threads: int = 1
-    precision: str = "bf16-mixed"  # CPU autocast: 1.5-2x faster than float32 here, deterministic on one machine
     precision: str = "bf16-mixed"  # CPU autocast: 1.5-2x faster than float32 with AVX512/AMX; float32 without (build_mae_encoder)
+
     def __post_init__(self):
         if not 0 < self.mask_ratio < 1:
             raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
