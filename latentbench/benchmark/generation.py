@@ -47,10 +47,12 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
     from latentbench.benchmark.harness import Stages, _dataset, load_tokenizer
     from latentbench.generators.latents import LatentNorm
+    from latentbench.tokenizers import compile_decoding
     from latentbench.generators.module import resolve_generator
 
     proto, spec = cfg.protocol, cfg.protocol.generator
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    compiled = compile_decoding(tokenizer) if cfg.compile else []
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
     start = time.perf_counter()
@@ -92,7 +94,7 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
         grid = _save_grid(images, run_dir / f"samples{suffix}.png", num_classes)
         plot_curves({cfg.tokenizer.name + suffix: curve}, run_dir / f"gfid_curve{suffix}.png", label=gfid["label"],
                     target=spec.target_gfid if _number(spec.target_gfid) else None)
-    return {"gfid": gfid, "curve": curve, "samples_grid": grid,
+    return {"gfid": gfid, "curve": curve, "samples_grid": grid, "compiled": compiled,
             "convergence": {"target": spec.target_gfid,  # "baseline": resolved when the table is rendered
                             "steps_to_target": steps_to_target(curve, spec.target_gfid) if _number(spec.target_gfid) else None,
                             "budget": spec.max_steps, "baseline": proto.resolve_tokenizer(spec.baseline)},

@@ -41,6 +41,7 @@ from latentbench.distributed import (
 from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.precision import Precision, resolve_precision
+from latentbench.tokenizers import compile_decoding
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
 TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
@@ -121,6 +122,10 @@ class BenchConfig:
     # they differ from the protocol's, so protocol-precision runs keep their run directories.
     train_precision: Precision | None = None
     generator_precision: Precision | None = None
+    # torch.compile the tokenizer's iteratively run decoder for eval and generation (bench --compile).
+    # Not part of the key: compiled decoding moves pixels by < 1e-6, so done stages serve either way;
+    # each stage's result lists what it compiled.
+    compile: bool = field(default=False, compare=False)
 
     @property
     def precision(self) -> str:
@@ -399,6 +404,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
 
     proto = cfg.protocol
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    compiled = compile_decoding(tokenizer) if cfg.compile else []
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
     metrics = build_metrics(proto, cfg.seed, cache_dir)
     batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")
@@ -432,6 +438,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "data": data.info,
         "grid": grid_name,
         "codes": codes,
+        "compiled": compiled,
     }
 
 
@@ -504,8 +511,11 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
-        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s")} if generation else None,
+        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled")} if generation else None,
         "throughput_img_s": evaluation["throughput_img_s"],
+        # submodules torch.compile'd for decoding (bench --compile), per stage; None: none
+        "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
+                     if v} or None,
         "codes": evaluation.get("codes"),
         "seeds": {"bench": cfg.seed},
         "run_dir": _display_path(run_dir),
@@ -528,11 +538,14 @@ def run_bench(
     log: Callable[[str], None] = print,
     launch: Launch | None = None,
     precision: str = "auto",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Bench one tokenizer under one protocol; returns the record written to the leaderboard.
 
     ``precision``: ``auto`` trains in the protocol's precision, or in float32 where this machine
     runs bf16 far slower (``latentbench.precision``); a Lightning precision string forces it.
+    ``compile``: ``torch.compile`` the tokenizer's iterative decoder for evaluation and
+    generation (``latentbench.tokenizers.compile_decoding``).
 
     With ``launch`` of several processes (started by ``latentbench bench --devices N``, torchrun
     or srun) every rank calls this; the stages shard their work, rank 0 writes.
@@ -550,7 +563,8 @@ def run_bench(
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
-        cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions)
+        cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions,
+                          compile=compile)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)

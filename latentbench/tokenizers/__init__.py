@@ -15,6 +15,7 @@ from latentbench.tokenizers.base import (
     LatentSpec,
     Tokenizer,
     check_tokenizer,
+    compile_decoding,
     decode_seeded,
     forward_train,
 )
@@ -28,4 +29,4 @@ def create_tokenizer(name: str, **kwargs: Any) -> nn.Module:
     return tokenizer
 
 
-__all__ = ["TOKENIZERS", "LatentSpec", "Tokenizer", "check_tokenizer", "create_tokenizer", "decode_seeded", "forward_train"]
+__all__ = ["TOKENIZERS", "LatentSpec", "Tokenizer", "check_tokenizer", "compile_decoding", "create_tokenizer", "decode_seeded", "forward_train"]

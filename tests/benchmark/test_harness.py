@@ -96,6 +96,32 @@ def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):
     assert again["metrics"] == record["metrics"]
 
 
+def test_compile_reaches_eval_and_generation_and_keeps_the_run_directory(smoke_run, tmp_path, monkeypatch):
+    import latentbench.benchmark.harness as harness
+    import latentbench.tokenizers as tokenizers
+
+    root, record, _ = smoke_run
+    weights = next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors"
+    kw = dict(ckpt=str(weights), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    plain = run_bench("sdvae", "smoke", **kw)
+    assert plain["compiled"] is None
+    calls = []  # SD-VAE decodes in one pass (nothing to compile): record the calls instead of compiling
+
+    def fake(tokenizer):
+        calls.append(type(tokenizer).__name__)
+        return ["decoder"]
+
+    monkeypatch.setattr(harness, "compile_decoding", fake)
+    monkeypatch.setattr(tokenizers, "compile_decoding", fake)
+    run_dir = next((tmp_path / "runs/smoke/v2").iterdir())
+    (run_dir / "stages").rename(tmp_path / "old-stages")  # rerun eval and generation (the generator's training is kept)
+    compiled = run_bench("sdvae", "smoke", compile=True, **kw)
+    assert calls == ["SDVAE", "SDVAE"]  # the eval stage's tokenizer and the generator stage's
+    assert compiled["compiled"] == {"eval": ["decoder"], "generate": ["decoder"]}
+    assert compiled["run_dir"] == plain["run_dir"]  # not part of the key: compiled decoding moves pixels by < 1e-6
+    assert compiled["metrics"] == plain["metrics"]
+
+
 def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
     root, _, _ = smoke_run
     from safetensors.torch import load_file

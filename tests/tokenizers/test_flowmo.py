@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentbench.precision import resolve_precision
-from latentbench.tokenizers import create_tokenizer, decode_seeded
+from latentbench.tokenizers import compile_decoding, create_tokenizer, decode_seeded
 from latentbench.tokenizers.flowmo import (
     GUIDANCE_INTERVAL,
     FlowMo,
@@ -95,6 +95,28 @@ def test_cpu_decoding_in_chunks_changes_no_image(monkeypatch):
         split = decode_seeded(tok, z, seed=3)
     assert sizes == [2, 2, 1]
     torch.testing.assert_close(split, whole, rtol=0, atol=1e-5)
+
+
+def test_compiled_decoding_matches_eager_and_keeps_the_state_dict():
+    tok = create_tokenizer("flowmo-smoke").eval()
+    keys = list(tok.state_dict())
+    with torch.no_grad():
+        z = tok.encode(_images(3))
+        eager = decode_seeded(tok, z, seed=1)
+        assert compile_decoding(tok) == ["decoder"]
+        compiled = decode_seeded(tok, z, seed=1)
+    assert tok.decoder._compiled_call_impl is not None  # nn.Module.compile: compiled in place
+    assert list(tok.state_dict()) == keys  # no _orig_mod. prefix: checkpoints load either way
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
+
+
+def test_compiling_needs_a_cxx_compiler_on_cpu(monkeypatch):
+    import latentbench.tokenizers.base as base
+
+    monkeypatch.setattr(base, "_cxx_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*without --compile"):
+        compile_decoding(create_tokenizer("flowmo-smoke"))
+    assert compile_decoding(create_tokenizer("sdvae-smoke")) == []  # single-pass decoders: nothing to compile
 
 
 def test_shifted_time_grid():
