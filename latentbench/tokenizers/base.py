@@ -11,7 +11,10 @@ missing); the helpers below fill in the optional parts.
 from __future__ import annotations
 
 import inspect
+import logging
 import math
+import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -96,15 +99,14 @@ def compile_decoding(tokenizer: nn.Module) -> list[str]:
     if names and next(tokenizer.parameters()).device.type == "cpu" and not _cxx_compiler():
         raise RuntimeError("--compile on a CPU needs a C++ compiler for TorchInductor's kernels (g++ or clang++ on PATH, "
                            "or CXX set): install one, or run without --compile")
+    if names and not torch.cuda.is_available():  # a CUDA build of torch on a CPU machine warns of its missing CUDA
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in names:
         getattr(tokenizer, name).compile(dynamic=False)  # a few batch shapes per run (full and last chunk, guided)
     return names
 
 
 def _cxx_compiler() -> str | None:
-    import os
-    import shutil
-
     return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c)), None)
 
 
