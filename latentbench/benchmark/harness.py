@@ -42,6 +42,7 @@ from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.precision import Precision, resolve_precision
 from latentbench.tokenizers import compile_decoding
+from latentbench.tokenizers.base import require_cxx_compiler
 from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 
 TOKENIZER_CONFIG_DIR = CONFIG_DIR / "tokenizers"
@@ -558,6 +559,8 @@ def run_bench(
             log = _silent
         proto = load_protocol(protocol)
         spec = resolve_tokenizer(tokenizer, proto)
+        if compile:  # fail before hours of training, not at the eval stage
+            require_cxx_compiler()
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")

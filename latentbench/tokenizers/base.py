@@ -96,14 +96,20 @@ def compile_decoding(tokenizer: nn.Module) -> list[str]:
     place keeps the state-dict keys. Returns the names compiled.
     """
     names = [n for n in getattr(tokenizer, "compile_modules", ()) if isinstance(getattr(tokenizer, n, None), nn.Module)]
-    if names and next(tokenizer.parameters()).device.type == "cpu" and not _cxx_compiler():
-        raise RuntimeError("--compile on a CPU needs a C++ compiler for TorchInductor's kernels (g++ or clang++ on PATH, "
-                           "or CXX set): install one, or run without --compile")
+    if names:
+        require_cxx_compiler()
     if names and not torch.cuda.is_available():  # a CUDA build of torch on a CPU machine warns of its missing CUDA
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in names:
         getattr(tokenizer, name).compile(dynamic=False)  # a few batch shapes per run (full and last chunk, guided)
     return names
+
+
+def require_cxx_compiler() -> None:
+    """Raise a RuntimeError naming the fix where TorchInductor would find no C++ compiler."""
+    if not _cxx_compiler():
+        raise RuntimeError("--compile needs a C++ compiler for TorchInductor's kernels (g++ or clang++ on PATH, or CXX set): "
+                           "install one, or run without --compile")
 
 
 def _cxx_compiler() -> str | None:

@@ -111,12 +111,16 @@ def test_compiled_decoding_matches_eager_and_keeps_the_state_dict():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
 
 
-def test_compiling_needs_a_cxx_compiler_on_cpu(monkeypatch):
+def test_compiling_needs_a_cxx_compiler(monkeypatch, tmp_path):
     import latentbench.tokenizers.base as base
+    from latentbench.benchmark.harness import run_bench
 
     monkeypatch.setattr(base, "_cxx_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*without --compile"):
         compile_decoding(create_tokenizer("flowmo-smoke"))
+    with pytest.raises(RuntimeError, match="C\\+\\+ compiler"):  # the bench stops before training
+        run_bench("flowmo", "smoke", compile=True, runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert not (tmp_path / "runs").exists()
     assert compile_decoding(create_tokenizer("sdvae-smoke")) == []  # single-pass decoders: nothing to compile
 
 
