@@ -45,14 +45,12 @@ from latentbench.distributed import (
 def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool, on_bad_image: str,
                     variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
-    from latentbench.benchmark.harness import Stages, _dataset, load_tokenizer
+    from latentbench.benchmark.harness import Stages, _dataset, load_for_decoding
     from latentbench.generators.latents import LatentNorm
-    from latentbench.tokenizers import compile_decoding
     from latentbench.generators.module import resolve_generator
 
     proto, spec = cfg.protocol, cfg.protocol.generator
-    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
-    compiled = compile_decoding(tokenizer) if cfg.compile else []
+    tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
     start = time.perf_counter()

@@ -352,6 +352,15 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
     return tokenizer.eval()
 
 
+def load_for_decoding(cfg: BenchConfig, weights: str | Path | None, trust: bool = False):
+    """``load_tokenizer`` for the stages that decode, its iterative decoder compiled under ``cfg.compile``.
+
+    Returns (tokenizer, names of the compiled submodules: ``compile_decoding``).
+    """
+    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    return tokenizer, compile_decoding(tokenizer) if cfg.compile else []
+
+
 def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
     """The protocol's FID feature extractor, or (None, the reason) when its weights are missing."""
     from latentbench.benchmark.extractors import (
@@ -404,8 +413,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     from latentbench.benchmark.probe import linear_probe
 
     proto = cfg.protocol
-    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
-    compiled = compile_decoding(tokenizer) if cfg.compile else []
+    tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
     metrics = build_metrics(proto, cfg.seed, cache_dir)
     batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")

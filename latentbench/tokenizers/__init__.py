@@ -29,4 +29,5 @@ def create_tokenizer(name: str, **kwargs: Any) -> nn.Module:
     return tokenizer
 
 
-__all__ = ["TOKENIZERS", "LatentSpec", "Tokenizer", "check_tokenizer", "compile_decoding", "create_tokenizer", "decode_seeded", "forward_train"]
+__all__ = ["TOKENIZERS", "LatentSpec", "Tokenizer", "check_tokenizer", "compile_decoding", "create_tokenizer", "decode_seeded",
+           "forward_train"]

@@ -98,8 +98,8 @@ def compile_decoding(tokenizer: nn.Module) -> list[str]:
     names = [n for n in getattr(tokenizer, "compile_modules", ()) if isinstance(getattr(tokenizer, n, None), nn.Module)]
     if names:
         require_cxx_compiler()
-    if names and not torch.cuda.is_available():  # a CUDA build of torch on a CPU machine warns of its missing CUDA
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        if not torch.cuda.is_available():  # a CUDA build of torch on a CPU machine warns of its missing CUDA
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     for name in names:
         getattr(tokenizer, name).compile(dynamic=False)  # a few batch shapes per run (full and last chunk, guided)
     return names
@@ -113,7 +113,11 @@ def require_cxx_compiler() -> None:
 
 
 def _cxx_compiler() -> str | None:
-    return next(filter(None, (shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c)), None)
+    """Path of the C++ compiler TorchInductor would use ($CXX first), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and (path := shutil.which(name)):
+            return path
+    return None
 
 
 def check_tokenizer(obj: Any) -> None:
