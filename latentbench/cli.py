@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from latentbench.paths import LEADERBOARD_DIR, RUNS_DIR
 
@@ -153,7 +153,21 @@ def leaderboard(root: str = str(LEADERBOARD_DIR)) -> None:
         print(f"rendered {table}/README.md")
 
 
-def regress(update: bool = False, seeds: Optional[list[int]] = None, families: Optional[list[str]] = None,
+def as_list(value: Union[list, str, int, None], name: str, cast=str) -> list | None:
+    """A list option given as a YAML list (``'[a, b]'``), repeated ``--name+ x``, one value, or ``a,b``.
+
+    jsonargparse on its own takes only the first two; ``--targets sdvae`` should just work.
+    """
+    if value is None or isinstance(value, list):
+        return value
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    try:
+        return [cast(item) for item in items]
+    except ValueError:
+        raise ValueError(f"--{name}: expected comma-separated {cast.__name__} values, got {value!r}") from None
+
+
+def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None, families: Union[list[str], str, None] = None,
             golden: Optional[str] = None, precision: Literal["auto", "32-true", "bf16-mixed"] = "auto") -> None:
     """The regression gate: re-run every family's `smoke` bench and compare with the golden values.
 
@@ -161,15 +175,16 @@ def regress(update: bool = False, seeds: Optional[list[int]] = None, families: O
 
     Args:
         update: re-measure the golden values over ``seeds`` instead of checking.
-        seeds: seeds for --update (default 0 1 2); tolerances come from their spread.
-        families: run only these families (default: every family of the `smoke` protocol).
+        seeds: seeds for --update, e.g. 0,1,2 (the default); tolerances come from their spread.
+        families: run only these families, e.g. sdvae,rae (default: every family of the `smoke` protocol).
         golden: the golden file (default configs/regress/smoke.yaml, or smoke.<precision>.yaml when
             training runs in another precision than the protocol's bf16-mixed).
         precision: auto (the protocol's, or 32-true on a CPU without fast bf16) or a precision to force.
     """
     from latentbench.benchmark.regress import regress as run_gate
 
-    failures = run_gate(Path(golden) if golden else None, update, seeds, families, precision=precision)
+    failures = run_gate(Path(golden) if golden else None, update, as_list(seeds, "seeds", int),
+                        as_list(families, "families"), precision=precision)
     if failures:
         print("regression gate FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)
@@ -200,16 +215,16 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
     print(json_lib.dumps(entries, indent=1) if json else format_comparison(entries))
 
 
-def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
-         batch_size: Optional[int] = None, out: Optional[str] = None, json: bool = False) -> None:
+def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
+         batch_size: Optional[int] = None, out: Optional[str] = None, json: bool = False, compile: bool = False) -> None:
     """What the suite's own work costs on this machine: step times fp32/bf16, FLOPs, MFU, codec img/s, memory.
 
     Every config is measured in its own process (its peak memory is its own). MFU divides a
     step's achieved FLOP/s by this machine's matrix-product peak, measured first.
 
     Args:
-        targets: configs to measure: a tokenizer (sdvae, or any --tokenizer value) or a generator
-            config on a tokenizer's latents (dit-ci@sdvae); default: the protocol's CPU configs.
+        targets: configs to measure, comma-separated: a tokenizer (sdvae, or any --tokenizer value) or a
+            generator config on a tokenizer's latents (dit-ci@sdvae); default: the protocol's CPU configs.
         protocol: protocol whose data, batch sizes and tokenizer sizes are used.
         steps: timed training steps per precision (the median is reported).
         warmup: untimed steps first.
@@ -217,13 +232,17 @@ def perf(targets: Optional[list[str]] = None, protocol: str = "ci", steps: int =
             configs/tokenizers/perf/*-anchor.yaml).
         out: JSON file to write (default leaderboards/perf/perf.json; rendered beside the tables).
         json: print the JSON instead of the table.
+        compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
+            the compile time; needs a C++ compiler.
     """
     import json as json_lib
 
     from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
 
+    targets = as_list(targets, "targets")
     result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
-                      out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size)
+                      out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size,
+                      compile=compile)
     if json:
         print(json_lib.dumps(result, indent=1))
 
@@ -253,7 +272,7 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
 
 _ARGS: list[str] = []  # the command line main() parsed (a multi-process bench re-executes it)
 
-BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint", "--update")
+BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint", "--update", "--compile")
 
 
 def expand_bare_flags(argv: list[str]) -> list[str]:

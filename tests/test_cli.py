@@ -23,3 +23,25 @@ def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "lb").exists()
+
+
+def test_list_options_take_one_value_commas_or_a_list():
+    from latentbench.cli import as_list
+
+    assert as_list("sdvae", "targets") == ["sdvae"]
+    assert as_list("sdvae, dit-ci@sdvae", "targets") == ["sdvae", "dit-ci@sdvae"]
+    assert as_list(["a", "b"], "targets") == ["a", "b"] and as_list(None, "targets") is None
+    assert as_list("0,1,2", "seeds", int) == [0, 1, 2] and as_list(3, "seeds", int) == [3]
+    with pytest.raises(ValueError, match="--seeds: expected comma-separated int values, got 'a,b'"):
+        as_list("a,b", "seeds", int)
+
+
+@pytest.mark.parametrize("given", [["--targets", "sdvae,dit-ci@sdvae"], ["--targets", "[sdvae, dit-ci@sdvae]"],
+                                   ["--targets+", "sdvae", "--targets+", "dit-ci@sdvae"]])
+def test_perf_targets_parse_from_the_command_line(given, monkeypatch):
+    import latentbench.benchmark.perf as perf
+
+    seen = []
+    monkeypatch.setattr(perf, "run_perf", lambda targets, *a, **k: seen.append([t.label for t in targets]))
+    main(["perf", *given])
+    assert seen == [["sdvae", "dit-ci on sdvae"]]

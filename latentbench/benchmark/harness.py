@@ -11,6 +11,7 @@ finished stages and resumes an interrupted training from its last checkpoint:
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -241,11 +242,37 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
+_SHARED_DATASETS: dict[tuple, Any] | None = None  # inside a bench (``_one_build_per_split``): built datasets by key
+
+
 def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: str):
+    """The protocol's ``split``; inside a bench, built once and shared by the stages.
+
+    Every stage reads the train split (the class check, training, the probe, the generator stage
+    and its reference statistics: five builds per bench), and building an image folder decodes
+    every file once (its scan), so a bench shares what it built.
+    """
     from latentbench.data import build_dataset
 
     spec = protocol.data
-    return build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
+    key = (spec.source, split, spec.resolution, on_bad_image, limit)
+    if _SHARED_DATASETS is not None and key in _SHARED_DATASETS:
+        return _SHARED_DATASETS[key]
+    data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
+    if _SHARED_DATASETS is not None:
+        _SHARED_DATASETS[key] = data
+    return data
+
+
+@contextlib.contextmanager
+def _one_build_per_split():
+    """Share built datasets within one bench only; outside it (and in the next bench) files are read as they are then."""
+    global _SHARED_DATASETS
+    _SHARED_DATASETS = {}
+    try:
+        yield
+    finally:
+        _SHARED_DATASETS = None
 
 
 def seed_process(seed: int) -> None:
@@ -562,7 +589,8 @@ def run_bench(
     from latentbench.distributed import process_group, resolve_launch
 
     launch = resolve_launch(launch or Launch())
-    with process_group(launch):  # left before returning: see distributed.destroy_process_group
+    # the process group is left before returning: see distributed.destroy_process_group
+    with process_group(launch), _one_build_per_split():
         if not is_rank_zero():
             log = _silent
         proto = load_protocol(protocol)

@@ -57,12 +57,16 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
 
 
 def render_all(root: Path) -> list[Path]:
-    """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock."""
+    """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock; and perf/README.md."""
     done = []
     for path in sorted(Path(root).glob("*/v*/results.jsonl")):
         with FileLock(str(path.parent / ".lock"), timeout=120):
             render(path.parent, read_records(path.parent))
         done.append(path.parent)
+    if (Path(root) / "perf" / "perf.json").is_file():  # the `latentbench perf` table, in the current format
+        from latentbench.benchmark.perf import render_perf_readme
+
+        render_perf_readme(Path(root) / "perf" / "perf.json")
     return done
 
 

@@ -8,7 +8,9 @@
   Lightning ``Trainer`` as the bench runs it, in fp32 and under bf16 autocast (median of
   ``steps`` after ``warmup``); the FLOPs of one step (``torch.utils.flop_counter.FlopCounterMode``
   around a whole step: forward, backward, every loss network, counted once, not timed); encode and
-  decode images per second in eval mode (fp32, as evaluation runs, and bf16);
+  decode images per second in eval mode (fp32, as evaluation runs, and bf16); with ``--compile``,
+  also the decode rate of the networks ``bench --compile`` compiles (``compile_decoding``) and
+  what compiling cost;
 * for each generator config: the same for one training step on latents of the tokenizer it
   serves, and sampling throughput;
 * peak resident memory: every config is measured in its own process (``ru_maxrss``).
@@ -43,7 +45,7 @@ import torch
 from latentbench.paths import LEADERBOARD_DIR
 
 PERF_PATH = LEADERBOARD_DIR / "perf" / "perf.json"
-PERF_SCHEMA = 1
+PERF_SCHEMA = 2  # 2: sampling rate under one key, ``sample_img_s``, with ``sample_precision``
 
 
 @dataclass(frozen=True)
@@ -186,11 +188,34 @@ def _codec_rate(tokenizer, images: torch.Tensor, bf16: bool, repeats: int = 3, b
     return len(images) / enc, len(images) / dec
 
 
+def _compiled_decode_rate(tokenizer, images: torch.Tensor) -> dict[str, Any]:
+    """Decode images/s after ``compile_decoding`` (as ``bench --compile`` decodes), and the compile cost.
+
+    ``compile_s`` is the first compiled pass's time beyond a steady pass: compiling, or loading the
+    kernels from TorchInductor's on-disk cache when an earlier run filled it. Empty for a tokenizer
+    that names nothing to compile.
+    """
+    from latentbench.tokenizers import compile_decoding, decode_seeded
+
+    names = compile_decoding(tokenizer)
+    if not names:
+        return {"compiled": []}
+    with torch.no_grad():
+        z = tokenizer.encode(images)
+        start = time.perf_counter()
+        decode_seeded(tokenizer, z, seed=0)
+        first = time.perf_counter() - start
+    _, rate = _codec_rate(tokenizer, images, bf16=False)
+    return {"compiled": names, "decode_img_s_compiled": rate, "compile_s": max(first - len(images) / rate, 0.0)}
+
+
 def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, warmup: int = 3,
-                   precisions: tuple[str, ...] = ("32-true", "bf16-mixed"), batch_size: int | None = None) -> dict[str, Any]:
+                   precisions: tuple[str, ...] = ("32-true", "bf16-mixed"), batch_size: int | None = None,
+                   compile: bool = False) -> dict[str, Any]:
     """Step times, FLOPs, codec or sampling throughput of ``target`` (in this process).
 
-    ``batch_size`` overrides the protocol's training batch (None: the protocol's).
+    ``batch_size`` overrides the protocol's training batch (None: the protocol's). ``compile``
+    also times a tokenizer's compiled decoding (``_compiled_decode_rate``).
     """
     from latentbench.benchmark.harness import _dataset, load_tokenizer
     from latentbench.benchmark.protocol import load_protocol
@@ -210,6 +235,8 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         row["encode_img_s"], row["decode_img_s"] = _codec_rate(tokenizer, images, bf16=False)
         if "bf16-mixed" in precisions:
             row["encode_img_s_bf16"], row["decode_img_s_bf16"] = _codec_rate(tokenizer, images, bf16=True)
+        if compile:
+            row.update(_compiled_decode_rate(tokenizer, images))
     else:
         from torch.utils.data import TensorDataset
 
@@ -236,7 +263,8 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             start = time.perf_counter()
             net.sample(labels, list(range(len(labels))))
-            row["sample_img_s_bf16" if bf16 else "sample_img_s"] = len(labels) / (time.perf_counter() - start)
+            row["sample_img_s"] = len(labels) / (time.perf_counter() - start)
+        row["sample_precision"] = "bf16-mixed" if bf16 else "32-true"
     row["batch"] = batch
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
@@ -245,11 +273,11 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
 # ---- the command ---------------------------------------------------------------------------------------
 
 def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int, batch_size: int | None = None,
-                   bf16: bool = True) -> dict[str, Any]:
+                   bf16: bool = True, compile: bool = False) -> dict[str, Any]:
     """``measure_target`` in a fresh process, so its peak memory is its own."""
     text = f"{target.kind}|{target.name}|{target.latent_of or ''}"
     cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup), str(batch_size or 0),
-           "32-true,bf16-mixed" if bf16 else "32-true"]
+           "32-true,bf16-mixed" if bf16 else "32-true", str(int(compile))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"measuring {target.label} failed:\n{proc.stderr[-3000:]}")
@@ -267,8 +295,11 @@ def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
 
 
 def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
-             out: str | Path | None = PERF_PATH, log=print, batch_size: int | None = None) -> dict[str, Any]:
-    """Measure ``targets`` (default: the CPU configs) and the matmul peak; write JSON to ``out``."""
+             out: str | Path | None = PERF_PATH, log=print, batch_size: int | None = None, compile: bool = False) -> dict[str, Any]:
+    """Measure ``targets`` (default: the CPU configs) and the matmul peak; write JSON to ``out``.
+
+    ``compile`` also times compiled decoding where a tokenizer names networks to compile.
+    """
     from tqdm.auto import tqdm
 
     from latentbench.benchmark.provenance import provenance
@@ -276,6 +307,10 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
     from latentbench.precision import bf16_support
 
     targets = list(targets or DEFAULT_TARGETS)
+    if compile:
+        from latentbench.tokenizers.base import require_cxx_compiler
+
+        require_cxx_compiler()  # before minutes of measuring, not after
     bf16, cpu = bf16_support("cpu")
     # without fast bf16 a 2048^3 product takes ~20 s: the roof is measured on 256^3 products instead
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16) if bf16 else matmul_peak(torch.bfloat16, 256, 3, 2)}
@@ -285,14 +320,14 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
         log(f"bf16 steps skipped: {cpu}; the bench trains in fp32 here")
     rows = []
     for target in tqdm(targets, desc="perf", unit="config"):
-        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size, bf16), peak))
+        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size, bf16, compile), peak))
     result = {"schema": PERF_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
               "cpu": cpu, "bf16_usable": bf16, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
               "steps": steps, "warmup": warmup, "rows": rows, "provenance": provenance()}
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True) + "\n")
-        atomic_write_text(Path(out).with_name("README.md"), "# latentbench perf\n\n" + format_table(result) + "\n")
+        render_perf_readme(Path(out))
         if Path(out).resolve() == PERF_PATH.resolve():  # the tables' cost sections come from it
             from latentbench.benchmark.leaderboard import render_all
 
@@ -305,6 +340,11 @@ def _fmt(x, spec: str) -> str:
     return format(x, spec) if isinstance(x, (int, float)) else "n/a"
 
 
+def _rate(x) -> str:
+    """Images/s: whole numbers, with a decimal below 100 (FlowMo decodes ~10 images/s)."""
+    return _fmt(x, ".0f" if isinstance(x, (int, float)) and x >= 100 else ".1f")
+
+
 def _pct(x) -> str:
     return f"{100 * x:.1f}%" if isinstance(x, (int, float)) else "n/a"
 
@@ -315,34 +355,65 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; medians of {result['steps']} steps", ""]
     if result.get("bf16_usable") is False:
         lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
+    compiled = any(row.get("decode_img_s_compiled") for row in result["rows"])
     lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16/fp32 | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
-              "encode img/s | decode img/s | sample img/s | peak RSS (GiB) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "encode img/s | decode img/s | " + ("decode compiled img/s (compile s) | " if compiled else "")
+              + "sample img/s | peak RSS (GiB) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if compiled else "")]
     for row in result["rows"]:
         fp32, bf16 = row.get("32-true") or {}, row.get("bf16-mixed") or {}
         speed = fp32["step_s"] / bf16["step_s"] if fp32.get("step_s") and bf16.get("step_s") else None
-        enc = row.get("encode_img_s") and f"{row['encode_img_s']:.0f} / {_fmt(row.get('encode_img_s_bf16'), '.0f')}"
-        dec = row.get("decode_img_s") and f"{row['decode_img_s']:.0f} / {_fmt(row.get('decode_img_s_bf16'), '.0f')}"
+        enc = row.get("encode_img_s") and f"{_rate(row['encode_img_s'])} / {_rate(row.get('encode_img_s_bf16'))}"
+        dec = row.get("decode_img_s") and f"{_rate(row['decode_img_s'])} / {_rate(row.get('decode_img_s_bf16'))}"
         lines.append(
             f"| {row['target']} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
             f"{_fmt(speed, '.2f') + 'x' if speed else 'n/a'} | {_fmt((bf16.get('flops') or fp32.get('flops') or 0) / 1e9, '.1f')} "
             f"| {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
             f"{_pct(bf16.get('mfu'))} | {_pct(fp32.get('mfu'))} | "
-            f"{enc or 'n/a'} | {dec or 'n/a'} | {_fmt(row.get('sample_img_s_bf16') or row.get('sample_img_s'), '.0f')} "
-            f"| {row['peak_rss_gib']:.2f} |")
+            f"{enc or 'n/a'} | {dec or 'n/a'} | " + (f"{_compiled_cell(row)} | " if compiled else "")
+            + f"{_rate(row.get('sample_img_s'))} | {row['peak_rss_gib']:.2f} |")
     lines.append("")
     lines.append("encode / decode: fp32 (as evaluation runs) / bf16 autocast, eval mode, at the protocol's eval batch.")
+    if compiled:
+        lines.append("decode compiled: fp32 after `compile_decoding` (as `bench --compile` decodes); compile s: the first "
+                     "compiled pass's time beyond a steady one (compiling, or reading TorchInductor's cache).")
     return "\n".join(lines)
 
 
+def _compiled_cell(row: dict[str, Any]) -> str:
+    if not row.get("decode_img_s_compiled"):
+        return "n/a"
+    return f"{_rate(row['decode_img_s_compiled'])} ({row['compile_s']:.0f})"
+
+
+def render_perf_readme(path: str | Path) -> Path:
+    """Write the table of the perf JSON at ``path`` as README.md beside it (``leaderboard`` re-renders it too)."""
+    from latentbench.fsutil import atomic_write_text
+
+    readme = Path(path).with_name("README.md")
+    atomic_write_text(readme, "# latentbench perf\n\n" + format_table(load_perf(path)) + "\n")
+    return readme
+
+
 def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
-    """The last ``latentbench perf`` result, or None."""
+    """The last ``latentbench perf`` result (upgraded to the current schema), or None."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    if result.get("schema", 1) < 2:  # schema 1 named the sampling rate by its precision when that was bf16
+        for row in result["rows"]:
+            if "sample_img_s_bf16" in row:
+                row["sample_img_s"], row["sample_precision"] = row.pop("sample_img_s_bf16"), "bf16-mixed"
+            elif "sample_img_s" in row:
+                row["sample_precision"] = "32-true"
+        result["schema"] = PERF_SCHEMA
+    return result
 
 
-if __name__ == "__main__":  # one target in a fresh process: python -m latentbench.benchmark.perf "kind|name|latent_of" protocol steps warmup batch
+if __name__ == "__main__":  # one target in a fresh process (_in_subprocess): "kind|name|latent_of" protocol steps warmup batch precisions compile
     kind, name, latent_of = sys.argv[1].split("|")
     measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-                              precisions=tuple(sys.argv[6].split(",")), batch_size=int(sys.argv[5]) or None)
+                              precisions=tuple(sys.argv[6].split(",")), batch_size=int(sys.argv[5]) or None,
+                              compile=bool(int(sys.argv[7])))
     print(json.dumps(measured))

@@ -244,3 +244,38 @@ def test_train_split_is_encoded_once_for_probe_and_generator(tmp_path, monkeypat
     record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
     assert calls == [256]  # the latent cache, read by the probe and by the generator stage
     assert record["metrics"]["probe"]["n"] == 64 and record["generation"]["latents"]["n"] == 256
+
+
+def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
+    """Every stage of a bench reads the same split; an image folder's scan (decoding every file) runs once per split."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    import latentbench.data.encoded as encoded
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 8), ("val", 4)):
+        for c in range(10):
+            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
+    raw["train"]["max_steps"], raw["generator"]["max_steps"], raw["generator"]["eval_every"] = 4, 4, 4
+    raw["eval"]["probe_train"] = 80
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    scans = []
+    real = encoded.scan_files
+
+    def counting(files, resolution, on_bad_image="error", limit=None, desc="scan"):
+        scans.append(desc)
+        return real(files, resolution, on_bad_image, limit, desc)
+
+    monkeypatch.setattr(encoded, "scan_files", counting)
+    record = run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert record["metrics"]["probe"]["n"] == 40
+    counts = {desc.rsplit(" ", 1)[-1]: scans.count(desc) for desc in scans}
+    assert counts == {"[train]": 1, "[val]": 1}

@@ -200,6 +200,9 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
         assert (table / "README.md").read_text() == text  # deterministic
         committed = LEADERBOARD_DIR / table.relative_to(tmp_path) / "README.md"
         assert committed.read_text() == text, f"{committed} is stale: run `latentbench leaderboard`"
+    if (tmp_path / "perf").is_dir():
+        perf_readme = (tmp_path / "perf" / "README.md").read_text()
+        assert (LEADERBOARD_DIR / "perf" / "README.md").read_text() == perf_readme, "perf/README.md is stale: run `latentbench leaderboard`"
 
 
 def test_cost_section_comes_from_perf_json():

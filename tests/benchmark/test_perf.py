@@ -7,8 +7,10 @@ import torch
 from latentbench.benchmark.perf import (
     DEFAULT_TARGETS,
     _codec_rate,
+    _compiled_decode_rate,
     Target,
     format_table,
+    load_perf,
     matmul_peak,
     measure_target,
     parse_target,
@@ -64,10 +66,11 @@ def test_perf_writes_json_and_a_table(tmp_path):
     assert stored["rows"][0]["target"] == "dit-smoke on sdvae" and stored == json.loads(json.dumps(result))
     row = stored["rows"][0]
     assert row["32-true"]["mfu"] > 0 and stored["matmul_peak_gflops"]["bf16"] > 0
+    assert row["sample_img_s"] > 0 and row["sample_precision"] == TRAIN  # sampled in the precision the bench trains in
     if BF16:
-        assert row["bf16-mixed"]["mfu"] > 0 and row["sample_img_s_bf16"] > 0
+        assert row["bf16-mixed"]["mfu"] > 0
     else:  # skipped, and the table says why
-        assert "bf16-mixed" not in row and row["sample_img_s"] > 0 and stored["bf16_usable"] is False
+        assert "bf16-mixed" not in row and stored["bf16_usable"] is False
         assert "bf16 not measured" in format_table(stored)
     assert "| dit-smoke on sdvae | 32 |" in lines[-1]
     assert "| dit-smoke on sdvae |" in format_table(stored)
@@ -107,3 +110,56 @@ def test_codec_timing_stops_early_on_a_slow_decoder():
     enc, dec = _codec_rate(slow, images, bf16=False, repeats=3, budget_s=0.2)
     assert fast.passes == 3 and slow.passes == 1  # best of 3 where cheap, one pass past the budget
     assert dec == pytest.approx(10 / 0.3, rel=0.3) and enc > dec
+
+
+def test_compiled_decoding_is_timed_with_its_compile_cost(monkeypatch):
+    import latentbench.tokenizers as tokenizers
+
+    codec = _SlowCodec(0.05)
+
+    def compile_decoding(tok):  # stands in for TorchInductor: the first pass after it is slow
+        tok.first_delay = 0.5
+        return ["decoder"]
+
+    original = codec.decode
+
+    def decode(z):
+        if getattr(codec, "first_delay", None):
+            codec.first_delay, delay = None, codec.first_delay
+            import time
+
+            time.sleep(delay)
+        return original(z)
+
+    codec.decode = decode
+    monkeypatch.setattr(tokenizers, "compile_decoding", compile_decoding)
+    row = _compiled_decode_rate(codec, torch.zeros(10, 3, 8, 8))
+    assert row["compiled"] == ["decoder"]
+    assert row["decode_img_s_compiled"] == pytest.approx(10 / 0.05, rel=0.5)
+    assert row["compile_s"] == pytest.approx(0.5, abs=0.2)
+    monkeypatch.undo()
+    assert _compiled_decode_rate(_SlowCodec(0.0), torch.zeros(2, 3, 8, 8)) == {"compiled": []}  # nothing to compile
+
+
+def test_table_shows_compiled_decoding_only_when_measured():
+    peak = {"fp32": 100.0, "bf16": 1.0}
+    base = {"target": "flowmo", "batch": 64, "32-true": {"step_s": 1.0, "flops": 50e9}, "encode_img_s": 700.0,
+            "decode_img_s": 8.0, "peak_rss_gib": 2.0}
+    result = {"matmul_peak_gflops": peak, "steps": 8, "rows": [summarize(dict(base), peak)]}
+    assert "compiled" not in format_table(result)
+    result["rows"] = [summarize(dict(base, compiled=["decoder"], decode_img_s_compiled=11.5, compile_s=170.2), peak),
+                      summarize(dict(base, target="sdvae", compiled=[]), peak)]
+    table = format_table(result)
+    assert "decode compiled img/s (compile s)" in table and "| 700 / n/a | 8.0 / n/a | 11.5 (170) |" in table
+    assert "| sdvae | 64 |" in table and "| 8.0 / n/a | n/a |" in table
+
+
+def test_a_schema_1_perf_file_reads_as_the_current_schema(tmp_path):
+    old = {"schema": 1, "matmul_peak_gflops": {"fp32": 150.0, "bf16": 376.0}, "steps": 8,
+           "rows": [{"target": "dit-ci on sdvae", "sample_img_s_bf16": 57.0}, {"target": "dit-ci on rae", "sample_img_s": 17.0},
+                    {"target": "sdvae", "decode_img_s": 200.0}]}
+    (tmp_path / "perf.json").write_text(json.dumps(old))
+    rows = load_perf(tmp_path / "perf.json")["rows"]
+    assert rows[0] == {"target": "dit-ci on sdvae", "sample_img_s": 57.0, "sample_precision": "bf16-mixed"}
+    assert rows[1]["sample_precision"] == "32-true" and "sample_precision" not in rows[2]
+    assert load_perf(tmp_path / "missing.json") is None
