@@ -8,6 +8,7 @@ is keyed by the sample's global index, so results do not depend on batch size or
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -64,11 +65,37 @@ class Indexed(Dataset):
         return i, x, y
 
 
-def shard_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    """A loader over this rank's shard of ``dataset``, yielding (indices, x, y) batches in order."""
+_LOADER_WORKERS = 0  # set for a bench by ``loader_workers`` (the protocol's train.num_workers)
+
+
+@contextlib.contextmanager
+def loader_workers(n: int):
+    """Decode images in ``n`` worker processes in every ``shard_loader`` opened inside (reconstruction,
+    the probe's and the latent cache's encoding, reference statistics).
+
+    A setting rather than an argument threaded through each pass because it changes no number
+    (the sampler fixes the order, every item is deterministic), only whether JPEG decoding keeps
+    up with the accelerator: the paper protocol reads 50,000 validation and 1.28M train images.
+    """
+    global _LOADER_WORKERS
+    if n < 0:
+        raise ValueError(f"loader workers must be >= 0, got {n}")
+    before, _LOADER_WORKERS = _LOADER_WORKERS, n
+    try:
+        yield
+    finally:
+        _LOADER_WORKERS = before
+
+
+def shard_loader(dataset: Dataset, batch_size: int, num_workers: int | None = None) -> DataLoader:
+    """A loader over this rank's shard of ``dataset``, yielding (indices, x, y) batches in order.
+
+    ``num_workers`` None: the current ``loader_workers`` setting (0 outside a bench).
+    """
     rank, world_size = world()
+    workers = _LOADER_WORKERS if num_workers is None else num_workers
     return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world_size),
-                      num_workers=num_workers)
+                      num_workers=workers)
 
 
 @dataclass

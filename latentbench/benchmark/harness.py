@@ -28,6 +28,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
+from latentbench.benchmark.evaluate import loader_workers
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
@@ -590,10 +591,13 @@ def run_bench(
 
     launch = resolve_launch(launch or Launch())
     # the process group is left before returning: see distributed.destroy_process_group
-    with process_group(launch), _one_build_per_split():
+    with process_group(launch), _one_build_per_split(), contextlib.ExitStack() as scope:
         if not is_rank_zero():
             log = _silent
         proto = load_protocol(protocol)
+        # evaluation's loaders (reconstruction, encoding, reference statistics) decode images in as many
+        # worker processes as training's
+        scope.enter_context(loader_workers(proto.train.num_workers))
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()

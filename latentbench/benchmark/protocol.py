@@ -36,7 +36,7 @@ class TrainSpec:
     max_steps: int = 1000  # tokenizer training budget, optimizer steps
     batch_size: int = 64
     precision: str = "bf16-mixed"  # Lightning precision; float32 where bf16 is slow here (latentbench.precision)
-    num_workers: int = 0  # in-memory embedded data needs none
+    num_workers: int = 0  # image-decoding worker processes of every loader of a bench; in-memory embedded data needs none
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,35 @@ def test_bad_rank_raises():
         ShardSampler(10, 2, 2)
 
 
+def test_loader_workers_decode_in_processes_and_change_nothing(tmp_path):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from latentbench.benchmark.evaluate import encode_shard, loader_workers, shard_loader
+    from latentbench.data import build_dataset
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "a" / f"{i}.jpg")
+    data = build_dataset(f"imagefolder:{tmp_path}", "train", 32)
+    codec = torch.nn.Identity()
+    codec.encode = lambda x: x[:, :, ::4, ::4]
+    assert shard_loader(data, 4).num_workers == 0
+    serial = encode_shard(codec, data, 4, progress=False)
+    with loader_workers(2):
+        assert shard_loader(data, 4).num_workers == 2
+        with loader_workers(0):
+            assert shard_loader(data, 4).num_workers == 0
+        parallel = encode_shard(codec, data, 4, progress=False)
+    assert shard_loader(data, 4).num_workers == 0  # restored
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+    with pytest.raises(ValueError, match="loader workers must be >= 0"):
+        with loader_workers(-1):
+            pass
+
+
 WORKER = """
 import json, sys
 import lpips, torch, torch.distributed as dist

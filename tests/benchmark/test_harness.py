@@ -247,11 +247,15 @@ def test_train_split_is_encoded_once_for_probe_and_generator(tmp_path, monkeypat
 
 
 def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
-    """Every stage of a bench reads the same split; an image folder's scan (decoding every file) runs once per split."""
+    """Every stage of a bench reads the same split; an image folder's scan (decoding every file) runs once per split.
+
+    Its loaders decode in the protocol's worker processes, evaluation's included.
+    """
     import numpy as np
     import yaml
     from PIL import Image
 
+    import latentbench.benchmark.evaluate as evaluate
     import latentbench.data.encoded as encoded
     from latentbench.benchmark.protocol import PROTOCOL_DIR
 
@@ -264,6 +268,7 @@ def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
     raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
     raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
     raw["train"]["max_steps"], raw["generator"]["max_steps"], raw["generator"]["eval_every"] = 4, 4, 4
+    raw["train"]["num_workers"] = 2  # every loader of the bench decodes in 2 worker processes
     raw["eval"]["probe_train"] = 80
     path = tmp_path / "folder.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -275,7 +280,17 @@ def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
         return real(files, resolution, on_bad_image, limit, desc)
 
     monkeypatch.setattr(encoded, "scan_files", counting)
+    workers = []
+    real_loader = evaluate.shard_loader
+
+    def recording_loader(*args, **kwargs):
+        loader = real_loader(*args, **kwargs)
+        workers.append(loader.num_workers)
+        return loader
+
+    monkeypatch.setattr(evaluate, "shard_loader", recording_loader)
     record = run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
     assert record["metrics"]["probe"]["n"] == 40
     counts = {desc.rsplit(" ", 1)[-1]: scans.count(desc) for desc in scans}
     assert counts == {"[train]": 1, "[val]": 1}
+    assert workers and set(workers) == {2}
