@@ -1,12 +1,13 @@
 """Datasets of encoded image files (a folder, or a Hugging Face image column), scanned up front.
 
-Construction decodes every file once, in order, on a small thread pool: it hashes the bytes
+Construction decodes every file once, in order, on a thread pool (``scan_threads``): it hashes the bytes
 for the fingerprint, notes which images are smaller than the resolution, and applies the
 ``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from latentbench.data.info import content_fingerprint, dataset_info
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
 
 ON_BAD_IMAGE = ("error", "skip")
-SCAN_WORKERS = 2
+MAX_SCAN_THREADS = 32
 SCAN_CHUNK = 64  # files decoded per batch of the pool; a `limit` stops the scan after the batch
 PROGRESS_MIN_FILES = 1000  # show a progress bar above this many files
 
@@ -74,7 +75,7 @@ def scan_files(
     """
     check_on_bad_image(on_bad_image)
     report = ScanReport()
-    with ThreadPoolExecutor(SCAN_WORKERS) as pool, _progress(len(files), desc) as bar:
+    with ThreadPoolExecutor(scan_threads()) as pool, _progress(len(files), desc) as bar:
         for index, (digest, size, error) in _decode_in_order(files, pool):
             bar.update()
             if error is not None:
@@ -88,6 +89,18 @@ def scan_files(
             if limit is not None and len(report.kept) >= limit:
                 break
     return report
+
+
+def scan_threads() -> int:
+    """Threads of a scan: this process's share of the CPUs it may run on (at most ``MAX_SCAN_THREADS``).
+
+    PIL decodes without the GIL, so a scan scales with threads (measured on 2 cores: 307-322
+    images/s on 1 thread, 609-670 on 2). Every process of a multi-GPU bench scans the same split at
+    the same time, so each takes CPUs / processes on its node (torchrun's ``LOCAL_WORLD_SIZE``).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(1, min(MAX_SCAN_THREADS, cpus // max(local, 1)))
 
 
 def _progress(total: int, desc: str) -> tqdm:

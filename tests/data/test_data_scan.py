@@ -53,3 +53,29 @@ def test_limit_stops_the_scan_early():
     files = MemoryFiles(5000, bad={0})
     report = scan_files(files, resolution=8, on_bad_image="skip", limit=10)
     assert report.kept == list(range(1, 11)) and files.reads < 200
+
+
+def test_scan_threads_follow_the_cpus_and_share_them_between_a_nodes_processes(monkeypatch):
+    import os
+
+    import latentbench.data.encoded as encoded
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert encoded.scan_threads() == encoded.MAX_SCAN_THREADS == 32
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert encoded.scan_threads() == 8
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert encoded.scan_threads() == 1  # 2 CPUs, 8 processes: still one thread each
+
+
+@pytest.mark.parametrize("threads", [1, 5])
+def test_the_scan_does_not_depend_on_its_thread_count(threads, monkeypatch):
+    import latentbench.data.encoded as encoded
+
+    files = MemoryFiles(150, bad={3, 99})
+    reference = scan_files(files, 8, "skip", limit=120)
+    monkeypatch.setattr(encoded, "scan_threads", lambda: threads)
+    report = scan_files(MemoryFiles(150, bad={3, 99}), 8, "skip", limit=120)
+    assert (report.kept, report.digests, report.skipped, report.n_upsampled) == \
+        (reference.kept, reference.digests, reference.skipped, reference.n_upsampled)
