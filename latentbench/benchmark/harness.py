@@ -269,11 +269,11 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
 def _one_build_per_split():
     """Share built datasets within one bench only; outside it (and in the next bench) files are read as they are then."""
     global _SHARED_DATASETS
-    _SHARED_DATASETS = {}
+    before, _SHARED_DATASETS = _SHARED_DATASETS, {}
     try:
         yield
     finally:
-        _SHARED_DATASETS = None
+        _SHARED_DATASETS = before
 
 
 def seed_process(seed: int) -> None:
