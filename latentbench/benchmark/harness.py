@@ -254,12 +254,14 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     every file once (its scan), so a bench shares what it built.
     """
     from latentbench.data import build_dataset
+    from latentbench.data.encoded import collective_scan
 
     spec = protocol.data
     key = (spec.source, split, spec.resolution, on_bad_image, limit)
     if _SHARED_DATASETS is not None and key in _SHARED_DATASETS:
         return _SHARED_DATASETS[key]
-    data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
+    with collective_scan():  # every rank builds it here: a multi-process bench splits the scan between them
+        data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
     if _SHARED_DATASETS is not None:
         _SHARED_DATASETS[key] = data
     return data

@@ -1,14 +1,17 @@
 """Datasets of encoded image files (a folder, or a Hugging Face image column), scanned up front.
 
-Construction decodes every file once, in order, on a thread pool (``scan_threads``): it hashes the bytes
+Construction decodes every file once, in order, on a thread pool (``scan_threads``; split between
+the processes of a multi-GPU bench, ``collective_scan``): it hashes the bytes
 for the fingerprint, notes which images are smaller than the resolution, and applies the
 ``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +63,9 @@ def scan_files(
 ) -> ScanReport:
     """Decode files in order until ``limit`` usable ones are found (all of them without a limit).
 
+    Inside ``collective_scan`` with several processes (and no ``limit``), each process decodes
+    every W-th file and they exchange what they found: the same report, in 1/W of the time.
+
     Args:
         files: the files to scan.
         resolution: output side; images whose short side is below it are counted as upsampled.
@@ -74,45 +80,94 @@ def scan_files(
         BadImageError: under "error", for the first unreadable file in order.
     """
     check_on_bad_image(on_bad_image)
+    rank, world = _scan_group()
+    with ThreadPoolExecutor(scan_threads()) as pool:
+        if world > 1 and limit is None:
+            mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank,
+                                         stop_at_error=on_bad_image == "error"))
+            shards: list[list] = [[] for _ in range(world)]
+            torch.distributed.all_gather_object(shards, mine)
+            outcomes = heapq.merge(*shards)  # each shard is in file order: so is the merge
+            return _report(outcomes, resolution, on_bad_image, limit)
+        with contextlib.closing(_decode_in_order(files, range(len(files)), pool, desc, rank)) as outcomes:
+            return _report(outcomes, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
+
+
+def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit: int | None) -> ScanReport:
+    """The ScanReport of (index, digest, size, error) outcomes in file order; raises the first error under "error"."""
     report = ScanReport()
-    with ThreadPoolExecutor(scan_threads()) as pool, _progress(len(files), desc) as bar:
-        for index, (digest, size, error) in _decode_in_order(files, pool):
-            bar.update()
-            if error is not None:
-                if on_bad_image == "error":
-                    raise error
-                report.skipped.append({"path": error.path, "reason": error.reason})
-                continue
-            report.kept.append(index)
-            report.digests.append(digest)
-            report.n_upsampled += min(size) < resolution
-            if limit is not None and len(report.kept) >= limit:
-                break
+    for index, digest, size, error in outcomes:
+        if error is not None:
+            if on_bad_image == "error":
+                raise error
+            report.skipped.append({"path": error.path, "reason": error.reason})
+            continue
+        report.kept.append(index)
+        report.digests.append(digest)
+        report.n_upsampled += min(size) < resolution
+        if limit is not None and len(report.kept) >= limit:
+            break
     return report
+
+
+_COLLECTIVE = False  # set by collective_scan
+
+
+@contextlib.contextmanager
+def collective_scan():
+    """Scans inside share the work between the processes of the torch.distributed group.
+
+    Every process must build the same dataset inside it (they all-gather); the bench's stages
+    do (``harness._dataset``). Without a process group it changes nothing.
+    """
+    global _COLLECTIVE
+    before, _COLLECTIVE = _COLLECTIVE, True
+    try:
+        yield
+    finally:
+        _COLLECTIVE = before
+
+
+def _scan_group() -> tuple[int, int]:
+    """(rank, world size) a scan shares its work over: (rank, 1) outside ``collective_scan``."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return 0, 1
+    rank = torch.distributed.get_rank()
+    return (rank, torch.distributed.get_world_size()) if _COLLECTIVE else (rank, 1)
 
 
 def scan_threads() -> int:
     """Threads of a scan: this process's share of the CPUs it may run on (at most ``MAX_SCAN_THREADS``).
 
     PIL decodes without the GIL, so a scan scales with threads (measured on 2 cores: 307-322
-    images/s on 1 thread, 609-670 on 2). Every process of a multi-GPU bench scans the same split at
-    the same time, so each takes CPUs / processes on its node (torchrun's ``LOCAL_WORLD_SIZE``).
+    images/s on 1 thread, 609-670 on 2). Every process of a multi-GPU bench scans (its share of)
+    the same split at the same time, so each takes CPUs / processes on its node (torchrun's
+    ``LOCAL_WORLD_SIZE``).
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
     return max(1, min(MAX_SCAN_THREADS, cpus // max(local, 1)))
 
 
-def _progress(total: int, desc: str) -> tqdm:
-    """A tqdm bar, shown only for scans of more than PROGRESS_MIN_FILES files."""
-    return tqdm(total=total, desc=desc, unit="img", disable=total <= PROGRESS_MIN_FILES)
+def _progress(total: int, desc: str, rank: int = 0) -> tqdm:
+    """A tqdm bar on rank 0, shown only for scans of more than PROGRESS_MIN_FILES files."""
+    return tqdm(total=total, desc=desc, unit="img", disable=total <= PROGRESS_MIN_FILES or rank > 0)
 
 
-def _decode_in_order(files: EncodedFiles, pool: ThreadPoolExecutor) -> Iterator[tuple[int, tuple]]:
-    """Yield (index, decode result) for every file, in index order, decoding a chunk at a time."""
-    for start in range(0, len(files), SCAN_CHUNK):
-        indices = range(start, min(start + SCAN_CHUNK, len(files)))
-        yield from zip(indices, pool.map(lambda i: _decode_one(files, i), indices))
+def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecutor, desc: str, rank: int = 0,
+                     stop_at_error: bool = False) -> Iterator[tuple]:
+    """Yield (index, digest, size, error) for ``indices`` in order, decoding a chunk at a time.
+
+    ``stop_at_error``: end after the first unreadable file (what "error" needs of a shard).
+    """
+    with _progress(len(indices), desc, rank) as bar:
+        for start in range(0, len(indices), SCAN_CHUNK):
+            chunk = indices[start:start + SCAN_CHUNK]
+            for index, (digest, size, error) in zip(chunk, pool.map(lambda i: _decode_one(files, i), chunk)):
+                bar.update()
+                yield index, digest, size, error
+                if error is not None and stop_at_error:
+                    return
 
 
 def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[int, int] | None, BadImageError | None]:

@@ -79,3 +79,62 @@ def test_the_scan_does_not_depend_on_its_thread_count(threads, monkeypatch):
     report = scan_files(MemoryFiles(150, bad={3, 99}), 8, "skip", limit=120)
     assert (report.kept, report.digests, report.skipped, report.n_upsampled) == \
         (reference.kept, reference.digests, reference.skipped, reference.n_upsampled)
+
+
+SCAN_WORKER = """
+import json, sys
+import torch.distributed as dist
+import latentbench.data.encoded as encoded
+from latentbench.data import BadImageError, build_dataset
+
+folder, on_bad_image, out = sys.argv[1], sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo")
+decoded = []
+real = encoded._decode_one
+encoded._decode_one = lambda files, i: decoded.append(i) or real(files, i)
+try:
+    with encoded.collective_scan():
+        data = build_dataset("imagefolder:" + folder, "train", 16, on_bad_image=on_bad_image)
+    result = {"fingerprint": data.info["fingerprint"], "n": len(data), "skipped": data.info["skipped"],
+              "n_upsampled": data.info["n_upsampled"]}
+except BadImageError as err:
+    result = {"error": str(err)}
+result["decoded"] = len(decoded)
+json.dump(result, open(out + str(dist.get_rank()), "w"))
+dist.destroy_process_group()
+"""
+
+
+def _scan_in_processes(tmp_path, folder, on_bad_image, nproc):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "scan_worker.py"
+    script.write_text(SCAN_WORKER)
+    out = tmp_path / f"scan-{on_bad_image}-{nproc}-"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(script), str(folder), on_bad_image, str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((tmp_path / f"{out.name}{rank}").read_text()) for rank in range(nproc)]
+
+
+def test_processes_share_a_scan_and_agree_with_one_process(tmp_path):
+    folder = tmp_path / "images"
+    for c, n in (("a", 12), ("b", 9)):
+        (folder / "train" / c).mkdir(parents=True)
+        for i in range(n):
+            (folder / "train" / c / f"{i:02d}.png").write_bytes(_png((16, 16) if i % 4 else (8, 8)))
+    # files in order: a/00..a/11 (indices 0-11), b/00..b/08 (12-20); rank 1 of 2 scans the odd indices
+    (folder / "train" / "a" / "05.png").write_bytes(b"junk")  # rank 1's shard, the first bad file in order
+    (folder / "train" / "b" / "00.png").write_bytes(b"junk")  # index 12: rank 0's shard
+    one = _scan_in_processes(tmp_path, folder, "skip", 1)[0]
+    two = _scan_in_processes(tmp_path, folder, "skip", 2)
+    for rank in two:
+        assert {k: rank[k] for k in one if k != "decoded"} == {k: one[k] for k in one if k != "decoded"}
+    assert one["n"] == 19 and [s["path"][-8:] for s in one["skipped"]] == ["a/05.png", "b/00.png"]
+    assert one["decoded"] == 21 and sorted(r["decoded"] for r in two) == [10, 11]  # each process half
+    errors = _scan_in_processes(tmp_path, folder, "error", 2)
+    assert all("cannot decode image" in r["error"] and "a/05.png" in r["error"] for r in errors)  # the first in order, everywhere
