@@ -91,21 +91,30 @@ folder, on_bad_image, out = sys.argv[1], sys.argv[2], sys.argv[3]
 dist.init_process_group("gloo")
 decoded = []
 real = encoded._decode_one
-encoded._decode_one = lambda files, i: decoded.append(i) or real(files, i)
+
+
+def decode(files, i):
+    decoded.append(i)
+    if on_bad_image == "skip" and sys.argv[4:] == ["crash"] and dist.get_rank() == 1:
+        raise MemoryError("out of memory")  # not a bad image: an unexpected failure in one process
+    return real(files, i)
+
+
+encoded._decode_one = decode
 try:
     with encoded.collective_scan():
         data = build_dataset("imagefolder:" + folder, "train", 16, on_bad_image=on_bad_image)
     result = {"fingerprint": data.info["fingerprint"], "n": len(data), "skipped": data.info["skipped"],
               "n_upsampled": data.info["n_upsampled"]}
-except BadImageError as err:
-    result = {"error": str(err)}
+except (BadImageError, MemoryError, RuntimeError) as err:
+    result = {"error": f"{type(err).__name__}: {err}"}
 result["decoded"] = len(decoded)
 json.dump(result, open(out + str(dist.get_rank()), "w"))
 dist.destroy_process_group()
 """
 
 
-def _scan_in_processes(tmp_path, folder, on_bad_image, nproc):
+def _scan_in_processes(tmp_path, folder, on_bad_image, nproc, *extra):
     import json
     import os
     import subprocess
@@ -115,7 +124,7 @@ def _scan_in_processes(tmp_path, folder, on_bad_image, nproc):
     script.write_text(SCAN_WORKER)
     out = tmp_path / f"scan-{on_bad_image}-{nproc}-"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(script), str(folder), on_bad_image, str(out)]
+           str(script), str(folder), on_bad_image, str(out), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp_path / f"{out.name}{rank}").read_text()) for rank in range(nproc)]
@@ -138,3 +147,6 @@ def test_processes_share_a_scan_and_agree_with_one_process(tmp_path):
     assert one["decoded"] == 21 and sorted(r["decoded"] for r in two) == [10, 11]  # each process half
     errors = _scan_in_processes(tmp_path, folder, "error", 2)
     assert all("cannot decode image" in r["error"] and "a/05.png" in r["error"] for r in errors)  # the first in order, everywhere
+    crashed = _scan_in_processes(tmp_path, folder, "skip", 2, "crash")  # one process fails: both stop, neither hangs
+    assert crashed[1]["error"] == "MemoryError: out of memory"
+    assert crashed[0]["error"].startswith("RuntimeError: scanning") and "failed in process 1: MemoryError: out of memory" in crashed[0]["error"]
