@@ -83,23 +83,28 @@ def scan_files(
     rank, world = _scan_group()
     with ThreadPoolExecutor(scan_threads()) as pool:
         if world > 1 and limit is None:
-            failure = None
-            try:
-                mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank,
-                                             stop_at_error=on_bad_image == "error"))
-            except Exception as err:  # every rank must reach the all-gather, or the others wait there forever
-                mine, failure = [], err
-            shards: list = [None] * world
-            torch.distributed.all_gather_object(shards, (mine, failure and f"{type(failure).__name__}: {failure}"))
-            if failure is not None:
-                raise failure
-            failed = [(r, text) for r, (_, text) in enumerate(shards) if text]
-            if failed:
-                raise RuntimeError(f"scanning {desc!r} failed in process {failed[0][0]}: {failed[0][1]}")
-            outcomes = heapq.merge(*(shard for shard, _ in shards))  # each shard is in file order: so is the merge
-            return _report(outcomes, resolution, on_bad_image, limit)
+            return _report(_shared_outcomes(files, pool, desc, rank, world, on_bad_image == "error"),
+                           resolution, on_bad_image, limit)
         with contextlib.closing(_decode_in_order(files, range(len(files)), pool, desc, rank)) as outcomes:
             return _report(outcomes, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
+
+
+def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, rank: int, world: int,
+                     stop_at_error: bool) -> Iterator[tuple]:
+    """Every process decodes every ``world``-th file; all get every outcome, merged in file order."""
+    failure = None
+    try:
+        mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, stop_at_error))
+    except Exception as err:  # every rank must reach the all-gather, or the others wait there forever
+        mine, failure = [], err
+    shards: list = [None] * world
+    torch.distributed.all_gather_object(shards, (mine, failure and f"{type(failure).__name__}: {failure}"))
+    if failure is not None:
+        raise failure
+    failed = [(r, text) for r, (_, text) in enumerate(shards) if text]
+    if failed:
+        raise RuntimeError(f"scanning {desc!r} failed in process {failed[0][0]}: {failed[0][1]}")
+    return heapq.merge(*(shard for shard, _ in shards))  # each shard is in file order: so is the merge
 
 
 def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit: int | None) -> ScanReport:
