@@ -92,7 +92,7 @@ def resolve_launch(launch: Launch) -> Launch:
     if size == 1 and launch.world_size == 1:
         return launch
     if launch.world_size == 1:  # launched by torchrun/srun without flags: take the launcher's layout
-        local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or size)
+        local = processes_per_node(default=size)
         return Launch(launch.strategy, local, max(size // local, 1))
     if launch.world_size != size:
         raise ValueError(f"--devices {launch.devices} x --num_nodes {launch.num_nodes} = {launch.world_size} processes, "
@@ -204,6 +204,20 @@ def broadcast(obj: T, src: int = 0) -> T:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank (pickled, as ``broadcast``)."""
+    if world_size() == 1:
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def processes_per_node(default: int = 1) -> int:
+    """Processes the launcher started on this machine (torchrun's LOCAL_WORLD_SIZE, srun's SLURM_NTASKS_PER_NODE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or default)
 
 
 def run_on_rank_zero(fn: Callable[[], T]) -> T:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from latentbench import distributed
 from latentbench.data.images import BadImageError, load_rgb
 from latentbench.data.info import content_fingerprint, dataset_info
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
@@ -97,8 +98,7 @@ def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, r
         mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, stop_at_error))
     except Exception as err:  # every rank must reach the all-gather, or the others wait there forever
         mine, failure = [], err
-    shards: list = [None] * world
-    torch.distributed.all_gather_object(shards, (mine, failure and f"{type(failure).__name__}: {failure}"))
+    shards = distributed.all_gather((mine, failure and f"{type(failure).__name__}: {failure}"))
     if failure is not None:
         raise failure
     failed = [(r, text) for r, (_, text) in enumerate(shards) if text]
@@ -144,10 +144,7 @@ def collective_scan():
 
 def _scan_group() -> tuple[int, int]:
     """(rank, world size) a scan shares its work over: (rank, 1) outside ``collective_scan``."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return 0, 1
-    rank = torch.distributed.get_rank()
-    return (rank, torch.distributed.get_world_size()) if _COLLECTIVE else (rank, 1)
+    return distributed.rank(), distributed.world_size() if _COLLECTIVE else 1
 
 
 def scan_threads() -> int:
@@ -155,12 +152,10 @@ def scan_threads() -> int:
 
     PIL decodes without the GIL, so a scan scales with threads (measured on 2 cores: 307-322
     images/s on 1 thread, 609-670 on 2). Every process of a multi-GPU bench scans (its share of)
-    the same split at the same time, so each takes CPUs / processes on its node (torchrun's
-    ``LOCAL_WORLD_SIZE``).
+    the same split at the same time, so each takes CPUs / processes on its node.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
-    return max(1, min(MAX_SCAN_THREADS, cpus // max(local, 1)))
+    return max(1, min(MAX_SCAN_THREADS, cpus // max(distributed.processes_per_node(), 1)))
 
 
 def _progress(total: int, desc: str, rank: int = 0) -> tqdm:

@@ -62,6 +62,7 @@ def test_scan_threads_follow_the_cpus_and_share_them_between_a_nodes_processes(m
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
     assert encoded.scan_threads() == encoded.MAX_SCAN_THREADS == 32
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     assert encoded.scan_threads() == 8
