@@ -14,7 +14,11 @@ passes over all images. The pairs compared:
   ``torchmetrics.image.StructuralSimilarityIndexMeasure(data_range=2.0)`` (float32, padded map);
 * LPIPS: ours vs the ``lpips`` package called directly on the raw floats (same network
   object), plus ``torchmetrics.image.LearnedPerceptualImagePatchSimilarity`` when the
-  backbone's ImageNet weights are in torchvision's cache (it cannot be built without them).
+  backbone's ImageNet weights are in torchvision's cache (it cannot be built without them);
+* pipeline: everything a bench computes per reconstruction batch except rFID features, as it
+  computes it (``evaluate.ReconstructionMetrics``: the images quantised once, PSNR, SSIM and,
+  where timed, LPIPS) vs torchmetrics' PSNR and SSIM classes plus the same LPIPS reference,
+  updated one after the other on the same batch. Its value column is PSNR.
 
 The values differ by design (quantisation, per-image means); they are printed so a speed
 gain never hides a changed number. This is a benchmark, not a test: numbers depend on the
@@ -74,6 +78,43 @@ class LpipsPackage(Metric):
         return self.total / self.count
 
 
+class Pipeline(Metric):
+    """Several metrics updated on each batch, in order; ``compute`` returns the first one's value.
+
+    ``ours`` runs the bench's own ``ReconstructionMetrics`` (one quantisation for all metrics);
+    otherwise each of ``parts`` (torchmetrics classes or the lpips package) is updated in turn.
+    """
+
+    full_state_update = False
+
+    def __init__(self, parts: Callable[[], list[Metric]], ours: bool):
+        super().__init__()
+        self.factory, self.ours = parts, ours
+        self.reset()
+
+    def reset(self) -> None:
+        super().reset()
+        if self.ours:
+            from latentbench.benchmark.evaluate import ReconstructionMetrics
+
+            lpips = self.factory()
+            self.inner = ReconstructionMetrics(lpips=lpips[0] if lpips else None)
+        else:
+            self.parts = self.factory()
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        if self.ours:
+            self.inner.update(torch.arange(len(real)), real, fake)
+        else:
+            for part in self.parts:
+                part.update(real, fake)
+
+    def compute(self) -> Tensor:
+        if self.ours:
+            return torch.tensor(self.inner.results()["psnr"]["value"], dtype=torch.float64)
+        return self.parts[0].compute()
+
+
 def make_images(n: int, size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``n`` smooth random images in [-1, 1] and noisy copies, (n, 3, size, size) float32 each."""
     g = torch.Generator().manual_seed(seed)
@@ -129,9 +170,14 @@ def candidates(args: argparse.Namespace) -> tuple[list[tuple[str, str, Callable[
         ("SSIM", "torchmetrics", lambda: StructuralSimilarityIndexMeasure(data_range=2.0)),
     ]
     skipped = []
+
+    def reference() -> list[Metric]:
+        return [PeakSignalNoiseRatio(data_range=2.0), StructuralSimilarityIndexMeasure(data_range=2.0)]
+
     model, note = lpips_model(args.lpips_net, args.lpips_random_backbone)
     if model is None:
-        return todo, [note]
+        return todo + [("pipeline", "latentbench", lambda: Pipeline(list, ours=True)),
+                       ("pipeline", "torchmetrics", lambda: Pipeline(reference, ours=False))], [note]
     name = f"LPIPS-{args.lpips_net}"
     todo += [(name, "latentbench", lambda: LPIPS(args.lpips_net, model=model)),
              (name, "lpips package", lambda: LpipsPackage(model))]
@@ -139,9 +185,15 @@ def candidates(args: argparse.Namespace) -> tuple[list[tuple[str, str, Callable[
         from torchmetrics.image import LearnedPerceptualImagePatchSimilarity
 
         todo.append((name, "torchmetrics", lambda: LearnedPerceptualImagePatchSimilarity(net_type=args.lpips_net)))
+        lpips_reference = lambda: LearnedPerceptualImagePatchSimilarity(net_type=args.lpips_net)  # noqa: E731
+        skipped.append(f"pipeline: {name} in both, torchmetrics' class in the reference")
     else:
         skipped += [f"{name}: {note}",
                     f"{name} torchmetrics skipped: it loads torchvision's ImageNet backbone weights, not on this machine"]
+        lpips_reference = lambda: LpipsPackage(model)  # noqa: E731
+        skipped.append(f"pipeline: {name} in both, the lpips package in the reference")
+    todo += [("pipeline", "latentbench", lambda: Pipeline(lambda: [LPIPS(args.lpips_net, model=model)], ours=True)),
+             ("pipeline", "torchmetrics", lambda: Pipeline(lambda: reference() + [lpips_reference()], ours=False))]
     return todo, skipped
 
 
@@ -194,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     parser.add_argument("--lpips-random-backbone", action="store_true",
                         help="without the ImageNet backbone weights, time LPIPS on a seeded random backbone")
-    parser.add_argument("--only", nargs="*", default=None, help="metric names to run (PSNR SSIM LPIPS-alex ...)")
+    parser.add_argument("--only", nargs="*", default=None, help="metric names to run (PSNR SSIM LPIPS-alex pipeline ...)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     return parser.parse_args(argv)
 

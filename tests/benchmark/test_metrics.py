@@ -72,3 +72,42 @@ def test_bad_inputs_raise():
         SSIM().compute()
     with pytest.raises(ValueError, match="larger than 11"):
         ssim_per_image(real[..., :8, :8], real[..., :8, :8])
+
+
+def test_quantization_is_exact_across_chunks_and_dtypes(monkeypatch):
+    from latentbench.benchmark import metrics
+
+    g = torch.Generator().manual_seed(0)
+    levels = torch.arange(256, dtype=torch.float64)
+    ties = (levels[:-1] + 0.5) / 127.5 - 1  # the exact half-way points between levels
+    near = torch.cat([ties, torch.nextafter(ties.float(), torch.tensor(2.0)).double(),
+                      torch.nextafter(ties.float(), torch.tensor(-2.0)).double()])
+    x = torch.cat([near.float(), torch.rand(5000, generator=g) * 2.4 - 1.2])[torch.randperm(5765, generator=g)]
+    x = x.reshape(5, 1153).t()  # non-contiguous
+    expected = np.clip(np.round((x.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8)  # numpy: round half to even
+    monkeypatch.setattr(metrics, "CPU_CHUNK_VALUES", 1000)  # six chunks, the last one partial
+    assert np.array_equal(to_uint8(x).numpy(), expected)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        y = x.to(dtype)
+        assert np.array_equal(to_uint8(y).numpy(), np.clip(np.round((y.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("chunk_values", [3 * 32 * 32 * 2, 2**18])
+def test_chunked_metrics_equal_per_image_values(monkeypatch, chunk_values):
+    from latentbench.benchmark import metrics
+
+    real, fake = _pair(n=7)
+    one_by_one = [(psnr_per_image(real[i:i + 1], fake[i:i + 1]), ssim_per_image(real[i:i + 1], fake[i:i + 1])) for i in range(7)]
+    monkeypatch.setattr(metrics, "CPU_CHUNK_VALUES", chunk_values)  # 2 images per chunk, or all 7 in one
+    assert torch.equal(psnr_per_image(real, fake), torch.cat([p for p, _ in one_by_one]))
+    assert torch.allclose(ssim_per_image(real, fake), torch.cat([s for _, s in one_by_one]), rtol=0, atol=1e-15)
+
+
+def test_ssim_equals_skimage_in_float64_at_256():
+    real, fake = _pair(n=2, size=256, noise=0.05)
+    ssim = ssim_per_image(real, fake)  # 196,608 values per image: one image per chunk on a CPU
+    for i, (a, b) in enumerate(zip(_np(real), _np(fake))):
+        ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                    data_range=255, channel_axis=-1)
+        assert abs(ssim[i].item() - ref) < 1e-12
+        assert psnr_per_image(real[i:i + 1], fake[i:i + 1]).item() == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
