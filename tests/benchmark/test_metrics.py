@@ -1,4 +1,6 @@
 """PSNR/SSIM against scikit-image, per image, on uint8-rounded images."""
+from fractions import Fraction
+
 import numpy as np
 import pytest
 import torch
@@ -74,22 +76,31 @@ def test_bad_inputs_raise():
         ssim_per_image(real[..., :8, :8], real[..., :8, :8])
 
 
+def _true_level(x: float) -> int:
+    """round((x + 1) * 127.5), ties to even, clamped to [0, 255], in exact rational arithmetic."""
+    v = min(max((Fraction(x) + 1) * Fraction(255, 2), Fraction(0)), Fraction(255))
+    return round(v)  # Fraction rounds half to even
+
+
 def test_quantization_is_exact_across_chunks_and_dtypes(monkeypatch):
     from latentbench.benchmark import metrics
 
     g = torch.Generator().manual_seed(0)
-    levels = torch.arange(256, dtype=torch.float64)
-    ties = (levels[:-1] + 0.5) / 127.5 - 1  # the exact half-way points between levels
-    near = torch.cat([ties, torch.nextafter(ties.float(), torch.tensor(2.0)).double(),
-                      torch.nextafter(ties.float(), torch.tensor(-2.0)).double()])
-    x = torch.cat([near.float(), torch.rand(5000, generator=g) * 2.4 - 1.2])[torch.randperm(5765, generator=g)]
-    x = x.reshape(5, 1153).t()  # non-contiguous
-    expected = np.clip(np.round((x.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8)  # numpy: round half to even
+    ties = ((torch.arange(255, dtype=torch.float64) + 0.5) / 127.5 - 1).float()  # nearest floats to each half-way point
+    near = torch.cat([ties, torch.nextafter(ties, torch.tensor(2.0)), torch.nextafter(ties, torch.tensor(-2.0)),
+                      torch.tensor([0.0, -0.0, 1e-45, -1e-45, -1e-20, 1e-20, -3e-8, 2**-30, -(2**-30)])])
+    x = torch.cat([near, torch.rand(5000, generator=g) * 2.4 - 1.2])
+    x = x[torch.randperm(len(x), generator=g)][:5770].reshape(5, 1154).t()  # non-contiguous
+    expected = np.array([_true_level(v) for v in x.flatten().tolist()], dtype=np.uint8).reshape(x.shape)
     monkeypatch.setattr(metrics, "CPU_CHUNK_VALUES", 1000)  # six chunks, the last one partial
     assert np.array_equal(to_uint8(x).numpy(), expected)
-    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+    assert to_uint8(torch.tensor([-1e-20, -1e-45, 0.0, 1e-45]).reshape(1, 4)).tolist() == [[127, 127, 128, 128]]
+    for dtype in (torch.float16, torch.bfloat16):
         y = x.to(dtype)
-        assert np.array_equal(to_uint8(y).numpy(), np.clip(np.round((y.double().numpy() + 1) * 127.5), 0, 255).astype(np.uint8))
+        assert np.array_equal(to_uint8(y).numpy(), np.array([_true_level(v) for v in y.float().flatten().tolist()],
+                                                             dtype=np.uint8).reshape(x.shape))
+    z = x.double()  # float64 keeps round((x + 1) * 127.5) computed in float64, as numpy does
+    assert np.array_equal(to_uint8(z).numpy(), np.clip(np.round((z.numpy() + 1) * 127.5), 0, 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("chunk_values", [3 * 32 * 32 * 2, 2**18])
