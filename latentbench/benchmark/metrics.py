@@ -75,7 +75,7 @@ def check_finite(x: Tensor) -> tuple[float, float]:
     """(min, max) of ``x``; ValueError when images contain NaN or Inf (a diverged decoder, not a metric value)."""
     if x.numel() == 0:
         return 0.0, 0.0
-    lo, hi = (float(v) for v in torch.aminmax(x.detach()))  # NaN propagates through min/max: one cheap pass
+    lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # NaN propagates through min/max; one host sync
     if not (math.isfinite(lo) and math.isfinite(hi)):
         bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
         raise ValueError(f"images at batch positions {bad[:10]} contain NaN or Inf; cannot compute metrics")
