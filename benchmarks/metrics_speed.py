@@ -78,40 +78,51 @@ class LpipsPackage(Metric):
         return self.total / self.count
 
 
-class Pipeline(Metric):
-    """Several metrics updated on each batch, in order; ``compute`` returns the first one's value.
-
-    ``ours`` runs the bench's own ``ReconstructionMetrics`` (one quantisation for all metrics);
-    otherwise each of ``parts`` (torchmetrics classes or the lpips package) is updated in turn.
-    """
+class BenchMetrics(Metric):
+    """What a bench computes per reconstruction batch (``evaluate.ReconstructionMetrics``: the
+    images quantised once for PSNR, SSIM and, when given, LPIPS); ``compute`` returns PSNR."""
 
     full_state_update = False
 
-    def __init__(self, parts: Callable[[], list[Metric]], ours: bool):
+    def __init__(self, lpips: Metric | None = None):
         super().__init__()
-        self.factory, self.ours = parts, ours
+        self.lpips = lpips
         self.reset()
 
     def reset(self) -> None:
         super().reset()
-        if self.ours:
-            from latentbench.benchmark.evaluate import ReconstructionMetrics
+        from latentbench.benchmark.evaluate import ReconstructionMetrics
 
-            lpips = self.factory()
-            self.inner = ReconstructionMetrics(lpips=lpips[0] if lpips else None)
-        else:
-            self.parts = self.factory()
+        if self.lpips is not None:
+            self.lpips.reset()
+        self.inner = ReconstructionMetrics(lpips=self.lpips)
 
     def update(self, real: Tensor, fake: Tensor) -> None:
-        if self.ours:
-            self.inner.update(torch.arange(len(real)), real, fake)
-        else:
-            for part in self.parts:
-                part.update(real, fake)
+        self.inner.update(torch.arange(len(real)), real, fake)
 
     def compute(self) -> Tensor:
-        if self.ours:
-            return torch.tensor(self.inner.results()["psnr"]["value"], dtype=torch.float64)
+        return torch.tensor(self.inner.results()["psnr"]["value"], dtype=torch.float64)
+
+
+class InTurn(Metric):
+    """Several metrics updated one after the other on each batch; ``compute`` returns the first one's value."""
+
+    full_state_update = False
+
+    def __init__(self, parts: list[Metric]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def reset(self) -> None:
+        super().reset()
+        for part in self.parts:
+            part.reset()
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        for part in self.parts:
+            part.update(real, fake)
+
+    def compute(self) -> Tensor:
         return self.parts[0].compute()
 
 
@@ -163,37 +174,36 @@ def candidates(args: argparse.Namespace) -> tuple[list[tuple[str, str, Callable[
     """(metric, implementation, factory) triples to time, and the reasons for what is skipped."""
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-    todo = [
-        ("PSNR", "latentbench", PSNR),
-        ("PSNR", "torchmetrics", lambda: PeakSignalNoiseRatio(data_range=2.0)),
-        ("SSIM", "latentbench", SSIM),
-        ("SSIM", "torchmetrics", lambda: StructuralSimilarityIndexMeasure(data_range=2.0)),
-    ]
+    def tm_psnr() -> Metric:
+        return PeakSignalNoiseRatio(data_range=2.0)
+
+    def tm_ssim() -> Metric:
+        return StructuralSimilarityIndexMeasure(data_range=2.0)
+
+    todo = [("PSNR", "latentbench", PSNR), ("PSNR", "torchmetrics", tm_psnr),
+            ("SSIM", "latentbench", SSIM), ("SSIM", "torchmetrics", tm_ssim)]
     skipped = []
-
-    def reference() -> list[Metric]:
-        return [PeakSignalNoiseRatio(data_range=2.0), StructuralSimilarityIndexMeasure(data_range=2.0)]
-
     model, note = lpips_model(args.lpips_net, args.lpips_random_backbone)
+    ours_lpips = theirs_lpips = None  # factories of the LPIPS metric each pipeline includes
     if model is None:
-        return todo + [("pipeline", "latentbench", lambda: Pipeline(list, ours=True)),
-                       ("pipeline", "torchmetrics", lambda: Pipeline(reference, ours=False))], [note]
-    name = f"LPIPS-{args.lpips_net}"
-    todo += [(name, "latentbench", lambda: LPIPS(args.lpips_net, model=model)),
-             (name, "lpips package", lambda: LpipsPackage(model))]
-    if note == "pretrained":
-        from torchmetrics.image import LearnedPerceptualImagePatchSimilarity
-
-        todo.append((name, "torchmetrics", lambda: LearnedPerceptualImagePatchSimilarity(net_type=args.lpips_net)))
-        lpips_reference = lambda: LearnedPerceptualImagePatchSimilarity(net_type=args.lpips_net)  # noqa: E731
-        skipped.append(f"pipeline: {name} in both, torchmetrics' class in the reference")
+        skipped.append(note)
     else:
-        skipped += [f"{name}: {note}",
-                    f"{name} torchmetrics skipped: it loads torchvision's ImageNet backbone weights, not on this machine"]
-        lpips_reference = lambda: LpipsPackage(model)  # noqa: E731
-        skipped.append(f"pipeline: {name} in both, the lpips package in the reference")
-    todo += [("pipeline", "latentbench", lambda: Pipeline(lambda: [LPIPS(args.lpips_net, model=model)], ours=True)),
-             ("pipeline", "torchmetrics", lambda: Pipeline(lambda: reference() + [lpips_reference()], ours=False))]
+        name = f"LPIPS-{args.lpips_net}"
+        ours_lpips, package = (lambda: LPIPS(args.lpips_net, model=model)), (lambda: LpipsPackage(model))
+        todo += [(name, "latentbench", ours_lpips), (name, "lpips package", package)]
+        if note == "pretrained":
+            from torchmetrics.image import LearnedPerceptualImagePatchSimilarity
+
+            theirs_lpips = lambda: LearnedPerceptualImagePatchSimilarity(net_type=args.lpips_net)  # noqa: E731
+            todo.append((name, "torchmetrics", theirs_lpips))
+            skipped.append(f"pipeline: {name} in both, torchmetrics' class in the reference")
+        else:
+            theirs_lpips = package
+            skipped += [f"{name}: {note}",
+                        f"{name} torchmetrics skipped: it loads torchvision's ImageNet backbone weights, not on this machine",
+                        f"pipeline: {name} in both, the lpips package in the reference"]
+    todo += [("pipeline", "latentbench", lambda: BenchMetrics(ours_lpips() if ours_lpips else None)),
+             ("pipeline", "torchmetrics", lambda: InTurn([tm_psnr(), tm_ssim()] + ([theirs_lpips()] if theirs_lpips else [])))]
     return todo, skipped
 
 

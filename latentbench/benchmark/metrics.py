@@ -42,12 +42,10 @@ def to_uint8(x: Tensor) -> Tensor:
     lo, hi = check_finite(x)
     if lo < -1 or hi > 1:  # clamping before rounding gives what clamping after would
         x = x.clamp(-1, 1)
-    if x.device.type != "cpu":
-        return _round_to_levels(x).to(torch.uint8)
-    out = torch.empty(x.shape, dtype=torch.uint8)
+    out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     src, dst = x.reshape(-1), out.view(-1)
-    for i in range(0, src.numel(), CPU_CHUNK_VALUES):
-        dst[i:i + CPU_CHUNK_VALUES].copy_(_round_to_levels(src[i:i + CPU_CHUNK_VALUES]))  # integral: the cast is exact
+    for s in chunks(src.numel(), x.device, CPU_CHUNK_VALUES):  # the whole tensor at once off the CPU
+        dst[s].copy_(_round_to_levels(src[s]))  # integral levels: the cast is exact
     return out
 
 
