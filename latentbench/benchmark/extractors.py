@@ -28,7 +28,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -45,6 +44,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
+from latentbench.paths import default_cache_dir
 from latentbench.registry import Registry
 from latentbench.weights import (
     WeightsUnavailable,
@@ -135,11 +135,6 @@ def create_extractor(
     if name not in EXTRACTORS and name.startswith(DOMAIN_PREFIX):
         return build_domain_extractor(name[len(DOMAIN_PREFIX):], weights=weights, cache_dir=cache_dir, **options)
     return EXTRACTORS.create(name, weights=weights, cache_dir=cache_dir, **options)
-
-
-def default_cache_dir() -> Path:
-    """``$LATENTBENCH_CACHE``, else ``~/.cache/latentbench``."""
-    return Path(os.environ.get("LATENTBENCH_CACHE") or Path.home() / ".cache" / "latentbench").expanduser()
 
 
 # --------------------------------------------------------------------------------------------

@@ -218,7 +218,7 @@ def _extractor(proto):
 
 
 def _cache_dir():
-    from latentbench.benchmark.extractors import default_cache_dir
+    from latentbench.paths import default_cache_dir
 
     return default_cache_dir()
 

@@ -4,6 +4,8 @@ Construction decodes every file once, in order, on a thread pool (``scan_threads
 the processes of a multi-GPU bench, ``collective_scan``): it hashes the bytes
 for the fingerprint, notes which images are smaller than the resolution, and applies the
 ``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
+What it learnt about each file is kept in the scan cache (``scancache``): a later scan of files
+that have not changed since only stats them.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import contextlib
 import hashlib
 import heapq
 import os
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,8 +24,10 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from latentbench import distributed
+from latentbench.data import scancache
 from latentbench.data.images import BadImageError, load_rgb
 from latentbench.data.info import content_fingerprint, dataset_info
+from latentbench.data.scancache import Entry, ScanCache, Stamp
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
 
 ON_BAD_IMAGE = ("error", "skip")
@@ -43,6 +48,21 @@ class EncodedFiles(Protocol):
     def label(self, index: int) -> int: ...
 
 
+class CacheableFiles(EncodedFiles, Protocol):
+    """EncodedFiles whose scan results can be kept in the scan cache (image folders, ``hf`` datasets on disk)."""
+
+    def scan_key(self, index: int) -> str | None:
+        """A name of the file that no other file has (None: do not cache it); cheap, no I/O."""
+        ...
+
+    def scan_stamp(self, index: int) -> Stamp:
+        """The file's current stamp (I/O; raises OSError like ``os.stat``)."""
+        ...
+
+
+_DEFAULT = object()  # scan_files' cache argument: the suite's scan cache
+
+
 @dataclass
 class ScanReport:
     """Outcome of scanning: usable indices, their digests, and what was skipped or upsampled."""
@@ -60,7 +80,8 @@ def check_on_bad_image(on_bad_image: str) -> None:
 
 
 def scan_files(
-    files: EncodedFiles, resolution: int, on_bad_image: str = "error", limit: int | None = None, desc: str = "scan"
+    files: EncodedFiles, resolution: int, on_bad_image: str = "error", limit: int | None = None, desc: str = "scan",
+    cache: ScanCache | None = _DEFAULT,
 ) -> ScanReport:
     """Decode files in order until ``limit`` usable ones are found (all of them without a limit).
 
@@ -73,6 +94,8 @@ def scan_files(
         on_bad_image: "error" raises on the first unreadable file, "skip" records and drops it.
         limit: stop once this many usable files are found.
         desc: label of the progress bar.
+        cache: where results of unchanged files are kept (default: the suite's scan cache, written by
+            rank 0 only; None: decode everything). Used only for CacheableFiles.
 
     Returns:
         A ScanReport.
@@ -82,20 +105,27 @@ def scan_files(
     """
     check_on_bad_image(on_bad_image)
     rank, world = _scan_group()
-    with ThreadPoolExecutor(scan_threads()) as pool:
+    if cache is _DEFAULT:
+        cache = scancache.default_cache(writable=distributed.rank() == 0)
+    if not hasattr(files, "scan_key"):
+        cache = None
+    with ThreadPoolExecutor(scan_threads()) as pool, contextlib.closing(cache) if cache else contextlib.nullcontext():
         if world > 1 and limit is None:
-            return _report(_shared_outcomes(files, pool, desc, rank, world, on_bad_image == "error"),
-                           resolution, on_bad_image, limit)
-        with contextlib.closing(_decode_in_order(files, range(len(files)), pool, desc, rank)) as outcomes:
+            outcomes = _shared_outcomes(files, pool, desc, rank, world, on_bad_image == "error", cache)
+        else:
+            outcomes = _decode_in_order(files, range(len(files)), pool, desc, rank, cache=cache)
+        if cache is not None:
+            outcomes = cache.record(outcomes)  # stores what was decoded now (a no-op where not writable)
+        with contextlib.closing(outcomes):
             return _report(outcomes, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
 
 
 def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, rank: int, world: int,
-                     stop_at_error: bool) -> Iterator[tuple]:
+                     stop_at_error: bool, cache: ScanCache | None) -> Iterator[tuple]:
     """Every process decodes every ``world``-th file; all get every outcome, merged in file order."""
     failure = None
     try:
-        mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, stop_at_error))
+        mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, stop_at_error, cache))
     except Exception as err:  # every rank must reach the all-gather, or the others wait there forever
         mine, failure = [], err
     shards = distributed.all_gather((mine, failure and f"{type(failure).__name__}: {failure}"))
@@ -108,9 +138,9 @@ def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, r
 
 
 def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit: int | None) -> ScanReport:
-    """The ScanReport of (index, digest, size, error) outcomes in file order; raises the first error under "error"."""
+    """The ScanReport of (index, digest, size, error, fresh) outcomes in file order; raises the first error under "error"."""
     report = ScanReport()
-    for index, digest, size, error in outcomes:
+    for index, digest, size, error, _ in outcomes:
         if error is not None:
             if on_bad_image == "error":
                 raise error
@@ -164,19 +194,43 @@ def _progress(total: int, desc: str, rank: int = 0) -> tqdm:
 
 
 def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecutor, desc: str, rank: int = 0,
-                     stop_at_error: bool = False) -> Iterator[tuple]:
-    """Yield (index, digest, size, error) for ``indices`` in order, decoding a chunk at a time.
+                     stop_at_error: bool = False, cache: ScanCache | None = None) -> Iterator[tuple]:
+    """Yield (index, digest, size, error, fresh) for ``indices`` in order, a chunk at a time.
 
-    ``stop_at_error``: end after the first unreadable file (what "error" needs of a shard).
+    A file with a valid ``cache`` entry is not read; ``fresh`` is ``(key, stamp, checked_ns)`` of a
+    cacheable file decoded now, to be stored. ``stop_at_error``: end after the first unreadable file (what
+    "error" needs of a shard).
     """
+    hits = 0
     with _progress(len(indices), desc, rank) as bar:
         for start in range(0, len(indices), SCAN_CHUNK):
             chunk = indices[start:start + SCAN_CHUNK]
-            for index, (digest, size, error) in zip(chunk, pool.map(lambda i: _decode_one(files, i), chunk)):
+            keys = [files.scan_key(i) for i in chunk] if cache is not None else [None] * len(chunk)
+            known = cache.lookup(keys) if cache is not None else {}
+            results = pool.map(lambda ik: _scan_one(files, ik[0], ik[1], known.get(ik[1])), zip(chunk, keys))
+            for index, (digest, size, error, fresh, hit) in zip(chunk, results):
+                hits += hit
                 bar.update()
-                yield index, digest, size, error
+                if hits:
+                    bar.set_postfix_str(f"{hits} unchanged since the last scan", refresh=False)
+                yield index, digest, size, error, fresh
                 if error is not None and stop_at_error:
                     return
+
+
+def _scan_one(files: EncodedFiles, index: int, key: str | None, entry: Entry | None) -> tuple:
+    """One file's (digest, size, error, fresh, hit): from ``entry`` while the file is unchanged, else decoded."""
+    if key is None:
+        return (*_decode_one(files, index), None, False)
+    checked_ns = time.time_ns()  # before the stat: a write after it changes the stamp, or is caught by the racy rule
+    try:
+        stamp = files.scan_stamp(index)
+    except OSError as err:
+        return None, None, BadImageError(files.name(index), f"cannot read file: {err}"), None, False
+    if entry is not None and entry.valid_for(stamp):
+        return entry.digest, entry.size, None, None, True
+    digest, size, error = _decode_one(files, index)
+    return digest, size, error, (key, stamp, checked_ns), False
 
 
 def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[int, int] | None, BadImageError | None]:

@@ -16,11 +16,12 @@ from pathlib import Path
 
 from latentbench.data.encoded import EncodedImageDataset
 from latentbench.data.images import IMAGE_EXTENSIONS, is_image_file
+from latentbench.data.scancache import Stamp
 
 
 @dataclass
 class FolderFiles:
-    """Image files on disk with their labels (an EncodedFiles)."""
+    """Image files on disk with their labels (a CacheableFiles: the scan cache keys them by absolute path)."""
 
     paths: list[str]
     labels: list[int]
@@ -36,6 +37,12 @@ class FolderFiles:
 
     def label(self, index: int) -> int:
         return self.labels[index]
+
+    def scan_key(self, index: int) -> str:
+        return os.path.abspath(self.paths[index])
+
+    def scan_stamp(self, index: int) -> Stamp:
+        return Stamp.of(self.paths[index])
 
 
 def build_imagefolder(

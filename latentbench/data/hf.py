@@ -13,12 +13,16 @@ colour conversion and bad-file handling are the same as for image folders.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from latentbench.data.encoded import EncodedImageDataset
 from latentbench.data.info import SplitNotFoundError
+from latentbench.data.scancache import Stamp
 
 LABEL_COLUMN_NAMES = ("label", "labels")
 _TRUE = ("1", "ON", "YES", "TRUE")
@@ -29,7 +33,11 @@ class HubUnreachableError(ConnectionError):
 
 
 class HFImageRows:
-    """The encoded images of one column of a ``datasets.Dataset`` (an EncodedFiles)."""
+    """The encoded images of one column of a ``datasets.Dataset`` (an EncodedFiles).
+
+    A dataset backed by Arrow files (``load_from_disk``, the hub cache) is a CacheableFiles: a row's
+    scan-cache key names the Arrow files with their stamps, so rewriting any of them misses every row.
+    """
 
     def __init__(self, dataset, image_column: str, labels: list[int], display_name: str):
         import datasets
@@ -38,19 +46,58 @@ class HFImageRows:
         self.column = image_column
         self.labels = labels
         self.display_name = display_name
+        self.arrow_id, self.arrow_stamp = _arrow_identity(dataset, image_column)
+        self.all_bytes = self.arrow_id is not None and _all_rows_hold_bytes(self.rows, image_column)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _cell(self, index: int) -> dict:
+        return self.rows[index][self.column]  # {"bytes": ..., "path": ...}
+
     def read(self, index: int) -> bytes:
-        cell = self.rows[index][self.column]  # {"bytes": ..., "path": ...}
+        cell = self._cell(index)
         return cell["bytes"] if cell["bytes"] is not None else Path(cell["path"]).read_bytes()
+
+    def scan_key(self, index: int) -> str | None:
+        return None if self.arrow_id is None else f"hf:{self.arrow_id}:{index}"
+
+    def scan_stamp(self, index: int) -> Stamp:
+        if self.all_bytes:
+            return self.arrow_stamp
+        cell = self._cell(index)  # a row that names its image by path also depends on that file
+        return self.arrow_stamp if cell["bytes"] is not None else Stamp.combined([self.arrow_stamp, Stamp.of(cell["path"])])
 
     def name(self, index: int) -> str:
         return f"{self.display_name}[{index}]"
 
     def label(self, index: int) -> int:
         return self.labels[index]
+
+
+def _arrow_identity(dataset, column: str) -> tuple[str | None, Stamp | None]:
+    """A name for the dataset's Arrow files as they are now (paths, stamps, column), and their joint stamp.
+
+    (None, None) when the rows are not all in Arrow files on disk: an in-memory table, or an
+    in-memory indices mapping (``select``/``shuffle`` without a cache file) that renumbers them.
+    """
+    files = sorted({f["filename"] for f in dataset.cache_files})
+    if not files or getattr(dataset, "_indices", None) is not None:  # renumbered rows: not worth the risk
+        return None, None
+    try:
+        stamps = [Stamp.of(f) for f in files]
+    except OSError:
+        return None, None
+    text = json.dumps([column, [os.path.abspath(f) for f in files], [dataclasses.astuple(s) for s in stamps]])
+    return hashlib.sha256(text.encode()).hexdigest()[:32], Stamp.combined(stamps)
+
+
+def _all_rows_hold_bytes(rows, column: str) -> bool:
+    """Whether every image cell holds its bytes (none names a file by path): then no row needs a stat."""
+    import pyarrow as pa
+
+    chunks = rows.data.column(column).chunks
+    return all(pa.types.is_struct(c.type) and c.field("bytes").null_count == 0 for c in chunks)
 
 
 def build_hf(

@@ -45,9 +45,9 @@ from latentbench.benchmark.extractors import (
     _num_threads,
     _quiet_lightning,
     _split_tensors,
-    default_cache_dir,
 )
 from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
+from latentbench.paths import default_cache_dir
 from latentbench.precision import resolve_precision
 from latentbench.tokenizers.teachers import (
     hf_cached_file,

@@ -115,7 +115,8 @@ dist.destroy_process_group()
 """
 
 
-def _scan_in_processes(tmp_path, folder, on_bad_image, nproc, *extra):
+def _scan_in_processes(tmp_path, folder, on_bad_image, nproc, *extra, cache_dir=None):
+    """Build the folder's train split in ``nproc`` processes; the scan cache in ``cache_dir``, off without one."""
     import json
     import os
     import subprocess
@@ -126,7 +127,8 @@ def _scan_in_processes(tmp_path, folder, on_bad_image, nproc, *extra):
     out = tmp_path / f"scan-{on_bad_image}-{nproc}-"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(script), str(folder), on_bad_image, str(out), *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cache = {"LATENTBENCH_SCAN_CACHE": "1", "LATENTBENCH_CACHE": str(cache_dir)} if cache_dir else {"LATENTBENCH_SCAN_CACHE": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", **cache})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp_path / f"{out.name}{rank}").read_text()) for rank in range(nproc)]
 
@@ -151,3 +153,23 @@ def test_processes_share_a_scan_and_agree_with_one_process(tmp_path):
     crashed = _scan_in_processes(tmp_path, folder, "skip", 2, "crash")  # one process fails: both stop, neither hangs
     assert crashed[1]["error"] == "MemoryError: out of memory"
     assert crashed[0]["error"].startswith("RuntimeError: scanning") and "failed in process 1: MemoryError: out of memory" in crashed[0]["error"]
+
+
+def test_processes_share_the_scan_cache_and_rank_zero_stores_every_share(tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "images"
+    (folder / "train" / "a").mkdir(parents=True)
+    for i in range(9):
+        path = folder / "train" / "a" / f"{i}.png"
+        path.write_bytes(b"junk" if i == 4 else _png((16, 16)))
+        old = time.time_ns() - 60 * 10**9
+        os.utime(path, ns=(old, old))  # older than the racy window: entries are trusted
+    reference = _scan_in_processes(tmp_path, folder, "skip", 1)[0]
+    first = _scan_in_processes(tmp_path, folder, "skip", 2, cache_dir=tmp_path / "cache")
+    again = _scan_in_processes(tmp_path, folder, "skip", 2, cache_dir=tmp_path / "cache")
+    assert sorted(r["decoded"] for r in first) == [4, 5]
+    assert [r["decoded"] for r in again] == [1, 0]  # only the bad file (index 4, rank 0's share) is decoded again
+    for result in first + again:
+        assert {k: result[k] for k in reference if k != "decoded"} == {k: reference[k] for k in reference if k != "decoded"}

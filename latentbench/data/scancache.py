@@ -1,0 +1,222 @@
+"""What a scan learnt about each file, kept across benches: a rescan of unchanged files only stats them.
+
+Building an image-folder or ``hf`` dataset decodes every file once (``encoded.scan_files``): for
+ImageNet's 1.28M training images that is about half an hour on 2 cores, in every bench. The scan's
+result per file (the sha256 of its bytes, its pixel size, and that it decodes) depends only on the
+bytes and the decoder, so it is stored in an SQLite file under the suite's cache directory
+(``$LATENTBENCH_CACHE/scans-v1.sqlite``) and reused while the file is unchanged.
+
+"Unchanged" is decided the way ``git status`` and ``make`` decide it, from the file's stat: an entry
+is used only when the file's size, modification time, change time and inode are all the ones
+recorded. A file rewritten in place, replaced, truncated, touched or copied over gets a new stamp
+and is decoded again. As in git's "racy" rule, an entry is trusted only if the file had not been
+modified for ``RACY_NS`` before it was checked: a write in the same timestamp tick as the check
+would otherwise leave the stamp unchanged. Rows of an ``hf`` dataset are keyed by its Arrow files'
+paths and stamps (any change to them misses every row), plus the stamp of an image the row names
+by path instead of holding its bytes. In-memory datasets and other sources are not cached.
+
+Entries also name the decoder (this module's ``SCAN_FORMAT`` and Pillow's version): an upgraded
+Pillow, which may read a file differently, scans again. Unreadable files are never stored: they
+are decoded, and reported, every time. Only the process of rank 0 writes (after the processes of a
+multi-GPU bench exchanged their shares), so concurrent writers are separate benches, which SQLite
+serialises with its file lock.
+
+The cache only saves time: the dataset, its fingerprint and the reports are the same with or
+without it (tested). ``LATENTBENCH_SCAN_CACHE=0`` turns it off; deleting the file empties it. A
+cache that cannot be opened, read or written gives a warning and the scan goes on without it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import PIL
+
+from latentbench.paths import default_cache_dir
+
+SCAN_FORMAT = 1  # bump when what the scan checks (images.load_rgb) changes: every entry is then stale
+FILE_NAME = "scans-v1.sqlite"  # the table's layout; SCAN_FORMAT versions the entries in it
+RACY_NS = 2_000_000_000  # FAT's mtime tick is 2 s; ext4, XFS and NFS are finer
+ENV = "LATENTBENCH_SCAN_CACHE"
+FLUSH_EVERY = 4096  # entries per write transaction: an interrupted scan keeps what it checked
+TIMEOUT_S = 60.0  # how long a writer waits for another bench's write lock
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What says that a file is unchanged: ``os.stat``'s size, mtime, ctime and inode (ns)."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: str | os.PathLike) -> Stamp:
+        """The stamp of a file (follows symbolic links; raises OSError as ``os.stat``)."""
+        st = os.stat(path)
+        return cls(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    @classmethod
+    def combined(cls, stamps: Sequence[Stamp]) -> Stamp:
+        """One stamp for several files (an hf row: its Arrow files and the image it names)."""
+        return cls(sum(s.size for s in stamps), max(s.mtime_ns for s in stamps),
+                   max(s.ctime_ns for s in stamps), hash(tuple(s.inode for s in stamps)) & (2**63 - 1))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A file's scan result: its stamp when checked, when that was, its bytes' sha256 and its size."""
+
+    stamp: Stamp
+    checked_ns: int
+    digest: bytes
+    size: tuple[int, int]
+
+    def valid_for(self, stamp: Stamp) -> bool:
+        """Whether this entry describes a file that now has ``stamp`` (see the racy rule above)."""
+        return stamp == self.stamp and stamp.mtime_ns <= self.checked_ns - RACY_NS
+
+
+def decoder_id() -> str:
+    """What the entries' results depend on besides the bytes: this module's format and Pillow."""
+    return f"latentbench-scan-{SCAN_FORMAT}/Pillow-{PIL.__version__}"
+
+
+def enabled() -> bool:
+    """False when ``$LATENTBENCH_SCAN_CACHE`` is 0, false, no or off."""
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class ScanCache:
+    """The SQLite file of scan entries. Fails soft: any database error disables it with one warning.
+
+    Args:
+        path: the SQLite file (created with its folder on first write).
+        writable: whether this process may write (rank 0 only in a multi-process bench).
+    """
+
+    def __init__(self, path: str | os.PathLike, writable: bool = True):
+        self.path = Path(path)
+        self.writable = writable
+        self.decoder = decoder_id()
+        self._db: sqlite3.Connection | None = None
+        self._failed = False
+        self._pending: list[tuple] = []
+
+    # ---- connection and failure -----------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if self._db is None and not self._failed:
+            if not self.path.exists() and not self.writable:
+                return None  # nothing to read, and this process may not create it
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=TIMEOUT_S, isolation_level=None)
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS scans (key TEXT NOT NULL, decoder TEXT NOT NULL, size INTEGER NOT NULL, "
+                    "mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, "
+                    "checked_ns INTEGER NOT NULL, digest BLOB NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, "
+                    "PRIMARY KEY (key, decoder)) WITHOUT ROWID"
+                )
+                self._db = db
+            except (sqlite3.Error, OSError) as err:
+                self._fail(err)
+        return self._db
+
+    def _fail(self, err: Exception) -> None:
+        warnings.warn(
+            f"scan cache {self.path} is not usable ({type(err).__name__}: {err}); scanning without it. "
+            f"Delete the file to start a new one, or set {ENV}=0.", RuntimeWarning, stacklevel=3,
+        )
+        self._failed, self._pending = True, []
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def close(self) -> None:
+        """Write what is pending and close the file."""
+        self.flush()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # ---- reading and writing ----------------------------------------------------------------
+
+    def lookup(self, keys: Sequence[str | None]) -> dict[str, Entry]:
+        """The stored entries of ``keys`` (None keys, and keys without an entry, are left out)."""
+        wanted = sorted({k for k in keys if k is not None})
+        db = self._connect() if wanted else None
+        if db is None:
+            return {}
+        found = {}
+        try:
+            for start in range(0, len(wanted), 500):  # SQLite caps the parameters of one statement
+                part = wanted[start:start + 500]
+                rows = db.execute(
+                    f"SELECT key, size, mtime_ns, ctime_ns, inode, checked_ns, digest, width, height FROM scans "
+                    f"WHERE decoder = ? AND key IN ({','.join('?' * len(part))})", (self.decoder, *part),
+                )
+                for key, size, mtime, ctime, inode, checked, digest, w, h in rows:
+                    found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h))
+        except sqlite3.Error as err:
+            self._fail(err)
+            return {}
+        return found
+
+    def add(self, key: str, stamp: Stamp, checked_ns: int, digest: bytes, size: tuple[int, int]) -> None:
+        """Queue one fresh entry; written every FLUSH_EVERY entries and on ``flush``."""
+        if not self.writable or self._failed:
+            return
+        self._pending.append((key, self.decoder, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
+                              checked_ns, digest, size[0], size[1]))
+        if len(self._pending) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued entries in one transaction."""
+        if not self._pending:
+            return
+        db = self._connect()
+        if db is None:
+            self._pending = []
+            return
+        try:
+            with contextlib.closing(db.cursor()) as cur:
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    cur.executemany("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as err:
+            self._fail(err)
+            return
+        self._pending = []
+
+    def record(self, outcomes: Iterable[tuple]) -> Iterator[tuple]:
+        """Pass scan outcomes through, queueing the fresh ones; written when the iteration ends.
+
+        An outcome is ``(index, digest, size, error, fresh)``: ``fresh`` is ``(key, stamp, checked_ns)``
+        for a file decoded now that may be cached, else None (a hit, an error, an uncacheable file).
+        """
+        try:
+            for outcome in outcomes:
+                _, digest, size, error, fresh = outcome
+                if fresh is not None and error is None:
+                    self.add(fresh[0], fresh[1], fresh[2], digest, size)
+                yield outcome
+        finally:
+            self.flush()
+
+
+def default_cache(writable: bool = True) -> ScanCache | None:
+    """The suite's scan cache (``<cache dir>/scans-v1.sqlite``), or None when ``$LATENTBENCH_SCAN_CACHE`` is off."""
+    return ScanCache(default_cache_dir() / FILE_NAME, writable) if enabled() else None
