@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentbench.data import IMAGE_EXTENSIONS, load_rgb
+from latentbench.data import IMAGE_EXTENSIONS, BadImageError, load_rgb
 
 PAIRED = ("psnr", "ssim", "lpips")
 
@@ -45,8 +45,13 @@ def pair_images(real: dict[str, Path], fake: dict[str, Path]) -> list[tuple[str,
 
 
 def load_uint8(path: Path) -> Tensor:
-    """One image file as a (3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.asarray(load_rgb(path)).copy()).permute(2, 0, 1)
+    """One image file as a (3, H, W) uint8 tensor; an unreadable one raises BadImageError naming it."""
+    try:
+        image = load_rgb(path)
+    except BadImageError as err:  # these commands measure every file they are given: nothing is skipped
+        raise BadImageError(err.path, err.reason, "Fix or replace the file, or move it out of the folder "
+                            "(and its pair out of the other folder, for paired metrics).") from None
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
 def to_signed(x: Tensor) -> Tensor:

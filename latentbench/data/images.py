@@ -25,20 +25,25 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class BadImageError(ValueError):
-    """An image file that cannot be decoded; names the file and the reason."""
+SKIP_ADVICE = ("Fix or remove the file, or pass --on_bad_image skip (on_bad_image='skip') to drop unreadable files; "
+               "they are then counted and listed in the dataset info.")
 
-    def __init__(self, path: str, reason: str):
+
+class BadImageError(ValueError):
+    """An image file that cannot be decoded; names the file, the reason and what to do.
+
+    ``advice`` defaults to the datasets' (fix, remove or skip); a command without a skip policy
+    (``latentbench metrics``, ``stats``) passes its own.
+    """
+
+    def __init__(self, path: str, reason: str, advice: str = SKIP_ADVICE):
         self.path = str(path)
         self.reason = reason
-        super().__init__(
-            f"cannot decode image {self.path}: {reason}. Fix or remove the file, or pass "
-            "--on_bad_image skip (on_bad_image='skip') to drop unreadable files; "
-            "they are then counted and listed in the dataset info."
-        )
+        self.advice = advice
+        super().__init__(f"cannot decode image {self.path}: {reason}. {advice}")
 
     def __reduce__(self):
-        return type(self), (self.path, self.reason)
+        return type(self), (self.path, self.reason, self.advice)
 
 
 def is_image_file(path: str | Path) -> bool:

@@ -76,7 +76,8 @@ def test_bad_inputs_fail_clearly(tmp_path):
     real, fake, _ = _folders(tmp_path / "again")
     (real / "2.png").write_bytes(b"not a png")
     proc = _cli("--real", str(real), "--fake", str(fake), "--ssim")
-    assert proc.returncode == 2 and "cannot decode image" in proc.stderr
+    assert proc.returncode == 2 and f"cannot decode image {real / '2.png'}" in proc.stderr
+    assert "move it out of the folder" in proc.stderr and "--on_bad_image" not in proc.stderr  # no such option here
     proc = _cli("--real", str(tmp_path / "nope"), "--fake", str(fake), "--ssim")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
