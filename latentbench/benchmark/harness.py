@@ -231,10 +231,16 @@ class _DropLightningTips(logging.Filter):
 
 
 def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips and a known deprecation warning from its own code."""
+    """Drop Lightning's advertising tips, a known deprecation warning from its own code, and its eval-mode alarm.
+
+    The suite keeps frozen networks in eval mode on purpose (RAE's encoder, LPIPS and its substitutes,
+    teachers, feature discriminators' backbones): Lightning's "Found N module(s) in eval mode at the
+    start of training ... may lead to unexpected behavior" would only alarm.
+    """
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
