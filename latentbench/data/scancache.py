@@ -11,7 +11,9 @@ is used only when the file's size, modification time, change time and inode are 
 recorded. A file rewritten in place, replaced, truncated, touched or copied over gets a new stamp
 and is decoded again. As in git's "racy" rule, an entry is trusted only if the file had not been
 modified for ``RACY_NS`` before it was checked: a write in the same timestamp tick as the check
-would otherwise leave the stamp unchanged. Rows of an ``hf`` dataset are keyed by its Arrow files'
+would otherwise leave the stamp unchanged. (On a network filesystem a client may cache a file's
+attributes for up to a minute, so a file another machine rewrote seconds ago can still look
+unchanged; rescan with the cache off after editing a shared dataset.) Rows of an ``hf`` dataset are keyed by its Arrow files'
 paths and stamps (any change to them misses every row), plus the stamp of an image the row names
 by path instead of holding its bytes. In-memory datasets and other sources are not cached.
 
