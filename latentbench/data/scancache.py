@@ -66,7 +66,11 @@ class Stamp:
 
     @classmethod
     def combined(cls, stamps: Sequence[Stamp]) -> Stamp:
-        """One stamp for several files (an hf row: its Arrow files and the image it names)."""
+        """One stamp for several files (an hf row: its Arrow files and the image it names).
+
+        Any write to any of them moves the newest ctime; the inodes are folded by ``hash`` of a tuple
+        of ints, which Python computes the same in every process (no hash randomisation for ints).
+        """
         return cls(sum(s.size for s in stamps), max(s.mtime_ns for s in stamps),
                    max(s.ctime_ns for s in stamps), hash(tuple(s.inode for s in stamps)) & (2**63 - 1))
 
