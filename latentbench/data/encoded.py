@@ -24,10 +24,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from latentbench import distributed
-from latentbench.data import scancache
 from latentbench.data.images import BadImageError, load_rgb
 from latentbench.data.info import content_fingerprint, dataset_info
-from latentbench.data.scancache import Entry, ScanCache, Stamp
+from latentbench.data.scancache import Entry, ScanCache, Stamp, default_cache
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
 
 ON_BAD_IMAGE = ("error", "skip")
@@ -51,13 +50,11 @@ class EncodedFiles(Protocol):
 class CacheableFiles(EncodedFiles, Protocol):
     """EncodedFiles whose scan results can be kept in the scan cache (image folders, ``hf`` datasets on disk)."""
 
-    def scan_key(self, index: int) -> str | None:
-        """A name of the file that no other file has (None: do not cache it); cheap, no I/O."""
-        ...
+    # scan_key: a name of the file that no other file has (None: do not cache it); cheap, no I/O.
+    # scan_stamp: the file's current stamp (I/O; raises OSError like ``os.stat``).
+    def scan_key(self, index: int) -> str | None: ...
 
-    def scan_stamp(self, index: int) -> Stamp:
-        """The file's current stamp (I/O; raises OSError like ``os.stat``)."""
-        ...
+    def scan_stamp(self, index: int) -> Stamp: ...
 
 
 _DEFAULT = object()  # scan_files' cache argument: the suite's scan cache
@@ -105,10 +102,10 @@ def scan_files(
     """
     check_on_bad_image(on_bad_image)
     rank, world = _scan_group()
-    if cache is _DEFAULT:
-        cache = scancache.default_cache(writable=distributed.rank() == 0)
-    if not hasattr(files, "scan_key"):
+    if not hasattr(files, "scan_key"):  # not a CacheableFiles
         cache = None
+    elif cache is _DEFAULT:
+        cache = default_cache(writable=distributed.rank() == 0)
     with ThreadPoolExecutor(scan_threads()) as pool, contextlib.closing(cache) if cache else contextlib.nullcontext():
         if world > 1 and limit is None:
             outcomes = _shared_outcomes(files, pool, desc, rank, world, on_bad_image == "error", cache)
@@ -226,7 +223,7 @@ def _scan_one(files: EncodedFiles, index: int, key: str | None, entry: Entry | N
     try:
         stamp = files.scan_stamp(index)
     except OSError as err:
-        return None, None, BadImageError(files.name(index), f"cannot read file: {err}"), None, False
+        return None, None, _unreadable(files.name(index), err), None, False
     if entry is not None and entry.valid_for(stamp):
         return entry.digest, entry.size, None, None, True
     digest, size, error = _decode_one(files, index)
@@ -242,8 +239,13 @@ def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[in
     except BadImageError as err:
         return None, None, err
     except OSError as err:
-        return None, None, BadImageError(name, f"cannot read file: {err}")
+        return None, None, _unreadable(name, err)
     return hashlib.sha256(data).digest(), size, None
+
+
+def _unreadable(name: str, err: OSError) -> BadImageError:
+    """The BadImageError of a file that cannot be stat'ed or read."""
+    return BadImageError(name, f"cannot read file: {err}")
 
 
 class EncodedImageDataset(Dataset):
