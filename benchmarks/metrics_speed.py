@@ -15,6 +15,11 @@ passes over all images. The pairs compared:
 * LPIPS: ours vs the ``lpips`` package called directly on the raw floats (same network
   object), plus ``torchmetrics.image.LearnedPerceptualImagePatchSimilarity`` when the
   backbone's ImageNet weights are in torchvision's cache (it cannot be built without them);
+* FID-2048 (``--fid-dim``): ours (``fid.FrechetDistance``: float64 sums, the trace root from two symmetric
+  eigensolves) vs ``torchmetrics.image.fid.FrechetInceptionDistance`` (float64 sums,
+  ``eigvals(S1 S2)``), both on the same fixed 2048-d features of the uint8 images (a seeded
+  random projection of the 16x16-pooled pixels, standing in for Inception, whose weights are
+  not here and whose cost is the same network in both): the update and compute machinery;
 * pipeline: everything a bench computes per reconstruction batch except rFID features, as it
   computes it (``evaluate.ReconstructionMetrics``: the images quantised once, PSNR, SSIM and,
   where timed, LPIPS) vs torchmetrics' PSNR and SSIM classes plus the same LPIPS reference,
@@ -126,6 +131,72 @@ class InTurn(Metric):
         return self.parts[0].compute()
 
 
+class ProjectedFeatures(nn.Module):
+    """Fixed 2048-d features of uint8 images: 16x16 average pooling, then a seeded random projection.
+
+    A stand-in for the FID Inception (same input, same feature size) that costs little, so the
+    FID rows time the metric, not the network; both implementations call this same module.
+    """
+
+    def __init__(self, dim: int = 2048, pooled: int = 16, seed: int = 0):
+        super().__init__()
+        self.pooled = pooled
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("projection", torch.randn(3 * pooled * pooled, dim, generator=g) / (3 * pooled * pooled) ** 0.5)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = nn.functional.adaptive_avg_pool2d(images.float() / 255, self.pooled).flatten(1)
+        return torch.tanh(x @ self.projection)  # non-linear, so the features are not Gaussian
+
+
+class OursFID(Metric):
+    """``fid.FrechetDistance`` on ``ProjectedFeatures`` of the uint8-quantised pairs; ``compute`` returns FID."""
+
+    full_state_update = False
+
+    def __init__(self, dim: int = 2048):
+        super().__init__()
+        from latentbench.benchmark.fid import FrechetDistance
+
+        self.features = ProjectedFeatures(dim)
+        self.fid = FrechetDistance(dim)
+
+    def reset(self) -> None:
+        super().reset()
+        self.fid.reset()
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        from latentbench.benchmark.metrics import to_uint8
+
+        self.fid.update(self.features(to_uint8(fake)), real=self.features(to_uint8(real)))
+
+    def compute(self) -> Tensor:
+        return torch.tensor(self.fid.compute()["value"], dtype=torch.float64)
+
+
+class TorchmetricsFID(Metric):
+    """torchmetrics' ``FrechetInceptionDistance`` with ``ProjectedFeatures`` as its feature network."""
+
+    full_state_update = False
+
+    def __init__(self, dim: int = 2048):
+        super().__init__()
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        self.fid = FrechetInceptionDistance(feature=ProjectedFeatures(dim))
+
+    def reset(self) -> None:
+        super().reset()
+        self.fid.reset()
+
+    def update(self, real: Tensor, fake: Tensor) -> None:
+        self.fid.update(((real + 1) * 127.5).round().to(torch.uint8), real=True)
+        self.fid.update(((fake + 1) * 127.5).round().to(torch.uint8), real=False)
+
+    def compute(self) -> Tensor:
+        return self.fid.compute().to(torch.float64)
+
+
 def make_images(n: int, size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """``n`` smooth random images in [-1, 1] and noisy copies, (n, 3, size, size) float32 each."""
     g = torch.Generator().manual_seed(seed)
@@ -202,6 +273,8 @@ def candidates(args: argparse.Namespace) -> tuple[list[tuple[str, str, Callable[
             skipped += [f"{name}: {note}",
                         f"{name} torchmetrics skipped: it loads torchvision's ImageNet backbone weights, not on this machine",
                         f"pipeline: {name} in both, the lpips package in the reference"]
+    fid = f"FID-{args.fid_dim}"
+    todo += [(fid, "latentbench", lambda: OursFID(args.fid_dim)), (fid, "torchmetrics", lambda: TorchmetricsFID(args.fid_dim))]
     todo += [("pipeline", "latentbench", lambda: BenchMetrics(ours_lpips() if ours_lpips else None)),
              ("pipeline", "torchmetrics", lambda: InTurn([tm_psnr(), tm_ssim()] + ([theirs_lpips()] if theirs_lpips else [])))]
     return todo, skipped
@@ -256,7 +329,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     parser.add_argument("--lpips-random-backbone", action="store_true",
                         help="without the ImageNet backbone weights, time LPIPS on a seeded random backbone")
-    parser.add_argument("--only", nargs="*", default=None, help="metric names to run (PSNR SSIM LPIPS-alex pipeline ...)")
+    parser.add_argument("--fid-dim", type=int, default=2048, help="feature size of the FID rows (Inception's: 2048)")
+    parser.add_argument("--only", nargs="*", default=None, help="metric names to run (PSNR SSIM LPIPS-alex FID-2048 pipeline ...)")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     return parser.parse_args(argv)
 

@@ -5,7 +5,9 @@ The Fréchet distance between two Gaussians fitted to feature sets (Heusel et al
     FID = ||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr(sqrtm(S1 S2))
 
 with ``S`` the *unbiased* covariance (divisor ``n - 1``), as ``numpy.cov``, pytorch-fid,
-torch-fidelity and ADM's evaluator use, and ``scipy.linalg.sqrtm`` for the matrix square root.
+torch-fidelity and ADM's evaluator use. The trace of the matrix square root comes from two
+symmetric eigensolves (:func:`frechet_distance` says why that is the same number as
+``scipy.linalg.sqrtm``'s, and 6-8x faster at D = 2048).
 
 How the statistics are kept:
 
@@ -38,11 +40,12 @@ percentiles [69.2, 76.9], wholly above it). The reported interval is therefore t
 percentiles of the replicates shifted down by ``bootstrap_bias`` (replicate mean minus value,
 also returned): it describes the sampling spread around the value, not the value's own bias. Its cost is real: per feature
 stream it keeps ``bootstrap * D^2 * 8`` bytes (Inception, D = 2048: 32 MiB per replicate) and
-each update costs ``bootstrap`` times a plain update, and ``compute()`` takes one ``sqrtm``
-per replicate.
+each update costs ``bootstrap`` times a plain update, and ``compute()`` takes one or two
+symmetric eigensolves per replicate (one against a fixed reference, whose root is kept).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -50,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.linalg
 import scipy.stats
 import torch
 from torch import Tensor
@@ -61,8 +63,7 @@ from latentbench.fsutil import atomic_path
 INTERVAL_LEVEL = 0.95
 BOOTSTRAP_MEMORY_LIMIT = 2 * 1024**3  # bytes of (B, D, D) replicate states; above it, ask for fewer replicates
 BOOTSTRAP_CHUNK_ELEMENTS = 1 << 23  # float64 elements (64 MiB) of the weighted-feature temporary per product
-SQRTM_EPS = 1e-6  # pytorch-fid's offset added to both covariances when sqrtm of their product is not finite
-IMAG_ATOL = 1e-3  # pytorch-fid's tolerance on the imaginary part of sqrtm's diagonal
+PSD_RTOL = 1e-6  # a covariance eigenvalue below -PSD_RTOL * the largest is not rounding: the matrix is not PSD
 META_PREFIX = "meta_"  # npz keys holding the metadata strings of a statistics file
 
 # Poisson(1) CDF for k = 0..31; from k ~ 18 on it is 1.0 in float64, so the table never runs out.
@@ -74,39 +75,69 @@ _U64 = np.uint64
 # Fréchet distance between two Gaussians
 # ---------------------------------------------------------------------------------------------
 
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any) -> float:
+def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, sqrt_sigma2: np.ndarray | None = None) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    Follows pytorch-fid / TTUR: ``scipy.linalg.sqrtm(sigma1 @ sigma2)``; when that is not finite
-    (a near-singular product), ``SQRTM_EPS * I`` is added to both covariances and it is retried;
-    a negligible imaginary part (numerical noise) is dropped.
+    ``tr(sqrtm(S1 S2))`` is computed as ``tr(sqrtm(R S1 R))`` with ``R = S2^(1/2)``: the two
+    products are similar matrices (``S1 S2 = S1 R R`` and ``R S1 R`` share eigenvalues), and the
+    second is symmetric positive semi-definite, so its trace root is the sum of the square roots
+    of its ``eigvalsh`` eigenvalues. This is the same number pytorch-fid, ADM's evaluator
+    (``scipy.linalg.sqrtm``) and torch-fidelity / torchmetrics (``eigvals(S1 S2)``) compute, to
+    about 1e-7 relative (tested against all three), found by two symmetric eigensolves instead of
+    a general square root: at D = 2048 on a 2-core CPU 2.6 s against 15-21 s for ``sqrtm``. It
+    needs no pytorch-fid offset retry for singular covariances (``n < D``), whose zero
+    eigenvalues it keeps at zero instead of turning them into complex rounding noise.
 
     Args:
         mu1, mu2: means, shape (D,).
         sigma1, sigma2: covariances, shape (D, D).
+        sqrt_sigma2: ``psd_sqrt(sigma2)`` when already known (a fixed reference), to skip one eigensolve.
 
     Returns:
         The distance as a Python float.
 
     Raises:
-        ValueError: shapes disagree, an input holds NaN or Inf, or sqrtm has a large imaginary part.
+        ValueError: shapes disagree, an input holds NaN or Inf, or a covariance is not positive
+            semi-definite beyond rounding.
     """
     mu1, sigma1 = _check_gaussian(mu1, sigma1, "first")
     mu2, sigma2 = _check_gaussian(mu2, sigma2, "second")
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
+    root = psd_sqrt(sigma2, "second") if sqrt_sigma2 is None else sqrt_sigma2
+    product = root @ sigma1 @ root
+    eigenvalues = _psd_eigenvalues((product + product.T) / 2, "first")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(len(mu1)) * SQRTM_EPS
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.abs(np.diagonal(covmean).imag).max()
-        if imag > IMAG_ATOL:
-            raise ValueError(f"sqrtm(sigma1 @ sigma2) has an imaginary component of {imag:.3g} "
-                             f"(> {IMAG_ATOL}): the covariances are not valid (positive semi-definite)")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.sqrt(eigenvalues).sum())
+
+
+def psd_sqrt(sigma: np.ndarray, which: str = "reference") -> np.ndarray:
+    """The symmetric square root of a covariance, ``V diag(sqrt(w)) V^T`` from ``eigh``.
+
+    Eigenvalues that rounding left slightly negative count as zero; see :func:`_psd_eigenvalues`.
+    """
+    w, v = np.linalg.eigh(sigma)
+    root = (v * np.sqrt(_clip_rounding(w, which))) @ v.T
+    return (root + root.T) / 2  # exactly symmetric; the product leaves it so only to rounding
+
+
+def _psd_eigenvalues(matrix: np.ndarray, which: str) -> np.ndarray:
+    """Eigenvalues of a symmetric matrix that should be positive semi-definite, rounding negatives at zero."""
+    return _clip_rounding(np.linalg.eigvalsh(matrix), which)
+
+
+def _clip_rounding(w: np.ndarray, which: str) -> np.ndarray:
+    """Eigenvalues with rounding-level negatives set to 0; ValueError for a plainly negative one.
+
+    A covariance from float64 sums is PSD up to rounding, which leaves its zero eigenvalues at
+    about ``D * eps * max(w)`` either side of zero; ``PSD_RTOL * max(w)`` is far above that and
+    far below any real negative eigenvalue (which no covariance has).
+    """
+    scale = max(float(np.abs(w).max(initial=0.0)), np.finfo(np.float64).tiny)
+    if w.min(initial=0.0) < -PSD_RTOL * scale:
+        raise ValueError(f"{which} covariance is not positive semi-definite: eigenvalue {w.min():.3g} against a "
+                         f"largest of {scale:.3g}; a covariance from real features cannot have one")
+    return np.clip(w, 0.0, None)
 
 
 def _check_gaussian(mu: Any, sigma: Any, which: str) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +212,11 @@ class ReferenceStats:
     def dim(self) -> int:
         """Feature dimension D."""
         return self.mu.shape[0]
+
+    @functools.cached_property
+    def sqrt_sigma(self) -> np.ndarray:
+        """``psd_sqrt(sigma)``, computed once: every FID against this reference reuses it."""
+        return psd_sqrt(self.sigma, f"reference{f' in {self.path}' if self.path else ''}")
 
     @property
     def sha256(self) -> str:
@@ -508,7 +544,7 @@ class FrechetDistance(Metric):
         """FID of one set of fake sums against the reference or against the matching real sums."""
         mu1, sigma1 = moments(n, fake_sum.cpu().numpy(), fake_outer.cpu().numpy())
         if real is None:
-            mu2, sigma2 = self.reference.mu, self.reference.sigma
-        else:
-            mu2, sigma2 = moments(n, real[0].cpu().numpy(), real[1].cpu().numpy())
+            ref = self.reference
+            return frechet_distance(mu1, sigma1, ref.mu, ref.sigma, sqrt_sigma2=ref.sqrt_sigma)
+        mu2, sigma2 = moments(n, real[0].cpu().numpy(), real[1].cpu().numpy())
         return frechet_distance(mu1, sigma1, mu2, sigma2)

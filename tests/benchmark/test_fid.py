@@ -11,6 +11,7 @@ from latentbench.benchmark.fid import (
     frechet_distance,
     load_adm_reference,
     poisson_weights,
+    psd_sqrt,
 )
 
 D = 64
@@ -62,10 +63,38 @@ def test_frechet_distance_matches_torch_fidelity():
     assert frechet_distance(*_gaussians(REAL), *_gaussians(FAKE)) == pytest.approx(ref, rel=1e-6)
 
 
-def test_frechet_distance_singular_covariances_stay_finite():
-    few = _features(20, seed=3)  # 20 samples in 64 dims: rank-deficient covariances
-    value = frechet_distance(*_gaussians(few), *_gaussians(_features(20, shift=0.2, seed=4)))
-    assert np.isfinite(value) and value > 0
+@pytest.mark.parametrize("n1, n2, dim", [(20, 20, 64), (20, 30, 64), (100, 80, 256)])
+def test_frechet_distance_singular_covariances_match_sqrtm_and_eigvals(n1, n2, dim):
+    """n < D: rank-deficient covariances, where sqrtm and eigvals(S1 S2) meet complex rounding noise."""
+    metric_fid = pytest.importorskip("torch_fidelity.metric_fid")
+    a, b = _features(n1, seed=3, dim=dim), _features(n2, shift=0.2, seed=4, dim=dim)
+    value = frechet_distance(*_gaussians(a), *_gaussians(b))
+    by_eigvals = metric_fid.fid_statistics_to_metric(metric_fid.fid_features_to_statistics(a.double()),
+                                                     metric_fid.fid_features_to_statistics(b.double()), False)
+    assert value == pytest.approx(by_eigvals[metric_fid.KEY_METRIC_FID], rel=1e-7)
+    assert value == pytest.approx(_reference_fid(a, b), rel=1e-7)
+
+
+def test_frechet_distance_with_a_known_root_and_psd_sqrt():
+    (mu1, s1), (mu2, s2) = _gaussians(FAKE), _gaussians(REAL)
+    root = psd_sqrt(s2)
+    np.testing.assert_allclose(root @ root, s2, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(root, root.T)  # symmetric, as the trace identity needs
+    assert frechet_distance(mu1, s1, mu2, s2, sqrt_sigma2=root) == frechet_distance(mu1, s1, mu2, s2)
+    reference = ReferenceStats(mu2, s2, len(REAL))
+    assert reference.sqrt_sigma is reference.sqrt_sigma  # computed once
+    np.testing.assert_array_equal(reference.sqrt_sigma, root)
+
+
+def test_frechet_distance_refuses_a_covariance_that_is_not_psd():
+    mu, good = np.zeros(3), np.diag([2.0, 1.0, 0.0])
+    bad = np.diag([2.0, 1.0, -0.5])  # no set of features has a negative variance
+    with pytest.raises(ValueError, match="second covariance is not positive semi-definite: eigenvalue -0.5"):
+        frechet_distance(mu, good, mu, bad)
+    with pytest.raises(ValueError, match="first covariance is not positive semi-definite"):
+        frechet_distance(mu, bad, mu, good + np.eye(3))
+    rounding = np.diag([2.0, 1.0, -1e-13])  # rounding-level negatives are zeros
+    assert frechet_distance(mu, rounding, mu, rounding) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_streaming_in_batches_equals_one_update():
@@ -149,7 +178,7 @@ def test_poisson_weights_depend_only_on_the_index():
 
 
 # Bootstrap tests use D = 16, small against n: replicates hold ~63% distinct samples, and at
-# n ~ D their covariances turn singular and sqrtm's rounding no longer allows 1e-10 comparisons.
+# n ~ D their covariances turn singular and the square root's rounding no longer allows 1e-10 comparisons.
 D_BOOT = 16
 REAL_BOOT, FAKE_BOOT = _features(300, seed=1, dim=D_BOOT), _features(300, shift=0.3, scale=1.3, seed=2, dim=D_BOOT)
 

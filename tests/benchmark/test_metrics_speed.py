@@ -22,7 +22,8 @@ def _script(monkeypatch):
 def test_metrics_speed_times_each_metric_and_the_pipeline(tmp_path, monkeypatch):
     speed = _script(monkeypatch)
     out = tmp_path / "speed.json"
-    speed.main(["--n", "12", "--batch-size", "5", "--runs", "1", "--threads", "1", "--lpips-random-backbone", "--json", str(out)])
+    speed.main(["--n", "12", "--batch-size", "5", "--runs", "1", "--threads", "1", "--lpips-random-backbone", "--fid-dim", "64",
+                "--json", str(out)])
     result = json.loads(out.read_text())
     rows = {(t["metric"], t["implementation"]): t for t in result["timings"]}
     assert {("PSNR", "latentbench"), ("SSIM", "torchmetrics"), ("pipeline", "latentbench"), ("pipeline", "torchmetrics")} <= set(rows)
@@ -34,3 +35,5 @@ def test_metrics_speed_times_each_metric_and_the_pipeline(tmp_path, monkeypatch)
     assert rows[("PSNR", "latentbench")]["value"] == pytest.approx(ours, abs=1e-9)
     assert rows[("pipeline", "torchmetrics")]["value"] == pytest.approx(rows[("PSNR", "torchmetrics")]["value"], abs=1e-9)
     assert set(result["ours_speedup"]["pipeline"]) == {"torchmetrics"}
+    # FID: the same features through both implementations give the same distance (12 samples in 64 dims: singular)
+    assert rows[("FID-64", "latentbench")]["value"] == pytest.approx(rows[("FID-64", "torchmetrics")]["value"], rel=1e-4)
