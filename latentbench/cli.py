@@ -110,19 +110,34 @@ def metrics(
         extractor_weights: weights file of the extractor (default: its standard cache location).
         bootstrap: Poisson-bootstrap replicates for a 95% FID interval (0: none).
         batch_size: images per forward pass.
-        json: print one JSON object instead of lines.
+        json: print one JSON object instead of lines (strict JSON: an infinite PSNR is the string "inf").
     """
     import json as json_lib
+    import math
 
     from latentbench.benchmark.standalone import folder_metrics
 
     results = folder_metrics(real, fake, fid, psnr, ssim, lpips, lpips_net, extractor, extractor_weights, bootstrap, batch_size)
     if json:
-        print(json_lib.dumps(results, indent=1, sort_keys=True))
+        print(json_lib.dumps(_finite_or_str(results), indent=1, sort_keys=True, allow_nan=False))
         return
     for name, result in results.items():
         interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
-        print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']})")
+        note = " (infinite: at least one pair is identical, its MSE is 0)" if math.isinf(result["value"]) else ""
+        print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}){note}")
+
+
+def _finite_or_str(value):
+    """``value`` with every non-finite float replaced by its name ("inf", "-inf", "nan"), for strict JSON."""
+    import math
+
+    if isinstance(value, dict):
+        return {k: _finite_or_str(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_str(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weights: Optional[str] = None,

@@ -19,9 +19,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _final_mode(path: Path) -> int:
+    """The replaced file's permission bits, or what ``open()`` would give a new file (0o666 less the umask).
+
+    ``mkstemp`` creates its file 0o600 and the rename keeps that, so without this a leaderboard,
+    a statistics file or a shared cache entry would be readable by its writer alone.
+    """
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only way to read it; set straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -165,8 +165,8 @@ class ReconstructionMetrics:
         from latentbench.benchmark.metrics import to_uint8
 
         real_u8, fake_u8 = to_uint8(real), to_uint8(fake)  # once for every metric (they take uint8 as is)
-        for name, metric in self.metrics.items():
-            metric.update(*((real, fake) if name == "lpips" else (real_u8, fake_u8)))  # LPIPS wants [-1, 1] floats
+        for metric in self.metrics.values():
+            metric.update(real_u8, fake_u8)
         if self.fid is not None:
             self.fid.update(self.extractor(fake_u8), real=self.extractor(real_u8), index=index)
 

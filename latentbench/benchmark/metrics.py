@@ -36,9 +36,17 @@ CPU_CHUNK_VALUES = 2**19
 
 
 def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] float images -> uint8 by rounding (not truncation); uint8 passes through."""
+    """[-1, 1] float images -> uint8 by rounding (not truncation); uint8 passes through.
+
+    Raises:
+        ValueError: integer images of another dtype (their scale is unknown: 0..255 in int64,
+            0..65535 in int32 would otherwise be clamped to [-1, 1] without a word), or NaN / Inf.
+    """
     if x.dtype == torch.uint8:
         return x
+    if not x.is_floating_point():
+        raise ValueError(f"images must be uint8 (0..255) or floats in [-1, 1], got {x.dtype}: convert 0..255 "
+                         "integers with x.to(torch.uint8), 16-bit ones with (x / 257).round().to(torch.uint8)")
     lo, hi = check_finite(x)
     if lo < -1 or hi > 1:  # clamping before rounding gives what clamping after would
         x = x.clamp(-1, 1)
@@ -117,7 +125,8 @@ def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
     """
     check_pair(real, fake)
     if min(real.shape[-2:]) <= 2 * SSIM_RADIUS:
-        raise ValueError(f"SSIM needs images larger than {2 * SSIM_RADIUS + 1} px, got {tuple(real.shape[-2:])}")
+        raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} px (its Gaussian "
+                         f"window), got {tuple(real.shape[-2:])}: use larger images or leave SSIM out")
     x, y = to_uint8(fake), to_uint8(real)
     rows = _gaussian_band(x.shape[-2], torch.float64, x.device)
     cols = _gaussian_band(x.shape[-1], torch.float64, x.device)

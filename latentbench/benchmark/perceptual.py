@@ -31,6 +31,7 @@ from latentbench.benchmark.metrics import (
 from latentbench.weights import WeightsUnavailable, build_lpips, require_lpips_weights
 
 RANGE_TOLERANCE = 1e-3  # decoders that end in tanh or a clamp overshoot by float error only
+LPIPS_MIN_SIDE = {"alex": 31, "vgg": 16}  # smallest side the backbone's pooling leaves non-empty (measured)
 
 
 def lpips_status(net: str = "alex") -> str:
@@ -49,14 +50,29 @@ def lpips_status(net: str = "alex") -> str:
     return f"lpips-{net}"
 
 
-def check_lpips_inputs(real: Tensor, fake: Tensor) -> None:
-    """Raise ValueError unless both are finite float (B, 3, H, W) batches in [-1, 1]."""
+def check_lpips_inputs(real: Tensor, fake: Tensor, net: str = "alex") -> None:
+    """Raise ValueError unless both are (B, 3, H, W) batches, large enough for ``net``, of uint8
+    images or of finite floats in [-1, 1].
+
+    uint8 images are unambiguous. Float batches are also refused when every value lies in
+    [0, 1] (a [0, 1] image passed by mistake); a batch of only bright [-1, 1] images would trip
+    that too, which is why the suite's own callers pass the uint8 images they already have.
+    """
     for x in (real, fake):
-        if not torch.is_floating_point(x):
-            raise ValueError(f"LPIPS inputs must be float images in [-1, 1], got {x.dtype}: pass x.float() / 127.5 - 1")
+        if x.dtype != torch.uint8 and not torch.is_floating_point(x):
+            raise ValueError(f"LPIPS inputs must be uint8 images or floats in [-1, 1], got {x.dtype}: "
+                             "pass x.to(torch.uint8) for 0..255 values")
+    if real.dtype != fake.dtype:
+        raise ValueError(f"LPIPS inputs must share one dtype, got {real.dtype} and {fake.dtype}")
     check_pair(real, fake)
     if real.shape[1] != 3:
         raise ValueError(f"LPIPS inputs must have 3 channels, got shape {tuple(real.shape)}")
+    smallest = LPIPS_MIN_SIDE.get(net, 0)
+    if min(real.shape[-2:]) < smallest:
+        raise ValueError(f"LPIPS-{net} needs images of at least {smallest}x{smallest} px (its backbone pools them "
+                         f"away below that), got {tuple(real.shape[-2:])}: use larger images or leave LPIPS out")
+    if real.dtype == torch.uint8:
+        return
     stats = torch.stack([*torch.aminmax(real.detach()), *torch.aminmax(fake.detach())]).tolist()  # one host sync
     if not all(map(math.isfinite, stats)):  # aminmax propagates NaN; check_finite names the positions
         check_finite(real)
@@ -71,7 +87,7 @@ def check_lpips_inputs(real: Tensor, fake: Tensor) -> None:
 
 
 def quantize(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """[-1, 1] floats -> the uint8-rounded image, mapped back to [-1, 1] as ``q / 127.5 - 1``."""
+    """[-1, 1] floats (or uint8 images) -> the uint8-rounded image, mapped back to [-1, 1] as ``q / 127.5 - 1``."""
     return to_uint8(x).to(dtype).div_(127.5).sub_(1.0)
 
 
@@ -111,8 +127,8 @@ class LPIPS(_PerImageMean):
 
     @torch.no_grad()
     def per_image(self, real: Tensor, fake: Tensor) -> Tensor:
-        """LPIPS distance of each image pair, shape (B,)."""
-        check_lpips_inputs(real, fake)
+        """LPIPS distance of each image pair, shape (B,): uint8 images, or floats in [-1, 1]."""
+        check_lpips_inputs(real, fake, self.net)
         dtype = next(self.model.parameters()).dtype
         with torch.autocast(real.device.type, enabled=False):  # a bf16 eval loop must not lower the metric's precision
             return self.model(quantize(real, dtype), quantize(fake, dtype)).flatten()

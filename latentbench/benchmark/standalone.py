@@ -54,11 +54,6 @@ def load_uint8(path: Path) -> Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
-def to_signed(x: Tensor) -> Tensor:
-    """uint8 -> float in [-1, 1] (exactly invertible by the metrics' rounding)."""
-    return x.double() / 127.5 - 1.0
-
-
 def same_size_batches(items: list[Any], load, batch_size: int) -> Iterator[list]:
     """Load items in order and group consecutive ones of one shape into batches of ``batch_size``."""
     batch: list = []
@@ -99,8 +94,8 @@ def paired_metrics(real_dir: str | Path, fake_dir: str | Path, names: list[str],
         metrics["lpips"] = LPIPS(net=lpips_net)
     pairs = pair_images(list_images(real_dir), list_images(fake_dir))
     for batch in same_size_batches(pairs, _load_pair, batch_size):
-        real = to_signed(torch.stack([r for r, _ in batch])).float()
-        fake = to_signed(torch.stack([f for _, f in batch])).float()
+        real = torch.stack([r for r, _ in batch])  # uint8, as every metric takes it: no range guessing
+        fake = torch.stack([f for _, f in batch])
         for metric in metrics.values():
             metric.update(real, fake)
     results = {name: m.result() for name, m in metrics.items()}
@@ -117,25 +112,45 @@ def folder_features(directory: str | Path, extractor, batch_size: int = 50) -> I
             yield extractor(torch.stack(batch)).double()
 
 
+def is_statistics_file(path: str | Path) -> bool:
+    """Whether ``--real`` names an ``.npz`` of feature statistics rather than an image folder."""
+    return Path(path).suffix.lower() == ".npz"
+
+
+def folder_stats(directory: str | Path, extractor, batch_size: int = 50):
+    """Feature statistics (``FeatureStats``) of every image in a folder; ValueError below 2 images."""
+    from latentbench.benchmark.fid import FeatureStats
+
+    stats = FeatureStats.empty(extractor.dim)
+    for features in folder_features(directory, extractor, batch_size):
+        stats.update(features)
+    _need_two(stats.n, directory)
+    return stats
+
+
+def _need_two(n: int, directory: str | Path) -> None:
+    if n < 2:
+        raise ValueError(f"a Fréchet distance needs at least 2 images per side (a covariance), but {directory} "
+                         f"holds {n}: add images to it")
+
+
 def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_name: str = "inception-tf",
                         extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
     """Fréchet distance between the feature statistics of two folders."""
     from latentbench.benchmark.extractors import create_extractor
-    from latentbench.benchmark.fid import FeatureStats, FrechetDistance
+    from latentbench.benchmark.fid import FrechetDistance
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
-    if str(real_dir).endswith(".npz"):
+    if is_statistics_file(real_dir):
         reference = load_reference(real_dir, extractor)
     else:
-        stats = FeatureStats.empty(extractor.dim)
-        for features in folder_features(real_dir, extractor, batch_size):
-            stats.update(features)
-        reference = stats.reference()
+        reference = folder_stats(real_dir, extractor, batch_size).reference()
     metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap)
     seen = 0
     for features in folder_features(fake_dir, extractor, batch_size):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
         seen += len(features)
+    _need_two(seen, fake_dir)
     result = metric.compute()
     result.update(label=extractor.metric_name, n_real=reference.n, extractor=extractor.id,
                   weights_sha256=extractor.weights_sha256, reference_sha256=reference.sha256)
@@ -170,12 +185,9 @@ def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: st
                       extractor_weights: str | None = None, batch_size: int = 50) -> Path:
     """Feature statistics of a folder as an npz that ``--real`` accepts (tagged with the extractor)."""
     from latentbench.benchmark.extractors import create_extractor
-    from latentbench.benchmark.fid import FeatureStats
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
-    stats = FeatureStats.empty(extractor.dim)
-    for features in folder_features(directory, extractor, batch_size):
-        stats.update(features)
+    stats = folder_stats(directory, extractor, batch_size)
     return stats.save_npz(out, extractor_id=extractor.id, weights_sha256=extractor.weights_sha256,
                           preprocessing=extractor.preprocessing, source=str(directory))
 
@@ -191,6 +203,9 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
     names = [name for name, on in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)) if on]
     if not names and not fid:
         raise ValueError("choose at least one metric: --fid, --psnr, --ssim, --lpips")
+    if names and is_statistics_file(real):
+        raise ValueError(f"--real {real} is a statistics file, which serves --fid only: {', '.join(names)} compare "
+                         "images pair by pair, so pass the image folder as --real (or drop those metrics)")
     results = paired_metrics(real, fake, names, lpips_net, batch_size) if names else {}
     if fid:
         results["fid"] = fid_between_folders(real, fake, extractor, extractor_weights, bootstrap, batch_size)

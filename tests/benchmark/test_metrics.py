@@ -72,8 +72,12 @@ def test_bad_inputs_raise():
         PSNR().update(real, fake)
     with pytest.raises(ValueError, match="no images"):
         SSIM().compute()
-    with pytest.raises(ValueError, match="larger than 11"):
-        ssim_per_image(real[..., :8, :8], real[..., :8, :8])
+    with pytest.raises(ValueError, match=r"at least 11x11 px \(its Gaussian window\), got \(10, 10\): use larger"):
+        ssim_per_image(real[..., :10, :10], real[..., :10, :10])
+    assert ssim_per_image(real[..., :11, :11], real[..., :11, :11]).tolist() == pytest.approx([1.0, 1.0])  # the window fits once
+    for dtype in (torch.int64, torch.int32):  # 0..255 in int64 or 16-bit in int32: the scale is unknown, not guessed
+        with pytest.raises(ValueError, match=f"must be uint8 .* got {dtype}"):
+            psnr_per_image(torch.zeros(1, 3, 4, 4, dtype=dtype), torch.ones(1, 3, 4, 4, dtype=dtype))
 
 
 def _true_level(x: float) -> int:

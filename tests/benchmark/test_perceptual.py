@@ -98,14 +98,29 @@ def test_zero_one_images_are_refused(alex):
     metric.update(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))  # constant grey proves nothing
 
 
+def test_uint8_images_are_taken_as_they_are(alex):
+    """The suite's callers pass uint8: same values as the floats, and no [0, 1] guess to trip."""
+    real, fake = _pair(n=3)
+    as_uint8 = [((x.double() + 1) * 127.5).round().to(torch.uint8) for x in (real, fake)]
+    torch.testing.assert_close(LPIPS(model=alex).per_image(*as_uint8), LPIPS(model=alex).per_image(real, fake), rtol=0, atol=0)
+    bright = [(x.abs() * 0.9 + 0.05) for x in (real, fake)]  # bright [-1, 1] images: every value in [0, 1]
+    with pytest.raises(ValueError, match=r"look like \[0, 1\] images"):  # as floats, indistinguishable from [0, 1] ones
+        LPIPS(model=alex).update(*bright)
+    metric = LPIPS(model=alex)
+    metric.update(*[((x.double() + 1) * 127.5).round().to(torch.uint8) for x in bright])
+    assert metric.result()["n"] == 3
+
+
 @pytest.mark.parametrize("case, match", [
     ("over", r"must be in \[-1, 1\], got values in"),
     ("under", r"must be in \[-1, 1\], got values in"),
     ("nan", "NaN or Inf"),
     ("inf", "NaN or Inf"),
-    ("uint8", "must be float images"),
+    ("int64", "must be uint8 images or floats"),
+    ("mixed", "share one dtype"),
     ("shape", "one shape"),
     ("channels", "3 channels"),
+    ("small", r"LPIPS-alex needs images of at least 31x31 px .* got \(30, 40\)"),
 ])
 def test_bad_inputs_raise(alex, case, match):
     real, fake = _pair(n=2)
@@ -117,8 +132,13 @@ def test_bad_inputs_raise(alex, case, match):
     elif case in ("nan", "inf"):
         fake = fake.clone()
         fake[1, 2, 3, 4] = float(case)
-    elif case == "uint8":
-        real, fake = ((real + 1) * 127.5).to(torch.uint8), ((fake + 1) * 127.5).to(torch.uint8)
+    elif case == "int64":
+        real, fake = ((real + 1) * 127.5).long(), ((fake + 1) * 127.5).long()
+    elif case == "mixed":
+        real = ((real + 1) * 127.5).to(torch.uint8)
+    elif case == "small":  # AlexNet's pooling leaves nothing of a 30-px side: a clear error, not a RuntimeError
+        real, fake = _pair(n=2, size=40)
+        real, fake = real[..., :30, :], fake[..., :30, :]
     elif case == "shape":
         fake = fake[..., :16, :16]
     elif case == "channels":

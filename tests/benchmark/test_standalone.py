@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -131,3 +132,53 @@ def test_fid_between_folders_matches_torch_fidelity(tmp_path, inception_weights)
     assert ours["n"] == ours["n_real"] == 10
     assert ours["value"] == pytest.approx(theirs["frechet_inception_distance"], rel=1e-4)
     assert ours["value"] > 1.0  # shifted fakes: not a vanishing distance
+
+
+def test_identical_pairs_give_infinite_psnr_in_strict_json(tmp_path):
+    real, fake, _ = _folders(tmp_path, n=3)
+    (fake / "0.png").write_bytes((real / "0.png").read_bytes())  # one reconstruction equals its original
+    proc = _cli("--real", str(real), "--fake", str(fake), "--psnr", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))["psnr"]["value"] == "inf"
+    proc = _cli("--real", str(real), "--fake", str(fake), "--psnr")
+    assert "psnr: inf (n=3) (infinite: at least one pair is identical" in proc.stdout
+
+
+def test_bright_images_are_measured_not_mistaken_for_zero_one_images(tmp_path, monkeypatch):
+    """LPIPS gets the decoded uint8 images: a folder of bright images is not refused as [0, 1] input."""
+    import lpips
+
+    from latentbench.benchmark import perceptual
+
+    rng = np.random.default_rng(2)
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir(), fake.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(140, 256, (40, 40, 3), dtype=np.uint8)).save(real / f"{i}.png")
+        Image.fromarray(rng.integers(140, 256, (40, 40, 3), dtype=np.uint8)).save(fake / f"{i}.png")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    monkeypatch.setattr(perceptual, "build_lpips", lambda net: model)
+    out = folder_metrics(real, fake, lpips=True)
+    assert out["lpips"]["n"] == 2 and out["lpips"]["value"] > 0
+
+
+def test_statistics_and_tiny_folders_fail_clearly(tmp_path):
+    from latentbench.benchmark.standalone import save_folder_stats
+
+    real, fake, _ = _folders(tmp_path, n=3, size=32)
+    stats = save_folder_stats(real, tmp_path / "REAL.NPZ", extractor_name="domain-mnist")
+    with pytest.raises(ValueError, match=r"is a statistics file, which serves --fid only: psnr compare images"):
+        folder_metrics(stats, fake, fid=True, psnr=True, extractor="domain-mnist")
+    assert folder_metrics(stats, fake, fid=True, extractor="domain-mnist")["fid"]["n_real"] == 3  # .NPZ is a statistics file too
+    one = tmp_path / "one"
+    one.mkdir()
+    (real / "0.png").rename(one / "0.png")
+    with pytest.raises(ValueError, match=f"at least 2 images per side .* but {one} holds 1: add images"):
+        folder_metrics(one, fake, fid=True, extractor="domain-mnist")
+    with pytest.raises(ValueError, match=f"but {one} holds 1"):
+        folder_metrics(real, one, fid=True, extractor="domain-mnist")
+    with pytest.raises(ValueError, match=f"but {one} holds 1"):
+        save_folder_stats(one, tmp_path / "one.npz", extractor_name="domain-mnist")
+    assert not (tmp_path / "one.npz").exists()
