@@ -1,12 +1,17 @@
 """``imagefolder:<dir>``: a folder of images, one sub-folder per class, like torchvision's ImageFolder.
 
 If ``<dir>/<split>`` exists it is used for that split, otherwise ``<dir>`` itself serves every
-split. Class names are the sorted sub-folder names (so label indices match torchvision's
-ImageFolder); images are found recursively under each class folder, in sorted order. A
-folder with no sub-folders is one class named "". Files whose extension is not in
-IMAGE_EXTENSIONS (README.txt, .DS_Store...) are ignored and counted (``n_ignored_non_image``);
-when class sub-folders exist, image files lying directly in the root are ignored too, and
-counted (``n_ignored_outside_classes``).
+split, unless ``<dir>`` holds other split folders (``train``, ``val``...): then a missing split
+is an error, not a dataset whose classes are the split names. Class names are the sorted
+sub-folder names (so label indices match torchvision's ImageFolder); hidden folders (``.*``,
+such as ``.ipynb_checkpoints``) and ``__MACOSX`` are not classes, and a class folder without
+images is an error (it would shift every later label). Images are found recursively under each
+class folder, in sorted order, following symbolic links but entering each folder once (a link
+back up the tree does not repeat images). A folder with no sub-folders is one class named "".
+Files whose extension is not in IMAGE_EXTENSIONS (README.txt, .DS_Store...) are ignored and
+counted (``n_ignored_non_image``); when class sub-folders exist, image files lying directly in
+the root are ignored too, and counted (``n_ignored_outside_classes``). A folder that cannot be
+listed is an error naming it: its images are never dropped silently.
 """
 from __future__ import annotations
 
@@ -16,7 +21,10 @@ from pathlib import Path
 
 from latentbench.data.encoded import EncodedImageDataset
 from latentbench.data.images import IMAGE_EXTENSIONS, is_image_file
+from latentbench.data.info import SplitNotFoundError
 from latentbench.data.scancache import Stamp
+
+SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "eval", "test", "testing")
 
 
 @dataclass
@@ -38,8 +46,13 @@ class FolderFiles:
     def label(self, index: int) -> int:
         return self.labels[index]
 
-    def scan_key(self, index: int) -> str:
-        return os.path.abspath(self.paths[index])
+    def scan_key(self, index: int) -> str | None:
+        key = os.path.abspath(self.paths[index])
+        try:
+            key.encode()
+        except UnicodeEncodeError:  # a name that is not UTF-8 on disk cannot be an SQLite text key: scanned every time
+            return None
+        return key
 
     def scan_stamp(self, index: int) -> Stamp:
         return Stamp.of(self.paths[index])
@@ -66,6 +79,10 @@ def build_imagefolder(
     paths, labels, n_non_image = [], [], 0
     for label, class_dir in enumerate(class_dirs):
         images, others = _list_files(class_dir, recursive=bool(class_names[label]))
+        if not images and class_names != [""]:
+            raise ValueError(f"class folder {class_dir} holds no images ({' '.join(IMAGE_EXTENSIONS)}): every sub-folder "
+                             f"of {root} is a class, so an empty one would shift the labels of the classes after it; "
+                             "add its images or remove it")
         paths += images
         labels += [label] * len(images)
         n_non_image += others
@@ -81,31 +98,85 @@ def build_imagefolder(
 
 
 def _split_root(directory: Path, split: str) -> Path:
-    """``directory/split`` if it is a folder, else ``directory`` itself."""
-    if not directory.is_dir():
+    """``directory/split`` if it is a folder, else ``directory`` itself (unless it holds other splits)."""
+    if not _listable(directory).is_dir():
         raise FileNotFoundError(f"image folder {directory} does not exist or is not a folder")
-    return directory / split if (directory / split).is_dir() else directory
+    if (directory / split).is_dir():
+        return directory / split
+    splits = sorted(name for name in _subfolders(directory) if name.lower() in SPLIT_NAMES)
+    if splits:
+        raise SplitNotFoundError(f"image folder {directory} (which holds split folders, so it cannot serve as every "
+                                 f"split itself)", split, splits)
+    return directory
 
 
 def _find_classes(root: Path) -> tuple[list[str], list[Path]]:
     """Sorted sub-folder names and paths; a folder without sub-folders is the single class ""."""
-    names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    names = sorted(_subfolders(root))
     if not names:
         return [""], [root]
     return names, [root / name for name in names]
 
 
+def _subfolders(directory: Path) -> list[str]:
+    """Names of the folders in ``directory`` that can be classes (not hidden, not ``__MACOSX``)."""
+    return [entry.name for entry in _scandir(directory) if entry.is_dir() and not _skipped_folder(entry.name)]
+
+
+def _skipped_folder(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _files_in(directory: Path) -> list[str]:
-    """Sorted paths of the plain files directly in ``directory``."""
-    return sorted(entry.path for entry in os.scandir(directory) if entry.is_file())
+    """Sorted paths of the plain files directly in ``directory`` (a broken link too: reading it reports it)."""
+    return sorted(entry.path for entry in _scandir(directory)
+                  if entry.is_file() or (entry.is_symlink() and not entry.is_dir()))
 
 
 def _list_files(directory: Path, recursive: bool) -> tuple[list[str], int]:
     """Sorted image paths under ``directory`` and the number of non-image files next to them."""
-    if recursive:
-        walk = sorted(os.walk(directory, followlinks=True))
-        files = [os.path.join(d, f) for d, _, names in walk for f in sorted(names)]
-    else:
-        files = _files_in(directory)
+    files = [os.path.join(d, f) for d, names in _walk(directory) for f in names] if recursive else _files_in(directory)
     images = [f for f in files if is_image_file(f)]
     return images, len(files) - len(images)
+
+
+def _walk(directory: Path) -> list[tuple[str, list[str]]]:
+    """(folder, sorted file names) under ``directory``, sorted; links followed, each real folder entered once.
+
+    Hand-written around ``os.walk`` because its ``followlinks=True`` walks a link to a parent
+    forever-deep (until the path is too long) and its default ``onerror`` drops an unreadable
+    folder without a word.
+    """
+    seen: set[tuple[int, int]] = set()
+    out = []
+    for folder, dirs, names in os.walk(directory, followlinks=True, onerror=_cannot_list):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a link: its images are listed already
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not _skipped_folder(d))
+        out.append((folder, sorted(names)))
+    return sorted(out)
+
+
+def _scandir(directory: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(directory) as entries:
+            return list(entries)
+    except OSError as err:
+        _cannot_list(err)
+
+
+def _listable(directory: Path) -> Path:
+    """``directory``, once it is known that asking about it does not fail (or with the error that names it)."""
+    try:
+        directory.is_dir()
+    except OSError as err:
+        _cannot_list(err)
+    return directory
+
+
+def _cannot_list(err: OSError) -> None:
+    raise ValueError(f"cannot list folder {err.filename}: {err.strerror or err}; its images would be left out "
+                     "without a word: fix its permissions, or move it out of the dataset") from err

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from latentbench.data.encoded import EncodedImageDataset
+from latentbench.data.images import BadImageError
 from latentbench.data.info import SplitNotFoundError
 from latentbench.data.scancache import Stamp
 
@@ -52,12 +53,16 @@ class HFImageRows:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _cell(self, index: int) -> dict:
-        return self.rows[index][self.column]  # {"bytes": ..., "path": ...}
+    def _cell(self, index: int) -> dict | None:
+        return self.rows[index][self.column]  # {"bytes": ..., "path": ...}, or None for a row without an image
 
     def read(self, index: int) -> bytes:
         cell = self._cell(index)
-        return cell["bytes"] if cell["bytes"] is not None else Path(cell["path"]).read_bytes()
+        if cell is not None and cell["bytes"] is not None:
+            return cell["bytes"]
+        if cell is None or cell["path"] is None:
+            raise BadImageError(self.name(index), f"the row has no image (its {self.column!r} cell is empty)")
+        return Path(cell["path"]).read_bytes()
 
     def scan_key(self, index: int) -> str | None:
         return None if self.arrow_id is None else f"hf:{self.arrow_id}:{index}"
@@ -66,7 +71,9 @@ class HFImageRows:
         if self.all_bytes:
             return self.arrow_stamp
         cell = self._cell(index)  # a row that names its image by path also depends on that file
-        return self.arrow_stamp if cell["bytes"] is not None else Stamp.combined([self.arrow_stamp, Stamp.of(cell["path"])])
+        if cell is None or cell["bytes"] is not None or cell["path"] is None:
+            return self.arrow_stamp
+        return Stamp.combined([self.arrow_stamp, Stamp.of(cell["path"])])
 
     def name(self, index: int) -> str:
         return f"{self.display_name}[{index}]"

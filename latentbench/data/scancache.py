@@ -171,7 +171,7 @@ class ScanCache:
                 )
                 for key, size, mtime, ctime, inode, checked, digest, w, h in rows:
                     found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h))
-        except sqlite3.Error as err:
+        except (sqlite3.Error, ValueError) as err:  # ValueError: a key SQLite cannot encode
             self._fail(err)
             return {}
         return found
@@ -202,7 +202,7 @@ class ScanCache:
                 except BaseException:
                     cur.execute("ROLLBACK")
                     raise
-        except sqlite3.Error as err:
+        except (sqlite3.Error, ValueError) as err:  # ValueError: a key SQLite cannot encode
             self._fail(err)
             return
         self._pending = []

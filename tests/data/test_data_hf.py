@@ -99,3 +99,17 @@ def test_hub_offline_fails_fast_with_advice(monkeypatch):
 def test_missing_local_path_fails_without_hub(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"):
         build_dataset(f"hf:{tmp_path / 'missing'}", "train", 8)
+
+
+@pytest.mark.parametrize("cache", ["on", "off"])
+def test_rows_without_an_image_are_bad_images(tmp_path, monkeypatch, cache):
+    """A row whose image is None is named like any unreadable image, so skip drops it."""
+    monkeypatch.setenv("LATENTBENCH_SCAN_CACHE", "1" if cache == "on" else "0")
+    good = _dataset(3)
+    empty = datasets.Dataset.from_dict({"caption": ["x", "y"], "image": [None, None],
+                                        "label": [1, 2]}, features=good.features)
+    datasets.concatenate_datasets([good, empty]).save_to_disk(tmp_path / "holes")
+    with pytest.raises(BadImageError, match=r"\[3\].*the row has no image \(its 'image' cell is empty\)"):
+        build_dataset(f"hf:{tmp_path / 'holes'}", "train", 8)
+    ds = build_dataset(f"hf:{tmp_path / 'holes'}", "train", 8, on_bad_image="skip")
+    assert len(ds) == 3 and ds.info["n_skipped"] == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from latentbench.data import BadImageError, build_dataset
+from latentbench.data import BadImageError, SplitNotFoundError, build_dataset
 
 
 def _noise(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -174,3 +174,74 @@ def test_all_unreadable_raises(tmp_path):
     _make(tmp_path, {"a.png": lambda p: p.write_bytes(b"")})
     with pytest.raises(ValueError, match="none of the 1 image files is readable"):
         build_dataset(f"imagefolder:{tmp_path}", "train", 8, on_bad_image="skip")
+
+
+def test_a_missing_split_beside_other_splits_is_an_error(tmp_path):
+    """train/ and val/ but no validation/: not a dataset whose classes are 'train' and 'val'."""
+    _make(tmp_path / "train" / "cat", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "val" / "cat", {"b.png": _noisy(8, 8, 1)})
+    with pytest.raises(SplitNotFoundError, match=r"cannot serve as every split itself\) has no split 'validation'; available splits: 'train', 'val'"):
+        build_dataset(f"imagefolder:{tmp_path}", "validation", 8)
+
+
+def test_hidden_folders_are_not_classes_and_an_empty_class_is_an_error(tmp_path):
+    _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
+    _make(tmp_path / ".ipynb_checkpoints", {"c.png": _noisy(8, 8, 2)})
+    _make(tmp_path / "__MACOSX" / "cat", {"._a.png": lambda p: p.write_bytes(b"resource fork")})
+    _make(tmp_path / "dog" / ".thumbs", {"d.png": _noisy(8, 8, 3)})
+    ds = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert ds.info["class_names"] == ["cat", "dog"] and ds.targets == [0, 1]
+    (tmp_path / "bird").mkdir()  # sorted first: it would shift cat and dog to labels 1 and 2
+    with pytest.raises(ValueError, match=f"class folder {tmp_path / 'bird'} holds no images .* shift the labels"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+
+
+def test_a_link_back_up_the_tree_does_not_repeat_images(tmp_path):
+    _make(tmp_path / "cat" / "sub", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
+    (tmp_path / "cat" / "sub" / "up").symlink_to("..")  # cat/sub/up -> cat: a loop
+    (tmp_path / "dog" / "same").symlink_to(tmp_path / "dog")
+    ds = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert len(ds) == 2 and ds.targets == [0, 1]
+
+
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_smaller_dataset(tmp_path, monkeypatch):
+    """Simulated (tests may run as root, who reads anything): listing cat/sub raises PermissionError."""
+    import os
+
+    _make(tmp_path / "cat" / "sub", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
+    scandir, denied = os.scandir, str(tmp_path / "cat" / "sub")
+
+    def guarded(path="."):
+        if os.fspath(path) == denied:
+            raise PermissionError(13, "Permission denied", denied)
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", guarded)
+    with pytest.raises(ValueError, match=f"cannot list folder {denied}: Permission denied; its images would be left out"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    denied = str(tmp_path)
+    with pytest.raises(ValueError, match=f"cannot list folder {tmp_path}: Permission denied"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+
+
+def test_a_broken_link_in_a_flat_folder_is_reported_not_dropped(tmp_path):
+    _make(tmp_path, {"a.png": _noisy(8, 8)})
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(BadImageError, match="b.png"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert build_dataset(f"imagefolder:{tmp_path}", "train", 8, on_bad_image="skip").info["n_skipped"] == 1
+
+
+def test_a_file_name_that_is_not_utf8_is_scanned_without_the_cache(tmp_path):
+    import os
+
+    _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
+    os.rename(tmp_path / "cat" / "a.png", os.fsencode(tmp_path / "cat") + b"/caf\xe9.png")  # Latin-1 name on disk
+    with __import__("warnings").catch_warnings():
+        __import__("warnings").simplefilter("error")  # not even a cache warning
+        first = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+        again = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert len(first) == 1 and first.info["fingerprint"] == again.info["fingerprint"]
