@@ -141,11 +141,22 @@ def init_process_group(launch: Launch) -> bool:
     # CPU convolution backward returns 1x1-kernel gradients in channels-last strides; DDP copies
     # them into its flat buckets and warns once per process. Numbers are unaffected.
     warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.set_device(env.local_rank())
-    dist.init_process_group(backend, rank=env.global_rank(), world_size=env.world_size())
+    dist.init_process_group(process_group_backend(cuda), rank=env.global_rank(), world_size=env.world_size())
     return True
+
+
+def process_group_backend(cuda: bool) -> str:
+    """gloo on CPU machines; on GPU machines NCCL for CUDA tensors *and* gloo for CPU tensors.
+
+    NCCL alone refuses CPU tensors ("No backend type associated with device type cpu"), and the
+    bench reduces some on the CPU on any machine: evaluation's throughput counters, the scan's
+    file reports, statistics kept in numpy. With ``cpu:gloo,cuda:nccl`` each tensor takes the
+    backend of its device, and object collectives go through gloo.
+    """
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
 
 
 def destroy_process_group() -> None:

@@ -54,6 +54,31 @@ def test_launcher_layout_is_taken_or_checked(monkeypatch):
         resolve_launch(Launch(devices=4))
 
 
+def test_gpu_machines_reduce_cpu_tensors_through_gloo(tmp_path):
+    """NCCL alone refuses CPU tensors; on GPU machines the group pairs it with gloo for them.
+
+    No GPU here: the CPU half of the device:backend form is exercised on a 1-process group
+    (a CPU tensor all-reduce and an object all-gather, as evaluation and the scan do).
+    """
+    import torch
+    import torch.distributed as dist
+
+    from latentbench.distributed import process_group_backend
+
+    assert process_group_backend(cuda=False) == "gloo"
+    assert process_group_backend(cuda=True) == "cpu:gloo,cuda:nccl"
+    cpu_part = process_group_backend(cuda=True).split(",")[0]
+    dist.init_process_group(cpu_part, store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        t = torch.tensor([2.0], dtype=torch.float64)
+        dist.all_reduce(t)
+        gathered = [None]
+        dist.all_gather_object(gathered, {"n": 3})
+        assert t.item() == 2.0 and gathered == [{"n": 3}]
+    finally:
+        dist.destroy_process_group()
+
+
 def test_launcher_rank_holds_without_a_process_group(monkeypatch):
     from latentbench.distributed import launcher_rank
 
