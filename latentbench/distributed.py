@@ -148,6 +148,23 @@ def init_process_group(launch: Launch) -> bool:
     return True
 
 
+def compute_device() -> torch.device:
+    """Where this process's evaluation runs: its GPU (the one ``init_process_group`` selected), else the CPU.
+
+    Training runs where Lightning puts it; the stages without a Trainer (reconstruction and its
+    metrics, the probe's and the latent cache's encoding, reference statistics, gFID decoding)
+    move their networks here, and their loops move each batch to their network's device.
+    """
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); the CPU for a module with neither."""
+    for t in (*module.parameters(), *module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 def process_group_backend(cuda: bool) -> str:
     """gloo on CPU machines; on GPU machines NCCL for CUDA tensors *and* gloo for CPU tensors.
 

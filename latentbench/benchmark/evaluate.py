@@ -146,18 +146,19 @@ class ReconstructionMetrics:
         bootstrap: Poisson-bootstrap replicates for the rFID interval.
         seed: bootstrap seed.
         unavailable: metric name -> reason, reported instead of a value.
+        device: where the metrics (their networks and states) live; ``update`` takes images there.
     """
 
     def __init__(self, extractor=None, lpips=None, bootstrap: int = 0, seed: int = 0,
-                 unavailable: dict[str, str] | None = None):
+                 unavailable: dict[str, str] | None = None, device: torch.device | str = "cpu"):
         from latentbench.benchmark.fid import FrechetDistance
         from latentbench.benchmark.metrics import PSNR, SSIM
 
-        self.metrics: dict[str, Any] = {"psnr": PSNR(), "ssim": SSIM()}
+        self.metrics: dict[str, Any] = {"psnr": PSNR().to(device), "ssim": SSIM().to(device)}
         if lpips is not None:
-            self.metrics["lpips"] = lpips
-        self.extractor = extractor
-        self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed) if extractor is not None else None
+            self.metrics["lpips"] = lpips.to(device)
+        self.extractor = extractor.to(device) if extractor is not None else None
+        self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed).to(device) if extractor is not None else None
         self.unavailable = dict(unavailable or {})
 
     def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
@@ -194,13 +195,16 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
     """
     from tqdm.auto import tqdm
 
+    from latentbench.distributed import module_device
     from latentbench.tokenizers import decode_seeded
 
     rank, _ = world()
     out = ReconstructionPass()
+    device = module_device(tokenizer)
     shown = set(torch.linspace(0, len(dataset) - 1, grid_size).round().long().tolist())  # spread over the split
     for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="reconstruct", unit="batch", disable=not progress or rank > 0):
         start = time.perf_counter()
+        x = x.to(device, non_blocking=True)
         z = tokenizer.encode(x)
         # decoders overshoot [-1, 1]; clamp as saving the image would (metrics then round to uint8)
         rec = decode_seeded(tokenizer, z, seed=seed * 1_000_003 + int(index[0])).float().clamp(-1, 1)
@@ -211,7 +215,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         out.indices.append(index)
         keep = [k for k, i in enumerate(index.tolist()) if i in shown]
         if keep:
-            out.grid.append((index[keep], x[keep], rec[keep]))
+            out.grid.append((index[keep], x[keep].cpu(), rec[keep].cpu()))
         out.n += len(x)
     return out
 
@@ -221,10 +225,13 @@ def encode_shard(tokenizer, dataset: Dataset, batch_size: int, progress: bool = 
     """(global indices, latents, labels) of this rank's shard of ``dataset``."""
     from tqdm.auto import tqdm
 
+    from latentbench.distributed import module_device
+
     rank, _ = world()
+    device = module_device(tokenizer)
     latents, labels, indices = [], [], []
     for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="encode", unit="batch", disable=not progress or rank > 0):
-        latents.append(tokenizer.encode(x).float().cpu())
+        latents.append(tokenizer.encode(x.to(device, non_blocking=True)).float().cpu())
         labels.append(torch.as_tensor(y))
         indices.append(index)
     return torch.cat(indices), torch.cat(latents), torch.cat(labels)

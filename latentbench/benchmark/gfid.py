@@ -108,9 +108,10 @@ def _all_reduce_stats(stats) -> None:
 @torch.no_grad()
 def decode_samples(tokenizer, z: Tensor, index: Tensor, norm, seed: int) -> Tensor:
     """Normalised sampled latents -> images in [-1, 1]; sample i's decoder noise from its own seed."""
+    from latentbench.distributed import module_device
     from latentbench.tokenizers.base import decode_per_sample
 
-    latents = norm.denormalize(z) if norm is not None else z
+    latents = (norm.denormalize(z) if norm is not None else z).to(module_device(tokenizer))  # normalised on the CPU
     seeds = [seeding.sample_seed(seed + DECODE_SEED_OFFSET, int(i)) for i in index]
     return decode_per_sample(tokenizer, latents, seeds).float().clamp(-1, 1)
 
@@ -127,11 +128,12 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
     from latentbench.benchmark.evaluate import ShardSampler, gather_by_index, world
     from latentbench.benchmark.fid import FrechetDistance
     from latentbench.benchmark.metrics import to_uint8
+    from latentbench.distributed import module_device
     from latentbench.generators.latents import read_shards
 
     z_all, _ = read_shards(step_dir)
     index_all = torch.arange(len(z_all))
-    fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed)
+    fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed).to(module_device(extractor))
     rank, world_size = world()
     mine = torch.tensor(list(ShardSampler(len(z_all), rank, world_size)), dtype=torch.long)
     shown, shown_index = [], []
@@ -139,7 +141,7 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
         images = decode_samples(tokenizer, z_all[chunk], index_all[chunk], norm, seed)
         fid.update(extractor(to_uint8(images)), index=chunk)
         keep = chunk < keep_images
-        shown.append(images[keep])
+        shown.append(images[keep].cpu())
         shown_index.append(chunk[keep])
     result = fid.compute()
     result["label"] = "g" + extractor.metric_name

@@ -389,11 +389,14 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
 
 
 def load_for_decoding(cfg: BenchConfig, weights: str | Path | None, trust: bool = False):
-    """``load_tokenizer`` for the stages that decode, its iterative decoder compiled under ``cfg.compile``.
+    """``load_tokenizer`` for the stages that decode, on this process's compute device (its GPU, else
+    the CPU), its iterative decoder compiled under ``cfg.compile``.
 
     Returns (tokenizer, names of the compiled submodules: ``compile_decoding``).
     """
-    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
+    from latentbench.distributed import compute_device
+
+    tokenizer = load_tokenizer(cfg.tokenizer, weights, trust).to(compute_device())
     return tokenizer, compile_decoding(tokenizer) if cfg.compile else []
 
 
@@ -404,13 +407,14 @@ def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
         DomainRecipe,
         create_extractor,
     )
+    from latentbench.distributed import compute_device
     from latentbench.weights import WeightsUnavailable
 
     options = dict(proto.eval.extractor_options)
     if proto.eval.extractor.startswith(DOMAIN_PREFIX) and options:
         options = {"recipe": DomainRecipe(**options)}
     try:
-        return create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options), None
+        return create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
     except WeightsUnavailable as e:
         return None, str(e)
 
@@ -419,6 +423,7 @@ def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = Non
     """The protocol's reconstruction metrics; a metric whose weights are missing is reported unavailable."""
     from latentbench.benchmark.evaluate import ReconstructionMetrics
     from latentbench.benchmark.perceptual import LPIPS
+    from latentbench.distributed import compute_device
     from latentbench.weights import WeightsUnavailable
 
     unavailable, lpips = {}, None
@@ -429,7 +434,8 @@ def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = Non
     extractor, why = build_extractor(proto, cache_dir)
     if extractor is None:
         unavailable["rfid"] = why
-    return ReconstructionMetrics(extractor, lpips, bootstrap=proto.eval.fid_bootstrap, seed=seed, unavailable=unavailable)
+    return ReconstructionMetrics(extractor, lpips, bootstrap=proto.eval.fid_bootstrap, seed=seed, unavailable=unavailable,
+                                 device=compute_device())
 
 
 def probe_train_subset(dataset, n: int | None, seed: int):

@@ -79,6 +79,21 @@ def test_gpu_machines_reduce_cpu_tensors_through_gloo(tmp_path):
         dist.destroy_process_group()
 
 
+def test_evaluation_runs_on_the_process_gpu_else_the_cpu(monkeypatch):
+    import torch
+
+    from latentbench.distributed import compute_device, module_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert compute_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)  # what init_process_group's set_device selected
+    assert compute_device() == torch.device("cuda", 3)
+    assert module_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert module_device(torch.nn.Linear(2, 2, device="meta")) == torch.device("meta")
+    assert module_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+
+
 def test_launcher_rank_holds_without_a_process_group(monkeypatch):
     from latentbench.distributed import launcher_rank
 

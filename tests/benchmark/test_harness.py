@@ -111,10 +111,20 @@ def test_compile_reaches_eval_and_generation_and_keeps_the_run_directory(smoke_r
         return ["decoder"]
 
     monkeypatch.setattr(harness, "compile_decoding", fake)  # load_for_decoding: both stages load through it
+    import latentbench.distributed as distributed
+
+    placed = []  # no GPU here: record that the decoding stages ask where to put their networks
+
+    def device():
+        placed.append(1)
+        return torch.device("cpu")
+
+    monkeypatch.setattr(distributed, "compute_device", device)
     run_dir = next((tmp_path / "runs/smoke/v2").iterdir())
     (run_dir / "stages").rename(tmp_path / "old-stages")  # rerun eval and generation (the generator's training is kept)
     compiled = run_bench("sdvae", "smoke", compile=True, **kw)
     assert calls == ["SDVAE", "SDVAE"]  # the eval stage's tokenizer and the generator stage's
+    assert len(placed) >= 5  # eval: tokenizer, extractor, metrics; generate: tokenizer, extractor
     assert compiled["compiled"] == {"eval": ["decoder"], "generate": ["decoder"]}
     assert compiled["run_dir"] == plain["run_dir"]  # not part of the key: compiled decoding moves pixels by < 1e-6
     assert compiled["metrics"] == plain["metrics"]
