@@ -245,7 +245,8 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         warmup: untimed steps first.
         batch_size: training batch instead of the protocol's (e.g. 16 for the shapes of
             configs/tokenizers/perf/*-anchor.yaml).
-        out: JSON file to write (default leaderboards/perf/perf.json; rendered beside the tables).
+        out: JSON file to write (default leaderboards/perf/perf.json, rendered beside the tables: only a
+            full run, without --targets or --batch_size, may write it).
         json: print the JSON instead of the table.
         compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
             the compile time; needs a C++ compiler.
@@ -255,6 +256,9 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
     from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
 
     targets = as_list(targets, "targets")
+    if out is None and (targets or batch_size is not None):
+        raise ValueError(f"--targets / --batch_size measure a part of the table, which would replace the committed "
+                         f"{PERF_PATH} (every config's row); pass --out FILE to write it elsewhere")
     result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
                       out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size,
                       compile=compile)

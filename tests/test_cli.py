@@ -38,10 +38,20 @@ def test_list_options_take_one_value_commas_or_a_list():
 
 @pytest.mark.parametrize("given", [["--targets", "sdvae,dit-ci@sdvae"], ["--targets", "[sdvae, dit-ci@sdvae]"],
                                    ["--targets+", "sdvae", "--targets+", "dit-ci@sdvae"]])
-def test_perf_targets_parse_from_the_command_line(given, monkeypatch):
+def test_perf_targets_parse_from_the_command_line(given, monkeypatch, tmp_path):
     import latentbench.benchmark.perf as perf
 
     seen = []
     monkeypatch.setattr(perf, "run_perf", lambda targets, *a, **k: seen.append([t.label for t in targets]))
-    main(["perf", *given])
+    main(["perf", *given, "--out", str(tmp_path / "perf.json")])
     assert seen == [["sdvae", "dit-ci on sdvae"]]
+
+
+def test_a_partial_perf_run_does_not_replace_the_committed_table(monkeypatch, capsys):
+    import latentbench.benchmark.perf as perf
+
+    monkeypatch.setattr(perf, "run_perf", lambda *a, **k: pytest.fail("measured without a place to write"))
+    for given in (["--targets", "sdvae"], ["--batch_size", "16"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["perf", *given])
+        assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err

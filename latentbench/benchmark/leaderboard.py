@@ -50,9 +50,16 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
                 f"{sorted(fingerprints)[0][:12]} in {directory}); a changed protocol needs a new version number"
             )
         path = directory / "results.jsonl"
-        old = path.read_text() if path.exists() else ""
-        atomic_write_text(path, old + json.dumps(record, sort_keys=True) + "\n")
-        render(directory, records + [record])
+        old = path.read_text() if path.exists() else None
+        atomic_write_text(path, (old or "") + json.dumps(record, sort_keys=True) + "\n")
+        try:
+            render(directory, records + [record])
+        except BaseException:  # Ctrl-C included: a row lands with its table or not at all (a rerun would add it again)
+            if old is None:
+                path.unlink(missing_ok=True)
+            else:
+                atomic_write_text(path, old)
+            raise
     return directory
 
 

@@ -111,8 +111,10 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
 
 
 def check(golden: dict[str, Any], measured: dict[str, dict[str, float]]) -> list[str]:
-    """One line per regression: a metric worse than golden by more than its tolerance, or a missing row/metric."""
-    failures = []
+    """One line per regression: a metric worse than golden by more than its tolerance, a missing row/metric, or a
+    measured row without golden values (which would otherwise pass unchecked)."""
+    failures = [f"{name}: no golden values (add them with `latentbench regress --update --families ...`)"
+                for name in sorted(set(measured) - set(golden))]
     for name, metrics in sorted(golden.items()):
         if name not in measured:
             failures.append(f"{name}: no row (the bench did not produce it)")
@@ -149,7 +151,14 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
         root = Path(tmp)
         if update:
             seeds = seeds or [0, 1, 2]
-            write_golden(measure_golden(seeds, root, only, log, used), seeds, golden_path, used)
+            if seeds[0] != 0:
+                raise ValueError(f"--seeds {seeds}: the gate benches seed 0 and compares it with the first seed's value, "
+                                 "so the seeds must start with 0 (e.g. 0,1,2)")
+            golden = measure_golden(seeds, root, only, log, used)
+            if only and Path(golden_path).is_file():  # the other families keep their golden values
+                kept = {k: v for k, v in load_golden(golden_path).items() if not any(k.startswith(f) for f in only)}
+                golden = {**kept, **golden}
+            write_golden(golden, seeds, golden_path, used)
             log(f"wrote {golden_path}")
             return []
         golden = load_golden(golden_path)

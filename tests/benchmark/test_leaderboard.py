@@ -37,6 +37,28 @@ def test_append_only_and_rendered(tmp_path):
     assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | — | — | 10 | 5 | — | 3 | abcdef12 |" in table
 
 
+@pytest.mark.parametrize("interruption", [RuntimeError("a broken perf.json"), KeyboardInterrupt()])
+def test_a_row_whose_table_fails_to_render_is_taken_back(tmp_path, monkeypatch, interruption):
+    """Otherwise the failed record stage reruns and the same run lands twice."""
+    import latentbench.benchmark.leaderboard as leaderboard
+
+    first = make_record()
+    table = append_record(tmp_path, first)
+    before = (table / "results.jsonl").read_text()
+
+    def broken(directory, records):
+        raise interruption
+
+    monkeypatch.setattr(leaderboard, "render", broken)
+    with pytest.raises(type(interruption)):
+        append_record(tmp_path, make_record(psnr=31.0))
+    assert (table / "results.jsonl").read_text() == before
+    fresh = tmp_path / "fresh"
+    with pytest.raises(type(interruption)):
+        append_record(fresh, make_record(psnr=31.0))
+    assert not list(fresh.rglob("results.jsonl"))  # a first row is not left alone either
+
+
 def test_unavailable_metrics_and_intervals_are_rendered():
     record = make_record()
     record["metrics"]["lpips"] = {"unavailable": "LPIPS-alex needs weights"}

@@ -31,6 +31,24 @@ def test_missing_rows_and_metrics_fail():
     assert check(_golden(), {"tok-smoke": {"psnr": 20.0}}) == ["tok-smoke rfid: missing (golden 100)"]
 
 
+def test_a_measured_row_without_golden_values_fails():
+    measured = {"tok-smoke": {"psnr": 20.0, "rfid": 100.0}, "new-smoke": {"psnr": 30.0}}
+    assert check(_golden(), measured) == ["new-smoke: no golden values (add them with `latentbench regress --update --families ...`)"]
+
+
+def test_updating_some_families_keeps_the_others(tmp_path, monkeypatch):
+    import latentbench.benchmark.regress as regress_module
+
+    path = write_golden({**_golden(), "sdvae-smoke": {"psnr": {"value": 1.0, "tolerance": 0.1}}}, [0, 1, 2], tmp_path / "g.yaml")
+    monkeypatch.setattr(regress_module, "measure_golden",  # no benches: the merge is what is tested
+                        lambda seeds, root, only, log, used: {"sdvae-smoke": {"psnr": {"value": 2.0, "tolerance": 0.2}}})
+    regress(golden_path=path, update=True, only=["sdvae"], log=lambda s: None)
+    golden = load_golden(path)
+    assert golden["sdvae-smoke"]["psnr"]["value"] == 2.0 and golden["tok-smoke"] == _golden()["tok-smoke"]
+    with pytest.raises(ValueError, match="seeds must start with 0"):
+        regress(golden_path=path, update=True, seeds=[1, 2], only=["sdvae"], log=lambda s: None)
+
+
 def test_golden_file_round_trip(tmp_path):
     path = write_golden(_golden(), [0, 1, 2], tmp_path / "g.yaml")
     assert load_golden(path) == _golden()
