@@ -35,7 +35,7 @@ leaderboard: install  ## re-render every leaderboard table from its results.json
 	$(BIN)/latentbench leaderboard
 
 regress: install  ## the regression gate: smoke benches against configs/regress/smoke.yaml
-	$(BIN)/latentbench regress
+	$(BIN)/latentbench regress $(ARGS)
 
 compare: install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
 	$(BIN)/latentbench compare --result $(RESULT) $(if $(FAMILY),--family $(FAMILY))

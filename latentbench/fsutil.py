@@ -43,3 +43,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """A YAML file that must hold a mapping (``what`` names it in errors: "tokenizer config", "protocol").
+
+    Raises:
+        ValueError: the file is not valid YAML, or holds a list or a scalar: naming the file and the place.
+    """
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{what} {path} is not valid YAML: {err}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} {path} must hold a mapping of keys (name: ..., ...), not a {type(raw).__name__}")
+    return raw

@@ -55,3 +55,29 @@ def test_a_partial_perf_run_does_not_replace_the_committed_table(monkeypatch, ca
         with pytest.raises(SystemExit) as exit_:
             main(["perf", *given])
         assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err
+
+
+def test_user_errors_in_files_and_paths_exit_2_without_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    bad_yaml = tmp_path / "tok.yaml"
+    bad_yaml.write_text("name: [sdvae\n")
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- sdvae\n")
+    bad_protocol = tmp_path / "proto.yaml"
+    bad_protocol.write_text("name: x\n  version: 1\n")
+    cases = {
+        ("--tokenizer", str(bad_yaml)): f"tokenizer config {bad_yaml} is not valid YAML",
+        ("--tokenizer", str(listed)): f"tokenizer config {listed} must hold a mapping of keys",
+        ("--protocol", str(bad_protocol), "--tokenizer", "sdvae"): f"protocol {bad_protocol} is not valid YAML",
+        ("--ckpt", str(tmp_path)): f"--ckpt {tmp_path} is not a file",
+    }
+    for args, message in cases.items():
+        if "--tokenizer" not in args:
+            args = ("--tokenizer", "sdvae", *args)
+        if "--protocol" not in args:
+            args = (*args, "--protocol", "smoke")
+        proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", *args, "--runs_dir", str(tmp_path / "runs"),
+                               "--leaderboard_dir", str(tmp_path / "lb")], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-800:])

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
@@ -40,7 +39,7 @@ from latentbench.distributed import (
     run_on_rank_zero,
     trainer_kwargs,
 )
-from latentbench.fsutil import atomic_path, atomic_write_text
+from latentbench.fsutil import atomic_path, atomic_write_text, load_yaml_mapping
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
 from latentbench.precision import Precision, resolve_precision
 from latentbench.tokenizers import compile_decoding
@@ -95,7 +94,7 @@ def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
 
 
 def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml_mapping(path, "tokenizer config")
     name = raw.get("class_path") or raw.get("name")
     if not name:
         raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
@@ -615,6 +614,9 @@ def run_bench(
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()
+        if ckpt and not Path(ckpt).is_file():
+            raise FileNotFoundError(f"--ckpt {ckpt} is not a file: pass a tokenizer checkpoint (.safetensors, a torch "
+                                    "file, or a Lightning .ckpt)")
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")

@@ -64,7 +64,7 @@ def render_paper_readme(rows: list[PaperRow]) -> str:
              "Reference rows, **reported by the papers, not measured here**, from `paper_tables.csv` (one row per",
              "figure: source, table, row, resolution, latent, metric, value, condition). `verified` is `paper` for",
              "a figure read in the paper itself and `secondhand` for one quoted from another paper's table.",
-             "`latentbench compare <record id>` sets a result beside the rows of its own protocol.", "",
+             "`latentbench compare --result <record id>` sets a result beside the rows of its own protocol.", "",
              "Caveats: press summaries of MAETok quote gFID 2.4 vs 3.2, \"2.5x faster convergence\" and LPIPS",
              "0.052 / 0.061; those figures are not in the paper and are not here. FlowMo's official evaluation pools",
              "PSNR over a batch; latentbench reports per-image PSNR. RAE's guided gFID uses AutoGuidance, not CFG,",

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from latentbench.fsutil import load_yaml_mapping
 from latentbench.paths import CONFIG_DIR
 
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
@@ -138,7 +138,7 @@ def load_protocol(name_or_path: str) -> Protocol:
         raise FileNotFoundError(
             f"no protocol {name_or_path!r}: expected {path}. Shipped protocols: {', '.join(available_protocols())}"
         )
-    raw = yaml.safe_load(path.read_text())
+    raw = load_yaml_mapping(path, "protocol")
     try:
         return Protocol(
             name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
