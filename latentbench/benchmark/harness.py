@@ -634,6 +634,9 @@ def run_bench(
             whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
             log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
+        from latentbench.benchmark.leaderboard import check_table_accepts
+
+        check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
         if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
             from latentbench.generators.module import sample_labels
 

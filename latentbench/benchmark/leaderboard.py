@@ -29,6 +29,23 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def check_protocol_unchanged(records: list[dict[str, Any]], name: str, version: int, fingerprint: str, directory: Path) -> None:
+    """ValueError when the table's rows were measured under another fingerprint of this protocol version."""
+    fingerprints = {r["protocol"]["fingerprint"] for r in records}
+    if fingerprints and fingerprint not in fingerprints:
+        raise ValueError(
+            f"protocol {name} v{version} changed (fingerprint {fingerprint[:12]} vs "
+            f"{sorted(fingerprints)[0][:12]} in {directory}); a changed protocol needs a new version number"
+        )
+
+
+def check_table_accepts(root: Path, name: str, version: int, fingerprint: str) -> None:
+    """The protocol check of ``append_record``, made before a bench runs its stages (not after hours of them)."""
+    directory = table_dir(root, name, version)
+    if (directory / "results.jsonl").exists():
+        check_protocol_unchanged(read_records(directory), name, version, fingerprint, directory)
+
+
 def append_record(root: Path, record: dict[str, Any]) -> Path:
     """Append one record to its protocol's table and re-render the table's README.md.
 
@@ -43,12 +60,7 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
         records = read_records(directory)
         if any(r["id"] == record["id"] for r in records):
             raise ValueError(f"record {record['id']} is already in {directory}; rows are never rewritten")
-        fingerprints = {r["protocol"]["fingerprint"] for r in records}
-        if fingerprints and proto["fingerprint"] not in fingerprints:
-            raise ValueError(
-                f"protocol {proto['name']} v{proto['version']} changed (fingerprint {proto['fingerprint'][:12]} vs "
-                f"{sorted(fingerprints)[0][:12]} in {directory}); a changed protocol needs a new version number"
-            )
+        check_protocol_unchanged(records, proto["name"], proto["version"], proto["fingerprint"], directory)
         path = directory / "results.jsonl"
         old = path.read_text() if path.exists() else None
         atomic_write_text(path, (old or "") + json.dumps(record, sort_keys=True) + "\n")

@@ -242,3 +242,15 @@ def test_cost_section_comes_from_perf_json():
     assert "## Cost" in text and "| sdvae | 64 | 0.700 | 0.500 | 1.40x | 80.0 | 160 | 40.0% | 75.0% | 900 / 1500 | 250 / 600 |" in text
     assert "other" not in text  # another protocol's row
     assert cost_section([record], None) == ""
+
+
+def test_a_bench_under_a_changed_protocol_stops_before_its_stages(tmp_path, monkeypatch):
+    """Not after the training, evaluation and generator stages it would have run for nothing."""
+    import latentbench.benchmark.harness as harness
+
+    record = make_record()
+    record["protocol"].update(name="smoke", version=2)  # a row measured under another smoke v2 (fingerprint f...f)
+    append_record(tmp_path / "lb", record)
+    monkeypatch.setattr(harness, "train_stage", lambda *a, **k: pytest.fail("trained under a changed protocol"))
+    with pytest.raises(ValueError, match="protocol smoke v2 changed .* needs a new version number"):
+        harness.run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
