@@ -99,7 +99,11 @@ def build_imagefolder(
 
 def _split_root(directory: Path, split: str) -> Path:
     """``directory/split`` if it is a folder, else ``directory`` itself (unless it holds other splits)."""
-    if not _listable(directory).is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except OSError as err:  # e.g. no permission on a parent folder
+        _cannot_list(err)
+    if not is_dir:
         raise FileNotFoundError(f"image folder {directory} does not exist or is not a folder")
     if (directory / split).is_dir():
         return directory / split
@@ -166,15 +170,6 @@ def _scandir(directory: Path) -> list[os.DirEntry]:
             return list(entries)
     except OSError as err:
         _cannot_list(err)
-
-
-def _listable(directory: Path) -> Path:
-    """``directory``, once it is known that asking about it does not fail (or with the error that names it)."""
-    try:
-        directory.is_dir()
-    except OSError as err:
-        _cannot_list(err)
-    return directory
 
 
 def _cannot_list(err: OSError) -> None:
