@@ -85,12 +85,25 @@ def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer config {path} does not exist")
-        return _spec_from_yaml(path, requested=arg)
-    name = protocol.resolve_tokenizer(arg)
-    shipped = TOKENIZER_CONFIG_DIR / f"{name}.yaml"
-    if shipped.is_file():
-        return _spec_from_yaml(shipped, requested=arg)
-    return TokenizerSpec(name=name, requested=arg)
+        spec = _spec_from_yaml(path, requested=arg)
+    else:
+        name = protocol.resolve_tokenizer(arg)
+        shipped = TOKENIZER_CONFIG_DIR / f"{name}.yaml"
+        spec = _spec_from_yaml(shipped, requested=arg) if shipped.is_file() else TokenizerSpec(name=name, requested=arg)
+    _check_resolvable(spec, protocol)
+    return spec
+
+
+def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> None:
+    """KeyError / ImportError now, naming what is unknown, rather than when a stage first builds it."""
+    from latentbench.tokenizers import TOKENIZERS
+
+    try:
+        TOKENIZERS.get(spec.name)  # a registered name, or imports module:Class
+    except KeyError as e:
+        aliases = ", ".join(sorted(protocol.tokenizers))
+        raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.") from None
+    spec.module_class()
 
 
 def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
@@ -191,9 +204,11 @@ class Stages:
             log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
             return done
         log(f"[{name}] running")
+        environment = provenance() if is_rank_zero() else None  # what ran the stage; a record quotes its stages'
         start = time.perf_counter()
         result = fn()
         result["wall_time_s"] = time.perf_counter() - start
+        result["provenance"] = environment
         if is_rank_zero():
             atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
         result = broadcast(result)
@@ -555,13 +570,14 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
                           {"path": _display_path(weights), "sha256": sha256_file(weights)} if train else None,
             "trained_steps": train["steps"] if train else 0,
+            **({"pretrained_weights": getattr(tokenizer, "pretrained_weights", None)} if not train and not cfg.ckpt else {}),
         },
         "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
                                                "validation_images", "normalization", "discriminator")} if train else None,
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
-        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled")} if generation else None,
+        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled", "provenance")} if generation else None,
         "throughput_img_s": evaluation["throughput_img_s"],
         # submodules torch.compile'd for decoding (bench --compile), per stage; None: none
         "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
@@ -570,9 +586,41 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "seeds": {"bench": cfg.seed},
         "run_dir": _display_path(run_dir),
         "distributed": cfg.launch.to_dict(),
-        "provenance": provenance(),
+        "provenance": stages_provenance({"train": train, "eval": evaluation, "generate": generation}),
         "wall_time_s": wall,
     }
+
+
+PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")
+
+
+def stages_provenance(stages: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The provenance of the stages that measured a record, not of the process that writes it.
+
+    A record is written by the last stage of a run; its numbers come from the stages before, which
+    may have run in another process (a resumed run), on another commit or another machine. The
+    record carries the first measuring stage's environment; ``code.dirty`` is true when any stage
+    ran on a modified tree; stages whose environment differs are listed under ``stages`` with
+    what differed, and ``code.commit`` reads ``mixed`` when their commits differ. Stages stored
+    before stages kept their provenance fall back to this process's.
+    """
+    now = provenance()
+    ran = {name: s.get("provenance") or now for name, s in stages.items() if s is not None}
+    if not ran:
+        return now
+    first_name, first = next(iter(ran.items()))
+    out = {**first, "code": dict(first["code"])}
+    differ = {name: {k: p.get(k) for k in PROVENANCE_PARTS if p.get(k) != first.get(k)} for name, p in ran.items()}
+    differ = {name: d for name, d in differ.items() if d}
+    if differ:
+        out["stages"] = {first_name: {k: first.get(k) for k in PROVENANCE_PARTS if any(k in d for d in differ.values())},
+                         **differ}
+    dirty = [p["code"]["dirty"] for p in ran.values()]
+    out["code"]["dirty"] = True if any(dirty) else None if None in dirty else False
+    if len({p["code"]["commit"] for p in ran.values()}) > 1:
+        out["code"]["commit"] = "mixed"
+    out["command"] = first.get("command")
+    return out
 
 
 def run_bench(
@@ -637,6 +685,8 @@ def run_bench(
         from latentbench.benchmark.leaderboard import check_table_accepts
 
         check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
+        if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
+            _require_built_weights(spec)
         if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
             from latentbench.generators.module import sample_labels
 
@@ -663,7 +713,39 @@ def run_bench(
                     cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
             recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
                 cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation)), log)
+            run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
+                recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
+
+
+def _require_built_weights(spec: TokenizerSpec) -> None:
+    """ValueError unless the tokenizer as built carries weights it loaded (``pretrained_weights``), not random ones."""
+    tokenizer = load_tokenizer(spec, None)  # loads them now: missing files stop the bench here, not at the eval stage
+    if not getattr(tokenizer, "pretrained_weights", None):
+        raise ValueError(
+            f"--train_steps 0 benches {spec.name} as built, but it loads no pretrained weights (its weights would be "
+            "random, and a row of random weights is not a result): pass --ckpt FILE with trained weights, a tokenizer "
+            "that loads them (sdvae-ft-mse, or init_args: {pretrained: DIR}), or leave --train_steps out to train it. "
+            "A tokenizer of your own that loads weights in __init__ says so by setting self.pretrained_weights = <source>."
+        )
+
+
+def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, evaluation: dict[str, Any],
+                     generation: dict[str, Any] | None, log: Callable[[str], None]) -> None:
+    """Append a finished run's row to ``leaderboard_dir``'s table if it is not there.
+
+    The record stage runs once per run directory; a rerun that names another ``--leaderboard_dir``
+    (or finds its row gone from the table) gets the same row, same id, in the table it names,
+    rather than a table path it never wrote to.
+    """
+    from latentbench.benchmark.leaderboard import read_records, table_dir
+
+    proto = record["protocol"]
+    directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
+    if any(r["id"] == record["id"] for r in read_records(directory)):
+        return
+    _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation)
+    log(f"[record] the run's row {record['id'][:12]} was not in {directory}: appended it")
 
 
 def _silent(message: str) -> None:
@@ -693,11 +775,17 @@ def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_d
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
+    table = _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation)
+    return {"record": record, "table": str(table)}
+
+
+def _append_with_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, evaluation: dict[str, Any],
+                       generation: dict[str, Any] | None) -> Path:
+    """Copy the run's pictures beside the table and append the row; the table directory."""
     copied = _copy_grids(record, run_dir, leaderboard_dir, evaluation.get("grid"), (generation or {}).get("samples_grid"))
     try:
-        table = append_record(leaderboard_dir, record)
-    except Exception:
+        return append_record(leaderboard_dir, record)
+    except BaseException:
         for path in copied:  # no picture without its row
             path.unlink(missing_ok=True)
         raise
-    return {"record": record, "table": str(table)}

@@ -60,6 +60,9 @@ class Tokenizer(nn.Module, ABC):
     stages: tuple[str, ...] = ("ae",)
     loss_weights: dict[str, float] = {}
     compile_modules: tuple[str, ...] = ()
+    # where the weights loaded at construction came from (a hub id, a folder); None: randomly
+    # initialised. ``bench --train_steps 0`` without --ckpt refuses a tokenizer without them.
+    pretrained_weights: str | None = None
 
     @abstractmethod
     def encode(self, x: Tensor) -> Tensor:

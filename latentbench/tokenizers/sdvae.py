@@ -50,6 +50,7 @@ class SDVAE(Tokenizer):
         self.resolution = resolution
         if pretrained:
             self.vae = load_pretrained_vae(pretrained)
+            self.pretrained_weights = pretrained
         else:
             from diffusers import AutoencoderKL
 

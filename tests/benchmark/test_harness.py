@@ -73,6 +73,43 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     assert len(read_records(root / "lb/smoke/v2")) == 1
 
 
+def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run, tmp_path):
+    root, record, _ = smoke_run
+    logs = []
+    again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
+    assert again["id"] == record["id"] and any("appended it" in line for line in logs)
+    assert [r["id"] for r in read_records(tmp_path / "lb2/smoke/v2")] == [record["id"]]
+    assert len(list((tmp_path / "lb2/smoke/v2/grids").glob(f"{record['id'][:12]}-*.png"))) == 2
+    assert [r["id"] for r in read_records(root / "lb/smoke/v2")] == [record["id"]]  # the first table is untouched
+    logs.clear()
+    run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
+    assert len(read_records(tmp_path / "lb2/smoke/v2")) == 1 and not any("appended" in line for line in logs)
+
+
+def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
+    root, record, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v2").iterdir())
+    train = json.loads((run_dir / "stages/train.json").read_text())
+    assert train["provenance"]["code"] == record["provenance"]["code"]
+    assert record["provenance"]["hardware"] == train["provenance"]["hardware"] and "stages" not in record["provenance"]
+
+
+def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
+    from latentbench.benchmark.harness import stages_provenance
+    from latentbench.benchmark.provenance import provenance
+
+    base = provenance()
+    clean = {**base, "code": {"commit": "a" * 40, "dirty": False}}
+    dirty = {**base, "code": {"commit": "b" * 40, "dirty": True}}
+    same = stages_provenance({"train": {"provenance": clean}, "eval": {"provenance": clean}, "generate": None})
+    assert same["code"] == {"commit": "a" * 40, "dirty": False} and "stages" not in same
+    mixed = stages_provenance({"train": {"provenance": dirty}, "eval": {"provenance": clean}})
+    assert mixed["code"] == {"commit": "mixed", "dirty": True}
+    assert mixed["stages"] == {"train": {"code": dirty["code"]}, "eval": {"code": clean["code"]}}
+    old = stages_provenance({"eval": {}})  # a stage stored before stages kept their provenance: this process's
+    assert old["code"] == base["code"]
+
+
 def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
     root, record, _ = smoke_run
     run_dir = next((root / "runs/smoke/v2").iterdir())
@@ -187,15 +224,44 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     assert len(read_records(tmp_path / "lb/smoke/v2")) == 2
 
 
-def test_bad_arguments_fail_clearly(tmp_path):
+def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
+    import latentbench.benchmark.harness as harness
+
     kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
-    with pytest.raises(KeyError, match="unknown tokenizer 'nope'"):
-        run_bench("nope", "smoke", **kw)
+
+    def no_data(*a, **k):
+        raise AssertionError("a split was built before the arguments were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(harness, "_dataset", no_data)
+        with pytest.raises(KeyError, match="unknown tokenizer 'nope'.*Family names under protocol smoke: .*flowmo"):
+            run_bench("nope", "smoke", **kw)
+        with pytest.raises(ImportError, match="no_such_package"):
+            run_bench("no_such_package.mod:Tok", "smoke", **kw)
+        with pytest.raises(ValueError, match="--train_steps 0 benches sdvae-smoke as built, but it loads no pretrained"):
+            run_bench("sdvae", "smoke", train_steps=0, **kw)
+    assert not list(tmp_path.rglob("stages/*.json"))
     with pytest.raises(FileNotFoundError, match="Shipped protocols: ci, imagenet256, smoke"):
         run_bench("sdvae", "nope", **kw)
     with pytest.raises(ValueError, match="train_steps must be >= 0"):
         run_bench("sdvae", "smoke", train_steps=-1, **kw)
     assert not (tmp_path / "lb").exists()
+
+
+def test_train_steps_0_benches_a_tokenizer_that_loaded_its_weights(tmp_path, monkeypatch):
+    (tmp_path / "user_pkg").mkdir()
+    (tmp_path / "user_pkg/__init__.py").write_text("")
+    (tmp_path / "user_pkg/mytok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
+        class Loaded(AvgPoolTokenizer):
+            pretrained_weights = "user_pkg/weights.bin"
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    with pytest.raises(ValueError, match="self.pretrained_weights"):
+        run_bench("user_pkg.mytok:AvgPoolTokenizer", "smoke", train_steps=0, **kw)
+    record = run_bench("user_pkg.mytok:Loaded", "smoke", train_steps=0, **kw)
+    assert record["tokenizer"]["pretrained_weights"] == "user_pkg/weights.bin"
+    assert record["tokenizer"]["checkpoint"] is None and record["training"] is None and record["metrics"]["psnr"]["n"] == 64
 
 
 def test_two_stage_tokenizer_runs_its_stages_in_order(tmp_path):
