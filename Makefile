@@ -38,6 +38,7 @@ regress: install  ## the regression gate: smoke benches against configs/regress/
 	$(BIN)/latentbench regress $(ARGS)
 
 compare: install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
+	@test -n "$(RESULT)" || { echo "make compare needs RESULT=<record id> (the 'id' of a line of leaderboards/<protocol>/v<N>/results.jsonl, or a unique prefix)" >&2; exit 2; }
 	$(BIN)/latentbench compare --result $(RESULT) $(if $(FAMILY),--family $(FAMILY))
 
 perf: install  ## step times fp32/bf16, FLOPs, MFU, codec img/s, peak memory of every CPU config -> leaderboards/perf/perf.json

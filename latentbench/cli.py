@@ -112,32 +112,28 @@ def metrics(
         batch_size: images per forward pass.
         json: print one JSON object instead of lines (strict JSON: an infinite PSNR is the string "inf").
     """
-    import json as json_lib
     import math
 
     from latentbench.benchmark.standalone import folder_metrics
 
     results = folder_metrics(real, fake, fid, psnr, ssim, lpips, lpips_net, extractor, extractor_weights, bootstrap, batch_size)
     if json:
-        print(json_lib.dumps(_finite_or_str(results), indent=1, sort_keys=True, allow_nan=False))
+        print_json(results)
         return
     for name, result in results.items():
         interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
-        note = " (infinite: at least one pair is identical, its MSE is 0)" if math.isinf(result["value"]) else ""
+        note = (f" (infinite: {result.get('exact', 'at least one')} pair(s) identical after uint8 rounding, MSE 0)"
+                if math.isinf(result["value"]) else "")
         print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}){note}")
 
 
-def _finite_or_str(value):
-    """``value`` with every non-finite float replaced by its name ("inf", "-inf", "nan"), for strict JSON."""
-    import math
+def print_json(value) -> None:
+    """Print strict JSON (RFC 8259): non-finite floats as the strings "inf", "-inf", "nan"."""
+    import json
 
-    if isinstance(value, dict):
-        return {k: _finite_or_str(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_str(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
+    from latentbench.benchmark.schema import finite_or_str
+
+    print(json.dumps(finite_or_str(value), indent=1, sort_keys=True, allow_nan=False))
 
 
 def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weights: Optional[str] = None,
@@ -217,8 +213,6 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
             SD-VAE), or "all"; default: the result's tokenizer family.
         json: print the comparison as JSON instead of a table.
     """
-    import json as json_lib
-
     from latentbench.benchmark.paper import compare as compare_rows
     from latentbench.benchmark.paper import (
         find_record,
@@ -227,7 +221,10 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
     )
 
     entries = compare_rows(find_record(result), load_paper_rows(), family)
-    print(json_lib.dumps(entries, indent=1) if json else format_comparison(entries))
+    if json:
+        print_json(entries)
+    else:
+        print(format_comparison(entries))
 
 
 def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
@@ -251,8 +248,6 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
             the compile time; needs a C++ compiler.
     """
-    import json as json_lib
-
     from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
 
     targets = as_list(targets, "targets")
@@ -263,7 +258,7 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
                       out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size,
                       compile=compile)
     if json:
-        print(json_lib.dumps(result, indent=1))
+        print_json(result)
 
 
 def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all") -> None:

@@ -9,6 +9,7 @@ is keyed by the sample's global index, so results do not depend on batch size or
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -180,7 +181,24 @@ class ReconstructionMetrics:
             fid = self.fid.compute()
             out["rfid"] = {**fid, "label": "r" + self.extractor.metric_name, "extractor": self.extractor.describe()}
         out.update({name: {"unavailable": reason} for name, reason in self.unavailable.items()})
-        return out
+        return {name: not_finite_as_unavailable(name, result) for name, result in out.items()}
+
+
+def not_finite_as_unavailable(name: str, result: dict[str, Any]) -> dict[str, Any]:
+    """A metric whose value is not a finite number, as ``{"unavailable": why}``: a record holds numbers or reasons.
+
+    The one expected case is PSNR when a reconstruction is exact after uint8 rounding (its MSE
+    is 0); anything else non-finite is a failure of the measurement, said as such.
+    """
+    value = result.get("value")
+    if value is None or math.isfinite(value):
+        return result
+    if name == "psnr" and result.get("exact"):
+        why = (f"{result['exact']} of {result['n']} reconstructions are identical to their image after uint8 rounding "
+               "(MSE 0, PSNR infinite), so the mean PSNR is infinite")
+    else:
+        why = f"the measurement gave {value} over {result.get('n')} images"
+    return {"unavailable": why}
 
 
 @torch.no_grad()

@@ -57,6 +57,10 @@ from latentbench.weights import (
 EXTRACTORS = Registry("extractor")
 
 
+# how a user names an extractor's weights file: the commands' option, or a protocol's extractor options
+PASS_WEIGHTS = ("pass the file with --extractor_weights FILE (latentbench metrics / stats) or, for a bench, the "
+                "protocol's eval.extractor_options: {weights: FILE}")
+
 def check_images(images: Tensor) -> None:
     """ValueError unless ``images`` is a uint8 ``(B, 3, H, W)`` tensor."""
     if not isinstance(images, Tensor) or images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
@@ -165,10 +169,11 @@ class InceptionTF(FeatureExtractor):
         if path.suffix == ".safetensors":
             raise ValueError(f"inception-tf reads the torch file torch-fidelity distributes ({INCEPTION_URL}), not {path}")
         if not path.is_file():
+            given = f" (the weights file given, {path}, does not exist)" if weights is not None else ""
             raise WeightsUnavailable(
                 f"inception-tf (FID) needs torch-fidelity's Inception weights {path.name}, which are not on this "
-                f"machine: download {INCEPTION_URL} to {torch_hub_file(INCEPTION_URL)} (or point TORCH_HOME at a "
-                "folder whose hub/checkpoints/ holds it, or pass weights=/path/to/the/file). The suite never "
+                f"machine{given}: download {INCEPTION_URL} to {torch_hub_file(INCEPTION_URL)} (or point TORCH_HOME at a "
+                f"folder whose hub/checkpoints/ holds it, or {PASS_WEIGHTS}). The suite never "
                 "downloads it itself and never computes FID from random weights."
             )
         try:
@@ -248,7 +253,7 @@ class DinoV2(FeatureExtractor):
                 f"dinov2-vitb14 (FD-DINOv2) needs the DINOv2 ViT-B/14 weights, which are not on this machine"
                 f"{f' ({path} does not exist)' if path is not None else ''}: either `huggingface-cli download "
                 f"{DINOV2_HF_REPO} model.safetensors` (into the Hugging Face cache), or download {DINOV2_URL} to "
-                f"{torch_hub_file(DINOV2_URL)}, or pass weights=/path/to/model.safetensors. The suite never "
+                f"{torch_hub_file(DINOV2_URL)}, or {PASS_WEIGHTS}. The suite never "
                 "downloads them itself and never computes FD-DINOv2 from random weights."
             )
         import timm

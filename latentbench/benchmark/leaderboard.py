@@ -13,7 +13,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from latentbench.benchmark.schema import SCHEMA_VERSION, validate_record  # noqa: F401  (re-exported)
+from latentbench.benchmark.schema import SCHEMA_VERSION, finite_or_str, validate_record  # noqa: F401  (re-exported)
 from latentbench.fsutil import atomic_write_text
 
 
@@ -26,7 +26,27 @@ def read_records(directory: Path) -> list[dict[str, Any]]:
     path = Path(directory) / "results.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return parse_jsonl(path)
+
+
+def parse_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a results.jsonl; ValueError naming the file and line of one that is not a JSON object."""
+    records = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            conflict = line.startswith(("<<<<<<<", "=======", ">>>>>>>"))
+            raise ValueError(
+                f"{path} line {number} is not a JSON record ({e.msg})"
+                + ("; it is a merge-conflict marker: keep both sides' rows (each line is one record) and delete the "
+                   "marker lines" if conflict else "; restore the file from version control")) from None
+        if not isinstance(record, dict) or "id" not in record:
+            raise ValueError(f"{path} line {number} is not a result record (a JSON object with an 'id')")
+        records.append(record)
+    return records
 
 
 def check_protocol_unchanged(records: list[dict[str, Any]], name: str, version: int, fingerprint: str, directory: Path) -> None:
@@ -63,7 +83,8 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
         check_protocol_unchanged(records, proto["name"], proto["version"], proto["fingerprint"], directory)
         path = directory / "results.jsonl"
         old = path.read_text() if path.exists() else None
-        atomic_write_text(path, (old or "") + json.dumps(record, sort_keys=True) + "\n")
+        # strict JSON: a non-finite float outside the metrics (a diverged run's final loss) is kept as its name
+        atomic_write_text(path, (old or "") + json.dumps(finite_or_str(record), sort_keys=True, allow_nan=False) + "\n")
         try:
             render(directory, records + [record])
         except BaseException:  # Ctrl-C included: a row lands with its table or not at all (a rerun would add it again)

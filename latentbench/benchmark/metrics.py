@@ -179,10 +179,25 @@ class _PerImageMean(Metric):
 
 
 class PSNR(_PerImageMean):
-    """Mean per-image PSNR (dB) of uint8-rounded images in [-1, 1]."""
+    """Mean per-image PSNR (dB) of uint8-rounded images in [-1, 1].
+
+    A pair that is identical after rounding has an infinite PSNR, and so has the mean; ``result``
+    then counts those pairs (``exact``), so a report can say why.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("exact", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def per_image(self, real: Tensor, fake: Tensor) -> Tensor:
-        return psnr_per_image(real, fake)
+        values = psnr_per_image(real, fake)
+        self.exact += torch.isinf(values).sum()
+        return values
+
+    def result(self) -> dict[str, float | int]:
+        with self.sync_context():
+            out, exact = {"value": float(self._mean()), "n": int(self.count)}, int(self.exact)
+        return out | ({"exact": exact} if exact else {})
 
 
 class SSIM(_PerImageMean):

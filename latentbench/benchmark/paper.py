@@ -122,37 +122,52 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
     """A plain-text side-by-side table."""
     if not entries:
         return "no paper rows match (use --family all to see every row of the protocol)"
-    head = f"{'source / table / row':<70} {'metric':<7} {'paper':>9} {'ours':>24} {'delta':>9}  within"
+    head = f"{'source / table / row':<52} {'condition':<28} {'metric':<7} {'paper':>9} {'ours':>24} {'delta':>9}  within"
     lines = [head, "-" * len(head)]
     for e in entries:
-        name = f"{e['source'].split(' (')[0]} {e['table']}: {e['row']}"[:70]
+        name = _clip(f"{e['source'].split(' (')[0]} {e['table']}: {e['row']}", 52) + " " + _clip(e["condition"], 28)
         if e["missing"]:
             ours, delta, within = "n/a", "", e["missing"][:60]
         else:
             iv = f" [{e['interval'][0]:.3g}, {e['interval'][1]:.3g}]" if e["interval"] else ""
             ours, delta = f"{e['ours']:.4g}{iv}", f"{e['delta']:+.4g}"
             within = "no interval" if e["within"] is None else ("yes" if e["within"] else "no")
-        lines.append(f"{name:<70} {e['metric']:<7} {e['value']:>9.4g} {ours:>24} {delta:>9}  {within}")
+        lines.append(f"{name:<81} {e['metric']:<7} {e['value']:>9.4g} {ours:>24} {delta:>9}  {within}")
     return "\n".join(lines)
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` padded to ``width``, or cut to it with an ellipsis."""
+    return f"{text:<{width}}" if len(text) <= width else text[:width - 1] + "…"
 
 
 def find_record(result: str, root: Path = LEADERBOARD_DIR) -> dict[str, Any]:
     """A record by id (or unique prefix) in any table, the last row of a results.jsonl, or a stage's record json."""
     import json
 
+    from latentbench.benchmark.leaderboard import parse_jsonl
+
     path = Path(result)
     if path.is_file():
         if path.suffix == ".jsonl":
-            lines = [line for line in path.read_text().splitlines() if line.strip()]
-            if not lines:
+            records = parse_jsonl(path)
+            if not records:
                 raise ValueError(f"{path} holds no records")
-            return json.loads(lines[-1])
-        data = json.loads(path.read_text())
-        return data.get("record", data)
-    found = [json.loads(line) for p in Path(root).glob("*/v*/results.jsonl") for line in p.read_text().splitlines()
-             if line.strip() and json.loads(line)["id"].startswith(result)]
+            return records[-1]
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not JSON ({e}): {_WHAT_TO_GIVE}") from None
+        data = data.get("record", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict) or not {"protocol", "tokenizer", "metrics"} <= set(data):
+            raise ValueError(f"{path} is not a result record (a stage's result? only stages/record.json holds one): "
+                             f"{_WHAT_TO_GIVE}")
+        return data
+    found = [r for p in sorted(Path(root).glob("*/v*/results.jsonl")) for r in parse_jsonl(p) if r["id"].startswith(result)]
     if len(found) != 1:
-        raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}: give a record id "
-                         "(the 'id' field of a line of leaderboards/<protocol>/v<N>/results.jsonl), a results.jsonl, or a "
-                         "run directory's stages/record.json")
+        raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}: {_WHAT_TO_GIVE}")
     return found[0]
+
+
+_WHAT_TO_GIVE = ("give a record id (the 'id' field of a line of leaderboards/<protocol>/v<N>/results.jsonl, or a unique "
+                 "prefix), a results.jsonl (its last row), or a run directory's stages/record.json")

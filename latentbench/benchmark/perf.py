@@ -294,6 +294,20 @@ def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
     return row
 
 
+def check_targets(targets: list[Target], protocol: str) -> None:
+    """KeyError / ImportError / FileNotFoundError naming the first target that does not resolve."""
+    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.generators import GENERATORS
+    from latentbench.generators.module import resolve_generator
+
+    proto = load_protocol(protocol)
+    for target in targets:
+        resolve_tokenizer(target.latent_of or target.name, proto)
+        if target.kind == "generator":
+            GENERATORS.get(resolve_generator(target.name).name)
+
+
 def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
              out: str | Path | None = PERF_PATH, log=print, batch_size: int | None = None, compile: bool = False) -> dict[str, Any]:
     """Measure ``targets`` (default: the CPU configs) and the matmul peak; write JSON to ``out``.
@@ -307,6 +321,7 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
     from latentbench.precision import bf16_support
 
     targets = list(targets or DEFAULT_TARGETS)
+    check_targets(targets, protocol)  # an unknown name stops here, not after a minute of timing the roof
     if compile:
         from latentbench.tokenizers.base import require_cxx_compiler
 

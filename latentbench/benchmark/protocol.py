@@ -147,5 +147,5 @@ def load_protocol(name_or_path: str) -> Protocol:
             seed=int(raw.get("seed", 0)),
             tokenizers=dict(raw.get("tokenizers", {})),
         )
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError) as e:  # ValueError: a version or seed that is not an integer
         raise ValueError(f"protocol file {path} is malformed: {e}") from None

@@ -9,6 +9,7 @@ measured is ``{"unavailable": reason}``, never a number.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -91,10 +92,33 @@ def validate_record(record: dict[str, Any]) -> None:
     from jsonschema import Draft202012Validator
 
     errors = sorted(Draft202012Validator(RECORD_SCHEMA).iter_errors(record), key=lambda e: list(e.absolute_path))
-    if errors:
-        where = "; ".join(f"{'.'.join(map(str, e.absolute_path)) or '(record)'}: {_short(e)}" for e in errors[:8])
-        raise ValueError(f"result record does not match schema v{SCHEMA_VERSION} ({len(errors)} problem(s)): {where}; "
-                         "refusing to write it")
+    # JSON Schema's "number" admits NaN and infinity, which JSON itself cannot hold: a metric is a number or a reason
+    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(record)'}: {_short(e)}" for e in errors]
+    problems += [f"{where}: {value} is not a finite number (a metric that could not be measured is "
+                 "{'unavailable': reason})" for where, value in _not_finite(record.get("metrics"), "metrics")]
+    if problems:
+        raise ValueError(f"result record does not match schema v{SCHEMA_VERSION} ({len(problems)} problem(s)): "
+                         f"{'; '.join(problems[:8])}; refusing to write it")
+
+
+def _not_finite(value: Any, where: str) -> list[tuple[str, float]]:
+    """(path, value) of every NaN or infinite float inside ``value``."""
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in _not_finite(v, f"{where}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [hit for i, v in enumerate(value) for hit in _not_finite(v, f"{where}.{i}")]
+    return [(where, value)] if isinstance(value, float) and not math.isfinite(value) else []
+
+
+def finite_or_str(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by its name ("inf", "-inf", "nan"), for strict JSON."""
+    if isinstance(value, dict):
+        return {k: finite_or_str(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_str(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _short(error) -> str:

@@ -95,6 +95,9 @@ def test_inception_missing_weights_says_where_to_put_them(tmp_path, monkeypatch)
     assert "weights-inception-2015-12-05-6726825d.pth" in message
     assert ex.INCEPTION_URL in message
     assert str(tmp_path / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth") in message
+    assert "--extractor_weights FILE" in message and "weights=" not in message
+    with pytest.raises(WeightsUnavailable, match=r"the weights file given, /no/such\.pth, does not exist"):
+        create_extractor("inception-tf", weights="/no/such.pth")
 
 
 def test_inception_matches_torch_fidelity(inception_weights, built):

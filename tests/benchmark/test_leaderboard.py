@@ -87,6 +87,51 @@ def test_changed_protocol_fingerprint_is_refused(tmp_path):
         append_record(tmp_path, make_record(fingerprint="0" * 64))
 
 
+@pytest.mark.parametrize("where, value", [("value", float("nan")), ("value", float("inf")), ("interval", [1.0, float("inf")])])
+def test_a_metric_that_is_not_a_finite_number_is_refused(tmp_path, where, value):
+    record = make_record()
+    record["metrics"]["psnr"][where] = value
+    with pytest.raises(ValueError, match=rf"metrics\.psnr\.{where}.* is not a finite number"):
+        append_record(tmp_path, record)
+    assert not (tmp_path / "unit/v1/results.jsonl").exists()
+
+
+def test_rows_are_strict_json_and_a_broken_line_is_named(tmp_path):
+    record = make_record()
+    record["training"]["final_loss"] = float("nan")  # outside the metrics: kept, by name
+    append_record(tmp_path, record)
+    path = tmp_path / "unit/v1/results.jsonl"
+    row = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert row["training"]["final_loss"] == "nan"
+    path.write_text(path.read_text() + "<<<<<<< HEAD\n")
+    with pytest.raises(ValueError, match=r"results.jsonl line 2 is not a JSON record .*merge-conflict marker"):
+        append_record(tmp_path, make_record())
+
+
+def test_psnr_of_an_exact_reconstruction_is_reported_unavailable_with_the_reason():
+    import torch
+
+    from latentbench.benchmark.evaluate import ReconstructionMetrics
+
+    metrics = ReconstructionMetrics(None, None)
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    fakes = images.clone()
+    fakes[1:, 0, 0, 0] += 0.1  # three images off by some levels in one pixel, one exact
+    metrics.update(torch.arange(4), images, fakes)
+    psnr = metrics.results()["psnr"]
+    assert psnr == {"unavailable": "1 of 4 reconstructions are identical to their image after uint8 rounding "
+                                   "(MSE 0, PSNR infinite), so the mean PSNR is infinite"}
+
+
+def test_a_protocol_with_a_bad_version_names_its_file(tmp_path):
+    from latentbench.benchmark.protocol import PROTOCOL_DIR, load_protocol
+
+    path = tmp_path / "p.yaml"
+    path.write_text((PROTOCOL_DIR / "smoke.yaml").read_text().replace("version: 2", "version: two"))
+    with pytest.raises(ValueError, match=rf"protocol file {path} is malformed: .*'two'"):
+        load_protocol(str(path))
+
+
 def _append_many(root, n):
     for _ in range(n):
         append_record(root, make_record())

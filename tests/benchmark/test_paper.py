@@ -1,5 +1,6 @@
 """Paper reference rows and `latentbench compare`."""
 import json
+import re
 
 import pytest
 
@@ -72,3 +73,33 @@ def test_cli_compare(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("latentbench: error: refusing to compare")
+
+
+def test_compare_table_shows_each_rows_condition():
+    text = format_comparison(compare(_record(), load_paper_rows(), family="all"))
+    assert "condition" in text.splitlines()[0]
+    assert any("no guidance" in line and "gFID" in line for line in text.splitlines())
+
+
+def test_compare_names_what_it_was_given_when_it_is_not_a_record(tmp_path, capsys):
+    stage = tmp_path / "eval.json"
+    stage.write_text(json.dumps({"metrics": {}, "wall_time_s": 1.0}))
+    conflicted = tmp_path / "results.jsonl"
+    conflicted.write_text(json.dumps(_record()) + "\n<<<<<<< HEAD\n" + json.dumps(_record()) + "\n=======\n>>>>>>> b\n")
+    for path, says in ((stage, r"is not a result record \(a stage's result\?"),
+                       (conflicted, "results.jsonl line 2 is not a JSON record .*merge-conflict marker")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["compare", "--result", str(path)])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert re.search(says, err) and str(path) in err, err
+
+
+def test_compare_json_is_strict_json(tmp_path, capsys):
+    record = _record()
+    record["metrics"]["psnr"] = {"value": float("inf"), "n": 3}  # a standalone record could hold one
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    main(["compare", "--result", str(path), "--json"])
+    entries = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert any(e["ours"] == "inf" for e in entries)

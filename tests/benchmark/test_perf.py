@@ -163,3 +163,13 @@ def test_a_schema_1_perf_file_reads_as_the_current_schema(tmp_path):
     assert rows[0] == {"target": "dit-ci on sdvae", "sample_img_s": 57.0, "sample_precision": "bf16-mixed"}
     assert rows[1]["sample_precision"] == "32-true" and "sample_precision" not in rows[2]
     assert load_perf(tmp_path / "missing.json") is None
+
+
+def test_an_unknown_target_stops_before_the_roof_is_timed(monkeypatch):
+    import latentbench.benchmark.perf as perf
+
+    monkeypatch.setattr(perf, "matmul_peak", lambda *a, **k: pytest.fail("timed the roof before checking the targets"))
+    with pytest.raises(KeyError, match="unknown tokenizer 'nope'"):
+        run_perf([parse_target("nope")], out=None, log=lambda m: None)
+    with pytest.raises(KeyError, match="unknown generator 'nope'"):
+        run_perf([parse_target("nope@sdvae")], out=None, log=lambda m: None)

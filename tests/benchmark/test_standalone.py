@@ -139,9 +139,10 @@ def test_identical_pairs_give_infinite_psnr_in_strict_json(tmp_path):
     (fake / "0.png").write_bytes((real / "0.png").read_bytes())  # one reconstruction equals its original
     proc = _cli("--real", str(real), "--fake", str(fake), "--psnr", "--json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))["psnr"]["value"] == "inf"
+    psnr = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))["psnr"]
+    assert psnr["value"] == "inf" and psnr["exact"] == 1
     proc = _cli("--real", str(real), "--fake", str(fake), "--psnr")
-    assert "psnr: inf (n=3) (infinite: at least one pair is identical" in proc.stdout
+    assert "psnr: inf (n=3) (infinite: 1 pair(s) identical after uint8 rounding" in proc.stdout
 
 
 def test_bright_images_are_measured_not_mistaken_for_zero_one_images(tmp_path, monkeypatch):
