@@ -11,7 +11,7 @@ STRATEGY ?= auto
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install bench test test-all list clean-runs leaderboard regress compare perf
+.PHONY: install bench test test-all list clean-runs leaderboard regress compare perf need-result
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,8 +37,7 @@ leaderboard: install  ## re-render every leaderboard table from its results.json
 regress: install  ## the regression gate: smoke benches against configs/regress/smoke.yaml
 	$(BIN)/latentbench regress $(ARGS)
 
-compare: install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
-	@test -n "$(RESULT)" || { echo "make compare needs RESULT=<record id> (the 'id' of a line of leaderboards/<protocol>/v<N>/results.jsonl, or a unique prefix)" >&2; exit 2; }
+compare: need-result install  ## RESULT=<record id> [FAMILY=...]: a result beside the papers' figures of its protocol
 	$(BIN)/latentbench compare --result $(RESULT) $(if $(FAMILY),--family $(FAMILY))
 
 perf: install  ## step times fp32/bf16, FLOPs, MFU, codec img/s, peak memory of every CPU config -> leaderboards/perf/perf.json
@@ -49,3 +48,6 @@ list: install
 
 clean-runs:  ## delete run directories (checkpoints, logs); leaderboards are kept
 	rm -rf runs
+
+need-result:
+	@test -n "$(RESULT)" || { echo "make compare needs RESULT=<record id> (the 'id' of a line of leaderboards/<protocol>/v<N>/results.jsonl, or a unique prefix)" >&2; exit 2; }

@@ -121,7 +121,9 @@ def _facts(gen, trained: dict[str, Any], cache: dict[str, Any], norm, encode_s: 
             "latents": {"sha256": cache["latents_sha256"], "n": cache["n"], "shape": cache["shape"], "encode_s": encode_s,
                         "normalization": norm.describe()},
             "samples": {"n": spec.num_samples, "class_sampling": spec.class_sampling},
-            "generator_train_s": trained["wall_time_s"]}
+            "generator_train_s": trained["wall_time_s"],
+            # where the generator trained (its own stage, maybe resumed elsewhere): a record quotes it
+            "generator_provenance": {k: trained.get(k) for k in ("provenance", "provenance_resumed")}}
 
 
 def _number(x) -> bool:

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
-from latentbench.benchmark.evaluate import loader_workers
+from latentbench.benchmark.evaluate import loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
@@ -204,16 +204,47 @@ class Stages:
             log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
             return done
         log(f"[{name}] running")
-        environment = provenance() if is_rank_zero() else None  # what ran the stage; a record quotes its stages'
+        attempts = self._attempt(name) if is_rank_zero() else []
         start = time.perf_counter()
         result = fn()
         result["wall_time_s"] = time.perf_counter() - start
-        result["provenance"] = environment
         if is_rank_zero():
+            result.update(_attempts_provenance(attempts))
             atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
+            (self.dir / f"{name}.attempts.jsonl").unlink(missing_ok=True)
         result = broadcast(result)
         log(f"[{name}] done in {result['wall_time_s']:.1f} s")
         return result
+
+
+    def _attempt(self, name: str) -> list[dict[str, Any]]:
+        """Note this process's environment as an attempt at stage ``name``; every attempt's so far, this one last.
+
+        A stage interrupted and resumed (training from its last checkpoint) ran partly in each
+        attempt, so a record quotes them all (``_attempts_provenance``).
+        """
+        path = self.dir / f"{name}.attempts.jsonl"
+        earlier = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                with contextlib.suppress(json.JSONDecodeError):
+                    earlier.append(json.loads(line))
+        attempts = [*earlier, provenance()]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(json.dumps(a, sort_keys=True) + "\n" for a in attempts))
+        return attempts
+
+
+def _attempts_provenance(attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """A finished stage's ``provenance`` (its first attempt's environment) and ``provenance_resumed``
+    (later attempts that ran in another environment; absent when none did)."""
+    first = attempts[0]
+    resumed = [a for a in attempts[1:] if _parts(a) != _parts(first)]
+    return {"provenance": first, **({"provenance_resumed": resumed} if resumed else {})}
+
+
+def _parts(environment: dict[str, Any]) -> dict[str, Any]:
+    return {k: environment.get(k) for k in PROVENANCE_PARTS}
 
 
 class StepProgress(Callback):
@@ -555,6 +586,8 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
     if generation is not None:
         wall["generate"] = generation["wall_time_s"]
         metrics["gfid"] = generation["gfid"]
+    # stages stored before non-finite values became reasons (evaluate.not_finite_as_unavailable) still give a row
+    metrics = {name: not_finite_as_unavailable(name, m) for name, m in metrics.items()}
     return {
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
@@ -577,7 +610,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
-        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled", "provenance")} if generation else None,
+        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled", "provenance", "provenance_resumed", "generator_provenance")} if generation else None,
         "throughput_img_s": evaluation["throughput_img_s"],
         # submodules torch.compile'd for decoding (bench --compile), per stage; None: none
         "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
@@ -586,40 +619,51 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "seeds": {"bench": cfg.seed},
         "run_dir": _display_path(run_dir),
         "distributed": cfg.launch.to_dict(),
-        "provenance": stages_provenance({"train": train, "eval": evaluation, "generate": generation}),
+        "provenance": stages_provenance({"train": train, "eval": evaluation,
+                                         "generator train": (generation or {}).get("generator_provenance"),
+                                         "generate": generation}),
         "wall_time_s": wall,
     }
 
 
-PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")
+PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")  # what can change a number (not the command)
+UNKNOWN_PROVENANCE = "unknown: stored before stages kept their provenance"
 
 
 def stages_provenance(stages: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """The provenance of the stages that measured a record, not of the process that writes it.
 
-    A record is written by the last stage of a run; its numbers come from the stages before, which
-    may have run in another process (a resumed run), on another commit or another machine. The
-    record carries the first measuring stage's environment; ``code.dirty`` is true when any stage
-    ran on a modified tree; stages whose environment differs are listed under ``stages`` with
-    what differed, and ``code.commit`` reads ``mixed`` when their commits differ. Stages stored
-    before stages kept their provenance fall back to this process's.
+    A record is written by the last stage of a run; its numbers come from the stages before,
+    which may have run in other processes (a resumed run), on another commit or another machine,
+    and a stage may itself have been interrupted and resumed elsewhere. The record carries the
+    first measuring stage's environment; every stage or resumed attempt whose environment
+    differs is listed under ``stages`` with what differed (a stage stored before stages kept
+    their provenance as unknown); ``code.commit`` reads ``mixed`` when commits differ, and
+    ``code.dirty`` is true when any of them ran on a modified tree (None: not known for all).
     """
-    now = provenance()
-    ran = {name: s.get("provenance") or now for name, s in stages.items() if s is not None}
-    if not ran:
-        return now
-    first_name, first = next(iter(ran.items()))
+    ran: list[tuple[str, dict[str, Any] | None]] = []
+    for name, result in stages.items():
+        if result is None:
+            continue
+        ran.append((name, result.get("provenance")))
+        ran += [(f"{name} (resumed {i})", e) for i, e in enumerate(result.get("provenance_resumed") or [], start=1)]
+    known = [(name, e) for name, e in ran if e]
+    unknown = {name: UNKNOWN_PROVENANCE for name, e in ran if not e}
+    if not known:  # a run directory from before: this process's environment, said to be so
+        now = provenance()
+        return {**now, **({"stages": unknown} if unknown else {})}
+    first_name, first = known[0]
     out = {**first, "code": dict(first["code"])}
-    differ = {name: {k: p.get(k) for k in PROVENANCE_PARTS if p.get(k) != first.get(k)} for name, p in ran.items()}
+    differ = {name: {k: e.get(k) for k in PROVENANCE_PARTS if e.get(k) != first.get(k)} for name, e in known}
     differ = {name: d for name, d in differ.items() if d}
-    if differ:
-        out["stages"] = {first_name: {k: first.get(k) for k in PROVENANCE_PARTS if any(k in d for d in differ.values())},
-                         **differ}
-    dirty = [p["code"]["dirty"] for p in ran.values()]
-    out["code"]["dirty"] = True if any(dirty) else None if None in dirty else False
-    if len({p["code"]["commit"] for p in ran.values()}) > 1:
+    listed = {first_name: {k: first.get(k) for k in PROVENANCE_PARTS if any(k in d for d in differ.values())}} if differ else {}
+    listed |= differ | unknown
+    if listed:
+        out["stages"] = listed
+    dirty = [e["code"].get("dirty") for _, e in known]
+    out["code"]["dirty"] = True if any(dirty) else None if (None in dirty or unknown) else False
+    if len({e["code"].get("commit") for _, e in known}) > 1:
         out["code"]["commit"] = "mixed"
-    out["command"] = first.get("command")
     return out
 
 
@@ -744,7 +788,7 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
     if any(r["id"] == record["id"] for r in read_records(directory)):
         return
-    _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation)
+    _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation, if_absent=True)
     log(f"[record] the run's row {record['id'][:12]} was not in {directory}: appended it")
 
 
@@ -780,11 +824,11 @@ def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_d
 
 
 def _append_with_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, evaluation: dict[str, Any],
-                       generation: dict[str, Any] | None) -> Path:
-    """Copy the run's pictures beside the table and append the row; the table directory."""
+                       generation: dict[str, Any] | None, if_absent: bool = False) -> Path:
+    """Copy the run's pictures beside the table and append the row (``append_record``); the table directory."""
     copied = _copy_grids(record, run_dir, leaderboard_dir, evaluation.get("grid"), (generation or {}).get("samples_grid"))
     try:
-        return append_record(leaderboard_dir, record)
+        return append_record(leaderboard_dir, record, if_absent=if_absent)
     except BaseException:
         for path in copied:  # no picture without its row
             path.unlink(missing_ok=True)

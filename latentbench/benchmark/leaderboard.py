@@ -66,8 +66,11 @@ def check_table_accepts(root: Path, name: str, version: int, fingerprint: str) -
         check_protocol_unchanged(read_records(directory), name, version, fingerprint, directory)
 
 
-def append_record(root: Path, record: dict[str, Any]) -> Path:
+def append_record(root: Path, record: dict[str, Any], if_absent: bool = False) -> Path:
     """Append one record to its protocol's table and re-render the table's README.md.
+
+    A record whose id is in the table already is refused, or with ``if_absent`` left as it is
+    (decided under the table's lock, so two processes adding the same record add it once).
 
     Returns:
         The table directory.
@@ -79,6 +82,8 @@ def append_record(root: Path, record: dict[str, Any]) -> Path:
     with FileLock(str(directory / ".lock"), timeout=120):
         records = read_records(directory)
         if any(r["id"] == record["id"] for r in records):
+            if if_absent:
+                return directory
             raise ValueError(f"record {record['id']} is already in {directory}; rows are never rewritten")
         check_protocol_unchanged(records, proto["name"], proto["version"], proto["fingerprint"], directory)
         path = directory / "results.jsonl"

@@ -95,7 +95,7 @@ def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run
 
 
 def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
-    from latentbench.benchmark.harness import stages_provenance
+    from latentbench.benchmark.harness import UNKNOWN_PROVENANCE, stages_provenance
     from latentbench.benchmark.provenance import provenance
 
     base = provenance()
@@ -106,8 +106,39 @@ def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
     mixed = stages_provenance({"train": {"provenance": dirty}, "eval": {"provenance": clean}})
     assert mixed["code"] == {"commit": "mixed", "dirty": True}
     assert mixed["stages"] == {"train": {"code": dirty["code"]}, "eval": {"code": clean["code"]}}
-    old = stages_provenance({"eval": {}})  # a stage stored before stages kept their provenance: this process's
-    assert old["code"] == base["code"]
+    resumed = stages_provenance({"train": {"provenance": clean, "provenance_resumed": [dirty]}, "eval": {"provenance": clean}})
+    assert resumed["code"] == {"commit": "mixed", "dirty": True} and set(resumed["stages"]) == {"train", "train (resumed 1)"}
+    # a stage stored before stages kept their provenance is unknown, not credited with this process's commit
+    old = stages_provenance({"train": {}, "eval": {"provenance": clean}})
+    assert old["code"] == {"commit": "a" * 40, "dirty": None} and old["stages"] == {"train": UNKNOWN_PROVENANCE}
+    assert stages_provenance({"eval": {}})["stages"] == {"eval": UNKNOWN_PROVENANCE}
+
+
+def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch):
+    import latentbench.benchmark.harness as harness
+
+    stages = harness.Stages(tmp_path)
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("train", interrupted, log=lambda m: None)
+    first = json.loads((tmp_path / "stages/train.attempts.jsonl").read_text())
+    real = harness.provenance
+    monkeypatch.setattr(harness, "provenance", lambda: {**real(), "code": {"commit": "c" * 40, "dirty": True}})
+    result = stages.run("train", lambda: {"steps": 1}, log=lambda m: None)
+    assert result["provenance"] == first and result["provenance_resumed"][0]["code"] == {"commit": "c" * 40, "dirty": True}
+    assert not (tmp_path / "stages/train.attempts.jsonl").exists()
+    assert json.loads((tmp_path / "stages/train.json").read_text())["provenance_resumed"] == result["provenance_resumed"]
+
+
+def test_a_cached_stage_with_an_infinite_metric_still_records_a_row():
+    from latentbench.benchmark.evaluate import not_finite_as_unavailable
+
+    assert not_finite_as_unavailable("psnr", {"value": float("inf"), "n": 3}) == {
+        "unavailable": "the measurement gave inf over 3 images"}
+    assert not_finite_as_unavailable("ssim", {"value": 0.5, "n": 3}) == {"value": 0.5, "n": 3}
 
 
 def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
@@ -249,18 +280,18 @@ def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
 
 
 def test_train_steps_0_benches_a_tokenizer_that_loaded_its_weights(tmp_path, monkeypatch):
-    (tmp_path / "user_pkg").mkdir()
-    (tmp_path / "user_pkg/__init__.py").write_text("")
-    (tmp_path / "user_pkg/mytok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
+    (tmp_path / "loaded_pkg").mkdir()
+    (tmp_path / "loaded_pkg/__init__.py").write_text("")
+    (tmp_path / "loaded_pkg/mytok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
         class Loaded(AvgPoolTokenizer):
-            pretrained_weights = "user_pkg/weights.bin"
+            pretrained_weights = "loaded_pkg/weights.bin"
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     with pytest.raises(ValueError, match="self.pretrained_weights"):
-        run_bench("user_pkg.mytok:AvgPoolTokenizer", "smoke", train_steps=0, **kw)
-    record = run_bench("user_pkg.mytok:Loaded", "smoke", train_steps=0, **kw)
-    assert record["tokenizer"]["pretrained_weights"] == "user_pkg/weights.bin"
+        run_bench("loaded_pkg.mytok:AvgPoolTokenizer", "smoke", train_steps=0, **kw)
+    record = run_bench("loaded_pkg.mytok:Loaded", "smoke", train_steps=0, **kw)
+    assert record["tokenizer"]["pretrained_weights"] == "loaded_pkg/weights.bin"
     assert record["tokenizer"]["checkpoint"] is None and record["training"] is None and record["metrics"]["psnr"]["n"] == 64
 
 

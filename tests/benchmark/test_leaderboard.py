@@ -81,6 +81,14 @@ def test_record_without_provenance_is_refused(tmp_path):
     assert not (tmp_path / "unit/v1/results.jsonl").exists()
 
 
+def test_a_record_already_in_the_table_is_left_as_it_is_if_absent(tmp_path):
+    record = make_record()
+    append_record(tmp_path, record)
+    before = (tmp_path / "unit/v1/results.jsonl").read_text()
+    append_record(tmp_path, record, if_absent=True)
+    assert (tmp_path / "unit/v1/results.jsonl").read_text() == before
+
+
 def test_changed_protocol_fingerprint_is_refused(tmp_path):
     append_record(tmp_path, make_record())
     with pytest.raises(ValueError, match="new version number"):
