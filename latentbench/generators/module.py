@@ -151,7 +151,10 @@ class GeneratorModule(L.LightningModule):
     def configure_callbacks(self):
         from lightning.pytorch.callbacks import EMAWeightAveraging
 
-        return [EMAWeightAveraging(decay=self.hparams.ema_decay)] if self.hparams.ema_decay > 0 else []
+        # use_buffers=False: only parameters are averaged. Generators keep constants in buffers (MaskGIT's
+        # int64 sub-token offsets, DiT's position table); averaged, an int64 buffer is truncated back
+        # (0.9999 * 513 + 0.0001 * 513 -> 512), which fed the sampled model wrong embedding rows
+        return [EMAWeightAveraging(decay=self.hparams.ema_decay, use_buffers=False)] if self.hparams.ema_decay > 0 else []
 
     # ---- sampling (validation) -------------------------------------------------------------------
 

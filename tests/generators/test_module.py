@@ -93,6 +93,26 @@ def test_ema_weights_follow_the_ema_rule_and_are_what_training_leaves():
     assert any(not torch.allclose(p, q) for p, q in zip(module.parameters(), trajectory.params[-1]))
 
 
+def test_ema_leaves_constant_buffers_exact():
+    """MaskGIT's int64 sub-token offsets (513 apart at 18 bits) survive EMA at the paper decay, in training and after."""
+    torch.manual_seed(0)
+    module = GeneratorModule("maskgit-smoke", [4, 18], num_classes=3, num_samples=9, ema_decay=0.9999)
+    offsets = module.generator.offsets.clone()
+    assert offsets.tolist() == [0, 513]
+    seen = []
+
+    class Check(Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):  # the EMA weights are swapped in to sample
+            seen.append(pl_module.generator.offsets.clone())
+
+    data = DataLoader(TensorDataset(_codes(16, [4, 18]), torch.randint(0, 3, (16,))), batch_size=4)
+    trainer = L.Trainer(max_steps=4, callbacks=[Check()], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, val_check_interval=2, num_sanity_val_steps=0)
+    trainer.fit(module, data, DataLoader(torch.arange(9), batch_size=9))
+    assert len(seen) == 2 and all(torch.equal(o, offsets) for o in seen)
+    assert torch.equal(module.generator.offsets, offsets)
+
+
 def _sample_shard(rank, world_size, name, out, init):
     torch.set_num_threads(1)
     if world_size > 1:
