@@ -345,6 +345,29 @@ def load_adm_reference(path: str | os.PathLike) -> ReferenceStats:
         return ReferenceStats(f["mu"], f["sigma"], None, {}, path)
 
 
+def load_reference_for(path: str | os.PathLike, extractor, fix: str) -> ReferenceStats:
+    """Reference statistics from an npz, refused unless they are of ``extractor``'s features.
+
+    Ours (``FeatureStats.save_npz``) carry the extractor's id and weights hash, and a mismatch is
+    refused; an ADM reference batch (``mu``, ``sigma`` only) is Inception pool features and needs
+    ``inception-tf``. ``fix`` completes the message (``pass --extractor {expected}``; ``{expected}``
+    is the extractor the file was computed with).
+    """
+    with np.load(path, allow_pickle=False) as npz:
+        ours = "n" in npz.files  # ADM reference batches carry mu and sigma only
+    reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+    if reference.dim != extractor.dim:
+        raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
+    expected = reference.meta.get("extractor_id") if ours else "inception-tf"
+    if expected and expected != extractor.id:
+        raise ValueError(f"{path} was computed with {expected}, not {extractor.id}; {fix.format(expected=expected)}")
+    sha = reference.meta.get("weights_sha256")
+    if ours and sha and sha != extractor.weights_sha256:
+        raise ValueError(f"{path} was computed with {expected} weights {sha[:12]}, these are {extractor.weights_sha256[:12]}: "
+                         "statistics and samples must come from the same network")
+    return reference
+
+
 def _require_keys(path: Path, present: list[str], required: tuple[str, ...], hint: str = "") -> None:
     """ValueError naming the file and the missing keys when ``present`` lacks any of ``required``."""
     missing = [k for k in required if k not in present]

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +37,7 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
     Returns:
         A ``ReferenceStats`` with ``meta`` naming what it was computed from.
     """
-    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
+    from latentbench.benchmark.fid import FeatureStats, load_reference_for
 
     if reference.endswith(".npz"):
         path = Path(reference)
@@ -48,9 +47,8 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
             raise FileNotFoundError(f"gFID reference statistics {reference} not found (looked at {path}): the protocol's "
                                     "generator.reference names an .npz of mu/sigma (e.g. ADM's reference batch); "
                                     "download it there or give an absolute path in the protocol")
-        with np.load(path, allow_pickle=False) as f:
-            ours = "n" in f.files
-        return FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+        return load_reference_for(path, extractor, fix="the protocol's generator.reference must hold statistics of its "
+                                  "eval.extractor ({expected} here)")
     dataset = dataset_fn(reference)
     key = {"extractor": extractor.id, "weights": extractor.weights_sha256, "data": dataset.info}
     path = None

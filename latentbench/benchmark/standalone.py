@@ -158,27 +158,10 @@ def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_na
 
 
 def load_reference(path: str | Path, extractor) -> Any:
-    """Reference statistics from an npz: ours (``FeatureStats.save_npz``) or an ADM reference batch.
+    """Reference statistics from an npz for ``--real`` (``fid.load_reference_for``: refused for another extractor)."""
+    from latentbench.benchmark.fid import load_reference_for
 
-    Ours carry the extractor's id and weights hash, and a mismatch is refused; an ADM batch
-    (``mu``, ``sigma`` only) is taken to be Inception pool features and needs ``inception-tf``.
-    """
-    import numpy as np
-
-    from latentbench.benchmark.fid import FeatureStats, load_adm_reference
-
-    with np.load(path, allow_pickle=False) as npz:
-        ours = "n" in npz.files  # ADM reference batches carry mu and sigma only
-    reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
-    if reference.dim != extractor.dim:
-        raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
-    expected = reference.meta.get("extractor_id") if ours else "inception-tf"
-    if expected and expected != extractor.id:
-        raise ValueError(f"{path} was computed with {expected}, not {extractor.id}; pass --extractor {expected}")
-    sha = reference.meta.get("weights_sha256")
-    if ours and sha and sha != extractor.weights_sha256:
-        raise ValueError(f"{path} was computed with {expected} weights {sha[:12]}, these are {extractor.weights_sha256[:12]}")
-    return reference
+    return load_reference_for(path, extractor, fix="pass --extractor {expected}")
 
 
 def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: str = "inception-tf",

@@ -97,6 +97,25 @@ def test_reference_npz_missing_names_the_fix(tmp_path):
         reference_stats("VIRTUAL_imagenet256_labeled.npz", None, PixelStats(), 4, cache_dir=tmp_path)
 
 
+def test_a_reference_npz_of_another_extractor_is_refused(tmp_path):
+    stats = FeatureStats.empty(6)
+    stats.update(torch.rand(20, 6, dtype=torch.float64))
+    ours = tmp_path / "other.npz"
+    stats.save_npz(ours, extractor_id="domain-mnist", weights_sha256="a" * 64)
+    with pytest.raises(ValueError, match=r"computed with domain-mnist, not pixel-stats; the protocol's generator.reference"):
+        reference_stats(str(ours), None, PixelStats(), 4)
+    same_id = tmp_path / "same-id.npz"
+    stats.save_npz(same_id, extractor_id="pixel-stats", weights_sha256="a" * 64)
+    with pytest.raises(ValueError, match="weights aaaaaaaaaaaa, these are none"):
+        reference_stats(str(same_id), None, PixelStats(), 4)
+    adm = tmp_path / "adm.npz"
+    np.savez(adm, mu=np.zeros(6), sigma=np.eye(6))
+    with pytest.raises(ValueError, match="computed with inception-tf, not pixel-stats"):
+        reference_stats(str(adm), None, PixelStats(), 4)
+    stats.save_npz(tmp_path / "good.npz", extractor_id="pixel-stats", weights_sha256="none")
+    assert reference_stats(str(tmp_path / "good.npz"), None, PixelStats(), 4).n == 20
+
+
 def test_convergence_steps_and_speedup():
     curve = [{"step": s, "value": v} for s, v in [(100, 50.0), (200, 20.0), (300, 9.0), (400, 8.0)]]
     assert steps_to_target(curve, 10.0) == 300
