@@ -171,6 +171,7 @@ class MAETok(Tokenizer):
         self.resolution, self.patch_size, self.heads, self.rope_base = resolution, patch_size, heads, rope_base
         self.mask_ratio_range = tuple(mask_ratio_range) if mask_ratio_range is not None else None
         self.mask_scale = 1.0  # set_stage("decoder-ft", progress) anneals it to 0
+        self.finetuning_decoder = False  # stage "decoder-ft"
         self.aux_enabled = True
         self.hog_cell = hog_cell or min(8, patch_size)
         grid = (resolution // patch_size, resolution // patch_size)
@@ -258,11 +259,17 @@ class MAETok(Tokenizer):
     # ---- training --------------------------------------------------------------------------------
 
     def current_mask_range(self) -> tuple[float, float] | None:
-        """Mask-ratio range in force now (scaled by the decoder-ft annealing), None when not masking."""
+        """Mask-ratio range in force now, None when not masking.
+
+        Stage "ae": the configured range (40-60%). Stage "decoder-ft": one ratio, the range's top
+        times ``mask_scale``, so it falls linearly from 60% to 0% (the paper's schedule).
+        """
         if self.mask_ratio_range is None:
             return None
         lo, hi = self.mask_ratio_range
-        return lo * self.mask_scale, hi * self.mask_scale
+        if self.finetuning_decoder:
+            return hi * self.mask_scale, hi * self.mask_scale
+        return lo, hi
 
     def sample_mask(self, batch: int, tokens: int, device=None) -> Tensor:
         """Boolean mask (B, N), True = masked; each sample's ratio ~ U(current range)."""
@@ -301,8 +308,8 @@ class MAETok(Tokenizer):
         """Configure a training stage; ``progress`` in [0, 1] is the fraction of the stage done.
 
         "ae": everything trains at the full mask ratio. "decoder-ft": encoder (with mask token and
-        latent queries) and auxiliary decoders frozen, auxiliary losses off, mask ratio scaled
-        by (1 - progress) so it falls linearly to 0 (paper: 60% -> 0%).
+        latent queries) and auxiliary decoders frozen, auxiliary losses off, mask ratio the
+        range's top times (1 - progress), so it falls linearly from 60% to 0% (the paper's).
         """
         if stage not in self.stages:
             raise ValueError(f"unknown stage {stage!r}; MAETok has {', '.join(self.stages)}")
@@ -310,6 +317,7 @@ class MAETok(Tokenizer):
         for p in self.encoder_parameters() + list(self.aux_decoders.parameters()):
             p.requires_grad_(not finetune)
         self.aux_enabled = not finetune
+        self.finetuning_decoder = finetune
         self.mask_scale = 1.0 - min(max(progress, 0.0), 1.0) if finetune else 1.0
 
     def last_layer(self) -> Tensor:

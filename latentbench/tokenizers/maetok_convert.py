@@ -45,7 +45,13 @@ _BLOCK = {
     "adaLN_modulation.1.weight": "modulation.adaLN_modulation.1.weight",
     "adaLN_modulation.1.bias": "modulation.adaLN_modulation.1.bias",
 }
-_UNUSED_DECODER_PARTS = ("model.patch_embed.", "model.pos_embed", "model.cls_token")
+_UNUSED_DECODER_PARTS = ("model.patch_embed.", "model.pos_embed")
+# training-only parts of the official MaskAEModel: its REPA teacher and head, its SigLIP teacher,
+# and the fixed filters of its HOG target (recomputed here: tokenizers.hog)
+_TRAINING_ONLY = {"repa_model.": "training-only REPA teacher (not part of the tokenizer)",
+                  "projection.": "training-only REPA projection head (not part of the tokenizer)",
+                  "clip_model.": "training-only SigLIP teacher of the CLIP target (not part of the tokenizer)",
+                  "hog_generator.": "fixed filters of the training-only HOG target (recomputed: tokenizers.hog)"}
 
 
 class ConversionError(ValueError):
@@ -122,9 +128,28 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
         report.mapped[src] = dst
         out[dst] = value
 
+    grid_tokens = (tokenizer.resolution // patch) ** 2 if hasattr(tokenizer, "resolution") else None
+    problems = []
     for key, value in state.items():
-        if key.startswith(("repa_model.", "projection.")):
-            report.skipped[key] = "training-only REPA teacher/head (not part of the tokenizer)"
+        teacher = next((why for prefix, why in _TRAINING_ONLY.items() if key.startswith(prefix)), None)
+        if teacher is not None:
+            report.skipped[key] = teacher
+            continue
+        if re.fullmatch(r"[a-z_]+\.freqs_t_[xy]", key):  # RoPE-Mixed's position grid, a persistent buffer
+            if grid_tokens is not None and value.numel() != grid_tokens:
+                problems.append(f"{key} holds a grid of {value.numel()} positions, this tokenizer has {grid_tokens} "
+                                "(another resolution or patch size?)")
+            report.skipped[key] = "RoPE position grid (a buffer, recomputed from the resolution and patch size)"
+            continue
+        if re.fullmatch(r"(decoder|decoder_(hog|dino|clip))\.model\.cls_token", key):
+            aux = key.split(".", 1)[0].removeprefix("decoder").removeprefix("_")
+            if aux and AUX_NAMES[aux] not in aux_present:
+                report.skipped[key] = f"auxiliary decoder {aux!r} (training-only; this tokenizer has no {AUX_NAMES[aux]!r} target)"
+            else:
+                problems.append(f"{key}: the official decoder was built with a class token (dec_cls_token=True), which its "
+                                "forward prepends to the decoder's sequence; this tokenizer's decoder has none, so the "
+                                "converted weights would decode wrongly")
+                report.skipped[key] = "refused: see the error"
             continue
         if key.startswith("encoder."):
             rest = key[len("encoder."):]
@@ -183,7 +208,6 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
             value = _permute_qkv(value, module.heads)
         put(key, dst, value)
 
-    problems = []
     if unknown:
         problems.append(f"keys the official MAETok mapping does not know: {sorted(unknown)[:20]}")
     not_ours = sorted(k for k in out if k not in ours)

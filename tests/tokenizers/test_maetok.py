@@ -143,7 +143,10 @@ def test_decoder_ft_freezes_encoder_and_anneals_mask():
     tok.set_stage("decoder-ft", progress=0.25)
     assert all(not p.requires_grad for p in tok.encoder_parameters())
     assert all(p.requires_grad for p in tok.decoder.parameters())
-    assert tok.current_mask_range() == pytest.approx((0.3, 0.45))
+    assert tok.current_mask_range() == pytest.approx((0.45, 0.45))  # 60% -> 0% linearly: 45% a quarter of the way
+    tok.set_stage("decoder-ft", progress=0.0)
+    assert tok.current_mask_range() == pytest.approx((0.6, 0.6))
+    tok.set_stage("decoder-ft", progress=0.25)
     before = [p.detach().clone() for p in tok.encoder_parameters()]
     opt = torch.optim.Adam([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
     rec, extra = tok.train().forward_train(_images())

@@ -90,6 +90,29 @@ def test_every_official_key_is_mapped_or_skipped_with_a_reason():
     assert torch.equal(tok.to_latent.weight, state["quant_conv.weight"])
 
 
+def test_buffers_and_teachers_of_a_real_official_state_dict_are_skipped_with_reasons():
+    state = official_state()
+    grid = {f"{m}.freqs_t_{a}": torch.arange(16.0) for m in ("encoder", "decoder", "decoder_hog", "decoder_dino") for a in "xy"}
+    extra = grid | {"hog_generator.weight_x": torch.zeros(1, 1, 3, 3), "hog_generator.gaussian_kernel": torch.zeros(8, 8),
+                    "clip_model.visual.proj": torch.zeros(4, 4)}
+    converted, report = convert_official_state_dict(state | extra, _tokenizer())
+    assert set(report.mapped) | set(report.skipped) == set(state) | set(extra)
+    assert "RoPE position grid" in report.skipped["decoder.freqs_t_x"]
+    assert "HOG target" in report.skipped["hog_generator.weight_x"] and "SigLIP" in report.skipped["clip_model.visual.proj"]
+    with pytest.raises(ConversionError, match=r"encoder.freqs_t_x holds a grid of 64 positions, this tokenizer has 16"):
+        convert_official_state_dict(state | {"encoder.freqs_t_x": torch.arange(64.0)}, _tokenizer())
+
+
+def test_a_decoder_with_a_class_token_is_refused():
+    state = official_state()
+    with pytest.raises(ConversionError, match=r"decoder.model.cls_token: the official decoder was built with a class token"):
+        convert_official_state_dict(state | {"decoder.model.cls_token": torch.zeros(1, 1, 48)}, _tokenizer())
+    # an auxiliary decoder the tokenizer does not have is skipped whole, its class token too
+    _, report = convert_official_state_dict(official_state(aux=("hog", "clip")) | {
+        "decoder_clip.model.cls_token": torch.zeros(1, 1, 16)}, _tokenizer())  # built with the HOG target only
+    assert "training-only" in report.skipped["decoder_clip.model.cls_token"]
+
+
 def test_unknown_missing_and_misshapen_keys_fail_with_the_keys_named():
     tok = _tokenizer()
     state = official_state()
