@@ -47,8 +47,8 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
             raise FileNotFoundError(f"gFID reference statistics {reference} not found (looked at {path}): the protocol's "
                                     "generator.reference names an .npz of mu/sigma (e.g. ADM's reference batch); "
                                     "download it there or give an absolute path in the protocol")
-        return load_reference_for(path, extractor, fix="the protocol's generator.reference must hold statistics of its "
-                                  "eval.extractor ({expected} here)")
+        return load_reference_for(path, extractor, fix="the protocol's generator.reference must hold statistics of "
+                                  f"its eval.extractor ({extractor.id})")
     dataset = dataset_fn(reference)
     key = {"extractor": extractor.id, "weights": extractor.weights_sha256, "data": dataset.info}
     path = None

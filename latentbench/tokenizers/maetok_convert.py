@@ -6,8 +6,9 @@ The key names and layouts are those of the official code (Hhhhhhao/continuous_to
 ``quant_conv`` / ``post_quant_conv`` around the latent; a MoVQ ViT decoder under
 ``decoder.model.*`` with ``decoder.mask_token``, ``decoder.latent_pos_embed``, ``decoder.freqs``
 and ``decoder.to_pixel.model``; auxiliary decoders ``decoder_{hog,dino,clip}`` with their own
-``post_quant_conv_*`` / ``to_pixel_*``; and the training-only REPA teacher ``repa_model.*``
-with its head ``projection.*``.
+``post_quant_conv_*`` / ``to_pixel_*``; the training-only REPA teacher ``repa_model.*`` with
+its head ``projection.*``, SigLIP teacher ``clip_model.*`` and HOG filters ``hog_generator.*``;
+and RoPE-Mixed's position grids ``*.freqs_t_x`` / ``*.freqs_t_y`` (buffers).
 
 Two layouts differ and are permuted, not just renamed:
 
@@ -20,10 +21,13 @@ Two layouts differ and are permuted, not just renamed:
 
 The official decoder's image queries are one ``mask_token`` at every position (positions
 come from RoPE only); ours are a per-position table, which receives that token at every
-position. Keys the official forward never reads (the decoders' unused timm patch embedding,
-position table and class token) and training-only parts this tokenizer was not built with
-(REPA, auxiliary decoders for targets it lacks) are reported as skipped, each with its
-reason; any other key is an error. Not verified against the released weights themselves
+position. Keys the official forward never reads (the decoders' unused timm patch embedding
+and position table), buffers recomputed here (the RoPE grids: the official forward also
+recomputes them when their length does not fit the image), and training-only parts (the
+teachers, auxiliary decoders for targets it lacks, auxiliary decoders' class tokens) are
+reported as skipped, each with its reason; any other key is an error. The pixel decoder's
+class token is refused: the official forward prepends it to the decoder's sequence, which
+this decoder does not model. Not verified against the released weights themselves
 (no network here): the tests build state dicts with the official names and shapes.
 """
 from __future__ import annotations
@@ -128,7 +132,6 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
         report.mapped[src] = dst
         out[dst] = value
 
-    grid_tokens = (tokenizer.resolution // patch) ** 2 if hasattr(tokenizer, "resolution") else None
     problems = []
     for key, value in state.items():
         teacher = next((why for prefix, why in _TRAINING_ONLY.items() if key.startswith(prefix)), None)
@@ -136,15 +139,17 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
             report.skipped[key] = teacher
             continue
         if re.fullmatch(r"[a-z_]+\.freqs_t_[xy]", key):  # RoPE-Mixed's position grid, a persistent buffer
-            if grid_tokens is not None and value.numel() != grid_tokens:
-                problems.append(f"{key} holds a grid of {value.numel()} positions, this tokenizer has {grid_tokens} "
-                                "(another resolution or patch size?)")
-            report.skipped[key] = "RoPE position grid (a buffer, recomputed from the resolution and patch size)"
+            # filled from the training base size (256 by default), and recomputed by the official forward when
+            # its length does not fit the image: never a fact about this checkpoint's resolution
+            report.skipped[key] = f"RoPE position grid ({value.numel()} positions; a buffer, recomputed from the image)"
             continue
         if re.fullmatch(r"(decoder|decoder_(hog|dino|clip))\.model\.cls_token", key):
             aux = key.split(".", 1)[0].removeprefix("decoder").removeprefix("_")
             if aux and AUX_NAMES[aux] not in aux_present:
                 report.skipped[key] = f"auxiliary decoder {aux!r} (training-only; this tokenizer has no {AUX_NAMES[aux]!r} target)"
+            elif aux:
+                report.skipped[key] = (f"auxiliary decoder {aux!r}'s class token: training-only (reconstruction never reads it); "
+                                       "continued training of its target runs without it")
             else:
                 problems.append(f"{key}: the official decoder was built with a class token (dec_cls_token=True), which its "
                                 "forward prepends to the decoder's sequence; this tokenizer's decoder has none, so the "

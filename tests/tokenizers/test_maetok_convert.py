@@ -99,8 +99,9 @@ def test_buffers_and_teachers_of_a_real_official_state_dict_are_skipped_with_rea
     assert set(report.mapped) | set(report.skipped) == set(state) | set(extra)
     assert "RoPE position grid" in report.skipped["decoder.freqs_t_x"]
     assert "HOG target" in report.skipped["hog_generator.weight_x"] and "SigLIP" in report.skipped["clip_model.visual.proj"]
-    with pytest.raises(ConversionError, match=r"encoder.freqs_t_x holds a grid of 64 positions, this tokenizer has 16"):
-        convert_official_state_dict(state | {"encoder.freqs_t_x": torch.arange(64.0)}, _tokenizer())
+    # filled from the official training base size (256 px), whatever the resolution: never refused
+    _, report = convert_official_state_dict(state | {"encoder.freqs_t_x": torch.arange(256.0)}, _tokenizer())
+    assert "256 positions" in report.skipped["encoder.freqs_t_x"]
 
 
 def test_a_decoder_with_a_class_token_is_refused():
@@ -111,6 +112,9 @@ def test_a_decoder_with_a_class_token_is_refused():
     _, report = convert_official_state_dict(official_state(aux=("hog", "clip")) | {
         "decoder_clip.model.cls_token": torch.zeros(1, 1, 16)}, _tokenizer())  # built with the HOG target only
     assert "training-only" in report.skipped["decoder_clip.model.cls_token"]
+    # the official default: auxiliary decoders with class tokens; the one this tokenizer keeps is skipped, not refused
+    _, report = convert_official_state_dict(state | {"decoder_hog.model.cls_token": torch.zeros(1, 1, 16)}, _tokenizer())
+    assert "reconstruction never reads it" in report.skipped["decoder_hog.model.cls_token"]
 
 
 def test_unknown_missing_and_misshapen_keys_fail_with_the_keys_named():
