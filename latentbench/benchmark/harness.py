@@ -216,7 +216,6 @@ class Stages:
         log(f"[{name}] done in {result['wall_time_s']:.1f} s")
         return result
 
-
     def _attempt(self, name: str) -> list[dict[str, Any]]:
         """Note this process's environment as an attempt at stage ``name``; every attempt's so far, this one last.
 
@@ -603,14 +602,15 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
                           {"path": _display_path(weights), "sha256": sha256_file(weights)} if train else None,
             "trained_steps": train["steps"] if train else 0,
-            **({"pretrained_weights": getattr(tokenizer, "pretrained_weights", None)} if not train and not cfg.ckpt else {}),
+            # evaluated as built (--train_steps 0): where its weights came from (_require_built_weights)
+            **({"pretrained_weights": getattr(tokenizer, "pretrained_weights", None)} if not (train or cfg.ckpt) else {}),
         },
         "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
                                                "validation_images", "normalization", "discriminator")} if train else None,
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
-        "generation": {k: v for k, v in generation.items() if k not in ("gfid", "wall_time_s", "compiled", "provenance", "provenance_resumed", "generator_provenance")} if generation else None,
+        "generation": {k: v for k, v in generation.items() if k not in GENERATION_NOT_RECORDED} if generation else None,
         "throughput_img_s": evaluation["throughput_img_s"],
         # submodules torch.compile'd for decoding (bench --compile), per stage; None: none
         "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
@@ -626,6 +626,8 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
     }
 
 
+# generator-stage fields the record keeps elsewhere (metrics, wall times, compiled, provenance) or not at all
+GENERATION_NOT_RECORDED = ("gfid", "wall_time_s", "compiled", "provenance", "provenance_resumed", "generator_provenance")
 PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")  # what can change a number (not the command)
 UNKNOWN_PROVENANCE = "unknown: stored before stages kept their provenance"
 
