@@ -56,11 +56,11 @@ from latentbench.weights import (
 
 EXTRACTORS = Registry("extractor")
 
-
 # how a user names an extractor's weights file. Not through a protocol's extractor_options: they are part
 # of its fingerprint, so a machine's path there would make the protocol count as changed
 PASS_WEIGHTS = ("for latentbench metrics / stats, pass the file with --extractor_weights FILE; a bench reads the "
                 "standard location")
+
 
 def check_images(images: Tensor) -> None:
     """ValueError unless ``images`` is a uint8 ``(B, 3, H, W)`` tensor."""

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from latentbench.fsutil import load_yaml_mapping
 from latentbench.paths import CONFIG_DIR
 

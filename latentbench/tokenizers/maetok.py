@@ -171,8 +171,7 @@ class MAETok(Tokenizer):
         self.resolution, self.patch_size, self.heads, self.rope_base = resolution, patch_size, heads, rope_base
         self.mask_ratio_range = tuple(mask_ratio_range) if mask_ratio_range is not None else None
         self.mask_scale = 1.0  # set_stage("decoder-ft", progress) anneals it to 0
-        self.finetuning_decoder = False  # stage "decoder-ft"
-        self.aux_enabled = True
+        self.finetuning_decoder = False  # stage "decoder-ft": encoder frozen, auxiliary losses off, mask annealed
         self.hog_cell = hog_cell or min(8, patch_size)
         grid = (resolution // patch_size, resolution // patch_size)
         dec_w, dec_d, dec_h = decoder_width or width, decoder_depth or depth, decoder_heads or heads
@@ -258,6 +257,11 @@ class MAETok(Tokenizer):
 
     # ---- training --------------------------------------------------------------------------------
 
+    @property
+    def aux_enabled(self) -> bool:
+        """Whether the auxiliary losses are on: in every stage but decoder-ft."""
+        return not self.finetuning_decoder
+
     def current_mask_range(self) -> tuple[float, float] | None:
         """Mask-ratio range in force now, None when not masking.
 
@@ -316,7 +320,6 @@ class MAETok(Tokenizer):
         finetune = stage == "decoder-ft"
         for p in self.encoder_parameters() + list(self.aux_decoders.parameters()):
             p.requires_grad_(not finetune)
-        self.aux_enabled = not finetune
         self.finetuning_decoder = finetune
         self.mask_scale = 1.0 - min(max(progress, 0.0), 1.0) if finetune else 1.0
 
