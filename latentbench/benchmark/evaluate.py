@@ -239,19 +239,21 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
 
 
 @torch.no_grad()
-def encode_shard(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """(global indices, latents, labels) of this rank's shard of ``dataset``."""
+def encode_batches(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(global indices, latents, labels) of each batch of this rank's shard of ``dataset``, latents float32 on the CPU."""
     from tqdm.auto import tqdm
 
     from latentbench.distributed import module_device
 
     rank, _ = world()
     device = module_device(tokenizer)
-    latents, labels, indices = [], [], []
     for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="encode", unit="batch", disable=not progress or rank > 0):
-        latents.append(tokenizer.encode(x.to(device, non_blocking=True)).float().cpu())
-        labels.append(torch.as_tensor(y))
-        indices.append(index)
+        yield index, tokenizer.encode(x.to(device, non_blocking=True)).float().cpu(), torch.as_tensor(y)
+
+
+def encode_shard(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(global indices, latents, labels) of this rank's shard of ``dataset``, in memory."""
+    indices, latents, labels = zip(*encode_batches(tokenizer, dataset, batch_size, progress))
     return torch.cat(indices), torch.cat(latents), torch.cat(labels)
 
 

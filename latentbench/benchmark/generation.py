@@ -22,10 +22,10 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from latentbench.benchmark.gfid import (
     measure_samples,
@@ -41,12 +41,15 @@ from latentbench.distributed import (
     trainer_kwargs,
 )
 
+if TYPE_CHECKING:
+    from latentbench.generators.latents import LatentShards
+
 
 def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool, on_bad_image: str,
                     variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
     from latentbench.benchmark.harness import Stages, _dataset, load_for_decoding
-    from latentbench.generators.latents import LatentNorm
+    from latentbench.generators.latents import LatentNorm, NormalizedLatents
     from latentbench.generators.module import resolve_generator
 
     proto, spec = cfg.protocol, cfg.protocol.generator
@@ -54,20 +57,20 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
     start = time.perf_counter()
-    z, y, cache = train_latents(cfg, run_dir, tokenizer, weights, train)
+    shards, cache = train_latents(cfg, run_dir, tokenizer, weights, train)
     encode_s = time.perf_counter() - start
 
     discrete = latent.bits_per_token is not None
     gen = resolve_generator(spec.discrete if discrete else spec.continuous)
-    norm = LatentNorm.fit("none" if discrete else spec.normalization, z, latent.scaling_factor)
+    norm = LatentNorm.fit("none" if discrete else spec.normalization, shards.chunks(), latent.scaling_factor)
     num_classes = train.info["num_classes"]
     fields = {**_training_fields(spec), "precision": cfg.gen_precision}  # the protocol's, or latentbench.precision's fallback
     gen_key = hashlib.sha256(json.dumps({"latents": cache["latents_sha256"], "generator": gen.to_dict(), "spec": fields,
                                          "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, norm.normalize(z), y, num_classes, gen_dir, cfg.seed,
-                                                                   cfg.launch, cfg.gen_precision), log)
+    trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, NormalizedLatents(shards, norm), num_classes, gen_dir,
+                                                                   cfg.seed, cfg.launch, cfg.gen_precision), log)
 
     extractor, why = _extractor(proto)
     if extractor is None:
@@ -99,8 +102,8 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
             **_facts(gen, trained, cache, norm, encode_s, spec)}
 
 
-def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, train) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """The train split's latents from the run's latent cache (encoded and cached on first use).
+def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, train) -> tuple[LatentShards, dict[str, Any]]:
+    """The train split's latents (read lazily) and the cache's meta, from the run's latent cache (encoded on first use).
 
     The eval stage's linear probe and the generator stage both read them: the train split is
     encoded once per checkpoint. The key hashes the checkpoint, the dataset and the preprocessing.
@@ -137,9 +140,13 @@ def _training_fields(spec) -> dict[str, Any]:
     return {k: v for k, v in asdict(spec).items() if k not in ("target_gfid", "baseline", "reference", "fid_bootstrap")}
 
 
-def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: int, out_dir: Path, seed: int,
+def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, seed: int,
                     launch: Launch | None = None, precision: str | None = None) -> dict[str, Any]:
     """Fit the generator on normalised latents with Lightning; sampled latents land in ``out_dir/samples``.
+
+    ``data``: (normalised latent, label) items, e.g. ``NormalizedLatents`` over the latent cache
+    (read batch by batch) or a ``TensorDataset``; its per-item shape is ``data.shape`` when it
+    has one, else that of its first item.
 
     ``precision``: the Lightning precision to train in (None: the protocol's, ``spec.precision``).
 
@@ -165,17 +172,17 @@ def train_generator(gen, spec, z: torch.Tensor, y: torch.Tensor, num_classes: in
 
     _quiet_lightning()
     seed_process(seed)
-    module = GeneratorModule(gen.name, list(z.shape[1:]), num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
+    shape = list(getattr(data, "shape", None) or data[0][0].shape)
+    module = GeneratorModule(gen.name, shape, num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
                              sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,
                              samples_dir=str(out_dir / "samples"), **gen.module_args)
     batch = per_rank_batch(spec.batch_size, "generator batch_size")
-    data = TensorDataset(z, y)
     rank, world_size = world()
     if world_size > 1:  # the sample loader below is sharded by hand, so Lightning's sampler replacement is off
-        loader = DataLoader(data, batch_size=batch, drop_last=len(z) > spec.batch_size,
+        loader = DataLoader(data, batch_size=batch, drop_last=len(data) > spec.batch_size,
                             sampler=DistributedSampler(data, world_size, rank, shuffle=True, seed=seed, drop_last=True))
     else:
-        loader = _loader(data, batch, True, seed, drop_last=len(z) > spec.batch_size)
+        loader = _loader(data, batch, True, seed, drop_last=len(data) > spec.batch_size)
     sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
                               sampler=ShardSampler(spec.num_samples, rank=None))
     ckpt_dir = out_dir / "checkpoints"

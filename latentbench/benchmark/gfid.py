@@ -127,16 +127,15 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
     from latentbench.benchmark.fid import FrechetDistance
     from latentbench.benchmark.metrics import to_uint8
     from latentbench.distributed import module_device
-    from latentbench.generators.latents import read_shards
+    from latentbench.generators.latents import LatentShards
 
-    z_all, _ = read_shards(step_dir)
-    index_all = torch.arange(len(z_all))
+    samples = LatentShards(step_dir)  # read batch by batch: 50k RAE samples are 39 GB
     fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed).to(module_device(extractor))
     rank, world_size = world()
-    mine = torch.tensor(list(ShardSampler(len(z_all), rank, world_size)), dtype=torch.long)
+    mine = torch.tensor(list(ShardSampler(len(samples), rank, world_size)), dtype=torch.long)
     shown, shown_index = [], []
     for chunk in mine.split(batch_size):
-        images = decode_samples(tokenizer, z_all[chunk], index_all[chunk], norm, seed)
+        images = decode_samples(tokenizer, samples.rows(chunk), chunk, norm, seed)
         fid.update(extractor(to_uint8(images)), index=chunk)
         keep = chunk < keep_images
         shown.append(images[keep].cpu())

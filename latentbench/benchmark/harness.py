@@ -518,10 +518,9 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     if proto.generator.max_steps > 0:  # the generator stage caches the whole split's latents: encode it once, here
         from latentbench.benchmark.generation import train_latents
 
-        all_z, all_y, _ = train_latents(cfg, run_dir, tokenizer, weights, train)
-        subset = probe_train_subset(range(len(all_z)), proto.eval.probe_train, cfg.seed)
-        rows = torch.as_tensor(list(subset), dtype=torch.long)
-        train_z, train_y = all_z[rows], all_y[rows]
+        shards, _ = train_latents(cfg, run_dir, tokenizer, weights, train)
+        rows = torch.as_tensor(list(probe_train_subset(range(len(shards)), proto.eval.probe_train, cfg.seed)), dtype=torch.long)
+        train_z, train_y = shards.rows(rows), shards.labels[rows]  # only the probe's subset is read
     else:
         train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), batch)
     probe = linear_probe(train_z, train_y, test_z, test_y, num_classes=data.info["num_classes"], pooling=proto.eval.probe_pooling)

@@ -1,12 +1,17 @@
 """The latent cache: a tokenizer's latents of the training split, encoded once, normalised, hashed.
 
 A generator trains on latents, not images, so each tokenizer checkpoint encodes the
-protocol's train split exactly once. The cache is a folder of safetensors shards, one per
-rank (``shard-00000-of-00002.safetensors``), each holding its rows' global indices, latents
-and labels, so a cache written by N processes is read by any number. ``meta.json`` holds the
-key (sha256 of the tokenizer checkpoint, the dataset fingerprint and the preprocessing) and
-the sha256 of the latents themselves: two checkpoints that encode identically (FlowMo's
-stage 1b freezes the encoder) share one generator.
+protocol's train split exactly once. The cache is a folder of safetensors shard parts, written
+by each rank as it encodes (``shard-00000-of-00002-part-00003.safetensors``: rank 0 of 2,
+its fourth part), each holding its rows' global indices, latents and labels, so a cache
+written by N processes is read by any number and no rank holds its whole share in memory.
+``meta.json`` holds the key (sha256 of the tokenizer checkpoint, the dataset fingerprint and
+the preprocessing) and the sha256 of the latents themselves: two checkpoints that encode
+identically (FlowMo's stage 1b freezes the encoder) share one generator.
+
+Reading is lazy (``LatentShards``): the parts are memory-mapped and rows gathered on demand,
+so the normalisation statistics, the hash and the generator's batches stream through the
+cache (``imagenet256``'s 1.28M RAE latents are about 1 TB; no process holds them).
 
 Normalisation (``LatentNorm``): generators want latents of about unit scale. ``channel``
 standardises each channel with mean and std over the train split (2D latents: channel 0 of
@@ -18,12 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from latentbench.distributed import barrier
 from latentbench.fsutil import atomic_path, atomic_write_text
@@ -34,6 +42,8 @@ NORM_MODES = {
     "scaling": "multiply by the tokenizer's scaling factor (SD-VAE)",
     "none": "latents as encoded (discrete codes)",
 }
+PART_BYTES = 256 * 2**20  # a rank starts a new shard part once it holds this many bytes of latents
+CHUNK_BYTES = 16 * 2**20  # rows read at a time when streaming through a cache (statistics, hash)
 
 
 @dataclass
@@ -45,20 +55,29 @@ class LatentNorm:
     scale: Tensor
 
     @classmethod
-    def fit(cls, mode: str, z: Tensor, scaling_factor: float = 1.0) -> LatentNorm:
-        """Statistics of ``mode`` from latents (N, *shape) of the train split."""
+    def fit(cls, mode: str, z: Tensor | Iterable[Tensor], scaling_factor: float = 1.0) -> LatentNorm:
+        """Statistics of ``mode`` from the train split's latents (N, *shape): one tensor, or its chunks in any order.
+
+        Chunks are merged exactly (float64 moments, Chan et al.'s pairwise update), so streaming a
+        cache too large for memory gives the statistics of the whole split.
+        """
         if mode not in NORM_MODES:
             raise ValueError(f"unknown latent normalisation {mode!r}; choose one of: "
                              + "; ".join(f"{k} ({v})" for k, v in NORM_MODES.items()))
-        z = z.double()
-        if mode == "channel":
-            dims = _non_channel_dims(z)
-            shift, scale = z.mean(dims, keepdim=True)[0], z.std(dims, keepdim=True)[0]
-        elif mode == "element":
-            shift, scale = z.mean(0), z.std(0)
+        moments = _Moments()
+        for chunk in [z] if isinstance(z, Tensor) else z:
+            if mode in ("channel", "element"):
+                moments.add(chunk.double(), _non_channel_dims(chunk) if mode == "channel" else (0,))
+            else:
+                moments.shape = tuple(chunk.shape[1:])
+                break  # only the shape is needed
+        if mode in ("channel", "element"):
+            shift, scale = moments.mean_std()
         else:
-            shift = torch.zeros(z.shape[1:], dtype=torch.float64)
-            scale = torch.full(z.shape[1:], 1.0 / scaling_factor if mode == "scaling" else 1.0, dtype=torch.float64)
+            if moments.shape is None:
+                raise ValueError("no latents to fit the normalisation on")
+            shift = torch.zeros(moments.shape, dtype=torch.float64)
+            scale = torch.full(moments.shape, 1.0 / scaling_factor if mode == "scaling" else 1.0, dtype=torch.float64)
         return cls(mode, shift.float(), scale.float().clamp_min(1e-6))
 
     def normalize(self, z: Tensor) -> Tensor:
@@ -80,6 +99,40 @@ class LatentNorm:
                 "scale_range": [float(self.scale.min()), float(self.scale.max())]}
 
 
+class _Moments:
+    """Running count, mean and sum of squared deviations over reduction dims, merged chunk by chunk.
+
+    By hand because torch and torchmetrics have no streaming per-channel variance that reduces
+    over arbitrary dims in float64; the update is Chan, Golub and LeVeque's pairwise formula.
+    """
+
+    def __init__(self):
+        self.n, self.mean, self.m2, self.shape = 0, None, None, None
+
+    def add(self, x: Tensor, dims: tuple[int, ...]) -> None:
+        n_b = 1
+        for d in dims:
+            n_b *= x.shape[d]
+        if n_b == 0:
+            return
+        var_b, mean_b = torch.var_mean(x, dims, correction=0, keepdim=True)  # one pass, no deviation tensor
+        m2_b = var_b * n_b
+        if self.n == 0:
+            self.n, self.mean, self.m2 = n_b, mean_b, m2_b
+            return
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n_b / n)
+        self.m2 = self.m2 + m2_b + delta.square() * (self.n * n_b / n)
+        self.n = n
+
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        """Mean and unbiased std, with the leading (sample) axis dropped."""
+        if self.n < 2:
+            raise ValueError(f"the latent normalisation needs at least 2 values per statistic, got {self.n}")
+        return self.mean[0], (self.m2 / (self.n - 1)).sqrt()[0]
+
+
 def _non_channel_dims(z: Tensor) -> tuple[int, ...]:
     """Reduction dims of per-channel statistics: all but 1 for (N, C, h, w), all but the last for (N, L, C)."""
     keep = 1 if z.ndim == 4 else z.ndim - 1
@@ -99,43 +152,201 @@ class CacheKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def latents_sha256(z: Tensor, y: Tensor) -> str:
-    """sha256 of the latents and labels in index order (identical encodings hash the same)."""
+def latents_sha256(z: Tensor | Iterable[Tensor], y: Tensor) -> str:
+    """sha256 of the latents (one tensor, or its chunks in index order) and then the labels.
+
+    Chunks hash as their concatenation would: a streamed cache hashes like one read whole.
+    """
     h = hashlib.sha256()
-    for t in (z.float().contiguous(), y.long().contiguous()):
-        h.update(t.numpy().tobytes())
+    for chunk in [z] if isinstance(z, Tensor) else z:
+        h.update(chunk.float().contiguous().numpy().tobytes())
+    h.update(y.long().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def write_shard(directory: Path, rank: int, world_size: int, index: Tensor, z: Tensor, y: Tensor) -> Path:
-    """Write this rank's rows atomically; the file name says which shard of how many it is."""
-    from safetensors.torch import save_file
+# ---- shards ------------------------------------------------------------------------------------------
 
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"shard-{rank:05d}-of-{world_size:05d}.safetensors"
-    with atomic_path(path) as tmp:
-        save_file({"index": index.long().contiguous(), "latents": z.float().contiguous(), "labels": y.long().contiguous()}, str(tmp))
-    return path
+_SHARD_NAME = re.compile(r"shard-(\d{5})-of-(\d{5})(?:-part-(\d{5}))?\.safetensors")
+
+
+class ShardWriter:
+    """This rank's rows of a shard folder, written as parts of about ``part_bytes`` each as they arrive.
+
+    A rank never holds more than one part: encoding ``imagenet256`` with RAE writes about 1 TB
+    in 256 MB files. Each part is written atomically; a rank that wrote no rows writes one
+    empty part, so a reader sees every rank. A new writer first deletes what an earlier,
+    interrupted one left: this rank's parts, and (rank 0) any of another world size.
+    """
+
+    def __init__(self, directory: Path, rank: int, world_size: int, part_bytes: int | None = None):
+        self.directory, self.rank, self.world_size = Path(directory), rank, world_size
+        self.part_bytes = PART_BYTES if part_bytes is None else part_bytes
+        for old in self.directory.glob("shard-*.safetensors"):
+            name = _SHARD_NAME.fullmatch(old.name)
+            if name and ((int(name[1]), int(name[2])) == (rank, world_size) or (rank == 0 and int(name[2]) != world_size)):
+                old.unlink(missing_ok=True)
+        self.paths: list[Path] = []
+        self._rows: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._bytes = 0
+
+    def add(self, index: Tensor, z: Tensor, y: Tensor) -> None:
+        self._rows.append((index.long().cpu(), z.float().cpu(), y.long().cpu()))
+        self._bytes += z.numel() * 4
+        if self._bytes >= self.part_bytes:
+            self._flush()
+
+    def close(self) -> list[Path]:
+        if self._rows or not self.paths:
+            self._flush()
+        return self.paths
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:  # an interrupted rank leaves its finished parts; a reader refuses the gap
+            self.close()
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        if self._rows:
+            index, z, y = (torch.cat(t) for t in zip(*self._rows))
+        else:
+            index, z, y = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"shard-{self.rank:05d}-of-{self.world_size:05d}-part-{len(self.paths):05d}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file({"index": index.contiguous(), "latents": z.contiguous(), "labels": y.contiguous()}, str(tmp))
+        self.paths.append(path)
+        self._rows, self._bytes = [], 0
+
+
+def write_shard(directory: Path, rank: int, world_size: int, index: Tensor, z: Tensor, y: Tensor) -> list[Path]:
+    """Write this rank's rows (parts of ``PART_BYTES``); the names say which rank of how many wrote them."""
+    with ShardWriter(directory, rank, world_size) as writer:
+        writer.add(index, z, y)
+    return writer.paths
+
+
+class LatentShards:
+    """A complete folder of shard parts, read lazily: latents are memory-mapped, rows gathered on demand.
+
+    Refuses a folder with a rank missing, parts of different world sizes, or rows that do not
+    cover the indices 0..n-1 exactly once. Labels and the index map (12 bytes a row) are held
+    in memory; latents are not (safetensors maps the files, so only the rows read are paged in).
+    Reads any world size's folder, and the single-file shards (``shard-00000-of-00001.safetensors``)
+    of caches written before parts existed.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        paths = sorted(p for p in self.directory.glob("shard-*.safetensors") if _SHARD_NAME.fullmatch(p.name))
+        if not paths:
+            raise FileNotFoundError(f"no latent shards in {self.directory}")
+        names = [_SHARD_NAME.fullmatch(p.name).groups() for p in paths]
+        worlds = {int(w) for _, w, _ in names}
+        if len(worlds) != 1 or {int(r) for r, _, _ in names} != set(range(worlds.pop())):
+            raise ValueError(f"{self.directory} holds an incomplete or mixed set of shards ({[p.name for p in paths]}); "
+                             "delete the folder to re-encode")
+        self.paths = paths
+        indices, labels, shapes = [], [], set()
+        for path in paths:
+            with _open(path) as f:
+                indices.append(f.get_tensor("index"))
+                labels.append(f.get_tensor("labels").clone())  # a copy: labels are kept, the mapping is not
+                if len(indices[-1]):
+                    shapes.add(tuple(f.get_slice("latents").get_shape()[1:]))
+        if len(shapes) > 1:
+            raise ValueError(f"latent shards in {self.directory} hold latents of different shapes {sorted(shapes)}; "
+                             "delete the folder to re-encode")
+        index = torch.cat(indices)
+        order = index.argsort()
+        if not torch.equal(index[order], torch.arange(len(index))):
+            raise ValueError(f"latent shards in {self.directory} do not cover indices 0..{len(index) - 1} exactly once")
+        self.shape: tuple[int, ...] = shapes.pop() if shapes else ()
+        self.labels = torch.cat(labels)[order]
+        self._part = torch.cat([torch.full((len(i),), k, dtype=torch.int32) for k, i in enumerate(indices)])[order]
+        self._row = torch.cat([torch.arange(len(i)) for i in indices])[order]
+        self._maps: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict[str, Any]:  # a copy sent to another process maps the files itself
+        return {**self.__dict__, "_maps": None}
+
+    @property
+    def _latents(self) -> list[Tensor]:
+        if self._maps is None:
+            self._maps = [_open(p).get_tensor("latents") for p in self.paths]  # zero-copy: the file's pages
+        return self._maps
+
+    def rows(self, index: Tensor) -> Tensor:
+        """The latents of global rows ``index``, in that order (float32, a copy)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        out = torch.empty(len(index), *self.shape)
+        part, row = self._part[index], self._row[index]
+        for k in part.unique().tolist():
+            mine = part == k
+            out[mine] = self._latents[k][row[mine]]
+        return out
+
+    def chunks(self, rows: int | None = None) -> Iterator[Tensor]:
+        """Every latent in index order, ``rows`` at a time (default: about ``CHUNK_BYTES`` a chunk)."""
+        step = rows or max(1, CHUNK_BYTES // (4 * max(1, _numel(self.shape))))
+        for start in range(0, len(self), step):
+            yield self.rows(torch.arange(start, min(len(self), start + step)))
+
+    def read_all(self) -> tuple[Tensor, Tensor]:
+        """Every (latent, label) in index order, in memory: for small folders (tests, sample sets)."""
+        return self.rows(torch.arange(len(self))), self.labels.clone()
+
+
+def _open(path: Path):
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="pt")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
 
 
 def read_shards(directory: Path) -> tuple[Tensor, Tensor]:
-    """Every shard's rows, ordered by global index; refuses gaps, duplicates and a partial set of shards."""
-    from safetensors.torch import load_file
+    """Every shard's rows in memory, ordered by global index (``LatentShards`` reads them lazily)."""
+    return LatentShards(directory).read_all()
 
-    paths = sorted(directory.glob("shard-*-of-*.safetensors"))
-    if not paths:
-        raise FileNotFoundError(f"no latent shards in {directory}")
-    worlds = {p.stem.rsplit("-of-", 1)[1] for p in paths}
-    if len(worlds) != 1 or len(paths) != int(worlds.pop()):
-        raise ValueError(f"{directory} holds an incomplete or mixed set of shards ({[p.name for p in paths]}); "
-                         "delete the folder to re-encode")
-    parts = [load_file(str(p)) for p in paths]
-    index = torch.cat([p["index"] for p in parts])
-    order = index.argsort()
-    if not torch.equal(index[order], torch.arange(len(index))):
-        raise ValueError(f"latent shards in {directory} do not cover indices 0..{len(index) - 1} exactly once")
-    return torch.cat([p["latents"] for p in parts])[order], torch.cat([p["labels"] for p in parts])[order]
 
+class NormalizedLatents(Dataset):
+    """The generator's training set: (normalised latent, label) rows of a latent cache, read per batch.
+
+    Items are what ``TensorDataset(norm.normalize(z), y)`` would give, bit for bit (the map is
+    elementwise); ``__getitems__`` lets a DataLoader gather a whole batch from the mapped files at once.
+    """
+
+    def __init__(self, shards: LatentShards, norm: LatentNorm):
+        self.shards, self.norm = shards, norm
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.shards.shape
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.norm.normalize(self.shards.rows(index)), self.shards.labels[index]))
+
+
+# ---- the cache ---------------------------------------------------------------------------------------
 
 def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
     """The folder's ``meta.json`` if it records a finished cache for ``key``, else None."""
@@ -146,33 +357,33 @@ def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
     return meta if meta.get("key") == key.digest else None
 
 
-def load_cache(directory: Path, key: CacheKey) -> tuple[Tensor, Tensor, dict[str, Any]] | None:
-    """The cached (latents, labels, meta) if the folder holds a complete cache for ``key``, else None."""
+def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, Any]] | None:
+    """The cached (shards, meta) if the folder holds a complete cache for ``key``, else None."""
     meta = _cached_meta(directory, key)
     if meta is None:
         return None
-    z, y = read_shards(directory)
-    return z, y, meta
+    return LatentShards(directory), meta
 
 
-def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """Encode ``dataset`` (sharded over ranks), write the shards and ``meta.json``; return all rows on every rank."""
-    from latentbench.benchmark.evaluate import encode_shard, world
+def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[LatentShards, dict[str, Any]]:
+    """Encode ``dataset`` (sharded over ranks) straight into shard parts, then write ``meta.json``."""
+    from latentbench.benchmark.evaluate import encode_batches, world
 
     rank, world_size = world()
-    index, z, y = encode_shard(tokenizer, dataset, batch_size)
-    write_shard(directory, rank, world_size, index, z, y)
+    with ShardWriter(directory, rank, world_size) as writer:
+        for index, z, y in encode_batches(tokenizer, dataset, batch_size):
+            writer.add(index, z, y)
     barrier()
-    z, y = read_shards(directory)
-    meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": latents_sha256(z, y),
-            "n": len(z), "shape": list(z.shape[1:]), "world_size": world_size}
+    shards = LatentShards(directory)
+    meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": latents_sha256(shards.chunks(), shards.labels),
+            "n": len(shards), "shape": list(shards.shape), "world_size": world_size}
     if rank == 0:
         atomic_write_text(directory / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
-    return z, y, meta
+    return shards, meta
 
 
-def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """The train split's latents for ``key``: read from ``directory`` when cached there, else encoded and cached."""
+def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[LatentShards, dict[str, Any]]:
+    """The train split's latents for ``key`` (lazily read): from ``directory`` when cached there, else encoded into it."""
     from latentbench.benchmark.evaluate import world
     from latentbench.distributed import broadcast
 

@@ -132,7 +132,7 @@ class GeneratorModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.generator = build_generator(generator, tuple(input_shape), num_classes, init_args, transport)
-        self._samples: list[tuple[Tensor, Tensor, Tensor]] = []
+        self._samples = None  # this rank's ShardWriter while sampling
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         z, y = batch
@@ -165,19 +165,23 @@ class GeneratorModule(L.LightningModule):
         seeds = sample_seeds(index, hp.sample_seed)  # one per sample: splitting the batch changes no sample
         return torch.cat([self.generator.sample(y[s], seeds[s]) for s in chunks(len(y), self.device)]), y
 
+    def on_validation_epoch_start(self) -> None:
+        if self.hparams.samples_dir:
+            from latentbench.benchmark.evaluate import world
+            from latentbench.generators.latents import ShardWriter
+
+            # written part by part: no rank holds its whole share; an interrupted evaluation's parts are replaced
+            self._samples = ShardWriter(samples_step_dir(self.hparams.samples_dir, self.global_step), *world())
+
     def validation_step(self, index: Tensor, batch_idx: int) -> None:
         z, y = self.sample(index)
-        self._samples.append((index.cpu(), z.float().cpu(), y.cpu()))
+        if self._samples is not None:
+            self._samples.add(index, z, y)
 
     def on_validation_epoch_end(self) -> None:
-        if self.hparams.samples_dir and self._samples:
-            from latentbench.benchmark.evaluate import world
-            from latentbench.generators.latents import write_shard
-
-            rank, world_size = world()
-            index, z, y = (torch.cat(t) for t in zip(*self._samples))
-            write_shard(samples_step_dir(self.hparams.samples_dir, self.global_step), rank, world_size, index, z, y)
-        self._samples = []
+        if self._samples is not None:
+            self._samples.close()
+        self._samples = None
 
 
 def samples_step_dir(samples_dir: str | Path, step: int) -> Path:

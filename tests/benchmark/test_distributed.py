@@ -158,7 +158,8 @@ def test_two_process_bench_equals_one_process(tmp_path):
     assert one["metrics"]["gfid"]["n"] == two["metrics"]["gfid"]["n"] == 41
     # the latent cache the 2 processes wrote, one shard each, is read whole by this single process
     (cache,) = (run2 / "latents").iterdir()
-    assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002.safetensors", "shard-00001-of-00002.safetensors"]
+    assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002-part-00000.safetensors",
+                                                             "shard-00001-of-00002-part-00000.safetensors"]
     z, y = read_shards(cache)
     assert len(z) == len(y) == 256 and json.loads((cache / "meta.json").read_text())["world_size"] == 2
     (samples,) = (run2 / "generators").iterdir()

@@ -341,13 +341,13 @@ def test_train_split_is_encoded_once_for_probe_and_generator(tmp_path, monkeypat
     from latentbench.benchmark.harness import run_bench
 
     calls = []
-    real = evaluate.encode_shard
+    real = evaluate.encode_batches
 
     def counting(tokenizer, dataset, batch_size, progress=True):
         calls.append(len(dataset))
         return real(tokenizer, dataset, batch_size, progress)
 
-    monkeypatch.setattr(evaluate, "encode_shard", counting)
+    monkeypatch.setattr(evaluate, "encode_batches", counting)
     record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
     assert calls == [256]  # the latent cache, read by the probe and by the generator stage
     assert record["metrics"]["probe"]["n"] == 64 and record["generation"]["latents"]["n"] == 256
