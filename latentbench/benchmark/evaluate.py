@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,13 +203,14 @@ def not_finite_as_unavailable(name: str, result: dict[str, Any]) -> dict[str, An
 
 @torch.no_grad()
 def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, batch_size: int, seed: int = 0,
-                grid_size: int = 16, progress: bool = True) -> ReconstructionPass:
+                grid_size: int = 16, progress: bool = True, features: Callable[[Tensor], Tensor] | None = None) -> ReconstructionPass:
     """Encode and decode this rank's shard of ``dataset``, updating ``metrics``.
 
     ``grid_size`` images spread evenly over the split are kept for a picture of the reconstructions.
     Each batch's decoder seed is derived from its first sample's global index, so a
     stochastic decoder gives the same reconstructions for any batch size that keeps batch
-    starts aligned; latents are kept for the linear probe.
+    starts aligned; ``features(latents)`` of each batch is kept for the linear probe (default: the
+    latents; the bench keeps the probe's pooled features, a fraction of them).
     """
     from tqdm.auto import tqdm
 
@@ -228,7 +229,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         rec = decode_seeded(tokenizer, z, seed=seed * 1_000_003 + int(index[0])).float().clamp(-1, 1)
         out.coding_s += time.perf_counter() - start
         metrics.update(index, x, rec)
-        out.latents.append(z.float().cpu())
+        out.latents.append((features(z) if features is not None else z).float().cpu())
         out.labels.append(torch.as_tensor(y))
         out.indices.append(index)
         keep = [k for k, i in enumerate(index.tolist()) if i in shown]

@@ -20,6 +20,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -495,23 +496,26 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     """Reconstruct the eval split, measure it, and fit the linear probe on the latents."""
     from torchvision.utils import save_image
 
-    from latentbench.benchmark.evaluate import encode_all, gather_by_index, reconstruct
-    from latentbench.benchmark.probe import linear_probe
+    from latentbench.benchmark.evaluate import encode_batches, gather_by_index, reconstruct
+    from latentbench.benchmark.probe import pool, probe_features
 
     proto = cfg.protocol
     tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
     metrics = build_metrics(proto, cfg.seed, cache_dir)
     batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")
-    passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed)
+    pooling = proto.eval.probe_pooling
+    discrete = tokenizer.latent_spec.bits_per_token is not None  # codes are kept whole for their statistics
+    passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed, features=None if discrete else partial(pool, pooling=pooling))
     originals, recs = gather_by_index(*passed.grid_rows())  # every rank's share of the picture
     grid = torch.cat([originals, recs]).clamp(-1, 1)
     if is_rank_zero():
         with atomic_path(run_dir / grid_name) as tmp:
             save_image(grid, tmp, nrow=len(grid) // 2, normalize=True, value_range=(-1, 1), format="png")
     results = metrics.results()
-    test_z, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
-    codes = code_statistics(tokenizer, [test_z], proto.data.resolution)
+    test_f, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
+    codes = code_statistics(tokenizer, [test_f], proto.data.resolution)
+    test_f = pool(test_f, pooling) if discrete else test_f
 
     start = time.perf_counter()
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
@@ -520,10 +524,13 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
 
         shards, _ = train_latents(cfg, run_dir, tokenizer, weights, train)
         rows = torch.as_tensor(list(probe_train_subset(range(len(shards)), proto.eval.probe_train, cfg.seed)), dtype=torch.long)
-        train_z, train_y = shards.rows(rows), shards.labels[rows]  # only the probe's subset is read
+        train_f = torch.cat([pool(z, pooling) for z in shards.chunks(index=rows)])  # only the probe's subset is read
+        train_y = shards.labels[rows]
     else:
-        train_z, train_y = encode_all(tokenizer, probe_train_subset(train, proto.eval.probe_train, cfg.seed), batch)
-    probe = linear_probe(train_z, train_y, test_z, test_y, num_classes=data.info["num_classes"], pooling=proto.eval.probe_pooling)
+        parts = [(i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, probe_train_subset(train, proto.eval.probe_train,
+                                                                                                     cfg.seed), batch)]
+        train_f, train_y = gather_by_index(*(torch.cat(t) for t in zip(*parts)))
+    probe = probe_features(train_f, train_y, test_f, test_y, num_classes=data.info["num_classes"], pooling=pooling)
     results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {
         "metrics": results,

@@ -285,6 +285,8 @@ class LatentShards:
     def rows(self, index: Tensor) -> Tensor:
         """The latents of global rows ``index``, in that order (float32, a copy)."""
         index = torch.as_tensor(index, dtype=torch.long)
+        if len(self.paths) == 1:
+            return self._latents[0][self._row[index]]
         out = torch.empty(len(index), *self.shape)
         part, row = self._part[index], self._row[index]
         for k in part.unique().tolist():
@@ -292,11 +294,10 @@ class LatentShards:
             out[mine] = self._latents[k][row[mine]]
         return out
 
-    def chunks(self, rows: int | None = None) -> Iterator[Tensor]:
-        """Every latent in index order, ``rows`` at a time (default: about ``CHUNK_BYTES`` a chunk)."""
-        step = rows or max(1, CHUNK_BYTES // (4 * max(1, _numel(self.shape))))
-        for start in range(0, len(self), step):
-            yield self.rows(torch.arange(start, min(len(self), start + step)))
+    def chunks(self, rows: int | None = None, index: Tensor | None = None) -> Iterator[Tensor]:
+        """The latents of ``index`` (default: every row, in order), ``rows`` at a time (default: about ``CHUNK_BYTES``)."""
+        index = torch.arange(len(self)) if index is None else torch.as_tensor(index, dtype=torch.long)
+        yield from (self.rows(part) for part in index.split(rows or max(1, CHUNK_BYTES // (4 * max(1, _numel(self.shape))))))
 
     def read_all(self) -> tuple[Tensor, Tensor]:
         """Every (latent, label) in index order, in memory: for small folders (tests, sample sets)."""

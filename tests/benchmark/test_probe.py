@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from latentbench.benchmark.probe import ProbeRecipe, linear_probe, pool, standardize
+from latentbench.benchmark.probe import ProbeRecipe, linear_probe, pool, probe_features, standardize
 
 SHAPES = {"2d": (4, 8, 8), "1d": (16, 8)}  # (C, h, w) latents and (L, C) tokens
 
@@ -96,3 +96,25 @@ def test_agrees_with_sklearn_logistic_regression():
     theirs = sk.score(test_f.numpy(), test_y.numpy())
     assert 0.3 < theirs < 0.9 and 0.3 < ours < 0.9
     assert ours == pytest.approx(theirs, abs=0.05)
+
+
+@pytest.mark.parametrize("kind", SHAPES)
+@pytest.mark.parametrize("pooling", ["flatten", "mean"])
+def test_features_pooled_batch_by_batch_give_the_same_probe(kind, pooling):
+    """The bench keeps only each batch's pooled features: the result is linear_probe's, exactly."""
+    x, y = _clusters(SHAPES[kind], 300, spread=0.5)
+    train_x, train_y, test_x, test_y = _split(x, y, 200)
+    batched = [torch.cat([pool(part, pooling) for part in t.split(7)]) for t in (train_x, test_x)]
+    assert torch.equal(batched[0], pool(train_x, pooling))
+    assert probe_features(batched[0], train_y, batched[1], test_y, num_classes=10, pooling=pooling) == \
+        linear_probe(train_x, train_y, test_x, test_y, num_classes=10, pooling=pooling)
+
+
+def test_features_of_the_wrong_shape_are_refused():
+    f, y = torch.randn(20, 5), torch.arange(20) % 2
+    with pytest.raises(ValueError, match=r"features must be \(N, D\)"):
+        probe_features(f[:, :, None], y, f, y, num_classes=2, pooling="mean")
+    with pytest.raises(ValueError, match="differ in dimension: 5 vs 4"):
+        probe_features(f, y, f[:, :4], y, num_classes=2, pooling="mean")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        probe_features(f, y, f, y, num_classes=2, pooling="max")
