@@ -250,14 +250,3 @@ def encode_batches(tokenizer, dataset: Dataset, batch_size: int, progress: bool 
     device = module_device(tokenizer)
     for index, x, y in tqdm(shard_loader(dataset, batch_size), desc="encode", unit="batch", disable=not progress or rank > 0):
         yield index, tokenizer.encode(x.to(device, non_blocking=True)).float().cpu(), torch.as_tensor(y)
-
-
-def encode_shard(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """(global indices, latents, labels) of this rank's shard of ``dataset``, in memory."""
-    indices, latents, labels = zip(*encode_batches(tokenizer, dataset, batch_size, progress))
-    return torch.cat(indices), torch.cat(latents), torch.cat(labels)
-
-
-def encode_all(tokenizer, dataset: Dataset, batch_size: int, progress: bool = True) -> tuple[Tensor, Tensor]:
-    """Latents and labels of a whole dataset, sharded over ranks and gathered in index order."""
-    return gather_by_index(*encode_shard(tokenizer, dataset, batch_size, progress))

@@ -62,7 +62,7 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
 
     discrete = latent.bits_per_token is not None
     gen = resolve_generator(spec.discrete if discrete else spec.continuous)
-    norm = LatentNorm.fit("none" if discrete else spec.normalization, shards.chunks(), latent.scaling_factor)
+    norm = LatentNorm.of_cache("none" if discrete else spec.normalization, shards, latent.scaling_factor)
     num_classes = train.info["num_classes"]
     fields = {**_training_fields(spec), "precision": cfg.gen_precision}  # the protocol's, or latentbench.precision's fallback
     gen_key = hashlib.sha256(json.dumps({"latents": cache["latents_sha256"], "generator": gen.to_dict(), "spec": fields,
@@ -84,7 +84,7 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
         result, images_step = measure_samples(gen_dir / "samples" / f"step-{step:07d}", tokenizer, norm, extractor, reference,
                                               cfg.seed, per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
                                               spec.fid_bootstrap if last else 0,
-                                              keep_images=2 * num_classes if last else 0)
+                                              keep_images=2 * num_classes if last else 0, num_samples=spec.num_samples)
         log(f"  gFID at step {step}: {result['value']:.3f} ({result['n']} samples)")
         curve.append({"step": step, "value": result["value"], "interval": result["interval"], "n": result["n"]})
         images = images_step if last else images
@@ -172,12 +172,16 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
 
     _quiet_lightning()
     seed_process(seed)
+    rank, world_size = world()
+    if len(data) == 0 or spec.num_samples < world_size:
+        raise ValueError(f"cannot train the generator: {len(data)} latents, {spec.num_samples} gFID samples for "
+                         f"{world_size} processes (each samples its share; a process without one never evaluates); "
+                         "give the protocol train images and num_samples of at least the process count")
     shape = list(getattr(data, "shape", None) or data[0][0].shape)
     module = GeneratorModule(gen.name, shape, num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
                              sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,
                              samples_dir=str(out_dir / "samples"), **gen.module_args)
     batch = per_rank_batch(spec.batch_size, "generator batch_size")
-    rank, world_size = world()
     if world_size > 1:  # the sample loader below is sharded by hand, so Lightning's sampler replacement is off
         loader = DataLoader(data, batch_size=batch, drop_last=len(data) > spec.batch_size,
                             sampler=DistributedSampler(data, world_size, rank, shuffle=True, seed=seed, drop_last=True))

@@ -116,8 +116,10 @@ def decode_samples(tokenizer, z: Tensor, index: Tensor, norm, seed: int) -> Tens
 
 @torch.no_grad()
 def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed: int, batch_size: int,
-                    bootstrap: int = 0, keep_images: int = 0) -> tuple[dict[str, Any], Tensor | None]:
+                    bootstrap: int = 0, keep_images: int = 0, num_samples: int | None = None) -> tuple[dict[str, Any], Tensor | None]:
     """gFID of the latents sampled in ``step_dir`` (this rank decodes its shard; the metric sums over ranks).
+
+    ``num_samples``: how many the folder must hold (a lost last part leaves the indices contiguous).
 
     Returns:
         (the FID result with ``n``, interval and the extractor's label; the first ``keep_images``
@@ -129,7 +131,10 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
     from latentbench.distributed import module_device
     from latentbench.generators.latents import LatentShards
 
-    samples = LatentShards(step_dir)  # read batch by batch: 50k RAE samples are 39 GB
+    retrain = f"delete {step_dir.parent.parent} to train the generator and sample again"  # samples come from training
+    samples = LatentShards(step_dir, fix=retrain)  # read batch by batch: 50k RAE samples are 39 GB
+    if num_samples is not None and len(samples) != num_samples:
+        raise ValueError(f"{step_dir} holds {len(samples)} of the {num_samples} gFID samples (a part is missing); {retrain}")
     fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed).to(module_device(extractor))
     rank, world_size = world()
     mine = torch.tensor(list(ShardSampler(len(samples), rank, world_size)), dtype=torch.long)

@@ -506,7 +506,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")
     pooling = proto.eval.probe_pooling
     discrete = tokenizer.latent_spec.bits_per_token is not None  # codes are kept whole for their statistics
-    passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed, features=None if discrete else partial(pool, pooling=pooling))
+    passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed, features=None if discrete else partial(_cpu_pool, pooling=pooling))
     originals, recs = gather_by_index(*passed.grid_rows())  # every rank's share of the picture
     grid = torch.cat([originals, recs]).clamp(-1, 1)
     if is_rank_zero():
@@ -527,8 +527,8 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         train_f = torch.cat([pool(z, pooling) for z in shards.chunks(index=rows)])  # only the probe's subset is read
         train_y = shards.labels[rows]
     else:
-        parts = [(i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, probe_train_subset(train, proto.eval.probe_train,
-                                                                                                     cfg.seed), batch)]
+        subset = probe_train_subset(train, proto.eval.probe_train, cfg.seed)
+        parts = [(i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, subset, batch)] or [_NO_ROWS]  # a rank may have none
         train_f, train_y = gather_by_index(*(torch.cat(t) for t in zip(*parts)))
     probe = probe_features(train_f, train_y, test_f, test_y, num_classes=data.info["num_classes"], pooling=pooling)
     results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
@@ -541,6 +541,16 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "codes": codes,
         "compiled": compiled,
     }
+
+
+_NO_ROWS = (torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long))  # (indices, features, labels)
+
+
+def _cpu_pool(z: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Probe features of a batch, pooled on the CPU as the train split's are (a GPU's reduction order differs)."""
+    from latentbench.benchmark.probe import pool
+
+    return pool(z.float().cpu(), pooling)
 
 
 def code_statistics(tokenizer, latents: list[torch.Tensor], resolution: int) -> dict[str, Any] | None:

@@ -9,9 +9,10 @@ written by N processes is read by any number and no rank holds its whole share i
 the preprocessing) and the sha256 of the latents themselves: two checkpoints that encode
 identically (FlowMo's stage 1b freezes the encoder) share one generator.
 
-Reading is lazy (``LatentShards``): the parts are memory-mapped and rows gathered on demand,
-so the normalisation statistics, the hash and the generator's batches stream through the
-cache (``imagenet256``'s 1.28M RAE latents are about 1 TB; no process holds them).
+Reading is lazy (``LatentShards``): the parts are memory-mapped and rows gathered on demand.
+One pass over a new cache, in chunks, gives its hash and its normalisation statistics (stored
+beside it in ``statistics.safetensors``), and the generator's batches are gathered from the
+files (``imagenet256``'s 1.28M RAE latents are about 1 TB; no process holds them).
 
 Normalisation (``LatentNorm``): generators want latents of about unit scale. ``channel``
 standardises each channel with mean and std over the train split (2D latents: channel 0 of
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -46,6 +48,9 @@ PART_BYTES = 256 * 2**20  # a rank starts a new shard part once it holds this ma
 CHUNK_BYTES = 16 * 2**20  # rows read at a time when streaming through a cache (statistics, hash)
 
 
+FITTED_MODES = ("channel", "element")  # the normalisations whose statistics come from the data
+
+
 @dataclass
 class LatentNorm:
     """An affine map latents -> generator space: ``(z - shift) / scale``, with broadcastable statistics."""
@@ -61,23 +66,38 @@ class LatentNorm:
         Chunks are merged exactly (float64 moments, Chan et al.'s pairwise update), so streaming a
         cache too large for memory gives the statistics of the whole split.
         """
-        if mode not in NORM_MODES:
-            raise ValueError(f"unknown latent normalisation {mode!r}; choose one of: "
-                             + "; ".join(f"{k} ({v})" for k, v in NORM_MODES.items()))
-        moments = _Moments()
-        for chunk in [z] if isinstance(z, Tensor) else z:
-            if mode in ("channel", "element"):
-                moments.add(chunk.double(), _non_channel_dims(chunk) if mode == "channel" else (0,))
-            else:
-                moments.shape = tuple(chunk.shape[1:])
-                break  # only the shape is needed
-        if mode in ("channel", "element"):
-            shift, scale = moments.mean_std()
+        _check_mode(mode)
+        chunks = iter([z] if isinstance(z, Tensor) else z)
+        if mode in FITTED_MODES:
+            summary = summarize(chunks, hash=False)
+            return cls.from_statistics(mode, summary.statistics(), summary.shape, scaling_factor)
+        first = next(chunks, None)
+        if first is None:
+            raise ValueError("no latents to fit the normalisation on")
+        return cls.from_statistics(mode, {}, tuple(first.shape[1:]), scaling_factor)
+
+    @classmethod
+    def of_cache(cls, mode: str, shards: LatentShards, scaling_factor: float = 1.0) -> LatentNorm:
+        """The normalisation ``mode`` of a latent cache, from the statistics stored with it (none is read for the others)."""
+        _check_mode(mode)
+        stats = shards.statistics() if mode in FITTED_MODES else {}
+        return cls.from_statistics(mode, stats, shards.shape, scaling_factor, where=f" in {shards.directory}")
+
+    @classmethod
+    def from_statistics(cls, mode: str, statistics: dict[str, Tensor], shape: tuple[int, ...] | None,
+                        scaling_factor: float = 1.0, where: str = "") -> LatentNorm:
+        """``mode`` from ``LatentSummary.statistics()`` (fitted modes) or the per-latent ``shape`` (the others)."""
+        _check_mode(mode)
+        if mode in FITTED_MODES:
+            if f"{mode}_shift" not in statistics:
+                raise ValueError(f"the latent normalisation {mode!r} needs at least 2 values per statistic; "
+                                 f"there are fewer latents{where}")
+            shift, scale = statistics[f"{mode}_shift"], statistics[f"{mode}_scale"]
         else:
-            if moments.shape is None:
-                raise ValueError("no latents to fit the normalisation on")
-            shift = torch.zeros(moments.shape, dtype=torch.float64)
-            scale = torch.full(moments.shape, 1.0 / scaling_factor if mode == "scaling" else 1.0, dtype=torch.float64)
+            if shape is None:
+                raise ValueError(f"no latents to fit the normalisation on{where}")
+            shift = torch.zeros(shape, dtype=torch.float64)
+            scale = torch.full(shape, 1.0 / scaling_factor if mode == "scaling" else 1.0, dtype=torch.float64)
         return cls(mode, shift.float(), scale.float().clamp_min(1e-6))
 
     def normalize(self, z: Tensor) -> Tensor:
@@ -99,6 +119,12 @@ class LatentNorm:
                 "scale_range": [float(self.scale.min()), float(self.scale.max())]}
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in NORM_MODES:
+        raise ValueError(f"unknown latent normalisation {mode!r}; choose one of: "
+                         + "; ".join(f"{k} ({v})" for k, v in NORM_MODES.items()))
+
+
 class _Moments:
     """Running count, mean and sum of squared deviations over reduction dims, merged chunk by chunk.
 
@@ -107,12 +133,10 @@ class _Moments:
     """
 
     def __init__(self):
-        self.n, self.mean, self.m2, self.shape = 0, None, None, None
+        self.n, self.mean, self.m2 = 0, None, None
 
     def add(self, x: Tensor, dims: tuple[int, ...]) -> None:
-        n_b = 1
-        for d in dims:
-            n_b *= x.shape[d]
+        n_b = math.prod(x.shape[d] for d in dims)
         if n_b == 0:
             return
         var_b, mean_b = torch.var_mean(x, dims, correction=0, keepdim=True)  # one pass, no deviation tensor
@@ -126,11 +150,46 @@ class _Moments:
         self.m2 = self.m2 + m2_b + delta.square() * (self.n * n_b / n)
         self.n = n
 
-    def mean_std(self) -> tuple[Tensor, Tensor]:
-        """Mean and unbiased std, with the leading (sample) axis dropped."""
-        if self.n < 2:
-            raise ValueError(f"the latent normalisation needs at least 2 values per statistic, got {self.n}")
-        return self.mean[0], (self.m2 / (self.n - 1)).sqrt()[0]
+
+class LatentSummary:
+    """What one pass over latents in index order gives: their sha256 and the fitted modes' float64 statistics."""
+
+    def __init__(self, hash: bool = True):
+        self._sha = hashlib.sha256() if hash else None
+        self._moments = {mode: _Moments() for mode in FITTED_MODES}
+        self.shape: tuple[int, ...] | None = None
+
+    def add(self, z: Tensor) -> None:
+        z = z.float().contiguous()
+        if self._sha is not None:
+            self._sha.update(z.numpy().tobytes())
+        if len(z):
+            self.shape = tuple(z.shape[1:])
+            wide = z.double()
+            self._moments["channel"].add(wide, _non_channel_dims(z))
+            self._moments["element"].add(wide, (0,))
+
+    def sha256(self, labels: Tensor) -> str:
+        """The latents' hash, then the labels' (identical encodings hash the same)."""
+        h = self._sha.copy()
+        h.update(labels.long().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def statistics(self) -> dict[str, Tensor]:
+        """``<mode>_shift`` (mean) and ``<mode>_scale`` (unbiased std), float64, of each fitted mode with 2+ values a statistic."""
+        out = {}
+        for mode, m in self._moments.items():
+            if m.n >= 2:
+                out[f"{mode}_shift"], out[f"{mode}_scale"] = m.mean[0], (m.m2 / (m.n - 1)).sqrt()[0]
+        return out
+
+
+def summarize(chunks: Iterable[Tensor], hash: bool = True) -> LatentSummary:
+    """Feed ``chunks`` (index order, for the hash) through one ``LatentSummary``."""
+    summary = LatentSummary(hash)
+    for chunk in chunks:
+        summary.add(chunk)
+    return summary
 
 
 def _non_channel_dims(z: Tensor) -> tuple[int, ...]:
@@ -153,27 +212,22 @@ class CacheKey:
 
 
 def latents_sha256(z: Tensor | Iterable[Tensor], y: Tensor) -> str:
-    """sha256 of the latents (one tensor, or its chunks in index order) and then the labels.
-
-    Chunks hash as their concatenation would: a streamed cache hashes like one read whole.
-    """
-    h = hashlib.sha256()
-    for chunk in [z] if isinstance(z, Tensor) else z:
-        h.update(chunk.float().contiguous().numpy().tobytes())
-    h.update(y.long().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """sha256 of the latents (one tensor, or its chunks in index order: they hash as their concatenation) and the labels."""
+    return summarize([z] if isinstance(z, Tensor) else z).sha256(y)
 
 
 # ---- shards ------------------------------------------------------------------------------------------
 
-_SHARD_NAME = re.compile(r"shard-(\d{5})-of-(\d{5})(?:-part-(\d{5}))?\.safetensors")
+_SHARD_NAME = re.compile(r"shard-(\d{5,})-of-(\d{5,})(?:-part-(\d{5,}))?\.safetensors")
+STATISTICS = "statistics.safetensors"  # a cache's normalisation statistics, written with it
+REENCODE = "delete the folder to re-encode"
 
 
 class ShardWriter:
     """This rank's rows of a shard folder, written as parts of about ``part_bytes`` each as they arrive.
 
-    A rank never holds more than one part: encoding ``imagenet256`` with RAE writes about 1 TB
-    in 256 MB files. Each part is written atomically; a rank that wrote no rows writes one
+    A rank holds at most about two parts' worth (the rows, and their concatenation while one
+    is written): encoding ``imagenet256`` with RAE writes about 1 TB in 256 MB files. Each part is written atomically; a rank that wrote no rows writes one
     empty part, so a reader sees every rank. A new writer first deletes what an earlier,
     interrupted one left: this rank's parts, and (rank 0) any of another world size.
     """
@@ -233,42 +287,43 @@ class LatentShards:
     """A complete folder of shard parts, read lazily: latents are memory-mapped, rows gathered on demand.
 
     Refuses a folder with a rank missing, parts of different world sizes, or rows that do not
-    cover the indices 0..n-1 exactly once. Labels and the index map (12 bytes a row) are held
-    in memory; latents are not (safetensors maps the files, so only the rows read are paged in).
-    Reads any world size's folder, and the single-file shards (``shard-00000-of-00001.safetensors``)
-    of caches written before parts existed.
+    cover the indices 0..n-1 exactly once (a lost last part leaves them covered: the caller
+    checks the count it expects). Labels and the row map (20 bytes a row) are held in memory;
+    latents are not (safetensors maps the files, so only the rows read are paged in). Reads any
+    world size's folder, and the single-file shards (``shard-00000-of-00001.safetensors``) of
+    caches written before parts existed. ``fix``: what the errors tell the user to do.
     """
 
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+    def __init__(self, directory: Path, fix: str = REENCODE):
+        self.directory, self.fix = Path(directory), fix
         paths = sorted(p for p in self.directory.glob("shard-*.safetensors") if _SHARD_NAME.fullmatch(p.name))
         if not paths:
-            raise FileNotFoundError(f"no latent shards in {self.directory}")
+            raise FileNotFoundError(f"no latent shards in {self.directory}; {fix}")
         names = [_SHARD_NAME.fullmatch(p.name).groups() for p in paths]
         worlds = {int(w) for _, w, _ in names}
         if len(worlds) != 1 or {int(r) for r, _, _ in names} != set(range(worlds.pop())):
-            raise ValueError(f"{self.directory} holds an incomplete or mixed set of shards ({[p.name for p in paths]}); "
-                             "delete the folder to re-encode")
+            raise ValueError(f"{self.directory} holds an incomplete or mixed set of shards ({[p.name for p in paths]}); {fix}")
         self.paths = paths
         indices, labels, shapes = [], [], set()
         for path in paths:
             with _open(path) as f:
                 indices.append(f.get_tensor("index"))
-                labels.append(f.get_tensor("labels").clone())  # a copy: labels are kept, the mapping is not
+                labels.append(f.get_tensor("labels"))
                 if len(indices[-1]):
                     shapes.add(tuple(f.get_slice("latents").get_shape()[1:]))
         if len(shapes) > 1:
-            raise ValueError(f"latent shards in {self.directory} hold latents of different shapes {sorted(shapes)}; "
-                             "delete the folder to re-encode")
+            raise ValueError(f"latent shards in {self.directory} hold latents of different shapes {sorted(shapes)}; {fix}")
         index = torch.cat(indices)
         order = index.argsort()
         if not torch.equal(index[order], torch.arange(len(index))):
-            raise ValueError(f"latent shards in {self.directory} do not cover indices 0..{len(index) - 1} exactly once")
+            raise ValueError(f"latent shards in {self.directory} do not cover indices 0..{len(index) - 1} exactly once "
+                             f"(a part is missing or was written twice); {fix}")
         self.shape: tuple[int, ...] = shapes.pop() if shapes else ()
         self.labels = torch.cat(labels)[order]
         self._part = torch.cat([torch.full((len(i),), k, dtype=torch.int32) for k, i in enumerate(indices)])[order]
         self._row = torch.cat([torch.arange(len(i)) for i in indices])[order]
         self._maps: list[Tensor] | None = None
+        self._statistics: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -297,10 +352,16 @@ class LatentShards:
     def chunks(self, rows: int | None = None, index: Tensor | None = None) -> Iterator[Tensor]:
         """The latents of ``index`` (default: every row, in order), ``rows`` at a time (default: about ``CHUNK_BYTES``)."""
         index = torch.arange(len(self)) if index is None else torch.as_tensor(index, dtype=torch.long)
-        yield from (self.rows(part) for part in index.split(rows or max(1, CHUNK_BYTES // (4 * max(1, _numel(self.shape))))))
+        yield from (self.rows(part) for part in index.split(rows or max(1, CHUNK_BYTES // (4 * math.prod(self.shape)))))
+
+    def statistics(self) -> dict[str, Tensor]:
+        """The fitted normalisations' statistics (``LatentSummary.statistics``): stored with the cache, else one pass."""
+        if self._statistics is None:
+            self._statistics = summarize(self.chunks(), hash=False).statistics()  # a cache from before they were stored
+        return self._statistics
 
     def read_all(self) -> tuple[Tensor, Tensor]:
-        """Every (latent, label) in index order, in memory: for small folders (tests, sample sets)."""
+        """Every (latent, label) in index order, in memory: for small folders only."""
         return self.rows(torch.arange(len(self))), self.labels.clone()
 
 
@@ -308,13 +369,6 @@ def _open(path: Path):
     from safetensors import safe_open
 
     return safe_open(str(path), framework="pt")
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def read_shards(directory: Path) -> tuple[Tensor, Tensor]:
@@ -359,15 +413,34 @@ def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
 
 
 def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, Any]] | None:
-    """The cached (shards, meta) if the folder holds a complete cache for ``key``, else None."""
+    """The cached (shards, meta) if the folder holds a complete cache for ``key``, else None.
+
+    Refuses shards that do not hold what ``meta.json`` recorded (a lost last part leaves the
+    indices contiguous). The stored statistics are used when they belong to these latents.
+    """
     meta = _cached_meta(directory, key)
     if meta is None:
         return None
-    return LatentShards(directory), meta
+    shards = LatentShards(directory)
+    if len(shards) != meta["n"] or list(shards.shape) != meta["shape"]:
+        raise ValueError(f"latent cache {directory} holds {len(shards)} latents of shape {list(shards.shape)} but its "
+                         f"meta.json records {meta['n']} of {meta['shape']}: a shard part is missing; {REENCODE}")
+    path = directory / STATISTICS
+    if path.exists():
+        with _open(path) as f:
+            if (f.metadata() or {}).get("latents_sha256") == meta["latents_sha256"]:
+                shards._statistics = {k: f.get_tensor(k).clone() for k in f.keys()}
+    return shards, meta
 
 
 def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[LatentShards, dict[str, Any]]:
-    """Encode ``dataset`` (sharded over ranks) straight into shard parts, then write ``meta.json``."""
+    """Encode ``dataset`` (sharded over ranks) straight into shard parts; then one pass for the hash and the statistics.
+
+    Every rank makes that pass (no rank waits on another's long read in a collective); rank 0
+    writes the statistics and then ``meta.json``, which marks the cache finished.
+    """
+    from safetensors.torch import save_file
+
     from latentbench.benchmark.evaluate import encode_batches, world
 
     rank, world_size = world()
@@ -376,9 +449,14 @@ def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: 
             writer.add(index, z, y)
     barrier()
     shards = LatentShards(directory)
-    meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": latents_sha256(shards.chunks(), shards.labels),
+    summary = summarize(shards.chunks())
+    shards._statistics = summary.statistics()
+    meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": summary.sha256(shards.labels),
             "n": len(shards), "shape": list(shards.shape), "world_size": world_size}
     if rank == 0:
+        with atomic_path(directory / STATISTICS) as tmp:
+            save_file({k: v.contiguous() for k, v in shards._statistics.items()}, str(tmp),
+                      metadata={"latents_sha256": meta["latents_sha256"]})
         atomic_write_text(directory / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
     return shards, meta
 
@@ -393,8 +471,8 @@ def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_siz
         if found is None:
             raise RuntimeError(f"latent cache {directory} changed while being read; rerun the bench")
         return found
-    if world()[0] == 0:
-        for stale in directory.glob("shard-*.safetensors"):  # another key's shards, or an interrupted write
-            stale.unlink()
+    if world()[0] == 0:  # another key's cache, or an interrupted write: its shards (any world size) and statistics
+        for stale in [*directory.glob("shard-*.safetensors"), directory / STATISTICS]:
+            stale.unlink(missing_ok=True)
     barrier()
     return build_cache(directory, key, tokenizer, dataset, batch_size)

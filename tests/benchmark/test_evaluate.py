@@ -27,7 +27,7 @@ def test_loader_workers_decode_in_processes_and_change_nothing(tmp_path):
     import torch
     from PIL import Image
 
-    from latentbench.benchmark.evaluate import encode_shard, loader_workers, shard_loader
+    from latentbench.benchmark.evaluate import encode_batches, loader_workers, shard_loader
     from latentbench.data import build_dataset
 
     rng = np.random.default_rng(0)
@@ -38,14 +38,14 @@ def test_loader_workers_decode_in_processes_and_change_nothing(tmp_path):
     codec = torch.nn.Identity()
     codec.encode = lambda x: x[:, :, ::4, ::4]
     assert shard_loader(data, 4).num_workers == 0
-    serial = encode_shard(codec, data, 4, progress=False)
+    serial = [t for batch in encode_batches(codec, data, 4, progress=False) for t in batch]
     with loader_workers(2):
         assert shard_loader(data, 4).num_workers == 2
         with loader_workers(0):
             assert shard_loader(data, 4).num_workers == 0
-        parallel = encode_shard(codec, data, 4, progress=False)
+        parallel = [t for batch in encode_batches(codec, data, 4, progress=False) for t in batch]
     assert shard_loader(data, 4).num_workers == 0  # restored
-    assert all(torch.equal(a, b) for a, b in zip(serial, parallel))
+    assert len(serial) == len(parallel) == 9 and all(torch.equal(a, b) for a, b in zip(serial, parallel))
     with pytest.raises(ValueError, match="loader workers must be >= 0"):
         with loader_workers(-1):
             pass

@@ -72,6 +72,10 @@ def test_measure_samples_matches_a_direct_frechet_distance(tmp_path):
     assert result["n"] == 30 and result["label"] == "gFID-toy"
     assert result["value"] == pytest.approx(expected, rel=1e-6)
     assert kept.shape == (4, 3, 4, 4)
+    step = tmp_path / "gen" / "samples" / "step-0000010"
+    write_shard(step, 0, 1, torch.arange(29), z[:29], torch.arange(29) % 3)  # the part with the last sample lost
+    with pytest.raises(ValueError, match=r"holds 29 of the 30 gFID samples .* delete .*gen to train the generator"):
+        measure_samples(step, tokenizer, norm, extractor, reference, seed=0, batch_size=7, num_samples=30)
 
 
 def test_reference_stats_from_a_split_are_cached(tmp_path):
@@ -131,3 +135,22 @@ def test_plot_curves_writes_a_png(tmp_path):
               "b": [{"step": 1, "value": 7.0}, {"step": 2, "value": 6.0}]}
     path = plot_curves(curves, tmp_path / "curves.png", target=4.0)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generator_training_refuses_no_latents_or_fewer_samples_than_processes(tmp_path, monkeypatch):
+    import dataclasses
+
+    import latentbench.benchmark.evaluate as evaluate
+    from latentbench.benchmark.generation import train_generator
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.generators.module import resolve_generator
+
+    spec = load_protocol("smoke").generator
+    gen = resolve_generator(spec.continuous)
+    empty = TensorDataset(torch.zeros(0, 4, 2, 2), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="cannot train the generator: 0 latents"):
+        train_generator(gen, spec, empty, 3, tmp_path, seed=0)
+    monkeypatch.setattr(evaluate, "world", lambda: (0, 64))
+    data = TensorDataset(torch.zeros(8, 4, 2, 2), torch.zeros(8, dtype=torch.long))
+    with pytest.raises(ValueError, match="30 gFID samples for 64 processes"):
+        train_generator(gen, dataclasses.replace(spec, num_samples=30), data, 3, tmp_path, seed=0)

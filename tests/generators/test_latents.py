@@ -251,3 +251,45 @@ def test_streaming_a_cache_holds_a_fraction_of_it_in_memory(tmp_path):
     grown_mb = int(out.stdout.split()[-1])
     # in memory, as before the cache streamed, it grew by 3x the cache (latents, a float64 copy, a normalised copy)
     assert grown_mb < 192, f"memory grew by {grown_mb} MB while streaming a 384 MB cache"
+
+
+def test_a_cache_missing_its_last_parts_is_refused(tmp_path, monkeypatch):
+    """Each rank's last part lost: the rows left are still 0..k-1, so meta.json's count catches it."""
+    import latentbench.generators.latents as latents
+
+    monkeypatch.setattr(latents, "PART_BYTES", 2 * 12 * 4)
+    data = _dataset(10)
+    key = CacheKey("abc", data.info, "res 2")
+    cached_latents(tmp_path, key, _Doubler(), data, batch_size=2)
+    max(tmp_path.glob("shard-*.safetensors")).unlink()  # the last part: rows 8 and 9
+    with pytest.raises(ValueError, match=r"holds 8 latents .* records 10 .* a shard part is missing; delete the folder"):
+        load_cache(tmp_path, key)
+
+
+def test_statistics_are_stored_with_the_cache_and_read_back(tmp_path, monkeypatch):
+    """A finished cache is not streamed again for its normalisation; a cache without the file is, with the same result."""
+    import latentbench.generators.latents as latents
+
+    data = _dataset(12)
+    key = CacheKey("abc", data.info, "res 2")
+    built, _ = cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
+    expected = {mode: LatentNorm.fit(mode, data.tensors[0] * 2) for mode in ("channel", "element")}
+    monkeypatch.setattr(latents, "summarize", lambda *a, **k: pytest.fail("the stored statistics were not used"))
+    loaded, _ = load_cache(tmp_path, key)
+    for mode, norm in expected.items():
+        for shards in (built, loaded):
+            got = LatentNorm.of_cache(mode, shards)
+            assert torch.equal(got.shift, norm.shift) and torch.equal(got.scale, norm.scale)
+    assert torch.equal(LatentNorm.of_cache("scaling", loaded, 0.5).scale, torch.full((3, 2, 2), 2.0))
+    monkeypatch.undo()
+    (tmp_path / "statistics.safetensors").unlink()  # a cache written before statistics were stored
+    old, _ = load_cache(tmp_path, key)
+    assert torch.equal(LatentNorm.of_cache("element", old).scale, expected["element"].scale)
+
+
+def test_element_statistics_need_two_latents(tmp_path):
+    write_shard(tmp_path, 0, 1, torch.arange(1), torch.randn(1, 2, 2, 2), torch.tensor([0]))
+    shards = LatentShards(tmp_path)
+    assert LatentNorm.of_cache("channel", shards).shift.shape == (2, 1, 1)  # 4 values a channel
+    with pytest.raises(ValueError, match=f"'element' needs at least 2 values per statistic; there are fewer latents in {tmp_path}"):
+        LatentNorm.of_cache("element", shards)
