@@ -103,7 +103,7 @@ def shard_loader(dataset: Dataset, batch_size: int, num_workers: int | None = No
 class ReconstructionPass:
     """What one pass over the eval split produced on this rank."""
 
-    latents: list[Tensor] = field(default_factory=list)
+    latents: list[Tensor] = field(default_factory=list)  # each batch's latents, or what reconstruct's ``features`` keeps
     labels: list[Tensor] = field(default_factory=list)
     indices: list[Tensor] = field(default_factory=list)
     grid: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)  # (indices, originals, reconstructions)

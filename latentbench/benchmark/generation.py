@@ -173,10 +173,10 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     _quiet_lightning()
     seed_process(seed)
     rank, world_size = world()
-    if len(data) == 0 or spec.num_samples < world_size:
-        raise ValueError(f"cannot train the generator: {len(data)} latents, {spec.num_samples} gFID samples for "
-                         f"{world_size} processes (each samples its share; a process without one never evaluates); "
-                         "give the protocol train images and num_samples of at least the process count")
+    if min(len(data), spec.num_samples) < max(world_size, 1):
+        raise ValueError(f"cannot train the generator: {len(data)} latents and {spec.num_samples} gFID samples for "
+                         f"{world_size} processes (each trains on and samples its share; a process without one never "
+                         "evaluates); give the protocol at least as many train images and num_samples as processes")
     shape = list(getattr(data, "shape", None) or data[0][0].shape)
     module = GeneratorModule(gen.name, shape, num_classes, gen.init_args, gen.transport, max_steps=spec.max_steps,
                              sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,

@@ -493,7 +493,7 @@ def probe_train_subset(dataset, n: int | None, seed: int):
 
 def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trust: bool, on_bad_image: str,
                cache_dir: str | Path | None = None, grid_name: str = "reconstructions.png") -> dict[str, Any]:
-    """Reconstruct the eval split, measure it, and fit the linear probe on the latents."""
+    """Reconstruct the eval split, measure it, and fit the linear probe on the latents' pooled features."""
     from torchvision.utils import save_image
 
     from latentbench.benchmark.evaluate import encode_batches, gather_by_index, reconstruct

@@ -46,8 +46,6 @@ NORM_MODES = {
 }
 PART_BYTES = 256 * 2**20  # a rank starts a new shard part once it holds this many bytes of latents
 CHUNK_BYTES = 16 * 2**20  # rows read at a time when streaming through a cache (statistics, hash)
-
-
 FITTED_MODES = ("channel", "element")  # the normalisations whose statistics come from the data
 
 
@@ -171,6 +169,8 @@ class LatentSummary:
 
     def sha256(self, labels: Tensor) -> str:
         """The latents' hash, then the labels' (identical encodings hash the same)."""
+        if self._sha is None:
+            raise ValueError("this summary was made without a hash (summarize(..., hash=False))")
         h = self._sha.copy()
         h.update(labels.long().contiguous().numpy().tobytes())
         return h.hexdigest()
@@ -227,9 +227,10 @@ class ShardWriter:
     """This rank's rows of a shard folder, written as parts of about ``part_bytes`` each as they arrive.
 
     A rank holds at most about two parts' worth (the rows, and their concatenation while one
-    is written): encoding ``imagenet256`` with RAE writes about 1 TB in 256 MB files. Each part is written atomically; a rank that wrote no rows writes one
-    empty part, so a reader sees every rank. A new writer first deletes what an earlier,
-    interrupted one left: this rank's parts, and (rank 0) any of another world size.
+    is written): encoding ``imagenet256`` with RAE writes about 1 TB in 256 MB files. Each part
+    is written atomically; a rank that wrote no rows writes one empty part, so a reader sees
+    every rank. A new writer first deletes what an earlier, interrupted one left: this rank's
+    parts, and (rank 0) any of another world size.
     """
 
     def __init__(self, directory: Path, rank: int, world_size: int, part_bytes: int | None = None):
@@ -295,7 +296,7 @@ class LatentShards:
     """
 
     def __init__(self, directory: Path, fix: str = REENCODE):
-        self.directory, self.fix = Path(directory), fix
+        self.directory = Path(directory)
         paths = sorted(p for p in self.directory.glob("shard-*.safetensors") if _SHARD_NAME.fullmatch(p.name))
         if not paths:
             raise FileNotFoundError(f"no latent shards in {self.directory}; {fix}")
@@ -430,7 +431,20 @@ def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, 
         with _open(path) as f:
             if (f.metadata() or {}).get("latents_sha256") == meta["latents_sha256"]:
                 shards._statistics = {k: f.get_tensor(k).clone() for k in f.keys()}
+    if shards._statistics is None:  # a cache from before statistics were stored: one pass, stored for the next run
+        _store_statistics(directory, shards.statistics(), meta["latents_sha256"])
     return shards, meta
+
+
+def _store_statistics(directory: Path, statistics: dict[str, Tensor], sha256: str) -> None:
+    """Rank 0 writes the statistics of the latents with hash ``sha256`` beside them."""
+    from safetensors.torch import save_file
+
+    from latentbench.benchmark.evaluate import world
+
+    if world()[0] == 0:
+        with atomic_path(directory / STATISTICS) as tmp:
+            save_file({k: v.contiguous() for k, v in statistics.items()}, str(tmp), metadata={"latents_sha256": sha256})
 
 
 def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: int) -> tuple[LatentShards, dict[str, Any]]:
@@ -439,8 +453,6 @@ def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: 
     Every rank makes that pass (no rank waits on another's long read in a collective); rank 0
     writes the statistics and then ``meta.json``, which marks the cache finished.
     """
-    from safetensors.torch import save_file
-
     from latentbench.benchmark.evaluate import encode_batches, world
 
     rank, world_size = world()
@@ -453,10 +465,8 @@ def build_cache(directory: Path, key: CacheKey, tokenizer, dataset, batch_size: 
     shards._statistics = summary.statistics()
     meta = {"key": key.digest, "key_fields": asdict(key), "latents_sha256": summary.sha256(shards.labels),
             "n": len(shards), "shape": list(shards.shape), "world_size": world_size}
+    _store_statistics(directory, shards._statistics, meta["latents_sha256"])
     if rank == 0:
-        with atomic_path(directory / STATISTICS) as tmp:
-            save_file({k: v.contiguous() for k, v in shards._statistics.items()}, str(tmp),
-                      metadata={"latents_sha256": meta["latents_sha256"]})
         atomic_write_text(directory / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
     return shards, meta
 

@@ -148,9 +148,11 @@ def test_generator_training_refuses_no_latents_or_fewer_samples_than_processes(t
     spec = load_protocol("smoke").generator
     gen = resolve_generator(spec.continuous)
     empty = TensorDataset(torch.zeros(0, 4, 2, 2), torch.zeros(0, dtype=torch.long))
-    with pytest.raises(ValueError, match="cannot train the generator: 0 latents"):
+    with pytest.raises(ValueError, match="cannot train the generator: 0 latents and 40 gFID samples for 1 processes"):
         train_generator(gen, spec, empty, 3, tmp_path, seed=0)
     monkeypatch.setattr(evaluate, "world", lambda: (0, 64))
-    data = TensorDataset(torch.zeros(8, 4, 2, 2), torch.zeros(8, dtype=torch.long))
-    with pytest.raises(ValueError, match="30 gFID samples for 64 processes"):
+    data = TensorDataset(torch.zeros(80, 4, 2, 2), torch.zeros(80, dtype=torch.long))
+    with pytest.raises(ValueError, match="80 latents and 30 gFID samples for 64 processes"):
         train_generator(gen, dataclasses.replace(spec, num_samples=30), data, 3, tmp_path, seed=0)
+    with pytest.raises(ValueError, match="8 latents and 100 gFID samples for 64 processes"):
+        train_generator(gen, dataclasses.replace(spec, num_samples=100), TensorDataset(*data[:8]), 3, tmp_path, seed=0)

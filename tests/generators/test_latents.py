@@ -224,7 +224,7 @@ def test_streaming_a_cache_holds_a_fraction_of_it_in_memory(tmp_path):
     script = textwrap.dedent(f"""
         import threading, time, torch
         from torch.utils.data import DataLoader
-        from latentbench.generators.latents import LatentNorm, LatentShards, NormalizedLatents, ShardWriter, latents_sha256
+        from latentbench.generators.latents import LatentNorm, LatentShards, NormalizedLatents, ShardWriter, summarize
         def anon_mb():
             status = open("/proc/self/status").read()
             return int(status.split("RssAnon:")[1].split()[0]) // 1024
@@ -239,8 +239,9 @@ def test_streaming_a_cache_holds_a_fraction_of_it_in_memory(tmp_path):
                 time.sleep(0.002)
         threading.Thread(target=poll, daemon=True).start()
         shards = LatentShards({str(tmp_path)!r})
-        norm = LatentNorm.fit("channel", shards.chunks())
-        latents_sha256(shards.chunks(), shards.labels)
+        summary = summarize(shards.chunks())  # the hash and the statistics, as a new cache is finished
+        summary.sha256(shards.labels)
+        norm = LatentNorm.from_statistics("channel", summary.statistics(), shards.shape)
         for z, y in DataLoader(NormalizedLatents(shards, norm), batch_size=256, shuffle=True):
             pass
         done.set()
@@ -285,6 +286,7 @@ def test_statistics_are_stored_with_the_cache_and_read_back(tmp_path, monkeypatc
     (tmp_path / "statistics.safetensors").unlink()  # a cache written before statistics were stored
     old, _ = load_cache(tmp_path, key)
     assert torch.equal(LatentNorm.of_cache("element", old).scale, expected["element"].scale)
+    assert (tmp_path / "statistics.safetensors").exists()  # stored by that load: the next one reads it
 
 
 def test_element_statistics_need_two_latents(tmp_path):
