@@ -60,15 +60,18 @@ class QueryDecoder(nn.Module):
     resampled bicubically when the input grid differs from the one it was built for; queries
     carry 2D RoPE (fixed axial, or learnable RoPE-Mixed), latent tokens 1D absolute positions.
     With ``movq`` every block's normalised latent tokens are also shifted and scaled by the
-    raw latent (MAETok's MoVQ decoder blocks).
+    raw latent (MAETok's MoVQ decoder blocks). With ``cls_token`` a learned class token joins
+    the sequence (the official decoder is a timm ViT with one, ``dec_cls_token``): no position,
+    no modulation, not an output.
     """
 
     def __init__(self, latent_tokens: int, latent_channels: int, grid: tuple[int, int], width: int, depth: int,
                  heads: int, out_dim: int, latent_pos: str = "learned", rope_base: float = 100.0,
-                 rope: str = "axial", movq: bool = False):
+                 rope: str = "axial", movq: bool = False, cls_token: bool = False):
         super().__init__()
         self.grid, self.heads, self.rope_base = grid, heads, rope_base
         self.queries = nn.Parameter(torch.randn(1, grid[0] * grid[1], width) * 0.02)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02) if cls_token else None
         self.latent_in = nn.Linear(latent_channels, width)
         self.latent_pos = LatentPositions(latent_tokens, width, latent_pos)
         self.transformer = Transformer(width, depth, heads, cond_dim=latent_channels if movq else None,
@@ -82,7 +85,10 @@ class QueryDecoder(nn.Module):
         rope = None if self.transformer.rope_freqs is not None else rope_2d(
             grid, queries.shape[-1] // self.heads, self.rope_base, z.device)
         cond = z if self.transformer.norm_modulation is not None else None
-        x = self.transformer(torch.cat([queries.to(latents.dtype), latents], dim=1), rope, cond, grid)  # (B, N + L, D)
+        # [queries, (class token), latents]: RoPE rotates the first N tokens and MoVQ modulates the
+        # last L, so the class token between them gets neither, as in the official [class, queries, latents]
+        prefix = [self.cls_token.to(latents.dtype).expand(z.shape[0], -1, -1)] if self.cls_token is not None else []
+        x = self.transformer(torch.cat([queries.to(latents.dtype), *prefix, latents], dim=1), rope, cond, grid)  # (B, N [+1] + L, D)
         return self.head(x[:, :n])  # (B, N, out_dim)
 
 
@@ -121,6 +127,8 @@ class MAETok(Tokenizer):
         rope: "axial" (fixed 2D RoPE tables) or "mixed" (learnable RoPE-Mixed frequencies per
             block and head, as the official code's ``rope_mixed``), in encoder and decoders.
         movq: MoVQ-style modulation of the latent tokens in every decoder block by the raw latent.
+        decoder_cls_token: a class token in the pixel decoder's sequence (the official code's
+            ``dec_cls_token``, True by default there); the auxiliary decoders have none.
     """
 
     stages = ("ae", "decoder-ft")
@@ -154,6 +162,7 @@ class MAETok(Tokenizer):
         layer_scale: float | None = None,
         rope: str = "axial",
         movq: bool = False,
+        decoder_cls_token: bool = False,
     ):
         super().__init__()
         aux_targets = tuple(aux_targets)
@@ -188,7 +197,7 @@ class MAETok(Tokenizer):
         self.to_latent = nn.Linear(width, latent_channels)
         # pixel decoder and auxiliary decoders
         self.decoder = QueryDecoder(latent_tokens, latent_channels, grid, dec_w, dec_d, dec_h,
-                                    3 * patch_size**2, latent_pos, rope_base, rope, movq)
+                                    3 * patch_size**2, latent_pos, rope_base, rope, movq, decoder_cls_token)
         self.aux_decoders = nn.ModuleDict({
             name: QueryDecoder(latent_tokens, latent_channels, grid, aux_width or dec_w, aux_depth,
                                aux_heads or dec_h, self._target_dim(name), latent_pos, rope_base, rope, movq)
@@ -340,8 +349,11 @@ class MAETok(Tokenizer):
 
 # The official architecture (configs/maetok-b-*.yaml of the official code): the encoder is a timm
 # DINOv2-style ViT-B (class token, learned positions, LayerScale 1e-5), RoPE-Mixed with base 10
-# in encoder and decoders, MoVQ decoder blocks. ``convert_official_state_dict`` loads its weights.
-OFFICIAL_ARCH = dict(cls_token=True, abs_pos=True, layer_scale=1e-5, rope="mixed", rope_base=10.0, movq=True)
+# in encoder and decoders, MoVQ decoder blocks, and a class token in the pixel decoder (the
+# official ``dec_cls_token`` default, which its training script never changes).
+# ``convert_official_state_dict`` loads its weights.
+OFFICIAL_ARCH = dict(cls_token=True, abs_pos=True, layer_scale=1e-5, rope="mixed", rope_base=10.0, movq=True,
+                     decoder_cls_token=True)
 
 
 @TOKENIZERS.register("maetok-b-128", help="MAETok paper size: ViT-B enc/dec, patch 16, 256px -> 128 x 32 tokens")

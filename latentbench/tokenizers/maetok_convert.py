@@ -26,9 +26,10 @@ and position table), buffers recomputed here (the RoPE grids: the official forwa
 recomputes them when their length does not fit the image), and training-only parts (the
 teachers, auxiliary decoders for targets it lacks, auxiliary decoders' class tokens) are
 reported as skipped, each with its reason; any other key is an error. The pixel decoder's
-class token is refused: the official forward prepends it to the decoder's sequence, which
-this decoder does not model. Not verified against the released weights themselves
-(no network here): the tests build state dicts with the official names and shapes.
+class token (``dec_cls_token``, the official default) maps onto ``decoder.cls_token`` of a
+tokenizer built with ``decoder_cls_token=True`` (maetok-b-128's default); a mismatch either
+way is an error that says which to build. Not verified against the released weights
+themselves (no network here): the tests build state dicts with the official names and shapes.
 """
 from __future__ import annotations
 
@@ -150,10 +151,12 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
             elif aux:
                 report.skipped[key] = (f"auxiliary decoder {aux!r}'s class token: training-only (reconstruction never reads it); "
                                        "continued training of its target runs without it")
+            elif "decoder.cls_token" in ours:
+                put(key, "decoder.cls_token", value)
             else:
-                problems.append(f"{key}: the official decoder was built with a class token (dec_cls_token=True), which its "
-                                "forward prepends to the decoder's sequence; this tokenizer's decoder has none, so the "
-                                "converted weights would decode wrongly")
+                problems.append(f"{key}: the checkpoint's pixel decoder has a class token (dec_cls_token=True), which its "
+                                "forward puts in the decoder's sequence; build this tokenizer with decoder_cls_token=True "
+                                "(maetok-b-128's default)")
                 report.skipped[key] = "refused: see the error"
             continue
         if key.startswith("encoder."):
@@ -225,7 +228,10 @@ def convert_official_state_dict(state: dict[str, Tensor], tokenizer: nn.Module) 
         problems.append(f"shapes differ (wrong size or resolution?): {shapes[:10]}")
     missing = sorted(k for k in ours if k not in out)
     if missing:
-        problems.append(f"tokenizer parameters no official key fills: {missing[:20]}")
+        hint = (" (the checkpoint's pixel decoder has no class token, dec_cls_token=False: build this tokenizer with "
+                "decoder_cls_token=False, e.g. a tokenizer YAML with name: maetok-b-128 and init_args: "
+                "{decoder_cls_token: false})") if "decoder.cls_token" in missing else ""
+        problems.append(f"tokenizer parameters no official key fills: {missing[:20]}{hint}")
     if problems:
         raise ConversionError("cannot convert the official MAETok state dict: " + "; ".join(problems))
     return out, report

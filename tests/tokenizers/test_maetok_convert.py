@@ -49,8 +49,8 @@ def _query_decoder(prefix: str, depth: int, dim: int, heads: int, c: int, n: int
                    f"{prefix}.model.pos_embed": (1, n, dim)}
 
 
-def official_state(aux=("hog", "dino"), seed: int = 0) -> dict[str, torch.Tensor]:
-    """A MaskAEModel state dict (official key names and shapes) at the SIZE above."""
+def official_state(aux=("hog", "dino"), seed: int = 0, dec_cls_token: bool = True) -> dict[str, torch.Tensor]:
+    """A MaskAEModel state dict (official key names and shapes) at the SIZE above; ``dec_cls_token`` as the official default."""
     d, dd, c, p, n, lt = SIZE["width"], SIZE["decoder_width"], SIZE["latent_channels"], SIZE["patch_size"], 16, SIZE["latent_tokens"]
     shapes = _vit_blocks("encoder", SIZE["depth"], d, None, layer_scale=True) | {
         "encoder.model.patch_embed.proj.weight": (d, 3, p, p), "encoder.model.patch_embed.proj.bias": (d,),
@@ -63,6 +63,8 @@ def official_state(aux=("hog", "dino"), seed: int = 0) -> dict[str, torch.Tensor
         "repa_model.blocks.0.attn.qkv.weight": (12, 4), "projection.0.weight": (8, c),
     }
     shapes |= _query_decoder("decoder", SIZE["decoder_depth"], dd, SIZE["decoder_heads"], c, n, p, lt)
+    if dec_cls_token:
+        shapes["decoder.model.cls_token"] = (1, 1, dd)
     for name, out in (("hog", HOG_DIM), ("dino", 24), ("clip", 24)):
         if name in aux:
             shapes |= _query_decoder(f"decoder_{name}", SIZE["aux_depth"], SIZE["aux_width"], 1, c, n, p, lt)
@@ -104,10 +106,26 @@ def test_buffers_and_teachers_of_a_real_official_state_dict_are_skipped_with_rea
     assert "256 positions" in report.skipped["encoder.freqs_t_x"]
 
 
-def test_a_decoder_with_a_class_token_is_refused():
+def test_the_pixel_decoders_class_token_is_loaded_and_read():
+    """The official default (dec_cls_token=True) loads into maetok-b-128's architecture; a mismatch says what to build."""
     state = official_state()
-    with pytest.raises(ConversionError, match=r"decoder.model.cls_token: the official decoder was built with a class token"):
-        convert_official_state_dict(state | {"decoder.model.cls_token": torch.zeros(1, 1, 48)}, _tokenizer())
+    tok = _tokenizer()
+    converted, report = convert_official_state_dict(state, tok)
+    assert report.mapped["decoder.model.cls_token"] == "decoder.cls_token"
+    tok.load_state_dict(converted, strict=True)
+    tok.eval()
+    z = torch.randn(2, SIZE["latent_tokens"], SIZE["latent_channels"])
+    with torch.no_grad():
+        before = tok.decode(z)
+        tok.decoder.cls_token.add_(1.0)  # the token is in the decoder's sequence: it changes the pixels
+        assert not torch.allclose(tok.decode(z), before)
+    with pytest.raises(ConversionError, match=r"decoder.model.cls_token: .* build this tokenizer with decoder_cls_token=True"):
+        convert_official_state_dict(state, _tokenizer(decoder_cls_token=False))
+    without = official_state(dec_cls_token=False)
+    with pytest.raises(ConversionError, match=r"decoder.cls_token.*build this tokenizer with decoder_cls_token=False"):
+        convert_official_state_dict(without, _tokenizer())
+    plain = _tokenizer(decoder_cls_token=False)
+    plain.load_state_dict(convert_official_state_dict(without, plain)[0], strict=True)
     # an auxiliary decoder the tokenizer does not have is skipped whole, its class token too
     _, report = convert_official_state_dict(official_state(aux=("hog", "clip")) | {
         "decoder_clip.model.cls_token": torch.zeros(1, 1, 16)}, _tokenizer())  # built with the HOG target only
