@@ -71,7 +71,7 @@ class QueryDecoder(nn.Module):
         super().__init__()
         self.grid, self.heads, self.rope_base = grid, heads, rope_base
         self.queries = nn.Parameter(torch.randn(1, grid[0] * grid[1], width) * 0.02)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02) if cls_token else None
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 1e-6) if cls_token else None  # timm's class-token init
         self.latent_in = nn.Linear(latent_channels, width)
         self.latent_pos = LatentPositions(latent_tokens, width, latent_pos)
         self.transformer = Transformer(width, depth, heads, cond_dim=latent_channels if movq else None,
@@ -350,8 +350,8 @@ class MAETok(Tokenizer):
 # The official architecture (configs/maetok-b-*.yaml of the official code): the encoder is a timm
 # DINOv2-style ViT-B (class token, learned positions, LayerScale 1e-5), RoPE-Mixed with base 10
 # in encoder and decoders, MoVQ decoder blocks, and a class token in the pixel decoder (the
-# official ``dec_cls_token`` default, which its training script never changes).
-# ``convert_official_state_dict`` loads its weights.
+# official ``dec_cls_token`` default; a checkpoint built with it carries ``decoder.model.cls_token``,
+# and the converter follows that key). ``convert_official_state_dict`` loads its weights.
 OFFICIAL_ARCH = dict(cls_token=True, abs_pos=True, layer_scale=1e-5, rope="mixed", rope_base=10.0, movq=True,
                      decoder_cls_token=True)
 

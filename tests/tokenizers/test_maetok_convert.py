@@ -46,7 +46,7 @@ def _query_decoder(prefix: str, depth: int, dim: int, heads: int, c: int, n: int
                    f"{prefix}.freqs": (2, depth, dim // 2), f"{prefix}.model.norm.adaLN_modulation.1.weight": (2 * dim, c),
                    f"{prefix}.model.norm.adaLN_modulation.1.bias": (2 * dim,),
                    f"{prefix}.model.patch_embed.proj.weight": (dim, 3, p, p), f"{prefix}.model.patch_embed.proj.bias": (dim,),
-                   f"{prefix}.model.pos_embed": (1, n, dim)}
+                   f"{prefix}.model.pos_embed": (1, 1 + n, dim)}  # timm's table keeps the class position
 
 
 def official_state(aux=("hog", "dino"), seed: int = 0, dec_cls_token: bool = True) -> dict[str, torch.Tensor]:
