@@ -210,7 +210,7 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
     Each batch's decoder seed is derived from its first sample's global index, so a
     stochastic decoder gives the same reconstructions for any batch size that keeps batch
     starts aligned; ``features(latents)`` of each batch is kept for the linear probe (default: the
-    latents; the bench keeps the probe's pooled features, a fraction of them).
+    latents; the bench keeps the probe's pooled features, which mean pooling makes far smaller).
     """
     from tqdm.auto import tqdm
 
