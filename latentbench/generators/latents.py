@@ -481,8 +481,10 @@ def cached_latents(directory: Path, key: CacheKey, tokenizer, dataset, batch_siz
         if found is None:
             raise RuntimeError(f"latent cache {directory} changed while being read; rerun the bench")
         return found
-    if world()[0] == 0:  # another key's cache, or an interrupted write: its shards (any world size) and statistics
-        for stale in [*directory.glob("shard-*.safetensors"), directory / STATISTICS]:
-            stale.unlink(missing_ok=True)
+    # Another key's cache, or an interrupted write: unmark it before any part is replaced (a half-replaced
+    # cache must never read as finished). Each rank's ShardWriter replaces the parts it left (rank 0 also
+    # those of another world size); stored statistics count only for the latents whose hash they name.
+    if world()[0] == 0:
+        (directory / "meta.json").unlink(missing_ok=True)
     barrier()
     return build_cache(directory, key, tokenizer, dataset, batch_size)
