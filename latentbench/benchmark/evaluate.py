@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,11 +110,9 @@ class ReconstructionPass:
     coding_s: float = 0.0
     n: int = 0
 
-    def grid_rows(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(indices, originals, reconstructions) of this rank's picture images (``gather_by_index`` them)."""
-        if not self.grid:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0)
-        return tuple(torch.cat(parts) for parts in zip(*self.grid))
+    def rows(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(indices, latents or features, labels) of each batch (``gather_by_index`` them)."""
+        return zip(self.indices, self.latents, self.labels)
 
     def throughput(self) -> float | None:
         """Encode + decode images per second over all ranks: all images / the slowest rank's coding time."""
@@ -125,15 +123,23 @@ class ReconstructionPass:
         return float(n / seconds) if seconds > 0 else None
 
 
-def gather_by_index(indices: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """All ranks' rows, ordered by global index (identity on one process)."""
-    rank, world_size = world()
-    if world_size > 1:
-        parts: list[Any] = [None] * world_size
-        dist.all_gather_object(parts, (indices, *tensors))
-        parts = [p for p in parts if len(p[0])] or parts[:1]  # a rank may hold none of the rows
-        indices = torch.cat([p[0] for p in parts])
-        tensors = tuple(torch.cat([p[i + 1] for p in parts]) for i in range(len(tensors)))
+def gather_by_index(parts: Iterable[Sequence[Tensor]]) -> tuple[Tensor, ...] | None:
+    """All ranks' rows, ordered by global index: ``parts`` are this rank's ``(indices, *tensors)`` batches.
+
+    A rank may hold no batches (a split smaller than the world, a picture's few images); it
+    still joins the gather. Returns the tensors without the indices, or None when no rank
+    holds a row. Every rank must call it (a collective); on one process it only sorts.
+    """
+    parts = list(parts)
+    mine = tuple(torch.cat(column) for column in zip(*parts)) if parts else None
+    found = [mine]
+    if world()[1] > 1:
+        found = [None] * world()[1]
+        dist.all_gather_object(found, mine)
+    found = [p for p in found if p is not None and len(p[0])]
+    if not found:
+        return None
+    indices, *tensors = (torch.cat(column) for column in zip(*found))
     order = indices.argsort()
     return tuple(t[order] for t in tensors)
 

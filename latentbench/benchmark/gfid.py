@@ -138,19 +138,17 @@ def measure_samples(step_dir: Path, tokenizer, norm, extractor, reference, seed:
     fid = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap, seed=seed).to(module_device(extractor))
     rank, world_size = world()
     mine = torch.tensor(list(ShardSampler(len(samples), rank, world_size)), dtype=torch.long)
-    shown, shown_index = [], []
+    shown = []  # (indices, images) of the samples kept for the picture
     for chunk in mine.split(batch_size):
         images = decode_samples(tokenizer, samples.rows(chunk), chunk, norm, seed)
         fid.update(extractor(to_uint8(images)), index=chunk)
         keep = chunk < keep_images
-        shown.append(images[keep].cpu())
-        shown_index.append(chunk[keep])
+        if keep.any():
+            shown.append((chunk[keep], images[keep].cpu()))
     result = fid.compute()
     result["label"] = "g" + extractor.metric_name
-    kept = None
-    if keep_images and shown:  # the first keep_images samples, whichever ranks decoded them
-        (kept,) = gather_by_index(torch.cat(shown_index), torch.cat(shown))
-    return result, kept
+    kept = gather_by_index(shown) if keep_images else None  # the first keep_images samples, whichever ranks decoded them
+    return result, kept[0] if kept else None
 
 
 # ---- convergence ---------------------------------------------------------------------------------------

@@ -507,13 +507,13 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     pooling = proto.eval.probe_pooling
     discrete = tokenizer.latent_spec.bits_per_token is not None  # codes are kept whole for their statistics
     passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed, features=None if discrete else partial(_cpu_pool, pooling=pooling))
-    originals, recs = gather_by_index(*passed.grid_rows())  # every rank's share of the picture
+    originals, recs = gather_by_index(passed.grid)  # every rank's share of the picture
     grid = torch.cat([originals, recs]).clamp(-1, 1)
     if is_rank_zero():
         with atomic_path(run_dir / grid_name) as tmp:
             save_image(grid, tmp, nrow=len(grid) // 2, normalize=True, value_range=(-1, 1), format="png")
     results = metrics.results()
-    test_f, test_y = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents), torch.cat(passed.labels))
+    test_f, test_y = gather_by_index(passed.rows())
     codes = code_statistics(tokenizer, [test_f], proto.data.resolution)
     test_f = pool(test_f, pooling) if discrete else test_f
 
@@ -528,8 +528,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         train_y = shards.labels[rows]
     else:
         subset = probe_train_subset(train, proto.eval.probe_train, cfg.seed)
-        parts = [(i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, subset, batch)] or [_NO_ROWS]  # a rank may have none
-        train_f, train_y = gather_by_index(*(torch.cat(t) for t in zip(*parts)))
+        train_f, train_y = gather_by_index((i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, subset, batch))
     probe = probe_features(train_f, train_y, test_f, test_y, num_classes=data.info["num_classes"], pooling=pooling)
     results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {
@@ -541,9 +540,6 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "codes": codes,
         "compiled": compiled,
     }
-
-
-_NO_ROWS = (torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long))  # (indices, features, labels)
 
 
 def _cpu_pool(z: torch.Tensor, pooling: str) -> torch.Tensor:

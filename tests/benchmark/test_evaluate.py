@@ -80,7 +80,7 @@ extractor = create_extractor("domain-mnist", cache_dir=cache, recipe=DomainRecip
 metrics = ReconstructionMetrics(extractor, perceptual, bootstrap=5, seed=0)
 passed = reconstruct(tokenizer, build_dataset("mnist", "val", 32, limit=63), metrics, batch_size, progress=False)
 results = metrics.results()
-(latents,) = gather_by_index(torch.cat(passed.indices), torch.cat(passed.latents))
+(latents, _) = gather_by_index(passed.rows())
 results["latents"] = {"sum": float(latents.double().sum()), "n": len(latents)}
 if dist.get_rank() == 0:
     json.dump(results, open(out, "w"))
@@ -116,3 +116,35 @@ def test_two_processes_equal_one_on_an_odd_sample_count(tmp_path):
     assert two["rfid"]["value"] == pytest.approx(one["rfid"]["value"], rel=1e-6)
     assert two["rfid"]["interval"] == pytest.approx(one["rfid"]["interval"], rel=1e-6)
     assert two["latents"]["n"] == 63 and two["latents"]["sum"] == pytest.approx(one["latents"]["sum"], rel=1e-9)
+
+
+GATHER = """
+import json, sys
+import torch, torch.distributed as dist
+from latentbench.benchmark.evaluate import gather_by_index
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+rows = {0: [(torch.tensor([4, 0]), torch.tensor([40.0, 0.0])), (torch.tensor([2]), torch.tensor([20.0]))],
+        1: [], 2: [(torch.tensor([1, 3]), torch.tensor([10.0, 30.0]))]}[rank]  # rank 1 holds no rows
+(values,) = gather_by_index(rows)
+nothing = gather_by_index([])  # no rank holds any
+if rank == 1:
+    json.dump({"values": values.tolist(), "nothing": nothing}, open(sys.argv[1], "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_gather_by_index_orders_every_ranks_rows_and_takes_ranks_without_any(tmp_path):
+    import torch
+
+    from latentbench.benchmark.evaluate import gather_by_index
+
+    (one,) = gather_by_index([(torch.tensor([2, 0]), torch.tensor([2.0, 0.0])), (torch.tensor([1]), torch.tensor([1.0]))])
+    assert one.tolist() == [0.0, 1.0, 2.0] and gather_by_index([]) is None
+    script, out = tmp_path / "gather.py", tmp_path / "gather.json"
+    script.write_text(textwrap.dedent(GATHER))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(script), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text()) == {"values": [0.0, 10.0, 20.0, 30.0, 40.0], "nothing": None}
