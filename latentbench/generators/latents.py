@@ -58,23 +58,6 @@ class LatentNorm:
     scale: Tensor
 
     @classmethod
-    def fit(cls, mode: str, z: Tensor | Iterable[Tensor], scaling_factor: float = 1.0) -> LatentNorm:
-        """Statistics of ``mode`` from the train split's latents (N, *shape): one tensor, or its chunks in any order.
-
-        Chunks are merged exactly (float64 moments, Chan et al.'s pairwise update), so streaming a
-        cache too large for memory gives the statistics of the whole split.
-        """
-        _check_mode(mode)
-        chunks = iter([z] if isinstance(z, Tensor) else z)
-        if mode in FITTED_MODES:
-            summary = summarize(chunks, hash=False)
-            return cls.from_statistics(mode, summary.statistics(), summary.shape, scaling_factor)
-        first = next(chunks, None)
-        if first is None:
-            raise ValueError("no latents to fit the normalisation on")
-        return cls.from_statistics(mode, {}, tuple(first.shape[1:]), scaling_factor)
-
-    @classmethod
     def of_cache(cls, mode: str, shards: LatentShards, scaling_factor: float = 1.0) -> LatentNorm:
         """The normalisation ``mode`` of a latent cache, from the statistics stored with it (none is read for the others)."""
         _check_mode(mode)
@@ -211,11 +194,6 @@ class CacheKey:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def latents_sha256(z: Tensor | Iterable[Tensor], y: Tensor) -> str:
-    """sha256 of the latents (one tensor, or its chunks in index order: they hash as their concatenation) and the labels."""
-    return summarize([z] if isinstance(z, Tensor) else z).sha256(y)
-
-
 # ---- shards ------------------------------------------------------------------------------------------
 
 _SHARD_NAME = re.compile(r"shard-(\d{5,})-of-(\d{5,})(?:-part-(\d{5,}))?\.safetensors")
@@ -275,13 +253,6 @@ class ShardWriter:
             save_file({"index": index.contiguous(), "latents": z.contiguous(), "labels": y.contiguous()}, str(tmp))
         self.paths.append(path)
         self._rows, self._bytes = [], 0
-
-
-def write_shard(directory: Path, rank: int, world_size: int, index: Tensor, z: Tensor, y: Tensor) -> list[Path]:
-    """Write this rank's rows (parts of ``PART_BYTES``); the names say which rank of how many wrote them."""
-    with ShardWriter(directory, rank, world_size) as writer:
-        writer.add(index, z, y)
-    return writer.paths
 
 
 class LatentShards:
@@ -370,11 +341,6 @@ def _open(path: Path):
     from safetensors import safe_open
 
     return safe_open(str(path), framework="pt")
-
-
-def read_shards(directory: Path) -> tuple[Tensor, Tensor]:
-    """Every shard's rows in memory, ordered by global index (``LatentShards`` reads them lazily)."""
-    return LatentShards(directory).read_all()
 
 
 class NormalizedLatents(Dataset):

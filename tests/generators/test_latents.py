@@ -12,18 +12,35 @@ from latentbench.generators.latents import (
     NormalizedLatents,
     ShardWriter,
     cached_latents,
-    latents_sha256,
     load_cache,
-    read_shards,
-    write_shard,
+    summarize,
 )
+
+
+def fit(mode, z, scaling_factor=1.0):
+    """The normalisation ``mode`` of latents (a tensor, or its chunks), from the statistics a cache stores."""
+    summary = summarize([z] if isinstance(z, torch.Tensor) else z, hash=False)
+    return LatentNorm.from_statistics(mode, summary.statistics(), summary.shape, scaling_factor)
+
+
+def write_shard(directory, rank, world_size, index, z, y):
+    with ShardWriter(directory, rank, world_size) as writer:
+        writer.add(index, z, y)
+
+
+def read_shards(directory):
+    return LatentShards(directory).read_all()
+
+
+def sha256(z, y):
+    return summarize([z]).sha256(y)
 
 
 @pytest.mark.parametrize("shape, channel_axis", [((4, 3, 5), 0), ((6, 8), 1)])
 def test_channel_norm_standardises_each_channel(shape, channel_axis):
     z = torch.randn(200, *shape) * torch.linspace(0.5, 3, shape[channel_axis]).reshape(
         (-1, 1, 1) if channel_axis == 0 and len(shape) == 3 else (1, -1)) + 2.0
-    norm = LatentNorm.fit("channel", z)
+    norm = fit("channel", z)
     out = norm.normalize(z)
     dims = tuple(d for d in range(out.ndim) if d != channel_axis + 1)
     torch.testing.assert_close(out.mean(dims), torch.zeros(shape[channel_axis]), atol=1e-5, rtol=0)
@@ -33,17 +50,17 @@ def test_channel_norm_standardises_each_channel(shape, channel_axis):
 
 def test_element_scaling_and_none_norms():
     z = torch.randn(300, 2, 3) * 5 + torch.arange(6.0).reshape(2, 3)
-    element = LatentNorm.fit("element", z).normalize(z)
+    element = fit("element", z).normalize(z)
     torch.testing.assert_close(element.mean(0), torch.zeros(2, 3), atol=1e-5, rtol=0)
     torch.testing.assert_close(element.std(0), torch.ones(2, 3), atol=1e-4, rtol=0)
-    torch.testing.assert_close(LatentNorm.fit("scaling", z, scaling_factor=0.18215).normalize(z), z * 0.18215)
-    assert torch.equal(LatentNorm.fit("none", z).normalize(z), z)
+    torch.testing.assert_close(fit("scaling", z, scaling_factor=0.18215).normalize(z), z * 0.18215)
+    assert torch.equal(fit("none", z).normalize(z), z)
     with pytest.raises(ValueError, match="unknown latent normalisation 'batch'.*channel"):
-        LatentNorm.fit("batch", z)
+        fit("batch", z)
 
 
 def test_norm_round_trips_through_state_dict():
-    norm = LatentNorm.fit("channel", torch.randn(50, 4, 2, 2))
+    norm = fit("channel", torch.randn(50, 4, 2, 2))
     back = LatentNorm.from_state("channel", norm.state_dict())
     assert torch.equal(back.shift, norm.shift) and torch.equal(back.scale, norm.scale)
 
@@ -91,7 +108,7 @@ def test_cache_encodes_once_and_is_keyed(tmp_path):
     z, y = shards.read_all()
     z2, y2 = shards2.read_all()
     assert torch.equal(z, z2) and torch.equal(z, data.tensors[0] * 2) and torch.equal(y2, data.tensors[1])
-    assert meta["latents_sha256"] == latents_sha256(z, y) == meta2["latents_sha256"]
+    assert meta["latents_sha256"] == sha256(z, y) == meta2["latents_sha256"]
     assert meta["n"] == 10 and meta["shape"] == [3, 2, 2]
     assert load_cache(tmp_path, CacheKey("other-checkpoint", data.info, "res 2")) is None
     cached_latents(tmp_path, CacheKey("other-checkpoint", data.info, "res 2"), _Doubler(), data, batch_size=4)
@@ -109,7 +126,7 @@ def test_cache_is_written_in_parts_and_hashed_as_a_whole(tmp_path, monkeypatch):
     # batches of 2 rows: a part is flushed once it holds 3 or more, so 4 + 4 + 2 rows
     assert len(list(tmp_path.glob("shard-00000-of-00001-part-*.safetensors"))) == 3
     z = data.tensors[0] * 2
-    assert meta["latents_sha256"] == latents_sha256(z, data.tensors[1])
+    assert meta["latents_sha256"] == sha256(z, data.tensors[1])
     assert torch.equal(torch.cat(list(shards.chunks())), z)
 
 
@@ -182,8 +199,8 @@ def test_a_rank_without_rows_writes_an_empty_part(tmp_path):
 def test_streamed_statistics_equal_the_whole_splits(mode, shape):
     """Chunks of any size merge to the statistics of the whole tensor (float64 moments)."""
     z = torch.randn(101, *shape) * 3 + 7
-    whole = LatentNorm.fit(mode, z)
-    streamed = LatentNorm.fit(mode, z.split(17))
+    whole = fit(mode, z)
+    streamed = fit(mode, z.split(17))
     torch.testing.assert_close(streamed.shift, whole.shift, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(streamed.scale, whole.scale, rtol=1e-6, atol=0)
     # and the two-pass float64 statistics the cache used before it streamed
@@ -191,7 +208,7 @@ def test_streamed_statistics_equal_the_whole_splits(mode, shape):
     torch.testing.assert_close(whole.shift, z.double().mean(dims, keepdim=True)[0].float(), rtol=0, atol=1e-6)
     torch.testing.assert_close(whole.scale, z.double().std(dims, keepdim=True)[0].float(), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="at least 2 values"):
-        LatentNorm.fit(mode, iter([]))
+        fit(mode, iter([]))
 
 
 def test_normalized_latents_batch_like_a_tensor_dataset(tmp_path):
@@ -201,7 +218,7 @@ def test_normalized_latents_batch_like_a_tensor_dataset(tmp_path):
     z, y = torch.randn(40, 2, 3, 3) * 2 + 1, torch.arange(40) % 4
     _write_two_ranks(tmp_path, z, y, part_bytes=5 * 18 * 4)
     shards = LatentShards(tmp_path)
-    norm = LatentNorm.fit("channel", shards.chunks(rows=7))
+    norm = fit("channel", shards.chunks(rows=7))
     lazy = NormalizedLatents(shards, norm)
     assert lazy.shape == (2, 3, 3) and len(lazy) == 40
     eager = TensorDataset(norm.normalize(z), y)
@@ -274,7 +291,7 @@ def test_statistics_are_stored_with_the_cache_and_read_back(tmp_path, monkeypatc
     data = _dataset(12)
     key = CacheKey("abc", data.info, "res 2")
     built, _ = cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
-    expected = {mode: LatentNorm.fit(mode, data.tensors[0] * 2) for mode in ("channel", "element")}
+    expected = {mode: fit(mode, data.tensors[0] * 2) for mode in ("channel", "element")}
     monkeypatch.setattr(latents, "summarize", lambda *a, **k: pytest.fail("the stored statistics were not used"))
     loaded, _ = load_cache(tmp_path, key)
     for mode, norm in expected.items():

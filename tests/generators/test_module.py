@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from latentbench.benchmark.evaluate import ShardSampler
-from latentbench.generators.latents import read_shards, write_shard
+from latentbench.generators.latents import LatentShards, ShardWriter
 from latentbench.generators.module import (
     GENERATOR_CONFIG_DIR,
     GeneratorModule,
@@ -120,7 +120,8 @@ def _sample_shard(rank, world_size, name, out, init):
     module = _module(name).eval()
     index = torch.tensor(list(ShardSampler(9, rank, world_size)))
     z, y = module.sample(index)
-    write_shard(out, rank, world_size, index, z, y)
+    with ShardWriter(out, rank, world_size) as writer:
+        writer.add(index, z, y)
     if world_size > 1:
         dist.destroy_process_group()
 
@@ -136,8 +137,8 @@ def test_sample_set_is_the_same_on_one_and_two_processes(tmp_path, name):
     for p in procs:
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0]
-    z1, y1 = read_shards(tmp_path / "one")
-    z2, y2 = read_shards(tmp_path / "two")
+    z1, y1 = LatentShards(tmp_path / "one").read_all()
+    z2, y2 = LatentShards(tmp_path / "two").read_all()
     assert torch.equal(y1, y2) and len(z1) == 9
     torch.testing.assert_close(z1, z2, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(z1[0], z1[3])  # same class (0), different seeds: different samples
