@@ -47,8 +47,8 @@ def bench(
         on_bad_image: unreadable images abort naming the file (error) or are skipped and counted (skip).
         runs_dir: where run directories (checkpoints, TensorBoard logs, stage results) go.
         leaderboard_dir: root of the leaderboard tables.
-        strategy: distributed training: auto (DDP when several processes), ddp, or fsdp (generator
-            training sharded with FSDP, for the largest generator configs).
+        strategy: distributed training: auto (DDP when several processes) or ddp (fsdp is refused:
+            README "Scaling out").
         devices: processes per node (GPUs; CPU processes without GPUs). On one machine the bench
             starts them itself under torchrun; under torchrun or srun it joins the launcher's.
         num_nodes: machines (launch with srun, or torchrun on each node; README "Scaling out").

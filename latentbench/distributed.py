@@ -32,7 +32,14 @@ import torch
 import torch.distributed as dist
 
 T = TypeVar("T")
-STRATEGIES = ("auto", "ddp", "fsdp")
+STRATEGIES = ("auto", "ddp")
+# FSDP was wired through Lightning once, but a review found it cannot have worked: Lightning's
+# EMAWeightAveraging copies the unsharded generator before FSDP wraps it and then fails on the
+# flat shards, and ``state_dict()`` outside FSDP's full-state API exports each rank's shard.
+# Without a GPU to run it on, it is refused rather than shipped untested.
+FSDP_REFUSED = ("--strategy fsdp is not supported: generator training's EMA and weight export need unsharded "
+                "parameters, and FSDP has never been run here; use --strategy ddp (for a generator too large for one "
+                "GPU's memory at the protocol's batch size, use more GPUs or larger ones)")
 
 
 @dataclass(frozen=True)
@@ -40,9 +47,8 @@ class Launch:
     """How many processes a bench runs on and how Lightning distributes training.
 
     Args:
-        strategy: ``auto`` (DDP when more than one process, else a single device), ``ddp``, or
-            ``fsdp`` (generator training is sharded with FSDP, for the largest generator configs;
-            tokenizer training stays on DDP).
+        strategy: ``auto`` (DDP when more than one process, else a single device) or ``ddp``.
+            ``fsdp`` is refused with the reason (``FSDP_REFUSED``).
         devices: processes per node (GPUs per node; CPU processes on a machine without GPUs).
         num_nodes: machines.
     """
@@ -52,6 +58,8 @@ class Launch:
     num_nodes: int = 1
 
     def __post_init__(self):
+        if self.strategy == "fsdp":
+            raise ValueError(FSDP_REFUSED)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         if self.devices < 1 or self.num_nodes < 1:
@@ -258,24 +266,30 @@ def per_rank_batch(global_batch: int, what: str) -> int:
     size = world_size()
     if global_batch % size:
         raise ValueError(f"{what} {global_batch} is not divisible by the {size} processes; choose a world size that divides "
-                         f"it (the protocol's batch sizes are global, so every world size trains on the same batch size)")
+                         f"it (the protocol's training batch sizes are global, so every world size trains on the same batch size)")
     return global_batch // size
 
 
-def trainer_kwargs(launch: Launch, *, fsdp: bool = False, find_unused_parameters: bool = False) -> dict[str, Any]:
+def per_rank_eval_batch(global_batch: int) -> int:
+    """This process's batch for evaluation, encoding and sampling: ``ceil(global_batch / W)``.
+
+    Unlike a training batch it changes no result (every sample's randomness comes from its
+    global index; ``evaluate.ShardSampler`` gives ranks their samples), only memory and speed,
+    so W need not divide it.
+    """
+    return max(1, -(-global_batch // world_size()))
+
+
+def trainer_kwargs(launch: Launch, *, find_unused_parameters: bool = False) -> dict[str, Any]:
     """``strategy``, ``devices`` and ``num_nodes`` for a Lightning Trainer of this launch.
 
     Args:
-        fsdp: use FSDP when the launch asks for it (generator training); otherwise FSDP falls back to DDP.
         find_unused_parameters: DDP's search for parameters without a gradient in a step
             (tokenizer modules with a discriminator or auxiliary heads that are idle in some steps).
     """
     if launch.world_size == 1:
         return {"strategy": "auto", "devices": 1, "num_nodes": 1}
-    if launch.strategy == "fsdp" and fsdp:
-        strategy: Any = "fsdp"
-    else:
-        from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy
 
-        strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
+    strategy = DDPStrategy(find_unused_parameters=find_unused_parameters)
     return {"strategy": strategy, "devices": launch.devices, "num_nodes": launch.num_nodes}

@@ -66,6 +66,7 @@ class Indexed(Dataset):
         return i, x, y
 
 
+RECON_SEED_OFFSET = 3  # reconstructions' decoder noise: apart from gFID's streams (seed, seed + 1, seed + 2)
 _LOADER_WORKERS = 0  # set for a bench by ``loader_workers`` (the protocol's train.num_workers)
 
 
@@ -213,15 +214,16 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
     """Encode and decode this rank's shard of ``dataset``, updating ``metrics``.
 
     ``grid_size`` images spread evenly over the split are kept for a picture of the reconstructions.
-    Each batch's decoder seed is derived from its first sample's global index, so a
-    stochastic decoder gives the same reconstructions for any batch size that keeps batch
-    starts aligned; ``features(latents)`` of each batch is kept for the linear probe (default: the
+    A stochastic decoder draws each image's noise from a seed of its global index alone
+    (``sample_seed(seed + RECON_SEED_OFFSET, i)``), so reconstructions do not depend on the
+    batch size or the number of processes; ``features(latents)`` of each batch is kept for the linear probe (default: the
     latents; the bench keeps the probe's pooled features, which mean pooling makes far smaller).
     """
     from tqdm.auto import tqdm
 
     from latentbench.distributed import module_device
-    from latentbench.tokenizers import decode_seeded
+    from latentbench.generators.seeding import sample_seed
+    from latentbench.tokenizers.base import decode_per_sample
 
     rank, _ = world()
     out = ReconstructionPass()
@@ -232,7 +234,10 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         x = x.to(device, non_blocking=True)
         z = tokenizer.encode(x)
         # decoders overshoot [-1, 1]; clamp as saving the image would (metrics then round to uint8)
-        rec = decode_seeded(tokenizer, z, seed=seed * 1_000_003 + int(index[0])).float().clamp(-1, 1)
+        seeds = [sample_seed(seed + RECON_SEED_OFFSET, int(i)) for i in index]
+        rec = decode_per_sample(tokenizer, z, seeds).float().clamp(-1, 1)
+        if rec.is_cuda:  # CUDA only queues the work: wait for it, or the throughput counts the queueing
+            torch.cuda.synchronize(rec.device)
         out.coding_s += time.perf_counter() - start
         metrics.update(index, x, rec)
         out.latents.append((features(z) if features is not None else z).float().cpu())

@@ -38,6 +38,7 @@ from latentbench.distributed import (
     barrier,
     is_rank_zero,
     per_rank_batch,
+    per_rank_eval_batch,
     trainer_kwargs,
 )
 
@@ -77,12 +78,12 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
         return {"gfid": {"unavailable": why}, **_facts(gen, trained, cache, norm, encode_s, spec)}
     limits = {proto.data.train_split: proto.data.num_train, proto.data.eval_split: proto.data.num_eval}
     reference = reference_stats(spec.reference, lambda split: _dataset(proto, split, limits.get(split), on_bad_image),
-                                extractor, proto.eval.batch_size, cache_dir=_cache_dir())
+                                extractor, per_rank_eval_batch(proto.eval.batch_size), cache_dir=_cache_dir())
     curve, images = [], None
     for step in spec.eval_steps:
         last = step == spec.max_steps
         result, images_step = measure_samples(gen_dir / "samples" / f"step-{step:07d}", tokenizer, norm, extractor, reference,
-                                              cfg.seed, per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
+                                              cfg.seed, per_rank_eval_batch(spec.sample_batch_size),
                                               spec.fid_bootstrap if last else 0,
                                               keep_images=2 * num_classes if last else 0, num_samples=spec.num_samples)
         log(f"  gFID at step {step}: {result['value']:.3f} ({result['n']} samples)")
@@ -108,7 +109,6 @@ def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, tra
     The eval stage's linear probe and the generator stage both read them: the train split is
     encoded once per checkpoint. The key hashes the checkpoint, the dataset and the preprocessing.
     """
-    from latentbench.distributed import per_rank_batch
     from latentbench.generators.latents import CacheKey, cached_latents
     from latentbench.weights import sha256_file
 
@@ -116,7 +116,7 @@ def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, tra
     key = CacheKey(tokenizer_sha256=sha256_file(weights) if weights else f"init:{json.dumps(cfg.tokenizer.to_dict(), sort_keys=True)}",
                    dataset=train.info, preprocessing=f"resolution {proto.data.resolution}, [-1, 1]")
     return cached_latents(run_dir / "latents" / key.digest[:16], key, tokenizer, train,
-                          per_rank_batch(proto.eval.batch_size, "eval batch_size"))
+                          per_rank_eval_batch(proto.eval.batch_size))
 
 
 def _facts(gen, trained: dict[str, Any], cache: dict[str, Any], norm, encode_s: float, spec) -> dict[str, Any]:
@@ -150,7 +150,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
 
     ``precision``: the Lightning precision to train in (None: the protocol's, ``spec.precision``).
 
-    Under DDP (or FSDP, ``--strategy fsdp``) each process takes ``batch_size / world size``
+    Under DDP each process takes ``batch_size / world size``
     latents per step from its ``DistributedSampler`` shard and samples its shard of the gFID
     sample set at every evaluation.
     """
@@ -187,12 +187,12 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
                             sampler=DistributedSampler(data, world_size, rank, shuffle=True, seed=seed, drop_last=True))
     else:
         loader = _loader(data, batch, True, seed, drop_last=len(data) > spec.batch_size)
-    sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_batch(spec.sample_batch_size, "generator sample_batch_size"),
+    sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_eval_batch(spec.sample_batch_size),
                               sampler=ShardSampler(spec.num_samples, rank=None))
     ckpt_dir = out_dir / "checkpoints"
     trainer = L.Trainer(
         max_steps=spec.max_steps, max_epochs=-1, precision=precision or spec.precision, accelerator="auto",
-        **trainer_kwargs(launch or Launch(), fsdp=True),
+        **trainer_kwargs(launch or Launch()),
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
@@ -208,7 +208,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
         raise RuntimeError(f"generator training in {out_dir} ended without samples for steps {missing}; "
                            f"delete {ckpt_dir} to retrain")
     weights = out_dir / "generator.safetensors"  # the EMA weights (EMAWeightAveraging copies them in at the end)
-    state = module.generator.state_dict()  # on every rank: under FSDP gathering the full state is collective
+    state = module.generator.state_dict()
     if rank == 0:
         with atomic_path(weights) as tmp:
             save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp))

@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
-from latentbench.benchmark.evaluate import loader_workers, not_finite_as_unavailable
+from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
@@ -37,6 +37,7 @@ from latentbench.distributed import (
     broadcast,
     is_rank_zero,
     per_rank_batch,
+    per_rank_eval_batch,
     run_on_rank_zero,
     trainer_kwargs,
 )
@@ -288,7 +289,22 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
-def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,
+            distributed: bool = False) -> DataLoader:
+    """A training loader; ``distributed``: under several processes each takes its part of every epoch.
+
+    The sampler is built here, not injected by Lightning: Lightning seeds its ``DistributedSampler``
+    from ``PL_GLOBAL_SEED``, which ``seed_process`` sets per rank, so ranks would shuffle
+    differently and draw overlapping parts. Every rank shuffles with ``seed``; their parts are disjoint.
+    """
+    from torch.utils.data import DistributedSampler
+
+    from latentbench.distributed import rank, world_size
+
+    if distributed and world_size() > 1:
+        sampler = DistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+                          persistent_workers=num_workers > 0)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
@@ -363,12 +379,14 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     # reported metrics use, is never seen before evaluation.
     validates = hasattr(module, "trainer_kwargs")
     train_data, val_loader = data, None
-    if validates:
+    if validates:  # every held-out image once over all ranks, no padding, each with its index (its decoder seed)
         held = set(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
         train_data = Subset(data, [i for i in range(len(data)) if i not in held])
-        val_loader = _loader(Subset(data, sorted(held)), per_rank_batch(proto.eval.batch_size, "eval batch_size"), False, cfg.seed)
+        val_loader = DataLoader(Indexed(Subset(data, sorted(held))), batch_size=per_rank_eval_batch(proto.eval.batch_size),
+                                sampler=ShardSampler(len(held), rank=None))
     batch = per_rank_batch(proto.train.batch_size, "train batch_size")
-    loader = _loader(train_data, batch, True, cfg.seed, proto.train.num_workers, drop_last=len(train_data) > proto.train.batch_size)
+    loader = _loader(train_data, batch, True, cfg.seed, proto.train.num_workers, drop_last=len(train_data) > proto.train.batch_size,
+                     distributed=True)
     ckpt_dir = run_dir / "checkpoints"
     loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     trainer = L.Trainer(
@@ -380,7 +398,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
                                    save_top_k=1, enable_version_counter=False), StepProgress()],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
-        default_root_dir=str(run_dir), **loop,
+        default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
     )
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(last) if last.exists() else None)
@@ -503,7 +521,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
     metrics = build_metrics(proto, cfg.seed, cache_dir)
-    batch = per_rank_batch(proto.eval.batch_size, "eval batch_size")
+    batch = per_rank_eval_batch(proto.eval.batch_size)
     pooling = proto.eval.probe_pooling
     discrete = tokenizer.latent_spec.bits_per_token is not None  # codes are kept whole for their statistics
     passed = reconstruct(tokenizer, data, metrics, batch, cfg.seed, features=None if discrete else partial(_cpu_pool, pooling=pooling))
@@ -745,6 +763,7 @@ def run_bench(
         check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
         if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
             _require_built_weights(spec)
+        check_training_batches(proto, cfg.steps)
         if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
             from latentbench.generators.module import sample_labels
 
@@ -774,6 +793,17 @@ def run_bench(
             run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
                 recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
+
+
+def check_training_batches(proto: Protocol, tokenizer_steps: int) -> None:
+    """ValueError unless this world size divides the global batch of every training the bench runs.
+
+    Checked before any stage: the generator's batch would otherwise fail after the tokenizer trained.
+    """
+    if tokenizer_steps > 0:
+        per_rank_batch(proto.train.batch_size, "train batch_size")
+    if proto.generator.max_steps > 0:
+        per_rank_batch(proto.generator.batch_size, "generator batch_size")
 
 
 def _require_built_weights(spec: TokenizerSpec) -> None:

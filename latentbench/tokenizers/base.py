@@ -53,13 +53,17 @@ class Tokenizer(nn.Module, ABC):
     """Base class: images in [-1, 1] <-> latents.
 
     Subclasses set ``stages`` (ordered training stages), ``loss_weights`` (default weights of
-    the extra loss terms ``forward_train`` returns) and ``compile_modules`` (submodules that
-    decoding runs many times, which ``latentbench bench --compile`` compiles: ``compile_decoding``).
+    the extra loss terms ``forward_train`` returns), ``compile_modules`` (submodules that
+    decoding runs many times, which ``latentbench bench --compile`` compiles: ``compile_decoding``)
+    and ``stochastic_decode``: True where ``decode`` draws from its ``generator`` (FlowMo), False
+    where it ignores it, so batches decode whole; None (the default) infers it from ``decode``'s
+    signature, as for a module that does not subclass ``Tokenizer``.
     """
 
     stages: tuple[str, ...] = ("ae",)
     loss_weights: dict[str, float] = {}
     compile_modules: tuple[str, ...] = ()
+    stochastic_decode: bool | None = None
     # where the weights loaded at construction came from (a hub id, a folder); None: randomly
     # initialised. ``bench --train_steps 0`` without --ckpt refuses a tokenizer without them.
     pretrained_weights: str | None = None
@@ -142,6 +146,13 @@ def forward_train(tokenizer: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Te
     return tokenizer.decode(tokenizer.encode(x)), {}
 
 
+def decodes_stochastically(tokenizer: nn.Module) -> bool:
+    """Whether ``decode`` draws random numbers: the tokenizer's ``stochastic_decode``, else (a user's
+    module that does not subclass ``Tokenizer``) whether its ``decode`` takes a ``generator``."""
+    flag = getattr(tokenizer, "stochastic_decode", None)
+    return bool(flag) if flag is not None else "generator" in inspect.signature(tokenizer.decode).parameters
+
+
 def decode_seeded(tokenizer: nn.Module, z: Tensor, seed: int) -> Tensor:
     """Decode with a fixed seed, whether or not ``decode`` takes a generator."""
     if "generator" in inspect.signature(tokenizer.decode).parameters:
@@ -153,17 +164,21 @@ def decode_seeded(tokenizer: nn.Module, z: Tensor, seed: int) -> Tensor:
 
 
 def decode_per_sample(tokenizer: nn.Module, z: Tensor, seeds: list[int] | Tensor) -> Tensor:
-    """Decode with sample ``i``'s decoder randomness drawn from ``seeds[i]`` alone (gFID's sample sets).
+    """Decode with sample ``i``'s decoder randomness drawn from ``seeds[i]`` alone (gFID's sample sets,
+    reconstructions), so no sample depends on its batch or its process.
 
-    A deterministic decoder (no ``generator`` argument) decodes the batch as is. A stochastic
-    one that takes its initial ``noise`` (FlowMo) gets per-sample seeded noise in one batch;
-    any other stochastic decoder decodes one sample at a time with its own generator.
+    A deterministic decoder (``decodes_stochastically`` false) decodes the batch as is. A
+    stochastic one that takes its initial ``noise`` (FlowMo) gets per-sample seeded noise in one
+    batch; any other stochastic decoder decodes one sample at a time with its own generator.
     """
     from latentbench.generators import seeding
 
+    if not decodes_stochastically(tokenizer):
+        return tokenizer.decode(z)
     params = inspect.signature(tokenizer.decode).parameters
     if "generator" not in params:
-        return tokenizer.decode(z)
+        raise TypeError(f"{type(tokenizer).__qualname__} sets stochastic_decode but its decode takes no generator: "
+                        "add a generator argument that seeds its randomness (see latentbench.tokenizers.base.Tokenizer)")
     gens = seeding.generators(seeds, z.device)
     if "noise" in params and hasattr(tokenizer, "decode_noise_shape"):
         return tokenizer.decode(z, noise=seeding.randn(gens, tokenizer.decode_noise_shape, z.device))

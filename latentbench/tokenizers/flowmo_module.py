@@ -28,7 +28,9 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from latentbench.benchmark.metrics import psnr_per_image
-from latentbench.tokenizers import create_tokenizer, decode_seeded, flowmo  # noqa: F401  (flowmo registers flowmo-*)
+from latentbench.generators.seeding import sample_seed
+from latentbench.tokenizers import create_tokenizer, flowmo  # noqa: F401  (flowmo registers flowmo-*)
+from latentbench.tokenizers.base import decode_per_sample
 from latentbench.tokenizers.lfq import CodeUsage
 from latentbench.tokenizers.mmdit import block_linear_weights
 from latentbench.tokenizers.module import AutoencoderModule, plan_stages, stage_at
@@ -66,8 +68,8 @@ class FlowMoModule(L.LightningModule):
             validates the end of 1a as the baseline 1b must beat.
         patience: stage-1b validations without a PSNR gain of ``min_delta`` dB before stopping.
         min_delta: smallest validation PSNR gain (dB) that counts as an improvement.
-        val_seed: decoder seed of validation batch 0 (batch i uses val_seed + i), fixed so
-            validations compare like with like.
+        val_seed: seed of the validation decodes (held-out image i's noise: ``sample_seed(val_seed, i)``),
+            fixed so validations compare like with like.
     """
 
     def __init__(
@@ -217,12 +219,16 @@ class FlowMoModule(L.LightningModule):
         start = self.stage_start("1b")
         return start is not None and self.global_step >= start
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        """``batch``: (indices, images, labels) of the held-out images, each index once over all ranks
+        (``evaluate.Indexed`` under a ``ShardSampler``)."""
         if not self._validating():
             return
-        x, _ = batch
+        index, x, _ = batch
         z = self.tokenizer.encode(x)
-        rec = decode_seeded(self.tokenizer, z, seed=self.hparams.val_seed + batch_idx)
+        # each image's decoder noise from its index alone: the score, and so the kept decoder, does not
+        # depend on the batch size or the number of processes
+        rec = decode_per_sample(self.tokenizer, z, [sample_seed(self.hparams.val_seed, int(i)) for i in index])
         self.val_psnr.update(psnr_per_image(x.float(), rec.float()))
         self.val_codes.update(z)
 

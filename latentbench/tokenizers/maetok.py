@@ -132,6 +132,7 @@ class MAETok(Tokenizer):
     """
 
     stages = ("ae", "decoder-ft")
+    stochastic_decode = False  # a deterministic pixel decoder; ``generator`` is accepted and unused
     # The reference notes give MSE for the auxiliary targets but no weight: 1.0 per target (set
     # in __init__; AutoencoderModule's loss_weights overrides them).
     loss_weights: dict[str, float] = {}

@@ -88,6 +88,7 @@ class RAE(Tokenizer):
     """
 
     stages = ("decoder",)
+    stochastic_decode = False  # a deterministic ViT decoder; ``generator`` is accepted and unused
 
     def __init__(
         self,

@@ -70,14 +70,16 @@ class RAEModule(AutoencoderModule):
         if self.tokenizer.normalization_fitted:
             self.normalization = {"images": int(self.tokenizer.latent_stats_images), "fitted": "before this run"}
             return
-        self.normalization = self.tokenizer.fit_normalization(self._stats_loader(), self.hparams.stats_images)
+        self.normalization = self.tokenizer.fit_normalization(self._stats_loader())
 
     def _stats_loader(self) -> DataLoader:
-        """The training split in dataset order, this rank's shard (every world_size-th image)."""
+        """The first ``stats_images`` training images (all: None) in dataset order, this rank's shard
+        (every world_size-th): the statistics are those of the same images on any number of processes."""
         train = self.trainer.train_dataloader
         dataset = train.dataset
+        n = len(dataset) if self.hparams.stats_images is None else min(len(dataset), self.hparams.stats_images)
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        if world > 1:
-            dataset = Subset(dataset, range(rank, len(dataset), world))
+        if world > 1 or n < len(dataset):
+            dataset = Subset(dataset, range(rank, n, world))
         return DataLoader(dataset, batch_size=self.hparams.stats_batch_size or train.batch_size or 64, shuffle=False,
                           num_workers=train.num_workers)

@@ -32,6 +32,7 @@ class SDVAE(Tokenizer):
     """
 
     stages = ("ae",)
+    stochastic_decode = False  # a deterministic convolutional decoder; ``generator`` is accepted and unused
     # LDM's loss sums L1 over pixels and adds 1e-6 x KL summed over latent elements; our
     # terms are means over pixels, so the KL term is divided by the pixel count too (same ratio).
     loss_weights = {"kl": 1e-6}

@@ -31,9 +31,10 @@ def test_launch_checks_its_arguments():
 
 def test_one_process_trains_on_a_single_device():
     assert trainer_kwargs(Launch()) == {"strategy": "auto", "devices": 1, "num_nodes": 1}
-    kwargs = trainer_kwargs(Launch("fsdp", devices=2), fsdp=True)
-    assert kwargs["strategy"] == "fsdp" and kwargs["devices"] == 2
-    assert type(trainer_kwargs(Launch("fsdp", devices=2), fsdp=False)["strategy"]).__name__ == "DDPStrategy"
+    kwargs = trainer_kwargs(Launch("ddp", devices=2))
+    assert type(kwargs["strategy"]).__name__ == "DDPStrategy" and kwargs["devices"] == 2
+    with pytest.raises(ValueError, match="--strategy fsdp is not supported.*use --strategy ddp"):
+        Launch("fsdp", devices=2)
 
 
 def test_global_batch_must_split_evenly(monkeypatch):
@@ -137,7 +138,7 @@ def _bench(tmp_path: Path, runs: str, *args: str) -> None:
 
 def test_two_process_bench_equals_one_process(tmp_path):
     """Train under DDP on 2 processes, then evaluate those weights on 1: the same numbers, every sample once."""
-    from latentbench.generators.latents import read_shards
+    from latentbench.generators.latents import LatentShards
 
     _bench(tmp_path, "runs2", "--devices", "2")
     (run2,) = (tmp_path / "runs2" / "smoke-odd" / "v2").iterdir()
@@ -160,8 +161,8 @@ def test_two_process_bench_equals_one_process(tmp_path):
     (cache,) = (run2 / "latents").iterdir()
     assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002-part-00000.safetensors",
                                                              "shard-00001-of-00002-part-00000.safetensors"]
-    z, y = read_shards(cache)
+    z, y = LatentShards(cache).read_all()
     assert len(z) == len(y) == 256 and json.loads((cache / "meta.json").read_text())["world_size"] == 2
     (samples,) = (run2 / "generators").iterdir()
-    z_samples, _ = read_shards(samples / "samples" / "step-0000020")
+    z_samples, _ = LatentShards(samples / "samples" / "step-0000020").read_all()
     assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once

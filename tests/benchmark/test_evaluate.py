@@ -148,3 +148,29 @@ def test_gather_by_index_orders_every_ranks_rows_and_takes_ranks_without_any(tmp
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(out.read_text()) == {"values": [0.0, 10.0, 20.0, 30.0, 40.0], "nothing": None}
+
+
+def test_a_stochastic_decoders_reconstructions_do_not_depend_on_the_batch_size():
+    import torch
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from latentbench.benchmark.evaluate import ReconstructionMetrics, gather_by_index, reconstruct
+
+    class Noisy(nn.Module):
+        def encode(self, x):
+            return x
+
+        def decode(self, z, generator=None):
+            return z + 0.1 * torch.randn(z.shape, generator=generator)
+
+    data = TensorDataset(torch.rand(7, 3, 12, 12) * 2 - 1, torch.zeros(7, dtype=torch.long))
+    recs = {}
+    for batch_size in (7, 3, 1):
+        metrics = ReconstructionMetrics()
+        passed = reconstruct(Noisy(), data, metrics, batch_size, seed=5, grid_size=7, progress=False)
+        recs[batch_size] = gather_by_index(passed.grid)[1]
+        assert metrics.results()["psnr"]["n"] == 7
+    assert torch.equal(recs[7], recs[3]) and torch.equal(recs[7], recs[1])
+    again = reconstruct(Noisy(), data, ReconstructionMetrics(), 7, seed=6, grid_size=7, progress=False)
+    assert not torch.equal(gather_by_index(again.grid)[1], recs[7])  # the bench's seed still decides the noise

@@ -14,7 +14,7 @@ from latentbench.benchmark.gfid import (
     steps_to_target,
 )
 from latentbench.benchmark.metrics import to_uint8
-from latentbench.generators.latents import LatentNorm, write_shard
+from latentbench.generators.latents import LatentNorm, ShardWriter
 from latentbench.tokenizers.base import decode_per_sample
 
 
@@ -56,11 +56,38 @@ def test_decode_per_sample_does_not_depend_on_the_batch(decoder):
     torch.testing.assert_close(decode_per_sample(decoder, z[perm], [seeds[i] for i in perm]), whole[perm])
 
 
+class CountingDecoder(nn.Module):
+    """Deterministic, but takes (and ignores) a generator, as the shipped tokenizers' decode does."""
+
+    def __init__(self, stochastic_decode):
+        super().__init__()
+        self.stochastic_decode, self.calls = stochastic_decode, []
+
+    def decode(self, z, generator=None):
+        self.calls.append(len(z))
+        return z[:, :, None, None].expand(-1, 3, 4, 4) * 0.5
+
+
+def test_a_decoder_that_ignores_its_generator_decodes_whole_batches():
+    from latentbench.tokenizers import create_tokenizer
+    from latentbench.tokenizers.base import decodes_stochastically
+
+    z = torch.randn(5, 3)
+    batched, single = CountingDecoder(False), CountingDecoder(None)  # None: inferred from the generator argument
+    torch.testing.assert_close(decode_per_sample(batched, z, range(5)), decode_per_sample(single, z, range(5)))
+    assert batched.calls == [5] and single.calls == [1] * 5
+    assert [decodes_stochastically(create_tokenizer(f"{name}-smoke")) for name in ("sdvae", "maetok", "rae", "flowmo")] \
+        == [False, False, False, True]
+    with pytest.raises(TypeError, match="sets stochastic_decode but its decode takes no generator"):
+        decode_per_sample(type("T", (nn.Module,), {"stochastic_decode": True, "decode": lambda self, z: z})(), z, range(5))
+
+
 def test_measure_samples_matches_a_direct_frechet_distance(tmp_path):
     z = torch.rand(30, 3) * 2 - 1
-    write_shard(tmp_path, 0, 1, torch.arange(30), z, torch.arange(30) % 3)
+    with ShardWriter(tmp_path, 0, 1) as samples:
+        samples.add(torch.arange(30), z, torch.arange(30) % 3)
     extractor, tokenizer = PixelStats(), NoiseArgDecoder()
-    norm = LatentNorm.fit("none", z)
+    norm = LatentNorm.from_statistics("none", {}, tuple(z.shape[1:]))
     ref = FeatureStats.empty(6)
     ref.update(torch.rand(50, 6))
     reference = ref.reference()
@@ -73,7 +100,8 @@ def test_measure_samples_matches_a_direct_frechet_distance(tmp_path):
     assert result["value"] == pytest.approx(expected, rel=1e-6)
     assert kept.shape == (4, 3, 4, 4)
     step = tmp_path / "gen" / "samples" / "step-0000010"
-    write_shard(step, 0, 1, torch.arange(29), z[:29], torch.arange(29) % 3)  # the part with the last sample lost
+    with ShardWriter(step, 0, 1) as samples:
+        samples.add(torch.arange(29), z[:29], torch.arange(29) % 3)  # the part with the last sample lost
     with pytest.raises(ValueError, match=r"holds 29 of the 30 gFID samples .* delete .*gen to train the generator"):
         measure_samples(step, tokenizer, norm, extractor, reference, seed=0, batch_size=7, num_samples=30)
 

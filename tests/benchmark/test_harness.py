@@ -271,12 +271,32 @@ def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
             run_bench("no_such_package.mod:Tok", "smoke", **kw)
         with pytest.raises(ValueError, match="--train_steps 0 benches sdvae-smoke as built, but it loads no pretrained"):
             run_bench("sdvae", "smoke", train_steps=0, **kw)
+        m.setattr(harness, "check_training_batches", lambda *a: (_ for _ in ()).throw(ValueError("batches checked")))
+        with pytest.raises(ValueError, match="batches checked"):  # before any split is built
+            run_bench("sdvae", "smoke", **kw)
     assert not list(tmp_path.rglob("stages/*.json"))
     with pytest.raises(FileNotFoundError, match="Shipped protocols: ci, imagenet256, smoke"):
         run_bench("sdvae", "nope", **kw)
     with pytest.raises(ValueError, match="train_steps must be >= 0"):
         run_bench("sdvae", "smoke", train_steps=-1, **kw)
     assert not (tmp_path / "lb").exists()
+
+
+def test_training_batches_must_split_over_the_processes_evaluation_batches_need_not(monkeypatch):
+    import latentbench.distributed as distributed
+    from latentbench.benchmark.harness import check_training_batches
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("ci")
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(ValueError, match=f"train batch_size {proto.train.batch_size} is not divisible by the 3 processes"):
+        check_training_batches(proto, tokenizer_steps=800)
+    with pytest.raises(ValueError, match=f"generator batch_size {proto.generator.batch_size} is not divisible by the 3"):
+        check_training_batches(proto, tokenizer_steps=0)  # a checkpoint benched: only the generator trains
+    monkeypatch.setattr(distributed, "world_size", lambda: 8)
+    check_training_batches(proto, tokenizer_steps=800)
+    assert distributed.per_rank_eval_batch(proto.eval.batch_size) == -(-proto.eval.batch_size // 8)  # 250 -> 32
+    assert distributed.per_rank_eval_batch(5) == 1 and distributed.per_rank_eval_batch(1) == 1
 
 
 def test_train_steps_0_benches_a_tokenizer_that_loaded_its_weights(tmp_path, monkeypatch):
@@ -401,3 +421,27 @@ def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
     counts = {desc.rsplit(" ", 1)[-1]: scans.count(desc) for desc in scans}
     assert counts == {"[train]": 1, "[val]": 1}
     assert workers and set(workers) == {2}
+
+
+def test_ddp_training_ranks_take_disjoint_parts_of_every_epoch(monkeypatch):
+    """The training loader shards itself with the bench's seed on every rank; Lightning's own sampler
+    would take its seed from PL_GLOBAL_SEED, which differs per rank (seed_process), and overlap."""
+    import os
+
+    import latentbench.distributed as distributed
+    from latentbench.benchmark.harness import _loader, seed_process
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # seed_process sets it: restored after the test
+    data = torch.arange(16)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    epochs = {}
+    for r in range(2):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        seed_process(7)
+        assert os.environ["PL_GLOBAL_SEED"] == str(7 + r)  # what Lightning's injected sampler would have used
+        loader = _loader(data, 4, shuffle=True, seed=7, drop_last=True, distributed=True)
+        loader.sampler.set_epoch(1)
+        epochs[r] = torch.cat(list(loader)).tolist()
+    assert len(epochs[0]) == len(epochs[1]) == 8
+    assert sorted(epochs[0] + epochs[1]) == list(range(16))  # every image once per epoch, none twice
+    assert epochs[0] != sorted(epochs[0])  # shuffled

@@ -39,7 +39,8 @@ def _smooth_images(b=8, seed=0):
 
 def _fit(module, x, steps, val=None, **trainer_kw):
     loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=len(x))
-    val_loader = None if val is None else DataLoader(TensorDataset(val, torch.zeros(len(val), dtype=torch.long)), batch_size=len(val))
+    val_loader = None if val is None else DataLoader(  # (indices, images, labels), as the harness's held-out loader
+        TensorDataset(torch.arange(len(val)), val, torch.zeros(len(val), dtype=torch.long)), batch_size=len(val))
     kw = {"num_sanity_val_steps": 0, "limit_val_batches": 0 if val is None else None, **trainer_kw}
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, precision=resolve_precision("bf16-mixed", device="cpu").used, accelerator="cpu", **kw)

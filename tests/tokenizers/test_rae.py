@@ -97,6 +97,22 @@ def test_frozen_encoder_no_gradient_bit_identical_and_stats_fitted_before_traini
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), tok.eval().decode(tok.encode(x)))
 
 
+def test_stats_images_counts_over_all_processes(smoke):
+    """``stats_images`` is the number of images over the whole world: each rank takes its share of the first ones."""
+    from types import SimpleNamespace
+
+    module = RAEModule("rae-smoke", max_steps=1, stats_images=10, stats_batch_size=4)
+    data = TensorDataset(torch.arange(24.0), torch.zeros(24))
+    seen = []
+    for rank in range(3):
+        loader = DataLoader(data, batch_size=8)
+        module._trainer = SimpleNamespace(train_dataloader=loader, world_size=3, global_rank=rank)
+        seen += [int(v) for x, _ in module._stats_loader() for v in x]
+    assert sorted(seen) == list(range(10))
+    module._trainer = SimpleNamespace(train_dataloader=DataLoader(data, batch_size=8), world_size=1, global_rank=0)
+    assert [int(v) for x, _ in module._stats_loader() for v in x] == list(range(10))
+
+
 def test_encoder_is_frozen_even_when_asked(smoke):
     tok = smoke()
     tok.train().requires_grad_(True)
