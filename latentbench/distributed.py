@@ -251,6 +251,18 @@ def all_gather(obj: T) -> list[T]:
     return out
 
 
+def require_agreement(value: Any, what: str, fix: str) -> None:
+    """RuntimeError on every rank unless every rank holds the same ``value`` (a small, comparable one).
+
+    For what each process decides from its own machine (which weight files it finds): ranks
+    that disagree would build different metrics and then sum mismatched states.
+    """
+    values = all_gather(value)
+    odd = [r for r, v in enumerate(values) if v != values[0]]
+    if odd:
+        raise RuntimeError(f"the processes disagree on {what}: {values[0]} on rank 0, {values[odd[0]]} on rank {odd[0]}; {fix}")
+
+
 def processes_per_node(default: int = 1) -> int:
     """Processes the launcher started on this machine (torchrun's LOCAL_WORLD_SIZE, srun's SLURM_NTASKS_PER_NODE)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or default)

@@ -38,6 +38,7 @@ from latentbench.distributed import (
     is_rank_zero,
     per_rank_batch,
     per_rank_eval_batch,
+    require_agreement,
     run_on_rank_zero,
     trainer_kwargs,
 )
@@ -477,9 +478,15 @@ def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
     if proto.eval.extractor.startswith(DOMAIN_PREFIX) and options:
         options = {"recipe": DomainRecipe(**options)}
     try:
-        return create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
+        extractor, why = create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
     except WeightsUnavailable as e:
-        return None, str(e)
+        extractor, why = None, str(e)
+    require_agreement("found" if why is None else "missing", f"the {proto.eval.extractor} extractor's weights", _SAME_FILES)
+    return extractor, why
+
+
+_SAME_FILES = ("every process must find the same weight files: put them on every node (the cache folder, "
+               "LATENTBENCH_CACHE, and TORCH_HOME) or on a shared filesystem")
 
 
 def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = None):
@@ -494,6 +501,7 @@ def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = Non
         lpips = LPIPS(net=proto.eval.lpips_net)
     except WeightsUnavailable as e:
         unavailable["lpips"] = str(e)
+    require_agreement("found" if lpips is not None else "missing", "LPIPS's weights", _SAME_FILES)
     extractor, why = build_extractor(proto, cache_dir)
     if extractor is None:
         unavailable["rfid"] = why

@@ -166,3 +166,29 @@ def test_two_process_bench_equals_one_process(tmp_path):
     (samples,) = (run2 / "generators").iterdir()
     z_samples, _ = LatentShards(samples / "samples" / "step-0000020").read_all()
     assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once
+
+
+AGREE = """
+import sys
+import torch.distributed as dist
+from latentbench.distributed import require_agreement
+
+dist.init_process_group("gloo")
+require_agreement("found", "LPIPS's weights", "same files")  # all agree: nothing happens
+try:
+    require_agreement("found" if dist.get_rank() == 0 else "missing", "LPIPS's weights", "put them on every node")
+except RuntimeError as e:
+    print(f"rank {dist.get_rank()}: {e}")
+dist.destroy_process_group()
+"""
+
+
+def test_processes_that_find_different_weight_files_stop_together(tmp_path):
+    script = tmp_path / "agree.py"
+    script.write_text(AGREE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):  # every rank raises, so none waits in a collective for the others
+        assert (f"rank {rank}: the processes disagree on LPIPS's weights: found on rank 0, missing on rank 1; "
+                "put them on every node") in proc.stdout
