@@ -252,7 +252,7 @@ def all_gather(obj: T) -> list[T]:
 
 
 def require_agreement(value: Any, what: str, fix: str) -> None:
-    """RuntimeError on every rank unless every rank holds the same ``value`` (a small, comparable one).
+    """ValueError on every rank unless every rank holds the same ``value`` (a small, comparable one).
 
     For what each process decides from its own machine (which weight files it finds): ranks
     that disagree would build different metrics and then sum mismatched states.
@@ -260,7 +260,7 @@ def require_agreement(value: Any, what: str, fix: str) -> None:
     values = all_gather(value)
     odd = [r for r, v in enumerate(values) if v != values[0]]
     if odd:
-        raise RuntimeError(f"the processes disagree on {what}: {values[0]} on rank 0, {values[odd[0]]} on rank {odd[0]}; {fix}")
+        raise ValueError(f"the processes disagree on {what}: {values[0]} on rank 0, {values[odd[0]]} on rank {odd[0]}; {fix}")
 
 
 def processes_per_node(default: int = 1) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,34 +47,76 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest
 
 
-def load_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as one (empty, cut short, not a checkpoint)."""
+
+
+def load_checkpoint(path: str | os.PathLike, trust: bool = False,
+                    trust_hint: str | None = "if you trust its source, pass --trust_checkpoint true") -> dict[str, Any]:
     """Read a checkpoint file into a dict without running code from it.
 
     Args:
         path: ``.safetensors`` file, or a torch file (``.pt``, ``.pth``, ``.ckpt``, ``.bin``).
         trust: allow full unpickling (runs code stored in the file) for torch files that
             ``weights_only`` loading rejects.
+        trust_hint: how the caller's user allows that (None: the command has no such option).
 
     Returns:
         The loaded object (a state dict, or a dict holding one).
+
+    Raises:
+        CheckpointError: the file is not a readable checkpoint (named, with its size).
+        UnsafeCheckpointError: a torch file that needs full unpickling, without ``trust``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as e:
+            raise _unreadable(path, e, "a .safetensors file") from None
+    if not _looks_like_torch_file(path):  # torch's weights-only loader calls anything else "unsafe"
+        raise _unreadable(path, None, "a torch file (torch.save)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not trust:
+            fix = "Convert it to safetensors" + (f", or, {trust_hint}" if trust_hint else "")
+            lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(e).splitlines()]
+            said = next((line for line in lines if line.startswith("WeightsUnpickler error")), lines[0] if lines else "")
             raise UnsafeCheckpointError(
-                f"{path} holds Python objects beyond tensors, and unpickling it could run arbitrary code. "
-                "Convert it to safetensors, or, if you trust its source, pass --trust_checkpoint true. "
-                f"(torch said: {str(e).splitlines()[0]})"
+                f"{path} holds Python objects beyond tensors, and unpickling it could run arbitrary code. {fix}. "
+                f"(torch said: {said})"
             ) from None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a damaged file raises whatever torch's unpickler or zip reader hit (EOFError, KeyError, ...)
+        raise _unreadable(path, e, "a torch file (torch.save)") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise _unreadable(path, e, "a torch file (torch.save)") from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A ``torch.save`` file: a zip archive (since torch 1.6) or a pickle (the legacy format starts with PROTO)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and head[1] >= 2)
+
+
+def _unreadable(path: Path, error: Exception | None, expected: str) -> CheckpointError:
+    size = path.stat().st_size
+    why = ""
+    if error is not None:
+        first = str(error).splitlines()[0] if str(error) else ""
+        why = f": {type(error).__name__}{': ' + first if first else ''}"
+    return CheckpointError(f"cannot read checkpoint {path} ({size} bytes) as {expected}{why}. The file is empty, cut short "
+                           "(an interrupted download?) or not a checkpoint; download or export it again")
 
 
 def extract_state_dict(obj: dict[str, Any], prefix: str = "") -> dict[str, torch.Tensor]:

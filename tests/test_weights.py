@@ -5,6 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from latentbench.weights import (
+    CheckpointError,
     UnsafeCheckpointError,
     WeightsUnavailable,
     extract_state_dict,
@@ -32,6 +33,26 @@ def test_pickled_objects_are_refused_without_trust(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint true"):
         load_checkpoint(path)
     assert isinstance(load_checkpoint(path, trust=True)["obj"], Payload)
+    with pytest.raises(UnsafeCheckpointError, match=r"Convert it to safetensors\. \(torch said: WeightsUnpickler error: Unsupported global"):
+        load_checkpoint(path, trust_hint=None)  # a command without --trust_checkpoint does not offer it
+
+
+def test_damaged_or_foreign_files_are_named_as_such(tmp_path):
+    """Empty, cut short or not a checkpoint at all: one message with the file and its size, never 'unsafe'."""
+    from PIL import Image
+
+    sd = {"w": torch.arange(1000.0)}
+    save_file(sd, tmp_path / "ok.safetensors")
+    torch.save(sd, tmp_path / "ok.pt")
+    files = {"empty.safetensors": b"", "cut.safetensors": (tmp_path / "ok.safetensors").read_bytes()[:2000],
+             "empty.ckpt": b"", "text.ckpt": b"hi", "cut.pt": (tmp_path / "ok.pt").read_bytes()[:700]}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    Image.new("RGB", (8, 8)).save(tmp_path / "image.png")
+    for name in [*files, "image.png"]:
+        size = (tmp_path / name).stat().st_size
+        with pytest.raises(CheckpointError, match=rf"cannot read checkpoint .*{name} \({size} bytes\).*cut short"):
+            load_checkpoint(tmp_path / name, trust=True)
 
 
 def test_extract_state_dict_strips_lightning_prefix():

@@ -185,7 +185,7 @@ class InceptionTF(FeatureExtractor):
             raise ImportError(f"inception-tf needs torch-fidelity: pip install 'torch-fidelity>=0.3' ({e})") from None
         # torch-fidelity reads the file with torch.load(weights_only=False); read it safely first, so
         # a file that would run code when unpickled is refused (UnsafeCheckpointError) before that.
-        extract_state_dict(load_checkpoint(path))
+        extract_state_dict(load_checkpoint(path, trust_hint=None))
         with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
         self.id, self.dim = "inception-tf", 2048
@@ -262,7 +262,7 @@ class DinoV2(FeatureExtractor):
 
         with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
             self.net = timm.create_model(DINOV2_TIMM, pretrained=False, img_size=DINOV2_SIZE, num_classes=0)
-        state = checkpoint_filter_fn(extract_state_dict(load_checkpoint(path)), self.net)  # resamples pos_embed
+        state = checkpoint_filter_fn(extract_state_dict(load_checkpoint(path, trust_hint=None)), self.net)  # resamples pos_embed
         self.net.load_state_dict(state, strict=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)

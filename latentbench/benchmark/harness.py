@@ -749,6 +749,8 @@ def run_bench(
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"--ckpt {ckpt} is not a file: pass a tokenizer checkpoint (.safetensors, a torch "
                                     "file, or a Lightning .ckpt)")
+        if ckpt:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
+            load_tokenizer(spec, ckpt, trust_checkpoint)
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")

@@ -221,7 +221,7 @@ def load_timm_vit(model_name: str, img_size: int, path: Path) -> nn.Module:
 
     with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
         net = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=0)
-    net.load_state_dict(checkpoint_filter_fn(extract_state_dict(load_checkpoint(path)), net), strict=True)
+    net.load_state_dict(checkpoint_filter_fn(extract_state_dict(load_checkpoint(path, trust_hint=None)), net), strict=True)
     return net
 
 

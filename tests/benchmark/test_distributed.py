@@ -177,7 +177,7 @@ dist.init_process_group("gloo")
 require_agreement("found", "LPIPS's weights", "same files")  # all agree: nothing happens
 try:
     require_agreement("found" if dist.get_rank() == 0 else "missing", "LPIPS's weights", "put them on every node")
-except RuntimeError as e:
+except ValueError as e:
     print(f"rank {dist.get_rank()}: {e}")
 dist.destroy_process_group()
 """

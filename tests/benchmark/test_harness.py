@@ -271,6 +271,9 @@ def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
             run_bench("no_such_package.mod:Tok", "smoke", **kw)
         with pytest.raises(ValueError, match="--train_steps 0 benches sdvae-smoke as built, but it loads no pretrained"):
             run_bench("sdvae", "smoke", train_steps=0, **kw)
+        (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+        with pytest.raises(ValueError, match="cannot read checkpoint .*cut.safetensors"):  # before the stages
+            run_bench("sdvae", "smoke", ckpt=tmp_path / "cut.safetensors", **kw)
         m.setattr(harness, "check_training_batches", lambda *a: (_ for _ in ()).throw(ValueError("batches checked")))
         with pytest.raises(ValueError, match="batches checked"):  # before any split is built
             run_bench("sdvae", "smoke", **kw)
