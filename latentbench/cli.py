@@ -160,7 +160,14 @@ def leaderboard(root: str = str(LEADERBOARD_DIR)) -> None:
     """
     from latentbench.benchmark.leaderboard import render_all
 
-    for table in render_all(Path(root)):
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"--root {root} is not a folder: give the root of the leaderboard tables "
+                                "(default: the repository's leaderboards/)")
+    tables = render_all(Path(root))
+    if not tables:
+        raise FileNotFoundError(f"no leaderboard tables under {root}: a table is <protocol>/v<N>/results.jsonl, "
+                                "written by latentbench bench --leaderboard_dir")
+    for table in tables:
         print(f"rendered {table}/README.md")
 
 
@@ -270,6 +277,9 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
     from latentbench.benchmark.protocol import available_protocols, load_protocol
     from latentbench.generators import GENERATORS
     from latentbench.tokenizers import TOKENIZERS
+    from latentbench.paths import require_checkout
+
+    require_checkout()
 
     for what, registry in (("tokenizers", TOKENIZERS), ("generators", GENERATORS)):
         if kind in ("all", what):

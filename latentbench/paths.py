@@ -8,6 +8,18 @@ LEADERBOARD_DIR = REPO_ROOT / "leaderboards"
 RUNS_DIR = REPO_ROOT / "runs"
 
 
+def require_checkout() -> None:
+    """FileNotFoundError unless the package sits in its repository checkout (configs/ beside it).
+
+    The protocols, tokenizer configs and leaderboards are the checkout's files, not package
+    data: a wheel installed elsewhere has none of them.
+    """
+    if not CONFIG_DIR.is_dir():
+        raise FileNotFoundError(f"latentbench runs from its repository checkout, but there is no configs/ beside the "
+                                f"package ({CONFIG_DIR}): clone the repository and install it editable there "
+                                "(make install, or pip install -e .)")
+
+
 def default_cache_dir() -> Path:
     """``$LATENTBENCH_CACHE``, else ``~/.cache/latentbench``."""
     return Path(os.environ.get("LATENTBENCH_CACHE") or Path.home() / ".cache" / "latentbench").expanduser()

@@ -16,6 +16,8 @@ def test_list_shows_tokenizers_and_protocols(capsys):
     (["bench", "--tokenizer", "nope", "--protocol", "smoke"], "unknown tokenizer 'nope'"),
     (["bench", "--protocol", "nope"], "no protocol 'nope'"),
     (["bench", "--protocol", "smoke", "--ckpt", "/does/not/exist.pt"], "does/not/exist.pt"),
+    (["bench", "--protocol", "smoke", "--seed", "-1"], "--seed must be in [0, 2^32), got -1"),
+    (["bench", "--protocol", "smoke", "--strategy", "fsdp", "--devices", "2"], "--strategy fsdp is not supported"),
 ])
 def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "latentbench.cli", *args, "--runs_dir", str(tmp_path), "--leaderboard_dir", str(tmp_path / "lb")],
@@ -81,3 +83,19 @@ def test_user_errors_in_files_and_paths_exit_2_without_a_traceback(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", *args, "--runs_dir", str(tmp_path / "runs"),
                                "--leaderboard_dir", str(tmp_path / "lb")], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr[-800:])
+
+
+def test_leaderboard_refuses_a_root_without_tables(tmp_path):
+    for root, message in ((tmp_path / "nope", "is not a folder"), (tmp_path, "no leaderboard tables under")):
+        proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "leaderboard", "--root", str(root)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_install_without_the_checkout_says_so(monkeypatch, tmp_path):
+    import latentbench.paths as paths
+    from latentbench.benchmark.protocol import load_protocol
+
+    monkeypatch.setattr(paths, "CONFIG_DIR", tmp_path / "site-packages" / "configs")
+    with pytest.raises(FileNotFoundError, match="runs from its repository checkout.*pip install -e"):
+        load_protocol("smoke")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latentbench.fsutil import load_yaml_mapping
-from latentbench.paths import CONFIG_DIR
+from latentbench.paths import CONFIG_DIR, require_checkout
 
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
 
@@ -132,6 +132,7 @@ def load_protocol(name_or_path: str) -> Protocol:
     """A shipped protocol by name (``ci``) or a YAML file by path."""
     path = Path(name_or_path)
     if not path.suffix:
+        require_checkout()
         path = PROTOCOL_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(

@@ -20,13 +20,25 @@ from latentbench.data import IMAGE_EXTENSIONS, BadImageError, load_rgb
 PAIRED = ("psnr", "ssim", "lpips")
 
 
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1 (images per forward pass), got {batch_size}")
+
+
 def list_images(directory: str | Path) -> dict[str, Path]:
-    """Image files under ``directory`` (recursive), keyed by relative path; errors when there are none."""
+    """Image files under ``directory`` (recursive), keyed by relative path; errors when there are none.
+
+    Listed as the bench lists an image folder (``latentbench.data.folder.image_files``): hidden
+    files and folders (``.ipynb_checkpoints``) and ``__MACOSX`` are not counted.
+    """
+    from latentbench.data.folder import image_files
+
     root = Path(directory)
+    if root.is_file():
+        raise ValueError(f"{root} is a file: give a folder of images (for FID, --real may be an .npz of statistics)")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    files = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*"))
-             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
+    files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root)}
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files
@@ -167,6 +179,7 @@ def load_reference(path: str | Path, extractor) -> Any:
 def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: str = "inception-tf",
                       extractor_weights: str | None = None, batch_size: int = 50) -> Path:
     """Feature statistics of a folder as an npz that ``--real`` accepts (tagged with the extractor)."""
+    check_batch_size(batch_size)
     from latentbench.benchmark.extractors import create_extractor
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
@@ -183,6 +196,7 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
     Returns:
         ``{metric: {"value": ..., "n": ..., ...}}``.
     """
+    check_batch_size(batch_size)
     names = [name for name, on in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)) if on]
     if not names and not fid:
         raise ValueError("choose at least one metric: --fid, --psnr, --ssim, --lpips")

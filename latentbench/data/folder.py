@@ -138,10 +138,20 @@ def _files_in(directory: Path) -> list[str]:
 
 
 def _list_files(directory: Path, recursive: bool) -> tuple[list[str], int]:
-    """Sorted image paths under ``directory`` and the number of non-image files next to them."""
+    """Sorted image paths under ``directory`` and the number of other files next to them (ignored).
+
+    Hidden files (``.*``: macOS's ``._name.png`` resource forks, editor backups) are not images of
+    the folder, as hidden folders are not classes.
+    """
     files = [os.path.join(d, f) for d, names in _walk(directory) for f in names] if recursive else _files_in(directory)
-    images = [f for f in files if is_image_file(f)]
+    images = [f for f in files if is_image_file(f) and not os.path.basename(f).startswith(".")]
     return images, len(files) - len(images)
+
+
+def image_files(directory: str | Path) -> list[str]:
+    """Sorted image paths under ``directory``, recursively, listed as the bench's image folders are: hidden
+    files and folders and ``__MACOSX`` left out, links followed, each folder entered once."""
+    return _list_files(Path(directory), recursive=True)[0]
 
 
 def _walk(directory: Path) -> list[tuple[str, list[str]]]:

@@ -83,6 +83,21 @@ def test_bad_inputs_fail_clearly(tmp_path):
     assert proc.returncode == 2 and "does not exist" in proc.stderr
 
 
+def test_folders_are_listed_as_the_bench_lists_them_and_bad_options_are_refused(tmp_path):
+    real, fake, pairs = _folders(tmp_path)
+    hidden = fake / ".ipynb_checkpoints"
+    hidden.mkdir()
+    for name in ("0.png", "3.png"):  # copies a notebook left behind, and a macOS resource fork
+        Image.fromarray(pairs[0][1]).save(hidden / name)
+    (fake / "._0.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    result = folder_metrics(real, fake, psnr=True)
+    assert result["psnr"]["n"] == 5  # neither the hidden folder's copies nor the resource fork
+    with pytest.raises(ValueError, match="--batch_size must be >= 1"):
+        folder_metrics(real, fake, psnr=True, batch_size=0)
+    with pytest.raises(ValueError, match="0.png is a file: give a folder of images"):
+        folder_metrics(real / "0.png", fake, psnr=True)
+
+
 def test_missing_inception_weights_explain_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
     real, fake, _ = _folders(tmp_path)
