@@ -144,6 +144,11 @@ class BenchConfig:
     # Not part of the key: compiled decoding moves pixels by < 1e-6, so done stages serve either way;
     # each stage's result lists what it compiled.
     compile: bool = field(default=False, compare=False)
+    # the LPIPS backbones whose weights this machine (rank 0) has: whether training's perceptual
+    # loss is LPIPS, its labelled substitute or absent, and whether the LPIPS metric is measured,
+    # depend on them, so stages done without them are not reused with them. Part of the key only
+    # when some are present, so offline runs keep their run directories.
+    lpips_weights: tuple[str, ...] = ()
 
     @property
     def precision(self) -> str:
@@ -168,6 +173,8 @@ class BenchConfig:
         }
         if self.changed_precisions():
             out["precision"] = {"train": self.precision, "generator": self.gen_precision}
+        if self.lpips_weights:
+            out["lpips_weights"] = list(self.lpips_weights)
         return out
 
     def changed_precisions(self) -> dict[str, Precision]:
@@ -754,10 +761,12 @@ def run_bench(
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
+        if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
+            raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
         cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions,
-                          compile=compile)
+                          compile=compile, lpips_weights=broadcast(lpips_weights_present()))
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -803,6 +812,20 @@ def run_bench(
             run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
                 recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
+
+
+def lpips_weights_present() -> tuple[str, ...]:
+    """The LPIPS backbones (alex, vgg, squeeze) whose torchvision weights are in this machine's torch hub cache."""
+    from latentbench.weights import WeightsUnavailable, require_lpips_weights
+
+    present = []
+    for net in ("alex", "squeeze", "vgg"):
+        try:
+            require_lpips_weights(net)
+            present.append(net)
+        except WeightsUnavailable:
+            pass
+    return tuple(present)
 
 
 def check_training_batches(proto: Protocol, tokenizer_steps: int) -> None:

@@ -293,6 +293,33 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     return cell
 
 
+def _perceptual_kind(status: str) -> str:
+    """A training record's ``perceptual`` status in a few words."""
+    if status.startswith("lpips-"):
+        return "LPIPS"
+    if status.startswith("substitute"):
+        return "the labelled substitute, LPIPS's recipe on the domain classifier"
+    if status == "off":
+        return "none, off in the config"
+    return "none, LPIPS weights unavailable and no substitute configured"
+
+
+def _perceptual_notes(records: list[dict[str, Any]]) -> list[str]:
+    """A note when the rows' tokenizers trained with different perceptual losses (it favours some metrics)."""
+    kinds: dict[str, list[str]] = {}
+    for r in records:
+        status = (r.get("training") or {}).get("perceptual")
+        if isinstance(status, str):
+            kinds.setdefault(_perceptual_kind(status), [])
+            if row_name(r) not in kinds[_perceptual_kind(status)]:
+                kinds[_perceptual_kind(status)].append(row_name(r))
+    if len(kinds) < 2:
+        return []
+    parts = "; ".join(f"{kind} for {', '.join(rows)}" for kind, rows in sorted(kinds.items()))
+    return [f"- training's perceptual loss differs between rows: {parts}. Training without one favours PSNR over "
+            "perceptual metrics; each record's training.perceptual says why."]
+
+
 def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
     """One line per distinct reason a metric is missing."""
     notes = sorted({f"{key}: {m['unavailable']}" for r in records for key, m in r["metrics"].items() if "unavailable" in m})
@@ -372,6 +399,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         notes.append(f"- [{used}]: trained in {used}, not the protocol's {requested} (a CPU without fast bf16 falls back "
                      "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
                      f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
+    notes += _perceptual_notes(records)
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))

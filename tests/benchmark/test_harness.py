@@ -448,3 +448,22 @@ def test_ddp_training_ranks_take_disjoint_parts_of_every_epoch(monkeypatch):
     assert len(epochs[0]) == len(epochs[1]) == 8
     assert sorted(epochs[0] + epochs[1]) == list(range(16))  # every image once per epoch, none twice
     assert epochs[0] != sorted(epochs[0])  # shuffled
+
+
+def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
+    """Training's perceptual loss and the LPIPS metric depend on them: stages done without are not reused with them."""
+    from latentbench.benchmark.harness import BenchConfig, lpips_weights_present, resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.weights import lpips_backbone_url, torch_hub_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    proto = load_protocol("smoke")
+    spec = resolve_tokenizer("sdvae", proto)
+    offline = BenchConfig(spec, proto, lpips_weights=lpips_weights_present())
+    assert offline.lpips_weights == () and "lpips_weights" not in offline.to_dict()  # offline keys stay as they were
+    assert offline.key == BenchConfig(spec, proto).key
+    path = torch_hub_file(lpips_backbone_url("alex"))
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"weights")
+    online = BenchConfig(spec, proto, lpips_weights=lpips_weights_present())
+    assert online.lpips_weights == ("alex",) and online.key != offline.key

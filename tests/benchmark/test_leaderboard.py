@@ -307,3 +307,17 @@ def test_a_bench_under_a_changed_protocol_stops_before_its_stages(tmp_path, monk
     monkeypatch.setattr(harness, "train_stage", lambda *a, **k: pytest.fail("trained under a changed protocol"))
     with pytest.raises(ValueError, match="protocol smoke v2 changed .* needs a new version number"):
         harness.run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+
+
+def test_rows_trained_with_different_perceptual_losses_get_a_note():
+    from latentbench.benchmark.leaderboard import _perceptual_notes
+
+    def record(name, perceptual):
+        return {"tokenizer": {"name": name}, "training": {"perceptual": perceptual}}
+
+    same = [record("a", "lpips-vgg"), record("b", "lpips-alex"), {"tokenizer": {"name": "c"}, "training": None}]
+    assert _perceptual_notes(same) == []
+    (note,) = _perceptual_notes([record("sdvae-ci", "unavailable: LPIPS-vgg needs ..."),
+                                 record("rae-ci", "substitute: domain-mnist feature distance ...")])
+    assert "none, LPIPS weights unavailable and no substitute configured for sdvae-ci" in note
+    assert "the labelled substitute, LPIPS's recipe on the domain classifier for rae-ci" in note
