@@ -285,9 +285,9 @@ def per_rank_batch(global_batch: int, what: str) -> int:
 def per_rank_eval_batch(global_batch: int) -> int:
     """This process's batch for evaluation, encoding and sampling: ``ceil(global_batch / W)``.
 
-    Unlike a training batch it changes no result (every sample's randomness comes from its
-    global index; ``evaluate.ShardSampler`` gives ranks their samples), only memory and speed,
-    so W need not divide it.
+    Unlike a training batch it decides no sample's randomness (that comes from the sample's global
+    index; ``evaluate.ShardSampler`` gives ranks their samples), only memory, speed and float32
+    rounding, so W need not divide it.
     """
     return max(1, -(-global_batch // world_size()))
 

@@ -158,7 +158,6 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
-    from torch.utils.data import DistributedSampler
 
     from latentbench.benchmark.evaluate import ShardSampler, world
     from latentbench.benchmark.harness import (
@@ -182,11 +181,8 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
                              sample_seed=seed, num_samples=spec.num_samples, class_sampling=spec.class_sampling,
                              samples_dir=str(out_dir / "samples"), **gen.module_args)
     batch = per_rank_batch(spec.batch_size, "generator batch_size")
-    if world_size > 1:  # the sample loader below is sharded by hand, so Lightning's sampler replacement is off
-        loader = DataLoader(data, batch_size=batch, drop_last=len(data) > spec.batch_size,
-                            sampler=DistributedSampler(data, world_size, rank, shuffle=True, seed=seed, drop_last=True))
-    else:
-        loader = _loader(data, batch, True, seed, drop_last=len(data) > spec.batch_size)
+    # sharded by _loader, and the sample loader below by hand, so Lightning's sampler replacement is off
+    loader = _loader(data, batch, True, seed, drop_last=len(data) > spec.batch_size, distributed=True)
     sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_eval_batch(spec.sample_batch_size),
                               sampler=ShardSampler(spec.num_samples, rank=None))
     ckpt_dir = out_dir / "checkpoints"

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -41,6 +41,7 @@ from latentbench.distributed import (
     require_agreement,
     run_on_rank_zero,
     trainer_kwargs,
+    world_size,
 )
 from latentbench.fsutil import atomic_path, atomic_write_text, load_yaml_mapping
 from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
@@ -144,10 +145,11 @@ class BenchConfig:
     # Not part of the key: compiled decoding moves pixels by < 1e-6, so done stages serve either way;
     # each stage's result lists what it compiled.
     compile: bool = field(default=False, compare=False)
-    # the LPIPS backbones whose weights this machine (rank 0) has: whether training's perceptual
-    # loss is LPIPS, its labelled substitute or absent, and whether the LPIPS metric is measured,
-    # depend on them, so stages done without them are not reused with them. Part of the key only
-    # when some are present, so offline runs keep their run directories.
+    # which of the LPIPS backbones this run uses (the metric's; training's perceptual loss's) have
+    # their weights on this machine (rank 0): whether training's perceptual loss is LPIPS, its
+    # labelled substitute or absent, and whether the LPIPS metric is measured, depend on them, so
+    # stages done without them are not reused with them. Part of the key only when some are present,
+    # so offline runs keep their run directories.
     lpips_weights: tuple[str, ...] = ()
 
     @property
@@ -303,14 +305,15 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
 
     The sampler is built here, not injected by Lightning: Lightning seeds its ``DistributedSampler``
     from ``PL_GLOBAL_SEED``, which ``seed_process`` sets per rank, so ranks would shuffle
-    differently and draw overlapping parts. Every rank shuffles with ``seed``; their parts are disjoint.
+    differently and draw overlapping parts. Every rank shuffles with ``seed``; their parts are disjoint
+    and equal (the sampler drops the remainder rather than repeating images to pad the last rank).
     """
     from torch.utils.data import DistributedSampler
 
     from latentbench.distributed import rank, world_size
 
     if distributed and world_size() > 1:
-        sampler = DistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=drop_last)
+        sampler = DistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=True)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                           persistent_workers=num_workers > 0)
     generator = torch.Generator().manual_seed(seed)
@@ -369,8 +372,8 @@ def seed_process(seed: int) -> None:
 def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str, Any]:
     """Fit the tokenizer with Lightning; resume from the last checkpoint if one exists.
 
-    Under DDP each process takes ``batch_size / world size`` images per step (Lightning's
-    distributed sampler splits the shuffled split); rank 0 writes the weights.
+    Under DDP each process takes ``batch_size / world size`` images per step, its disjoint part
+    of each epoch's shuffle (``_loader``); rank 0 writes the weights.
     """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -389,6 +392,10 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     train_data, val_loader = data, None
     if validates:  # every held-out image once over all ranks, no padding, each with its index (its decoder seed)
         held = set(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
+        if len(held) < world_size():  # a process without one would skip the validation's collectives and hang
+            raise ValueError(f"{spec.name} validates while training on every {VAL_HOLDOUT}th train image: {len(held)} "
+                             f"held-out images for {world_size()} processes; give the protocol at least "
+                             f"{VAL_HOLDOUT * world_size()} train images or use fewer processes")
         train_data = Subset(data, [i for i in range(len(data)) if i not in held])
         val_loader = DataLoader(Indexed(Subset(data, sorted(held))), batch_size=per_rank_eval_batch(proto.eval.batch_size),
                                 sampler=ShardSampler(len(held), rank=None))
@@ -756,17 +763,18 @@ def run_bench(
         if ckpt and not Path(ckpt).is_file():
             raise FileNotFoundError(f"--ckpt {ckpt} is not a file: pass a tokenizer checkpoint (.safetensors, a torch "
                                     "file, or a Lightning .ckpt)")
-        if ckpt:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
-            load_tokenizer(spec, ckpt, trust_checkpoint)
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
         if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
             raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
+        if ckpt:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
+            load_tokenizer(spec, ckpt, trust_checkpoint)
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
         cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions,
-                          compile=compile, lpips_weights=broadcast(lpips_weights_present()))
+                          compile=compile)
+        cfg = replace(cfg, lpips_weights=broadcast(lpips_weights_present(lpips_nets_used(cfg))))
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -814,12 +822,28 @@ def run_bench(
         return recorded["record"]
 
 
-def lpips_weights_present() -> tuple[str, ...]:
-    """The LPIPS backbones (alex, vgg, squeeze) whose torchvision weights are in this machine's torch hub cache."""
+def lpips_nets_used(cfg: BenchConfig) -> set[str]:
+    """The LPIPS backbones a run uses: the protocol's metric's, and training's perceptual loss's when it trains with one."""
+    import inspect
+
+    nets = {cfg.protocol.eval.lpips_net}
+    if cfg.steps > 0:
+        defaults = {}  # the module's defaults, from the first class in its MRO that names each argument
+        for klass in reversed(cfg.tokenizer.module_class().__mro__):
+            params = inspect.signature(klass.__init__).parameters
+            defaults |= {k: params[k].default for k in ("perceptual_weight", "perceptual_net") if k in params}
+        args = {**defaults, **cfg.tokenizer.module_args}
+        if (args.get("perceptual_weight") or 0) > 0 and args.get("perceptual_net"):
+            nets.add(args["perceptual_net"])
+    return nets
+
+
+def lpips_weights_present(nets: set[str] | tuple[str, ...] = ("alex", "squeeze", "vgg")) -> tuple[str, ...]:
+    """Those of the LPIPS backbones ``nets`` whose torchvision weights are in this machine's torch hub cache."""
     from latentbench.weights import WeightsUnavailable, require_lpips_weights
 
     present = []
-    for net in ("alex", "squeeze", "vgg"):
+    for net in sorted(nets):
         try:
             require_lpips_weights(net)
             present.append(net)

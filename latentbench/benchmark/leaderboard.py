@@ -301,7 +301,9 @@ def _perceptual_kind(status: str) -> str:
         return "the labelled substitute, LPIPS's recipe on the domain classifier"
     if status == "off":
         return "none, off in the config"
-    return "none, LPIPS weights unavailable and no substitute configured"
+    if status.startswith("unavailable"):
+        return "none, LPIPS weights unavailable and no substitute configured"
+    return status.split(":")[0]  # a user module's own status
 
 
 def _perceptual_notes(records: list[dict[str, Any]]) -> list[str]:

@@ -32,7 +32,7 @@ class RAEModule(AutoencoderModule):
         tokenizer: registry name (``rae-ci``, ``rae-dinov2-b``...) or ``package.module:Class``.
         tokenizer_args: keyword arguments for the tokenizer.
         stats_images: fit the latent statistics on the first ``stats_images`` training images
-            (in dataset order, per rank); None: the whole training split (the paper's choice).
+            (in dataset order, counted over all processes); None: the whole training split (the paper's choice).
         stats_batch_size: batch size of the statistics pass; default: the training loader's.
         disc_backbone: None: ``AutoencoderModule``'s PatchGAN. Else the frozen encoder of a
             ``FeatureDiscriminator`` (a ``create_encoder`` name: a timm ViT with local weights, or

@@ -452,7 +452,7 @@ def test_ddp_training_ranks_take_disjoint_parts_of_every_epoch(monkeypatch):
 
 def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
     """Training's perceptual loss and the LPIPS metric depend on them: stages done without are not reused with them."""
-    from latentbench.benchmark.harness import BenchConfig, lpips_weights_present, resolve_tokenizer
+    from latentbench.benchmark.harness import BenchConfig, lpips_nets_used, lpips_weights_present, resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
     from latentbench.weights import lpips_backbone_url, torch_hub_file
 
@@ -465,5 +465,22 @@ def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
     path = torch_hub_file(lpips_backbone_url("alex"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"weights")
-    online = BenchConfig(spec, proto, lpips_weights=lpips_weights_present())
+    online = BenchConfig(spec, proto, lpips_weights=lpips_weights_present(lpips_nets_used(offline)))
     assert online.lpips_weights == ("alex",) and online.key != offline.key
+    # only the backbones the run uses count: the metric's (alex under smoke), and training's (vgg) when it trains
+    assert lpips_nets_used(offline) == {proto.eval.lpips_net, "vgg"}
+    assert lpips_nets_used(BenchConfig(spec, proto, train_steps=0)) == {proto.eval.lpips_net}
+    assert lpips_weights_present({"vgg", "squeeze"}) == ()
+
+
+def test_training_validation_needs_a_held_out_image_per_process(tmp_path, monkeypatch):
+    """A process without a held-out image would skip FlowMo's validation collectives and hang the others."""
+    import latentbench.benchmark.harness as harness
+    from latentbench.benchmark.harness import BenchConfig, resolve_tokenizer, train_stage
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("smoke")
+    cfg = BenchConfig(resolve_tokenizer("flowmo", proto), proto)
+    monkeypatch.setattr(harness, "world_size", lambda: 32)
+    with pytest.raises(ValueError, match=r"every 16th train image: 16 held-out images for 32 processes; .* at least 512"):
+        train_stage(cfg, tmp_path, "error")
