@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -353,14 +354,20 @@ def load_reference_for(path: str | os.PathLike, extractor, fix: str) -> Referenc
     ``inception-tf``. ``fix`` completes the message (``pass --extractor {expected}``; ``{expected}``
     is the extractor the file was computed with).
     """
-    with np.load(path, allow_pickle=False) as npz:
-        ours = "n" in npz.files  # ADM reference batches carry mu and sigma only
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            ours = "n" in npz.files  # ADM reference batches carry mu and sigma only
+    except (ValueError, OSError, zipfile.BadZipFile) as e:  # numpy's own message suggests allow_pickle, which no option sets
+        raise ValueError(f"{path} is not a readable .npz of statistics ({type(e).__name__}); write one with "
+                         "latentbench stats, or give an ADM reference batch (an .npz of mu and sigma)") from None
     reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
     if reference.dim != extractor.dim:
         raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
     expected = reference.meta.get("extractor_id") if ours else "inception-tf"
     if expected and expected != extractor.id:
-        raise ValueError(f"{path} was computed with {expected}, not {extractor.id}; {fix.format(expected=expected)}")
+        origin = (f"was computed with {expected}" if ours else
+                  f"carries only mu and sigma, as an ADM reference batch of Inception features does, so it is read as {expected}")
+        raise ValueError(f"{path} {origin}, not {extractor.id}; {fix.format(expected=expected)}")
     sha = reference.meta.get("weights_sha256")
     if ours and sha and sha != extractor.weights_sha256:
         raise ValueError(f"{path} was computed with {expected} weights {sha[:12]}, these are {extractor.weights_sha256[:12]}: "

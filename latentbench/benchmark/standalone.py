@@ -180,6 +180,8 @@ def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: st
                       extractor_weights: str | None = None, batch_size: int = 50) -> Path:
     """Feature statistics of a folder as an npz that ``--real`` accepts (tagged with the extractor)."""
     check_batch_size(batch_size)
+    if Path(out).suffix.lower() != ".npz":  # --real tells a statistics file from a folder by it
+        raise ValueError(f"--out {out} must end in .npz (metrics --real takes a statistics file by that suffix)")
     from latentbench.benchmark.extractors import create_extractor
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)

@@ -142,7 +142,7 @@ def test_a_reference_npz_of_another_extractor_is_refused(tmp_path):
         reference_stats(str(same_id), None, PixelStats(), 4)
     adm = tmp_path / "adm.npz"
     np.savez(adm, mu=np.zeros(6), sigma=np.eye(6))
-    with pytest.raises(ValueError, match="computed with inception-tf, not pixel-stats"):
+    with pytest.raises(ValueError, match="carries only mu and sigma, as an ADM reference batch of Inception features does, so it is read as inception-tf, not pixel-stats"):
         reference_stats(str(adm), None, PixelStats(), 4)
     stats.save_npz(tmp_path / "good.npz", extractor_id="pixel-stats", weights_sha256="none")
     assert reference_stats(str(tmp_path / "good.npz"), None, PixelStats(), 4).n == 20

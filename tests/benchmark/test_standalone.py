@@ -198,3 +198,8 @@ def test_statistics_and_tiny_folders_fail_clearly(tmp_path):
     with pytest.raises(ValueError, match=f"but {one} holds 1"):
         save_folder_stats(one, tmp_path / "one.npz", extractor_name="domain-mnist")
     assert not (tmp_path / "one.npz").exists()
+    with pytest.raises(ValueError, match="--out .*stats_noext must end in .npz"):  # refused before any work
+        save_folder_stats(real, tmp_path / "stats_noext", extractor_name="domain-mnist")
+    (tmp_path / "text.npz").write_text("not numpy")
+    with pytest.raises(ValueError, match="text.npz is not a readable .npz of statistics"):
+        folder_metrics(tmp_path / "text.npz", fake, fid=True, extractor="domain-mnist")
