@@ -174,14 +174,8 @@ def decode_per_sample(tokenizer: nn.Module, z: Tensor, seeds: list[int] | Tensor
     from latentbench.generators import seeding
 
     params = inspect.signature(tokenizer.decode).parameters
-    if not decodes_stochastically(tokenizer):
-        if "generator" in params:
-            return tokenizer.decode(z)
-        # no generator to seed: should such a decoder draw from torch's global RNG after all, it draws the same
-        # numbers on every run, and the caller's RNG state is left as it was
-        with torch.random.fork_rng(devices=[] if z.device.type == "cpu" else [z.device]):
-            torch.manual_seed(int(seeds[0]) if len(seeds) else 0)
-            return tokenizer.decode(z)
+    if not decodes_stochastically(tokenizer):  # the whole batch, under one fixed seed should it draw after all
+        return decode_seeded(tokenizer, z, int(seeds[0]) if len(seeds) else 0)
     if "generator" not in params:
         raise TypeError(f"{type(tokenizer).__qualname__} sets stochastic_decode but its decode takes no generator: "
                         "add a generator argument that seeds its randomness (see latentbench.tokenizers.base.Tokenizer)")
