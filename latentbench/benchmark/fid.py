@@ -38,7 +38,8 @@ duplicates samples, which inflates FID's small-sample bias, so the replicate FID
 the point estimate by about that bias (measured: D = 64, n = 300 gave FID 60.4 and replicate
 percentiles [69.2, 76.9], wholly above it). The reported interval is therefore the 2.5 / 97.5
 percentiles of the replicates shifted down by ``bootstrap_bias`` (replicate mean minus value,
-also returned): it describes the sampling spread around the value, not the value's own bias. Its cost is real: per feature
+also returned), its lower end clipped at 0 (at tiny n the shift can exceed the low percentile):
+it describes the sampling spread around the value, not the value's own bias. Its cost is real: per feature
 stream it keeps ``bootstrap * D^2 * 8`` bytes (Inception, D = 2048: 32 MiB per replicate) and
 each update costs ``bootstrap`` times a plain update, and ``compute()`` takes one or two
 symmetric eigensolves per replicate (one against a fixed reference, whose root is kept).
@@ -536,7 +537,7 @@ class FrechetDistance(Metric):
         Returns:
             ``{"value": float, "n": fake sample count, "n_real": real count (None for a
             reference without one), "interval": [lo, hi] (2.5 / 97.5 percentiles of the
-            replicate FIDs, shifted down by "bootstrap_bias") or None, "bootstrap": B, "interval_level": 0.95,
+            replicate FIDs, shifted down by "bootstrap_bias", the lower end at least 0) or None, "bootstrap": B, "interval_level": 0.95,
             "bootstrap_bias": mean of the replicate FIDs minus "value", or None}``.
 
         Raises:
@@ -552,7 +553,9 @@ class FrechetDistance(Metric):
             replicates = self.replicate_values()
             lo, hi = np.percentile(replicates, [50 * (1 - INTERVAL_LEVEL), 50 * (1 + INTERVAL_LEVEL)])
             bias = float(replicates.mean() - value)
-            interval = [float(lo) - bias, float(hi) - bias]  # centred: the spread, not the resampling bias
+            # centred: the spread, not the resampling bias; a distance is never negative, so at tiny n,
+            # where the shift exceeds the low percentile, the interval starts at 0
+            interval = [max(float(lo) - bias, 0.0), float(hi) - bias]
         return {"value": value, "n": n, "n_real": n if self.reference is None else self.reference.n,
                 "interval": interval, "bootstrap": self.bootstrap, "interval_level": INTERVAL_LEVEL,
                 "bootstrap_bias": bias}

@@ -43,6 +43,11 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
         path = Path(reference)
         if not path.is_absolute() and not path.exists() and cache_dir is not None:
             path = Path(cache_dir) / reference  # shipped protocols name files to place in the cache
+        from latentbench.distributed import require_agreement
+
+        # a node without the file would raise alone and leave the others waiting in a collective
+        require_agreement("found" if path.is_file() else "missing", f"the gFID reference {reference}",
+                          "put the file on every node (the cache folder, LATENTBENCH_CACHE) or on a shared filesystem")
         if not path.is_file():
             raise FileNotFoundError(f"gFID reference statistics {reference} not found (looked at {path}): the protocol's "
                                     "generator.reference names an .npz of mu/sigma (e.g. ADM's reference batch); "

@@ -179,6 +179,12 @@ try:
     require_agreement("found" if dist.get_rank() == 0 else "missing", "LPIPS's weights", "put them on every node")
 except ValueError as e:
     print(f"rank {dist.get_rank()}: {e}")
+# a gFID reference .npz that only rank 0's node has (ref-0.npz exists, ref-1.npz does not)
+from latentbench.benchmark.gfid import reference_stats
+try:
+    reference_stats(f"{sys.argv[1]}/ref-{dist.get_rank()}.npz", None, None, 4)
+except ValueError as e:
+    print(f"rank {dist.get_rank()}: {e}")
 dist.destroy_process_group()
 """
 
@@ -186,9 +192,12 @@ dist.destroy_process_group()
 def test_processes_that_find_different_weight_files_stop_together(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text(AGREE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    (tmp_path / "ref-0.npz").write_bytes(b"")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):  # every rank raises, so none waits in a collective for the others
         assert (f"rank {rank}: the processes disagree on LPIPS's weights: found on rank 0, missing on rank 1; "
                 "put them on every node") in proc.stdout
+        assert (f"rank {rank}: the processes disagree on the gFID reference {tmp_path}/ref-{rank}.npz: found on rank 0, "
+                "missing on rank 1; put the file on every node") in proc.stdout

@@ -216,6 +216,14 @@ def test_interval_is_centred_on_the_value_despite_the_resampling_bias():
     assert result["interval"][0] < result["value"] < result["interval"][1]
 
 
+def test_interval_never_goes_below_zero_at_tiny_n():
+    """n = 12 at D = 4: the resampling bias exceeds the replicates' low percentile; a distance is >= 0."""
+    metric = _bootstrapped(_features(12, seed=2, dim=4), _features(12, seed=1, dim=4), bootstrap=50)
+    result, replicates = metric.compute(), metric.replicate_values()
+    assert np.percentile(replicates, 2.5) - result["bootstrap_bias"] < 0  # the unclipped end
+    assert result["interval"][0] == 0.0 < result["value"] < result["interval"][1]
+
+
 def test_two_ranks_sum_to_the_single_process_statistics():
     """DDP emulated: disjoint index sets on two metrics, states summed as an all-reduce would."""
     real, fake = _features(101, seed=5, dim=D_BOOT), _features(101, shift=0.2, seed=6, dim=D_BOOT)
