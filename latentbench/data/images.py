@@ -8,6 +8,9 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
 - 16-bit integer modes (I;16, I;16B, I;16L and I, which is how PIL opens some 16-bit files)
   are scaled to 8 bit by ``round(value / 257)``, so 65535 -> 255 and 32896 -> 128. PIL's own
   ``convert`` clips those values at 255 instead, which turns most of the image white.
+- 16-bit RGB and RGBA PNGs are opened by PIL as 8-bit RGB keeping each value's high byte
+  (``value >> 8``) and are left so: torch-fidelity and ADM read them through PIL the same way.
+  That can differ by one level from the grayscale rounding above (200 -> 0, not 1).
 - F (32-bit float) is taken to already be on the 0..255 scale: rounded and clipped.
 - EXIF orientation is not applied (ADM does not apply it either).
 

@@ -58,6 +58,26 @@ def test_16bit_png_is_scaled_not_clipped():
     assert np.array_equal(arr[..., 0], arr[..., 2])
 
 
+def _rgb16_png(values: np.ndarray) -> bytes:
+    """A 16-bit RGB PNG written by hand (PIL cannot write one): (H, W, 3) big-endian uint16."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    h, w, _ = values.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_rgb_png_keeps_the_high_byte_as_pil_torch_fidelity_and_adm_read_it():
+    values = np.array([[[200, 383, 32896], [65535, 0, 65534]]], dtype=np.uint16)
+    arr = np.asarray(load_rgb(_rgb16_png(values), "rgb16.png"))
+    assert arr.tolist() == (values >> 8).tolist() == [[[0, 1, 128], [255, 0, 255]]]  # round(v / 257) would give 1 for 200
+
+
 def test_float_mode_is_clipped():
     img = Image.fromarray(np.array([[-5.0, 127.6, 300.0]], dtype=np.float32))
     assert np.asarray(load_rgb(_png_bytes(img, "TIFF"), "f.tif"))[0, :, 1].tolist() == [0, 128, 255]
