@@ -26,6 +26,17 @@ def test_worse_beyond_tolerance_names_tokenizer_and_metric():
     assert failures[1].startswith("tok-smoke rfid: 106 vs golden 100")
 
 
+def test_the_probe_may_move_by_one_eval_image():
+    """An accuracy over n images moves in steps of 1/n: one image flipped by another CPU's kernels is not a regression."""
+    golden = {"tok-smoke": {"probe": {"value": 63 / 64, "tolerance": 0.001}, "psnr": {"value": 20.0, "tolerance": 0.001}}}
+    one_less = {"tok-smoke": {"probe": 62 / 64, "psnr": 20.0}}
+    assert check(golden, one_less, {"tok-smoke": {"probe": 64, "psnr": 64}}) == []
+    (failure,) = check(golden, {"tok-smoke": {"probe": 61 / 64, "psnr": 20.0}}, {"tok-smoke": {"probe": 64, "psnr": 64}})
+    assert failure.startswith("tok-smoke probe: 0.953125 vs golden 0.984375") and "tolerance 0.01562" in failure
+    assert check(golden, one_less)[0].startswith("tok-smoke probe")  # without counts: the golden tolerance alone
+    assert check(golden, {"tok-smoke": {"probe": 63 / 64, "psnr": 19.99}}, {"tok-smoke": {"psnr": 64}})  # psnr: no floor
+
+
 def test_missing_rows_and_metrics_fail():
     assert check(_golden(), {}) == ["tok-smoke: no row (the bench did not produce it)"]
     assert check(_golden(), {"tok-smoke": {"psnr": 20.0}}) == ["tok-smoke rfid: missing (golden 100)"]
