@@ -6,7 +6,8 @@ the other seeds gave, and a tolerance set from that seed-to-seed spread:
 ``tolerance = SPREAD_FACTOR * (max - min)`` over the seeds, at least ``MIN_TOLERANCE`` of the
 value (the probe's accuracy is checked with at least one eval image's worth: ``COUNTED``).
 ``latentbench regress`` re-runs the benches with seed 0 and fails, naming tokenizer and metric,
-when a metric is worse than golden by more than its tolerance (better is fine: update the golden file with ``latentbench regress --update`` when an improvement lands).
+when a metric is worse than golden by more than its tolerance (better is fine: update the golden
+file with ``latentbench regress --update`` when an improvement lands).
 
 Golden values hold for one training precision. ``smoke.yaml`` is the protocol's (bf16-mixed); a
 machine that trains in another one (a CPU without fast bf16 falls back to 32-true, see
