@@ -67,10 +67,11 @@ def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = 
     run_bench(family, PROTOCOL, seed=seed, runs_dir=root / "runs", leaderboard_dir=lb, log=lambda s: None, precision=precision)
     rows = {}
     for record in (r for d in lb.glob(f"{PROTOCOL}/v*") for r in read_records(d)):
-        metrics = {k: m for k, m in record["metrics"].items() if k in DIRECTION and "value" in m}
-        rows[display_name(record["tokenizer"])] = {k: float(m["value"]) for k, m in metrics.items()}
+        name, metrics = display_name(record["tokenizer"]), {k: m for k, m in record["metrics"].items()
+                                                            if k in DIRECTION and "value" in m}
+        rows[name] = {k: float(m["value"]) for k, m in metrics.items()}
         if counts is not None:
-            counts[display_name(record["tokenizer"])] = {k: int(m["n"]) for k, m in metrics.items() if m.get("n")}
+            counts[name] = {k: int(m["n"]) for k, m in metrics.items() if m.get("n")}
     log(f"  {family} seed {seed}: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
                                                for name, m in rows.items()))
     return rows
