@@ -149,6 +149,15 @@ def init_process_group(launch: Launch) -> bool:
     # CPU convolution backward returns 1x1-kernel gradients in channels-last strides; DDP copies
     # them into its flat buckets and warns once per process. Numbers are unaffected.
     warnings.filterwarnings("ignore", message=r"Grad strides do not match bucket view strides")
+    # torch._dynamo imported after the group exists (torchvision, torchmetrics and Lightning import
+    # it) holds references to the group that outlive destroy_process_group (10, measured), and with
+    # them its gloo worker threads. One of those, freeing a finished collective's tensors while the
+    # interpreter finalizes, needs the GIL and aborts the process ("terminate called without an
+    # active exception"; core dump: ~AsyncAllgatherWork -> take_gil -> PyThread_exit_thread; 4 of
+    # 20 two-process runs of a test script that imported the gFID module after creating its group).
+    # cluster_environment's Lightning import has already brought it in; this makes that a rule.
+    import torch._dynamo  # noqa: F401
+
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank())
@@ -190,7 +199,9 @@ def destroy_process_group() -> None:
     A gloo group left to the interpreter's exit is torn down while Python finalizes, and about
     one exit in seven aborted there in C++ ("terminate called without an active exception",
     exit code -6 on rank 0 after every stage had finished and written; 1 of 7 two-process
-    smoke benches on a 2-core CPU). Destroying it explicitly, as PyTorch asks, ends that.
+    smoke benches on a 2-core CPU). Destroying it explicitly, as PyTorch asks, frees the group and
+    joins its worker threads while the interpreter is whole, provided nothing else holds the
+    group (``init_process_group`` sees to it that ``torch._dynamo`` does not).
     """
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -171,6 +171,7 @@ def test_two_process_bench_equals_one_process(tmp_path):
 AGREE = """
 import sys
 import torch.distributed as dist
+from latentbench.benchmark.gfid import reference_stats  # before the group exists: see distributed.init_process_group
 from latentbench.distributed import require_agreement
 
 dist.init_process_group("gloo")
@@ -180,7 +181,6 @@ try:
 except ValueError as e:
     print(f"rank {dist.get_rank()}: {e}")
 # a gFID reference .npz that only rank 0's node has (ref-0.npz exists, ref-1.npz does not)
-from latentbench.benchmark.gfid import reference_stats
 try:
     reference_stats(f"{sys.argv[1]}/ref-{dist.get_rank()}.npz", None, None, 4)
 except ValueError as e:
@@ -201,3 +201,39 @@ def test_processes_that_find_different_weight_files_stop_together(tmp_path):
                 "put them on every node") in proc.stdout
         assert (f"rank {rank}: the processes disagree on the gFID reference {tmp_path}/ref-{rank}.npz: found on rank 0, "
                 "missing on rank 1; put the file on every node") in proc.stdout
+
+
+
+LEAVE = """
+import os
+import latentbench.distributed as ld
+
+threads = lambda: len(os.listdir("/proc/self/task"))
+before = threads()
+ld.init_process_group(ld.Launch(devices=2))
+import torchvision  # the stages import their libraries lazily, after the group exists (torchvision imports torch._dynamo)
+ld.all_gather({"rank": ld.rank()})  # a collective whose tensors Python made
+during = threads()
+ld.destroy_process_group()
+print(before, during, threads())
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_leaving_the_group_joins_its_threads(tmp_path):
+    """Leaving the group frees it, and so its gloo worker threads, before the interpreter finalizes.
+
+    A worker still alive then, freeing a finished collective's tensors, needs the GIL and aborts
+    the process ("terminate called without an active exception"); ``torch._dynamo`` imported
+    after the group was created keeps it alive, so ``distributed.init_process_group`` makes sure it
+    is imported first, and the libraries a stage imports later cannot.
+    """
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
+    assert len(counts) == 2, proc.stdout
+    for before, during, after in counts:
+        assert during > before and after == before, (before, during, after)
