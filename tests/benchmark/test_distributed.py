@@ -203,7 +203,6 @@ def test_processes_that_find_different_weight_files_stop_together(tmp_path):
                 "missing on rank 1; put the file on every node") in proc.stdout
 
 
-
 LEAVE = """
 import os
 import latentbench.distributed as ld
