@@ -204,17 +204,21 @@ def test_processes_that_find_different_weight_files_stop_together(tmp_path):
 
 
 LEAVE = """
-import os
+import os, sys
 import latentbench.distributed as ld
 
-threads = lambda: len(os.listdir("/proc/self/task"))
-before = threads()
+def gloo_threads():  # gloo names its threads (gloo_tcp_loop, pt_gloo_runloop); others come and go with imports
+    names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+    return sum("gloo" in name for name in names)
+
 ld.init_process_group(ld.Launch(devices=2))
 import torchvision  # the stages import their libraries lazily, after the group exists (torchvision imports torch._dynamo)
 ld.all_gather({"rank": ld.rank()})  # a collective whose tensors Python made
-during = threads()
+during = gloo_threads()
+rank = ld.rank()
 ld.destroy_process_group()
-print(before, during, threads())
+with open(f"{sys.argv[1]}/threads-{rank}", "w") as f:  # a file each: two ranks' prints can interleave
+    f.write(f"{during} {gloo_threads()}")
 """
 
 
@@ -229,10 +233,9 @@ def test_leaving_the_group_joins_its_threads(tmp_path):
     """
     script = tmp_path / "leave.py"
     script.write_text(LEAVE)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    counts = [tuple(map(int, line.split())) for line in proc.stdout.splitlines()]
-    assert len(counts) == 2, proc.stdout
-    for before, during, after in counts:
-        assert during > before and after == before, (before, during, after)
+    for rank in (0, 1):
+        during, after = map(int, (tmp_path / f"threads-{rank}").read_text().split())
+        assert during > 0 and after == 0, (rank, during, after)
