@@ -10,9 +10,11 @@ the yardstick the bf16 difference is judged by. About 7 minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -22,8 +24,9 @@ from latentbench.benchmark.harness import BenchConfig, _dataset, build_metrics, 
 from latentbench.benchmark.protocol import load_protocol
 
 
-def bf16_decoding(tokenizer) -> None:
-    """Make ``tokenizer.decode`` run under CPU bf16 autocast (keeping its signature: it takes a generator)."""
+@contextlib.contextmanager
+def bf16_decoding(tokenizer) -> Iterator[None]:
+    """``tokenizer.decode`` under CPU bf16 autocast inside the block (its signature kept: it takes a generator)."""
     plain = tokenizer.decode
 
     @functools.wraps(plain)
@@ -32,6 +35,10 @@ def bf16_decoding(tokenizer) -> None:
             return plain(*args, **kwargs).float()
 
     tokenizer.decode = decode
+    try:
+        yield
+    finally:
+        del tokenizer.decode  # the class's own method again
 
 
 def main() -> None:
@@ -47,13 +54,12 @@ def main() -> None:
         weights = args.run_dir / name
         if not weights.is_file():
             raise SystemExit(f"{weights} not found: pass the run directory of a finished `make bench TOKENIZER=flowmo`")
+        tokenizer, _ = load_for_decoding(cfg, weights, True)
         for label, seed, bf16 in (("fp32 seed 0", 0, False), ("bf16 seed 0", 0, True), ("fp32 seed 1", 1, False)):
-            tokenizer, _ = load_for_decoding(cfg, weights, True)
-            if bf16:
-                bf16_decoding(tokenizer)
             metrics = build_metrics(proto, seed)
             start = time.perf_counter()
-            reconstruct(tokenizer, data, metrics, proto.eval.batch_size, seed)
+            with bf16_decoding(tokenizer) if bf16 else contextlib.nullcontext():
+                reconstruct(tokenizer, data, metrics, proto.eval.batch_size, seed)
             row = {k: v.get("value") if isinstance(v, dict) else v for k, v in metrics.results().items()}
             row["seconds"] = round(time.perf_counter() - start, 1)
             results[f"{variant} {label}"] = row
