@@ -150,12 +150,18 @@ def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_na
                         extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
     """Fréchet distance between the feature statistics of two folders."""
     from latentbench.benchmark.extractors import create_extractor
-    from latentbench.benchmark.fid import FrechetDistance
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
-    if is_statistics_file(real_dir):
-        reference = load_reference(real_dir, extractor)
-    else:
+    reference = load_reference(real_dir, extractor) if is_statistics_file(real_dir) else None
+    return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
+
+
+def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, bootstrap: int,
+              batch_size: int) -> dict[str, Any]:
+    """``fid_between_folders`` with the extractor built (and a ``--real`` statistics file loaded) already."""
+    from latentbench.benchmark.fid import FrechetDistance
+
+    if reference is None:
         reference = folder_stats(real_dir, extractor, batch_size).reference()
     metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap)
     seen = 0
@@ -205,7 +211,12 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
     if names and is_statistics_file(real):
         raise ValueError(f"--real {real} is a statistics file, which serves --fid only: {', '.join(names)} compare "
                          "images pair by pair, so pass the image folder as --real (or drop those metrics)")
+    if fid:  # its weights (and a --real statistics file) are checked before any image is read
+        from latentbench.benchmark.extractors import create_extractor
+
+        fid_extractor = create_extractor(extractor, weights=extractor_weights)
+        reference = load_reference(real, fid_extractor) if is_statistics_file(real) else None
     results = paired_metrics(real, fake, names, lpips_net, batch_size) if names else {}
     if fid:
-        results["fid"] = fid_between_folders(real, fake, extractor, extractor_weights, bootstrap, batch_size)
+        results["fid"] = _fid_with(fid_extractor, reference, real, fake, bootstrap, batch_size)
     return results

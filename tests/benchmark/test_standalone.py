@@ -105,6 +105,20 @@ def test_missing_inception_weights_explain_where_to_put_them(tmp_path, monkeypat
     assert proc.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in proc.stderr
 
 
+def test_fid_weights_are_checked_before_the_paired_metrics_read_an_image(tmp_path, monkeypatch):
+    """--psnr --fid without Inception's weights stops at once, not after a pass over every pair."""
+    import latentbench.benchmark.standalone as standalone
+    from latentbench.weights import WeightsUnavailable
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    real, fake, _ = _folders(tmp_path)
+    read = []
+    monkeypatch.setattr(standalone, "paired_metrics", lambda *a, **k: read.append(a) or {})
+    with pytest.raises(WeightsUnavailable, match="weights-inception"):
+        folder_metrics(real, fake, psnr=True, fid=True)
+    assert read == []
+
+
 def test_fid_against_saved_and_adm_reference_statistics(tmp_path):
     from latentbench.benchmark.standalone import save_folder_stats
 
