@@ -157,8 +157,29 @@ def lpips_backbone_url(net: str) -> str:
     return weights[net].url
 
 
+def check_published_hash(path: Path, url: str, what: str) -> None:
+    """WeightsUnavailable unless ``path``'s sha256 starts with the hash in its published name.
+
+    torch hub names a file ``<name>-<first hex digits of its sha256>.<ext>`` and checks that
+    only while downloading (``check_hash``); a file copied in by hand, cut short or replaced is
+    checked here, before a metric is computed from it.
+    """
+    match = torch.hub.HASH_REGEX.search(path.name)
+    if match is None or not match.group(1):
+        return
+    expected, digest = match.group(1), sha256_file(path)
+    if not digest.startswith(expected):
+        size = path.stat().st_size
+        raise WeightsUnavailable(
+            f"{what} needs {path.name} as published, but the file at {path} ({size:,} bytes) is not it: its sha256 "
+            f"starts {digest[:len(expected)]}, the published file's {expected} (a download cut short, an empty "
+            f"file or other weights). Delete it and download {url} to {path}."
+        )
+
+
 def require_lpips_weights(net: str) -> Path:
-    """Path of the LPIPS backbone weights, or WeightsUnavailable saying where to put them."""
+    """Path of the LPIPS backbone weights (checked against their published hash), or WeightsUnavailable
+    saying where to put them."""
     url = lpips_backbone_url(net)
     path = torch_hub_file(url)
     if not path.is_file():
@@ -166,6 +187,7 @@ def require_lpips_weights(net: str) -> Path:
             f"LPIPS-{net} needs torchvision's ImageNet backbone weights, which are not on this machine: "
             f"download {url} to {path} (or point TORCH_HOME at a folder whose hub/checkpoints/ holds it)."
         )
+    check_published_hash(path, url, f"LPIPS-{net}")
     return path
 
 

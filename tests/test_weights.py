@@ -1,4 +1,5 @@
 import collections
+import hashlib
 
 import pytest
 import torch
@@ -70,7 +71,6 @@ def test_missing_file_and_hash(tmp_path):
 
 
 def test_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
-    import hashlib
     import os
 
     path = tmp_path / "w.bin"
@@ -91,6 +91,36 @@ def test_lpips_weights_missing_names_file_and_place(monkeypatch, tmp_path):
         require_lpips_weights("alex")
     with pytest.raises(ValueError, match="must be one of"):
         require_lpips_weights("resnet")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", b"a state dict of other weights"])
+def test_lpips_weights_that_are_not_the_published_file_are_unavailable(monkeypatch, tmp_path, content):
+    """An empty, cut-short or substituted backbone file is refused, not loaded (or crashed on)."""
+    from latentbench.benchmark.harness import lpips_weights_present
+    from latentbench.benchmark.perceptual import lpips_status
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    with pytest.raises(WeightsUnavailable, match=rf"sha256 starts {digest[:8]}, the published file's 7be5be79.*"
+                                                 rf"Delete it and download https://\S+alexnet-owt-7be5be79\.pth"):
+        require_lpips_weights("alex")
+    assert lpips_status("alex").startswith("unavailable: LPIPS-alex needs alexnet-owt-7be5be79.pth as published")
+    assert lpips_weights_present({"alex"}) == ()  # the run key does not count it either
+
+
+def test_a_file_whose_hash_matches_its_name_passes(tmp_path):
+    from latentbench.weights import check_published_hash
+
+    content = b"weights"
+    path = tmp_path / f"net-{hashlib.sha256(content).hexdigest()[:8]}.pth"
+    path.write_bytes(content)
+    check_published_hash(path, "https://example.org/" + path.name, "net")
+    unnamed = tmp_path / "net.pth"  # no hash in the name: nothing to check against
+    unnamed.write_bytes(content)
+    check_published_hash(unnamed, "https://example.org/net.pth", "net")
 
 
 def test_extract_state_dict_takes_flowmo_ema_weights():

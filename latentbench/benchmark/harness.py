@@ -840,10 +840,17 @@ def lpips_nets_used(cfg: BenchConfig) -> set[str]:
 
 def lpips_weights_present(nets: set[str] | tuple[str, ...] = ("alex", "squeeze", "vgg")) -> tuple[str, ...]:
     """Those of the LPIPS backbones ``nets`` whose torchvision weights are in this machine's torch hub cache
-    (where ``require_lpips_weights`` looks)."""
-    from latentbench.weights import lpips_backbone_url, torch_hub_file
+    (where ``require_lpips_weights`` looks) and match their published hash."""
+    from latentbench.weights import WeightsUnavailable, require_lpips_weights
 
-    return tuple(net for net in sorted(nets) if torch_hub_file(lpips_backbone_url(net)).is_file())
+    present = []
+    for net in sorted(nets):
+        try:
+            require_lpips_weights(net)
+        except WeightsUnavailable:
+            continue
+        present.append(net)
+    return tuple(present)
 
 
 def check_training_batches(proto: Protocol, tokenizer_steps: int) -> None:

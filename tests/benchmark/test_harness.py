@@ -465,6 +465,10 @@ def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
     path = torch_hub_file(lpips_backbone_url("alex"))
     path.parent.mkdir(parents=True)
     path.write_bytes(b"weights")
+    assert lpips_weights_present(lpips_nets_used(offline)) == ()  # not the published file: refused
+    import latentbench.weights
+
+    monkeypatch.setattr(latentbench.weights, "check_published_hash", lambda *a: None)  # stand-in for the real file
     online = BenchConfig(spec, proto, lpips_weights=lpips_weights_present(lpips_nets_used(offline)))
     assert online.lpips_weights == ("alex",) and online.key != offline.key
     # only the backbones the run uses count: the metric's (alex under smoke), and training's (vgg) when it trains
