@@ -20,6 +20,7 @@ only pixels within ~1e-16 below 0).
 from __future__ import annotations
 
 import math
+import warnings
 from abc import abstractmethod
 
 import torch
@@ -35,8 +36,14 @@ SSIM_RADIUS = 5  # (11 - 1) / 2: the border where the window does not fit
 CPU_CHUNK_VALUES = 2**19
 
 
-def to_uint8(x: Tensor) -> Tensor:
+def to_uint8(x: Tensor, warn_unit_range: bool = False) -> Tensor:
     """[-1, 1] float images -> uint8 by rounding (not truncation); uint8 passes through.
+
+    Args:
+        warn_unit_range: warn when a float batch lies wholly in [0, 1] and is not constant, the
+            mark of [0, 1] images passed by mistake (they would read as the upper half of the
+            range: PSNR ~6 dB high). A warning, not LPIPS's error: a batch of only bright [-1, 1]
+            images looks the same, and PSNR / SSIM are well defined for it.
 
     Raises:
         ValueError: integer images of another dtype (their scale is unknown: 0..255 in int64,
@@ -48,6 +55,9 @@ def to_uint8(x: Tensor) -> Tensor:
         raise ValueError(f"images must be uint8 (0..255) or floats in [-1, 1], got {x.dtype}: convert 0..255 "
                          "integers with x.to(torch.uint8), 16-bit ones with (x / 257).round().to(torch.uint8)")
     lo, hi = check_finite(x)
+    if warn_unit_range and 0 <= lo < hi <= 1:
+        warnings.warn("float images are read as [-1, 1], and these lie in [0, 1]: if they are [0, 1] images, pass "
+                      "x * 2 - 1 (or uint8 images), or PSNR and SSIM compare the upper half of the range", stacklevel=3)
     if lo < -1 or hi > 1:  # clamping before rounding gives what clamping after would
         x = x.clamp(-1, 1)
     out = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
@@ -89,7 +99,7 @@ def check_finite(x: Tensor) -> tuple[float, float]:
 
 
 def check_pair(real: Tensor, fake: Tensor) -> None:
-    """Both (B, 3, H, W) of the same shape."""
+    """Both (B, C, H, W) of the same shape (PSNR and SSIM take any channel count; LPIPS checks for 3)."""
     if real.shape != fake.shape or real.ndim != 4:
         raise ValueError(f"real and fake must both be (B, C, H, W) of one shape, got {tuple(real.shape)} and {tuple(fake.shape)}")
 
@@ -97,7 +107,7 @@ def check_pair(real: Tensor, fake: Tensor) -> None:
 def psnr_per_image(real: Tensor, fake: Tensor) -> Tensor:
     """PSNR in dB of each image pair, on uint8 values (inf for identical images)."""
     check_pair(real, fake)
-    real, fake = to_uint8(real), to_uint8(fake)
+    real, fake = to_uint8(real, warn_unit_range=True), to_uint8(fake)
     # uint8 differences and their squares are exact in float32, and the float64 sum is exact
     sse = [(real[s].float() - fake[s].float()).square_().flatten(1).sum(1, dtype=torch.float64) for s in _image_chunks(real)]
     mse = torch.cat(sse) / real.shape[1:].numel()
@@ -127,7 +137,7 @@ def ssim_per_image(real: Tensor, fake: Tensor) -> Tensor:
     if min(real.shape[-2:]) <= 2 * SSIM_RADIUS:
         raise ValueError(f"SSIM needs images of at least {2 * SSIM_RADIUS + 1}x{2 * SSIM_RADIUS + 1} px (its Gaussian "
                          f"window), got {tuple(real.shape[-2:])}: use larger images or leave SSIM out")
-    x, y = to_uint8(fake), to_uint8(real)
+    x, y = to_uint8(fake), to_uint8(real, warn_unit_range=True)
     rows = _gaussian_band(x.shape[-2], torch.float64, x.device)
     cols = _gaussian_band(x.shape[-1], torch.float64, x.device)
     return torch.cat([_ssim_chunk(x[s].double(), y[s].double(), rows, cols) for s in _image_chunks(x)])

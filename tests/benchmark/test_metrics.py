@@ -80,6 +80,20 @@ def test_bad_inputs_raise():
             psnr_per_image(torch.zeros(1, 3, 4, 4, dtype=dtype), torch.ones(1, 3, 4, 4, dtype=dtype))
 
 
+def test_unit_range_images_are_warned_about(recwarn):
+    """[0, 1] floats passed as images are read as [-1, 1] (~6 dB more PSNR): warned, still computed."""
+    real, fake = _pair(n=2)
+    unit_real, unit_fake = (real + 1) / 2, (fake + 1) / 2
+    for metric in (psnr_per_image, ssim_per_image):
+        with pytest.warns(UserWarning, match=r"lie in \[0, 1\]: if they are \[0, 1\] images, pass x \* 2 - 1"):
+            metric(unit_real, unit_fake)
+    recwarn.clear()
+    psnr_per_image(real, fake), ssim_per_image(real, fake)  # [-1, 1] images
+    psnr_per_image(to_uint8(unit_real * 2 - 1), to_uint8(unit_fake * 2 - 1))  # uint8 is unambiguous
+    psnr_per_image(torch.full_like(real, 0.5), fake)  # a constant image proves nothing
+    assert not [w for w in recwarn if "lie in [0, 1]" in str(w.message)]
+
+
 def _true_level(x: float) -> int:
     """round((x + 1) * 127.5), ties to even, clamped to [0, 255], in exact rational arithmetic."""
     v = min(max((Fraction(x) + 1) * Fraction(255, 2), Fraction(0)), Fraction(255))
