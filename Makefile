@@ -11,7 +11,7 @@ STRATEGY ?= auto
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install bench test test-all list clean-runs leaderboard regress compare perf need-result
+.PHONY: help install bench test test-all list clean-runs leaderboard regress compare perf need-result
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-install: $(BIN)/.installed
+install: $(BIN)/.installed  ## create .venv and install the suite with its test dependencies (make bench and make test do it first)
+
+help:  ## these targets and the variables they take
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):[^#]*## /  make \1\t/' | expand -t 24
+	@echo "variables: TOKENIZER=$(TOKENIZER) PROTOCOL=$(PROTOCOL) DEVICES=$(DEVICES) NODES=$(NODES) STRATEGY=$(STRATEGY) CKPT= ARGS='more CLI flags'"
 
 bench: install  ## bench TOKENIZER under PROTOCOL (default: ci) on DEVICES x NODES processes, append its leaderboard row
 	$(BIN)/latentbench bench --tokenizer $(TOKENIZER) --protocol $(PROTOCOL) $(if $(CKPT),--ckpt $(CKPT)) \
@@ -43,7 +47,7 @@ compare: need-result install  ## RESULT=<record id> [FAMILY=...]: a result besid
 perf: install  ## step times fp32/bf16, FLOPs, MFU, codec img/s, peak memory of every CPU config -> leaderboards/perf/perf.json
 	$(BIN)/latentbench perf $(ARGS)
 
-list: install
+list: install  ## registered tokenizers, generators and protocols
 	$(BIN)/latentbench list
 
 clean-runs:  ## delete run directories (checkpoints, logs); leaderboards are kept

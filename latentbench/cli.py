@@ -56,7 +56,8 @@ def bench(
             fast bf16 (AVX2 only: ~100x slower than float32), where training runs in 32-true and
             the row is marked [32-true]. A value forces that precision.
         compile: torch.compile the tokenizer's iterative decoder (FlowMo's) for evaluation and
-            generation: ~1.4x faster decoding after minutes of compiling (README "Cost").
+            generation: 1.06-1.5x faster decoding on the CPUs measured, after 1.5-3 minutes of
+            compiling; it pays at paper scale, not at `ci` size (README "Cost").
     """
     from latentbench.benchmark.harness import run_bench
     from latentbench.distributed import Launch, launcher_rank, maybe_relaunch
@@ -79,6 +80,8 @@ def bench(
               else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
     print(f"wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in record["wall_time_s"].items()))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
+    print(f"record id: {record['id']} (make compare RESULT={record['id']} sets it beside the papers' figures, "
+          "for a paper protocol's result)")
 
 
 def metrics(
