@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,12 @@ from torch import nn
 
 from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.weights import sha256_file
+
+
+def announce_training(what: str, about: str, path: Path) -> None:
+    """Say on stderr that suite weights are being trained now (once per machine), so the first
+    run's pause (and a progress bar's estimate taken across it) has a reason on screen."""
+    print(f"training {what} once on this machine ({about}); later runs read {path}", file=sys.stderr, flush=True)
 
 
 def save_with_facts(net: nn.Module, facts: dict[str, Any], stored: tuple[str, ...], path: Path) -> str:

@@ -43,7 +43,12 @@ from filelock import FileLock
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
+from latentbench.cachefiles import (
+    announce_training,
+    hashed_cache_path,
+    read_stored_facts,
+    save_with_facts,
+)
 from latentbench.paths import default_cache_dir
 from latentbench.registry import Registry
 from latentbench.weights import (
@@ -577,6 +582,7 @@ def build_domain_extractor(
     with FileLock(str(path) + ".lock", timeout=3600):  # a second process waits, then reads the cache
         facts = _cached_facts(path)
         if facts is None:  # absent, or incomplete / altered (sha256 differs from the sidecar's): train anew
+            announce_training(f"the FID-domain({source}) classifier", "about 20 s on a 2-core CPU for mnist", path)
             net, facts = train_domain_classifier(source, recipe, train, val)
             save_domain_classifier(net, facts, path)
         net, _ = load_domain_classifier(path)

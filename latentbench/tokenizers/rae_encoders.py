@@ -46,7 +46,12 @@ from latentbench.benchmark.extractors import (
     _quiet_lightning,
     _split_tensors,
 )
-from latentbench.cachefiles import hashed_cache_path, read_stored_facts, save_with_facts
+from latentbench.cachefiles import (
+    announce_training,
+    hashed_cache_path,
+    read_stored_facts,
+    save_with_facts,
+)
 from latentbench.paths import default_cache_dir
 from latentbench.precision import resolve_precision
 from latentbench.tokenizers.teachers import (
@@ -356,6 +361,7 @@ def build_mae_encoder(source: str, weights: str | Path | None = None, cache_dir:
     with FileLock(str(path) + ".lock", timeout=3600):  # a second process waits, then reads the cache
         facts = _cached_facts(path)
         if facts is None:  # absent, or incomplete / altered (sha256 differs from the sidecar's): train anew
+            announce_training(f"the mae-{source} encoder RAE reads", "about 60 s on a 2-core CPU for mnist", path)
             net, facts = train_mae_encoder(source, recipe, train, val)
             save_mae_encoder(net, facts, path)
         net, _ = load_mae_encoder(path)

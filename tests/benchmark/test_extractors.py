@@ -191,10 +191,14 @@ def test_domain_altered_cache_entry_is_retrained(domain_cache, tmp_path, monkeyp
         create_extractor("domain-mnist", cache_dir=tmp_path, recipe=TINY)
 
 
-def test_domain_training_is_deterministic(domain_cache, tmp_path):
+def test_domain_training_is_deterministic(domain_cache, tmp_path, capsys):
     _, first = domain_cache
     rng, threads = torch.random.get_rng_state(), torch.get_num_threads()
     again = create_extractor("domain-mnist", cache_dir=tmp_path, recipe=TINY)
+    said = capsys.readouterr().err  # the first run's pause has a reason on screen
+    assert "training the FID-domain(mnist) classifier once on this machine" in said and again.info["cache_path"] in said
+    create_extractor("domain-mnist", cache_dir=tmp_path, recipe=TINY)
+    assert "training" not in capsys.readouterr().err  # read from the cache: nothing to say
     assert again.weights_sha256 == first.weights_sha256  # same bytes, metadata included
     assert torch.equal(torch.random.get_rng_state(), rng) and torch.get_num_threads() == threads  # no global side effects
 

@@ -193,9 +193,11 @@ def test_random_encoder_only_when_asked_and_labelled():
     assert suite.info["kind"] == "random-init" and "training" not in suite.info
 
 
-def test_mae_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch):
+def test_mae_pretraining_is_deterministic_and_cached(tmp_path, monkeypatch, capsys):
     rng = torch.random.get_rng_state()
     _, facts, path = build_mae_encoder("mnist", cache_dir=tmp_path / "a", recipe=TINY_MAE)
+    assert f"training the mae-mnist encoder RAE reads once on this machine (about 60 s on a 2-core CPU for mnist); " \
+           f"later runs read {path}" in capsys.readouterr().err
     assert torch.equal(torch.random.get_rng_state(), rng), "pretraining must not move the global RNG"
     assert facts["steps"] == 3 and facts["train_images"] == 64 and math.isfinite(facts["val_masked_loss"])
     assert json.loads(path.with_suffix(".json").read_text())["weights_sha256"] == sha256_file(path)
