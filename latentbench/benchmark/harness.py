@@ -816,7 +816,7 @@ def run_bench(
                 generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
                     cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
             recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
-                cfg, run_dir, train, evaluation, w, trust_checkpoint, Path(leaderboard_dir), variant, generation)), log)
+                cfg, run_dir, train, evaluation, w, trust_checkpoint, variant, generation)), log)
             run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
                 recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
@@ -880,9 +880,10 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
                      generation: dict[str, Any] | None, log: Callable[[str], None]) -> None:
     """Append a finished run's row to ``leaderboard_dir``'s table if it is not there.
 
-    The record stage runs once per run directory; a rerun that names another ``--leaderboard_dir``
-    (or finds its row gone from the table) gets the same row, same id, in the table it names,
-    rather than a table path it never wrote to.
+    The record stage runs once per run directory and only stores the record; this appends it.
+    A rerun that names another ``--leaderboard_dir`` (or finds its row gone from the table, or
+    was killed before appending) gets the same row, same id, in the table it names, and a table
+    that has the id already gets nothing.
     """
     from latentbench.benchmark.leaderboard import read_records, table_dir
 
@@ -891,7 +892,7 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     if any(r["id"] == record["id"] for r in read_records(directory)):
         return
     _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation, if_absent=True)
-    log(f"[record] the run's row {record['id'][:12]} was not in {directory}: appended it")
+    log(f"[record] row {record['id'][:12]} appended to {directory}")
 
 
 def _silent(message: str) -> None:
@@ -916,13 +917,18 @@ def _copy_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, *n
     return copied
 
 
-def _record_stage(cfg, run_dir, train, evaluation, weights, trust, leaderboard_dir: Path, variant: str = "",
+def _record_stage(cfg, run_dir, train, evaluation, weights, trust, variant: str = "",
                   generation: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's record, stored as the stage's result before any table sees it (``_ensure_recorded`` appends it).
+
+    Stored first, appended second: a process killed between the two leaves a stored record whose
+    id the rerun finds missing from the table and appends, once. Appending first left a row whose
+    random id no stored record knew, and the rerun appended a second row of the same run.
+    """
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
-    table = _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation)
-    return {"record": record, "table": str(table)}
+    return {"record": record}
 
 
 def _append_with_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, evaluation: dict[str, Any],

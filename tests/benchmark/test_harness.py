@@ -77,13 +77,40 @@ def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run,
     root, record, _ = smoke_run
     logs = []
     again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
-    assert again["id"] == record["id"] and any("appended it" in line for line in logs)
+    assert again["id"] == record["id"] and any("appended to" in line for line in logs)
     assert [r["id"] for r in read_records(tmp_path / "lb2/smoke/v2")] == [record["id"]]
     assert len(list((tmp_path / "lb2/smoke/v2/grids").glob(f"{record['id'][:12]}-*.png"))) == 2
     assert [r["id"] for r in read_records(root / "lb/smoke/v2")] == [record["id"]]  # the first table is untouched
     logs.clear()
     run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
     assert len(read_records(tmp_path / "lb2/smoke/v2")) == 1 and not any("appended" in line for line in logs)
+
+
+def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, tmp_path, monkeypatch):
+    """Killed after the record is stored but before its row lands: the rerun appends that record, once."""
+    import shutil
+
+    import latentbench.benchmark.harness as harness
+
+    root, _, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v2").iterdir())
+    copy = tmp_path / "runs/smoke/v2" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (copy / "stages/record.json").unlink()  # the record stage has not run in this copy
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(harness, "append_record", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    stored = json.loads((copy / "stages/record.json").read_text())["record"]
+    assert read_records(tmp_path / "lb/smoke/v2") == [] and not list(tmp_path.glob("lb/smoke/v2/grids/*"))
+    monkeypatch.undo()
+    for _ in range(2):
+        again = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+        assert again["id"] == stored["id"]
+        assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v2")] == [stored["id"]]
 
 
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
