@@ -151,6 +151,9 @@ class BenchConfig:
     # stages done without them are not reused with them. Part of the key only when some are present,
     # so offline runs keep their run directories.
     lpips_weights: tuple[str, ...] = ()
+    # fingerprints of the train and eval data the run reads (the files' scan for image folders):
+    # an image folder edited since must not reuse stages measured on the old files.
+    data_fingerprints: tuple[str, str] | None = None
 
     @property
     def precision(self) -> str:
@@ -177,6 +180,8 @@ class BenchConfig:
             out["precision"] = {"train": self.precision, "generator": self.gen_precision}
         if self.lpips_weights:
             out["lpips_weights"] = list(self.lpips_weights)
+        if self.data_fingerprints:
+            out["data"] = dict(zip(("train", "eval"), self.data_fingerprints))
         return out
 
     def changed_precisions(self) -> dict[str, Precision]:
@@ -775,6 +780,18 @@ def run_bench(
         cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions,
                           compile=compile)
         cfg = replace(cfg, lpips_weights=broadcast(lpips_weights_present(lpips_nets_used(cfg))))
+
+        from latentbench.benchmark.leaderboard import check_table_accepts
+
+        check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
+        if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
+            _require_built_weights(spec)
+        check_training_batches(proto, cfg.steps)
+        # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
+        data = [_dataset(proto, split, limit, on_bad_image).info for split, limit in
+                ((proto.data.train_split, proto.data.num_train), (proto.data.eval_split, proto.data.num_eval))]
+        check_same_classes(*data)
+        cfg = replace(cfg, data_fingerprints=tuple(info["fingerprint"] for info in data))
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -785,16 +802,10 @@ def run_bench(
             whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
             log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
-        from latentbench.benchmark.leaderboard import check_table_accepts
-
-        check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
-        if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
-            _require_built_weights(spec)
-        check_training_batches(proto, cfg.steps)
         if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
             from latentbench.generators.module import sample_labels
 
-            classes = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image).info["num_classes"]
+            classes = data[0]["num_classes"]
             sample_labels(torch.arange(1), classes, proto.generator.num_samples, "balanced")
         stages = Stages(run_dir)
         train = None
@@ -820,6 +831,20 @@ def run_bench(
             run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
                 recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
+
+
+def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:
+    """ValueError unless the two splits' infos name the same classes in the same order (labels are indices)."""
+    if train["class_names"] != evaluation["class_names"]:
+        raise ValueError(
+            f"the {train['split']} split's classes {_names(train['class_names'])} and the {evaluation['split']} split's "
+            f"{_names(evaluation['class_names'])} differ: the linear probe and gFID's classes read labels as indices, "
+            "so class i must be the same class in both; give both splits the same class folders"
+        )
+
+
+def _names(names: list[str], shown: int = 8) -> str:
+    return str(names[:shown])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > shown else "]")
 
 
 def lpips_nets_used(cfg: BenchConfig) -> set[str]:

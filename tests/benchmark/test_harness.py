@@ -515,3 +515,66 @@ def test_training_validation_needs_a_held_out_image_per_process(tmp_path, monkey
     monkeypatch.setattr(harness, "world_size", lambda: 32)
     with pytest.raises(ValueError, match=r"every 16th train image: 16 held-out images for 32 processes; .* at least 512"):
         train_stage(cfg, tmp_path, "error")
+
+
+def _folder_protocol(tmp_path, val_classes=range(10)):
+    """The smoke protocol on a small image folder (10 classes in train, ``val_classes`` in val)."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    rng = np.random.default_rng(0)
+    for split, classes in (("train", range(10)), ("val", val_classes)):
+        for c in classes:
+            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
+            for i in range(2):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_dir_of(protocol, tmp_path, monkeypatch) -> str:
+    """The run directory a bench of ``protocol`` names, stopped before its first stage."""
+    import latentbench.benchmark.harness as harness
+
+    monkeypatch.setattr(harness, "train_stage", lambda *a: (_ for _ in ()).throw(_Stop()))
+    logs = []
+    with pytest.raises(_Stop):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append)
+    return next(line.split("run directory ")[1] for line in logs if "run directory " in line)
+
+
+def test_an_edited_image_folder_is_a_new_run_not_the_old_numbers(tmp_path, monkeypatch):
+    """Finished stages are reused only for the data they measured: the run key holds the splits' fingerprints."""
+    import numpy as np
+    from PIL import Image
+
+    protocol = _folder_protocol(tmp_path)
+    first = _run_dir_of(protocol, tmp_path, monkeypatch)
+    assert _run_dir_of(protocol, tmp_path, monkeypatch) == first  # unchanged data: the same run, its stages reused
+    from pathlib import Path
+
+    config = json.loads((Path(first) / "config.json").read_text())
+    assert set(config["data"]) == {"train", "eval"}
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "images/val/c3/0.png")  # one eval image replaced
+    assert _run_dir_of(protocol, tmp_path, monkeypatch) != first
+
+
+def test_splits_with_different_classes_are_refused_before_training(tmp_path, monkeypatch):
+    import latentbench.benchmark.harness as harness
+
+    protocol = _folder_protocol(tmp_path, val_classes=range(1, 11))  # c0 missing, c10 added: label i differs
+    monkeypatch.setattr(harness, "train_stage", lambda *a: pytest.fail("trained before the classes were checked"))
+    with pytest.raises(ValueError, match=r"the train split's classes \['c0', 'c1', .*\] and the val split's "
+                                         r"\['c1', .*\] differ: .* give both splits the same class folders"):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert not (tmp_path / "runs").exists()
