@@ -345,6 +345,23 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
         return _SHARED_DATASETS[key]
     with collective_scan():  # every rank builds it here: a multi-process bench splits the scan between them
         data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
+    names = data.info["class_names"]
+    # Image folders and hf datasets (EncodedImageDataset) list their files class by class, so their
+    # first N can leave whole classes out, and the probe and gFID's class-balanced samples would count
+    # classes the run never shows. Not checked for the embedded MNIST: the smoke protocol's slices
+    # of its class-sorted file hold digit 0 only (a known defect of `smoke`, whose numbers check
+    # that the pipeline runs; stratifying them changes its regression-gate golden values).
+    from latentbench.data.encoded import EncodedImageDataset
+
+    listed = limit and isinstance(data, EncodedImageDataset)
+    missing = [name for label, name in enumerate(names) if label not in set(data.targets)] if listed else []
+    if len(names) > 1 and missing:
+        raise ValueError(
+            f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
+            f"{limit} readable files in order, which leave out {len(missing)} of the {len(names)} classes "
+            f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): raise the limit, or set it to "
+            "null to read the whole split"
+        )
     if _SHARED_DATASETS is not None:
         _SHARED_DATASETS[key] = data
     return data

@@ -578,3 +578,19 @@ def test_splits_with_different_classes_are_refused_before_training(tmp_path, mon
                                          r"\['c1', .*\] differ: .* give both splits the same class folders"):
         run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_limit_that_leaves_classes_out_is_refused(tmp_path, monkeypatch):
+    """num_train of an image folder takes its first files, class by class: too few leave whole classes out."""
+    import yaml
+
+    import latentbench.benchmark.harness as harness
+
+    protocol = _folder_protocol(tmp_path)
+    raw = yaml.safe_load(protocol.read_text())
+    raw["data"]["num_train"] = 6  # c0, c1, c2 only
+    protocol.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(harness, "train_stage", lambda *a: pytest.fail("trained on a subset without 7 classes"))
+    with pytest.raises(ValueError, match=r"\[train\]: the protocol's limit of 6 images \(num_train / num_eval\) .* leave out "
+                                         r"7 of the 10 classes \(c3, c4, c5, c6, c7, \.\.\.\): raise the limit"):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
