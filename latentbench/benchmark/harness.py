@@ -353,8 +353,8 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     # that the pipeline runs; stratifying them changes its regression-gate golden values).
     from latentbench.data.encoded import EncodedImageDataset
 
-    listed = limit and isinstance(data, EncodedImageDataset)
-    missing = [name for label, name in enumerate(names) if label not in set(data.targets)] if listed else []
+    shown = set(data.targets) if limit and isinstance(data, EncodedImageDataset) else set(range(len(names)))
+    missing = [name for label, name in enumerate(names) if label not in shown]
     if len(names) > 1 and missing:
         raise ValueError(
             f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
