@@ -164,6 +164,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
         StepProgress,
         _loader,
         _quiet_lightning,
+        resume_from,
         seed_process,
     )
     from latentbench.fsutil import atomic_path
@@ -196,8 +197,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(out_dir), use_distributed_sampler=False,
     )
-    last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=sample_index, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=sample_index, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
     barrier()  # every rank has written its shard of the last evaluation's samples
     missing = [s for s in spec.eval_steps if not (out_dir / "samples" / f"step-{s:07d}").is_dir()]
     if missing:

@@ -208,7 +208,13 @@ class Stages:
 
     def get(self, name: str) -> dict[str, Any] | None:
         path = self.dir / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the suite writes it atomically: edited or damaged
+            raise ValueError(f"stage result {path} is not valid JSON ({err}): delete it to run the {name!r} stage again"
+                             ) from None
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
         """Return the stage's stored result, or run it, time it and store the result.
@@ -437,8 +443,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
     )
-    last = ckpt_dir / "last.ckpt"
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=str(last) if last.exists() else None)
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
     # Modules with several results (FlowMo: without and with post-training) name each state; the last is the run's.
     states = module.stage_weights() if hasattr(module, "stage_weights") else {"": module.tokenizer.state_dict()}
     if not is_rank_zero():
@@ -848,6 +853,27 @@ def run_bench(
             run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
                 recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
         return recorded["record"]
+
+
+def resume_from(last: Path) -> str | None:
+    """``last`` as Lightning's ``ckpt_path`` when it exists; ValueError naming it when it is not a readable checkpoint.
+
+    A torch checkpoint is a zip archive; one cut short (a kill or a full disk during its save)
+    fails its central directory or a member's CRC, which Lightning reports as a bare OSError.
+    """
+    import zipfile
+
+    if not last.exists():
+        return None
+    try:
+        with zipfile.ZipFile(last) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        bad = str(err)
+    if bad is not None:
+        raise ValueError(f"cannot resume from {last}: it is not a readable checkpoint ({bad}; cut short by a kill or a "
+                         "full disk during its save?): delete it to restart this training from step 0")
+    return str(last)
 
 
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:

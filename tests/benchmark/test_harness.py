@@ -594,3 +594,26 @@ def test_a_limit_that_leaves_classes_out_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"\[train\]: the protocol's limit of 6 images \(num_train / num_eval\) .* leave out "
                                          r"7 of the 10 classes \(c3, c4, c5, c6, c7, \.\.\.\): raise the limit"):
         run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+
+
+def test_a_cut_short_last_checkpoint_is_named_with_the_fix(smoke_run, tmp_path):
+    """Resuming from a last.ckpt cut short by a kill during its save: a message naming it, not a bare OSError."""
+    root, _, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v2").iterdir())
+    copy = tmp_path / "runs/smoke/v2" / run_dir.name
+    (copy / "checkpoints").mkdir(parents=True)
+    (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"cannot resume from .*last\.ckpt: it is not a readable checkpoint .* delete it "
+                                         r"to restart this training from step 0"):
+        run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+
+
+def test_a_damaged_stage_result_is_named_with_the_fix(tmp_path):
+    from latentbench.benchmark.harness import Stages
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/eval.json").write_text("")
+    with pytest.raises(ValueError, match=r"stage result .*stages/eval\.json is not valid JSON .*: delete it to run the "
+                                         r"'eval' stage again"):
+        Stages(tmp_path).get("eval")
+    assert Stages(tmp_path).get("train") is None
