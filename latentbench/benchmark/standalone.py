@@ -149,11 +149,16 @@ def _need_two(n: int, directory: str | Path) -> None:
 def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_name: str = "inception-tf",
                         extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
     """Fréchet distance between the feature statistics of two folders."""
+    extractor, reference = _fid_inputs(real_dir, extractor_name, extractor_weights)
+    return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
+
+
+def _fid_inputs(real: str | Path, extractor_name: str, extractor_weights: str | None):
+    """The extractor (its weights checked) and, when ``real`` is a statistics file, its reference; else None."""
     from latentbench.benchmark.extractors import create_extractor
 
     extractor = create_extractor(extractor_name, weights=extractor_weights)
-    reference = load_reference(real_dir, extractor) if is_statistics_file(real_dir) else None
-    return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
+    return extractor, load_reference(real, extractor) if is_statistics_file(real) else None
 
 
 def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, bootstrap: int,
@@ -212,10 +217,7 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
         raise ValueError(f"--real {real} is a statistics file, which serves --fid only: {', '.join(names)} compare "
                          "images pair by pair, so pass the image folder as --real (or drop those metrics)")
     if fid:  # its weights (and a --real statistics file) are checked before any image is read
-        from latentbench.benchmark.extractors import create_extractor
-
-        fid_extractor = create_extractor(extractor, weights=extractor_weights)
-        reference = load_reference(real, fid_extractor) if is_statistics_file(real) else None
+        fid_extractor, reference = _fid_inputs(real, extractor, extractor_weights)
     results = paired_metrics(real, fake, names, lpips_net, batch_size) if names else {}
     if fid:
         results["fid"] = _fid_with(fid_extractor, reference, real, fake, bootstrap, batch_size)
