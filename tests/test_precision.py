@@ -82,7 +82,7 @@ def test_forced_precision_reaches_training_the_record_and_the_table(tmp_path):
     assert said == ["precision: tokenizer and generator training in 32-true, not the protocol's bf16-mixed: --precision 32-true given"]
     assert record["training"]["precision"] == "32-true" and record["generation"]["generator"]["precision"] == "32-true"
     assert record["precision_changed"]["train"] == {"requested": "bf16-mixed", "used": "32-true", "reason": "--precision 32-true given"}
-    table = (tmp_path / "lb" / "smoke" / "v2" / "README.md").read_text()
+    table = (tmp_path / "lb" / "smoke" / "v3" / "README.md").read_text()
     assert "| sdvae-smoke [32-true] |" in table and "- [32-true]: trained in 32-true, not the protocol's bf16-mixed" in table
 
 

