@@ -20,6 +20,9 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 install: $(BIN)/.installed  ## create .venv and install the suite with its test dependencies (make bench and make test do it first)
+	@# a .venv copied or moved from another checkout would run that checkout's code (its editable install)
+	@(cd / && $(abspath $(BIN))/python -I -c "import latentbench, os, sys; sys.exit(os.path.realpath(latentbench.__file__) != os.path.realpath('$(CURDIR)/latentbench/__init__.py'))") \
+		|| { echo "$(VENV) runs latentbench from another checkout: installing this one into it" >&2; $(BIN)/python -m pip install --quiet --no-deps -e .; }
 
 help:  ## these targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):[^#]*## /  make \1\t/' | expand -t 24

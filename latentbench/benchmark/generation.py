@@ -103,6 +103,18 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
             **_facts(gen, trained, cache, norm, encode_s, spec)}
 
 
+def check_generators(spec) -> None:
+    """Both of the protocol's generators resolve to a registered network (KeyError / ValueError naming it), before training."""
+    from latentbench.generators import GENERATORS
+    from latentbench.generators.module import resolve_generator
+
+    for kind in ("continuous", "discrete"):
+        try:
+            GENERATORS.get(resolve_generator(getattr(spec, kind)).name)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise type(e)(f"the protocol's generator.{kind}: {e.args[0]}") from None
+
+
 def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, train) -> tuple[LatentShards, dict[str, Any]]:
     """The train split's latents (read lazily) and the cache's meta, from the run's latent cache (encoded on first use).
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import time
+import typing
 import uuid
 import warnings
 from dataclasses import dataclass, field, replace
@@ -105,13 +106,56 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> None:
     try:
         TOKENIZERS.get(spec.name)  # a registered name, or imports module:Class
     except KeyError as e:
+        import difflib
+
         aliases = ", ".join(sorted(protocol.tokenizers))
-        raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.") from None
-    spec.module_class()
+        family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1)
+        hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
+        raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None
+    _check_arguments(spec)
+
+
+def _check_arguments(spec: TokenizerSpec) -> None:
+    """ValueError naming an argument of ``init_args`` / ``module_args`` that the class does not take or of the wrong
+    type, before any stage builds it (a bare TypeError from deep inside a constructor otherwise).
+
+    jsonargparse checks them against the constructor's signature and type hints, as LightningCLI does; a registered
+    factory is checked against the class its return annotation names. A signature it cannot read is left to the build.
+    """
+    import inspect
+
+    from jsonargparse import ArgumentParser
+    from latentbench.tokenizers import TOKENIZERS
+
+    factory = TOKENIZERS.get(spec.name)
+    built = factory if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
+    checks = (("init_args", built, spec.init_args, set()),
+              # the harness passes these three itself (max_steps: the protocol's budget)
+              ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))
+    for key, cls, args, supplied in checks:
+        if not args or not inspect.isclass(cls):
+            continue
+        if not isinstance(args, dict):
+            raise ValueError(f"tokenizer {spec.requested}: {key} must be a mapping of argument names to values, got {args!r}")
+        parser = ArgumentParser(exit_on_error=False)
+        try:
+            parser.add_class_arguments(cls, key, skip=supplied)
+        except Exception:  # noqa: BLE001 (a signature jsonargparse does not support: the build checks it)
+            continue
+        try:
+            parser.parse_object({key: args})
+        except Exception as e:  # noqa: BLE001 (jsonargparse's ArgumentError, or its type errors)
+            taken = ", ".join(sorted(parser.get_defaults().as_dict()[key]))
+            extra = " (the protocol sets the training budget)" if key == "module_args" and "max_steps" in args else ""
+            raise ValueError(f"tokenizer {spec.requested}: {key} do not fit {cls.__module__}.{cls.__qualname__}{extra}: "
+                             f"{' '.join(str(e).split())}. It takes: {taken}") from None
 
 
 def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
     raw = load_yaml_mapping(path, "tokenizer config")
+    if raw.get("class_path") and raw.get("name"):
+        raise ValueError(f"tokenizer config {path} has both 'name' ({raw['name']}) and 'class_path' ({raw['class_path']}): "
+                         "keep one (a registered tokenizer, or module:Class)")
     name = raw.get("class_path") or raw.get("name")
     if not name:
         raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
@@ -352,19 +396,15 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     with collective_scan():  # every rank builds it here: a multi-process bench splits the scan between them
         data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
     names = data.info["class_names"]
-    # Image folders and hf datasets (EncodedImageDataset) list their files class by class, so their
-    # first N can leave whole classes out, and the probe and gFID's class-balanced samples would count
-    # classes the run never shows. Not checked for the embedded MNIST: the smoke protocol's slices
-    # of its class-sorted file hold digit 0 only (a known defect of `smoke`, whose numbers check
-    # that the pipeline runs; stratifying them changes its regression-gate golden values).
-    from latentbench.data.encoded import EncodedImageDataset
-
-    shown = set(data.targets) if limit and isinstance(data, EncodedImageDataset) else set(range(len(names)))
+    # Image folders and hf datasets list their files class by class, so their first N can leave whole
+    # classes out, and the probe and gFID's class-balanced samples would count classes the run never
+    # shows. (The embedded MNIST's limits take the digits in turn, so 10 or more images hold them all.)
+    shown = set(data.targets) if limit else set(range(len(names)))
     missing = [name for label, name in enumerate(names) if label not in shown]
     if len(names) > 1 and missing:
         raise ValueError(
             f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
-            f"{limit} readable files in order, which leave out {len(missing)} of the {len(names)} classes "
+            f"{limit} readable images in the source's order, which leave out {len(missing)} of the {len(names)} classes "
             f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): raise the limit, or set it to "
             "null to read the whole split"
         )
@@ -813,7 +853,16 @@ def run_bench(
         data = [_dataset(proto, split, limit, on_bad_image).info for split, limit in
                 ((proto.data.train_split, proto.data.num_train), (proto.data.eval_split, proto.data.num_eval))]
         check_same_classes(*data)
+        if proto.generator.max_steps > 0:  # fail before hours of training
+            from latentbench.benchmark.generation import check_generators
+            from latentbench.generators.module import sample_labels
+
+            check_generators(proto.generator)
+            if proto.generator.class_sampling == "balanced":
+                sample_labels(torch.arange(1), data[0]["num_classes"], proto.generator.num_samples, "balanced")
         cfg = replace(cfg, data_fingerprints=tuple(info["fingerprint"] for info in data))
+        for line in filter(None, map(data_notes, data)):
+            log(line)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -824,11 +873,6 @@ def run_bench(
             whats = " and ".join({"train": "tokenizer"}.get(k, k) for k, q in changed.items() if q == p)
             log(f"precision: {whats} training in {p.used}, not the protocol's {p.requested}: {p.reason}")
 
-        if proto.generator.max_steps > 0 and proto.generator.class_sampling == "balanced":  # fail before hours of training
-            from latentbench.generators.module import sample_labels
-
-            classes = data[0]["num_classes"]
-            sample_labels(torch.arange(1), classes, proto.generator.num_samples, "balanced")
         stages = Stages(run_dir)
         train = None
         weights: str | Path | None = ckpt
@@ -874,6 +918,19 @@ def resume_from(last: Path) -> str | None:
         raise ValueError(f"cannot resume from {last}: it is not a readable checkpoint ({bad}; cut short by a kill or a "
                          "full disk during its save?): delete it to restart this training from step 0")
     return str(last)
+
+
+def data_notes(info: dict[str, Any]) -> str | None:
+    """One line on what a split's scan dropped (``--on_bad_image skip``) or upsampled; None when nothing."""
+    notes = []
+    if info.get("n_skipped"):
+        first = info["skipped"][0]
+        notes.append(f"skipped {info['n_skipped']} unreadable file(s), first {first['path']} ({first['reason']}); the row's "
+                     "record in results.jsonl lists them (its data.train / data.eval skipped)")
+    if info.get("n_upsampled"):
+        notes.append(f"{info['n_upsampled']} of {info['n']} images have a side below {info['resolution']} px and are "
+                     "upsampled (bicubic, ADM's center crop)")
+    return f"{info['source']} [{info['split']}]: " + "; ".join(notes) if notes else None
 
 
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:

@@ -10,18 +10,93 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import re
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from latentbench.fsutil import load_yaml_mapping
 from latentbench.paths import CONFIG_DIR, require_checkout
 
 PROTOCOL_DIR = CONFIG_DIR / "protocols"
+# Lightning's precision strings (lightning.fabric.connector's, which it keeps private); aliases such as "bf16" are not
+# accepted because the string is part of the fingerprint: one setting, one spelling
+PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
+SEED_RANGE = 2**32  # numpy's and Lightning's
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a protocol name is a directory of runs/ and leaderboards/
+
+
+# ---- field checks ------------------------------------------------------------------------------
+# A protocol is checked when it is loaded, so a typo fails before hours of training rather than at the
+# stage that first reads the field. Hand-written: the specs are plain frozen dataclasses (their JSON is
+# the fingerprint), and YAML's own types must not be coerced (int(20.5) would silently train 20 steps).
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the annotated type; bool is not an int, an int is a float."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, typing.get_origin(hint) or hint)
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    names = {int: "an integer", float: "a number", str: "a string", type(None): "null", bool: "true or false"}
+    return names.get(hint) or names.get(typing.get_origin(hint)) or ("a mapping" if typing.get_origin(hint) is dict else str(hint))
+
+
+class _Checked:
+    """``__post_init__`` checks every field's type, then the subclass's ``_check`` its values."""
+
+    SECTION: ClassVar[str] = ""  # the YAML section, for messages: "train." names train.max_steps
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not _matches(value, hints[f.name]):
+                raise ValueError(f"{self.SECTION}{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
+        self._check()
+
+    def _check(self) -> None:
+        pass
+
+    def _require(self, ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{self.SECTION}{name} must be {what}, got {getattr(self, name)!r}")
+
+    def _positive(self, *names: str, optional: bool = False) -> None:
+        for name in names:
+            value = getattr(self, name)
+            self._require(value > 0 if value is not None or not optional else True, name,
+                          "a positive integer" + (" or null" if optional else ""))
+
+    def _at_least_zero(self, *names: str) -> None:
+        for name in names:
+            self._require(getattr(self, name) >= 0, name, ">= 0")
+
+    def _one_of(self, name: str, choices) -> None:
+        self._require(getattr(self, name) in choices, name, f"one of {', '.join(choices)}")
+
+    def _not_empty(self, *names: str) -> None:
+        for name in names:
+            self._require(bool(getattr(self, name)), name, "a non-empty string")
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(_Checked):
+    SECTION: ClassVar[str] = "data."
+
     source: str  # see latentbench.data.describe_sources()
     train_split: str = "train"
     eval_split: str = "val"
@@ -29,17 +104,31 @@ class DataSpec:
     num_eval: int | None = None  # first N images of the eval split; None = all
     num_train: int | None = None  # first N images of the train split; None = all
 
+    def _check(self) -> None:
+        self._not_empty("source", "train_split", "eval_split")
+        self._positive("resolution")
+        self._positive("num_eval", "num_train", optional=True)
+
 
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(_Checked):
+    SECTION: ClassVar[str] = "train."
+
     max_steps: int = 1000  # tokenizer training budget, optimizer steps
     batch_size: int = 64
     precision: str = "bf16-mixed"  # Lightning precision; float32 where bf16 is slow here (latentbench.precision)
     num_workers: int = 0  # image-decoding worker processes of every loader of a bench; in-memory embedded data needs none
 
+    def _check(self) -> None:
+        self._at_least_zero("max_steps", "num_workers")
+        self._positive("batch_size")
+        self._one_of("precision", PRECISIONS)
+
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(_Checked):
+    SECTION: ClassVar[str] = "eval."
+
     batch_size: int = 250
     extractor: str = "inception-tf"  # FID features; embedded protocols use a suite-trained domain-<source>
     extractor_options: dict[str, Any] = field(default_factory=dict)  # domain-*: DomainRecipe fields
@@ -48,9 +137,20 @@ class EvalSpec:
     probe_pooling: str = "flatten"  # linear probe features: flatten (every latent element) or mean (over positions)
     probe_train: int | None = None  # a seeded random subset of the train split fits the probe (None = all of it)
 
+    def _check(self) -> None:
+        from latentbench.benchmark.perceptual import LPIPS_MIN_SIDE
+        from latentbench.benchmark.probe import POOLINGS
+
+        self._positive("batch_size")
+        self._positive("probe_train", optional=True)
+        self._not_empty("extractor")
+        self._at_least_zero("fid_bootstrap")
+        self._one_of("lpips_net", tuple(LPIPS_MIN_SIDE))
+        self._one_of("probe_pooling", POOLINGS)
+
 
 @dataclass(frozen=True)
-class GeneratorSpec:
+class GeneratorSpec(_Checked):
     """The generator stage: a generator trained on each tokenizer's cached train-split latents, measured by gFID."""
 
     continuous: str = "dit-ci"  # generator for continuous latents: configs/generators/<name>.yaml or a registered name
@@ -70,16 +170,23 @@ class GeneratorSpec:
     target_gfid: float | str | None = None
     baseline: str = "sdvae"  # convergence speed-up is measured against this family's curve in the same table
 
-    def __post_init__(self):
-        if self.max_steps < 0 or self.eval_every < 0:
-            raise ValueError(f"generator max_steps and eval_every must be >= 0, got {self.max_steps}, {self.eval_every}")
+    SECTION: ClassVar[str] = "generator."
+
+    def _check(self) -> None:
+        from latentbench.generators.latents import NORM_MODES
+
+        self._at_least_zero("max_steps", "eval_every", "fid_bootstrap")
         if self.eval_every and self.max_steps % self.eval_every:
             raise ValueError(f"generator max_steps {self.max_steps} must be a multiple of eval_every {self.eval_every} "
                              "(the curve ends at the final step)")
-        if isinstance(self.target_gfid, str) and self.target_gfid != "baseline":
-            raise ValueError(f"generator target_gfid must be a number, 'baseline' or null, got {self.target_gfid!r}")
-        if self.class_sampling not in ("balanced", "random"):
-            raise ValueError(f"generator class_sampling must be 'balanced' or 'random', got {self.class_sampling!r}")
+        self._positive("batch_size", "num_samples", "sample_batch_size")
+        self._one_of("precision", PRECISIONS)
+        self._one_of("normalization", tuple(NORM_MODES))
+        self._one_of("class_sampling", ("balanced", "random"))
+        self._not_empty("continuous", "discrete", "reference", "baseline")
+        target = self.target_gfid
+        self._require(target is None or target == "baseline" or not isinstance(target, str) and target > 0,
+                      "target_gfid", "a positive number, 'baseline' or null")
 
     @property
     def eval_steps(self) -> list[int]:
@@ -89,7 +196,7 @@ class GeneratorSpec:
 
 
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(_Checked):
     name: str
     version: int
     description: str
@@ -99,6 +206,13 @@ class Protocol:
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     seed: int = 0
     tokenizers: dict[str, str] = field(default_factory=dict)  # family alias -> registered size
+
+    def _check(self) -> None:
+        self._require(bool(NAME.fullmatch(self.name)), "name", "letters, digits, '.', '_' or '-' (it names directories)")
+        self._positive("version")
+        self._require(0 <= self.seed < SEED_RANGE, "seed", "in [0, 2^32)")
+        bad = {k: v for k, v in self.tokenizers.items() if not (isinstance(k, str) and isinstance(v, str) and v)}
+        self._require(not bad, "tokenizers", "a mapping of family names to tokenizer names")
 
     @property
     def fingerprint(self) -> str:
@@ -140,12 +254,21 @@ def load_protocol(name_or_path: str) -> Protocol:
         )
     raw = load_yaml_mapping(path, "protocol")
     try:
-        return Protocol(
-            name=raw["name"], version=int(raw["version"]), description=raw.get("description", ""),
-            data=DataSpec(**raw["data"]), train=TrainSpec(**raw.get("train", {})),
-            eval=EvalSpec(**raw.get("eval", {})), generator=GeneratorSpec(**raw.get("generator", {})),
-            seed=int(raw.get("seed", 0)),
-            tokenizers=dict(raw.get("tokenizers", {})),
-        )
-    except (KeyError, TypeError, ValueError) as e:  # ValueError: a version or seed that is not an integer
+        unknown = set(raw) - {f.name for f in fields(Protocol)}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}; a protocol has {', '.join(f.name for f in fields(Protocol))}")
+        sections = {}
+        for name, spec in (("data", DataSpec), ("train", TrainSpec), ("eval", EvalSpec), ("generator", GeneratorSpec)):
+            section = raw.get(name, {}) if name != "data" else raw["data"]
+            if not isinstance(section, dict):
+                raise ValueError(f"{name} must be a mapping, got {section!r}")
+            unknown = set(section) - {f.name for f in fields(spec)}
+            if unknown:
+                raise ValueError(f"{name} has unknown keys {sorted(unknown)}; its keys are {', '.join(f.name for f in fields(spec))}")
+            sections[name] = spec(**section)
+        return Protocol(name=raw["name"], version=raw["version"], description=raw.get("description") or "",
+                        seed=raw.get("seed", 0), tokenizers=raw.get("tokenizers") or {}, **sections)
+    except KeyError as e:
+        raise ValueError(f"protocol file {path} is malformed: it has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:  # TypeError: a section without one of its required keys
         raise ValueError(f"protocol file {path} is malformed: {e}") from None

@@ -88,7 +88,8 @@ def scan_files(
     Args:
         files: the files to scan.
         resolution: output side; images whose short side is below it are counted as upsampled.
-        on_bad_image: "error" raises on the first unreadable file, "skip" records and drops it.
+        on_bad_image: "error" raises once the scan is done, naming every unreadable file (the first
+            MAX_NAMED); "skip" records and drops them.
         limit: stop once this many usable files are found.
         desc: label of the progress bar.
         cache: where results of unchanged files are kept (default: the suite's scan cache, written by
@@ -98,7 +99,7 @@ def scan_files(
         A ScanReport.
 
     Raises:
-        BadImageError: under "error", for the first unreadable file in order.
+        BadImageError: under "error", for the unreadable files: the first in order, then how many more and which.
     """
     check_on_bad_image(on_bad_image)
     rank, world = _scan_group()
@@ -108,7 +109,7 @@ def scan_files(
         cache = default_cache(writable=distributed.rank() == 0)
     with ThreadPoolExecutor(scan_threads()) as pool, contextlib.closing(cache) if cache else contextlib.nullcontext():
         if world > 1 and limit is None:
-            outcomes = _shared_outcomes(files, pool, desc, rank, world, on_bad_image == "error", cache)
+            outcomes = _shared_outcomes(files, pool, desc, rank, world, cache)
         else:
             outcomes = _decode_in_order(files, range(len(files)), pool, desc, rank, cache=cache)
         if cache is not None:
@@ -118,11 +119,11 @@ def scan_files(
 
 
 def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, rank: int, world: int,
-                     stop_at_error: bool, cache: ScanCache | None) -> Iterator[tuple]:
+                     cache: ScanCache | None) -> Iterator[tuple]:
     """Every process decodes every ``world``-th file; all get every outcome, merged in file order."""
     failure = None
     try:
-        mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, stop_at_error, cache))
+        mine = list(_decode_in_order(files, range(rank, len(files), world), pool, desc, rank, cache))
     except Exception as err:  # every rank must reach the all-gather, or the others wait there forever
         mine, failure = [], err
     shards = distributed.all_gather((mine, failure and f"{type(failure).__name__}: {failure}"))
@@ -135,20 +136,38 @@ def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, r
 
 
 def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit: int | None) -> ScanReport:
-    """The ScanReport of (index, digest, size, error, fresh) outcomes in file order; raises the first error under "error"."""
-    report = ScanReport()
+    """The ScanReport of (index, digest, size, error, fresh) outcomes in file order; under "error", raises once every
+    outcome is read, naming all the unreadable files (one rerun per bad file would otherwise find them)."""
+    report, errors = ScanReport(), []
     for index, digest, size, error, _ in outcomes:
         if error is not None:
             if on_bad_image == "error":
-                raise error
-            report.skipped.append({"path": error.path, "reason": error.reason})
+                errors.append(error)
+            else:
+                report.skipped.append({"path": error.path, "reason": error.reason})
             continue
         report.kept.append(index)
         report.digests.append(digest)
         report.n_upsampled += min(size) < resolution
         if limit is not None and len(report.kept) >= limit:
             break
+    if errors:
+        raise _all_of(errors)
     return report
+
+
+MAX_NAMED = 10  # unreadable files a scan's error names one by one
+
+
+def _all_of(errors: list[BadImageError]) -> BadImageError:
+    """One BadImageError for the unreadable files of a scan: the first as it is, then the others by name."""
+    if len(errors) == 1:
+        return errors[0]
+    first, rest = errors[0], errors[1:]
+    named = "; ".join(f"{e.path} ({e.reason})" for e in rest[:MAX_NAMED - 1])
+    more = f"; and {len(rest) - MAX_NAMED + 1} more" if len(rest) >= MAX_NAMED else ""
+    return BadImageError(first.path, f"{first.reason}. {len(errors)} files are unreadable in all; the others: {named}{more}",
+                         first.advice)
 
 
 _COLLECTIVE = False  # set by collective_scan
@@ -191,12 +210,11 @@ def _progress(total: int, desc: str, rank: int = 0) -> tqdm:
 
 
 def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecutor, desc: str, rank: int = 0,
-                     stop_at_error: bool = False, cache: ScanCache | None = None) -> Iterator[tuple]:
+                     cache: ScanCache | None = None) -> Iterator[tuple]:
     """Yield (index, digest, size, error, fresh) for ``indices`` in order, a chunk at a time.
 
     A file with a valid ``cache`` entry is not read; ``fresh`` is ``(key, stamp, checked_ns)`` of a
-    cacheable file decoded now, to be stored. ``stop_at_error``: end after the first unreadable file (what
-    "error" needs of a shard).
+    cacheable file decoded now, to be stored.
     """
     hits = 0
     with _progress(len(indices), desc, rank) as bar:
@@ -211,8 +229,6 @@ def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecut
                 if hits:
                     bar.set_postfix_str(f"{hits} unchanged since the last scan", refresh=False)
                 yield index, digest, size, error, fresh
-                if error is not None and stop_at_error:
-                    return
 
 
 def _scan_one(files: EncodedFiles, index: int, key: str | None, entry: Entry | None) -> tuple:

@@ -42,7 +42,7 @@ def build_dataset(
             "imagefolder:/data/imagenet", "hf:ILSVRC/imagenet-1k".
         split: split name ("train"/"val" for mnist and shapes).
         resolution: side of the square output images.
-        on_bad_image: "error" (raise BadImageError on the first unreadable file) or "skip"
+        on_bad_image: "error" (after the scan, raise BadImageError naming every unreadable file) or "skip"
             (drop unreadable files; ``info`` counts and lists them).
         limit: keep only the first ``limit`` usable images (in order, after skipping); files
             past them are not scanned.

@@ -69,11 +69,12 @@ def mixed(tmp_path) -> Path:
     return tmp_path
 
 
-def test_error_policy_names_first_bad_file(mixed):
+def test_error_policy_names_every_bad_file_first_in_sorted_order(mixed):
     with pytest.raises(BadImageError, match="on_bad_image skip") as info:
         build_dataset(f"imagefolder:{mixed}", "train", 16)
     assert info.value.path == str(mixed / "mixed" / "text.png")  # first bad file in sorted order
-    assert str(mixed / "mixed" / "text.png") in str(info.value)
+    assert f"{len(BAD)} files are unreadable in all" in str(info.value)
+    assert all(str(mixed / "mixed" / name) in str(info.value) for name in BAD)
 
 
 @pytest.mark.parametrize("name", sorted(BAD))
@@ -245,3 +246,14 @@ def test_a_file_name_that_is_not_utf8_is_scanned_without_the_cache(tmp_path):
         first = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
         again = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
     assert len(first) == 1 and first.info["fingerprint"] == again.info["fingerprint"]
+
+
+def test_the_bench_says_in_one_line_what_a_scan_skipped_and_upsampled(mixed):
+    from latentbench.benchmark.harness import data_notes
+
+    ds = build_dataset(f"imagefolder:{mixed}", "train", 16, on_bad_image="skip")
+    line = data_notes(ds.info)
+    assert line.startswith(f"imagefolder:{mixed} [train]: skipped {len(BAD)} unreadable file(s), first ")
+    assert str(mixed / "mixed" / "text.png") in line and "not a recognised image" in line
+    assert f"3 of {len(ds)} images have a side below 16 px and are upsampled" in line
+    assert data_notes(build_dataset(f"imagefolder:{mixed / 'good'}", "train", 1).info) is None

@@ -1,4 +1,4 @@
-"""The up-front scan: order, first-bad-file reporting and early stop, over many in-memory files."""
+"""The up-front scan: order, reporting every bad file and early stop, over many in-memory files."""
 import io
 
 import pytest
@@ -35,10 +35,25 @@ class MemoryFiles:
         return index % 3
 
 
-def test_first_bad_file_in_order_is_reported():
+def test_every_bad_file_is_reported_the_first_in_order_leading():
+    """One run names them all: fixing one file per rerun would take as many scans as there are bad files."""
+    files = MemoryFiles(1100, bad={1050, 700})
     with pytest.raises(BadImageError) as info:
-        scan_files(MemoryFiles(1100, bad={1050, 700}), resolution=8)  # > 1000: the progress bar path
-    assert info.value.path == "mem[700]"
+        scan_files(files, resolution=8)  # > 1000: the progress bar path
+    assert info.value.path == "mem[700]" and files.reads == 1100
+    assert "2 files are unreadable in all; the others: mem[1050] (" in str(info.value)
+    assert str(info.value).endswith(info.value.advice)
+
+
+def test_a_single_bad_file_keeps_its_plain_message_and_many_are_capped():
+    with pytest.raises(BadImageError) as one:
+        scan_files(MemoryFiles(30, bad={4}), resolution=8)
+    assert "unreadable in all" not in str(one.value) and str(one.value).startswith("cannot decode image mem[4]: ")
+    with pytest.raises(BadImageError) as many:
+        scan_files(MemoryFiles(30, bad=set(range(25))), resolution=8)
+    text = str(many.value)
+    assert "25 files are unreadable in all" in text and "mem[9] (" in text and "mem[10] (" not in text
+    assert "; and 15 more" in text
 
 
 def test_skip_keeps_order_and_counts():

@@ -1,0 +1,116 @@
+"""Protocol and tokenizer config files are checked when they are loaded: a typo fails at once, naming the field, not after training."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from latentbench.benchmark.protocol import PROTOCOL_DIR, available_protocols, load_protocol
+
+
+def _write(tmp_path, edit):
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    edit(raw)
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _set(section, key, value):
+    def edit(raw):
+        (raw[section] if section else raw)[key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    # values YAML types correctly but that no stage accepts; each used to fail only at its stage, after training
+    (_set("generator", "precision", "fp16"), "generator.precision must be one of 32-true, bf16-mixed, "),
+    (_set("train", "precision", "bf16"), "train.precision must be one of"),
+    (_set("eval", "probe_pooling", "max"), "eval.probe_pooling must be one of flatten, mean, got 'max'"),
+    (_set("eval", "fid_bootstrap", -1), "eval.fid_bootstrap must be >= 0, got -1"),
+    (_set("eval", "lpips_net", "squeeze"), "eval.lpips_net must be one of alex, vgg, got 'squeeze'"),
+    (_set("generator", "normalization", "layer"), "generator.normalization must be one of channel, element, scaling, none"),
+    (_set("generator", "target_gfid", -3.0), "generator.target_gfid must be a positive number, 'baseline' or null"),
+    (_set("eval", "batch_size", 0), "eval.batch_size must be a positive integer, got 0"),
+    (_set("data", "num_eval", 0), "data.num_eval must be a positive integer or null, got 0"),
+    (_set("data", "source", ""), "data.source must be a non-empty string"),
+    (_set(None, "seed", -1), "seed must be in [0, 2^32), got -1"),
+    (_set(None, "name", "../up"), "name must be letters, digits"),
+    # values that int() used to coerce silently
+    (_set("train", "max_steps", 20.5), "train.max_steps must be an integer, got 20.5"),
+    (_set(None, "version", 2.5), "version must be an integer, got 2.5"),
+    (_set(None, "version", "3"), "version must be an integer, got '3'"),
+    (_set("train", "batch_size", True), "train.batch_size must be an integer, got True"),
+    (_set("eval", "probe_train", "all"), "eval.probe_train must be an integer or null, got 'all'"),
+    # keys no stage reads
+    (_set(None, "generatr", {"max_steps": 0}), "unknown keys ['generatr']"),
+    (_set("data", "num_evals", 10), "data has unknown keys ['num_evals']"),
+    (_set(None, "eval", [1, 2]), "eval must be a mapping"),
+    (lambda raw: raw.pop("data"), "it has no 'data'"),
+])
+def test_a_bad_field_is_named_when_the_protocol_is_loaded(tmp_path, edit, message):
+    path = _write(tmp_path, edit)
+    with pytest.raises(ValueError, match="protocol file .* is malformed: ") as e:
+        load_protocol(str(path))
+    assert message in str(e.value)
+
+
+def test_shipped_protocols_load_and_a_float_field_takes_an_integer(tmp_path):
+    assert {p: load_protocol(p).id for p in available_protocols()} == {
+        "ci": "ci/v2", "imagenet256": "imagenet256/v2", "smoke": "smoke/v3"}
+    assert load_protocol(str(_write(tmp_path, _set("generator", "target_gfid", 900)))).generator.target_gfid == 900
+
+
+def test_a_bad_protocol_stops_the_bench_before_anything_is_written(tmp_path):
+    path = _write(tmp_path, _set("generator", "precision", "fp16"))
+    proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", str(path),
+                           "--runs_dir", str(tmp_path / "runs"), "--leaderboard_dir", str(tmp_path / "lb")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "generator.precision must be one of" in proc.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
+
+
+@pytest.mark.parametrize("value, message", [
+    ("dit-cii", "the protocol's generator.continuous: unknown generator 'dit-cii'. Did you mean dit-ci"),
+    ("missing.yaml", "the protocol's generator.continuous: generator config missing.yaml does not exist"),
+])
+def test_an_unknown_generator_stops_the_bench_before_training(tmp_path, value, message):
+    from latentbench.benchmark.harness import run_bench
+
+    path = _write(tmp_path, _set("generator", "continuous", value))
+    with pytest.raises((KeyError, FileNotFoundError)) as e:
+        run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert message in str(e.value.args[0])
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"name": "sdvae-ci", "init_args": {"latent_channels": "four"}},
+     'init_args do not fit latentbench.tokenizers.sdvae.SDVAE: Parser key "init_args.latent_channels": Expected a <class \'int\'>. '
+     "Got value: four. It takes: block_out_channels, latent_channels,"),
+    ({"name": "sdvae-ci", "init_args": {"latent_chanels": 4}}, "does not accept option 'latent_chanels'"),
+    ({"name": "rae-ci", "module": "latentbench.tokenizers.rae_module:RAEModule", "module_args": {"warmup_step": 5}},
+     "module_args do not fit latentbench.tokenizers.rae_module.RAEModule: Group 'module_args' does not accept option 'warmup_step'"),
+    ({"name": "sdvae-ci", "module_args": {"max_steps": 5}}, "(the protocol sets the training budget)"),
+    ({"name": "sdvae-ci", "init_args": [4]}, "init_args must be a mapping of argument names to values, got [4]"),
+    ({"name": "sdvae-ci", "class_path": "latentbench.tokenizers.sdvae:SDVAE"}, "has both 'name' (sdvae-ci) and 'class_path'"),
+])
+def test_a_tokenizer_config_that_does_not_fit_its_class_is_refused_when_resolved(tmp_path, raw, message):
+    from latentbench.benchmark.harness import resolve_tokenizer
+
+    path = tmp_path / "tok.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError) as e:
+        resolve_tokenizer(str(path), load_protocol("ci"))
+    assert message in str(e.value)
+
+
+def test_every_shipped_tokenizer_config_fits_its_class():
+    from latentbench.benchmark.harness import resolve_tokenizer
+
+    configs = sorted(PROTOCOL_DIR.parent.glob("tokenizers/**/*.yaml"))
+    assert len(configs) >= 15
+    for path in configs:
+        spec = resolve_tokenizer(str(path), load_protocol("ci"))
+        assert spec.init_args or spec.module_args, path  # each sets something, and it was checked
