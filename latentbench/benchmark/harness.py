@@ -128,7 +128,10 @@ def _check_arguments(spec: TokenizerSpec) -> None:
     from latentbench.tokenizers import TOKENIZERS
 
     factory = TOKENIZERS.get(spec.name)
-    built = factory if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
+    try:
+        built = factory if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 (a user's factory whose annotations do not resolve: the build checks it)
+        built = None
     checks = (("init_args", built, spec.init_args, set()),
               # the harness passes these three itself (max_steps: the protocol's budget)
               ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))

@@ -78,8 +78,7 @@ class _Checked:
     def _positive(self, *names: str, optional: bool = False) -> None:
         for name in names:
             value = getattr(self, name)
-            self._require(value > 0 if value is not None or not optional else True, name,
-                          "a positive integer" + (" or null" if optional else ""))
+            self._require((optional and value is None) or value > 0, name, "a positive integer" + (" or null" if optional else ""))
 
     def _at_least_zero(self, *names: str) -> None:
         for name in names:
