@@ -10,7 +10,9 @@
 """
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -80,8 +82,13 @@ def bench(
               else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
     print(f"wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in record["wall_time_s"].items()))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
-    print(f"record id: {record['id']} (make compare RESULT={record['id']} sets it beside the papers' figures, "
-          "for a paper protocol's result)")
+    from latentbench.benchmark.paper import load_paper_rows
+
+    hint = ""
+    if record["protocol"]["name"] in {row.protocol for row in load_paper_rows()}:  # compare refuses the others
+        where = "" if Path(leaderboard_dir).resolve() == LEADERBOARD_DIR.resolve() else f" --leaderboard_dir {leaderboard_dir}"
+        hint = f" (latentbench compare --result {record['id']}{where} sets it beside the papers' figures)"
+    print(f"record id: {record['id']}{hint}")
 
 
 def metrics(
@@ -213,7 +220,7 @@ def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None
         print("regression gate passed")
 
 
-def compare(result: str, family: Optional[str] = None, json: bool = False) -> None:
+def compare(result: str, family: Optional[str] = None, json: bool = False, leaderboard_dir: str = str(LEADERBOARD_DIR)) -> None:
     """Set a result beside the papers' reported figures of the same protocol (leaderboards/paper/).
 
     Args:
@@ -222,6 +229,7 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
         family: which paper rows: a name matched in their source and row (MAETok, FlowMo, RAE,
             SD-VAE), or "all"; default: the result's tokenizer family.
         json: print the comparison as JSON instead of a table.
+        leaderboard_dir: where to look the record id up (a bench's --leaderboard_dir).
     """
     from latentbench.benchmark.paper import compare as compare_rows
     from latentbench.benchmark.paper import (
@@ -230,7 +238,7 @@ def compare(result: str, family: Optional[str] = None, json: bool = False) -> No
         load_paper_rows,
     )
 
-    entries = compare_rows(find_record(result), load_paper_rows(), family)
+    entries = compare_rows(find_record(result, Path(leaderboard_dir)), load_paper_rows(), family)
     if json:
         print_json(entries)
     else:
@@ -328,8 +336,25 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if os.environ.get("LATENTBENCH_TRACEBACK") or _raised_in_user_code(e):
+            traceback.print_exception(e, file=sys.stderr)  # a bug in the user's tokenizer needs its file and line
         print(f"latentbench: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _raised_in_user_code(error: BaseException) -> bool:
+    """Whether the traceback passes through a file that is neither latentbench's nor an installed package's or
+    Python's own: a user's tokenizer or module, whose bug the one-line message alone would hide."""
+    package = Path(__file__).resolve().parent
+    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    for frame, _ in traceback.walk_tb(error.__traceback__):
+        path = Path(frame.f_code.co_filename)
+        if not path.is_file():  # <string>, <frozen ...>
+            continue
+        path = path.resolve()
+        if not path.is_relative_to(package) and not any(path.is_relative_to(p) for p in installed):
+            return True
+    return False
 
 
 if __name__ == "__main__":

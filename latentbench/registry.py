@@ -69,7 +69,13 @@ def import_object(path: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ImportError(f"cannot import module {module_name!r} for {path!r}: {e}. Is it on PYTHONPATH?") from e
+        missing = getattr(e, "name", None)
+        if missing and not (module_name == missing or module_name.startswith(missing + ".")):
+            # the module was found; something it imports is not installed (re-raised: the traceback shows the line)
+            raise ImportError(f"module {module_name!r} (for {path!r}) imports {missing!r}, which is not installed here: "
+                              f"{e}. Install it into this environment (.venv/bin/pip install ...)") from e
+        raise ImportError(f"cannot import module {module_name!r} for {path!r}: {e}. Is it on PYTHONPATH? (the "
+                          f"folder that holds {module_name.split('.')[0]}/ or {module_name.split('.')[0]}.py)") from e
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -18,6 +18,8 @@ def test_list_shows_tokenizers_and_protocols(capsys):
     (["bench", "--protocol", "nope"], "no protocol 'nope'"),
     (["bench", "--protocol", "smoke", "--ckpt", "/does/not/exist.pt"], "does/not/exist.pt"),
     (["bench", "--protocol", "smoke", "--seed", "-1"], "--seed must be in [0, 2^32), got -1"),
+    (["bench", "--protocol", "smoke", "--ckpt", "pyproject.toml", "--train_steps", "5"],
+     "--train_steps 5 has no effect with --ckpt"),
     (["bench", "--protocol", "smoke", "--strategy", "fsdp", "--devices", "2"], "--strategy fsdp is not supported"),
 ])
 def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
@@ -100,3 +102,21 @@ def test_an_install_without_the_checkout_says_so(monkeypatch, tmp_path):
     monkeypatch.setattr(paths, "CONFIG_DIR", tmp_path / "site-packages" / "configs")
     with pytest.raises(FileNotFoundError, match="runs from its repository checkout.*pip install -e"):
         load_protocol("smoke")
+
+
+def test_an_error_raised_in_the_users_own_code_keeps_its_traceback(tmp_path):
+    """The one-line message alone would hide the file and line of a bug in the user's tokenizer."""
+    (tmp_path / "buggy.py").write_text(
+        "from torch import nn\nfrom latentbench.tokenizers import LatentSpec\n\n"
+        "class Buggy(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.c = nn.Conv2d(3, 4, 4, stride=4)\n"
+        "    @property\n    def latent_spec(self):\n        return LatentSpec(shape=(4, 8, 8))\n"
+        "    def encode(self, x):\n        return self.c(x, x)  # the bug\n"
+        "    def decode(self, z):\n        return z\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "buggy:Buggy", "--protocol", "smoke",
+                           "--runs_dir", str(tmp_path / "runs"), "--leaderboard_dir", str(tmp_path / "lb")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and f'{tmp_path / "buggy.py"}", line 12, in encode' in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("latentbench: error: ")

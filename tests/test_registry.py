@@ -32,3 +32,12 @@ def test_registry_lists_sdvae_sizes():
 def test_create_tokenizer_rejects_non_tokenizer():
     with pytest.raises(TypeError, match="is not a tokenizer"):
         create_tokenizer("collections:OrderedDict")
+
+
+def test_a_missing_module_and_a_module_missing_a_dependency_are_told_apart(tmp_path, monkeypatch):
+    (tmp_path / "needsdep.py").write_text("import nonexistent_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ImportError, match="imports 'nonexistent_dependency_xyz', which is not installed here"):
+        import_object("needsdep:Tok")
+    with pytest.raises(ImportError, match=r"cannot import module 'nopkg_xyz.mod'.*Is it on PYTHONPATH\? \(the folder that holds nopkg_xyz/"):
+        import_object("nopkg_xyz.mod:Tok")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -168,11 +169,15 @@ class ReconstructionMetrics:
         self.extractor = extractor.to(device) if extractor is not None else None
         self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed).to(device) if extractor is not None else None
         self.unavailable = dict(unavailable or {})
+        self.lowest = {"real": math.inf, "fake": math.inf}  # for the [0, 1]-decoder warning of results()
 
     def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
         """Add a batch of (real, reconstruction) pairs in [-1, 1] with their global indices."""
         from latentbench.benchmark.metrics import to_uint8
 
+        for name, x in (("real", real), ("fake", fake)):
+            if x.is_floating_point():
+                self.lowest[name] = min(self.lowest[name], float(x.amin()))
         real_u8, fake_u8 = to_uint8(real), to_uint8(fake)  # once for every metric (they take uint8 as is)
         for metric in self.metrics.values():
             metric.update(real_u8, fake_u8)
@@ -180,7 +185,15 @@ class ReconstructionMetrics:
             self.fid.update(self.extractor(fake_u8), real=self.extractor(real_u8), index=index)
 
     def results(self) -> dict[str, dict[str, Any]]:
-        """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none."""
+        """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none.
+
+        Warns when no reconstruction went below 0 while the images reach -0.5 or lower: the mark of a
+        decoder that returns [0, 1] images, which the metrics read as [-1, 1] (PSNR and SSIM far too low).
+        """
+        if self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5:
+            warnings.warn(f"every reconstruction lies in [0, 1] while the images reach {self.lowest['real']:.2f}: if the "
+                          "tokenizer's decode returns [0, 1] images, return x * 2 - 1 instead (latentbench reads images "
+                          "as [-1, 1]); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale", stacklevel=2)
         out: dict[str, dict[str, Any]] = {name: metric.result() for name, metric in self.metrics.items()}
         if "lpips" in out:
             out["lpips"]["net"] = self.metrics["lpips"].net

@@ -95,12 +95,12 @@ def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
         name = protocol.resolve_tokenizer(arg)
         shipped = TOKENIZER_CONFIG_DIR / f"{name}.yaml"
         spec = _spec_from_yaml(shipped, requested=arg) if shipped.is_file() else TokenizerSpec(name=name, requested=arg)
-    _check_resolvable(spec, protocol)
-    return spec
+    return _check_resolvable(spec, protocol)
 
 
-def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> None:
-    """KeyError / ImportError now, naming what is unknown, rather than when a stage first builds it."""
+def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
+    """KeyError / ImportError now, naming what is unknown, rather than when a stage first builds it; the spec with
+    its arguments typed (``_check_arguments``)."""
     from latentbench.tokenizers import TOKENIZERS
 
     try:
@@ -112,12 +112,13 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> None:
         family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1)
         hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
         raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None
-    _check_arguments(spec)
+    return _check_arguments(spec)
 
 
-def _check_arguments(spec: TokenizerSpec) -> None:
+def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
     """ValueError naming an argument of ``init_args`` / ``module_args`` that the class does not take or of the wrong
-    type, before any stage builds it (a bare TypeError from deep inside a constructor otherwise).
+    type, before any stage builds it (a bare TypeError from deep inside a constructor otherwise). Returns the spec
+    with string values the annotation converts taken as converted: PyYAML reads ``1e-3`` (no dot) as a string.
 
     jsonargparse checks them against the constructor's signature and type hints, as LightningCLI does; a registered
     factory is checked against the class its return annotation names. A signature it cannot read is left to the build.
@@ -135,6 +136,7 @@ def _check_arguments(spec: TokenizerSpec) -> None:
     checks = (("init_args", built, spec.init_args, set()),
               # the harness passes these three itself (max_steps: the protocol's budget)
               ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))
+    typed = {}
     for key, cls, args, supplied in checks:
         if not args or not inspect.isclass(cls):
             continue
@@ -146,12 +148,16 @@ def _check_arguments(spec: TokenizerSpec) -> None:
         except Exception:  # noqa: BLE001 (a signature jsonargparse does not support: the build checks it)
             continue
         try:
-            parser.parse_object({key: args})
+            parsed = parser.parse_object({key: args}).as_dict()[key]
         except Exception as e:  # noqa: BLE001 (jsonargparse's ArgumentError, or its type errors)
             taken = ", ".join(sorted(parser.get_defaults().as_dict()[key]))
             extra = " (the protocol sets the training budget)" if key == "module_args" and "max_steps" in args else ""
             raise ValueError(f"tokenizer {spec.requested}: {key} do not fit {cls.__module__}.{cls.__qualname__}{extra}: "
                              f"{' '.join(str(e).split())}. It takes: {taken}") from None
+        converted = {k: parsed[k] for k, v in args.items() if isinstance(v, str) and not isinstance(parsed.get(k), str)}
+        if converted:
+            typed[key] = {**args, **converted}
+    return replace(spec, **typed)
 
 
 def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
@@ -836,13 +842,21 @@ def run_bench(
         ckpt_sha = sha256_file(ckpt) if ckpt else None
         if train_steps is not None and train_steps < 0:
             raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
+        if ckpt and train_steps:  # it would be ignored, and its run key would add a second row of the same numbers
+            raise ValueError(f"--train_steps {train_steps} has no effect with --ckpt: a checkpoint is evaluated as it is, "
+                             "not trained further; drop --train_steps")
         if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
             raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
-        if ckpt:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
-            load_tokenizer(spec, ckpt, trust_checkpoint)
+        if ckpt or ":" in spec.name:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
+            tokenizer = load_tokenizer(spec, ckpt, trust_checkpoint)
+            if ":" in spec.name:  # a user's class: its encode / decode must agree with its latent_spec before it trains
+                from latentbench.tokenizers.base import check_round_trip
+
+                check_round_trip(tokenizer, proto.data.resolution)
+            del tokenizer
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
-        cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, train_steps, proto.seed if seed is None else seed, launch, *precisions,
+        cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, None if ckpt else train_steps, proto.seed if seed is None else seed, launch, *precisions,
                           compile=compile)
         cfg = replace(cfg, lpips_weights=broadcast(lpips_weights_present(lpips_nets_used(cfg))))
 
@@ -853,8 +867,7 @@ def run_bench(
             _require_built_weights(spec)
         check_training_batches(proto, cfg.steps)
         # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
-        data = [_dataset(proto, split, limit, on_bad_image).info for split, limit in
-                ((proto.data.train_split, proto.data.num_train), (proto.data.eval_split, proto.data.num_eval))]
+        data = _scan_splits(proto, on_bad_image)
         check_same_classes(*data)
         if proto.generator.max_steps > 0:  # fail before hours of training
             from latentbench.benchmark.generation import check_generators
@@ -921,6 +934,25 @@ def resume_from(last: Path) -> str | None:
         raise ValueError(f"cannot resume from {last}: it is not a readable checkpoint ({bad}; cut short by a kill or a "
                          "full disk during its save?): delete it to restart this training from step 0")
     return str(last)
+
+
+def _scan_splits(proto: Protocol, on_bad_image: str) -> list[dict[str, Any]]:
+    """The train and eval splits' infos; unreadable files of both are named in one error (not one split per rerun)."""
+    from latentbench.data import BadImageError
+
+    infos, errors = [], []
+    for split, limit in ((proto.data.train_split, proto.data.num_train), (proto.data.eval_split, proto.data.num_eval)):
+        try:
+            infos.append(_dataset(proto, split, limit, on_bad_image).info)
+        except BadImageError as e:
+            errors.append((split, e))
+    if not errors:
+        return infos
+    (split, first), rest = errors[0], [(s, e) for s, e in errors[1:] if e.path != errors[0][1].path]
+    if not rest:
+        raise first
+    also = "; ".join(f"the {s} split has unreadable files too: {e.path} ({e.reason})" for s, e in rest)
+    raise BadImageError(first.path, f"{first.reason} [{split} split]; {also}", first.advice)
 
 
 def data_notes(info: dict[str, Any]) -> str | None:

@@ -139,6 +139,44 @@ def check_tokenizer(obj: Any) -> None:
         )
 
 
+@torch.no_grad()
+def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
+    """Encode and decode two images once; ValueError naming what does not match ``latent_spec`` or the image shape.
+
+    The leaderboard's latent column, bits per pixel, the rate-distortion plot and the generator's
+    input shape are read from ``latent_spec``, so an ``encode`` whose output differs from it would
+    give a row that describes another latent without any error. Run on a user's class before
+    training (the suite's own are tested); random state and train/eval mode are left as they were.
+    """
+    name = f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"
+    spec = tokenizer.latent_spec
+    if not isinstance(spec, LatentSpec):
+        raise ValueError(f"{name}.latent_spec must be a latentbench.tokenizers.LatentSpec, got {type(spec).__name__} {spec!r}: "
+                         "return LatentSpec(shape=(C, h, w)) (or (L, C) for tokens), with dtype and bits_per_token for codes")
+    ramp = torch.linspace(-1, 1, resolution)
+    x = torch.stack([ramp.expand(3, resolution, resolution), -ramp.expand(3, resolution, resolution).transpose(1, 2)])
+    training = tokenizer.training
+    with torch.random.fork_rng(devices=[]):
+        tokenizer.eval()
+        try:
+            z = tokenizer.encode(x)
+            if not isinstance(z, Tensor) or tuple(z.shape) != (2, *spec.shape):
+                got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+                raise ValueError(f"{name}.encode of 2 images of {resolution}x{resolution} returned {got}, but its latent_spec "
+                                 f"says {tuple(spec.shape)} per image, so (2, {', '.join(map(str, spec.shape))}): the "
+                                 "leaderboard's latent column, bits per pixel and the generator read latent_spec; make them agree")
+            if (spec.dtype == "int64") != (not z.is_floating_point()):
+                raise ValueError(f"{name}.encode returned {z.dtype} latents, but its latent_spec.dtype is {spec.dtype!r} "
+                                 "(int64 for discrete codes, a float dtype otherwise)")
+            y = decode_seeded(tokenizer, z, 0)
+            if not isinstance(y, Tensor) or tuple(y.shape) != tuple(x.shape) or not y.is_floating_point():
+                got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+                raise ValueError(f"{name}.decode returned {got} for 2 images of {tuple(x.shape[1:])}: it must return float "
+                                 "images of the input's shape, in [-1, 1]")
+        finally:
+            tokenizer.train(training)
+
+
 def forward_train(tokenizer: nn.Module, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
     """``tokenizer.forward_train(x)`` where defined, else a plain deterministic round trip."""
     if hasattr(tokenizer, "forward_train"):

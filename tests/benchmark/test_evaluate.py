@@ -174,3 +174,22 @@ def test_a_stochastic_decoders_reconstructions_do_not_depend_on_the_batch_size()
     assert torch.equal(recs[7], recs[3]) and torch.equal(recs[7], recs[1])
     again = reconstruct(Noisy(), data, ReconstructionMetrics(), 7, seed=6, grid_size=7, progress=False)
     assert not torch.equal(gather_by_index(again.grid)[1], recs[7])  # the bench's seed still decides the noise
+
+
+def test_a_decoder_that_returns_unit_range_images_is_warned_about():
+    import warnings
+
+    import torch
+
+    from latentbench.benchmark.evaluate import ReconstructionMetrics
+
+    real = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    unit = ReconstructionMetrics()
+    unit.update(torch.arange(4), real, (real + 1) / 2)  # a sigmoid decoder's output scale
+    with pytest.warns(UserWarning, match=r"every reconstruction lies in \[0, 1\] while the images reach -1.00"):
+        unit.results()
+    right = ReconstructionMetrics()
+    right.update(torch.arange(4), real, real * 0.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        right.results()

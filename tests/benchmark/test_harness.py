@@ -617,3 +617,16 @@ def test_a_damaged_stage_result_is_named_with_the_fix(tmp_path):
                                          r"'eval' stage again"):
         Stages(tmp_path).get("eval")
     assert Stages(tmp_path).get("train") is None
+
+
+def test_unreadable_files_of_both_splits_are_named_in_one_error(tmp_path):
+    from latentbench.data import BadImageError
+
+    protocol = _folder_protocol(tmp_path)
+    (tmp_path / "images" / "train" / "c3" / "0.png").write_bytes(b"")
+    (tmp_path / "images" / "val" / "c5" / "1.png").write_text("not an image")
+    with pytest.raises(BadImageError) as e:
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert e.value.path.endswith("train/c3/0.png") and "[train split]" in str(e.value)
+    assert "the val split has unreadable files too: " in str(e.value) and "val/c5/1.png" in str(e.value)
+    assert not (tmp_path / "runs").exists()

@@ -103,3 +103,11 @@ def test_compare_json_is_strict_json(tmp_path, capsys):
     main(["compare", "--result", str(path), "--json"])
     entries = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
     assert any(e["ours"] == "inf" for e in entries)
+
+
+def test_compare_finds_an_id_in_a_benchs_own_leaderboard_dir(tmp_path, capsys):
+    table = tmp_path / "lb" / "imagenet256" / "v2"
+    table.mkdir(parents=True)
+    (table / "results.jsonl").write_text(json.dumps(_record()) + "\n")
+    main(["compare", "--result", "abab", "--leaderboard_dir", str(tmp_path / "lb")])
+    assert "MAETok Table 4: MAETok" in capsys.readouterr().out

@@ -114,3 +114,14 @@ def test_every_shipped_tokenizer_config_fits_its_class():
     for path in configs:
         spec = resolve_tokenizer(str(path), load_protocol("ci"))
         assert spec.init_args or spec.module_args, path  # each sets something, and it was checked
+
+
+def test_a_float_yaml_reads_as_a_string_is_passed_on_as_the_annotated_number(tmp_path):
+    """PyYAML reads 1e-3 (no dot) as the string '1e-3'; the module would compare it with floats in training."""
+    from latentbench.benchmark.harness import resolve_tokenizer
+
+    path = tmp_path / "tok.yaml"
+    path.write_text("name: sdvae-ci\ninit_args: {latent_channels: 4}\nmodule_args: {lr: 1e-3, rec_loss: l1}\n")
+    spec = resolve_tokenizer(str(path), load_protocol("ci"))
+    assert spec.module_args == {"lr": 0.001, "rec_loss": "l1"} and isinstance(spec.module_args["lr"], float)
+    assert spec.init_args == {"latent_channels": 4}

@@ -1,0 +1,88 @@
+"""A user's tokenizer class is checked once before it trains: encode and decode must agree with its latent_spec."""
+import textwrap
+
+import pytest
+import torch
+
+from latentbench.tokenizers.base import check_round_trip
+
+MODULE = '''
+import torch
+from torch import nn
+from latentbench.tokenizers import LatentSpec
+
+
+class Good(nn.Module):  # the README's example
+    def __init__(self, channels: int = 4):
+        super().__init__()
+        self.enc, self.dec = nn.Conv2d(3, channels, 4, stride=4), nn.ConvTranspose2d(channels, 3, 4, stride=4)
+
+    @property
+    def latent_spec(self):
+        return LatentSpec(shape=(self.enc.out_channels, 8, 8))
+
+    def encode(self, x):
+        return self.enc(x)
+
+    def decode(self, z):
+        return torch.tanh(self.dec(z))
+
+
+class WrongShape(Good):  # declares 4x8x8, encodes 4x16x16
+    def __init__(self):
+        super().__init__()
+        self.enc, self.dec = nn.Conv2d(3, 4, 2, stride=2), nn.ConvTranspose2d(4, 3, 2, stride=2)
+
+
+class TupleSpec(Good):
+    @property
+    def latent_spec(self):
+        return (4, 8, 8)
+
+
+class FloatCodes(Good):
+    @property
+    def latent_spec(self):
+        return LatentSpec(shape=(4, 8, 8), dtype="int64", bits_per_token=8)
+
+
+class SmallDecode(Good):
+    def decode(self, z):
+        return super().decode(z)[..., :16, :16]
+'''
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "usertok.py").write_text(textwrap.dedent(MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    return importlib.import_module("usertok")
+
+
+@pytest.mark.parametrize("name, message", [
+    ("WrongShape", "usertok.WrongShape.encode of 2 images of 32x32 returned (2, 4, 16, 16), but its latent_spec says (4, 8, 8)"),
+    ("TupleSpec", "usertok.TupleSpec.latent_spec must be a latentbench.tokenizers.LatentSpec, got tuple (4, 8, 8)"),
+    ("FloatCodes", "usertok.FloatCodes.encode returned torch.float32 latents, but its latent_spec.dtype is 'int64'"),
+    ("SmallDecode", "usertok.SmallDecode.decode returned (2, 3, 16, 16) torch.float32 for 2 images of (3, 32, 32)"),
+])
+def test_a_tokenizer_that_disagrees_with_its_latent_spec_is_named(user_module, name, message):
+    with pytest.raises(ValueError) as e:
+        check_round_trip(getattr(user_module, name)(), 32)
+    assert message in str(e.value)
+
+
+def test_the_check_leaves_random_state_and_mode_as_they_were(user_module):
+    tokenizer = user_module.Good().train()
+    state = torch.random.get_rng_state()
+    check_round_trip(tokenizer, 32)
+    assert torch.equal(torch.random.get_rng_state(), state) and tokenizer.training
+
+
+def test_the_bench_refuses_such_a_class_before_training(user_module, tmp_path):
+    from latentbench.benchmark.harness import run_bench
+
+    with pytest.raises(ValueError, match="returned \\(2, 4, 16, 16\\)"):
+        run_bench("usertok:WrongShape", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
