@@ -343,6 +343,11 @@ def _latent(record: dict[str, Any]) -> str:
     return f"{shape} ({bpp:.3g} bpp)" if bpp else shape
 
 
+def _millions(n: int) -> str:
+    """Parameters in millions, two decimals, or three significant digits below 0.01M (a 2,000-parameter model is not 0.00)."""
+    return f"{n / 1e6:.2f}" if n >= 1e4 or n == 0 else f"{n / 1e6:.3g}"
+
+
 def _throughput(record: dict[str, Any]) -> str:
     """Encode + decode images per second in the eval pass, on the recording machine."""
     value = record.get("throughput_img_s")
@@ -390,7 +395,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {row_name(r)} | {_latent(r)} | {tok['params']['total'] / 1e6:.2f} | {_gmacs(tok)} | "
+            f"| {row_name(r)} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
             f"| {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
@@ -406,6 +411,8 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))
         bases = ", ".join(sorted({_conv(r)["baseline"] for r in records if _conv(r).get("baseline")}))
+        if not any(_conv(r).get("baseline") == r["tokenizer"]["name"] for r in records):
+            bases += ", which has no row in this table yet"
         notes.insert(0, f"- conv. steps: the first evaluated generator step with gFID <= {what} (baseline: {bases}; "
                         "\"> N\": not reached in N steps); (Kx): the baseline's steps to the same gFID divided by this "
                         f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG}).")

@@ -321,3 +321,12 @@ def test_rows_trained_with_different_perceptual_losses_get_a_note():
                                  record("rae-ci", "substitute: domain-mnist feature distance ...")])
     assert "none, LPIPS weights unavailable and no substitute configured for sdvae-ci" in note
     assert "the labelled substitute, LPIPS's recipe on the domain classifier for rae-ci" in note
+
+
+def test_a_missing_baseline_row_and_a_tiny_model_are_rendered_as_such():
+    ours = _with_curve("ours", [30.0, 15.0], target=20.0)
+    ours["tokenizer"]["params"]["total"] = 2_345
+    table = render_table([ours])
+    assert "(baseline: base, which has no row in this table yet;" in table
+    assert "| ours | 4x8x8 | 0.00234 |" in table or "| ours | 4x8x8 | 0.00235 |" in table
+    assert "(baseline: base;" in render_table([_with_curve("base", [90.0, 60.0], target=20.0), ours])
