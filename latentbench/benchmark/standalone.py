@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from latentbench.data import IMAGE_EXTENSIONS, BadImageError, load_rgb
+from latentbench.data.images import combine_bad_images
 
 PAIRED = ("psnr", "ssim", "lpips")
 
@@ -67,14 +68,27 @@ def load_uint8(path: Path) -> Tensor:
 
 
 def same_size_batches(items: list[Any], load, batch_size: int) -> Iterator[list]:
-    """Load items in order and group consecutive ones of one shape into batches of ``batch_size``."""
+    """Load items in order and group consecutive ones of one shape into batches of ``batch_size``.
+
+    After an unreadable file nothing more is yielded, but the rest are still read, so that the
+    BadImageError raised at the end names every unreadable file at once.
+    """
     batch: list = []
+    errors: list[BadImageError] = []
     for item in items:
-        loaded = load(item)
+        try:
+            loaded = load(item)
+        except BadImageError as err:
+            errors.append(err)
+            continue
+        if errors:
+            continue
         if batch and (len(batch) == batch_size or _shape(batch[-1]) != _shape(loaded)):
             yield batch
             batch = []
         batch.append(loaded)
+    if errors:
+        raise combine_bad_images(errors)
     if batch:
         yield batch
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from latentbench import distributed
-from latentbench.data.images import BadImageError, load_rgb
+from latentbench.data.images import BadImageError, combine_bad_images, load_rgb
 from latentbench.data.info import content_fingerprint, dataset_info
 from latentbench.data.scancache import Entry, ScanCache, Stamp, default_cache
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
@@ -152,22 +152,8 @@ def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit
         if limit is not None and len(report.kept) >= limit:
             break
     if errors:
-        raise _all_of(errors)
+        raise combine_bad_images(errors)
     return report
-
-
-MAX_NAMED = 10  # unreadable files a scan's error names one by one
-
-
-def _all_of(errors: list[BadImageError]) -> BadImageError:
-    """One BadImageError for the unreadable files of a scan: the first as it is, then the others by name."""
-    if len(errors) == 1:
-        return errors[0]
-    first, rest = errors[0], errors[1:]
-    named = "; ".join(f"{e.path} ({e.reason})" for e in rest[:MAX_NAMED - 1])
-    more = f"; and {len(rest) - MAX_NAMED + 1} more" if len(rest) >= MAX_NAMED else ""
-    return BadImageError(first.path, f"{first.reason}. {len(errors)} files are unreadable in all; the others: {named}{more}",
-                         first.advice)
 
 
 _COLLECTIVE = False  # set by collective_scan

@@ -49,6 +49,21 @@ class BadImageError(ValueError):
         return type(self), (self.path, self.reason, self.advice)
 
 
+MAX_NAMED = 10  # unreadable files one error names one by one
+
+
+def combine_bad_images(errors: list[BadImageError]) -> BadImageError:
+    """One BadImageError for several unreadable files: the first as it is, then the others by name (MAX_NAMED in all),
+    so a folder with several broken files takes one fix, not one rerun per file."""
+    if len(errors) == 1:
+        return errors[0]
+    first, rest = errors[0], errors[1:]
+    named = "; ".join(f"{e.path} ({e.reason})" for e in rest[:MAX_NAMED - 1])
+    more = f"; and {len(rest) - MAX_NAMED + 1} more" if len(rest) >= MAX_NAMED else ""
+    return BadImageError(first.path, f"{first.reason}. {len(errors)} files are unreadable in all; the others: {named}{more}",
+                         first.advice)
+
+
 def is_image_file(path: str | Path) -> bool:
     """Whether the file name has one of IMAGE_EXTENSIONS (case-insensitive)."""
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS

@@ -217,3 +217,15 @@ def test_statistics_and_tiny_folders_fail_clearly(tmp_path):
     (tmp_path / "text.npz").write_text("not numpy")
     with pytest.raises(ValueError, match="text.npz is not a readable .npz of statistics"):
         folder_metrics(tmp_path / "text.npz", fake, fid=True, extractor="domain-mnist")
+
+
+def test_every_unreadable_file_is_named_in_one_error(tmp_path):
+    from latentbench.data import BadImageError
+
+    real, fake, _ = _folders(tmp_path)
+    (real / "0.png").write_bytes(b"")
+    (fake / "sub" / "3.png").write_text("not an image")
+    with pytest.raises(BadImageError) as e:
+        folder_metrics(real, fake, psnr=True)
+    assert e.value.path == str(real / "0.png")
+    assert f"2 files are unreadable in all; the others: {fake / 'sub' / '3.png'} (" in str(e.value)
