@@ -346,7 +346,9 @@ def _raised_in_user_code(error: BaseException) -> bool:
     """Whether the traceback passes through a file that is neither latentbench's nor an installed package's or
     Python's own: a user's tokenizer or module, whose bug the one-line message alone would hide."""
     package = Path(__file__).resolve().parent
-    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    import site
+
+    installed = {Path(p).resolve() for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages())}
     for frame, _ in traceback.walk_tb(error.__traceback__):
         path = Path(frame.f_code.co_filename)
         if not path.is_file():  # <string>, <frozen ...>

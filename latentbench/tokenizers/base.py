@@ -165,9 +165,10 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
                 raise ValueError(f"{name}.encode of 2 images of {resolution}x{resolution} returned {got}, but its latent_spec "
                                  f"says {tuple(spec.shape)} per image, so (2, {', '.join(map(str, spec.shape))}): the "
                                  "leaderboard's latent column, bits per pixel and the generator read latent_spec; make them agree")
-            if (spec.dtype == "int64") != (not z.is_floating_point()):
+            declared = getattr(torch, str(spec.dtype), None)
+            if not isinstance(declared, torch.dtype) or declared.is_floating_point != z.is_floating_point():
                 raise ValueError(f"{name}.encode returned {z.dtype} latents, but its latent_spec.dtype is {spec.dtype!r} "
-                                 "(int64 for discrete codes, a float dtype otherwise)")
+                                 "(a torch dtype's name: int64 for discrete codes, float32 otherwise)")
             y = decode_seeded(tokenizer, z, 0)
             if not isinstance(y, Tensor) or tuple(y.shape) != tuple(x.shape) or not y.is_floating_point():
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
