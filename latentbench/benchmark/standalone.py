@@ -99,7 +99,15 @@ def _shape(loaded) -> tuple:
 
 def _load_pair(pair: tuple[str, Path, Path]) -> tuple[Tensor, Tensor]:
     name, real_path, fake_path = pair
-    real, fake = load_uint8(real_path), load_uint8(fake_path)
+    loaded, errors = [], []
+    for path in (real_path, fake_path):  # both, so that a bad partner of a bad file is named in the same error
+        try:
+            loaded.append(load_uint8(path))
+        except BadImageError as err:
+            errors.append(err)
+    if errors:
+        raise combine_bad_images(errors)
+    real, fake = loaded
     if real.shape != fake.shape:
         raise ValueError(f"{name}: real image is {tuple(real.shape[1:])} but fake is {tuple(fake.shape[1:])}; paired metrics need equal sizes")
     return real, fake

@@ -55,13 +55,16 @@ MAX_NAMED = 10  # unreadable files one error names one by one
 def combine_bad_images(errors: list[BadImageError]) -> BadImageError:
     """One BadImageError for several unreadable files: the first as it is, then the others by name (MAX_NAMED in all),
     so a folder with several broken files takes one fix, not one rerun per file."""
+    errors = [one for e in errors for one in getattr(e, "errors", [e])]  # combined ones count by their files
     if len(errors) == 1:
         return errors[0]
     first, rest = errors[0], errors[1:]
     named = "; ".join(f"{e.path} ({e.reason})" for e in rest[:MAX_NAMED - 1])
     more = f"; and {len(rest) - MAX_NAMED + 1} more" if len(rest) >= MAX_NAMED else ""
-    return BadImageError(first.path, f"{first.reason}. {len(errors)} files are unreadable in all; the others: {named}{more}",
-                         first.advice)
+    combined = BadImageError(first.path, f"{first.reason}. {len(errors)} files are unreadable in all; the others: "
+                                         f"{named}{more}", first.advice)
+    combined.errors = errors
+    return combined
 
 
 def is_image_file(path: str | Path) -> bool:

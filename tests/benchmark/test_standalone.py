@@ -229,3 +229,7 @@ def test_every_unreadable_file_is_named_in_one_error(tmp_path):
         folder_metrics(real, fake, psnr=True)
     assert e.value.path == str(real / "0.png")
     assert f"2 files are unreadable in all; the others: {fake / 'sub' / '3.png'} (" in str(e.value)
+    (fake / "0.png").write_bytes(b"\x89PNG")  # the bad file's partner: named too
+    with pytest.raises(BadImageError) as e:
+        folder_metrics(real, fake, psnr=True)
+    assert f"3 files are unreadable in all; the others: {fake / '0.png'} (" in str(e.value)
