@@ -66,10 +66,7 @@ class _Checked:
             value = getattr(self, f.name)
             if not _matches(value, hints[f.name]):
                 raise ValueError(f"{self.SECTION}{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
-        self._check()
-
-    def _check(self) -> None:
-        pass
+        self._check()  # every section defines it
 
     def _require(self, ok: bool, name: str, what: str) -> None:
         if not ok:
