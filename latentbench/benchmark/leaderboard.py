@@ -386,7 +386,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         "(one JSON record per run, append-only); do not edit by hand.",
         "",
         "| tokenizer | latent | params (M) | enc / dec GMACs | " + " | ".join(_header(k, h, records) for k, h, _ in COLUMNS)
-        + " | conv. steps | n eval | train steps | codec img/s | wall (s) | commit | date |",
+        + " | conv. steps | n eval | train steps | codec img/s | stage time (s) | commit | date |",
         "|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|---|---|---|",
     ]
     for r in sorted(records, key=lambda r: (row_name(r), r["created"])):
@@ -407,6 +407,9 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
                      "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
                      f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
     notes += _perceptual_notes(records)
+    notes.append("- stage time (s): the sum of the bench's train, eval and generate stages, each timed in the process "
+                 "that finished it (process start, data scans and checks are not in it; a resumed stage counts only "
+                 "its last process); rows of one run (FlowMo's 1a and 1b) each count the shared training stage.")
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))

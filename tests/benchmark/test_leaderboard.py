@@ -35,6 +35,7 @@ def test_append_only_and_rendered(tmp_path):
         append_record(tmp_path, a)
     table = (tmp_path / "unit/v1/README.md").read_text()
     assert "| tok-b | 4x8x8 | 1.00 | — | — | 25.00 | 0.5000 | — | — | — | — | 10 | 5 | — | 3 | abcdef12 |" in table
+    assert "| stage time (s) |" in table and "- stage time (s): the sum of the bench's train, eval and generate" in table
 
 
 @pytest.mark.parametrize("interruption", [RuntimeError("a broken perf.json"), KeyboardInterrupt()])
