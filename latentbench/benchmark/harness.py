@@ -154,10 +154,23 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
             extra = " (the protocol sets the training budget)" if key == "module_args" and "max_steps" in args else ""
             raise ValueError(f"tokenizer {spec.requested}: {key} do not fit {cls.__module__}.{cls.__qualname__}{extra}: "
                              f"{' '.join(str(e).split())}. It takes: {taken}") from None
-        converted = {k: parsed[k] for k, v in args.items() if isinstance(v, str) and not isinstance(parsed.get(k), str)}
-        if converted:
-            typed[key] = {**args, **converted}
+        taken = {k: _numbers_from_strings(v, parsed.get(k)) for k, v in args.items()}
+        if taken != args:
+            typed[key] = taken
     return replace(spec, **typed)
+
+
+def _numbers_from_strings(given: Any, parsed: Any) -> Any:
+    """``given`` with each string that jsonargparse read as a number or bool (``parsed``) replaced by that value,
+    in nested mappings and lists too (``loss_weights: {l1: 1e-3}``). Anything else stays as the user wrote it: the
+    parsed form of other values (nested class specs, paths) is jsonargparse's, not what the constructor takes."""
+    if isinstance(given, str):
+        return parsed if isinstance(parsed, (bool, int, float)) else given
+    if isinstance(given, dict) and isinstance(parsed, dict) and set(parsed) >= set(given):
+        return {k: _numbers_from_strings(v, parsed[k]) for k, v in given.items()}
+    if isinstance(given, (list, tuple)) and isinstance(parsed, (list, tuple)) and len(given) == len(parsed):
+        return type(given)(_numbers_from_strings(g, p) for g, p in zip(given, parsed))
+    return given
 
 
 def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:

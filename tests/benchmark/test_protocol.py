@@ -125,3 +125,13 @@ def test_a_float_yaml_reads_as_a_string_is_passed_on_as_the_annotated_number(tmp
     spec = resolve_tokenizer(str(path), load_protocol("ci"))
     assert spec.module_args == {"lr": 0.001, "rec_loss": "l1"} and isinstance(spec.module_args["lr"], float)
     assert spec.init_args == {"latent_channels": 4}
+
+
+def test_numbers_read_as_strings_inside_mappings_are_converted_too(tmp_path):
+    from latentbench.benchmark.harness import resolve_tokenizer
+
+    path = tmp_path / "tok.yaml"
+    path.write_text("name: sdvae-ci\nmodule_args: {loss_weights: {l1: 1e-3, kl: 1.0e-6}, rec_loss: l1}\n")
+    spec = resolve_tokenizer(str(path), load_protocol("ci"))
+    assert spec.module_args == {"loss_weights": {"l1": 0.001, "kl": 1e-6}, "rec_loss": "l1"}
+    assert isinstance(spec.module_args["loss_weights"]["l1"], float)
