@@ -117,8 +117,7 @@ def render_all(root: Path) -> list[Path]:
 
 def render(directory: Path, records: list[dict[str, Any]]) -> None:
     """Write a table's README.md and its plots from its records."""
-    curves = {row_name(r): (r.get("generation") or {}).get("curve") for r in records}
-    curves = {k: v for k, v in curves.items() if v}
+    curves = _curves(records)
     if curves:
         from latentbench.benchmark.gfid import plot_curves
 
@@ -184,10 +183,8 @@ def grid_names(record: dict[str, Any]) -> tuple[str, str]:
     return f"{record['id'][:12]}-reconstructions.png", f"{record['id'][:12]}-samples.png"
 
 
-def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
-    """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes."""
-    import math as _math
-
+def _rate_distortion_points(records: list[dict[str, Any]]) -> list[tuple[str, float, float, bool]]:
+    """(row, latent size per pixel, PSNR, discrete) of each row that has both."""
     points = []
     for r in records:
         psnr = (r["metrics"].get("psnr") or {}).get("value")
@@ -197,8 +194,20 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
         res = (r["data"]["eval"] or {}).get("resolution")
         if bpp is None and not res:
             continue
-        rate = bpp if bpp is not None else _math.prod(r["tokenizer"]["latent"]["shape"]) / res**2
+        rate = bpp if bpp is not None else math.prod(r["tokenizer"]["latent"]["shape"]) / res**2
         points.append((row_name(r), rate, psnr, bpp is not None))
+    return points
+
+
+def _curves(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each row's gFID curve, for the rows that have one."""
+    curves = {row_name(r): (r.get("generation") or {}).get("curve") for r in records}
+    return {k: v for k, v in curves.items() if v}
+
+
+def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
+    """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes."""
+    points = _rate_distortion_points(records)
     if not points:
         return
     import matplotlib
@@ -427,8 +436,9 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
 
 def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -> list[str]:
     """Links to the table's plots and to each row's reconstruction and sample grids that exist."""
-    out = ["", "## Plots", "", f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row",
-           f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"]
+    plots = ([f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row"] if _curves(records) else []) \
+        + ([f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"] if _rate_distortion_points(records) else [])
+    out = ["", "## Plots", "", *plots] if plots else []
     rows = []
     for r in sorted(records, key=lambda r: (row_name(r), r["created"])):
         rec, smp = grid_names(r)

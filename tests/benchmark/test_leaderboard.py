@@ -331,3 +331,15 @@ def test_a_missing_baseline_row_and_a_tiny_model_are_rendered_as_such():
     assert "(baseline: base, which has no row in this table yet;" in table
     assert "| ours | 4x8x8 | 0.00234 |" in table or "| ours | 4x8x8 | 0.00235 |" in table
     assert "(baseline: base;" in render_table([_with_curve("base", [90.0, 60.0], target=20.0), ours])
+
+
+def test_only_the_plots_a_table_has_are_linked():
+    """A table without gFID curves (v1 of `ci`) links no gfid_curves.png; one without either plot has no Plots section."""
+    plain = make_record()
+    assert "## Plots" not in render_table([plain])
+    sized = make_record()
+    sized["data"]["eval"]["resolution"] = 32
+    table = render_table([sized])
+    assert "[rate_distortion.png](rate_distortion.png)" in table and "gfid_curves.png" not in table
+    sized["generation"] = {"curve": {"100": 50.0, "200": 40.0}}
+    assert "[gfid_curves.png](gfid_curves.png)" in render_table([sized])
