@@ -27,10 +27,19 @@ from torch import Tensor, nn
 class LatentSpec:
     """What one image becomes."""
 
-    shape: tuple[int, ...]  # per image: (C, h, w) for 2D latents, (L, C) for 1D token latents
-    dtype: str = "float32"  # "int64" for discrete codes
-    bits_per_token: float | None = None  # discrete tokenizers only; bits of one token's code
+    shape: tuple[int, ...]  # per image: (C, h, w) for 2D latents, (L, C) for 1D token latents; (L, bits) for codes
+    dtype: str = "float32"  # a torch dtype's name
+    # discrete tokenizers only: bits of one token's code. A discrete latent is (L, bits) of -1 / +1 per
+    # bit (LFQ's binary codes; a codebook index can be given as its bits), which is what the MaskGIT
+    # generator and the code statistics read.
+    bits_per_token: float | None = None
     scaling_factor: float = 1.0  # latents are multiplied by this before diffusion (SD-VAE: 0.18215)
+
+    def __post_init__(self) -> None:
+        if self.bits_per_token is not None and (len(self.shape) != 2 or self.shape[1] != self.bits_per_token):
+            raise ValueError(f"a discrete latent (bits_per_token={self.bits_per_token}) must have shape (L, bits) with "
+                             f"bits == bits_per_token, got {tuple(self.shape)}: give a (C, h, w) code of C bits as "
+                             "(h * w, C) tokens, each bit -1 or +1")
 
     @property
     def numel(self) -> int:
@@ -152,7 +161,7 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
     spec = tokenizer.latent_spec
     if not isinstance(spec, LatentSpec):
         raise ValueError(f"{name}.latent_spec must be a latentbench.tokenizers.LatentSpec, got {type(spec).__name__} {spec!r}: "
-                         "return LatentSpec(shape=(C, h, w)) (or (L, C) for tokens), with dtype and bits_per_token for codes")
+                         "return LatentSpec(shape=(C, h, w)) (or (L, C) for tokens; (L, bits) with bits_per_token for binary codes)")
     ramp = torch.linspace(-1, 1, resolution)
     x = torch.stack([ramp.expand(3, resolution, resolution), -ramp.expand(3, resolution, resolution).transpose(1, 2)])
     training = tokenizer.training
@@ -168,7 +177,11 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
             declared = getattr(torch, str(spec.dtype), None)
             if not isinstance(declared, torch.dtype) or declared.is_floating_point != z.is_floating_point():
                 raise ValueError(f"{name}.encode returned {z.dtype} latents, but its latent_spec.dtype is {spec.dtype!r} "
-                                 "(a torch dtype's name: int64 for discrete codes, float32 otherwise)")
+                                 "(a torch dtype's name, e.g. float32)")
+            if spec.bits_per_token is not None and not bool((z.abs() == 1).all()):
+                raise ValueError(f"{name}.encode returned codes with values {sorted(set(z.unique()[:5].tolist()))}..., "
+                                 "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit: "
+                                 "the MaskGIT generator and the code statistics read it so")
             y = decode_seeded(tokenizer, z, 0)
             if not isinstance(y, Tensor) or tuple(y.shape) != tuple(x.shape) or not y.is_floating_point():
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__

@@ -40,10 +40,33 @@ class TupleSpec(Good):
         return (4, 8, 8)
 
 
-class FloatCodes(Good):
+class CodeGrid(Good):  # a (C, h, w) grid of bits: discrete latents are (L, bits)
     @property
     def latent_spec(self):
-        return LatentSpec(shape=(4, 8, 8), dtype="int64", bits_per_token=8)
+        return LatentSpec(shape=(4, 8, 8), bits_per_token=4)
+
+
+class Codes(Good):  # binary codes, 64 tokens of 4 bits
+    @property
+    def latent_spec(self):
+        return LatentSpec(shape=(64, 4), bits_per_token=4)
+
+    def encode(self, x):
+        return torch.where(self.enc(x) > 0, 1.0, -1.0).flatten(2).transpose(1, 2)  # (B, 64, 4)
+
+    def decode(self, z):
+        return super().decode(z.transpose(1, 2).reshape(-1, 4, 8, 8))
+
+
+class IntSpec(Codes):
+    @property
+    def latent_spec(self):
+        return LatentSpec(shape=(64, 4), dtype="int64", bits_per_token=4)
+
+
+class NotBinary(Codes):
+    def encode(self, x):
+        return self.enc(x).flatten(2).transpose(1, 2)
 
 
 class SmallDecode(Good):
@@ -64,13 +87,19 @@ def user_module(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name, message", [
     ("WrongShape", "usertok.WrongShape.encode of 2 images of 32x32 returned (2, 4, 16, 16), but its latent_spec says (4, 8, 8)"),
     ("TupleSpec", "usertok.TupleSpec.latent_spec must be a latentbench.tokenizers.LatentSpec, got tuple (4, 8, 8)"),
-    ("FloatCodes", "usertok.FloatCodes.encode returned torch.float32 latents, but its latent_spec.dtype is 'int64'"),
+    ("IntSpec", "usertok.IntSpec.encode returned torch.float32 latents, but its latent_spec.dtype is 'int64'"),
+    ("CodeGrid", "a discrete latent (bits_per_token=4) must have shape (L, bits) with bits == bits_per_token, got (4, 8, 8)"),
+    ("NotBinary", "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit"),
     ("SmallDecode", "usertok.SmallDecode.decode returned (2, 3, 16, 16) torch.float32 for 2 images of (3, 32, 32)"),
 ])
 def test_a_tokenizer_that_disagrees_with_its_latent_spec_is_named(user_module, name, message):
     with pytest.raises(ValueError) as e:
         check_round_trip(getattr(user_module, name)(), 32)
     assert message in str(e.value)
+
+
+def test_binary_codes_pass(user_module):
+    check_round_trip(user_module.Codes(), 32)
 
 
 def test_the_check_leaves_random_state_and_mode_as_they_were(user_module):
