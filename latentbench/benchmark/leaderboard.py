@@ -6,8 +6,10 @@ leaves the previous table intact. An existing row is never rewritten.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +95,13 @@ def append_record(root: Path, record: dict[str, Any], if_absent: bool = False) -
         try:
             render(directory, records + [record])
         except BaseException:  # Ctrl-C included: a row lands with its table or not at all (a rerun would add it again)
-            if old is None:
-                path.unlink(missing_ok=True)
+            if old is None:  # the table's first row: nothing of it stays
+                for name in ("results.jsonl", CURVES_PNG, RD_PNG):
+                    (directory / name).unlink(missing_ok=True)
             else:
                 atomic_write_text(path, old)
+                with contextlib.suppress(Exception):  # the plots back to the rows that stay (best effort)
+                    render(directory, records)
             raise
     return directory
 
@@ -128,7 +133,11 @@ def render(directory: Path, records: list[dict[str, Any]]) -> None:
     grids = {p.name for p in (Path(directory) / GRID_DIR).glob("*.png")}
     from latentbench.benchmark.perf import load_perf
 
-    perf = load_perf(Path(directory).parent.parent / "perf" / "perf.json")  # <root>/perf/perf.json beside <root>/<name>/v<N>
+    try:
+        perf = load_perf(Path(directory).parent.parent / "perf" / "perf.json")  # <root>/perf/perf.json beside <root>/<name>/v<N>
+    except ValueError as e:  # a damaged perf.json costs the table its Cost section, not the row
+        warnings.warn(f"{e}; {directory / 'README.md'} is written without its Cost section", stacklevel=2)
+        perf = None
     atomic_write_text(Path(directory) / "README.md", render_table(records, grids) + cost_section(records, perf))
 
 

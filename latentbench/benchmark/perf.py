@@ -411,13 +411,20 @@ def render_perf_readme(path: str | Path) -> Path:
 
 
 def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
-    """The last ``latentbench perf`` result (upgraded to the current schema), or None."""
+    """The last ``latentbench perf`` result (upgraded to the current schema), or None; ValueError naming a damaged file."""
     path = Path(path)
     if not path.is_file():
         return None
-    result = json.loads(path.read_text())
+    try:
+        result = json.loads(path.read_text())
+        rows = result["rows"]
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise TypeError("'rows' is not a list of objects")
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{path} is not a `latentbench perf` result ({type(e).__name__}: {e}): restore it "
+                         "(`git checkout` it) or measure again with `make perf`") from None
     if result.get("schema", 1) < 2:  # schema 1 named the sampling rate by its precision when that was bf16
-        for row in result["rows"]:
+        for row in rows:
             if "sample_img_s_bf16" in row:
                 row["sample_img_s"], row["sample_precision"] = row.pop("sample_img_s_bf16"), "bf16-mixed"
             elif "sample_img_s" in row:

@@ -343,3 +343,49 @@ def test_only_the_plots_a_table_has_are_linked():
     assert "[rate_distortion.png](rate_distortion.png)" in table and "gfid_curves.png" not in table
     sized["generation"] = {"curve": {"100": 50.0, "200": 40.0}}
     assert "[gfid_curves.png](gfid_curves.png)" in render_table([sized])
+
+
+def test_a_damaged_perf_json_costs_the_table_its_cost_section_not_the_row(tmp_path):
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "perf.json").write_text('{"schema": 2, <<<<<<< HEAD\n')
+    with pytest.warns(UserWarning, match="perf.json is not a `latentbench perf` result .*without its Cost section"):
+        table = append_record(tmp_path, make_record())
+    assert len(read_records(table)) == 1 and "Cost" not in (table / "README.md").read_text()
+
+
+def test_the_leaderboard_command_names_a_damaged_perf_json(tmp_path, capsys):
+    from latentbench.cli import main
+
+    append_record(tmp_path, make_record())
+    (tmp_path / "perf").mkdir()
+    (tmp_path / "perf" / "perf.json").write_text('{"rows": 3}')
+    with pytest.raises(SystemExit) as e, pytest.warns(UserWarning):
+        main(["leaderboard", "--root", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "perf.json is not a `latentbench perf` result (TypeError: 'rows' is not a list of objects)" in err
+    assert "`make perf`" in err
+
+
+def test_a_failed_render_puts_the_plots_back(tmp_path, monkeypatch):
+    """The plots are drawn before the README; a row taken back must not stay in them."""
+    import latentbench.benchmark.leaderboard as leaderboard
+
+    first = make_record()
+    first["data"]["eval"]["resolution"] = 32
+    table = append_record(tmp_path, first)
+    plot = (table / "rate_distortion.png").read_bytes()
+    real = leaderboard.cost_section
+
+    def fails_with_two_rows(records, perf):
+        if len(records) == 2:
+            raise RuntimeError("disk full")
+        return real(records, perf)
+
+    monkeypatch.setattr(leaderboard, "cost_section", fails_with_two_rows)
+    second = make_record("tok-b", psnr=31.0)
+    second["data"]["eval"]["resolution"] = 32
+    with pytest.raises(RuntimeError, match="disk full"):
+        append_record(tmp_path, second)
+    assert (table / "rate_distortion.png").read_bytes() == plot
+    assert [r["id"] for r in read_records(table)] == [first["id"]]
