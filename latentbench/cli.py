@@ -336,10 +336,24 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        if os.environ.get("LATENTBENCH_TRACEBACK") or _raised_in_user_code(e):
+        bug = _unexpected(e)
+        if os.environ.get("LATENTBENCH_TRACEBACK") or bug or _raised_in_user_code(e):
             traceback.print_exception(e, file=sys.stderr)  # a bug in the user's tokenizer needs its file and line
-        print(f"latentbench: error: {message}", file=sys.stderr)
+        where = " (not an error message of latentbench's: the traceback above says where it came from)" if bug else ""
+        print(f"latentbench: error: {f'{type(e).__name__}: {e}' if bug else message}{where}", file=sys.stderr)
         sys.exit(2)
+
+
+def _unexpected(error: BaseException) -> bool:
+    """A KeyError or TypeError that no ``raise`` statement made: a failed lookup or call (``record['value']``), a
+    bug whose one-line message (``'value'``) would say nothing. The suite's own errors of these types are raised
+    with a sentence by a ``raise`` statement, which the innermost frame's line shows."""
+    import linecache
+
+    if not isinstance(error, (KeyError, TypeError)) or error.__traceback__ is None:
+        return False
+    *_, (frame, line) = traceback.walk_tb(error.__traceback__)
+    return not linecache.getline(frame.f_code.co_filename, line).lstrip().startswith("raise")
 
 
 def _raised_in_user_code(error: BaseException) -> bool:

@@ -120,3 +120,23 @@ def test_an_error_raised_in_the_users_own_code_keeps_its_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" in proc.stderr and f'{tmp_path / "buggy.py"}", line 12, in encode' in proc.stderr
     assert proc.stderr.rstrip().splitlines()[-1].startswith("latentbench: error: ")
+
+
+def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsys):
+    """A KeyError no ``raise`` made (a bug) prints where it came from; the suite's own KeyErrors stay one line."""
+    import latentbench.cli as cli
+
+    def lookup(*args, **kwargs):
+        return {}["value"]
+
+    monkeypatch.setattr(cli, "list_", lookup)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["list"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" in err and 'return {}["value"]' in err
+    assert "latentbench: error: KeyError: 'value' (not an error message of latentbench's" in err
+
+    with pytest.raises(SystemExit):  # registry.py raises it over several lines
+        cli.main(["bench", "--tokenizer", "nosuch", "--protocol", "smoke"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("latentbench: error: unknown tokenizer 'nosuch'")
