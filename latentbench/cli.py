@@ -326,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI
 
     from latentbench.data import BadImageError
+    from latentbench.distributed import RankZeroFailed
     from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
@@ -334,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
              "leaderboard": leaderboard, "regress": regress, "compare": compare,
              "perf": perf}, args=args, as_positional=False)
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
-            ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError) as e:
+            ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError, RankZeroFailed) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         bug = _unexpected(e)
         if os.environ.get("LATENTBENCH_TRACEBACK") or bug or _raised_in_user_code(e):

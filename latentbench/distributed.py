@@ -21,10 +21,10 @@ so one optimizer step sees the same number of images at any world size.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -207,7 +207,7 @@ def destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-@contextmanager
+@contextlib.contextmanager
 def process_group(launch: Launch) -> Iterator[None]:
     """The launcher's process group for the ``with`` block; left at its end if the block joined it."""
     created = init_process_group(launch)
@@ -279,9 +279,30 @@ def processes_per_node(default: int = 1) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or default)
 
 
+class RankZeroFailed(RuntimeError):
+    """Raised on the other ranks when what rank 0 ran for all of them (``run_on_rank_zero``) raised."""
+
+
 def run_on_rank_zero(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only (it writes files); every rank returns its result."""
-    return broadcast(fn() if is_rank_zero() else None)
+    """Run ``fn`` on rank 0 only (it writes files); every rank returns its result.
+
+    If ``fn`` raises, rank 0 re-raises it and the other ranks raise ``RankZeroFailed`` with its
+    message, instead of failing (gloo) or hanging (NCCL) in a collective rank 0 never joins.
+    """
+    if world_size() == 1:
+        return fn()
+    if is_rank_zero():
+        try:
+            result = fn()
+        except BaseException as e:
+            with contextlib.suppress(Exception):  # the other ranks may be gone already: keep rank 0's own error
+                broadcast((False, f"{type(e).__name__}: {e}"))
+            raise
+        return broadcast((True, result))[1]
+    ok, payload = broadcast(None)
+    if not ok:
+        raise RankZeroFailed(f"rank 0 stopped, so this rank stops too; rank 0's error: {payload}")
+    return payload
 
 
 def per_rank_batch(global_batch: int, what: str) -> int:

@@ -288,20 +288,23 @@ class Stages:
         Under torch.distributed every rank runs ``fn`` (stages shard their work); rank 0 stores
         its result and every rank returns rank 0's, so all ranks go on with the same facts.
         """
-        done = broadcast(self.get(name))  # rank 0's view of the folder decides for all
+        done = run_on_rank_zero(lambda: self.get(name))  # rank 0's view of the folder decides for all
         if done is not None:
             log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
             return done
         log(f"[{name}] running")
-        attempts = self._attempt(name) if is_rank_zero() else []
+        attempts = run_on_rank_zero(lambda: self._attempt(name))
         start = time.perf_counter()
         result = fn()
         result["wall_time_s"] = time.perf_counter() - start
-        if is_rank_zero():
-            result.update(_attempts_provenance(attempts))
-            atomic_write_text(self.dir / f"{name}.json", json.dumps(result, indent=1, sort_keys=True))
+
+        def store() -> dict[str, Any]:
+            stored = {**result, **_attempts_provenance(attempts)}
+            atomic_write_text(self.dir / f"{name}.json", json.dumps(stored, indent=1, sort_keys=True))
             (self.dir / f"{name}.attempts.jsonl").unlink(missing_ok=True)
-        result = broadcast(result)
+            return stored
+
+        result = run_on_rank_zero(store)
         log(f"[{name}] done in {result['wall_time_s']:.1f} s")
         return result
 
@@ -312,11 +315,16 @@ class Stages:
         attempt, so a record quotes them all (``_attempts_provenance``).
         """
         path = self.dir / f"{name}.attempts.jsonl"
-        earlier = []
+        earlier, unreadable = [], 0
         if path.exists():
             for line in path.read_text().splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
+                try:
                     earlier.append(json.loads(line))
+                except json.JSONDecodeError:  # the suite writes the file atomically: edited by hand or damaged
+                    unreadable += 1
+        if unreadable:
+            warnings.warn(f"{path}: {unreadable} unreadable line(s) left out, so the record quotes only the other "
+                          f"{len(earlier)} earlier attempt(s) at the {name!r} stage", stacklevel=2)
         attempts = [*earlier, provenance()]
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, "".join(json.dumps(a, sort_keys=True) + "\n" for a in attempts))

@@ -242,3 +242,32 @@ def test_leaving_the_group_joins_its_threads(tmp_path):
     for rank in (0, 1):
         during, after = map(int, (tmp_path / f"threads-{rank}").read_text().split())
         assert during > 0 and after == 0, (rank, during, after)
+
+
+RANK_ZERO = """
+import latentbench.distributed as ld
+
+ld.init_process_group(ld.Launch(devices=2))
+assert ld.run_on_rank_zero(lambda: {"written": ld.rank()}) == {"written": 0}  # every rank gets rank 0's result
+
+def write():
+    raise ValueError("the table refused the row")
+
+try:
+    ld.run_on_rank_zero(write)
+except (ValueError, ld.RankZeroFailed) as e:
+    print(f"rank {ld.rank()}: {type(e).__name__}: {e}", flush=True)
+ld.destroy_process_group()
+"""
+
+
+def test_an_error_on_rank_zero_stops_every_rank_with_its_message(tmp_path):
+    """Not a gloo connection error (or an NCCL hang) on the ranks that waited for rank 0's result."""
+    script = tmp_path / "rank_zero.py"
+    script.write_text(RANK_ZERO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0: ValueError: the table refused the row" in proc.stdout
+    assert ("rank 1: RankZeroFailed: rank 0 stopped, so this rank stops too; rank 0's error: "
+            "ValueError: the table refused the row") in proc.stdout

@@ -160,6 +160,19 @@ def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch
     assert json.loads((tmp_path / "stages/train.json").read_text())["provenance_resumed"] == result["provenance_resumed"]
 
 
+def test_a_damaged_attempts_file_is_said_not_skipped_silently(tmp_path):
+    import latentbench.benchmark.harness as harness
+
+    stages = harness.Stages(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("train", lambda: (_ for _ in ()).throw(KeyboardInterrupt), log=lambda m: None)
+    path = tmp_path / "stages/train.attempts.jsonl"
+    path.write_text(path.read_text() + '{"cut short\n')
+    with pytest.warns(UserWarning, match="train.attempts.jsonl: 1 unreadable line.*only the other 1 earlier attempt"):
+        result = stages.run("train", lambda: {"steps": 1}, log=lambda m: None)
+    assert result["steps"] == 1 and result["provenance"]
+
+
 def test_a_cached_stage_with_an_infinite_metric_still_records_a_row():
     from latentbench.benchmark.evaluate import not_finite_as_unavailable
 
