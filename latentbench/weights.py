@@ -1,6 +1,6 @@
 """Loading weights safely and saying plainly when they are missing.
 
-Two rules (DESIGN.md, "Offline machines and honest fallbacks"):
+Two rules (README, "Checkpoints and pretrained weights"):
 
 * a checkpoint is read with ``safetensors`` or ``torch.load(weights_only=True)``; one that
   needs arbitrary unpickling is refused unless the user passes an explicit trust flag;

@@ -18,8 +18,8 @@ dinov2-vitb14  FD-DINOv2    DINOv2 ViT-B/14 CLS features (Stein et al. 2023, "Ex
 ============== ============ ======================================================================
 
 Pretrained weights are never downloaded here: missing ones raise ``WeightsUnavailable`` with
-the file, its URL and where to put it, and nothing falls back to random weights (DESIGN.md,
-"Offline machines and honest fallbacks"). ``create_extractor(name, weights, cache_dir)``
+the file, its URL and where to put it, and nothing falls back to random weights (README,
+"Checkpoints and pretrained weights"). ``create_extractor(name, weights, cache_dir)``
 builds one; ``EXTRACTORS.names()`` lists the registered names.
 """
 from __future__ import annotations

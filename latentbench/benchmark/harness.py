@@ -1,13 +1,20 @@
 """The bench harness: train (or load) a tokenizer, reconstruct, measure, record.
 
-``run_bench`` runs three stages in a run directory; each stage writes its result to
+``run_bench`` runs four stages in a run directory; each stage writes its result to
 ``<run_dir>/stages/<stage>.json`` when it finishes, so rerunning the same command skips
 finished stages and resumes an interrupted training from its last checkpoint:
 
-    train   Lightning fit on the protocol's train split -> tokenizer.safetensors
-            (skipped with --ckpt, or --train_steps 0 for pretrained weights)
-    eval    reconstruct the eval split; PSNR, SSIM; a reconstruction grid
-    record  append one JSON record to leaderboards/<protocol>/v<N>/ and re-render its table
+    train     Lightning fit on the protocol's train split -> tokenizer.safetensors
+              (skipped with --ckpt, or --train_steps 0 for pretrained weights)
+    eval      reconstruct the eval split: PSNR, SSIM, LPIPS, rFID, a reconstruction grid; the
+              linear probe on the latents (the train split's from the latent cache)
+    generate  train the protocol's generator on the cached latents: gFID curve, convergence
+              steps, a sample grid (protocols with a generator)
+    record    store the JSON record; its row is then appended to leaderboards/<protocol>/v<N>/
+              and the table re-rendered
+
+A tokenizer with several variants (FlowMo's 1a and 1b) runs eval, generate and record once per
+variant, with the variant as the stages' suffix.
 """
 from __future__ import annotations
 

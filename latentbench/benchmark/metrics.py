@@ -1,4 +1,4 @@
-"""Reconstruction metrics under the suite's measurement conventions (DESIGN.md).
+"""Reconstruction metrics under the suite's measurement conventions (README, "Metrics").
 
 * Images are quantised to uint8 by rounding, ``round((x + 1) * 127.5)`` clamped to [0, 255],
   before any metric: the numbers are those of the PNGs a user would save.

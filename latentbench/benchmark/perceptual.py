@@ -3,7 +3,7 @@
 * Inputs are float images in [-1, 1], shape (B, 3, H, W), the tokenizer interface's range.
   A batch that is plainly in [0, 1] is refused rather than measured: LPIPS of [0, 1] images
   read as [-1, 1] is a silently wrong number (the most common LPIPS bug in published code).
-* Like every other metric (DESIGN.md, "Measurement conventions"), LPIPS sees the uint8-rounded
+* Like every other metric (README, "Metrics"), LPIPS sees the uint8-rounded
   images: ``to_uint8`` (round, clamp), then back to [-1, 1] as ``q / 127.5 - 1``. The number
   is the one of the PNGs a user would save; it differs from LPIPS of the raw floats by far
   less than model differences (about 1e-4 on typical reconstructions).

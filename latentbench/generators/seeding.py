@@ -1,7 +1,7 @@
 """Per-sample random streams: sample ``i`` of a generated set draws only from a generator seeded by ``i``.
 
 gFID's sample set must not depend on how samples are batched or sharded over processes
-(DESIGN.md: "a per-sample seed so the sample set does not depend on the number of GPUs").
+(README, "Scaling out": each gFID sample's class, noise and decoder noise come from its global index).
 torch draws a batch from one generator, so batch composition would change every sample;
 these helpers give each sample its own ``torch.Generator`` instead. Written by hand because
 no library offers per-row generators.

@@ -1,4 +1,4 @@
-"""The Tokenizer interface every family implements (see DESIGN.md, "The three interfaces").
+"""The Tokenizer interface every family implements (README, "Bench your own tokenizer").
 
 A tokenizer maps images in [-1, 1] to latents and back. Training lives in a
 LightningModule wrapper (``latentbench.tokenizers.module``); the network knows nothing of

@@ -19,8 +19,8 @@ domain-<src>   4w    R/8 x R/8   the last conv feature map of the suite's own ``
 ============== ===== =========== ======================================================================
 
 Pretrained weights are never downloaded and never replaced by random ones: missing weights
-raise ``WeightsUnavailable`` naming the file and where to put it (DESIGN.md, "Offline machines
-and honest fallbacks"). Per-token standardisation of the targets is the tokenizer's choice
+raise ``WeightsUnavailable`` naming the file and where to put it (README, "Checkpoints
+and pretrained weights"). Per-token standardisation of the targets is the tokenizer's choice
 (``normalize_targets``), not the teacher's. ``create_teacher(name, weights, cache_dir)`` builds
 one; ``teacher_names()`` lists the registered names.
 """
