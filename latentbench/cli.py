@@ -261,7 +261,7 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         batch_size: training batch instead of the protocol's (e.g. 16 for the shapes of
             configs/tokenizers/perf/*-anchor.yaml).
         out: JSON file to write (default leaderboards/perf/perf.json, rendered beside the tables: only a
-            full run, without --targets or --batch_size, may write it).
+            full run with the default protocol, steps and warmup, without --targets or --batch_size, may write it).
         json: print the JSON instead of the table.
         compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
             the compile time; needs a C++ compiler.
@@ -272,6 +272,11 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
     if out is None and (targets or batch_size is not None):
         raise ValueError(f"--targets / --batch_size measure a part of the table, which would replace the committed "
                          f"{PERF_PATH} (every config's row); pass --out FILE to write it elsewhere")
+    changed = [f"--{k} {v}" for k, v, default in (("protocol", protocol, "ci"), ("steps", steps, 8), ("warmup", warmup, 3))
+               if v != default]
+    if out is None and changed:
+        raise ValueError(f"{' '.join(changed)} differs from how the committed {PERF_PATH} is measured (--protocol ci "
+                         "--steps 8 --warmup 3; the `ci` tables' Cost sections read it); pass --out FILE to write it elsewhere")
     result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
                       out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size,
                       compile=compile)

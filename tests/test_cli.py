@@ -56,10 +56,13 @@ def test_a_partial_perf_run_does_not_replace_the_committed_table(monkeypatch, ca
     import latentbench.benchmark.perf as perf
 
     monkeypatch.setattr(perf, "run_perf", lambda *a, **k: pytest.fail("measured without a place to write"))
-    for given in (["--targets", "sdvae"], ["--batch_size", "16"]):
+    for given in (["--targets", "sdvae"], ["--batch_size", "16"], ["--protocol", "smoke"], ["--steps", "2"]):
         with pytest.raises(SystemExit) as exit_:
             main(["perf", *given])
-        assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "pass --out FILE" in err
+        if given[0] == "--protocol":
+            assert "--protocol smoke differs from how the committed" in err
 
 
 def test_user_errors_in_files_and_paths_exit_2_without_a_traceback(tmp_path):
