@@ -1,14 +1,14 @@
 """Files that are never half-written: write to a temporary name beside the target, then rename."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success, delete it on error."""
     path = Path(path)
@@ -34,9 +34,20 @@ def _final_mode(path: Path) -> int:
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)  # the only way to read it; set straight back
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``): setting it
+    to read it, the portable way, would for a moment give files other threads create (loaders, TensorBoard's
+    writer) mode 0o666."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:  # not Linux: the portable way below
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # the restrictive value while it is read
+    os.umask(umask)
+    return umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -36,3 +36,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["stats.npz"]
+
+
+def test_the_umask_is_read_without_being_changed(monkeypatch):
+    """Setting the umask to read it would, for a moment, change the mode of files other threads create."""
+    from latentbench import fsutil
+
+    old = os.umask(0o027)
+    try:
+        calls = []
+        real = os.umask
+        monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or real(mask))
+        assert fsutil._umask() == 0o027
+        if os.path.exists("/proc/self/status"):
+            assert calls == []
+    finally:
+        os.umask(old)
