@@ -1,4 +1,6 @@
 """Where the suite's files live: the checkout's configs/, leaderboards/ and runs/, and the user's cache."""
+from __future__ import annotations
+
 import os
 from pathlib import Path
 
@@ -6,6 +8,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 LEADERBOARD_DIR = REPO_ROOT / "leaderboards"
 RUNS_DIR = REPO_ROOT / "runs"
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path relative to the checkout when it lies inside it (records stay valid in any clone), else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def require_checkout() -> None:

@@ -52,7 +52,7 @@ from latentbench.distributed import (
     world_size,
 )
 from latentbench.fsutil import atomic_path, atomic_write_text, load_yaml_mapping
-from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, REPO_ROOT, RUNS_DIR
+from latentbench.paths import CONFIG_DIR, LEADERBOARD_DIR, RUNS_DIR, display_path
 from latentbench.precision import Precision, resolve_precision
 from latentbench.tokenizers import compile_decoding
 from latentbench.tokenizers.base import require_cxx_compiler
@@ -708,12 +708,6 @@ def code_statistics(tokenizer, latents: list[torch.Tensor], resolution: int) -> 
     return {"bits_per_pixel": spec.bits_per_pixel(resolution, resolution), "bits_per_token": bits, **usage.compute()}
 
 
-def _display_path(path: str | Path) -> str:
-    """A path relative to the checkout when it lies inside it (records stay valid in any clone)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
 def _costs(tokenizer: torch.nn.Module, resolution: int) -> dict[str, Any] | None:
     """Encoder / decoder GMACs and parameters per image (``benchmark.costs``); None, with the reason logged, if uncountable."""
     from latentbench.benchmark.costs import tokenizer_costs
@@ -756,7 +750,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             "costs": _costs(tokenizer, proto.data.resolution),
             "describe": tokenizer.describe() if hasattr(tokenizer, "describe") else None,
             "checkpoint": {"path": cfg.ckpt, "sha256": cfg.ckpt_sha256} if cfg.ckpt else
-                          {"path": _display_path(weights), "sha256": sha256_file(weights)} if train else None,
+                          {"path": display_path(weights), "sha256": sha256_file(weights)} if train else None,
             "trained_steps": train["steps"] if train else 0,
             # evaluated as built (--train_steps 0): where its weights came from (_require_built_weights)
             **({"pretrained_weights": getattr(tokenizer, "pretrained_weights", None)} if not (train or cfg.ckpt) else {}),
@@ -773,7 +767,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
                      if v} or None,
         "codes": evaluation.get("codes"),
         "seeds": {"bench": cfg.seed},
-        "run_dir": _display_path(run_dir),
+        "run_dir": display_path(run_dir),
         "distributed": cfg.launch.to_dict(),
         "provenance": stages_provenance({"train": train, "eval": evaluation,
                                          "generator train": (generation or {}).get("generator_provenance"),

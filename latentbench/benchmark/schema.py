@@ -15,7 +15,6 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 _SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-_NULLABLE_OBJECT = {"type": ["object", "null"]}
 
 _MEASURED = {  # a metric with a value: its sample count, and an interval when there is one
     "type": "object",

@@ -18,9 +18,6 @@ from torch import Tensor
 from latentbench.data import IMAGE_EXTENSIONS, BadImageError, load_rgb
 from latentbench.data.images import combine_bad_images
 
-PAIRED = ("psnr", "ssim", "lpips")
-
-
 def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1 (images per forward pass), got {batch_size}")

@@ -87,13 +87,6 @@ class LatentNorm:
     def denormalize(self, z: Tensor) -> Tensor:
         return z * self.scale.to(z) + self.shift.to(z)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"norm_shift": self.shift.contiguous(), "norm_scale": self.scale.contiguous()}
-
-    @classmethod
-    def from_state(cls, mode: str, state: dict[str, Tensor]) -> LatentNorm:
-        return cls(mode, state["norm_shift"], state["norm_scale"])
-
     def describe(self) -> dict[str, Any]:
         """For records: the mode and the range of the statistics."""
         return {"mode": self.mode, "meaning": NORM_MODES[self.mode], "shift_range": [float(self.shift.min()), float(self.shift.max())],

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from latentbench.batching import chunks
 from latentbench.generators import seeding
-from latentbench.paths import CONFIG_DIR
+from latentbench.paths import CONFIG_DIR, display_path
 
 GENERATOR_CONFIG_DIR = CONFIG_DIR / "generators"
 
@@ -65,14 +65,7 @@ def resolve_generator(arg: str) -> GeneratorConfig:
         raise ValueError(f"generator config {path} needs 'name' and may have init_args, transport, module_args; "
                          f"unknown keys: {sorted(unknown)}")
     return GeneratorConfig(raw["name"], raw.get("init_args") or {}, raw.get("transport") or {},
-                           raw.get("module_args") or {}, source=_display(path))
-
-
-def _display(path: Path) -> str:
-    from latentbench.paths import REPO_ROOT
-
-    path = path.resolve()
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+                           raw.get("module_args") or {}, source=display_path(path))
 
 
 def build_generator(name: str, input_shape: tuple[int, ...], num_classes: int, init_args: dict[str, Any] | None = None,

@@ -68,20 +68,6 @@ def shift_time(t: Tensor | float, alpha: float) -> Tensor | float:
     return t / (t + alpha * (1 - t))
 
 
-def unshift_time(t: Tensor | float, alpha: float) -> Tensor | float:
-    """The exact inverse of ``shift_time(., alpha)``: ``alpha t / (alpha t + 1 - t)``.
-
-    Args:
-        t: shifted times in [0, 1].
-        alpha: the shift they were made with (> 0).
-
-    Returns:
-        the unshifted times, same type and shape as ``t``.
-    """
-    _check_alpha(alpha)
-    return alpha * t / (alpha * t + (1 - t))
-
-
 # ---- training times --------------------------------------------------------------------------
 
 def _choose(enum_cls: type[enum.Enum], value: str, what: str) -> enum.Enum:
