@@ -187,6 +187,12 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
                 raise ValueError(f"{name}.decode returned {got} for 2 images of {tuple(x.shape[1:])}: it must return float "
                                  "images of the input's shape, in [-1, 1]")
+            # a decoder taken as deterministic decodes whole batches: one that draws from the global random state
+            # anyway would give each image noise that depends on its batch and process
+            if not decodes_stochastically(tokenizer) and not torch.equal(y, decode_seeded(tokenizer, z, 1)):
+                raise ValueError(f"{name}.decode gave other images under another random seed, but takes no generator: "
+                                 "add an argument `generator: torch.Generator | None = None` and draw its noise from it "
+                                 "(each image then gets its own seed), or make decode deterministic")
         finally:
             tokenizer.train(training)
 

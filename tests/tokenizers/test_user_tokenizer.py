@@ -64,6 +64,16 @@ class IntSpec(Codes):
         return LatentSpec(shape=(64, 4), dtype="int64", bits_per_token=4)
 
 
+class NoisyDecode(Good):  # draws from the global random state without taking a generator
+    def decode(self, z):
+        return super().decode(z + torch.randn_like(z))
+
+
+class SeededDecode(Good):  # the same, done right: per-image noise from the generator it is given
+    def decode(self, z, generator=None):
+        return super().decode(z + torch.randn(z.shape, generator=generator))
+
+
 class NotBinary(Codes):
     def encode(self, x):
         return self.enc(x).flatten(2).transpose(1, 2)
@@ -89,6 +99,7 @@ def user_module(tmp_path, monkeypatch):
     ("TupleSpec", "usertok.TupleSpec.latent_spec must be a latentbench.tokenizers.LatentSpec, got tuple (4, 8, 8)"),
     ("IntSpec", "usertok.IntSpec.encode returned torch.float32 latents, but its latent_spec.dtype is 'int64'"),
     ("CodeGrid", "a discrete latent (bits_per_token=4) must have shape (L, bits) with bits == bits_per_token, got (4, 8, 8)"),
+    ("NoisyDecode", "usertok.NoisyDecode.decode gave other images under another random seed, but takes no generator"),
     ("NotBinary", "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit"),
     ("SmallDecode", "usertok.SmallDecode.decode returned (2, 3, 16, 16) torch.float32 for 2 images of (3, 32, 32)"),
 ])
@@ -98,8 +109,9 @@ def test_a_tokenizer_that_disagrees_with_its_latent_spec_is_named(user_module, n
     assert message in str(e.value)
 
 
-def test_binary_codes_pass(user_module):
+def test_binary_codes_and_a_seeded_stochastic_decoder_pass(user_module):
     check_round_trip(user_module.Codes(), 32)
+    check_round_trip(user_module.SeededDecode(), 32)
 
 
 def test_the_check_leaves_random_state_and_mode_as_they_were(user_module):
