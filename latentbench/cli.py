@@ -27,8 +27,8 @@ def bench(
     train_steps: Optional[int] = None,
     seed: Optional[int] = None,
     on_bad_image: Literal["error", "skip"] = "error",
-    runs_dir: str = str(RUNS_DIR),
-    leaderboard_dir: str = str(LEADERBOARD_DIR),
+    runs_dir: Optional[str] = None,
+    leaderboard_dir: Optional[str] = None,
     strategy: Literal["auto", "ddp", "fsdp"] = "auto",
     devices: int = 1,
     num_nodes: int = 1,
@@ -47,8 +47,9 @@ def bench(
         train_steps: override the protocol's training budget (0 = evaluate as built, for pretrained weights).
         seed: override the protocol's seed.
         on_bad_image: unreadable images abort naming the file (error) or are skipped and counted (skip).
-        runs_dir: where run directories (checkpoints, TensorBoard logs, stage results) go.
-        leaderboard_dir: root of the leaderboard tables.
+        runs_dir: where run directories (checkpoints, TensorBoard logs, stage results) go; default: this
+            checkout's runs/.
+        leaderboard_dir: root of the leaderboard tables; default: this checkout's leaderboards/.
         strategy: distributed training: auto (DDP when several processes) or ddp (fsdp is refused:
             README "Scaling out").
         devices: processes per node (GPUs; CPU processes without GPUs). On one machine the bench
@@ -64,6 +65,7 @@ def bench(
     from latentbench.benchmark.harness import run_bench
     from latentbench.distributed import Launch, launcher_rank, maybe_relaunch
 
+    runs_dir, leaderboard_dir = runs_dir or str(RUNS_DIR), leaderboard_dir or str(LEADERBOARD_DIR)
     launch = Launch(strategy, devices, num_nodes)
     maybe_relaunch(launch, _ARGS or sys.argv[1:])
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
@@ -99,7 +101,7 @@ def metrics(
     ssim: bool = False,
     lpips: bool = False,
     lpips_net: Literal["alex", "vgg"] = "alex",
-    extractor: str = "inception-tf",
+    extractor: Optional[str] = None,
     extractor_weights: Optional[str] = None,
     bootstrap: int = 0,
     batch_size: int = 50,
@@ -116,7 +118,8 @@ def metrics(
         ssim: mean per-image SSIM (Gaussian 11/1.5, data_range 255).
         lpips: mean per-image LPIPS v0.1 (needs the backbone's ImageNet weights in the torch hub cache).
         lpips_net: LPIPS backbone.
-        extractor: FID features: inception-tf (the papers' FID), domain-<source>, dinov2-vitb14.
+        extractor: FID features: inception-tf (the papers' FID), domain-<source>, dinov2-vitb14; default:
+            the one a --real statistics file was computed with, else inception-tf.
         extractor_weights: weights file of the extractor (default: its standard cache location).
         bootstrap: Poisson-bootstrap replicates for a 95% FID interval (0: none).
         batch_size: images per forward pass.
@@ -162,23 +165,28 @@ def stats(images: str, out: str, extractor: str = "inception-tf", extractor_weig
     print(f"wrote {save_folder_stats(images, out, extractor, extractor_weights, batch_size)}")
 
 
-def leaderboard(root: str = str(LEADERBOARD_DIR)) -> None:
-    """Re-render every leaderboard table (README.md, gfid_curves.png) from its results.jsonl.
+def leaderboard(leaderboard_dir: Optional[str] = None) -> None:
+    """Re-render every leaderboard table (README.md and plots) from its results.jsonl, and perf/README.md.
 
     Args:
-        root: root of the leaderboard tables.
+        leaderboard_dir: root of the leaderboard tables (a bench's --leaderboard_dir); default: this
+            checkout's leaderboards/.
     """
     from latentbench.benchmark.leaderboard import render_all
 
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"--root {root} is not a folder: give the root of the leaderboard tables "
+    root = Path(leaderboard_dir or LEADERBOARD_DIR)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--leaderboard_dir {root} is not a folder: give the root of the leaderboard tables "
                                 "(default: the repository's leaderboards/)")
-    tables = render_all(Path(root))
+    tables = render_all(root)
     if not tables:
         raise FileNotFoundError(f"no leaderboard tables under {root}: a table is <protocol>/v<N>/results.jsonl, "
                                 "written by latentbench bench --leaderboard_dir")
     for table in tables:
-        print(f"rendered {table}/README.md")
+        written = sorted(p.name for p in table.iterdir() if p.suffix in (".md", ".png"))
+        print(f"rendered {table}: {', '.join(written)}")
+    if (root / "perf" / "README.md").is_file() and (root / "perf" / "perf.json").is_file():
+        print(f"rendered {root / 'perf' / 'README.md'}")
 
 
 def as_list(value: Union[list, str, int, None], name: str, cast=str) -> list | None:
@@ -220,7 +228,7 @@ def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None
         print("regression gate passed")
 
 
-def compare(result: str, family: Optional[str] = None, json: bool = False, leaderboard_dir: str = str(LEADERBOARD_DIR)) -> None:
+def compare(result: str, family: Optional[str] = None, json: bool = False, leaderboard_dir: Optional[str] = None) -> None:
     """Set a result beside the papers' reported figures of the same protocol (leaderboards/paper/).
 
     Args:
@@ -229,7 +237,8 @@ def compare(result: str, family: Optional[str] = None, json: bool = False, leade
         family: which paper rows: a name matched in their source and row (MAETok, FlowMo, RAE,
             SD-VAE), or "all"; default: the result's tokenizer family.
         json: print the comparison as JSON instead of a table.
-        leaderboard_dir: where to look the record id up (a bench's --leaderboard_dir).
+        leaderboard_dir: where to look the record id up (a bench's --leaderboard_dir); default: this
+            checkout's leaderboards/.
     """
     from latentbench.benchmark.paper import compare as compare_rows
     from latentbench.benchmark.paper import (
@@ -238,7 +247,7 @@ def compare(result: str, family: Optional[str] = None, json: bool = False, leade
         load_paper_rows,
     )
 
-    entries = compare_rows(find_record(result, Path(leaderboard_dir)), load_paper_rows(), family)
+    entries = compare_rows(find_record(result, Path(leaderboard_dir or LEADERBOARD_DIR)), load_paper_rows(), family)
     if json:
         print_json(entries)
     else:

@@ -93,7 +93,7 @@ def test_user_errors_in_files_and_paths_exit_2_without_a_traceback(tmp_path):
 
 def test_leaderboard_refuses_a_root_without_tables(tmp_path):
     for root, message in ((tmp_path / "nope", "is not a folder"), (tmp_path, "no leaderboard tables under")):
-        proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "leaderboard", "--root", str(root)],
+        proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "leaderboard", "--leaderboard_dir", str(root)],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
 

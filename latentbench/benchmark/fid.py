@@ -49,6 +49,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,6 +356,17 @@ def load_adm_reference(path: str | os.PathLike) -> ReferenceStats:
         return ReferenceStats(f["mu"], f["sigma"], None, {}, path)
 
 
+def statistics_extractor(path: str | os.PathLike) -> str | None:
+    """The extractor id a statistics file of ours was computed with; None for another file (an ADM
+    batch, an unreadable one: ``load_reference_for`` says what is wrong with it)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            key = f"{META_PREFIX}extractor_id"
+            return str(npz[key]) if key in npz.files else None
+    except (ValueError, OSError, zipfile.BadZipFile):
+        return None
+
+
 def load_reference_for(path: str | os.PathLike, extractor, fix: str) -> ReferenceStats:
     """Reference statistics from an npz, refused unless they are of ``extractor``'s features.
 
@@ -549,7 +561,8 @@ class FrechetDistance(Metric):
             "bootstrap_bias": mean of the replicate FIDs minus "value", or None}``.
 
         Raises:
-            ValueError: fewer than 2 samples, or a bootstrap replicate with total weight below 2.
+            ValueError: fewer than 2 samples. A bootstrap replicate with total weight below 2 (a
+            handful of samples) gives no interval, with a warning.
         """
         n = int(self.n)
         if n < 2:
@@ -557,7 +570,12 @@ class FrechetDistance(Metric):
         value = self._distance(n, self.fake_sum, self.fake_outer,
                                None if self.reference is not None else (self.real_sum, self.real_outer))
         interval = bias = None
-        if self.bootstrap:
+        lightest = float(self.boot_n.min()) if self.bootstrap else None
+        if lightest is not None and lightest < 2:  # the value stands; only its interval cannot be had
+            warnings.warn(f"FID of {n} samples is given without a bootstrap interval: a replicate drew a total weight "
+                          f"of {lightest:g} (< 2), too few to estimate a covariance; about 20 samples or more give one "
+                          "(or set the bootstrap to 0)", stacklevel=2)
+        elif self.bootstrap:
             replicates = self.replicate_values()
             lo, hi = np.percentile(replicates, [50 * (1 - INTERVAL_LEVEL), 50 * (1 + INTERVAL_LEVEL)])
             bias = float(replicates.mean() - value)

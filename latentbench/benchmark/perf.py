@@ -342,12 +342,13 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True) + "\n")
-        render_perf_readme(Path(out))
-        if Path(out).resolve() == PERF_PATH.resolve():  # the tables' cost sections come from it
+        if Path(out).resolve() == PERF_PATH.resolve():  # the committed table, and the tables' cost sections from it
             from latentbench.benchmark.leaderboard import render_all
 
             render_all(LEADERBOARD_DIR)
     log(format_table(result))
+    if out is not None:  # elsewhere only the JSON is written: a README.md beside it may be the user's own
+        log(f"wrote {out}" + (f" and {PERF_PATH.with_name('README.md')}" if Path(out).resolve() == PERF_PATH.resolve() else ""))
     return result
 
 

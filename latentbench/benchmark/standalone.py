@@ -172,10 +172,16 @@ def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_na
     return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
 
 
-def _fid_inputs(real: str | Path, extractor_name: str, extractor_weights: str | None):
-    """The extractor (its weights checked) and, when ``real`` is a statistics file, its reference; else None."""
-    from latentbench.benchmark.extractors import create_extractor
+def _fid_inputs(real: str | Path, extractor_name: str | None, extractor_weights: str | None):
+    """The extractor (its weights checked) and, when ``real`` is a statistics file, its reference; else None.
 
+    Without ``extractor_name``: the one a ``latentbench stats`` file was computed with, else inception-tf.
+    """
+    from latentbench.benchmark.extractors import create_extractor
+    from latentbench.benchmark.fid import statistics_extractor
+
+    if extractor_name is None:
+        extractor_name = (statistics_extractor(real) if is_statistics_file(real) else None) or "inception-tf"
     extractor = create_extractor(extractor_name, weights=extractor_weights)
     return extractor, load_reference(real, extractor) if is_statistics_file(real) else None
 
@@ -221,7 +227,7 @@ def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: st
 
 
 def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: bool = False, ssim: bool = False,
-                   lpips: bool = False, lpips_net: str = "alex", extractor: str = "inception-tf",
+                   lpips: bool = False, lpips_net: str = "alex", extractor: str | None = None,
                    extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
     """The selected metrics between two image folders.
 

@@ -290,3 +290,12 @@ def test_bad_inputs_raise_clear_errors():
         frechet_distance(np.full(3, np.nan), np.eye(3), np.zeros(3), np.eye(3))
     with pytest.raises(ValueError, match=r"sigma \(D, D\)"):
         frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(3))
+
+
+def test_a_handful_of_samples_gives_the_fid_without_an_interval():
+    """A replicate of 4 samples can draw a total weight below 2; the value stands, only its interval is left out."""
+    real, fake = REAL_BOOT[:4], FAKE_BOOT[:4]
+    metric = _bootstrapped(fake, real, bootstrap=200)
+    with pytest.warns(UserWarning, match="FID of 4 samples is given without a bootstrap interval"):
+        result = metric.compute()
+    assert result["interval"] is None and result["value"] == pytest.approx(_bootstrapped(fake, real, bootstrap=0).compute()["value"])

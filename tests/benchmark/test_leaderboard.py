@@ -360,7 +360,7 @@ def test_the_leaderboard_command_names_a_damaged_perf_json(tmp_path, capsys):
     (tmp_path / "perf").mkdir()
     (tmp_path / "perf" / "perf.json").write_text('{"rows": 3}')
     with pytest.raises(SystemExit) as e, pytest.warns(UserWarning):
-        main(["leaderboard", "--root", str(tmp_path)])
+        main(["leaderboard", "--leaderboard_dir", str(tmp_path)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "perf.json is not a `latentbench perf` result (TypeError: 'rows' is not a list of objects)" in err

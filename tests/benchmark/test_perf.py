@@ -60,6 +60,7 @@ def test_a_tokenizer_step_is_timed_and_counted():
 
 def test_perf_writes_json_and_a_table(tmp_path):
     out = tmp_path / "perf.json"
+    (tmp_path / "README.md").write_text("the user's notes")  # --out elsewhere writes the JSON alone
     lines = []
     result = run_perf([parse_target("dit-smoke@sdvae")], protocol="smoke", steps=2, warmup=1, out=out, log=lines.append)
     stored = json.loads(out.read_text())
@@ -72,8 +73,9 @@ def test_perf_writes_json_and_a_table(tmp_path):
     else:  # skipped, and the table says why
         assert "bf16-mixed" not in row and stored["bf16_usable"] is False
         assert "bf16 not measured" in format_table(stored)
-    assert "| dit-smoke on sdvae | 32 |" in lines[-1]
+    assert "| dit-smoke on sdvae | 32 |" in lines[-2] and lines[-1] == f"wrote {out}"
     assert "| dit-smoke on sdvae |" in format_table(stored)
+    assert (tmp_path / "README.md").read_text() == "the user's notes"
 
 
 def test_table_of_a_machine_without_fast_bf16_says_why():

@@ -127,6 +127,8 @@ def test_fid_against_saved_and_adm_reference_statistics(tmp_path):
     stats = save_folder_stats(real, tmp_path / "real.npz", extractor_name="domain-mnist")
     from_npz = folder_metrics(stats, fake, fid=True, extractor="domain-mnist")["fid"]
     assert from_npz["value"] == pytest.approx(direct["value"], rel=1e-9) and from_npz["n_real"] == 12
+    # without --extractor, a stats file's own extractor is used (not inception-tf, whose weights are absent here)
+    assert folder_metrics(stats, fake, fid=True)["fid"]["value"] == from_npz["value"]
     with np.load(stats) as f:
         np.savez(tmp_path / "adm.npz", mu=f["mu"], sigma=f["sigma"])  # an ADM reference batch: mu and sigma only
     with pytest.raises(ValueError, match="pass --extractor inception-tf"):
