@@ -6,8 +6,9 @@ the other seeds gave, and a tolerance set from that seed-to-seed spread:
 ``tolerance = SPREAD_FACTOR * (max - min)`` over the seeds, at least ``MIN_TOLERANCE`` of the
 value (the probe's accuracy is checked with at least one eval image's worth: ``COUNTED``).
 ``latentbench regress`` re-runs the benches with seed 0 and fails, naming tokenizer and metric,
-when a metric is worse than golden by more than its tolerance (better is fine: update the golden
-file with ``latentbench regress --update`` when an improvement lands).
+when a metric moved from golden by more than its tolerance, either way: a large "improvement" is
+as suspect as a loss (originals leaking into reconstructions), and an intended one is taken in
+with ``latentbench regress --update``. Every checked metric's margin is printed, passed or not.
 
 Golden values hold for one training precision. ``smoke.yaml`` is the protocol's (bf16-mixed); a
 machine that trains in another one (a CPU without fast bf16 falls back to 32-true, see
@@ -115,16 +116,59 @@ def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_P
 
 
 def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
+    """The golden values, checked before any bench runs: ValueError naming the row and metric of a damaged entry."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no golden values at {path}: create them with `latentbench regress --update` "
                                 "(on a machine that trains in that file's precision, or with --precision)")
-    return yaml.safe_load(Path(path).read_text())
+    fix = "restore it (git checkout) or re-measure it with `latentbench regress --update`"
+    try:
+        golden = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"golden file {path} is not valid YAML ({' '.join(str(e).split())}): {fix}") from None
+    if not isinstance(golden, dict) or not golden:
+        raise ValueError(f"golden file {path} holds no rows: {fix}")
+    for name, metrics in golden.items():
+        if not isinstance(metrics, dict) or not metrics:
+            raise ValueError(f"golden file {path}: row {name!r} holds no metrics: {fix}")
+        for metric, entry in metrics.items():
+            if metric not in DIRECTION:
+                raise ValueError(f"golden file {path}: {name} has an unknown metric {metric!r} (known: {sorted(DIRECTION)}): {fix}")
+            for key in ("value", "tolerance"):
+                value = entry.get(key) if isinstance(entry, dict) else None
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or (key == "tolerance" and value < 0):
+                    raise ValueError(f"golden file {path}: {name} {metric} needs a numeric {key!r}"
+                                     f"{' >= 0' if key == 'tolerance' else ''}, got {value!r}: {fix}")
+    return golden
+
+
+def _tolerance(name: str, metric: str, g: dict[str, Any], counts: dict[str, dict[str, int]] | None) -> float:
+    n = (counts or {}).get(name, {}).get(metric)
+    return max(g["tolerance"], 1.0 / n) if metric in COUNTED and n else g["tolerance"]
+
+
+def margins(golden: dict[str, Any], measured: dict[str, dict[str, float]],
+            counts: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """One line per row: each checked metric's value, its change from golden and the tolerance; and the measured
+    metrics that have no golden value (unchecked: LPIPS on a machine with its weights, say)."""
+    lines = []
+    for name in sorted(set(golden) & set(measured)):
+        cells = []
+        for metric, g in sorted(golden[name].items()):
+            if metric in measured[name]:
+                delta = measured[name][metric] - g["value"]
+                change = "exact" if delta == 0 else f"{delta:+.4g}"
+                cells.append(f"{metric} {measured[name][metric]:.6g} ({change}, tolerance {_tolerance(name, metric, g, counts):.4g})")
+        unchecked = sorted(set(measured[name]) - set(golden[name]))
+        lines.append(f"{name}: " + "; ".join(cells) + (f"; not checked (no golden value): {', '.join(unchecked)}"
+                                                       if unchecked else ""))
+    return lines
 
 
 def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
           counts: dict[str, dict[str, int]] | None = None) -> list[str]:
-    """One line per regression: a metric worse than golden by more than its tolerance, a missing row/metric, or a
-    measured row without golden values (which would otherwise pass unchecked).
+    """One line per regression: a metric further from golden than its tolerance (worse, or better: an intended
+    improvement is taken in with ``--update``), a missing row/metric, or a measured row without golden values
+    (which would otherwise pass unchecked).
 
     ``counts``: the sample count behind each measured metric (``bench_rows``); a ``COUNTED`` metric's
     tolerance is then at least one sample's worth, 1 / n.
@@ -140,13 +184,12 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
                 failures.append(f"{name} {metric}: missing (golden {g['value']:.6g})")
                 continue
             worse = DIRECTION[metric] * (g["value"] - measured[name][metric])  # > 0: worse than golden
-            tolerance = g["tolerance"]
-            n = (counts or {}).get(name, {}).get(metric)
-            if metric in COUNTED and n:
-                tolerance = max(tolerance, 1.0 / n)
-            if worse > tolerance:
+            tolerance = _tolerance(name, metric, g, counts)
+            if abs(worse) > tolerance:
+                how = (f"worse by {worse:.4g}" if worse > 0 else f"better by {-worse:.4g}")
+                hint = "" if worse > 0 else "; if the change is intended, re-measure with `latentbench regress --update`"
                 failures.append(f"{name} {metric}: {measured[name][metric]:.6g} vs golden {g['value']:.6g} "
-                                f"(worse by {worse:.4g} > tolerance {tolerance:.4g})")
+                                f"({how} > tolerance {tolerance:.4g}{hint})")
     return failures
 
 
@@ -188,4 +231,6 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
             measured.update(bench_rows(family, 0, root, log, used, counts))
         if only:  # row names start with the family's size name (sdvae-smoke, flowmo-smoke (1b))
             golden = {k: v for k, v in golden.items() if any(k.startswith(f) for f in only)}
+        for line in margins(golden, measured, counts):
+            log(f"  {line}")
         return check(golden, measured, counts)

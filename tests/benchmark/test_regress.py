@@ -1,10 +1,11 @@
-"""The regression gate: tolerances from the seed spread, worse-than-golden fails with the metric named."""
+"""The regression gate: tolerances from the seed spread; a move beyond one, either way, fails with the metric named."""
 import pytest
 
 from latentbench.benchmark.regress import (
     MIN_TOLERANCE,
     check,
     load_golden,
+    margins,
     regress,
     write_golden,
 )
@@ -14,9 +15,37 @@ def _golden():
     return {"tok-smoke": {"psnr": {"value": 20.0, "tolerance": 0.5}, "rfid": {"value": 100.0, "tolerance": 5.0}}}
 
 
-def test_within_tolerance_and_better_pass():
+def test_within_tolerance_passes_and_far_better_fails_too():
+    """A large "improvement" is as suspect as a loss (originals leaking into reconstructions)."""
     assert check(_golden(), {"tok-smoke": {"psnr": 19.6, "rfid": 104.0}}) == []
-    assert check(_golden(), {"tok-smoke": {"psnr": 25.0, "rfid": 10.0}}) == []
+    assert check(_golden(), {"tok-smoke": {"psnr": 20.4, "rfid": 96.0}}) == []
+    failures = check(_golden(), {"tok-smoke": {"psnr": 25.0, "rfid": 10.0}})
+    assert failures[0].startswith("tok-smoke psnr: 25 vs golden 20 (better by 5 > tolerance 0.5; if the change is "
+                                  "intended, re-measure with `latentbench regress --update`)")
+    assert failures[1].startswith("tok-smoke rfid: 10 vs golden 100 (better by 90")
+
+
+def test_margins_show_every_checked_metric_and_the_unchecked_ones():
+    lines = margins(_golden(), {"tok-smoke": {"psnr": 20.0, "rfid": 103.0, "lpips": 0.2}})
+    assert lines == ["tok-smoke: psnr 20 (exact, tolerance 0.5); rfid 103 (+3, tolerance 5); "
+                     "not checked (no golden value): lpips"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tok-smoke: {psnr: {value: 20.0}}", "tok-smoke psnr needs a numeric 'tolerance' >= 0, got None"),
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: -1}}", "tok-smoke psnr needs a numeric 'tolerance' >= 0, got -1"),
+    ("tok-smoke: {psnr: {value: high, tolerance: 1}}", "tok-smoke psnr needs a numeric 'value', got 'high'"),
+    ("tok-smoke: {psnrr: {value: 1, tolerance: 1}}", "tok-smoke has an unknown metric 'psnrr'"),
+    ("tok-smoke: 3", "row 'tok-smoke' holds no metrics"),
+    ("[1, 2]", "holds no rows"),
+    ("tok-smoke: {psnr: [", "is not valid YAML"),
+])
+def test_a_damaged_golden_file_is_refused_before_any_bench(tmp_path, text, message):
+    path = tmp_path / "golden.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="regress --update") as e:
+        regress(golden_path=path, only=["sdvae"], log=lambda s: None)  # would bench sdvae if the file were read late
+    assert message in str(e.value)
 
 
 def test_worse_beyond_tolerance_names_tokenizer_and_metric():
