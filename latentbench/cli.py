@@ -235,23 +235,25 @@ def compare(result: str, family: Optional[str] = None, json: bool = False, leade
         result: a record id (or unique prefix) from any leaderboards/<protocol>/v<N>/results.jsonl,
             a results.jsonl (its last row), or a run directory's stages/record.json.
         family: which paper rows: a name matched in their source and row (MAETok, FlowMo, RAE,
-            SD-VAE), or "all"; default: the result's tokenizer family.
+            SD-VAE), or "all"; default: the rows of the result's tokenizer config, else its family's.
         json: print the comparison as JSON instead of a table.
         leaderboard_dir: where to look the record id up (a bench's --leaderboard_dir); default: this
             checkout's leaderboards/.
     """
     from latentbench.benchmark.paper import compare as compare_rows
     from latentbench.benchmark.paper import (
+        comparison_title,
         find_record,
         format_comparison,
         load_paper_rows,
     )
 
-    entries = compare_rows(find_record(result, Path(leaderboard_dir or LEADERBOARD_DIR)), load_paper_rows(), family)
+    record = find_record(result, Path(leaderboard_dir or LEADERBOARD_DIR))
+    entries = compare_rows(record, load_paper_rows(), family)
     if json:
         print_json(entries)
     else:
-        print(format_comparison(entries))
+        print(comparison_title(record, entries) + "\n\n" + format_comparison(entries))
 
 
 def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,

@@ -1,8 +1,9 @@
 """The papers' reported figures as reference rows, and side-by-side comparison of a result with them.
 
 ``leaderboards/paper/paper_tables.csv`` holds the figures (source, table, row, resolution,
-latent, metric, value, condition, verified, note), copied from the papers; they are reported,
-not measured here. A result is compared only with rows of its own protocol: the papers measured
+latent, metric, value, condition, verified, note, config), copied from the papers; they are reported,
+not measured here. ``config`` names the registered tokenizer config(s) a row describes (space-separated;
+empty where none does), so a result is set beside its own rows first. A result is compared only with rows of its own protocol: the papers measured
 ImageNet at 256x256 (protocol ``imagenet256``), so a ``ci`` result is refused, not compared.
 """
 from __future__ import annotations
@@ -19,7 +20,9 @@ PAPER_CSV = PAPER_DIR / "paper_tables.csv"
 METRIC_KEYS = {"rFID": "rfid", "PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips", "gFID": "gfid",
                "linear probe top-1": "probe"}
 PERCENT = {"linear probe top-1"}  # the papers report these in percent; records hold fractions
-FIELDS = ("source", "table", "row", "resolution", "bpp_or_tokens", "metric", "value", "condition", "verified", "note")
+FIELDS = ("source", "table", "row", "resolution", "bpp_or_tokens", "metric", "value", "condition", "verified", "note",
+          "config")
+FAMILIES = ("MAETok", "FlowMo", "RAE", "SD-VAE")  # what --family matches in a row's source and name, or "all"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,12 @@ class PaperRow:
     condition: str
     verified: str
     note: str
+    config: str = ""
+
+    @property
+    def configs(self) -> tuple[str, ...]:
+        """The registered tokenizer configs this row describes."""
+        return tuple(self.config.split())
 
     @property
     def protocol(self) -> str:
@@ -64,17 +73,19 @@ def render_paper_readme(rows: list[PaperRow]) -> str:
              "Reference rows, **reported by the papers, not measured here**, from `paper_tables.csv` (one row per",
              "figure: source, table, row, resolution, latent, metric, value, condition). `verified` is `paper` for",
              "a figure read in the paper itself and `secondhand` for one quoted from another paper's table.",
-             "`latentbench compare --result <record id>` sets a result beside the rows of its own protocol.", "",
+             "`latentbench compare --result <record id>` sets a result beside the rows of its own protocol: those of",
+             "its own tokenizer config (`config`: the registered config a row describes; SD-VAE rows name both",
+             "official checkpoints, as the papers do not say which) or, with `--family`, a paper's rows.", "",
              "Caveats: press summaries of MAETok quote gFID 2.4 vs 3.2, \"2.5x faster convergence\" and LPIPS",
              "0.052 / 0.061; those figures are not in the paper and are not here. FlowMo's official evaluation pools",
              "PSNR over a batch; latentbench reports per-image PSNR. RAE's guided gFID uses AutoGuidance, not CFG,",
              "and its baselines were re-evaluated with 50 images per class, so they differ from the originals.", ""]
     for source in sorted({r.source for r in rows}):
-        lines += [f"## {source}", "", "| table | row | res. | latent | metric | value | condition | verified | note |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {source}", "", "| table | row | res. | latent | metric | value | condition | verified | note | config |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted((r for r in rows if r.source == source), key=lambda r: (r.table, r.row, r.metric, r.condition)):
             lines.append(f"| {r.table} | {r.row} | {r.resolution} | {r.bpp_or_tokens} | {r.metric} | {r.value:g} | "
-                         f"{r.condition} | {r.verified} | {r.note} |")
+                         f"{r.condition} | {r.verified} | {r.note} | {' '.join(f'`{c}`' for c in r.configs)} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -93,15 +104,52 @@ def compare(record: dict[str, Any], rows: list[PaperRow], family: str | None = N
     """
     proto = record["protocol"]["name"]
     protocols = sorted({r.protocol for r in rows})
+    chosen = [r for r in rows if r.protocol == proto]
     if proto not in protocols:
         raise ValueError(
             f"refusing to compare a `{proto}` result with the papers: their figures were measured under "
             f"{', '.join(protocols)} (ImageNet at that resolution, the papers' extractors and budgets), this one under "
             f"`{proto}` ({record['protocol'].get('description', 'another protocol')}), so a difference would say nothing. "
             "Bench the tokenizer with --protocol imagenet256 to compare it with the papers")
-    family = family or record["tokenizer"]["name"].split("-")[0]
-    chosen = [r for r in rows if r.protocol == proto and (family == "all" or _family_matches(family, r))]
+    _check_measured_as_the_papers(record, chosen[0].resolution)
+    own = [r for r in chosen if record["tokenizer"]["name"] in r.configs]
+    if family is None and own:  # the rows of the result's own config
+        chosen = own
+    elif family != "all":
+        family = family or record["tokenizer"]["name"].split("-")[0]
+        chosen = [r for r in chosen if _family_matches(family, r)]
+        if not chosen:
+            raise ValueError(f"no `{proto}` paper rows match --family {family!r}: choose one of {', '.join(FAMILIES)}, or all")
     return [_entry(r, record["metrics"].get(METRIC_KEYS[r.metric])) for r in chosen]
+
+
+def _check_measured_as_the_papers(record: dict[str, Any], resolution: int) -> None:
+    """ValueError when a record that names the papers' protocol was not measured under it: other eval images'
+    resolution, or a protocol file of the same name and version with another fingerprint (edited)."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = record["protocol"]
+    measured = ((record.get("data") or {}).get("eval") or {}).get("resolution")
+    if measured is not None and measured != resolution:
+        raise ValueError(f"refusing to compare: the record names `{proto['name']}`, but its eval images were "
+                         f"{measured}x{measured}, the papers' {resolution}x{resolution}")
+    shipped = load_protocol(proto["name"])
+    if proto.get("fingerprint") and proto.get("version") == shipped.version and proto["fingerprint"] != shipped.fingerprint:
+        raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} has fingerprint "
+                         f"{proto['fingerprint'][:16]}, the shipped protocol's is {shipped.fingerprint[:16]}: it was measured "
+                         "under an edited protocol file, not the papers' protocol")
+
+
+def comparison_title(record: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+    """What is compared: the result (name, id, protocol, commit) and which paper rows."""
+    from latentbench.benchmark.leaderboard import display_name
+
+    commit = ((record.get("provenance") or {}).get("code") or {}).get("commit", "")[:8]
+    own = entries and all(record["tokenizer"]["name"] in e["config"].split() for e in entries)
+    rows = "the papers' rows of this config" if own else "the papers' rows"
+    return (f"{display_name(record['tokenizer'])} (record {record['id'][:12]}, {record['protocol']['name']} "
+            f"v{record['protocol']['version']}{', commit ' + commit if commit else ''}) beside {rows} "
+            "(--family all for every row of the protocol)")
 
 
 def _entry(row: PaperRow, ours: dict[str, Any] | None) -> dict[str, Any]:
@@ -129,11 +177,16 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
         if e["missing"]:
             ours, delta, within = "n/a", "", e["missing"][:60]
         else:
-            iv = f" [{e['interval'][0]:.3g}, {e['interval'][1]:.3g}]" if e["interval"] else ""
-            ours, delta = f"{e['ours']:.4g}{iv}", f"{e['delta']:+.4g}"
+            iv = f" [{_num(e['interval'][0])}, {_num(e['interval'][1])}]" if e["interval"] else ""
+            ours, delta = f"{_num(e['ours'])}{iv}", ("+" if e["delta"] >= 0 else "") + _num(e["delta"])
             within = "no interval" if e["within"] is None else ("yes" if e["within"] else "no")
-        lines.append(f"{name:<81} {e['metric']:<7} {e['value']:>9.4g} {ours:>24} {delta:>9}  {within}")
+        lines.append(f"{name:<81} {e['metric']:<7} {_num(e['value']):>9} {ours:>24} {delta:>9}  {within}")
     return "\n".join(lines)
+
+
+def _num(value: float) -> str:
+    """Four significant digits without switching to exponents for large FIDs (1699, not 1.699e+03)."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
 def _clip(text: str, width: int) -> str:

@@ -30,7 +30,7 @@ def test_committed_readme_is_a_fresh_render():
 
 def test_malformed_csv_names_the_line(tmp_path):
     path = tmp_path / "bad.csv"
-    path.write_text(PAPER_CSV.read_text().splitlines()[0] + "\nA,T,r,256,x,PSNR,not-a-number,c,paper,\n")
+    path.write_text(PAPER_CSV.read_text().splitlines()[0] + "\nA,T,r,256,x,PSNR,not-a-number,c,paper,,\n")
     with pytest.raises(ValueError, match="line 2 is malformed"):
         load_paper_rows(path)
 
@@ -111,3 +111,49 @@ def test_compare_finds_an_id_in_a_benchs_own_leaderboard_dir(tmp_path, capsys):
     (table / "results.jsonl").write_text(json.dumps(_record()) + "\n")
     main(["compare", "--result", "abab", "--leaderboard_dir", str(tmp_path / "lb")])
     assert "MAETok Table 4: MAETok" in capsys.readouterr().out
+
+
+def test_a_result_is_set_beside_its_own_configs_rows_first():
+    """rae-dinov2-b against the ViT-B decoder's and the DINOv2-B encoder's rows, not every RAE-paper row."""
+    record = _record(name="rae-dinov2-b")
+    own = compare(record, load_paper_rows())
+    assert {e["row"] for e in own} == {"RAE DINOv2-B ViT-B decoder", "RAE DINOv2-B encoder"}
+    family = compare(record, load_paper_rows(), family="RAE")
+    assert len(family) > len(own) and any(e["row"] == "RAE MAE-B encoder" for e in family)
+    # every row's config names a registered tokenizer
+    from latentbench.tokenizers import TOKENIZERS
+
+    assert {c for r in load_paper_rows() for c in r.configs} <= set(TOKENIZERS.names())
+
+
+def test_an_unknown_family_is_an_error():
+    with pytest.raises(ValueError, match="no `imagenet256` paper rows match --family 'foo': choose one of MAETok, FlowMo, RAE"):
+        compare(_record(), load_paper_rows(), family="foo")
+
+
+def test_a_record_not_measured_under_the_papers_protocol_is_refused():
+    """The protocol's name alone does not make a result comparable."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    small = _record()
+    small["data"] = {"eval": {"resolution": 32}}
+    with pytest.raises(ValueError, match="eval images were 32x32, the papers' 256x256"):
+        compare(small, load_paper_rows())
+    shipped = load_protocol("imagenet256")
+    edited = _record()
+    edited["protocol"].update(version=shipped.version, fingerprint="0" * 64)
+    with pytest.raises(ValueError, match="measured under an edited protocol file"):
+        compare(edited, load_paper_rows())
+    edited["protocol"]["fingerprint"] = shipped.fingerprint
+    assert compare(edited, load_paper_rows())
+
+
+def test_the_comparison_names_the_result_and_keeps_large_numbers_plain(tmp_path, capsys):
+    record = _record()
+    record["metrics"]["gfid"] = {"value": 1699.4, "n": 500, "interval": [1643.2, 1741.9]}
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    main(["compare", "--result", str(path)])
+    out = capsys.readouterr().out
+    assert out.startswith(f"maetok-b-128 (record {record['id'][:12]}, imagenet256 v2) beside the papers' rows of this config")
+    assert "1699 [1643, 1742]" in out and "e+03" not in out
