@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         _ARGS[:] = args
         CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
              "leaderboard": leaderboard, "regress": regress, "compare": compare,
-             "perf": perf}, args=args, as_positional=False)
+             "perf": perf}, args=args, as_positional=False, prog="latentbench")
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError, RankZeroFailed) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

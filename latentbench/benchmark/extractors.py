@@ -575,7 +575,11 @@ def build_domain_extractor(
             raise ValueError(f"{weights} was trained with recipe {facts['recipe']}, not {asdict(recipe)}")
         return DomainExtractor(source, net, Path(weights), facts)
     recipe = recipe or DomainRecipe()
-    train = _split_tensors(source, "train", recipe.resolution, recipe.limit)
+    try:
+        train = _split_tensors(source, "train", recipe.resolution, recipe.limit)
+    except ValueError as e:  # the data source's own message lists the sources; say whose source it is
+        raise ValueError(f"extractor {DOMAIN_PREFIX}{source} is a classifier trained on the data source {source!r}, "
+                         f"which does not resolve: {e}") from None
     val = _split_tensors(source, "val", recipe.resolution)
     path = domain_cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source, recipe, train[2], val[2])
     path.parent.mkdir(parents=True, exist_ok=True)

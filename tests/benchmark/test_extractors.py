@@ -50,6 +50,9 @@ def test_extractor_contract(name, built):
 def test_unknown_name_is_an_error_that_lists_the_names():
     with pytest.raises(KeyError, match="unknown extractor 'inception'.*inception-tf"):
         create_extractor("inception")
+    with pytest.raises(ValueError, match="extractor domain-foo is a classifier trained on the data source 'foo', which "
+                                         "does not resolve: unknown data source 'foo'"):
+        create_extractor("domain-foo")
 
 
 @pytest.mark.parametrize("bad", [
