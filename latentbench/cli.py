@@ -72,8 +72,12 @@ def bench(
                        launch=launch, precision=precision, compile=compile)
     if launcher_rank() != 0:  # the process group is left by now: ask the launcher which rank this is
         return
+    from latentbench.benchmark.leaderboard import COLUMNS
+
+    order = [key for key, _, _ in COLUMNS]  # the table's order, also when the record was read back (keys sorted)
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
-                        for k, v in record["metrics"].items())
+                        for k, v in sorted(record["metrics"].items(),
+                                           key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
     conv = (record.get("generation") or {}).get("convergence") or {}
     if conv.get("target") == "baseline":

@@ -116,7 +116,7 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
         import difflib
 
         aliases = ", ".join(sorted(protocol.tokenizers))
-        family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1)
+        family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1, cutoff=0.75)  # not foo -> flowmo
         hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
         raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None
     return _check_arguments(spec)
@@ -1072,6 +1072,7 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     proto = record["protocol"]
     directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
     if any(r["id"] == record["id"] for r in read_records(directory)):
+        log(f"[record] row {record['id'][:12]} is in {directory} already: nothing appended")
         return
     _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation, if_absent=True)
     log(f"[record] row {record['id'][:12]} appended to {directory}")

@@ -70,6 +70,7 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     again = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
     assert again["id"] == record["id"]
     assert sum("already done" in line for line in logs) == 4  # train, eval, generate, record
+    assert any(f"row {record['id'][:12]} is in" in line and "already: nothing appended" in line for line in logs)
     assert len(read_records(root / "lb/smoke/v3")) == 1
 
 
