@@ -368,7 +368,12 @@ def _pct(x) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of a perf result."""
     peak = result["matmul_peak_gflops"]
-    lines = [f"matmul peak: fp32 {peak['fp32']:.0f}, bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; medians of {result['steps']} steps", ""]
+    protocols = sorted({row["protocol"] for row in result["rows"] if row.get("protocol")})
+    lines = [f"{'protocol ' + ', '.join(protocols) + '; ' if protocols else ''}matmul peak: fp32 {peak['fp32']:.0f}, "
+             f"bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; medians of {result['steps']} steps", ""]
+    if result["steps"] < 3:
+        lines += [f"A median of {result['steps']} step(s) is one noisy sample on a shared machine: measure with "
+                  "--steps 8 (the default) before reading ratios from it.", ""]
     if result.get("bf16_usable") is False:
         lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
     compiled = any(row.get("decode_img_s_compiled") for row in result["rows"])
@@ -382,7 +387,7 @@ def format_table(result: dict[str, Any]) -> str:
         enc = row.get("encode_img_s") and f"{_rate(row['encode_img_s'])} / {_rate(row.get('encode_img_s_bf16'))}"
         dec = row.get("decode_img_s") and f"{_rate(row['decode_img_s'])} / {_rate(row.get('decode_img_s_bf16'))}"
         lines.append(
-            f"| {row['target']} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
+            f"| {_config(row)} | {row['batch']} | {_fmt(fp32.get('step_s'), '.3f')} | {_fmt(bf16.get('step_s'), '.3f')} | "
             f"{_fmt(speed, '.2f') + 'x' if speed else 'n/a'} | {_fmt((bf16.get('flops') or fp32.get('flops') or 0) / 1e9, '.1f')} "
             f"| {_fmt(bf16.get('gflops_per_s'), '.0f')} | "
             f"{_pct(bf16.get('mfu'))} | {_pct(fp32.get('mfu'))} | "
@@ -394,6 +399,13 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("decode compiled: fp32 after `compile_decoding` (as `bench --compile` decodes); compile s: the first "
                      "compiled pass's time beyond a steady one (compiling, or reading TorchInductor's cache).")
     return "\n".join(lines)
+
+
+def _config(row: dict[str, Any]) -> str:
+    """The registered config measured (``sdvae-ci``), not only the alias asked for (``sdvae``)."""
+    if row.get("kind") == "tokenizer" and row.get("tokenizer") and row["tokenizer"] != row["target"]:
+        return f"{row['target']} ({row['tokenizer']})"
+    return row["target"]
 
 
 def _compiled_cell(row: dict[str, Any]) -> str:

@@ -75,6 +75,9 @@ def test_perf_writes_json_and_a_table(tmp_path):
         assert "bf16 not measured" in format_table(stored)
     assert "| dit-smoke on sdvae | 32 |" in lines[-2] and lines[-1] == f"wrote {out}"
     assert "| dit-smoke on sdvae |" in format_table(stored)
+    assert format_table(stored).startswith("protocol smoke/v3; matmul peak") and "A median of 2 step(s)" in format_table(stored)
+    tokenizer_row = {"target": "sdvae", "kind": "tokenizer", "tokenizer": "sdvae-smoke", "batch": 8, "peak_rss_gib": 1.0}
+    assert "| sdvae (sdvae-smoke) | 8 |" in format_table({**stored, "rows": [tokenizer_row]})
     assert (tmp_path / "README.md").read_text() == "the user's notes"
 
 
