@@ -29,7 +29,9 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     Listed as the bench lists an image folder (``latentbench.data.folder.image_files``): hidden
     files and folders (``.ipynb_checkpoints``) and ``__MACOSX`` are not counted.
     """
-    from latentbench.data.folder import image_files
+    import warnings
+
+    from latentbench.data.folder import image_files, non_image_files
 
     root = Path(directory)
     if root.is_file():
@@ -39,6 +41,10 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root)}
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    others = non_image_files(root)
+    if others:
+        shown = ", ".join(Path(p).relative_to(root).as_posix() for p in others[:3]) + (", ..." if len(others) > 3 else "")
+        warnings.warn(f"{root}: {len(others)} file(s) that are not images ignored ({shown})", stacklevel=2)
     return files
 
 
@@ -106,7 +112,9 @@ def _load_pair(pair: tuple[str, Path, Path]) -> tuple[Tensor, Tensor]:
         raise combine_bad_images(errors)
     real, fake = loaded
     if real.shape != fake.shape:
-        raise ValueError(f"{name}: real image is {tuple(real.shape[1:])} but fake is {tuple(fake.shape[1:])}; paired metrics need equal sizes")
+        raise ValueError(f"{name}: the real image is {real.shape[1]}x{real.shape[2]} (H x W) but the fake one is "
+                         f"{fake.shape[1]}x{fake.shape[2]}; paired metrics need equal sizes: save the fakes at the real "
+                         "images' size")
     return real, fake
 
 

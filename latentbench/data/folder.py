@@ -148,6 +148,13 @@ def _list_files(directory: Path, recursive: bool) -> tuple[list[str], int]:
     return images, len(files) - len(images)
 
 
+def non_image_files(directory: str | Path) -> list[str]:
+    """Sorted paths of the files under ``directory`` that ``image_files`` leaves out, hidden ones aside."""
+    images = set(image_files(directory))
+    return [os.path.join(d, f) for d, names in _walk(Path(directory)) for f in names
+            if not f.startswith(".") and os.path.join(d, f) not in images]
+
+
 def image_files(directory: str | Path) -> list[str]:
     """Sorted image paths under ``directory``, recursively, listed as the bench's image folders are: hidden
     files and folders and ``__MACOSX`` left out, links followed, each folder entered once."""

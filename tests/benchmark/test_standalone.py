@@ -67,7 +67,11 @@ def test_mismatched_folders_fail_clearly(tmp_path):
 def test_bad_inputs_fail_clearly(tmp_path):
     real, fake, _ = _folders(tmp_path)
     Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(fake / "0.png")
-    with pytest.raises(ValueError, match="0.png: real image is"):
+    with pytest.raises(ValueError, match=r"0.png: the real image is \d+x\d+ \(H x W\) but the fake one is 20x40"):
+        folder_metrics(real, fake, psnr=True)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(fake / "0.png")
+    (fake / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="1 file\\(s\\) that are not images ignored \\(notes.txt\\)"):
         folder_metrics(real, fake, psnr=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
