@@ -84,7 +84,7 @@ def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run,
     assert [r["id"] for r in read_records(root / "lb/smoke/v3")] == [record["id"]]  # the first table is untouched
     logs.clear()
     run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb2", log=logs.append)
-    assert len(read_records(tmp_path / "lb2/smoke/v3")) == 1 and not any("appended" in line for line in logs)
+    assert len(read_records(tmp_path / "lb2/smoke/v3")) == 1 and not any("appended to" in line for line in logs)
 
 
 def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, tmp_path, monkeypatch):
