@@ -918,23 +918,33 @@ def run_bench(
             train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
             weights = run_dir / train["weights"]
         variants = (train or {}).get("variants") or {"": weights}
-        recorded = None
-        for variant, path in variants.items():  # one row per result (FlowMo: without and with post-training)
-            w = weights if variant == "" else run_dir / path
-            suffix = f"-{variant}" if variant else ""
-            evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(  # noqa: B023 (run at once)
-                cfg, run_dir, w, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
-            generation = None
-            if proto.generator.max_steps > 0:
-                from latentbench.benchmark.generation import generator_stage
+        records = [_bench_variant(stages, cfg, run_dir, train, variant, weights if variant == "" else run_dir / path,
+                                  trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
+                   for variant, path in variants.items()]  # one row per result (FlowMo: without and with post-training)
+        return records[-1]
 
-                generation = stages.run(f"generate{suffix}", lambda: generator_stage(  # noqa: B023
-                    cfg, run_dir, w, trust_checkpoint, on_bad_image, variant, log), log)
-            recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(  # noqa: B023
-                cfg, run_dir, train, evaluation, w, trust_checkpoint, variant, generation)), log)
-            run_on_rank_zero(lambda: _ensure_recorded(  # noqa: B023
-                recorded["record"], run_dir, Path(leaderboard_dir), evaluation, generation, log))
-        return recorded["record"]
+
+def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[str, Any] | None, variant: str,
+                   weights: str | Path | None, trust_checkpoint: bool, on_bad_image: str, leaderboard_dir: Path,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """The eval, generate (protocols with a generator) and record stages of one result of the run; its record.
+
+    ``variant`` is "" for a tokenizer with one result, else its name (FlowMo: "1a", "1b"), which
+    suffixes the stage names; ``weights`` are that result's.
+    """
+    suffix = f"-{variant}" if variant else ""
+    evaluation = stages.run(f"eval{suffix}", lambda: eval_stage(
+        cfg, run_dir, weights, trust_checkpoint, on_bad_image, grid_name=f"reconstructions{suffix}.png"), log)
+    generation = None
+    if cfg.protocol.generator.max_steps > 0:
+        from latentbench.benchmark.generation import generator_stage
+
+        generation = stages.run(f"generate{suffix}", lambda: generator_stage(
+            cfg, run_dir, weights, trust_checkpoint, on_bad_image, variant, log), log)
+    recorded = stages.run(f"record{suffix}", lambda: run_on_rank_zero(lambda: _record_stage(
+        cfg, run_dir, train, evaluation, weights, trust_checkpoint, variant, generation)), log)
+    run_on_rank_zero(lambda: _ensure_recorded(recorded["record"], run_dir, leaderboard_dir, evaluation, generation, log))
+    return recorded["record"]
 
 
 def resume_from(last: Path) -> str | None:
