@@ -208,10 +208,11 @@ def as_list(value: Union[list, str, int, None], name: str, cast=str) -> list | N
 
 
 def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None, families: Union[list[str], str, None] = None,
-            golden: Optional[str] = None, precision: Literal["auto", "32-true", "bf16-mixed"] = "auto") -> None:
+            golden: Optional[str] = None, precision: Literal["auto", "32-true", "bf16-mixed"] = "auto",
+            strict: bool = False) -> None:
     """The regression gate: re-run every family's `smoke` bench and compare with the golden values.
 
-    Exits 1, naming tokenizer and metric, when a metric is worse than golden beyond its tolerance.
+    Exits 1, naming tokenizer and metric, when a metric moved from golden beyond its tolerance.
 
     Args:
         update: re-measure the golden values over ``seeds`` instead of checking.
@@ -220,11 +221,14 @@ def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None
         golden: the golden file (default configs/regress/smoke.yaml, or smoke.<precision>.yaml when
             training runs in another precision than the protocol's bf16-mixed).
         precision: auto (the protocol's, or 32-true on a CPU without fast bf16) or a precision to force.
+        strict: fail on any change beyond float rounding (1e-9 relative) instead of the seed-spread
+            tolerance: for a change meant to move no number, on the kind of machine the golden
+            values were measured on (the benches reproduce exactly there).
     """
     from latentbench.benchmark.regress import regress as run_gate
 
     failures = run_gate(Path(golden) if golden else None, update, as_list(seeds, "seeds", int),
-                        as_list(families, "families"), precision=precision)
+                        as_list(families, "families"), precision=precision, strict=strict)
     if failures:
         print("regression gate FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)

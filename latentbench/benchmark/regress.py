@@ -32,6 +32,7 @@ PROTOCOL = "smoke"
 DIRECTION = {"psnr": 1, "ssim": 1, "probe": 1, "lpips": -1, "rfid": -1, "gfid": -1}  # +1: higher is better
 SPREAD_FACTOR = 2.0
 MIN_TOLERANCE = 1e-3  # relative: a metric identical on every seed still gets 0.1% for other CPUs' rounding
+STRICT_TOLERANCE = 1e-9  # relative, under --strict: float rounding only
 # Fractions of n eval images (the probe's top-1): they move in steps of 1/n, so the gate allows at least one image
 # more or less. Another CPU's kernels can flip one: under smoke v2 rae-smoke's probe was 63/64 on one CPU
 # and 62/64 on an AVX512-BF16 one, at the same commit and seed.
@@ -141,13 +142,16 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
     return golden
 
 
-def _tolerance(name: str, metric: str, g: dict[str, Any], counts: dict[str, dict[str, int]] | None) -> float:
+def _tolerance(name: str, metric: str, g: dict[str, Any], counts: dict[str, dict[str, int]] | None,
+               strict: bool = False) -> float:
+    if strict:
+        return STRICT_TOLERANCE * abs(g["value"])
     n = (counts or {}).get(name, {}).get(metric)
     return max(g["tolerance"], 1.0 / n) if metric in COUNTED and n else g["tolerance"]
 
 
 def margins(golden: dict[str, Any], measured: dict[str, dict[str, float]],
-            counts: dict[str, dict[str, int]] | None = None) -> list[str]:
+            counts: dict[str, dict[str, int]] | None = None, strict: bool = False) -> list[str]:
     """One line per row: each checked metric's value, its change from golden and the tolerance; and the measured
     metrics that have no golden value (unchecked: LPIPS on a machine with its weights, say)."""
     lines = []
@@ -157,7 +161,7 @@ def margins(golden: dict[str, Any], measured: dict[str, dict[str, float]],
             if metric in measured[name]:
                 delta = measured[name][metric] - g["value"]
                 change = "exact" if delta == 0 else f"{delta:+.4g}"
-                cells.append(f"{metric} {measured[name][metric]:.6g} ({change}, tolerance {_tolerance(name, metric, g, counts):.4g})")
+                cells.append(f"{metric} {measured[name][metric]:.6g} ({change}, tolerance {_tolerance(name, metric, g, counts, strict):.4g})")
         unchecked = sorted(set(measured[name]) - set(golden[name]))
         lines.append(f"{name}: " + "; ".join(cells) + (f"; not checked (no golden value): {', '.join(unchecked)}"
                                                        if unchecked else ""))
@@ -165,13 +169,14 @@ def margins(golden: dict[str, Any], measured: dict[str, dict[str, float]],
 
 
 def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
-          counts: dict[str, dict[str, int]] | None = None) -> list[str]:
+          counts: dict[str, dict[str, int]] | None = None, strict: bool = False) -> list[str]:
     """One line per regression: a metric further from golden than its tolerance (worse, or better: an intended
     improvement is taken in with ``--update``), a missing row/metric, or a measured row without golden values
     (which would otherwise pass unchecked).
 
     ``counts``: the sample count behind each measured metric (``bench_rows``); a ``COUNTED`` metric's
-    tolerance is then at least one sample's worth, 1 / n.
+    tolerance is then at least one sample's worth, 1 / n. ``strict``: every tolerance is float rounding
+    (``STRICT_TOLERANCE`` of the value), for changes meant to move no number.
     """
     failures = [f"{name}: no golden values (add them with `latentbench regress --update --families ...`)"
                 for name in sorted(set(measured) - set(golden))]
@@ -184,7 +189,7 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
                 failures.append(f"{name} {metric}: missing (golden {g['value']:.6g})")
                 continue
             worse = DIRECTION[metric] * (g["value"] - measured[name][metric])  # > 0: worse than golden
-            tolerance = _tolerance(name, metric, g, counts)
+            tolerance = _tolerance(name, metric, g, counts, strict)
             if abs(worse) > tolerance:
                 how = (f"worse by {worse:.4g}" if worse > 0 else f"better by {-worse:.4g}")
                 hint = "" if worse > 0 else "; if the change is intended, re-measure with `latentbench regress --update`"
@@ -194,7 +199,8 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
 
 
 def regress(golden_path: Path | None = None, update: bool = False, seeds: list[int] | None = None,
-            only: list[str] | None = None, log: Callable[[str], None] = print, precision: str = "auto") -> list[str]:
+            only: list[str] | None = None, log: Callable[[str], None] = print, precision: str = "auto",
+            strict: bool = False) -> list[str]:
     """Run the gate (or, with ``update``, re-measure golden values); returns the failures (empty: passed).
 
     Args:
@@ -203,6 +209,7 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
         update: measure golden values over ``seeds`` (default 0, 1, 2) and write them instead of checking.
         only: families to run (default: all of the `smoke` protocol's); with ``only`` the check
             covers only those families' golden rows.
+        strict: tolerances of float rounding only (``check``).
     """
     unknown = sorted(set(only or []) - set(families()))
     if unknown:
@@ -231,6 +238,6 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
             measured.update(bench_rows(family, 0, root, log, used, counts))
         if only:  # row names start with the family's size name (sdvae-smoke, flowmo-smoke (1b))
             golden = {k: v for k, v in golden.items() if any(k.startswith(f) for f in only)}
-        for line in margins(golden, measured, counts):
+        for line in margins(golden, measured, counts, strict):
             log(f"  {line}")
-        return check(golden, measured, counts)
+        return check(golden, measured, counts, strict)

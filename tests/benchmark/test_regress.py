@@ -119,3 +119,12 @@ def test_worsened_golden_value_makes_the_gate_fail(tmp_path):
     path = write_golden(golden, [0, 1, 2], tmp_path / "worse.yaml")
     failures = regress(golden_path=path, only=["sdvae"], log=lambda s: None)
     assert len(failures) == 1 and failures[0].startswith("sdvae-smoke psnr:")
+
+
+def test_strict_allows_float_rounding_only():
+    """For a change meant to move no number: the benches reproduce exactly on the machine the values came from."""
+    golden = _golden()
+    assert check(golden, {"tok-smoke": {"psnr": 20.0 + 1e-12, "rfid": 100.0}}, strict=True) == []
+    (failure,) = check(golden, {"tok-smoke": {"psnr": 20.001, "rfid": 100.0}}, strict=True)
+    assert failure.startswith("tok-smoke psnr: 20.001 vs golden 20 (better by 0.001 > tolerance 2e-08")
+    assert check(golden, {"tok-smoke": {"psnr": 20.001, "rfid": 100.0}}) == []  # within the seed-spread tolerance
