@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import traceback
@@ -331,7 +332,12 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
 
 _ARGS: list[str] = []  # the command line main() parsed (a multi-process bench re-executes it)
 
-BOOLEAN_FLAGS = ("--fid", "--psnr", "--ssim", "--lpips", "--json", "--trust_checkpoint", "--update", "--compile")
+COMMANDS = {"bench": bench, "metrics": metrics, "stats": stats, "list": list_, "leaderboard": leaderboard,
+            "regress": regress, "compare": compare, "perf": perf}
+# every subcommand's bool parameter, as its flag (annotations are strings under `from __future__ import annotations`)
+BOOLEAN_FLAGS = frozenset(f"--{name}" for command in COMMANDS.values()
+                          for name, parameter in inspect.signature(command).parameters.items()
+                          if parameter.annotation in (bool, "bool"))
 
 
 def expand_bare_flags(argv: list[str]) -> list[str]:
@@ -355,9 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         _ARGS[:] = args
-        CLI({"bench": bench, "metrics": metrics, "stats": stats, "list": list_,
-             "leaderboard": leaderboard, "regress": regress, "compare": compare,
-             "perf": perf}, args=args, as_positional=False, prog="latentbench")
+        CLI(COMMANDS, args=args, as_positional=False, prog="latentbench")
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError, RankZeroFailed) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

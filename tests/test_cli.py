@@ -143,3 +143,12 @@ def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsy
         cli.main(["bench", "--tokenizer", "nosuch", "--protocol", "smoke"])
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("latentbench: error: unknown tokenizer 'nosuch'")
+
+
+def test_every_boolean_option_may_stand_alone():
+    """--strict, --fid, ...: taken from the subcommands' signatures, so a new bool option cannot be forgotten."""
+    from latentbench.cli import BOOLEAN_FLAGS, expand_bare_flags
+
+    assert {"--strict", "--fid", "--update", "--compile", "--json", "--trust_checkpoint"} <= BOOLEAN_FLAGS
+    assert expand_bare_flags(["regress", "--strict", "--families", "sdvae"]) == ["regress", "--strict", "true", "--families", "sdvae"]
+    assert expand_bare_flags(["metrics", "--fid", "false"]) == ["metrics", "--fid", "false"]
