@@ -132,7 +132,7 @@ def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsy
     def lookup(*args, **kwargs):
         return {}["value"]
 
-    monkeypatch.setattr(cli, "list_", lookup)
+    monkeypatch.setitem(cli.COMMANDS, "list", lookup)
     with pytest.raises(SystemExit) as exit_:
         cli.main(["list"])
     err = capsys.readouterr().err
