@@ -72,7 +72,8 @@ class TokenizerSpec:
     init_args: dict[str, Any] = field(default_factory=dict)
     module_args: dict[str, Any] = field(default_factory=dict)  # training module arguments
     requested: str = ""  # what the user typed
-    module: str | None = None  # training LightningModule as module:Class; None = AutoencoderModule
+    module: str | None = None  # training LightningModule as module:Class; None = the tokenizer's training_module,
+    # else AutoencoderModule
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "init_args": self.init_args, "module_args": self.module_args, "requested": self.requested}
@@ -82,7 +83,22 @@ class TokenizerSpec:
         from latentbench.registry import import_object
         from latentbench.tokenizers.module import AutoencoderModule
 
-        return import_object(self.module) if self.module else AutoencoderModule
+        declared = getattr(tokenizer_class(self.name), "training_module", None)
+        return import_object(self.module or declared) if self.module or declared else AutoencoderModule
+
+
+def tokenizer_class(name: str) -> type | None:
+    """The class a registered name or ``module:Class`` builds (a factory's return annotation), or None if unknown."""
+    import inspect
+
+    from latentbench.tokenizers import TOKENIZERS
+
+    try:
+        factory = TOKENIZERS.get(name)
+        built = factory if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 (an unknown name, or annotations that do not resolve: the build says)
+        return None
+    return built if inspect.isclass(built) else None
 
 
 def resolve_tokenizer(arg: str, protocol: Protocol) -> TokenizerSpec:
@@ -135,11 +151,7 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
     from jsonargparse import ArgumentParser
     from latentbench.tokenizers import TOKENIZERS
 
-    factory = TOKENIZERS.get(spec.name)
-    try:
-        built = factory if inspect.isclass(factory) else typing.get_type_hints(factory).get("return")
-    except Exception:  # noqa: BLE001 (a user's factory whose annotations do not resolve: the build checks it)
-        built = None
+    built = tokenizer_class(spec.name)
     checks = (("init_args", built, spec.init_args, set()),
               # the harness passes these three itself (max_steps: the protocol's budget)
               ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))

@@ -20,6 +20,9 @@ PAPER_CSV = PAPER_DIR / "paper_tables.csv"
 METRIC_KEYS = {"rFID": "rfid", "PSNR": "psnr", "SSIM": "ssim", "LPIPS": "lpips", "gFID": "gfid",
                "linear probe top-1": "probe"}
 PERCENT = {"linear probe top-1"}  # the papers report these in percent; records hold fractions
+# figures measured under another protocol than the suite's own metric of that name: shown, never judged
+NOT_COMPARABLE = {"linear probe top-1": "other probe protocol: the papers' full-train-set linear eval, the suite's "
+                                        "50k-image subset of mean-pooled latents (benchmark/probe.py)"}
 FIELDS = ("source", "table", "row", "resolution", "bpp_or_tokens", "metric", "value", "condition", "verified", "note",
           "config")
 FAMILIES = ("MAETok", "FlowMo", "RAE", "SD-VAE")  # what --family matches in a row's source and name, or "all"
@@ -153,7 +156,8 @@ def comparison_title(record: dict[str, Any], entries: list[dict[str, Any]]) -> s
 
 
 def _entry(row: PaperRow, ours: dict[str, Any] | None) -> dict[str, Any]:
-    out = {**asdict(row), "ours": None, "interval": None, "delta": None, "within": None, "missing": None}
+    out = {**asdict(row), "ours": None, "interval": None, "delta": None, "within": None, "missing": None,
+           "not_comparable": NOT_COMPARABLE.get(row.metric)}
     if not ours:
         return out | {"missing": "not measured"}
     if "unavailable" in ours:
@@ -162,7 +166,7 @@ def _entry(row: PaperRow, ours: dict[str, Any] | None) -> dict[str, Any]:
     ours = {**ours, "value": ours["value"] * scale,
             "interval": [v * scale for v in ours["interval"]] if ours.get("interval") else None}
     interval = ours.get("interval")
-    within = None if not interval else bool(interval[0] <= row.value <= interval[1])
+    within = None if not interval or out["not_comparable"] else bool(interval[0] <= row.value <= interval[1])
     return out | {"ours": ours["value"], "interval": interval, "delta": ours["value"] - row.value, "within": within}
 
 
@@ -179,8 +183,11 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
         else:
             iv = f" [{_num(e['interval'][0])}, {_num(e['interval'][1])}]" if e["interval"] else ""
             ours, delta = f"{_num(e['ours'])}{iv}", ("+" if e["delta"] >= 0 else "") + _num(e["delta"])
-            within = "no interval" if e["within"] is None else ("yes" if e["within"] else "no")
+            within = ("not comparable: other protocol" if e.get("not_comparable") else
+                      "no interval" if e["within"] is None else ("yes" if e["within"] else "no"))
         lines.append(f"{name:<81} {e['metric']:<7} {_num(e['value']):>9} {ours:>24} {delta:>9}  {within}")
+    for metric, why in sorted({(e["metric"], e["not_comparable"]) for e in entries if e.get("not_comparable")}):
+        lines.append(f"{metric}: {why}")
     return "\n".join(lines)
 
 

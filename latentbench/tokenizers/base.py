@@ -70,6 +70,10 @@ class Tokenizer(nn.Module, ABC):
     """
 
     stages: tuple[str, ...] = ("ae",)
+    # the LightningModule that trains it, as "module:Class", when AutoencoderModule cannot (FlowMo's flow
+    # loss and stage 1b, RAE's frozen encoder and latent statistics); the bench picks it when a config
+    # names none, and AutoencoderModule refuses such a tokenizer
+    training_module: str | None = None
     loss_weights: dict[str, float] = {}
     compile_modules: tuple[str, ...] = ()
     stochastic_decode: bool | None = None

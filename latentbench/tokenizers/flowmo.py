@@ -147,6 +147,7 @@ class FlowMo(Tokenizer):
     """
 
     stages: ClassVar[tuple[str, ...]] = ("1a", "1b")
+    training_module: ClassVar[str] = "latentbench.tokenizers.flowmo_module:FlowMoModule"
     # FlowMo's weights: entropy 0.0025, commitment 0.000625 (configs/base.yaml); the flow loss is the unit.
     loss_weights: ClassVar[dict[str, float]] = {"flow": 1.0, "entropy": 0.0025, "commitment": 0.000625}
     compile_modules: ClassVar[tuple[str, ...]] = ("decoder",)  # run sample_steps times (twice where guided) per decode

@@ -66,6 +66,7 @@ class FlowMoModule(L.LightningModule):
         val_every: steps between validations; stage 1b's early stopping needs the trainer to
             validate at this interval (``trainer_kwargs()``), and a multiple of it at the start of 1b
             validates the end of 1a as the baseline 1b must beat.
+        val_batches: batches of held-out images each validation decodes (per process); None: all of them.
         patience: stage-1b validations without a PSNR gain of ``min_delta`` dB before stopping.
         min_delta: smallest validation PSNR gain (dB) that counts as an improvement.
         val_seed: seed of the validation decodes (held-out image i's noise: ``sample_seed(val_seed, i)``),
@@ -93,6 +94,7 @@ class FlowMoModule(L.LightningModule):
         posttrain_checkpoint: bool = False,
         fix_initial_norms: bool = True,
         val_every: int = 20,
+        val_batches: int | None = None,
         patience: int = 3,
         min_delta: float = 0.0,
         val_seed: int = 0,
@@ -152,7 +154,8 @@ class FlowMoModule(L.LightningModule):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Trainer arguments this module's early stopping needs (with a validation loader passed to ``fit``)."""
-        return {"val_check_interval": self.hparams.val_every, "check_val_every_n_epoch": None, "num_sanity_val_steps": 0}
+        return {"val_check_interval": self.hparams.val_every, "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
+                **({"limit_val_batches": self.hparams.val_batches} if self.hparams.val_batches else {})}
 
     def stage_weights(self) -> dict[str, dict[str, Tensor]]:
         """Tokenizer state dicts to evaluate: "1a" (without post-training) and, when 1b ran, "1b".
@@ -269,6 +272,9 @@ class FlowMoModule(L.LightningModule):
             self.restore_best_decoder()
             if es["stopped_at"] is None:
                 es["status"] = f"ran to max_steps; kept the best validated decoder (step {es['best_step']})"
+            # the first 1b validation scores the end of 1a: when none beat it, the "1b" result is 1a's decoder
+            es["kept"] = ("stage 1a's decoder: no stage-1b validation beat it" if es["best_step"] == self.stage_start("1b")
+                          else f"stage 1b's decoder of step {es['best_step']}")
         elif self._has_stage("1b"):
             es["status"] = "off: no validation data reached stage 1b, so 1b ran its full budget unselected"
         else:

@@ -78,6 +78,13 @@ class AutoencoderModule(L.LightningModule):
             raise ValueError(f"rec_loss must be 'l1' or 'mse', got {rec_loss!r}")
         self.save_hyperparameters()
         self.tokenizer = create_tokenizer(tokenizer, **(tokenizer_args or {}))
+        declared = getattr(self.tokenizer, "training_module", None)
+        if declared:  # FlowMo's flow loss and stage 1b, RAE's latent statistics: not this module's losses
+            from latentbench.registry import import_object
+
+            if not isinstance(self, import_object(declared)):
+                raise ValueError(f"{tokenizer} trains with {declared}, not {type(self).__qualname__}: set `module: "
+                                 f"{declared}` in its tokenizer config (a config without one gets it)")
         self.loss_weights = dict(getattr(self.tokenizer, "loss_weights", {}), **(loss_weights or {}))
         self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net, perceptual_fallback)
         self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if disc_weight > 0 else None

@@ -88,6 +88,7 @@ class RAE(Tokenizer):
     """
 
     stages = ("decoder",)
+    training_module = "latentbench.tokenizers.rae_module:RAEModule"
     stochastic_decode = False  # a deterministic ViT decoder; ``generator`` is accepted and unused
 
     def __init__(

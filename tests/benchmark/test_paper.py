@@ -157,3 +157,13 @@ def test_the_comparison_names_the_result_and_keeps_large_numbers_plain(tmp_path,
     out = capsys.readouterr().out
     assert out.startswith(f"maetok-b-128 (record {record['id'][:12]}, imagenet256 v2) beside the papers' rows of this config")
     assert "1699 [1643, 1742]" in out and "e+03" not in out
+
+
+def test_probe_figures_are_shown_but_not_judged():
+    """The papers' linear probes ran on the full train set; the suite's probe is another protocol."""
+    record = _record(name="rae-dinov2-b")
+    record["metrics"]["probe"] = {"value": 0.80, "n": 50000, "interval": [0.79, 0.81]}
+    (probe,) = [e for e in compare(record, load_paper_rows()) if e["metric"] == "linear probe top-1"]
+    assert probe["ours"] == pytest.approx(80.0) and probe["within"] is None and probe["not_comparable"]
+    text = format_comparison([probe])
+    assert "not comparable: other protocol" in text and "50k-image subset" in text

@@ -280,8 +280,11 @@ def test_stages_encoder_bit_identical_in_1b_and_early_stopping_state(monkeypatch
     assert es["evaluations"] == 4  # after steps 3 (the 1a baseline), 4, 5, 6
     best = es["best_step"]
     assert best in (3, 4, 5, 6) and "best validated decoder" in es["status"]
-    if best == 3:  # 1b never beat the end of 1a: the 1a decoder is what remains
+    if best == 3:  # 1b never beat the end of 1a: the 1a decoder is what remains, and the record says so
         assert all(torch.equal(weights["1a"][k], weights["1b"][k]) for k in weights["1a"])
+        assert es["kept"] == "stage 1a's decoder: no stage-1b validation beat it"
+    else:
+        assert es["kept"] == f"stage 1b's decoder of step {best}"
 
 
 def test_early_stopping_keeps_the_best_decoder_and_stops():
@@ -298,6 +301,24 @@ def test_early_stopping_keeps_the_best_decoder_and_stops():
     assert module._trainer.should_stop
     assert module.early_stopping["best"] == 20.0 and module.early_stopping["stopped_at"] == 7
     assert all(torch.equal(v, best[k]) for k, v in decoder.state_dict().items())
+    module.on_train_end()  # the best was the first 1b validation, at the start of 1b: the end of 1a
+    assert module.early_stopping["kept"] == "stage 1a's decoder: no stage-1b validation beat it"
+
+
+def test_validations_can_be_limited_to_some_batches():
+    """At paper size the held-out split is 1/16 of ImageNet's train set: a validation decodes a few batches of it."""
+    assert "limit_val_batches" not in FlowMoModule("flowmo-smoke").trainer_kwargs()
+    assert FlowMoModule("flowmo-smoke", val_batches=8).trainer_kwargs()["limit_val_batches"] == 8
+
+
+def test_a_flowmo_tokenizer_is_not_trained_as_a_plain_autoencoder():
+    """FlowMo's flow loss and stage 1b are FlowMoModule's; AutoencoderModule would train it with a GAN and L1."""
+    from latentbench.benchmark.harness import TokenizerSpec
+    from latentbench.tokenizers.module import AutoencoderModule
+
+    with pytest.raises(ValueError, match="flowmo-smoke trains with latentbench.tokenizers.flowmo_module:FlowMoModule"):
+        AutoencoderModule("flowmo-smoke")
+    assert TokenizerSpec("flowmo-lo").module_class() is FlowMoModule  # a config without `module:` gets it
 
 
 def test_missing_lpips_falls_back_to_a_labelled_pixel_loss(monkeypatch, tmp_path):
