@@ -201,7 +201,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     ckpt_dir = out_dir / "checkpoints"
     trainer = L.Trainer(
         max_steps=spec.max_steps, max_epochs=-1, precision=precision or spec.precision, accelerator="auto",
-        **trainer_kwargs(launch or Launch()),
+        **trainer_kwargs(launch or Launch()), gradient_clip_val=module.hparams.grad_clip,
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),

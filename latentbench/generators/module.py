@@ -113,6 +113,7 @@ class GeneratorModule(L.LightningModule):
         max_steps: optimizer steps (sets the schedule).
         lr, weight_decay, betas, warmup_steps: AdamW with linear warmup, then constant (DiT/SiT).
         ema_decay: EMA decay of the sampled weights (0 disables EMA).
+        grad_clip: clip the gradients' global norm to this (LightningDiT and RAE: 1.0); None: no clipping.
         sample_seed, num_samples, class_sampling: the gFID sample set (see ``sample_labels``).
         samples_dir: where validation writes sampled latents; None = keep nothing.
     """
@@ -120,9 +121,11 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, generator: str, input_shape: list[int], num_classes: int, init_args: dict | None = None,
                  transport: dict | None = None, max_steps: int = 1000, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float = 0.9999,
-                 sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced",
+                 grad_clip: float | None = None, sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced",
                  samples_dir: str | None = None):
         super().__init__()
+        if grad_clip is not None and grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0 (or null for no clipping), got {grad_clip}")
         self.save_hyperparameters()
         self.generator = build_generator(generator, tuple(input_shape), num_classes, init_args, transport)
         self._samples = None  # this rank's ShardWriter while sampling

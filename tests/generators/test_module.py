@@ -180,3 +180,13 @@ def test_every_shipped_generator_config_builds(path):
         net = build_generator(gen.name, shape, 10, gen.init_args, gen.transport)
     assert hasattr(net, "training_losses") and hasattr(net, "sample") and net.describe()
     assert set(gen.module_args) <= set(inspect.signature(GeneratorModule).parameters)
+
+
+def test_gradient_clipping_is_a_config_option():
+    """The paper generators clip at 1.0 (LightningDiT, RAE); the CPU configs do not."""
+    from latentbench.generators.module import GeneratorModule, resolve_generator
+
+    assert resolve_generator("lightningdit-xl-1").module_args["grad_clip"] == 1.0
+    assert "grad_clip" not in resolve_generator("dit-ci").module_args
+    with pytest.raises(ValueError, match="grad_clip must be > 0"):
+        GeneratorModule("dit-smoke", [4, 8, 8], 10, grad_clip=0.0)
