@@ -15,6 +15,7 @@ then stage "decoder-ft" (+decoder fine-tuning).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
@@ -129,6 +130,9 @@ class MAETok(Tokenizer):
         movq: MoVQ-style modulation of the latent tokens in every decoder block by the raw latent.
         decoder_cls_token: a class token in the pixel decoder's sequence (the official code's
             ``dec_cls_token``, True by default there); the auxiliary decoders have none.
+        teacher_loss: loss of the teacher-feature targets (DINOv2, SigLIP, domain-*) on masked tokens:
+            "mse" on the standardised features (the reference notes, and the committed `ci` rows), or
+            "cosine", the negative cosine similarity the official training code uses; HOG is MSE either way.
     """
 
     stages = ("ae", "decoder-ft")
@@ -164,8 +168,12 @@ class MAETok(Tokenizer):
         rope: str = "axial",
         movq: bool = False,
         decoder_cls_token: bool = False,
+        teacher_loss: str = "mse",
     ):
         super().__init__()
+        if teacher_loss not in ("mse", "cosine"):
+            raise ValueError(f"teacher_loss must be 'mse' or 'cosine', got {teacher_loss!r}")
+        self.teacher_loss = teacher_loss
         aux_targets = tuple(aux_targets)
         # Frozen teachers live outside the module tree: not trained, not in the state dict, not
         # moved by .to() (forward moves them to the input's device).
@@ -307,16 +315,23 @@ class MAETok(Tokenizer):
         if mask is not None and mask.any() and self.aux_enabled:
             for name, aux in self.aux_decoders.items():
                 pred = aux(z, grid).float()  # (B, N, D_t)
-                target = self.aux_target(name, x)  # (B, N, D_t)
-                losses[name] = ((pred - target) ** 2).mean(dim=-1)[mask].mean()
+                cosine = name != "hog" and self.teacher_loss == "cosine"  # the official code's teacher loss
+                target = self.aux_target(name, x, standardise=not cosine)  # (B, N, D_t)
+                if cosine:  # of the raw features, as the official code (standardising would re-centre them)
+                    per_token = -(F.normalize(pred, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)  # (B, N)
+                else:
+                    per_token = ((pred - target) ** 2).mean(dim=-1)  # (B, N)
+                losses[name] = per_token[mask].mean()
         return rec, losses
 
-    def aux_target(self, name: str, x: Tensor) -> Tensor:
-        """Target features (B, N, D_t) of every image token, without gradient."""
+    def aux_target(self, name: str, x: Tensor, standardise: bool = True) -> Tensor:
+        """Target features (B, N, D_t) of every image token, without gradient; a teacher's standardised per token
+        unless ``standardise`` is False (the cosine loss reads their direction)."""
         if name == "hog":
             return hog_features(x, self.patch_size, self.hog_cell)  # (B, N, D_hog)
         teacher = self._teachers[name].to(x.device)
-        return normalize_targets(teacher(x.float(), self._grid(x)))  # (B, N, D_t)
+        features = teacher(x.float(), self._grid(x))  # (B, N, D_t)
+        return normalize_targets(features) if standardise else features
 
     def set_stage(self, stage: str, progress: float = 0.0) -> None:
         """Configure a training stage; ``progress`` in [0, 1] is the fraction of the stage done.

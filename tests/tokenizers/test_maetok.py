@@ -109,6 +109,17 @@ def test_offline_teacher_target_on_masked_tokens(tmp_path):
     per_token = ((tok.aux_decoders[name](z, (4, 4)) - target) ** 2).mean(-1)
     torch.testing.assert_close(extra[name], per_token[mask].mean())
 
+    # the official code's loss on teacher features: negative cosine of the raw features, masked tokens only
+    tok.teacher_loss = "cosine"
+    _, extra = tok.forward_train(x)
+    raw = tok._teachers[name](x, (4, 4))
+    pred = tok.aux_decoders[name](z, (4, 4))
+    cosine = -(torch.nn.functional.normalize(pred, dim=-1) * torch.nn.functional.normalize(raw, dim=-1)).sum(-1)
+    torch.testing.assert_close(extra[name], cosine[mask].mean())
+    assert -1.0 <= float(extra[name]) <= 1.0
+    with pytest.raises(ValueError, match="teacher_loss must be 'mse' or 'cosine'"):
+        create_tokenizer("maetok-smoke", teacher_loss="l1")
+
 
 def test_hog_shape_deterministic_and_zero_on_constant():
     x = _images(2, 32)
