@@ -146,6 +146,9 @@ def test_a_record_not_measured_under_the_papers_protocol_is_refused():
         compare(edited, load_paper_rows())
     edited["protocol"]["fingerprint"] = shipped.fingerprint
     assert compare(edited, load_paper_rows())
+    other = _record("imagenet512")  # paper rows exist, no protocol is shipped: nothing to hold it to
+    other["protocol"]["fingerprint"] = "0" * 64
+    assert compare(other, load_paper_rows(), family="all")
 
 
 def test_the_comparison_names_the_result_and_keeps_large_numbers_plain(tmp_path, capsys):
