@@ -1,10 +1,34 @@
-"""Test-wide settings: no test may reach the network (the hub is unreachable here anyway)."""
+"""Test-wide settings: no test may reach the network (the hub is unreachable here anyway), and no test
+writes into the user's own latentbench cache or leaves its random state behind."""
+import atexit
 import os
+import shutil
 import tempfile
+
+import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-# Suite-trained helpers (the domain classifier for FID-domain) go to a fresh cache per session.
-os.environ.setdefault("LATENTBENCH_CACHE", tempfile.mkdtemp(prefix="latentbench-cache-"))
+# Suite-trained helpers (the domain classifier for FID-domain, the scan cache) go to a fresh cache per
+# session, also when LATENTBENCH_CACHE is set (the user's cache is not the tests'); removed at exit.
+_CACHE = tempfile.mkdtemp(prefix="latentbench-cache-")
+os.environ["LATENTBENCH_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_global_state():
+    """A bench seeds the process (torch's global generator, Lightning's PL_* variables): put them back, so a
+    test's random data does not depend on which tests ran before it."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    env = {k: v for k, v in os.environ.items() if k.startswith("PL_")}
+    yield
+    torch.random.set_rng_state(state)
+    for key in [k for k in os.environ if k.startswith("PL_")]:
+        if key not in env:
+            del os.environ[key]
+    os.environ.update(env)

@@ -125,7 +125,7 @@ def test_an_error_raised_in_the_users_own_code_keeps_its_traceback(tmp_path):
     assert proc.stderr.rstrip().splitlines()[-1].startswith("latentbench: error: ")
 
 
-def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsys):
+def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsys, tmp_path):
     """A KeyError no ``raise`` made (a bug) prints where it came from; the suite's own KeyErrors stay one line."""
     import latentbench.cli as cli
 
@@ -140,7 +140,8 @@ def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsy
     assert "latentbench: error: KeyError: 'value' (not an error message of latentbench's" in err
 
     with pytest.raises(SystemExit):  # registry.py raises it over several lines
-        cli.main(["bench", "--tokenizer", "nosuch", "--protocol", "smoke"])
+        cli.main(["bench", "--tokenizer", "nosuch", "--protocol", "smoke", "--runs_dir", str(tmp_path / "runs"),
+                  "--leaderboard_dir", str(tmp_path / "lb")])
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.startswith("latentbench: error: unknown tokenizer 'nosuch'")
 

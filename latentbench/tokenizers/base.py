@@ -197,6 +197,12 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
                 raise ValueError(f"{name}.decode gave other images under another random seed, but takes no generator: "
                                  "add an argument `generator: torch.Generator | None = None` and draw its noise from it "
                                  "(each image then gets its own seed), or make decode deterministic")
+            if "generator" in inspect.signature(tokenizer.decode).parameters:  # the same generator seed, another global state
+                torch.rand(16)  # moves the global random state on (inside fork_rng: the caller's is untouched)
+                if not torch.equal(y, decode_seeded(tokenizer, z, 0)):
+                    raise ValueError(f"{name}.decode takes a generator but draws from the global random state too (the "
+                                     "same generator seed gave other images): draw every random number from the "
+                                     "generator it is given")
         finally:
             tokenizer.train(training)
 

@@ -21,8 +21,7 @@ def smoke_run(tmp_path_factory):
 
 
 def test_smoke_bench_end_to_end(smoke_run):
-    root, record, wall = smoke_run
-    assert wall < 60
+    root, record, _ = smoke_run
     assert record["tokenizer"]["name"] == "sdvae-smoke" and record["tokenizer"]["requested"] == "sdvae"
     assert record["tokenizer"]["trained_steps"] == 20
     metrics = record["metrics"]

@@ -74,6 +74,11 @@ class SeededDecode(Good):  # the same, done right: per-image noise from the gene
         return super().decode(z + torch.randn(z.shape, generator=generator))
 
 
+class GlobalNoiseWithGenerator(Good):  # takes a generator, but draws from the global random state
+    def decode(self, z, generator=None):
+        return super().decode(z + torch.randn_like(z))
+
+
 class NotBinary(Codes):
     def encode(self, x):
         return self.enc(x).flatten(2).transpose(1, 2)
@@ -100,6 +105,8 @@ def user_module(tmp_path, monkeypatch):
     ("IntSpec", "usertok.IntSpec.encode returned torch.float32 latents, but its latent_spec.dtype is 'int64'"),
     ("CodeGrid", "a discrete latent (bits_per_token=4) must have shape (L, bits) with bits == bits_per_token, got (4, 8, 8)"),
     ("NoisyDecode", "usertok.NoisyDecode.decode gave other images under another random seed, but takes no generator"),
+    ("GlobalNoiseWithGenerator", "usertok.GlobalNoiseWithGenerator.decode takes a generator but draws from the global "
+                                 "random state too"),
     ("NotBinary", "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit"),
     ("SmallDecode", "usertok.SmallDecode.decode returned (2, 3, 16, 16) torch.float32 for 2 images of (3, 32, 32)"),
 ])
