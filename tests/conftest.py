@@ -32,3 +32,20 @@ def _restore_global_state():
         if key not in env:
             del os.environ[key]
     os.environ.update(env)
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """Empty torch hub and Hugging Face caches: a "weights missing" test holds on a machine that has them."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    try:
+        import diffusers.utils.constants as diffusers_constants
+    except ImportError:
+        diffusers_constants = None
+    if diffusers_constants is not None and hasattr(diffusers_constants, "HF_HUB_CACHE"):
+        monkeypatch.setattr(diffusers_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path

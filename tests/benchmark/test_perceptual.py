@@ -96,6 +96,7 @@ def test_zero_one_images_are_refused(alex):
         metric.update((real + 1) / 2, (fake + 1) / 2)
     metric.update(real, (fake + 1) / 2)  # one side in [0, 1] is a legitimate (bright) [-1, 1] image
     metric.update(torch.zeros(1, 3, 32, 32), torch.zeros(1, 3, 32, 32))  # constant grey proves nothing
+    assert int(metric.count) == 5 and torch.isfinite(metric.compute())  # both batches were measured
 
 
 def test_uint8_images_are_taken_as_they_are(alex):
@@ -148,8 +149,12 @@ def test_bad_inputs_raise(alex, case, match):
 
 
 def test_small_overshoot_is_tolerated(alex):
+    """Within rounding of [-1, 1], as a decoder's output may be: measured as the clamped image would be."""
     real, fake = _pair(n=2)
-    LPIPS(model=alex).update(real, (fake * 1.0005).clamp(-1.0005, 1.0005))
+    overshoot, clamped = LPIPS(model=alex), LPIPS(model=alex)
+    overshoot.update(real, (fake * 1.0005).clamp(-1.0005, 1.0005))
+    clamped.update(real, (fake * 1.0005).clamp(-1, 1))
+    assert torch.isfinite(overshoot.compute()) and torch.equal(overshoot.compute(), clamped.compute())
 
 
 def test_injected_model_must_match_net(alex):

@@ -81,10 +81,10 @@ def test_unknown_aux_target_raises():
         create_tokenizer("maetok-smoke", aux_targets=("hog", "dinov2"))
 
 
-def test_teacher_without_weights_is_refused_not_faked():
+def test_teacher_without_weights_is_refused_not_faked(empty_caches):
     from latentbench.weights import WeightsUnavailable
 
-    with pytest.raises(WeightsUnavailable):
+    with pytest.raises(WeightsUnavailable, match="dinov2"):
         create_tokenizer("maetok-smoke", aux_targets=("hog", "dinov2-vitb14"))
 
 

@@ -169,16 +169,6 @@ def test_any_domain_source_by_name(tmp_path):
 # ---------------------------------------------------------------------------------------- pretrained ViTs
 
 
-@pytest.fixture
-def empty_caches(tmp_path, monkeypatch):
-    """Empty torch hub and Hugging Face caches."""
-    import huggingface_hub.constants
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    return tmp_path
-
-
 def test_dinov2_missing_weights_says_where_to_put_them(empty_caches):
     with pytest.raises(WeightsUnavailable) as err:
         create_teacher("dinov2-vitb14")
