@@ -181,18 +181,31 @@ def test_a_cached_stage_with_an_infinite_metric_still_records_a_row():
     assert not_finite_as_unavailable("ssim", {"value": 0.5, "n": 3}) == {"value": 0.5, "n": 3}
 
 
-def test_interrupted_training_resumes_from_last_checkpoint(smoke_run, tmp_path):
-    root, record, _ = smoke_run
-    run_dir = next((root / "runs/smoke/v3").iterdir())
-    copy = tmp_path / "runs/smoke/v3" / run_dir.name
-    copy.mkdir(parents=True)
-    (copy / "checkpoints").mkdir()
-    (copy / "checkpoints/last.ckpt").write_bytes((run_dir / "checkpoints/last.ckpt").read_bytes())  # as if killed after the last save
-    logs = []
-    resumed = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append)
-    train = json.loads((copy / "stages/train.json").read_text())
-    assert train["steps"] == 20
-    assert resumed["metrics"]["psnr"]["value"] == pytest.approx(record["metrics"]["psnr"]["value"], abs=1e-9)
+def test_a_killed_training_resumes_at_its_last_checkpoint_and_trains_only_the_rest(tmp_path, monkeypatch):
+    """Killed after step 10 (the checkpoint of step 8 on disk: one every fifth of the 20-step budget), the rerun
+    resumes at step 8 and runs steps 8-19 only, not the whole budget again."""
+    from latentbench.tokenizers.module import AutoencoderModule
+
+    real, steps, kill = AutoencoderModule.training_step, [], [True]
+
+    def training_step(self, batch, batch_idx):
+        if kill[0] and self.global_step == 10:
+            raise RuntimeError("killed")
+        steps.append(self.global_step)
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(AutoencoderModule, "training_step", training_step)
+    kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_bench("sdvae", "smoke", **kw)
+    (run_dir,) = (tmp_path / "runs/smoke/v3").iterdir()
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 8
+    assert not (run_dir / "stages/train.json").exists() and not (tmp_path / "lb").exists()
+    steps.clear()
+    kill[0] = False
+    run_bench("sdvae", "smoke", **kw)
+    assert steps == list(range(8, 20))
+    assert json.loads((run_dir / "stages/train.json").read_text())["steps"] == 20
 
 
 def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):

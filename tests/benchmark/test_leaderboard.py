@@ -141,21 +141,61 @@ def test_a_protocol_with_a_bad_version_names_its_file(tmp_path):
         load_protocol(str(path))
 
 
+def _widen_the_race(after_check: float, before_write: float):
+    """Sleep in an append after its id check's read and before its write, so that without the table's lock
+    processes nearly always lose each other's rows (a pause before the write) or add one record twice (a pause
+    after the check), not only when the scheduler happens to interleave them. In the forked worker only."""
+    import time
+
+    import latentbench.benchmark.leaderboard as leaderboard
+
+    read, write = leaderboard.read_records, leaderboard.atomic_write_text
+
+    def read_records(directory):
+        records = read(directory)
+        time.sleep(after_check)
+        return records
+
+    def atomic_write_text(path, text):
+        time.sleep(before_write)
+        write(path, text)
+
+    leaderboard.read_records, leaderboard.atomic_write_text = read_records, atomic_write_text
+
+
 def _append_many(root, n):
+    _widen_the_race(0.0, 0.05)
     for _ in range(n):
         append_record(root, make_record())
 
 
-def test_concurrent_appends_lose_nothing(tmp_path):
+def _append_same(root, record, n):
+    _widen_the_race(0.05, 0.0)
+    for _ in range(n):
+        append_record(root, record, if_absent=True)
+
+
+def _run_workers(target, args_list):
     ctx = mp.get_context("fork")  # the worker lives in this test file, which spawn cannot import
-    procs = [ctx.Process(target=_append_many, args=(tmp_path, 10)) for _ in range(2)]
+    procs = [ctx.Process(target=target, args=args) for args in args_list]
     for p in procs:
         p.start()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
+
+
+def test_concurrent_appends_lose_nothing(tmp_path):
+    _run_workers(_append_many, [(tmp_path, 10)] * 2)
     lines = (tmp_path / "unit/v1/results.jsonl").read_text().splitlines()
     assert len(lines) == 20 and len({json.loads(line)["id"] for line in lines}) == 20
+
+
+def test_processes_adding_the_same_record_add_it_once(tmp_path):
+    """A rerun racing another (two ranks, two shells) with the same record: one row."""
+    record = make_record()
+    _run_workers(_append_same, [(tmp_path, record, 3)] * 3)
+    assert [r["id"] for r in read_records(tmp_path / "unit/v1")] == [record["id"]]
 
 
 def test_protocol_fingerprint_ignores_aliases_but_not_budgets():
