@@ -656,3 +656,18 @@ def test_unreadable_files_of_both_splits_are_named_in_one_error(tmp_path):
     assert e.value.path.endswith("train/c3/0.png") and "[train split]" in str(e.value)
     assert "the val split has unreadable files too: " in str(e.value) and "val/c5/1.png" in str(e.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_skip_leaves_unreadable_files_out_says_so_and_records_them(tmp_path):
+    """--on_bad_image skip: the bench runs on the readable files, prints one line per split, and the row's record
+    lists each skipped file with its reason."""
+    protocol = _folder_protocol(tmp_path)
+    (tmp_path / "images" / "train" / "c3" / "0.png").write_bytes(b"")
+    logs = []
+    record = run_bench("sdvae", str(protocol), on_bad_image="skip", runs_dir=tmp_path / "runs",
+                       leaderboard_dir=tmp_path / "lb", log=logs.append)
+    train = record["data"]["train"]
+    assert train["n_skipped"] == 1 and train["n"] == 19 and train["skipped"][0]["path"].endswith("train/c3/0.png")
+    assert train["skipped"][0]["reason"] and record["data"]["eval"]["n_skipped"] == 0
+    assert any("[train]: skipped 1 unreadable file(s), first" in line and "c3/0.png" in line for line in logs)
+    assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [record["id"]]
