@@ -140,3 +140,17 @@ def test_ssim_equals_skimage_in_float64_at_256():
                                     data_range=255, channel_axis=-1)
         assert abs(ssim[i].item() - ref) < 1e-12
         assert psnr_per_image(real[i:i + 1], fake[i:i + 1]).item() == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
+
+
+def test_torchmetrics_ssim_map_cropped_by_the_window_radius_is_ours():
+    """The README's account of the difference from torchmetrics: its mean also covers the 5-pixel border where the
+    window reads reflect-padded pixels; its full map cropped by 5 pixels gives ours to float64 rounding."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(3, 3, 48, 40, generator=g) * 2 - 1
+    fake = (real + 0.1 * torch.randn(real.shape, generator=g)).clamp(-1, 1)
+    as_uint8 = [torch.round((x + 1) * 127.5).clamp(0, 255).double() for x in (real, fake)]
+    _, full = structural_similarity_index_measure(as_uint8[1], as_uint8[0], data_range=255.0, gaussian_kernel=True,
+                                                  sigma=1.5, kernel_size=11, reduction="none", return_full_image=True)
+    torch.testing.assert_close(full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3)), ssim_per_image(real, fake), rtol=0, atol=1e-15)
