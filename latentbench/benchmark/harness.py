@@ -870,17 +870,8 @@ def run_bench(
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()
-        if ckpt and not Path(ckpt).is_file():
-            raise FileNotFoundError(f"--ckpt {ckpt} is not a file: pass a tokenizer checkpoint (.safetensors, a torch "
-                                    "file, or a Lightning .ckpt)")
+        _check_bench_arguments(ckpt, train_steps, seed)
         ckpt_sha = sha256_file(ckpt) if ckpt else None
-        if train_steps is not None and train_steps < 0:
-            raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
-        if ckpt and train_steps:  # it would be ignored, and its run key would add a second row of the same numbers
-            raise ValueError(f"--train_steps {train_steps} has no effect with --ckpt: a checkpoint is evaluated as it is, "
-                             "not trained further; drop --train_steps")
-        if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
-            raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
         if ckpt or ":" in spec.name:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
             tokenizer = load_tokenizer(spec, ckpt, trust_checkpoint)
             if ":" in spec.name:  # a user's class: its encode / decode must agree with its latent_spec before it trains
@@ -902,14 +893,7 @@ def run_bench(
         check_training_batches(proto, cfg.steps)
         # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
         data = _scan_splits(proto, on_bad_image)
-        check_same_classes(*data)
-        if proto.generator.max_steps > 0:  # fail before hours of training
-            from latentbench.benchmark.generation import check_generators
-            from latentbench.generators.module import sample_labels
-
-            check_generators(proto.generator)
-            if proto.generator.class_sampling == "balanced":
-                sample_labels(torch.arange(1), data[0]["num_classes"], proto.generator.num_samples, "balanced")
+        _check_data_for_the_stages(proto, *data)
         cfg = replace(cfg, data_fingerprints=tuple(info["fingerprint"] for info in data))
         for line in filter(None, map(data_notes, data)):
             log(line)
@@ -934,6 +918,33 @@ def run_bench(
                                   trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
                    for variant, path in variants.items()]  # one row per result (FlowMo: without and with post-training)
         return records[-1]
+
+
+def _check_bench_arguments(ckpt: str | None, train_steps: int | None, seed: int | None) -> None:
+    """FileNotFoundError / ValueError for command-line values a bench cannot use, before anything is read or written."""
+    if ckpt and not Path(ckpt).is_file():
+        raise FileNotFoundError(f"--ckpt {ckpt} is not a file: pass a tokenizer checkpoint (.safetensors, a torch "
+                                "file, or a Lightning .ckpt)")
+    if train_steps is not None and train_steps < 0:
+        raise ValueError(f"--train_steps must be >= 0, got {train_steps}")
+    if ckpt and train_steps:  # it would be ignored, and its run key would add a second row of the same numbers
+        raise ValueError(f"--train_steps {train_steps} has no effect with --ckpt: a checkpoint is evaluated as it is, "
+                         "not trained further; drop --train_steps")
+    if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
+        raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
+
+
+def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluation: dict[str, Any]) -> None:
+    """The scanned splits suit every stage (same classes; the generator's class-balanced sample set), and the
+    protocol's generators resolve: checked before hours of training."""
+    check_same_classes(train, evaluation)
+    if proto.generator.max_steps > 0:
+        from latentbench.benchmark.generation import check_generators
+        from latentbench.generators.module import sample_labels
+
+        check_generators(proto.generator)
+        if proto.generator.class_sampling == "balanced":
+            sample_labels(torch.arange(1), train["num_classes"], proto.generator.num_samples, "balanced")
 
 
 def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[str, Any] | None, variant: str,
