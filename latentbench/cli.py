@@ -87,7 +87,9 @@ def bench(
         reached = conv["steps_to_target"]
         print(f"convergence: gFID <= {conv['target']} at step {reached}" if reached is not None
               else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
-    print(f"wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in record["wall_time_s"].items()))
+    stages = sorted(record["wall_time_s"].items(), key=lambda kv: ("train", "eval", "generate").index(kv[0])
+                    if kv[0] in ("train", "eval", "generate") else 3)  # in stage order, also when read back (keys sorted)
+    print("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
     from latentbench.benchmark.paper import load_paper_rows
 
@@ -262,7 +264,7 @@ def compare(result: str, family: Optional[str] = None, json: bool = False, leade
     if json:
         print_json(entries)
     else:
-        print(comparison_title(record, entries) + "\n\n" + format_comparison(entries))
+        print(comparison_title(record, entries, family) + "\n\n" + format_comparison(entries))
 
 
 def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", steps: int = 8, warmup: int = 3,
@@ -351,9 +353,23 @@ def expand_bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """The suite's own warnings as one line, ``latentbench: warning: ...``; other packages' as Python prints them."""
+    import warnings
+
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"latentbench: warning: {message}", file=file or sys.stderr)
+    else:
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run a subcommand; known errors print one clear line and exit 2."""
+    import warnings
+
     from jsonargparse import CLI
+
+    warnings.showwarning = _show_warning
 
     from latentbench.data import BadImageError
     from latentbench.distributed import RankZeroFailed

@@ -153,3 +153,14 @@ def test_every_boolean_option_may_stand_alone():
     assert {"--strict", "--fid", "--update", "--compile", "--json", "--trust_checkpoint"} <= BOOLEAN_FLAGS
     assert expand_bare_flags(["regress", "--strict", "--families", "sdvae"]) == ["regress", "--strict", "true", "--families", "sdvae"]
     assert expand_bare_flags(["metrics", "--fid", "false"]) == ["metrics", "--fid", "false"]
+
+
+def test_the_suites_warnings_print_as_one_line(capsys):
+    """Its own: ``latentbench: warning: ...``, not a Python source line; other packages' as Python prints them."""
+    import latentbench.benchmark.fid as fid
+    from latentbench.cli import _show_warning
+
+    _show_warning(UserWarning("too few samples"), UserWarning, fid.__file__, 1)
+    assert capsys.readouterr().err == "latentbench: warning: too few samples\n"
+    _show_warning(UserWarning("from elsewhere"), UserWarning, pytest.__file__, 1)
+    assert "UserWarning: from elsewhere" in capsys.readouterr().err

@@ -574,7 +574,7 @@ class FrechetDistance(Metric):
         if lightest is not None and lightest < 2:  # the value stands; only its interval cannot be had
             warnings.warn(f"FID of {n} samples is given without a bootstrap interval: a replicate drew a total weight "
                           f"of {lightest:g} (< 2), too few to estimate a covariance; about 20 samples or more give one "
-                          "(or set the bootstrap to 0)", stacklevel=2)
+                          "(or set the bootstrap to 0)", stacklevel=1)
         elif self.bootstrap:
             replicates = self.replicate_values()
             lo, hi = np.percentile(replicates, [50 * (1 - INTERVAL_LEVEL), 50 * (1 + INTERVAL_LEVEL)])

@@ -141,19 +141,23 @@ def _check_measured_as_the_papers(record: dict[str, Any], resolution: int) -> No
         shipped = load_protocol(proto["name"])
     except FileNotFoundError:  # no shipped protocol of that name (imagenet512): nothing to hold the record to
         return
+    if isinstance(proto.get("version"), int) and proto["version"] > shipped.version:
+        raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} is not a shipped version "
+                         f"(v{shipped.version} is): it was measured under another protocol file, not the papers' protocol")
     if proto.get("fingerprint") and proto.get("version") == shipped.version and proto["fingerprint"] != shipped.fingerprint:
         raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} has fingerprint "
                          f"{proto['fingerprint'][:16]}, the shipped protocol's is {shipped.fingerprint[:16]}: it was measured "
                          "under an edited protocol file, not the papers' protocol")
 
 
-def comparison_title(record: dict[str, Any], entries: list[dict[str, Any]]) -> str:
+def comparison_title(record: dict[str, Any], entries: list[dict[str, Any]], family: str | None = None) -> str:
     """What is compared: the result (name, id, protocol, commit) and which paper rows."""
     from latentbench.benchmark.leaderboard import display_name
 
     commit = ((record.get("provenance") or {}).get("code") or {}).get("commit", "")[:8]
     own = entries and all(record["tokenizer"]["name"] in e["config"].split() for e in entries)
-    rows = "the papers' rows of this config" if own else "the papers' rows"
+    rows = ("every paper row of the protocol" if family == "all" else f"the paper rows matching {family}" if family
+            else "the papers' rows of this config" if own else "the paper rows of its family")
     return (f"{display_name(record['tokenizer'])} (record {record['id'][:12]}, {record['protocol']['name']} "
             f"v{record['protocol']['version']}{', commit ' + commit if commit else ''}) beside {rows} "
             "(--family all for every row of the protocol)")
@@ -178,7 +182,8 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
     """A plain-text side-by-side table."""
     if not entries:
         return "no paper rows match (use --family all to see every row of the protocol)"
-    head = f"{'source / table / row':<52} {'condition':<28} {'metric':<7} {'paper':>9} {'ours':>24} {'delta':>9}  within"
+    width = max(7, *(len(e["metric"]) for e in entries))  # "linear probe top-1" is wider than "rFID"
+    head = f"{'source / table / row':<52} {'condition':<28} {'metric':<{width}} {'paper':>9} {'ours':>24} {'delta':>9}  within"
     lines = [head, "-" * len(head)]
     for e in entries:
         name = _clip(f"{e['source'].split(' (')[0]} {e['table']}: {e['row']}", 52) + " " + _clip(e["condition"], 28)
@@ -187,9 +192,9 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
         else:
             iv = f" [{_num(e['interval'][0])}, {_num(e['interval'][1])}]" if e["interval"] else ""
             ours, delta = f"{_num(e['ours'])}{iv}", ("+" if e["delta"] >= 0 else "") + _num(e["delta"])
-            within = ("not comparable: other protocol" if e.get("not_comparable") else
+            within = ("not comparable: other probe protocol" if e.get("not_comparable") else
                       "no interval" if e["within"] is None else ("yes" if e["within"] else "no"))
-        lines.append(f"{name:<81} {e['metric']:<7} {_num(e['value']):>9} {ours:>24} {delta:>9}  {within}")
+        lines.append(f"{name:<81} {e['metric']:<{width}} {_num(e['value']):>9} {ours:>24} {delta:>9}  {within}")
     for metric, why in sorted({(e["metric"], e["not_comparable"]) for e in entries if e.get("not_comparable")}):
         lines.append(f"{metric}: {why}")
     return "\n".join(lines)

@@ -370,14 +370,14 @@ def format_table(result: dict[str, Any]) -> str:
     peak = result["matmul_peak_gflops"]
     protocols = sorted({row["protocol"] for row in result["rows"] if row.get("protocol")})
     lines = [f"{'protocol ' + ', '.join(protocols) + '; ' if protocols else ''}matmul peak: fp32 {peak['fp32']:.0f}, "
-             f"bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; medians of {result['steps']} steps", ""]
+             f"bf16 {peak['bf16']:.{0 if peak['bf16'] >= 10 else 1}f} GFLOP/s; step times are medians of {result['steps']} step{'s' if result['steps'] != 1 else ''}", ""]
     if result["steps"] < 3:
         lines += [f"A median of {result['steps']} step(s) is one noisy sample on a shared machine: measure with "
                   "--steps 8 (the default) before reading ratios from it.", ""]
     if result.get("bf16_usable") is False:
         lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
     compiled = any(row.get("decode_img_s_compiled") for row in result["rows"])
-    lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16/fp32 | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
+    lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16 speedup | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
               "encode img/s | decode img/s | " + ("decode compiled img/s (compile s) | " if compiled else "")
               + "sample img/s | peak RSS (GiB) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if compiled else "")]

@@ -44,7 +44,7 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     others = non_image_files(root)
     if others:
         shown = ", ".join(Path(p).relative_to(root).as_posix() for p in others[:3]) + (", ..." if len(others) > 3 else "")
-        warnings.warn(f"{root}: {len(others)} file(s) that are not images ignored ({shown})", stacklevel=2)
+        warnings.warn(f"{root}: {len(others)} file(s) that are not images ignored ({shown})", stacklevel=1)
     return files
 
 
@@ -188,8 +188,12 @@ def _fid_inputs(real: str | Path, extractor_name: str | None, extractor_weights:
     from latentbench.benchmark.extractors import create_extractor
     from latentbench.benchmark.fid import statistics_extractor
 
+    made_with = statistics_extractor(real) if is_statistics_file(real) else None
     if extractor_name is None:
-        extractor_name = (statistics_extractor(real) if is_statistics_file(real) else None) or "inception-tf"
+        extractor_name = made_with or "inception-tf"
+    elif made_with and made_with != extractor_name:  # said before the extractor's weights are looked for
+        raise ValueError(f"{real} was computed with {made_with}, not {extractor_name}; pass --extractor {made_with} "
+                         "(or leave --extractor out)")
     extractor = create_extractor(extractor_name, weights=extractor_weights)
     return extractor, load_reference(real, extractor) if is_statistics_file(real) else None
 

@@ -146,6 +146,9 @@ def test_a_record_not_measured_under_the_papers_protocol_is_refused():
         compare(edited, load_paper_rows())
     edited["protocol"]["fingerprint"] = shipped.fingerprint
     assert compare(edited, load_paper_rows())
+    edited["protocol"]["version"] = shipped.version + 1
+    with pytest.raises(ValueError, match=f"v{shipped.version + 1} is not a shipped version"):
+        compare(edited, load_paper_rows())
     other = _record("imagenet512")  # paper rows exist, no protocol is shipped: nothing to hold it to
     other["protocol"]["fingerprint"] = "0" * 64
     assert compare(other, load_paper_rows(), family="all")
@@ -169,4 +172,14 @@ def test_probe_figures_are_shown_but_not_judged():
     (probe,) = [e for e in compare(record, load_paper_rows()) if e["metric"] == "linear probe top-1"]
     assert probe["ours"] == pytest.approx(80.0) and probe["within"] is None and probe["not_comparable"]
     text = format_comparison([probe])
-    assert "not comparable: other protocol" in text and "50k-image subset" in text
+    assert "not comparable: other probe protocol" in text and "50k-image subset" in text
+
+
+def test_the_title_says_which_rows():
+    from latentbench.benchmark.paper import comparison_title
+
+    record = _record(name="rae-dinov2-b")
+    assert "beside the papers' rows of this config" in comparison_title(record, compare(record, load_paper_rows()))
+    rows = compare(record, load_paper_rows(), family="RAE")
+    assert "beside the paper rows matching RAE" in comparison_title(record, rows, "RAE")
+    assert "beside every paper row of the protocol" in comparison_title(record, rows, "all")

@@ -133,6 +133,9 @@ def test_fid_against_saved_and_adm_reference_statistics(tmp_path):
     assert from_npz["value"] == pytest.approx(direct["value"], rel=1e-9) and from_npz["n_real"] == 12
     # without --extractor, a stats file's own extractor is used (not inception-tf, whose weights are absent here)
     assert folder_metrics(stats, fake, fid=True)["fid"]["value"] == from_npz["value"]
+    # another --extractor is refused for the file's, before its weights are looked for (none here)
+    with pytest.raises(ValueError, match="real.npz was computed with domain-mnist, not inception-tf; pass --extractor domain-mnist"):
+        folder_metrics(stats, fake, fid=True, extractor="inception-tf")
     with np.load(stats) as f:
         np.savez(tmp_path / "adm.npz", mu=f["mu"], sigma=f["sigma"])  # an ADM reference batch: mu and sigma only
     with pytest.raises(ValueError, match="pass --extractor inception-tf"):
