@@ -31,17 +31,17 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     """
     import warnings
 
-    from latentbench.data.folder import image_files, non_image_files
+    from latentbench.data.folder import image_files
 
     root = Path(directory)
     if root.is_file():
         raise ValueError(f"{root} is a file: give a folder of images (for FID, --real may be an .npz of statistics)")
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root)}
+    others: list[str] = []
+    files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root, others)}
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-    others = non_image_files(root)
     if others:
         shown = ", ".join(Path(p).relative_to(root).as_posix() for p in others[:3]) + (", ..." if len(others) > 3 else "")
         warnings.warn(f"{root}: {len(others)} file(s) that are not images ignored ({shown})", stacklevel=1)

@@ -85,7 +85,7 @@ def build_imagefolder(
                              "add its images or remove it")
         paths += images
         labels += [label] * len(images)
-        n_non_image += others
+        n_non_image += len(others)
     loose = _files_in(root) if class_names != [""] else []  # files beside the class folders
     n_outside = sum(map(is_image_file, loose))
     n_non_image += len(loose) - n_outside
@@ -137,28 +137,25 @@ def _files_in(directory: Path) -> list[str]:
                   if entry.is_file() or (entry.is_symlink() and not entry.is_dir()))
 
 
-def _list_files(directory: Path, recursive: bool) -> tuple[list[str], int]:
-    """Sorted image paths under ``directory`` and the number of other files next to them (ignored).
+def _list_files(directory: Path, recursive: bool) -> tuple[list[str], list[str]]:
+    """Sorted image paths under ``directory``, and the other files next to them (ignored), from one listing.
 
     Hidden files (``.*``: macOS's ``._name.png`` resource forks, editor backups) are not images of
     the folder, as hidden folders are not classes.
     """
     files = [os.path.join(d, f) for d, names in _walk(directory) for f in names] if recursive else _files_in(directory)
-    images = [f for f in files if is_image_file(f) and not os.path.basename(f).startswith(".")]
-    return images, len(files) - len(images)
+    is_listed = [is_image_file(f) and not os.path.basename(f).startswith(".") for f in files]
+    return [f for f, listed in zip(files, is_listed) if listed], [f for f, listed in zip(files, is_listed) if not listed]
 
 
-def non_image_files(directory: str | Path) -> list[str]:
-    """Sorted paths of the files under ``directory`` that ``image_files`` leaves out, hidden ones aside."""
-    images = set(image_files(directory))
-    return [os.path.join(d, f) for d, names in _walk(Path(directory)) for f in names
-            if not f.startswith(".") and os.path.join(d, f) not in images]
-
-
-def image_files(directory: str | Path) -> list[str]:
+def image_files(directory: str | Path, others: list[str] | None = None) -> list[str]:
     """Sorted image paths under ``directory``, recursively, listed as the bench's image folders are: hidden
-    files and folders and ``__MACOSX`` left out, links followed, each folder entered once."""
-    return _list_files(Path(directory), recursive=True)[0]
+    files and folders and ``__MACOSX`` left out, links followed, each folder entered once. ``others``, when
+    given, receives the files of the same listing that are not images (hidden ones aside)."""
+    images, rest = _list_files(Path(directory), recursive=True)
+    if others is not None:
+        others += [f for f in rest if not os.path.basename(f).startswith(".")]
+    return images
 
 
 def _walk(directory: Path) -> list[tuple[str, list[str]]]:
