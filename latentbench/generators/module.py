@@ -102,6 +102,18 @@ def sample_seeds(index: Tensor, seed: int) -> list[int]:
     return [seeding.sample_seed(seed, int(i)) for i in index]
 
 
+def lr_factor(step: int, hp) -> float:
+    """The learning rate of optimizer step ``step`` over ``hp.lr``: linear warmup over ``hp.warmup_steps``, then
+    constant, or with ``hp.final_lr`` a linear decay between ``hp.decay_start`` and ``hp.decay_end`` of
+    ``hp.max_steps`` (RAE's schedule)."""
+    factor = min(1.0, (step + 1) / max(int(hp.warmup_steps), 1))
+    if hp.final_lr is None:
+        return factor
+    start, end = hp.decay_start * hp.max_steps, hp.decay_end * hp.max_steps
+    progress = min(max((step - start) / max(end - start, 1), 0.0), 1.0)
+    return factor * (1 - progress * (1 - hp.final_lr / hp.lr))
+
+
 class GeneratorModule(L.LightningModule):
     """Trains a generator's ``training_losses`` on (normalised latent, label) batches; samples in validation.
 
@@ -112,8 +124,11 @@ class GeneratorModule(L.LightningModule):
         init_args, transport: network and FlowMatching arguments.
         max_steps: optimizer steps (sets the schedule).
         lr, weight_decay, betas, warmup_steps: AdamW with linear warmup, then constant (DiT/SiT).
+        final_lr, decay_start, decay_end: a linear decay of the learning rate from ``lr`` to
+            ``final_lr`` between these fractions of ``max_steps``, constant after it (RAE: 2e-4 ->
+            2e-5 from epoch 40 to 800 of 1400); None: no decay.
         ema_decay: EMA decay of the sampled weights (0 disables EMA).
-        grad_clip: clip the gradients' global norm to this (LightningDiT and RAE: 1.0); None: no clipping.
+        grad_clip: clip the gradients' global norm to this (RAE: 1.0); None: no clipping.
         sample_seed, num_samples, class_sampling: the gFID sample set (see ``sample_labels``).
         samples_dir: where validation writes sampled latents; None = keep nothing.
     """
@@ -121,11 +136,14 @@ class GeneratorModule(L.LightningModule):
     def __init__(self, generator: str, input_shape: list[int], num_classes: int, init_args: dict | None = None,
                  transport: dict | None = None, max_steps: int = 1000, lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0, ema_decay: float = 0.9999,
-                 grad_clip: float | None = None, sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced",
-                 samples_dir: str | None = None):
+                 grad_clip: float | None = None, final_lr: float | None = None, decay_start: float = 0.0, decay_end: float = 1.0,
+                 sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced", samples_dir: str | None = None):
         super().__init__()
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 (or null for no clipping), got {grad_clip}")
+        if final_lr is not None and not (final_lr >= 0 and 0 <= decay_start < decay_end <= 1):
+            raise ValueError(f"a learning-rate decay needs final_lr >= 0 and 0 <= decay_start < decay_end <= 1 (fractions of "
+                             f"max_steps), got final_lr={final_lr}, decay_start={decay_start}, decay_end={decay_end}")
         self.save_hyperparameters()
         self.generator = build_generator(generator, tuple(input_shape), num_classes, init_args, transport)
         self._samples = None  # this rank's ShardWriter while sampling
@@ -140,8 +158,7 @@ class GeneratorModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt = torch.optim.AdamW(self.generator.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, betas=tuple(hp.betas))
-        warm = max(int(hp.warmup_steps), 1)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, hp))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self):

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from latentbench.generators import seeding
 
@@ -197,12 +198,21 @@ class Transport:
     Args:
         time_sampler: training-time distribution (default logit-normal(0, 1)).
         shift: alpha of ``shift_time`` used in training and sampling (1 = no shift).
+        cosine_weight: weight of LightningDiT's velocity-direction loss, ``1 - cos(v_pred, v_target)``
+            over the channels at each latent position, averaged, added to the mean squared error
+            (LightningDiT: 1.0; 0 = plain flow matching, as SiT and RAE).
+        channel_dim: the channel dimension of a batch, where the cosine is taken: 1 for (B, C, h, w),
+            2 for (B, L, C) tokens.
     """
 
-    def __init__(self, time_sampler: TimeSampler | None = None, shift: float = 1.0):
+    def __init__(self, time_sampler: TimeSampler | None = None, shift: float = 1.0, cosine_weight: float = 0.0,
+                 channel_dim: int = 1):
         _check_alpha(shift)
+        if not cosine_weight >= 0:
+            raise ValueError(f"cosine_weight must be >= 0, got {cosine_weight}")
         self.time_sampler = time_sampler or TimeSampler()
         self.alpha = float(shift)
+        self.cosine_weight, self.channel_dim = float(cosine_weight), channel_dim
 
     def path(self, x0: Tensor, x1: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """``(x_t, v_target)`` of the linear path: ``x_t = (1 - t) x0 + t x1``, ``v = x1 - x0``; t is (B,)."""
@@ -226,13 +236,19 @@ class Transport:
             t: (B,) times; drawn from the time sampler and shifted when None.
 
         Returns:
-            ``loss`` (scalar mean squared error), ``mse`` (B,) per sample, ``t`` (B,) the times used.
+            ``loss`` (scalar: the mean squared error, plus ``cosine_weight`` times the mean cosine
+            term), ``mse`` (B,) per sample, ``t`` (B,) the times used, and ``cosine`` (B,) per sample
+            when ``cosine_weight`` > 0.
         """
         noise = torch.randn_like(x1) if noise is None else noise
         t = self.sample_time(len(x1), x1.device) if t is None else t
         xt, target = self.path(noise, x1, t)  # (B, ...)
-        mse = (net(xt, t, y) - target).pow(2).flatten(1).mean(1)  # (B,)
-        return {"loss": mse.mean(), "mse": mse, "t": t}
+        pred = net(xt, t, y)
+        mse = (pred - target).pow(2).flatten(1).mean(1)  # (B,)
+        if not self.cosine_weight:
+            return {"loss": mse.mean(), "mse": mse, "t": t}
+        cosine = (1 - F.cosine_similarity(pred, target, dim=self.channel_dim)).flatten(1).mean(1)  # (B,)
+        return {"loss": mse.mean() + self.cosine_weight * cosine.mean(), "mse": mse, "cosine": cosine, "t": t}
 
     def timesteps(self, steps: int) -> list[float]:
         """The ``steps + 1`` sampling times: a uniform grid on [0, 1] mapped through ``shift_time``."""
@@ -289,18 +305,21 @@ class FlowMatching(nn.Module):
         shift_base: RAE's base element count (4096).
         sample_steps, sampler: default integration steps and method (``"euler"`` or ``"heun"``).
         guidance, guidance_interval: default classifier-free guidance scale and its (lo, hi) times.
+        cosine_weight: LightningDiT's velocity-direction loss weight (``Transport``); 0 = none.
     """
 
     def __init__(self, net: nn.Module, input_shape: tuple[int, ...], num_classes: int,
                  time_sampler: str = "logit-normal", time_mean: float = 0.0, time_std: float = 1.0,
                  shift: float | str = "auto", shift_base: int = 4096, sample_steps: int = 50, sampler: str = "euler",
-                 guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0)):
+                 guidance: float = 1.0, guidance_interval: tuple[float, float] = (0.0, 1.0), cosine_weight: float = 0.0):
         super().__init__()
         check_sampling(sample_steps, sampler, guidance_interval)
         self.net, self.input_shape, self.num_classes = net, tuple(input_shape), num_classes
         self.shift, self.shift_base = shift, shift_base
         self.alpha = resolve_shift(shift, math.prod(self.input_shape), shift_base)
-        self.transport = Transport(TimeSampler(time_sampler, time_mean, time_std), self.alpha)
+        # the channels are the first latent dimension of a (C, h, w) latent and the last of (L, C) tokens
+        self.transport = Transport(TimeSampler(time_sampler, time_mean, time_std), self.alpha, cosine_weight,
+                                   channel_dim=1 if len(self.input_shape) == 3 else len(self.input_shape))
         self.sample_steps, self.sampler = sample_steps, sampler
         self.guidance, self.guidance_interval = float(guidance), tuple(guidance_interval)
 
@@ -337,4 +356,5 @@ class FlowMatching(nn.Module):
         net = self.net.describe() if hasattr(self.net, "describe") else {"class": type(self.net).__qualname__}
         return {"network": net, "time_sampler": ts["kind"], "time_mean": ts["mean"], "time_std": ts["std"], "shift": self.shift,
                 "alpha": self.alpha, "shift_base": self.shift_base, "sample_steps": self.sample_steps,
-                "sampler": self.sampler, "guidance": self.guidance, "guidance_interval": list(self.guidance_interval)}
+                "sampler": self.sampler, "guidance": self.guidance, "guidance_interval": list(self.guidance_interval),
+                "cosine_weight": self.transport.cosine_weight}

@@ -182,11 +182,39 @@ def test_every_shipped_generator_config_builds(path):
     assert set(gen.module_args) <= set(inspect.signature(GeneratorModule).parameters)
 
 
-def test_gradient_clipping_is_a_config_option():
-    """The paper generators clip at 1.0 (LightningDiT, RAE); the CPU configs do not."""
+def test_paper_generator_configs_follow_the_official_training_configs():
+    """RAE's DiT-DH-XL clips at 1.0 with beta2 0.95, EMA 0.9995 and its lr decay; LightningDiT does not clip and adds
+    the cosine loss; the CPU configs do neither."""
     from latentbench.generators.module import GeneratorModule, resolve_generator
 
-    assert resolve_generator("lightningdit-xl-1").module_args["grad_clip"] == 1.0
-    assert "grad_clip" not in resolve_generator("dit-ci").module_args
+    rae, lightning, ci = (resolve_generator(n) for n in ("dit-dh-xl", "lightningdit-xl-1", "dit-ci"))
+    assert rae.module_args["grad_clip"] == 1.0 and rae.module_args["ema_decay"] == 0.9995
+    assert rae.module_args["betas"] == lightning.module_args["betas"] == [0.9, 0.95]
+    assert rae.module_args["final_lr"] == 2e-5 and "cosine_weight" not in rae.transport
+    assert "grad_clip" not in lightning.module_args and lightning.transport["cosine_weight"] == 1.0
+    assert "grad_clip" not in ci.module_args and "final_lr" not in ci.module_args
     with pytest.raises(ValueError, match="grad_clip must be > 0"):
         GeneratorModule("dit-smoke", [4, 8, 8], 10, grad_clip=0.0)
+
+
+def test_learning_rate_schedule_warmup_then_rae_linear_decay():
+    """RAE's schedule (optim_utils.build_scheduler, linear, no warmup from zero): lr held, then linear to final_lr
+    between decay_start and decay_end of max_steps, then held; without final_lr: warmup then constant."""
+    from types import SimpleNamespace
+
+    from latentbench.generators.module import GeneratorModule, lr_factor
+
+    rae = SimpleNamespace(lr=2e-4, final_lr=2e-5, decay_start=0.1, decay_end=0.6, max_steps=1000, warmup_steps=0)
+    factors = [lr_factor(s, rae) for s in (0, 100, 350, 600, 999)]
+    assert factors == pytest.approx([1.0, 1.0, 0.55, 0.1, 0.1])
+    plain = SimpleNamespace(lr=1e-4, final_lr=None, warmup_steps=4, max_steps=1000)
+    assert [lr_factor(s, plain) for s in (0, 3, 500)] == [0.25, 1.0, 1.0]
+    module = GeneratorModule("dit-smoke", [4, 8, 8], 10, max_steps=1000, lr=2e-4, final_lr=2e-5, decay_start=0.1,
+                             decay_end=0.6)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(350):
+        sched.optimizer.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(2e-4 * 0.55)
+    with pytest.raises(ValueError, match="decay_start < decay_end"):
+        GeneratorModule("dit-smoke", [4, 8, 8], 10, final_lr=1e-5, decay_start=0.5, decay_end=0.2)

@@ -149,6 +149,30 @@ def test_training_losses_is_a_finite_scalar_with_grad():
     assert net.lin.weight.grad is not None and torch.isfinite(net.lin.weight.grad).all()
 
 
+@pytest.mark.parametrize("layout", ["image", "tokens"])
+def test_cosine_loss_is_lightningdits_velocity_direction_term(layout):
+    """LightningDiT's use_cosine_loss: mean over positions of 1 - cos(v_pred, v) across the channels, added to the MSE
+    with its weight; written out here by hand per position. Channels are dim 1 of (B, C, h, w), the last of (B, L, C)."""
+    gen = torch.Generator().manual_seed(0)
+    shape = (3, 4, 5) if layout == "image" else (6, 3)
+    x1, noise = torch.randn(2, *shape, generator=gen), torch.randn(2, *shape, generator=gen)
+    t, y = torch.tensor([0.3, 0.8]), torch.zeros(2, dtype=torch.long)
+    pred = torch.randn(2, *shape, generator=gen)
+    net = lambda x, t, y: pred  # noqa: E731 (a fixed prediction)
+    flow = FlowMatching(net, shape, num_classes=1, cosine_weight=0.5)
+    out = flow.transport.training_losses(net, x1, y, noise=noise, t=t)
+    v = x1 - noise
+    channels_last = (pred.movedim(1, -1), v.movedim(1, -1)) if layout == "image" else (pred, v)
+    p, q = (a.reshape(2, -1, 3) for a in channels_last)  # (B, positions, C)
+    by_hand = 1 - (p * q).sum(-1) / (p.norm(dim=-1) * q.norm(dim=-1))  # (B, positions)
+    torch.testing.assert_close(out["cosine"], by_hand.mean(1))
+    mse = (pred - v).pow(2).flatten(1).mean(1)
+    torch.testing.assert_close(out["mse"], mse)
+    torch.testing.assert_close(out["loss"], mse.mean() + 0.5 * by_hand.mean())
+    plain = FlowMatching(net, shape, num_classes=1).transport.training_losses(net, x1, y, noise=noise, t=t)
+    assert "cosine" not in plain and torch.equal(plain["loss"], mse.mean())
+
+
 def test_path_broadcasts_time_over_image_dims():
     x0, x1, t = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4), torch.tensor([0.25, 1.0])
     xt, v = Transport().path(x0, x1, t)
@@ -268,7 +292,7 @@ def test_flow_matching_training_losses_and_describe():
     assert info.pop("network")["class"] == type(flow.net).__qualname__  # a net without describe() is named
     assert info == {"time_sampler": "logit-normal", "time_mean": 0.0, "time_std": 1.0, "shift": "auto", "alpha": 2.0,
                     "shift_base": 8, "sample_steps": 3, "sampler": "heun", "guidance": 1.5,
-                    "guidance_interval": [0.1, 0.9]}
+                    "guidance_interval": [0.1, 0.9], "cosine_weight": 0.0}
     assert _flow(shift=1.5).alpha == 1.5
 
 
@@ -282,6 +306,7 @@ X, Y = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
     (lambda: shift_time(0.5, 0.0), "alpha must be > 0"),
     (lambda: shift_time(0.5, -1.0), "alpha must be > 0"),
     (lambda: Transport(shift=0.0), "alpha must be > 0"),
+    (lambda: Transport(cosine_weight=-1.0), "cosine_weight must be >= 0"),
     (lambda: dimension_shift(0), "positive numel"),
     (lambda: TimeSampler("beta"), "unknown time sampler 'beta'; choose one of 'uniform', 'logit-normal'"),
     (lambda: TimeSampler(std=0.0), "std > 0"),
