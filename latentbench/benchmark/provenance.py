@@ -70,5 +70,14 @@ def provenance() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hardware": hardware(),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
     }
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a user would retype it: ``latentbench bench ...`` whether it ran as the console script,
+    ``python -m latentbench.cli`` or by path (``sys.argv[0]`` is then an absolute path on this machine)."""
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]).name if argv else ""
+    ours = program == "latentbench" or (program in ("cli.py", "__main__.py") and Path(argv[0]).parent.name == "latentbench")
+    return " ".join(["latentbench" if ours else argv[0], *argv[1:]]) if argv else ""

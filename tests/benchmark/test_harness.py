@@ -121,6 +121,17 @@ def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run
     assert record["provenance"]["hardware"] == train["provenance"]["hardware"] and "stages" not in record["provenance"]
 
 
+@pytest.mark.parametrize("argv0", [".venv/bin/latentbench", "/home/u/src/latentbench/latentbench/cli.py",
+                                   "/opt/x/latentbench/__main__.py"])
+def test_the_recorded_command_is_the_one_a_user_retypes(argv0):
+    """However the suite was started, the record says ``latentbench <args>``, not this machine's paths."""
+    from latentbench.benchmark.provenance import command_line
+
+    assert command_line([argv0, "bench", "--tokenizer", "rae"]) == "latentbench bench --tokenizer rae"
+    assert command_line(["/usr/bin/other/cli.py", "x"]) == "/usr/bin/other/cli.py x"  # not ours: kept as it was
+    assert command_line([]) == ""
+
+
 def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
     from latentbench.benchmark.harness import UNKNOWN_PROVENANCE, stages_provenance
     from latentbench.benchmark.provenance import provenance
