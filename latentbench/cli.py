@@ -189,8 +189,7 @@ def leaderboard(leaderboard_dir: Optional[str] = None) -> None:
     if not tables:
         raise FileNotFoundError(f"no leaderboard tables under {root}: a table is <protocol>/v<N>/results.jsonl, "
                                 "written by latentbench bench --leaderboard_dir")
-    for table in tables:
-        written = sorted(p.name for p in table.iterdir() if p.suffix in (".md", ".png"))
+    for table, written in tables.items():
         print(f"rendered {table}: {', '.join(written)}")
     if (root / "perf" / "README.md").is_file() and (root / "perf" / "perf.json").is_file():
         print(f"rendered {root / 'perf' / 'README.md'}")

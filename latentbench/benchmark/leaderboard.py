@@ -106,13 +106,14 @@ def append_record(root: Path, record: dict[str, Any], if_absent: bool = False) -
     return directory
 
 
-def render_all(root: Path) -> list[Path]:
-    """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock; and perf/README.md."""
-    done = []
+def render_all(root: Path) -> dict[Path, list[str]]:
+    """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock; and perf/README.md.
+
+    Returns each table's folder and the names of the files written there."""
+    done = {}
     for path in sorted(Path(root).glob("*/v*/results.jsonl")):
         with FileLock(str(path.parent / ".lock"), timeout=120):
-            render(path.parent, read_records(path.parent))
-        done.append(path.parent)
+            done[path.parent] = render(path.parent, read_records(path.parent))
     if (Path(root) / "perf" / "perf.json").is_file():  # the `latentbench perf` table, in the current format
         from latentbench.benchmark.perf import render_perf_readme
 
@@ -120,8 +121,9 @@ def render_all(root: Path) -> list[Path]:
     return done
 
 
-def render(directory: Path, records: list[dict[str, Any]]) -> None:
-    """Write a table's README.md and its plots from its records."""
+def render(directory: Path, records: list[dict[str, Any]]) -> list[str]:
+    """Write a table's README.md and its plots from its records; the names of the files written."""
+    written = []
     curves = _curves(records)
     if curves:
         from latentbench.benchmark.gfid import plot_curves
@@ -129,7 +131,9 @@ def render(directory: Path, records: list[dict[str, Any]]) -> None:
         label = _metric_label("gfid", records) or "gFID"
         target, what = _plot_target(records)
         plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what)
-    _plot_rate_distortion(records, Path(directory) / RD_PNG)
+        written.append(CURVES_PNG)
+    if _plot_rate_distortion(records, Path(directory) / RD_PNG):
+        written.append(RD_PNG)
     grids = {p.name for p in (Path(directory) / GRID_DIR).glob("*.png")}
     from latentbench.benchmark.perf import load_perf
 
@@ -139,6 +143,7 @@ def render(directory: Path, records: list[dict[str, Any]]) -> None:
         warnings.warn(f"{e}; {directory / 'README.md'} is written without its Cost section", stacklevel=2)
         perf = None
     atomic_write_text(Path(directory) / "README.md", render_table(records, grids) + cost_section(records, perf))
+    return ["README.md", *written]
 
 
 def cost_section(records: list[dict[str, Any]], perf: dict[str, Any] | None) -> str:
@@ -214,11 +219,12 @@ def _curves(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in curves.items() if v}
 
 
-def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
-    """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes."""
+def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
+    """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes.
+    False (nothing written) when no record has both."""
     points = _rate_distortion_points(records)
     if not points:
-        return
+        return False
     import matplotlib
     import matplotlib.ticker
 
@@ -240,6 +246,7 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+    return True
 
 
 def _metric_label(key: str, records: list[dict[str, Any]]) -> str | None:

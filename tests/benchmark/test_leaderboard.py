@@ -310,6 +310,10 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
         shutil.copytree(LEADERBOARD_DIR / "perf", tmp_path / "perf")
     tables = render_all(tmp_path)
     assert tables
+    v1, v2 = tmp_path / "ci" / "v1", tmp_path / "ci" / "v2"  # v1 has no generator stage, so no gFID curves
+    assert tables[v1] == ["README.md", "rate_distortion.png"]
+    assert tables[v2] == ["README.md", "gfid_curves.png", "rate_distortion.png"]
+    assert all((t / name).is_file() for t, names in tables.items() for name in names)
     first = {t: (t / "README.md").read_text() for t in tables}
     render_all(tmp_path)
     for table, text in first.items():
