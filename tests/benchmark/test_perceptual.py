@@ -37,19 +37,28 @@ def test_pnet_rand_builds_offline(monkeypatch, tmp_path, alex):
     assert alex.pnet_rand and alex.version == "0.1"
 
 
-@pytest.mark.parametrize("size", [32, 64])
-def test_matches_lpips_package_per_image(alex, size):
+@pytest.fixture(scope="module")
+def vgg():
+    """As ``alex`` with the VGG-16 backbone (the FlowMo paper's LPIPS-VGG)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+
+
+@pytest.mark.parametrize("net,size", [("alex", 32), ("alex", 64), ("vgg", 32)])
+def test_matches_lpips_package_per_image(request, net, size):
+    model = request.getfixturevalue(net)
     real, fake = _pair(size=size)
-    metric = LPIPS(model=alex)
+    metric = LPIPS(net, model=model)
     ours = metric.per_image(real, fake)
     with torch.no_grad():
-        ref = alex(_rounded(real), _rounded(fake)).flatten()
+        ref = model(_rounded(real), _rounded(fake)).flatten()
     assert ours.shape == (6,) and (ref > 0).all()
     torch.testing.assert_close(ours.double(), ref.double(), atol=1e-6, rtol=0)
     metric.update(real, fake)
     assert metric.compute().dtype == torch.float64
     assert metric.compute().item() == pytest.approx(ref.double().mean().item(), abs=1e-6)
-    assert metric.net == "alex" and metric.higher_is_better is False
+    assert metric.net == net and metric.higher_is_better is False
 
 
 def test_lpips_sees_the_uint8_image(alex):
