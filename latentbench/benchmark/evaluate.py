@@ -114,7 +114,7 @@ class ReconstructionPass:
 
     def rows(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(indices, latents or features, labels) of each batch (``gather_by_index`` them)."""
-        return zip(self.indices, self.latents, self.labels)
+        return zip(self.indices, self.latents, self.labels, strict=True)
 
     def throughput(self) -> float | None:
         """Encode + decode images per second over all ranks: all images / the slowest rank's coding time."""
@@ -133,7 +133,7 @@ def gather_by_index(parts: Iterable[Sequence[Tensor]]) -> tuple[Tensor, ...] | N
     holds a row. Every rank must call it (a collective); on one process it only sorts.
     """
     parts = list(parts)
-    mine = tuple(torch.cat(column) for column in zip(*parts)) if parts else None
+    mine = tuple(torch.cat(column) for column in zip(*parts, strict=True)) if parts else None
     found = [mine]
     if world()[1] > 1:
         found = [None] * world()[1]
@@ -141,7 +141,7 @@ def gather_by_index(parts: Iterable[Sequence[Tensor]]) -> tuple[Tensor, ...] | N
     found = [p for p in found if p is not None and len(p[0])]
     if not found:
         return None
-    indices, *tensors = (torch.cat(column) for column in zip(*found))
+    indices, *tensors = (torch.cat(column) for column in zip(*found, strict=True))
     order = indices.argsort()
     return tuple(t[order] for t in tensors)
 

@@ -396,7 +396,7 @@ def _split_tensors(source: str, split: str, resolution: int, limit: int | None =
     data = build_dataset(source, split, resolution, limit=limit)
     # An explicit generator: without one, each DataLoader iterator draws a seed from the global RNG.
     loader = DataLoader(data, batch_size=256, shuffle=False, generator=torch.Generator())
-    images, labels = zip(*((to_uint8(x), y) for x, y in loader))
+    images, labels = zip(*((to_uint8(x), y) for x, y in loader), strict=True)
     return torch.cat(images), torch.cat(labels).long(), data.info
 
 
@@ -433,7 +433,7 @@ def _quiet_lightning():
         try:
             yield
         finally:
-            for lg, level in zip(loggers, levels):
+            for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
 
 

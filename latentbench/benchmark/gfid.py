@@ -193,8 +193,8 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str 
         steps = [p["step"] for p in curve]
         values = [p["value"] for p in curve]
         line, = ax.plot(steps, values, marker="o", label=name)
-        lo = [p["interval"][0] if p.get("interval") else v for p, v in zip(curve, values)]
-        hi = [p["interval"][1] if p.get("interval") else v for p, v in zip(curve, values)]
+        lo = [p["interval"][0] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
+        hi = [p["interval"][1] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
         ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"{target_label} {target:.4g}")

@@ -149,7 +149,6 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
     import inspect
 
     from jsonargparse import ArgumentParser
-    from latentbench.tokenizers import TOKENIZERS
 
     built = tokenizer_class(spec.name)
     checks = (("init_args", built, spec.init_args, set()),
@@ -188,7 +187,7 @@ def _numbers_from_strings(given: Any, parsed: Any) -> Any:
     if isinstance(given, dict) and isinstance(parsed, dict) and set(parsed) >= set(given):
         return {k: _numbers_from_strings(v, parsed[k]) for k, v in given.items()}
     if isinstance(given, (list, tuple)) and isinstance(parsed, (list, tuple)) and len(given) == len(parsed):
-        return type(given)(_numbers_from_strings(g, p) for g, p in zip(given, parsed))
+        return type(given)(_numbers_from_strings(g, p) for g, p in zip(given, parsed, strict=True))
     return given
 
 
@@ -266,7 +265,7 @@ class BenchConfig:
         if self.lpips_weights:
             out["lpips_weights"] = list(self.lpips_weights)
         if self.data_fingerprints:
-            out["data"] = dict(zip(("train", "eval"), self.data_fingerprints))
+            out["data"] = dict(zip(("train", "eval"), self.data_fingerprints, strict=True))
         return out
 
     def changed_precisions(self) -> dict[str, Precision]:
@@ -1124,7 +1123,7 @@ def _copy_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, *n
     proto = record["protocol"]
     target = table_dir(leaderboard_dir, proto["name"], proto["version"]) / GRID_DIR
     copied = []
-    for name, dst in zip(names, grid_names(record)):
+    for name, dst in zip(names, grid_names(record), strict=True):
         if name and (run_dir / name).exists():
             target.mkdir(parents=True, exist_ok=True)
             with atomic_path(target / dst) as tmp:

@@ -101,7 +101,7 @@ def measure_golden(seeds: list[int], root: Path, only: list[str] | None = None,
                 spread = max(values) - min(values)
                 golden[name][metric] = {
                     "value": value, "tolerance": max(SPREAD_FACTOR * spread, MIN_TOLERANCE * abs(value)),
-                    "seeds": dict(zip(seeds, values)), "stdev": statistics.stdev(values),
+                    "seeds": dict(zip(seeds, values, strict=True)), "stdev": statistics.stdev(values),
                 }
     return golden
 

@@ -208,8 +208,8 @@ def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecut
             chunk = indices[start:start + SCAN_CHUNK]
             keys = [files.scan_key(i) for i in chunk] if cache is not None else [None] * len(chunk)
             known = cache.lookup(keys) if cache is not None else {}
-            results = pool.map(lambda ik: _scan_one(files, ik[0], ik[1], known.get(ik[1])), zip(chunk, keys))
-            for index, (digest, size, error, fresh, hit) in zip(chunk, results):
+            results = pool.map(lambda ik, known=known: _scan_one(files, ik[0], ik[1], known.get(ik[1])), zip(chunk, keys, strict=True))
+            for index, (digest, size, error, fresh, hit) in zip(chunk, results, strict=True):
                 hits += hit
                 bar.update()
                 if hits:

@@ -145,7 +145,7 @@ def _list_files(directory: Path, recursive: bool) -> tuple[list[str], list[str]]
     """
     files = [os.path.join(d, f) for d, names in _walk(directory) for f in names] if recursive else _files_in(directory)
     is_listed = [is_image_file(f) and not os.path.basename(f).startswith(".") for f in files]
-    return [f for f, listed in zip(files, is_listed) if listed], [f for f, listed in zip(files, is_listed) if not listed]
+    return [f for f, listed in zip(files, is_listed, strict=True) if listed], [f for f, listed in zip(files, is_listed, strict=True) if not listed]
 
 
 def image_files(directory: str | Path, others: list[str] | None = None) -> list[str]:

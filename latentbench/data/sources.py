@@ -74,7 +74,7 @@ def _shapes_size(arg: str, split: str, source: str) -> int:
     parts = arg.split(":")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise ValueError(f"bad shapes source {source!r}: expected shapes:<n_train>:<n_val> with positive integers")
-    return dict(zip(("train", "val"), map(int, parts))).get(split, 0)
+    return dict(zip(("train", "val"), map(int, parts), strict=True)).get(split, 0)
 
 
 def _positive_int(name: str, value) -> int:

@@ -237,7 +237,7 @@ class ShardWriter:
         from safetensors.torch import save_file
 
         if self._rows:
-            index, z, y = (torch.cat(t) for t in zip(*self._rows))
+            index, z, y = (torch.cat(t) for t in zip(*self._rows, strict=True))
         else:
             index, z, y = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ class NormalizedLatents(Dataset):
 
     def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return list(zip(self.norm.normalize(self.shards.rows(index)), self.shards.labels[index]))
+        return list(zip(self.norm.normalize(self.shards.rows(index)), self.shards.labels[index], strict=True))
 
 
 # ---- the cache ---------------------------------------------------------------------------------------

@@ -92,4 +92,4 @@ class FeatureDistance(nn.Module):
         """Per-image distance (B,) between reconstructions and images in [-1, 1]; differentiable in ``rec``."""
         with torch.no_grad():
             target = self._features(x.float())
-        return sum(((a - b) ** 2).sum(1).mean((1, 2)) for a, b in zip(self._features(rec.float()), target))
+        return sum(((a - b) ** 2).sum(1).mean((1, 2)) for a, b in zip(self._features(rec.float()), target, strict=True))

@@ -86,5 +86,5 @@ class FeatureDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Images (B, 3, H, W) in [-1, 1] -> logits (B, layers * N)."""
-        logits = [head(tokens.transpose(1, 2)) for head, tokens in zip(self.heads, self.features(x))]  # (B, 1, N) each
+        logits = [head(tokens.transpose(1, 2)) for head, tokens in zip(self.heads, self.features(x), strict=True)]  # (B, 1, N) each
         return torch.cat(logits, dim=-1).flatten(1)
