@@ -128,7 +128,8 @@ def metrics(
         extractor: FID features: inception-tf (the papers' FID), domain-<source>, dinov2-vitb14; default:
             the one a --real statistics file was computed with, else inception-tf.
         extractor_weights: weights file of the extractor (default: its standard cache location).
-        bootstrap: Poisson-bootstrap replicates for a 95% FID interval (0: none).
+        bootstrap: Poisson-bootstrap replicates for a 95% FID interval (0: none, else at least 10): both
+            folders are resampled (same-named files as pairs); against a statistics file only the fakes.
         batch_size: images per forward pass.
         json: print one JSON object instead of lines (strict JSON: an infinite PSNR is the string "inf").
     """
@@ -144,7 +145,8 @@ def metrics(
         interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
         note = (f" (infinite: {result.get('exact', 'at least one')} pair(s) identical after uint8 rounding, MSE 0)"
                 if math.isinf(result["value"]) else "")
-        print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}){note}")
+        resampled = f"; the 95% interval resamples {result['resampled']}" if result.get("resampled") else ""
+        print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}{resampled}){note}")
 
 
 def print_json(value) -> None:

@@ -64,6 +64,7 @@ from torchmetrics import Metric
 from latentbench.fsutil import atomic_path
 
 INTERVAL_LEVEL = 0.95
+MIN_BOOTSTRAP = 10  # fewer replicates put the 2.5th / 97.5th percentiles on one or two replicates (1 gave [v, v])
 BOOTSTRAP_MEMORY_LIMIT = 2 * 1024**3  # bytes of (B, D, D) replicate states; above it, ask for fewer replicates
 BOOTSTRAP_CHUNK_ELEMENTS = 1 << 23  # float64 elements (64 MiB) of the weighted-feature temporary per product
 PSD_RTOL = 1e-6  # a covariance eigenvalue below -PSD_RTOL * the largest is not rounding: the matrix is not PSD
@@ -180,6 +181,14 @@ def moments(n: float, total: np.ndarray, total_outer: np.ndarray) -> tuple[np.nd
     mu = total / n
     sigma = (total_outer - np.outer(total, mu)) / (n - 1)
     return mu, (sigma + sigma.T) / 2  # exact symmetry; the summed outer products are symmetric only to rounding
+
+
+def check_bootstrap(bootstrap: int, name: str = "bootstrap") -> None:
+    """ValueError unless ``bootstrap`` is 0 (no interval) or at least ``MIN_BOOTSTRAP`` replicates."""
+    if bootstrap < 0 or 0 < bootstrap < MIN_BOOTSTRAP:
+        raise ValueError(f"{name} must be 0 (no interval) or at least {MIN_BOOTSTRAP} replicates, got {bootstrap}: "
+                         "a 95% interval's ends are the 2.5th and 97.5th percentiles of the replicates (100 or more "
+                         "give stable ends)")
 
 
 def check_features(features: Any, dim: int, name: str = "features") -> Tensor:
@@ -456,17 +465,28 @@ class FrechetDistance(Metric):
     """Fréchet distance of streamed features: rFID against paired real features, or gFID against a reference.
 
     States are float64 sums with ``dist_reduce_fx="sum"``: the sample count, sum_i x_i (D,)
-    and sum_i x_i x_i^T (D, D) for the fake features and, in rFID, for the real ones; with
-    ``bootstrap=B`` also their Poisson-weighted versions per replicate, (B,), (B, D) and
-    (B, D, D) per stream (paired real and fake share one weight, as pairs are resampled
-    jointly). Calling the metric (``forward``) only updates it: a per-batch FID is meaningless.
+    and sum_i x_i x_i^T (D, D) for the fake features and, without a reference, for the real
+    ones; with ``bootstrap=B`` also their Poisson-weighted versions per replicate, (B,), (B, D)
+    and (B, D, D) per stream. Calling the metric (``forward``) only updates it: a per-batch FID
+    is meaningless.
+
+    What the bootstrap resamples: against a fixed ``reference``, the fake features only (the
+    reference is taken as exact). Without one, real and fake both: with ``resample="pairs"``
+    (rFID) the real feature of sample index i draws the same weight as the fake one of index i,
+    so pairs are resampled jointly; with ``resample="sides"`` (two unrelated sets, e.g. two
+    folders of different images) each side draws its own weights. Resampling only one side of
+    two sample sets would duplicate images on that side alone and inflate the replicates' FID,
+    whose centred spread then says little.
 
     Args:
         num_features: feature dimension D.
-        reference: fixed real statistics (gFID); None to stream paired real features (rFID).
-        bootstrap: number of Poisson bootstrap replicates for the 95% interval; 0 for none.
-            Memory: ``bootstrap * D^2 * 8`` bytes per stream; more than 2 GiB in all is refused.
+        reference: fixed real statistics (gFID); None to stream real features as well (rFID).
+        bootstrap: number of Poisson bootstrap replicates for the 95% interval: 0 for none, else
+            at least ``MIN_BOOTSTRAP`` (the interval's ends are the 2.5th and 97.5th
+            percentiles of the replicates). Memory: ``bootstrap * D^2 * 8`` bytes per stream;
+            more than 2 GiB in all is refused.
         seed: seed of the bootstrap weights.
+        resample: ``"pairs"`` or ``"sides"``, see above (only without a reference).
     """
 
     full_state_update = False
@@ -474,15 +494,20 @@ class FrechetDistance(Metric):
     is_differentiable = False
 
     def __init__(self, num_features: int, reference: ReferenceStats | None = None, bootstrap: int = 0,
-                 seed: int = 0, **kwargs: Any) -> None:
+                 seed: int = 0, resample: str = "pairs", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_features < 1:
             raise ValueError(f"num_features must be positive, got {num_features}")
-        if bootstrap < 0 or seed < 0:
-            raise ValueError(f"bootstrap and seed must be non-negative, got {bootstrap} and {seed}")
+        check_bootstrap(bootstrap)
+        if not 0 <= seed < 2**63:  # the real side's independent weights use the seed with the top bit set
+            raise ValueError(f"the bootstrap seed must be in [0, 2^63), got {seed}")
+        if resample not in ("pairs", "sides"):
+            raise ValueError(f"resample must be 'pairs' (real row i with fake row i) or 'sides' (each side on its own), "
+                             f"got {resample!r}")
         if reference is not None and reference.dim != num_features:
             raise ValueError(f"reference statistics have {reference.dim} features, the metric {num_features}")
         self.num_features, self.reference, self.bootstrap, self.seed = num_features, reference, bootstrap, seed
+        self.resample = resample
         streams = ("fake",) if reference is not None else ("fake", "real")
         need = bootstrap * num_features**2 * 8 * len(streams)
         if need > BOOTSTRAP_MEMORY_LIMIT:
@@ -490,9 +515,11 @@ class FrechetDistance(Metric):
                              f"replicate states ({len(streams)} stream(s) x B x D^2 x 8 bytes), over the "
                              f"{BOOTSTRAP_MEMORY_LIMIT / 2**30:.0f} GiB limit: use fewer replicates")
         d, b = num_features, bootstrap
-        self.add_state("n", torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-        if b:
-            self.add_state("boot_n", torch.zeros(b, dtype=torch.float64), dist_reduce_fx="sum")
+        for s in streams:  # counts per stream: the real side of two folders may hold another number of images
+            count = "n" if s == "fake" else "n_real"
+            self.add_state(count, torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+            if b:
+                self.add_state(f"boot_{count}", torch.zeros(b, dtype=torch.float64), dist_reduce_fx="sum")
         for s in streams:
             self.add_state(f"{s}_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{s}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
@@ -506,15 +533,14 @@ class FrechetDistance(Metric):
         Args:
             fake: features of generated or reconstructed images, (B, D).
             real: features of the paired real images, (B, D), row i paired with ``fake[i]``
-                (rFID); must be None when the metric has a reference (gFID).
+                (rFID); must be None when the metric has a reference (gFID). Without a
+                reference, real features may instead come through ``update_real``.
             index: global sample indices, (B,) int64, each sample exactly once over all
                 updates and ranks; required when ``bootstrap > 0``.
         """
         streams = {"fake": check_features(fake, self.num_features, "fake features").to(self.n.device)}
-        if (real is None) == (self.reference is None):
-            raise ValueError("give paired real features (rFID) or a reference at construction (gFID), exactly one: "
-                             f"reference is {'set' if self.reference is not None else 'None'}, "
-                             f"real is {'given' if real is not None else 'None'}")
+        if real is not None and self.reference is not None:
+            raise ValueError("give paired real features (rFID) or a reference at construction (gFID), not both")
         if real is not None:
             streams["real"] = check_features(real, self.num_features, "real features").to(self.n.device)
             if real.shape != fake.shape:
@@ -526,20 +552,50 @@ class FrechetDistance(Metric):
         if self.bootstrap and index is None:
             raise ValueError("bootstrap > 0 needs the global sample index of each row (index=...)")
 
-        self.n += batch
-        for s, x in streams.items():  # x: (B, D) float64
+        self._add(streams, index)
+
+    def update_real(self, real: Tensor, index: Tensor | None = None) -> None:
+        """Add real features on their own (no reference): the real side of two sample sets streamed apart.
+
+        Args:
+            real: features of real images, (B, D).
+            index: global indices of these real samples, (B,) int64, each once over all updates
+                and ranks; required when ``bootstrap > 0``. Under ``resample="pairs"`` real index i
+                is resampled with fake index i; under ``"sides"`` the indices are the real side's own.
+        """
+        if self.reference is not None:
+            raise ValueError("update_real needs a metric without a reference (the reference is the real side)")
+        x = check_features(real, self.num_features, "real features").to(self.n.device)
+        if index is not None and tuple(index.shape) != (x.shape[0],):
+            raise ValueError(f"index must be ({x.shape[0]},), got {tuple(index.shape)}")
+        if self.bootstrap and index is None:
+            raise ValueError("bootstrap > 0 needs the global sample index of each row (index=...)")
+        self._add({"real": x}, index)
+
+    def _add(self, streams: dict[str, Tensor], index: Tensor | None) -> None:
+        """Add (B, D) float64 features to their streams' sums and, with a bootstrap, to every replicate."""
+        for s, x in streams.items():
+            getattr(self, "n" if s == "fake" else "n_real").add_(x.shape[0])
             getattr(self, f"{s}_sum").add_(x.sum(0))
             getattr(self, f"{s}_outer").addmm_(x.T, x)
         if self.bootstrap:
             self._update_bootstrap(streams, index)
 
+    def _weights(self, stream: str, index: Tensor) -> Tensor:
+        """(R, B) Poisson(1) weights of a stream's rows: the real side shares the fake side's under
+        ``resample="pairs"`` and draws its own (the seed with its top bit set) under ``"sides"``."""
+        seed = self.seed | (1 << 63) if stream == "real" and self.resample == "sides" else self.seed
+        return torch.from_numpy(poisson_weights(seed, self.bootstrap, index)).to(self.n.device)
+
     def _update_bootstrap(self, streams: dict[str, Tensor], index: Tensor) -> None:
-        """Add the batch to every replicate with its Poisson(1) weights (same weights for a real/fake pair)."""
-        w = torch.from_numpy(poisson_weights(self.seed, self.bootstrap, index)).to(self.n.device)  # (R, B)
-        self.boot_n.add_(w.sum(1))
-        batch, dim = w.shape[1], self.num_features
-        chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // (batch * dim))  # replicates per batched product
+        """Add the batch to every replicate with its Poisson(1) weights."""
+        dim = self.num_features
+        shared = self._weights("fake", index)  # a real/fake pair of one update shares its weights
         for s, x in streams.items():  # x: (B, D)
+            w = shared if s == "fake" or self.resample == "pairs" else self._weights(s, index)  # (R, B)
+            getattr(self, "boot_n" if s == "fake" else "boot_n_real").add_(w.sum(1))
+            batch = w.shape[1]
+            chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // (batch * dim))  # replicates per batched product
             getattr(self, f"boot_{s}_sum").add_(w @ x)  # (R, D)
             outer = getattr(self, f"boot_{s}_outer")  # (R, D, D)
             for r in range(0, self.bootstrap, chunk):
@@ -565,12 +621,17 @@ class FrechetDistance(Metric):
             handful of samples) gives no interval, with a warning.
         """
         n = int(self.n)
-        if n < 2:
-            raise ValueError(f"FID needs at least 2 samples to estimate a covariance, got {n}")
+        n_real = self.reference.n if self.reference is not None else int(self.n_real)
+        if min(n, 2 if self.reference is not None else n_real) < 2:
+            raise ValueError(f"FID needs at least 2 samples per side to estimate a covariance, got {n} fake and "
+                             f"{n_real} real")
+        if self.reference is None and self.resample == "pairs" and n_real != n:
+            raise ValueError(f"resample='pairs' needs one real feature per fake one, got {n_real} real and {n} fake "
+                             "(use resample='sides' for two unpaired sets)")
         value = self._distance(n, self.fake_sum, self.fake_outer,
-                               None if self.reference is not None else (self.real_sum, self.real_outer))
+                               None if self.reference is not None else (n_real, self.real_sum, self.real_outer))
         interval = bias = None
-        lightest = float(self.boot_n.min()) if self.bootstrap else None
+        lightest = min(float(c.min()) for c in self._boot_counts()) if self.bootstrap else None
         if lightest is not None and lightest < 2:  # the value stands; only its interval cannot be had
             warnings.warn(f"FID of {n} samples is given without a bootstrap interval: a replicate drew a total weight "
                           f"of {lightest:g} (< 2), too few to estimate a covariance; about 20 samples or more give one "
@@ -582,29 +643,37 @@ class FrechetDistance(Metric):
             # centred: the spread, not the resampling bias; a distance is never negative, so at tiny n,
             # where the shift exceeds the low percentile, the interval starts at 0
             interval = [max(float(lo) - bias, 0.0), float(hi) - bias]
-        return {"value": value, "n": n, "n_real": n if self.reference is None else self.reference.n,
+        return {"value": value, "n": n, "n_real": n_real,
                 "interval": interval, "bootstrap": self.bootstrap, "interval_level": INTERVAL_LEVEL,
                 "bootstrap_bias": bias}
+
+    def _boot_counts(self) -> list[Tensor]:
+        """Each resampled stream's total weight per replicate, (B,) each."""
+        return [self.boot_n] + ([self.boot_n_real] if self.reference is None else [])
 
     def replicate_values(self) -> np.ndarray:
         """FID of each bootstrap replicate, (B,) float64 (unsynced under DDP; ``compute()`` syncs first)."""
         if not self.bootstrap:
             raise ValueError("the metric was built with bootstrap=0: there are no replicates")
-        counts = self.boot_n.cpu().numpy()
-        if counts.min() < 2:
-            raise ValueError(f"a bootstrap replicate drew a total weight of {counts.min():g} (< 2) from "
+        counts = [c.cpu().numpy() for c in self._boot_counts()]
+        lightest = min(c.min() for c in counts)
+        if lightest < 2:
+            raise ValueError(f"a bootstrap replicate drew a total weight of {lightest:g} (< 2) from "
                              f"{int(self.n)} samples: too few samples for a bootstrap interval")
+        real_counts = counts[-1] if self.reference is None else None
         return np.array([
-            self._distance(counts[b], self.boot_fake_sum[b], self.boot_fake_outer[b],
-                           None if self.reference is not None else (self.boot_real_sum[b], self.boot_real_outer[b]))
+            self._distance(counts[0][b], self.boot_fake_sum[b], self.boot_fake_outer[b],
+                           None if self.reference is not None
+                           else (real_counts[b], self.boot_real_sum[b], self.boot_real_outer[b]))
             for b in range(self.bootstrap)
         ])
 
-    def _distance(self, n: float, fake_sum: Tensor, fake_outer: Tensor, real: tuple[Tensor, Tensor] | None) -> float:
-        """FID of one set of fake sums against the reference or against the matching real sums."""
+    def _distance(self, n: float, fake_sum: Tensor, fake_outer: Tensor,
+                  real: tuple[float, Tensor, Tensor] | None) -> float:
+        """FID of one set of fake sums against the reference or against real sums (their count, sum, outer sum)."""
         mu1, sigma1 = moments(n, fake_sum.cpu().numpy(), fake_outer.cpu().numpy())
         if real is None:
             ref = self.reference
             return frechet_distance(mu1, sigma1, ref.mu, ref.sigma, sqrt_sigma2=ref.sqrt_sigma)
-        mu2, sigma2 = moments(n, real[0].cpu().numpy(), real[1].cpu().numpy())
+        mu2, sigma2 = moments(real[0], real[1].cpu().numpy(), real[2].cpu().numpy())
         return frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -77,6 +77,12 @@ class _Checked:
             value = getattr(self, name)
             self._require((optional and value is None) or value > 0, name, "a positive integer" + (" or null" if optional else ""))
 
+    def _bootstrap(self, name: str) -> None:
+        from latentbench.benchmark.fid import MIN_BOOTSTRAP
+
+        value = getattr(self, name)
+        self._require(value == 0 or value >= MIN_BOOTSTRAP, name, f"0 (no interval) or at least {MIN_BOOTSTRAP} replicates")
+
     def _at_least_zero(self, *names: str) -> None:
         for name in names:
             self._require(getattr(self, name) >= 0, name, ">= 0")
@@ -140,7 +146,7 @@ class EvalSpec(_Checked):
         self._positive("batch_size")
         self._positive("probe_train", optional=True)
         self._not_empty("extractor")
-        self._at_least_zero("fid_bootstrap")
+        self._bootstrap("fid_bootstrap")
         self._one_of("lpips_net", tuple(LPIPS_MIN_SIDE))
         self._one_of("probe_pooling", POOLINGS)
 
@@ -171,7 +177,8 @@ class GeneratorSpec(_Checked):
     def _check(self) -> None:
         from latentbench.generators.latents import NORM_MODES
 
-        self._at_least_zero("max_steps", "eval_every", "fid_bootstrap")
+        self._at_least_zero("max_steps", "eval_every")
+        self._bootstrap("fid_bootstrap")
         if self.eval_every and self.max_steps % self.eval_every:
             raise ValueError(f"generator max_steps {self.max_steps} must be a multiple of eval_every {self.eval_every} "
                              "(the curve ends at the final step)")

@@ -143,9 +143,10 @@ def paired_metrics(real_dir: str | Path, fake_dir: str | Path, names: list[str],
     return results
 
 
-def folder_features(directory: str | Path, extractor, batch_size: int = 50) -> Iterator[Tensor]:
-    """Features of every image in a folder, batch by batch."""
-    files = list(list_images(directory).values())
+def folder_features(directory: str | Path, extractor, batch_size: int = 50,
+                    files: list[Path] | None = None) -> Iterator[Tensor]:
+    """Features of every image in a folder (or of ``files``, in that order), batch by batch."""
+    files = list(list_images(directory).values()) if files is None else files
     with torch.inference_mode():
         for batch in same_size_batches(files, load_uint8, batch_size):
             yield extractor(torch.stack(batch)).double()
@@ -198,22 +199,52 @@ def _fid_inputs(real: str | Path, extractor_name: str | None, extractor_weights:
     return extractor, load_reference(real, extractor) if is_statistics_file(real) else None
 
 
+RESAMPLED = {  # what a --bootstrap interval of `metrics` resamples, by how --real was given
+    "pairs": "pairs of same-named images, jointly",
+    "sides": "each folder on its own (their file names do not pair)",
+    "fake": "the fake images only: the --real statistics file is taken as exact",
+}
+
+
 def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, bootstrap: int,
               batch_size: int) -> dict[str, Any]:
-    """``fid_between_folders`` with the extractor built (and a ``--real`` statistics file loaded) already."""
-    from latentbench.benchmark.fid import FrechetDistance
+    """``fid_between_folders`` with the extractor built (and a ``--real`` statistics file loaded) already.
 
-    if reference is None:
-        reference = folder_stats(real_dir, extractor, batch_size).reference()
-    metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap)
+    The bootstrap resamples both folders, as the bench's rFID does (``FrechetDistance``'s
+    ``resample``): same-named files as pairs, folders whose names do not pair each on its own.
+    Against a statistics file only the fake side can be resampled; the result says which.
+    """
+    from latentbench.benchmark.fid import FrechetDistance, ReferenceStats, check_bootstrap, moments
+
+    check_bootstrap(bootstrap, "--bootstrap")
+    fake = list_images(fake_dir)
+    if reference is not None:
+        how, real_files, fake_files = "fake", None, list(fake.values())
+    else:
+        real = list_images(real_dir)
+        how = "pairs" if set(real) == set(fake) else "sides"  # pairs: row i of both sides is file i of the sorted names
+        real_files = [real[name] for name in sorted(real)]
+        fake_files = [fake[name] for name in sorted(fake)]
+    metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap,
+                             resample="sides" if how == "sides" else "pairs")
+    if real_files is not None:
+        seen = 0
+        for features in folder_features(real_dir, extractor, batch_size, real_files):
+            metric.update_real(features, index=torch.arange(seen, seen + len(features)))
+            seen += len(features)
+        _need_two(seen, real_dir)
     seen = 0
-    for features in folder_features(fake_dir, extractor, batch_size):
+    for features in folder_features(fake_dir, extractor, batch_size, fake_files):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
         seen += len(features)
     _need_two(seen, fake_dir)
     result = metric.compute()
-    result.update(label=extractor.metric_name, n_real=reference.n, extractor=extractor.id,
-                  weights_sha256=extractor.weights_sha256, reference_sha256=reference.sha256)
+    if reference is None:  # the real folder's statistics, for their hash (what the value was measured against)
+        reference = ReferenceStats(*moments(int(metric.n_real), metric.real_sum.numpy(), metric.real_outer.numpy()))
+    result.update(label=extractor.metric_name, extractor=extractor.id, weights_sha256=extractor.weights_sha256,
+                  reference_sha256=reference.sha256)
+    if bootstrap:
+        result["resampled"] = RESAMPLED[how]
     return result
 
 
@@ -247,6 +278,9 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
         ``{metric: {"value": ..., "n": ..., ...}}``.
     """
     check_batch_size(batch_size)
+    from latentbench.benchmark.fid import check_bootstrap
+
+    check_bootstrap(bootstrap, "--bootstrap")  # before any image is read
     names = [name for name, on in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)) if on]
     if not names and not fid:
         raise ValueError("choose at least one metric: --fid, --psnr, --ssim, --lpips")

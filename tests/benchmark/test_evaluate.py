@@ -77,7 +77,7 @@ tokenizer = PoolTokenizer()
 torch.manual_seed(1)  # the same random LPIPS backbone in every process: tests the wiring, not the weights
 perceptual = LPIPS(model=lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False))
 extractor = create_extractor("domain-mnist", cache_dir=cache, recipe=DomainRecipe(max_steps=20))
-metrics = ReconstructionMetrics(extractor, perceptual, bootstrap=5, seed=0)
+metrics = ReconstructionMetrics(extractor, perceptual, bootstrap=10, seed=0)
 passed = reconstruct(tokenizer, build_dataset("mnist", "val", 32, limit=63), metrics, batch_size, progress=False)
 results = metrics.results()
 (latents, _) = gather_by_index(passed.rows())

@@ -230,6 +230,60 @@ def test_bootstrap_against_reference_resamples_fake_only():
                                [lo, hi], rtol=1e-12)
 
 
+def _weighted_fid(fake, w_fake, real, w_real):
+    """One replicate written out: each row repeated by its integer weight, then the plain FID (numpy / scipy)."""
+    return _reference_fid(np.repeat(np.asarray(fake, np.float64), w_fake.astype(int), axis=0),
+                          np.repeat(np.asarray(real, np.float64), w_real.astype(int), axis=0))
+
+
+def test_two_unpaired_sets_resample_each_side_on_its_own():
+    """resample='sides' (two folders of different images): the real side streams apart, with its own count and its own
+    weights; each replicate equals the FID of the two sets with rows repeated by their weights."""
+    real, fake = REAL_BOOT[:150], FAKE_BOOT[:120]
+    metric = FrechetDistance(D_BOOT, bootstrap=10, seed=3, resample="sides")
+    for i in range(0, 150, 40):
+        metric.update_real(real[i:i + 40], index=torch.arange(i, min(i + 40, 150)))
+    for i in range(0, 120, 50):
+        metric.update(fake[i:i + 50], index=torch.arange(i, min(i + 50, 120)))
+    result = metric.compute()
+    assert (result["n"], result["n_real"]) == (120, 150)
+    assert result["value"] == pytest.approx(_reference_fid(real, fake), rel=1e-9)
+    w_fake, w_real = poisson_weights(3, 10, torch.arange(120)), poisson_weights(3 | 1 << 63, 10, torch.arange(150))
+    assert not np.array_equal(w_fake, w_real[:, :120])  # independent draws, not the pairs' shared ones
+    by_hand = [_weighted_fid(fake, w_fake[b], real, w_real[b]) for b in range(10)]
+    np.testing.assert_allclose(metric.replicate_values(), by_hand, rtol=1e-8)
+
+
+def test_pairs_streamed_apart_resample_as_pairs():
+    """resample='pairs' with the real side streamed by update_real gives the replicates of joint (fake, real) updates."""
+    real, fake = REAL_BOOT[:100], FAKE_BOOT[:100]
+    joint = _bootstrapped(fake, real, bootstrap=10)
+    apart = FrechetDistance(D_BOOT, bootstrap=10)
+    apart.update_real(real[50:], index=torch.arange(50, 100))
+    apart.update(fake, index=torch.arange(100))
+    apart.update_real(real[:50], index=torch.arange(50))
+    np.testing.assert_allclose(apart.replicate_values(), joint.replicate_values(), rtol=1e-10)
+    w = poisson_weights(0, 10, torch.arange(100))
+    np.testing.assert_allclose(apart.replicate_values()[:3], [_weighted_fid(fake, w[b], real, w[b]) for b in range(3)],
+                               rtol=1e-8)
+    short = FrechetDistance(D_BOOT)
+    short.update(fake)
+    short.update_real(real[:60])
+    with pytest.raises(ValueError, match="one real feature per fake one, got 60 real and 100 fake"):
+        short.compute()
+
+
+@pytest.mark.parametrize("bootstrap", [-1, 1, 3, 9])
+def test_too_few_replicates_are_refused(bootstrap):
+    """One replicate printed [v, v] as a "95%" interval: both percentiles fell on it."""
+    with pytest.raises(ValueError, match="must be 0 \\(no interval\\) or at least 10 replicates"):
+        FrechetDistance(D, bootstrap=bootstrap)
+    with pytest.raises(ValueError, match="resample must be 'pairs'"):
+        FrechetDistance(D, resample="both")
+    with pytest.raises(ValueError, match="without a reference"):
+        FrechetDistance(D, reference=_stats(REAL).reference()).update_real(REAL[:4])
+
+
 def test_interval_is_centred_on_the_value_despite_the_resampling_bias():
     """Resampling duplicates samples: at D = 64, n = 300 the raw replicates sit wholly above the value."""
     metric = _bootstrapped(FAKE, REAL[:300], bootstrap=20)
@@ -269,19 +323,21 @@ def test_bad_inputs_raise_clear_errors():
         metric.update(nan, real=REAL[:4])
     with pytest.raises(ValueError, match=r"must be \(B, 64\)"):
         metric.update(FAKE[:4, :32], real=REAL[:4, :32])
-    with pytest.raises(ValueError, match="exactly one"):
-        metric.update(FAKE[:4])
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="not both"):
         FrechetDistance(D, reference=_stats(REAL).reference()).update(FAKE[:4], real=REAL[:4])
+    fake_only = FrechetDistance(D)  # without a reference and without real features there is nothing to compare with
+    fake_only.update(FAKE[:4])
+    with pytest.raises(ValueError, match="at least 2 samples per side.*got 4 fake and 0 real"):
+        fake_only.compute()
     with pytest.raises(ValueError, match="pair row by row"):
         metric.update(FAKE[:4], real=REAL[:5])
     metric.update(FAKE[:1], real=REAL[:1])
     with pytest.raises(ValueError, match="at least 2 samples"):
         metric.compute()
     with pytest.raises(ValueError, match="index"):
-        FrechetDistance(D, bootstrap=3).update(FAKE[:4], real=REAL[:4])
+        FrechetDistance(D, bootstrap=10).update(FAKE[:4], real=REAL[:4])
     with pytest.raises(ValueError, match="non-negative integers"):
-        FrechetDistance(D, bootstrap=3).update(FAKE[:4], real=REAL[:4], index=torch.tensor([0, 1, -2, 3]))
+        FrechetDistance(D, bootstrap=10).update(FAKE[:4], real=REAL[:4], index=torch.tensor([0, 1, -2, 3]))
     with pytest.raises(ValueError, match="GiB"):
         FrechetDistance(2048, bootstrap=100)
     with pytest.raises(ValueError, match="feature dimensions differ"):

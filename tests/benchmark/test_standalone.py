@@ -41,9 +41,47 @@ def test_paired_metrics_match_skimage(tmp_path):
 
 def test_fid_with_a_domain_extractor(tmp_path):
     real, fake, _ = _folders(tmp_path, n=12, size=32)
-    out = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=5)
+    out = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=10)
     assert out["fid"]["label"] == "FID-domain(mnist)" and out["fid"]["n"] == 12 and out["fid"]["n_real"] == 12
     assert out["fid"]["value"] > 0 and len(out["fid"]["weights_sha256"]) == 64
+    assert out["fid"]["resampled"] == "pairs of same-named images, jointly"
+
+
+def test_fid_bootstrap_resamples_both_folders_as_the_bench_does(tmp_path):
+    """Two folders: the real side is resampled too (pairs by name, or each folder on its own), so the interval is the
+    bench's paired one, not the fake side's alone against fixed real statistics (which the reviewer measured as
+    [0, 8.08] around 0.69, against [0.09, 1.89] paired); a statistics file can only be taken as exact."""
+    from latentbench.benchmark.extractors import create_extractor
+    from latentbench.benchmark.fid import FrechetDistance
+    from latentbench.benchmark.standalone import folder_features, list_images, save_folder_stats
+
+    real, fake, _ = _folders(tmp_path, n=30, size=32)
+    paired = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=20)["fid"]
+    extractor = create_extractor("domain-mnist")
+    names = sorted(list_images(real))
+    feats = [torch.cat(list(folder_features(d, extractor, files=[d / n for n in names]))) for d in (real, fake)]
+    bench_way = FrechetDistance(extractor.dim, bootstrap=20)  # the bench's rFID: (fake, real) rows together
+    bench_way.update(feats[1], real=feats[0], index=torch.arange(30))
+    expected = bench_way.compute()
+    assert paired["value"] == pytest.approx(expected["value"], rel=1e-9)
+    np.testing.assert_allclose(paired["interval"], expected["interval"], rtol=1e-9)
+
+    for extra in range(3):  # a real folder of other file names: unpaired, each side resampled on its own
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8) + 60 * extra).save(real / f"extra{extra}.png")
+    sides = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=20)["fid"]
+    assert sides["resampled"].startswith("each folder on its own") and (sides["n"], sides["n_real"]) == (30, 33)
+    assert sides["interval"][0] < sides["value"] < sides["interval"][1]
+
+    stats = save_folder_stats(real, tmp_path / "real.npz", "domain-mnist")
+    fixed = folder_metrics(stats, fake, fid=True, bootstrap=20)["fid"]
+    assert fixed["resampled"].startswith("the fake images only") and fixed["value"] == pytest.approx(sides["value"], rel=1e-9)
+    assert fixed["reference_sha256"] == sides["reference_sha256"]  # the same real statistics either way
+
+
+def test_too_few_bootstrap_replicates_are_refused(tmp_path):
+    real, fake, _ = _folders(tmp_path, n=4, size=32)
+    result = _cli("--real", str(real), "--fake", str(fake), "--fid", "--extractor", "domain-mnist", "--bootstrap", "3")
+    assert result.returncode == 2 and "--bootstrap must be 0 (no interval) or at least 10 replicates, got 3" in result.stderr
 
 
 def test_cli_json_and_bare_flags(tmp_path, capsys):
