@@ -7,6 +7,8 @@ statistics (counts may differ). Images are decoded as they are on disk (8-bit RG
 """
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,57 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from latentbench.data import IMAGE_EXTENSIONS, BadImageError, load_rgb
-from latentbench.data.images import combine_bad_images
+from latentbench.data import IMAGE_EXTENSIONS, BadImageError
+from latentbench.data.images import combine_bad_images, decode
+
+# PIL modes without colour: an image in one of them is measured as its gray level replicated to R, G and B
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+class ColourModes:
+    """The colour modes of the files a command read, per side, to warn of conversions that change what is measured.
+
+    Every image is measured as 8-bit RGB (``latentbench.data.images``): grayscale is replicated
+    to three channels and alpha is dropped, not composited. Both are the ADM / torch-fidelity
+    conventions, but a grayscale folder against a colour one, or transparent pixels, usually
+    mean the wrong files were passed.
+    """
+
+    def __init__(self) -> None:
+        self.modes = {"real": Counter(), "fake": Counter()}
+        self.transparent: Counter = Counter()
+        self.mismatched: list[tuple[str, str, str]] = []  # (name, real mode, fake mode) of pairs gray against colour
+        self.last: dict[str, str] = {}  # the mode of each side's last file
+
+    def record(self, side: str, mode: str, transparent: bool) -> None:
+        self.modes[side][mode] += 1
+        self.transparent[side] += transparent
+        self.last[side] = mode
+
+    def record_pair(self, name: str, real_mode: str, fake_mode: str) -> None:
+        if (real_mode in GRAYSCALE_MODES) != (fake_mode in GRAYSCALE_MODES):
+            self.mismatched.append((name, real_mode, fake_mode))
+
+    def warn(self, paired: bool) -> None:
+        """One warning per conversion worth knowing of: transparent pixels, and grayscale measured against colour
+        (pair by pair for paired metrics, folder against folder for FID)."""
+        for side, count in self.transparent.items():
+            if count:
+                warnings.warn(f"{count} {side} image(s) have transparent pixels: alpha is dropped, not composited, so the "
+                              "colour stored under a transparent pixel is measured (as ADM and torch-fidelity read "
+                              "them); flatten the images onto a background first if that is not what you meant",
+                              stacklevel=2)
+        if paired and self.mismatched:
+            name, real_mode, fake_mode = self.mismatched[0]
+            warnings.warn(f"{len(self.mismatched)} pair(s) set a grayscale image against a colour one (e.g. {name}: real "
+                          f"{real_mode}, fake {fake_mode}): images are measured as RGB with gray replicated to three "
+                          "channels, so the missing colour counts as error", stacklevel=2)
+        kinds = {side: {m in GRAYSCALE_MODES for m in modes} for side, modes in self.modes.items() if modes}
+        if not paired and len(kinds) == 2 and kinds["real"] != kinds["fake"]:
+            shown = "; ".join(f"{side} " + ", ".join(f"{m}: {n}" for m, n in sorted(self.modes[side].items()))
+                              for side in ("real", "fake"))
+            warnings.warn(f"the two sides differ in colour ({shown}): images are measured as RGB with gray replicated to "
+                          "three channels, so a grayscale side is compared with a colour one as it is", stacklevel=2)
 
 def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
@@ -60,13 +111,16 @@ def pair_images(real: dict[str, Path], fake: dict[str, Path]) -> list[tuple[str,
     return [(name, real[name], fake[name]) for name in sorted(real)]
 
 
-def load_uint8(path: Path) -> Tensor:
-    """One image file as a (3, H, W) uint8 tensor; an unreadable one raises BadImageError naming it."""
+def load_uint8(path: Path, modes: ColourModes | None = None, side: str = "fake", paired: bool = False) -> Tensor:
+    """One image file as a (3, H, W) uint8 tensor, its colour mode recorded in ``modes`` under ``side``
+    ("real" or "fake"); an unreadable one raises BadImageError naming it (``paired``: its partner too in the fix)."""
     try:
-        image = load_rgb(path)
+        image, mode, transparent = decode(path)
     except BadImageError as err:  # these commands measure every file they are given: nothing is skipped
-        raise BadImageError(err.path, err.reason, "Fix or replace the file, or move it out of the folder "
-                            "(and its pair out of the other folder, for paired metrics).") from None
+        raise BadImageError(err.path, err.reason, "Fix or replace the file, or move it out of the folder"
+                            f"{' (and its pair out of the other folder)' if paired else ''}.") from None
+    if modes is not None:
+        modes.record(side, mode, transparent)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
@@ -100,16 +154,17 @@ def _shape(loaded) -> tuple:
     return tuple(loaded[0].shape) if isinstance(loaded, tuple) else tuple(loaded.shape)
 
 
-def _load_pair(pair: tuple[str, Path, Path]) -> tuple[Tensor, Tensor]:
+def _load_pair(pair: tuple[str, Path, Path], modes: ColourModes) -> tuple[Tensor, Tensor]:
     name, real_path, fake_path = pair
     loaded, errors = [], []
-    for path in (real_path, fake_path):  # both, so that a bad partner of a bad file is named in the same error
+    for side, path in (("real", real_path), ("fake", fake_path)):  # both: a bad partner of a bad file is named too
         try:
-            loaded.append(load_uint8(path))
+            loaded.append(load_uint8(path, modes, side, paired=True))
         except BadImageError as err:
             errors.append(err)
     if errors:
         raise combine_bad_images(errors)
+    modes.record_pair(name, *(modes.last[side] for side in ("real", "fake")))
     real, fake = loaded
     if real.shape != fake.shape:
         raise ValueError(f"{name}: the real image is {real.shape[1]}x{real.shape[2]} (H x W) but the fake one is "
@@ -132,23 +187,26 @@ def paired_metrics(real_dir: str | Path, fake_dir: str | Path, names: list[str],
 
         metrics["lpips"] = LPIPS(net=lpips_net)
     pairs = pair_images(list_images(real_dir), list_images(fake_dir))
-    for batch in same_size_batches(pairs, _load_pair, batch_size):
+    modes = ColourModes()
+    for batch in same_size_batches(pairs, lambda pair: _load_pair(pair, modes), batch_size):
         real = torch.stack([r for r, _ in batch])  # uint8, as every metric takes it: no range guessing
         fake = torch.stack([f for _, f in batch])
         for metric in metrics.values():
             metric.update(real, fake)
+    modes.warn(paired=True)
     results = {name: m.result() for name, m in metrics.items()}
     if "lpips" in results:
         results["lpips"]["net"] = lpips_net
     return results
 
 
-def folder_features(directory: str | Path, extractor, batch_size: int = 50,
-                    files: list[Path] | None = None) -> Iterator[Tensor]:
-    """Features of every image in a folder (or of ``files``, in that order), batch by batch."""
+def folder_features(directory: str | Path, extractor, batch_size: int = 50, files: list[Path] | None = None,
+                    modes: ColourModes | None = None, side: str = "fake") -> Iterator[Tensor]:
+    """Features of every image in a folder (or of ``files``, in that order), batch by batch; the files' colour
+    modes recorded in ``modes`` under ``side``."""
     files = list(list_images(directory).values()) if files is None else files
     with torch.inference_mode():
-        for batch in same_size_batches(files, load_uint8, batch_size):
+        for batch in same_size_batches(files, lambda path: load_uint8(path, modes, side), batch_size):
             yield extractor(torch.stack(batch)).double()
 
 
@@ -162,9 +220,11 @@ def folder_stats(directory: str | Path, extractor, batch_size: int = 50):
     from latentbench.benchmark.fid import FeatureStats
 
     stats = FeatureStats.empty(extractor.dim)
-    for features in folder_features(directory, extractor, batch_size):
+    modes = ColourModes()
+    for features in folder_features(directory, extractor, batch_size, modes=modes, side="real"):
         stats.update(features)
     _need_two(stats.n, directory)
+    modes.warn(paired=False)
     return stats
 
 
@@ -227,17 +287,19 @@ def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, 
         fake_files = [fake[name] for name in sorted(fake)]
     metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap,
                              resample="sides" if how == "sides" else "pairs")
+    modes = ColourModes()
     if real_files is not None:
         seen = 0
-        for features in folder_features(real_dir, extractor, batch_size, real_files):
+        for features in folder_features(real_dir, extractor, batch_size, real_files, modes, "real"):
             metric.update_real(features, index=torch.arange(seen, seen + len(features)))
             seen += len(features)
         _need_two(seen, real_dir)
     seen = 0
-    for features in folder_features(fake_dir, extractor, batch_size, fake_files):
+    for features in folder_features(fake_dir, extractor, batch_size, fake_files, modes, "fake"):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
         seen += len(features)
     _need_two(seen, fake_dir)
+    modes.warn(paired=False)  # against a statistics file only the fakes' transparency can be told
     result = metric.compute()
     if reference is None:  # the real folder's statistics, for their hash (what the value was measured against)
         reference = ReferenceStats(*moments(int(metric.n_real), metric.real_sum.numpy(), metric.real_outer.numpy()))

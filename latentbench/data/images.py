@@ -85,6 +85,12 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     Raises:
         BadImageError: the file is empty, not an image, truncated or otherwise undecodable.
     """
+    return decode(source, name)[0]
+
+
+def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.Image, str, bool]:
+    """``load_rgb`` plus what the conversion did: (the RGB image, the file's own PIL mode, whether it had
+    transparent pixels, whose alpha was dropped). Raises BadImageError as ``load_rgb``."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -92,11 +98,19 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return to_rgb(img)
+            return to_rgb(img), img.mode, has_transparent_pixels(img)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
         raise BadImageError(name, f"{type(err).__name__}: {err}") from err
+
+
+def has_transparent_pixels(img: Image.Image) -> bool:
+    """Whether a decoded image has a pixel with alpha below 255 (an alpha band, or a palette / transparency key)."""
+    if "A" not in img.getbands() and "transparency" not in img.info:
+        return False
+    alpha = (img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A")
+    return alpha.getextrema()[0] < 255
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -280,3 +280,38 @@ def test_every_unreadable_file_is_named_in_one_error(tmp_path):
     with pytest.raises(BadImageError) as e:
         folder_metrics(real, fake, psnr=True)
     assert f"3 files are unreadable in all; the others: {fake / '0.png'} (" in str(e.value)
+
+
+def test_colour_conversions_that_change_the_numbers_are_warned_of(tmp_path):
+    """Grayscale against colour and dropped transparency are the ADM / torch-fidelity conventions, but silent they hid
+    mistakes: RGBA fakes with alpha 0 everywhere scored PSNR inf against their opaque originals."""
+    import warnings
+
+    real, fake, pairs = _folders(tmp_path, n=4, size=32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # plain RGB folders: nothing to say
+        folder_metrics(real, fake, psnr=True)
+    Image.fromarray(pairs[0][1]).convert("L").save(fake / "0.png")
+    with pytest.warns(UserWarning, match=r"1 pair\(s\) set a grayscale image against a colour one \(e.g. 0.png: real RGB, "
+                                         r"fake L\)"):
+        folder_metrics(real, fake, psnr=True)
+    transparent = np.dstack([pairs[2][0], np.zeros((32, 32), np.uint8)])  # the real image, fully transparent
+    Image.fromarray(transparent, "RGBA").save(fake / "2.png")
+    with pytest.warns(UserWarning, match=r"1 fake image\(s\) have transparent pixels: alpha is dropped"):
+        out = folder_metrics(real, fake, psnr=True)
+    assert out["psnr"]["exact"] == 1  # the dropped alpha leaves the original's colours: an identical pair
+    opaque = np.dstack([pairs[2][0], np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(opaque, "RGBA").save(fake / "2.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*grayscale image against a colour one")
+        folder_metrics(real, fake, psnr=True)  # an opaque alpha band changes nothing: no transparency warning
+
+
+def test_fid_folders_of_different_colour_are_warned_of(tmp_path):
+    real, fake, pairs = _folders(tmp_path, n=6, size=32)
+    for i, (_, b) in enumerate(pairs):
+        name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+        Image.fromarray(b).convert("L").save(fake / name)
+    with pytest.warns(UserWarning, match=r"the two sides differ in colour \(real RGB: 6; fake L: 6\)"):
+        folder_metrics(real, fake, fid=True, extractor="domain-mnist")

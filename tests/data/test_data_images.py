@@ -110,3 +110,21 @@ def test_bad_bytes_raise_named_error(data, reason):
 def test_missing_file_is_bad_image(tmp_path):
     with pytest.raises(BadImageError, match="cannot read file"):
         load_rgb(tmp_path / "nope.png")
+
+
+def test_decode_reports_the_mode_read_and_transparent_pixels(tmp_path):
+    """What `metrics` warns of: the file's own mode, and alpha below 255 anywhere (an alpha band, or a palette's
+    transparency key), dropped by the conversion to RGB."""
+    from latentbench.data.images import decode
+
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    rgba[0, 0, 3] = 254
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "one.png")
+    palette = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4), "L").convert("P")
+    palette.save(tmp_path / "keyed.png", transparency=3)
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(tmp_path / "gray.png")
+    got = {name: decode(tmp_path / f"{name}.png")[1:] for name in ("opaque", "one", "keyed", "gray")}
+    assert got == {"opaque": ("RGBA", False), "one": ("RGBA", True), "keyed": ("P", True), "gray": ("L", False)}
+    assert decode(tmp_path / "one.png")[0].mode == "RGB"
