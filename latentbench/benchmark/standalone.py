@@ -103,10 +103,16 @@ def pair_images(real: dict[str, Path], fake: dict[str, Path]) -> list[tuple[str,
     """(name, real path, fake path) for every name in both folders; ValueError on any mismatch."""
     only_real, only_fake = sorted(set(real) - set(fake)), sorted(set(fake) - set(real))
     if only_real or only_fake:
+        stem = lambda name: str(Path(name).with_suffix(""))  # noqa: E731
+        by_stem = {stem(n) for n in only_fake}
+        renamed = [n for n in only_real if stem(n) in by_stem]
+        hint = (f"; {len(renamed)} differ only in their extension (e.g. {renamed[0]} against "
+                f"{next(n for n in only_fake if stem(n) == stem(renamed[0]))}): pairs match whole file names, so save the "
+                "fakes under the real files' names (the format may differ)" if renamed else "")
         raise ValueError(
             f"paired metrics need the same file names in both folders: {len(real)} real vs {len(fake)} fake images; "
             f"only in real: {only_real[:5]}{' ...' if len(only_real) > 5 else ''}; "
-            f"only in fake: {only_fake[:5]}{' ...' if len(only_fake) > 5 else ''}"
+            f"only in fake: {only_fake[:5]}{' ...' if len(only_fake) > 5 else ''}{hint}"
         )
     return [(name, real[name], fake[name]) for name in sorted(real)]
 
@@ -249,6 +255,9 @@ def _fid_inputs(real: str | Path, extractor_name: str | None, extractor_weights:
     from latentbench.benchmark.extractors import create_extractor
     from latentbench.benchmark.fid import statistics_extractor
 
+    if is_statistics_file(real) and not Path(real).is_file():  # before an extractor's missing weights hide the typo
+        raise FileNotFoundError(f"statistics file {real} does not exist: write one with `latentbench stats --images DIR "
+                                f"--out {Path(real).name}`, or pass the real image folder")
     made_with = statistics_extractor(real) if is_statistics_file(real) else None
     if extractor_name is None:
         extractor_name = made_with or "inception-tf"

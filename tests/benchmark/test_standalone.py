@@ -100,6 +100,26 @@ def test_mismatched_folders_fail_clearly(tmp_path):
     (fake / "0.png").unlink()
     proc = _cli("--real", str(real), "--fake", str(fake), "--psnr")
     assert proc.returncode == 2 and "only in real: ['0.png']" in proc.stderr and "Traceback" not in proc.stderr
+    Image.open(real / "0.png").save(fake / "0.jpg")  # the same image under another format's name
+    with pytest.raises(ValueError, match=r"1 differ only in their extension \(e.g. 0.png against 0.jpg\)"):
+        folder_metrics(real, fake, psnr=True)
+
+
+def test_a_missing_statistics_file_is_named_before_any_weights(tmp_path):
+    """A mistyped .npz got the 'download the Inception weights' error (its extractor's), hiding the typo."""
+    real, fake, _ = _folders(tmp_path, n=2)
+    for extractor in (None, "domain-mnist"):
+        with pytest.raises(FileNotFoundError, match=r"statistics file .*nope.npz does not exist: write one with"):
+            folder_metrics(tmp_path / "nope.npz", fake, fid=True, extractor=extractor)
+
+
+def test_an_unreadable_file_in_one_folder_needs_no_pair_advice(tmp_path):
+    real, _, _ = _folders(tmp_path, n=3)
+    (real / "2.png").write_bytes(b"\x89PNG truncated")
+    proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "stats", "--images", str(real), "--out",
+                           str(tmp_path / "s.npz"), "--extractor", "domain-mnist"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "move it out of the folder." in proc.stderr and "its pair" not in proc.stderr
+    assert not (tmp_path / "s.npz").exists()
 
 
 def test_bad_inputs_fail_clearly(tmp_path):
