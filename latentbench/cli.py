@@ -143,7 +143,9 @@ def metrics(
         return
     for name, result in results.items():
         interval = f" [{result['interval'][0]:.4f}, {result['interval'][1]:.4f}]" if result.get("interval") else ""
-        note = (f" (infinite: {result.get('exact', 'at least one')} pair(s) identical after uint8 rounding, MSE 0)"
+        others = (f"; {result['finite_mean']:.6g} over the other {result['n'] - result['exact']}"
+                  if result.get("finite_mean") is not None else "")
+        note = (f" (infinite: {result.get('exact', 'at least one')} pair(s) identical after uint8 rounding, MSE 0{others})"
                 if math.isinf(result["value"]) else "")
         resampled = f"; the 95% interval resamples {result['resampled']}" if result.get("resampled") else ""
         print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}{resampled}){note}")

@@ -216,6 +216,8 @@ def not_finite_as_unavailable(name: str, result: dict[str, Any]) -> dict[str, An
     if name == "psnr" and result.get("exact"):
         why = (f"{result['exact']} of {result['n']} reconstructions are identical to their image after uint8 rounding "
                "(MSE 0, PSNR infinite), so the mean PSNR is infinite")
+        if result.get("finite_mean") is not None:
+            why += f"; {result['finite_mean']:.2f} dB over the other {result['n'] - result['exact']}"
     else:
         why = f"the measurement gave {value} over {result.get('n')} images"
     return {"unavailable": why}

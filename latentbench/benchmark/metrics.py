@@ -192,22 +192,28 @@ class PSNR(_PerImageMean):
     """Mean per-image PSNR (dB) of uint8-rounded images in [-1, 1].
 
     A pair that is identical after rounding has an infinite PSNR, and so has the mean; ``result``
-    then counts those pairs (``exact``), so a report can say why.
+    then counts those pairs (``exact``), so a report can say why, and gives the mean over the
+    other pairs (``finite_mean``): one lossless image among thousands should not hide the rest.
     """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.add_state("exact", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("finite_total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def per_image(self, real: Tensor, fake: Tensor) -> Tensor:
         values = psnr_per_image(real, fake)
-        self.exact += torch.isinf(values).sum()
+        infinite = torch.isinf(values)
+        self.exact += infinite.sum()
+        self.finite_total += values[~infinite].sum()
         return values
 
     def result(self) -> dict[str, float | int]:
         with self.sync_context():
             out, exact = {"value": float(self._mean()), "n": int(self.count)}, int(self.exact)
-        return out | ({"exact": exact} if exact else {})
+            finite = int(self.count) - exact
+            finite_mean = float(self.finite_total) / finite if exact and finite else None
+        return out | ({"exact": exact} if exact else {}) | ({"finite_mean": finite_mean} if finite_mean is not None else {})
 
 
 class SSIM(_PerImageMean):

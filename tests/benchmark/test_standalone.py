@@ -237,8 +237,12 @@ def test_identical_pairs_give_infinite_psnr_in_strict_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     psnr = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))["psnr"]
     assert psnr["value"] == "inf" and psnr["exact"] == 1
+    pairs = [(np.asarray(Image.open(real / n)), np.asarray(Image.open(fake / n))) for n in ("sub/1.png", "2.png")]
+    finite = np.mean([peak_signal_noise_ratio(a, b, data_range=255) for a, b in pairs])
+    assert psnr["finite_mean"] == pytest.approx(finite, rel=1e-12)  # the other pairs are not lost to the one exact
     proc = _cli("--real", str(real), "--fake", str(fake), "--psnr")
-    assert "psnr: inf (n=3) (infinite: 1 pair(s) identical after uint8 rounding" in proc.stdout
+    assert f"psnr: inf (n=3) (infinite: 1 pair(s) identical after uint8 rounding, MSE 0; {finite:.6g} over the other 2)" \
+        in proc.stdout
 
 
 def test_bright_images_are_measured_not_mistaken_for_zero_one_images(tmp_path, monkeypatch):
