@@ -355,3 +355,26 @@ def test_a_handful_of_samples_gives_the_fid_without_an_interval():
     with pytest.warns(UserWarning, match="FID of 4 samples is given without a bootstrap interval"):
         result = metric.compute()
     assert result["interval"] is None and result["value"] == pytest.approx(_bootstrapped(fake, real, bootstrap=0).compute()["value"])
+
+
+def test_a_covariance_lost_to_cancellation_is_said_not_returned():
+    """sum x x^T - n mu mu^T cancels when the mean dwarfs the spread: a constant offset of 1e6 on unit-spread features
+    moved the FID by 1.5e-4 relative and 1e7 by 23%, silently. 1e6 now warns, 1e7 is refused; 1e4 (7e-8) passes."""
+    import warnings
+
+    real, fake = REAL_BOOT[:200].double(), FAKE_BOOT[:200].double()
+    for offset, expect in ((1e4, None), (1e6, "keeps only about 4 significant digits"), (1e7, "ValueError")):
+        metric = FrechetDistance(D_BOOT)
+        metric.update(fake + offset, real=real + offset)
+        if expect == "ValueError":
+            with pytest.raises(ValueError, match="e\\+06 times their spread.*2 significant digits.*centre the features"):
+                metric.compute()
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            value = metric.compute()["value"]
+        messages = [str(w.message) for w in caught]
+        assert (not messages) if expect is None else any(expect in m for m in messages)
+        assert value == pytest.approx(_reference_fid(real, fake), rel=1e-6 if expect is None else 1e-2)
+    with pytest.raises(ValueError, match="reference features have a mean up to"):
+        _stats(REAL_BOOT.double() + 1e8).reference()
