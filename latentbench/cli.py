@@ -63,12 +63,14 @@ def bench(
             generation: 1.06-1.5x faster decoding on the CPUs measured, after 1.5-3 minutes of
             compiling; it pays at paper scale, not at `ci` size (README "Cost").
     """
-    from latentbench.benchmark.harness import run_bench
+    from functools import partial
+
+    from latentbench.benchmark.harness import check_before_launch, run_bench
     from latentbench.distributed import Launch, launcher_rank, maybe_relaunch
 
     runs_dir, leaderboard_dir = runs_dir or str(RUNS_DIR), leaderboard_dir or str(LEADERBOARD_DIR)
     launch = Launch(strategy, devices, num_nodes)
-    maybe_relaunch(launch, _ARGS or sys.argv[1:])
+    maybe_relaunch(launch, _ARGS or sys.argv[1:], check=partial(check_before_launch, protocol, ckpt, train_steps, seed))
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
                        launch=launch, precision=precision, compile=compile)
     if launcher_rank() != 0:  # the process group is left by now: ask the launcher which rank this is

@@ -109,14 +109,23 @@ def resolve_launch(launch: Launch) -> Launch:
     return launch
 
 
-def maybe_relaunch(launch: Launch, argv: list[str]) -> None:
+def maybe_relaunch(launch: Launch, argv: list[str], check: Callable[[int], None] | None = None) -> None:
     """On one machine, re-execute ``latentbench <argv>`` under torchrun with ``launch.devices`` processes.
 
     Does nothing for one process or when a launcher already started the processes. Several
     nodes need a launcher on each (srun, or torchrun per node): the error says how.
+
+    Args:
+        launch: the processes asked for.
+        argv: the command line to re-execute, without the program name.
+        check: called with the world size before relaunching; what it raises stops the command
+            here, once, instead of in every launched process (each printing it, then torchrun's
+            traceback of the failed children).
     """
     if launch.world_size == 1 or cluster_environment() is not None:
         return
+    if check is not None:
+        check(launch.world_size)
     if launch.num_nodes > 1:
         raise SystemExit(
             f"--num_nodes {launch.num_nodes} needs a process on every node: run under SLURM "
@@ -305,9 +314,16 @@ def run_on_rank_zero(fn: Callable[[], T]) -> T:
     return payload
 
 
-def per_rank_batch(global_batch: int, what: str) -> int:
-    """This process's share of a protocol's global batch size."""
-    size = world_size()
+def per_rank_batch(global_batch: int, what: str, processes: int | None = None) -> int:
+    """This process's share of a protocol's global batch size.
+
+    Args:
+        global_batch: the protocol's batch size.
+        what: its name in the error.
+        processes: the world size to split it over; default: the process group's (a launcher
+            that has not started its processes yet passes the number it will start).
+    """
+    size = world_size() if processes is None else processes
     if global_batch % size:
         raise ValueError(f"{what} {global_batch} is not divisible by the {size} processes; choose a world size that divides "
                          f"it (the protocol's training batch sizes are global, so every world size trains on the same batch size)")

@@ -21,6 +21,8 @@ def test_list_shows_tokenizers_and_protocols(capsys):
     (["bench", "--protocol", "smoke", "--ckpt", "pyproject.toml", "--train_steps", "5"],
      "--train_steps 5 has no effect with --ckpt"),
     (["bench", "--protocol", "smoke", "--strategy", "fsdp", "--devices", "2"], "--strategy fsdp is not supported"),
+    # refused before torchrun starts 3 processes that would each say it
+    (["bench", "--protocol", "smoke", "--devices", "3"], "train batch_size 32 is not divisible by the 3 processes"),
 ])
 def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "latentbench.cli", *args, "--runs_dir", str(tmp_path), "--leaderboard_dir", str(tmp_path / "lb")],

@@ -251,9 +251,7 @@ class BenchConfig:
 
     @property
     def steps(self) -> int:
-        if self.ckpt is not None:
-            return 0
-        return self.protocol.train.max_steps if self.train_steps is None else self.train_steps
+        return tokenizer_steps(self.protocol, self.ckpt, self.train_steps)
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -280,6 +278,13 @@ class BenchConfig:
     @property
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def tokenizer_steps(protocol: Protocol, ckpt: str | None, train_steps: int | None) -> int:
+    """The steps the tokenizer trains: none for a checkpoint, else ``--train_steps`` or the protocol's budget."""
+    if ckpt is not None:
+        return 0
+    return protocol.train.max_steps if train_steps is None else train_steps
 
 
 # ---- stages ------------------------------------------------------------------------------------
@@ -1067,15 +1072,38 @@ def lpips_weights_present(nets: set[str] | tuple[str, ...] = ("alex", "squeeze",
     return tuple(present)
 
 
-def check_training_batches(proto: Protocol, tokenizer_steps: int) -> None:
+def check_training_batches(proto: Protocol, tokenizer_steps: int, processes: int | None = None) -> None:
     """ValueError unless this world size divides the global batch of every training the bench runs.
 
     Checked before any stage: the generator's batch would otherwise fail after the tokenizer trained.
+
+    Args:
+        proto: the protocol, whose batch sizes are global.
+        tokenizer_steps: the tokenizer's training steps (0: it does not train).
+        processes: the world size; default: the process group's.
     """
     if tokenizer_steps > 0:
-        per_rank_batch(proto.train.batch_size, "train batch_size")
+        per_rank_batch(proto.train.batch_size, "train batch_size", processes)
     if proto.generator.max_steps > 0:
-        per_rank_batch(proto.generator.batch_size, "generator batch_size")
+        per_rank_batch(proto.generator.batch_size, "generator batch_size", processes)
+
+
+def check_before_launch(protocol: str, ckpt: str | None, train_steps: int | None, seed: int | None,
+                        processes: int) -> None:
+    """The checks of ``run_bench`` that need only the command line, for the process that launches ``processes``.
+
+    Each launched process runs them again; failing here says it once, before the launch.
+
+    Args:
+        protocol: ``--protocol``.
+        ckpt: ``--ckpt``.
+        train_steps: ``--train_steps``.
+        seed: ``--seed``.
+        processes: the world size about to be launched.
+    """
+    proto = load_protocol(protocol)
+    _check_bench_arguments(ckpt, train_steps, seed)
+    check_training_batches(proto, tokenizer_steps(proto, ckpt, train_steps), processes)
 
 
 def _require_built_weights(spec: TokenizerSpec) -> None:

@@ -113,6 +113,31 @@ def test_several_nodes_without_a_launcher_say_how(monkeypatch):
         maybe_relaunch(Launch(devices=4, num_nodes=2), ["bench", "--tokenizer", "sdvae"])
 
 
+def test_relaunching_checks_the_command_first_and_once(monkeypatch):
+    """The launching process checks with the world size it will start; launched processes do not check again here."""
+    import latentbench.distributed as d
+
+    for k in ELASTIC:
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(d.os, "execv", lambda *a: pytest.fail("launched although the check failed"))
+
+    def refuse(processes):
+        raise ValueError(f"checked for {processes}")
+
+    with pytest.raises(ValueError, match="checked for 3"):
+        maybe_relaunch(Launch(devices=3), ["bench"], check=refuse)
+    maybe_relaunch(Launch(), ["bench"], check=refuse)  # one process: nothing is launched, run_bench checks
+    for k, v in ELASTIC.items():
+        monkeypatch.setenv(k, v)
+    maybe_relaunch(Launch(devices=2), ["bench"], check=refuse)  # under torchrun: each process's run_bench checks
+
+
+def test_global_batch_splits_over_the_processes_about_to_be_launched():
+    assert per_rank_batch(96, "batch_size", processes=3) == 32
+    with pytest.raises(ValueError, match="batch_size 32 is not divisible by the 3 processes"):
+        per_rank_batch(32, "batch_size", processes=3)
+
+
 def _odd_protocol(tmp_path: Path) -> Path:
     """The smoke protocol with odd eval and sample counts (63 and 41: not divisible by 2 processes)."""
     raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())

@@ -366,6 +366,21 @@ def test_training_batches_must_split_over_the_processes_evaluation_batches_need_
     assert distributed.per_rank_eval_batch(5) == 1 and distributed.per_rank_eval_batch(1) == 1
 
 
+def test_a_launch_is_checked_for_the_world_size_it_will_start():
+    """``bench --devices N`` checks in the launching process, which has no process group yet."""
+    from latentbench.benchmark.harness import check_before_launch
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("ci")
+    with pytest.raises(ValueError, match=f"train batch_size {proto.train.batch_size} is not divisible by the 3 processes"):
+        check_before_launch("ci", None, None, None, processes=3)
+    with pytest.raises(ValueError, match=f"generator batch_size {proto.generator.batch_size} is not divisible by the 3"):
+        check_before_launch("ci", None, 0, None, processes=3)  # --train_steps 0: only the generator trains
+    with pytest.raises(ValueError, match="--seed must be in"):
+        check_before_launch("ci", None, None, -1, processes=8)
+    check_before_launch("ci", None, None, None, processes=8)
+
+
 def test_train_steps_0_benches_a_tokenizer_that_loaded_its_weights(tmp_path, monkeypatch):
     (tmp_path / "loaded_pkg").mkdir()
     (tmp_path / "loaded_pkg/__init__.py").write_text("")
