@@ -6,6 +6,7 @@ KL term for training, size variants, and loading of the official weights
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -101,26 +102,52 @@ def load_pretrained_vae(source: str):
     """diffusers ``AutoencoderKL`` from a local folder, the HF cache, or the hub.
 
     With ``HF_HUB_OFFLINE=1`` (or no network) a hub id that is not cached raises
-    :class:`WeightsUnavailable` saying how to get the files.
+    :class:`WeightsUnavailable` at once, saying how to get the files.
+
+    Args:
+        source: a local diffusers folder, or a hub id such as ``stabilityai/sd-vae-ft-mse``.
     """
     from diffusers import AutoencoderKL
+    from huggingface_hub import try_to_load_from_cache
 
     if Path(source).exists():
         return AutoencoderKL.from_pretrained(source)
+    # the cache first, without a request; not even asked when its config is absent (else None or a "known
+    # missing" sentinel), which spares diffusers' warnings on the way to the error
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        with contextlib.suppress(OSError):  # the weights file may be missing beside a cached config: then the hub
+            return AutoencoderKL.from_pretrained(source, local_files_only=True)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    attempts = [{"local_files_only": True}] + ([] if offline else [{}])  # the cache first, then the hub
-    error: Exception = OSError("HF_HUB_OFFLINE is set")
-    for kwargs in attempts:
+    reason = "HF_HUB_OFFLINE is set" if offline else hub_unreachable(source)
+    if reason is None:
         try:
-            return AutoencoderKL.from_pretrained(source, **kwargs)
+            return AutoencoderKL.from_pretrained(source)
         except OSError as e:
-            error = e if kwargs == {} else error
+            reason = str(e).splitlines()[0]
     raise WeightsUnavailable(
         f"cannot load the pretrained VAE {source!r}: it is not in the Hugging Face cache and the hub is "
-        f"unreachable ({str(error).splitlines()[0]}). On a connected machine run "
+        f"unreachable ({reason}). On a connected machine run "
         f"`huggingface-cli download {source}` and copy ~/.cache/huggingface/hub here, or pass a local "
         "folder saved by diffusers (AutoencoderKL.save_pretrained) as pretrained=<dir>."
     )
+
+
+def hub_unreachable(repo: str) -> str | None:
+    """Why the Hugging Face hub cannot serve ``repo``'s config.json now (one request), or None when it can.
+
+    diffusers' own download retries a failed request five times with backoff (30 s without a
+    network before it gives up); this single request without retries fails at once.
+
+    Args:
+        repo: a hub id.
+    """
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, "config.json"), retry_on_errors=False)
+    except Exception as e:  # noqa: BLE001 (no network, a proxy, an HTTP error: from_pretrained would fail alike)
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
 
 
 # ---- size variants -------------------------------------------------------------------------

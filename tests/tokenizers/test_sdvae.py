@@ -33,6 +33,40 @@ def test_pretrained_hub_id_offline_fails_with_instructions(monkeypatch, empty_ca
         create_tokenizer("sdvae-ft-mse")
 
 
+def test_pretrained_hub_id_without_network_fails_at_once(monkeypatch, empty_caches):
+    """Not cached and the hub unreachable: one request without retries, not diffusers' five with backoff (30 s)."""
+    import huggingface_hub
+    from diffusers import AutoencoderKL
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    requests = []
+
+    def unreachable(url, **kwargs):
+        requests.append(kwargs)
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", lambda *a, **k: pytest.fail(f"diffusers asked ({k})"))
+    with pytest.raises(WeightsUnavailable, match=r"not in the Hugging Face cache and the hub is unreachable "
+                                                 r"\(\[Errno -2\] Name or service not known\)\. On a connected machine"):
+        create_tokenizer("sdvae-ft-mse")
+    assert requests == [{"retry_on_errors": False}]
+
+
+def test_pretrained_hub_id_downloads_when_the_hub_answers(monkeypatch, empty_caches):
+    import huggingface_hub
+    from diffusers import AutoencoderKL
+
+    import latentbench.tokenizers.sdvae as sdvae
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda url, **kwargs: None)
+    loads = []
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", lambda source, **k: loads.append((source, k)) or "vae")
+    assert sdvae.load_pretrained_vae("stabilityai/sd-vae-ft-mse") == "vae"
+    assert loads == [("stabilityai/sd-vae-ft-mse", {})]
+
+
 def test_kl_term_is_per_pixel_and_positive():
     tok = create_tokenizer("sdvae-smoke")
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
