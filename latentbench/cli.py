@@ -293,8 +293,9 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
             the compile time; needs a C++ compiler.
     """
-    from latentbench.benchmark.perf import PERF_PATH, parse_target, run_perf
+    from latentbench.benchmark.perf import PERF_PATH, check_counts, parse_target, run_perf
 
+    check_counts(steps, warmup, batch_size)  # run_perf checks too, but the --out checks below would ask for --out first
     targets = as_list(targets, "targets")
     if out is None and (targets or batch_size is not None):
         raise ValueError(f"--targets / --batch_size measure a part of the table, which would replace the committed "

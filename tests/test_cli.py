@@ -67,6 +67,23 @@ def test_a_partial_perf_run_does_not_replace_the_committed_table(monkeypatch, ca
             assert "--protocol smoke differs from how the committed" in err
 
 
+@pytest.mark.parametrize("given, message", [
+    (["--steps", "-1"], "--steps must be >= 1"), (["--steps", "0"], "--steps must be >= 1"),
+    (["--warmup", "-1"], "--warmup must be >= 0"), (["--batch_size", "0"], "--batch_size must be >= 1"),
+])
+def test_perf_refuses_counts_it_cannot_measure_before_measuring(given, message, monkeypatch, capsys, tmp_path):
+    import latentbench.benchmark.perf as perf
+
+    monkeypatch.setattr(perf, "_in_subprocess", lambda *a, **k: pytest.fail("measured"))
+    monkeypatch.setattr(perf, "matmul_peak", lambda *a, **k: pytest.fail("measured"))
+    for out in (["--out", str(tmp_path / "perf.json")], []):  # without --out too: this, not "pass --out FILE", is the fix
+        with pytest.raises(SystemExit) as exit_:
+            main(["perf", *given, *out])
+        assert exit_.value.code == 2 and f"latentbench: error: {message}" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=message):  # the API as well
+        perf.run_perf(None, "ci", **{"steps": 8, "warmup": 3, "batch_size": None} | {given[0][2:]: int(given[1])}, out=None)
+
+
 def test_user_errors_in_files_and_paths_exit_2_without_a_traceback(tmp_path):
     import subprocess
     import sys

@@ -294,6 +294,22 @@ def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
     return row
 
 
+def check_counts(steps: int, warmup: int, batch_size: int | None) -> None:
+    """ValueError for a count that cannot be measured, before anything is.
+
+    Args:
+        steps: timed training steps per precision (their median is reported).
+        warmup: untimed steps first.
+        batch_size: the training batch, or None for the protocol's.
+    """
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1 (timed steps, whose median is reported), got {steps}")
+    if warmup < 0:
+        raise ValueError(f"--warmup must be >= 0 (untimed steps before the timed ones), got {warmup}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch_size must be >= 1 (leave it out for the protocol's), got {batch_size}")
+
+
 def check_targets(targets: list[Target], protocol: str) -> None:
     """KeyError / ImportError / FileNotFoundError naming the first target that does not resolve."""
     from latentbench.benchmark.harness import resolve_tokenizer
@@ -320,6 +336,7 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
     from latentbench.fsutil import atomic_write_text
     from latentbench.precision import bf16_support
 
+    check_counts(steps, warmup, batch_size)
     targets = list(targets or DEFAULT_TARGETS)
     check_targets(targets, protocol)  # an unknown name stops here, not after a minute of timing the roof
     if compile:
