@@ -359,6 +359,58 @@ def expand_bare_flags(argv: list[str]) -> list[str]:
     return out
 
 
+def _expected(hint) -> str:
+    """What a command-line value of type ``hint`` must be, in words: ``an integer``, ``one of auto, ddp``."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is Union or isinstance(hint, types.UnionType):  # Optional[int]: null is not what the user missed
+        return " or ".join(dict.fromkeys(_expected(arg) for arg in args if arg is not type(None)))
+    if origin is list:
+        return "a list"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def type_error_line(command: str, message: str) -> str | None:
+    """``--name expects <type>, got '<value>'`` for jsonargparse's message on a value of the wrong type, None for
+    its other messages.
+
+    jsonargparse says it over several lines of its internals (``Parser key "train_steps": ... Subtypes:
+    [<class 'int'>, <class 'NoneType'>] ... Given value: abc``); the option's type comes from the command's
+    signature instead.
+
+    Args:
+        command: the subcommand whose parser failed (a key of ``COMMANDS``).
+        message: jsonargparse's error message.
+    """
+    import re
+    import typing
+
+    key = re.match(r'Parser key "(\w+)":\n', message)
+    value = re.search(r"\n  (?:Given value|.* Got value): (.*)\Z", message, re.S)
+    hints = typing.get_type_hints(COMMANDS[command]) if command in COMMANDS else {}
+    if key is None or value is None or key[1] not in hints:
+        return None
+    return f"--{key[1]} expects {_expected(hints[key[1]])}, got {value[1]!r}"
+
+
+def _parser_class():
+    """jsonargparse's parser, saying a value of the wrong type in one line (``type_error_line``), exit code 2."""
+    from jsonargparse import ArgumentParser
+
+    class Parser(ArgumentParser):
+        def error(self, message: str, ex: Exception | None = None):
+            line = type_error_line(self.prog.split()[-1], message)  # a subcommand's prog: "latentbench [options] bench"
+            if line is None:
+                super().error(message, ex)
+            self.exit(2, f"latentbench: error: {line}\n")
+
+    return Parser
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """The suite's own warnings as one line, ``latentbench: warning: ...``; other packages' as Python prints them."""
     import warnings
@@ -383,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         _ARGS[:] = args
-        CLI(COMMANDS, args=args, as_positional=False, prog="latentbench")
+        CLI(COMMANDS, args=args, as_positional=False, prog="latentbench", parser_class=_parser_class())
     except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
             ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError, RankZeroFailed) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -32,6 +32,19 @@ def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
     assert not (tmp_path / "lb").exists()
 
 
+@pytest.mark.parametrize("args, line", [
+    (["bench", "--train_steps", "abc"], "--train_steps expects an integer, got 'abc'"),  # Optional[int]
+    (["bench", "--devices", "x"], "--devices expects an integer, got 'x'"),
+    (["bench", "--compile", "maybe"], "--compile expects true or false, got 'maybe'"),
+    (["bench", "--precision", "16"], "--precision expects one of auto, 32-true, bf16-mixed, got '16'"),
+    (["perf", "--steps", "1.5"], "--steps expects an integer, got '1.5'"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_option_type_and_value(args, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"latentbench: error: {line}\n"
+
+
 def test_list_options_take_one_value_commas_or_a_list():
     from latentbench.cli import as_list
 
