@@ -30,7 +30,7 @@ def bench(
     on_bad_image: Literal["error", "skip"] = "error",
     runs_dir: Optional[str] = None,
     leaderboard_dir: Optional[str] = None,
-    strategy: Literal["auto", "ddp", "fsdp"] = "auto",
+    strategy: Literal["auto", "ddp"] = "auto",
     devices: int = 1,
     num_nodes: int = 1,
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto",
@@ -51,8 +51,8 @@ def bench(
         runs_dir: where run directories (checkpoints, TensorBoard logs, stage results) go; default: this
             checkout's runs/.
         leaderboard_dir: root of the leaderboard tables; default: this checkout's leaderboards/.
-        strategy: distributed training: auto (DDP when several processes) or ddp (fsdp is refused:
-            README "Scaling out").
+        strategy: distributed training: auto (DDP when several processes) or ddp. There is no fsdp:
+            generator training's EMA and weight export need unsharded parameters (README "Scaling out").
         devices: processes per node (GPUs; CPU processes without GPUs). On one machine the bench
             starts them itself under torchrun; under torchrun or srun it joins the launcher's.
         num_nodes: machines (launch with srun, or torchrun on each node; README "Scaling out").
