@@ -248,13 +248,13 @@ def available_protocols() -> list[str]:
 def load_protocol(name_or_path: str) -> Protocol:
     """A shipped protocol by name (``ci``) or a YAML file by path."""
     path = Path(name_or_path)
-    if not path.suffix:
+    by_name = not path.suffix
+    if by_name:
         require_checkout()
         path = PROTOCOL_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no protocol {name_or_path!r}: expected {path}. Shipped protocols: {', '.join(available_protocols())}"
-        )
+        what = f"no protocol {name_or_path!r}: expected {path}" if by_name else f"protocol file {path} does not exist"
+        raise FileNotFoundError(f"{what}. Shipped protocols: {', '.join(available_protocols())}")
     raw = load_yaml_mapping(path, "protocol")
     try:
         unknown = set(raw) - {f.name for f in fields(Protocol)}

@@ -62,6 +62,15 @@ def test_shipped_protocols_load_and_a_float_field_takes_an_integer(tmp_path):
     assert load_protocol(str(_write(tmp_path, _set("generator", "target_gfid", 900)))).generator.target_gfid == 900
 
 
+def test_a_missing_protocol_file_is_said_to_be_missing_beside_the_shipped_names(tmp_path):
+    shipped = ", ".join(available_protocols())
+    with pytest.raises(FileNotFoundError) as err:
+        load_protocol(str(tmp_path / "nosuch.yaml"))
+    assert str(err.value) == f"protocol file {tmp_path / 'nosuch.yaml'} does not exist. Shipped protocols: {shipped}"
+    with pytest.raises(FileNotFoundError, match=f"no protocol 'nope': expected .*nope.yaml. Shipped protocols: {shipped}"):
+        load_protocol("nope")
+
+
 def test_a_bad_protocol_stops_the_bench_before_anything_is_written(tmp_path):
     path = _write(tmp_path, _set("generator", "precision", "fp16"))
     proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", str(path),
