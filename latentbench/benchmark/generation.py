@@ -70,8 +70,10 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
                                          "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
     gen_dir.mkdir(parents=True, exist_ok=True)
+    suffix = f"-{variant}" if variant else ""
     trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, NormalizedLatents(shards, norm), num_classes, gen_dir,
-                                                                   cfg.seed, cfg.launch, cfg.gen_precision), log)
+                                                                   cfg.seed, cfg.launch, cfg.gen_precision), log,
+                                  label=f"generate{suffix}: train generator")
 
     extractor, why = _extractor(proto)
     if extractor is None:
@@ -89,7 +91,6 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
         log(f"  gFID at step {step}: {result['value']:.3f} ({result['n']} samples)")
         curve.append({"step": step, "value": result["value"], "interval": result["interval"], "n": result["n"]})
         images = images_step if last else images
-    suffix = f"-{variant}" if variant else ""
     gfid = {**result, "extractor": extractor.describe(), "reference": {"source": spec.reference, "sha256": reference.sha256, "n": reference.n}}
     grid = None
     if is_rank_zero():

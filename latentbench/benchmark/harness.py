@@ -305,17 +305,26 @@ class Stages:
             raise ValueError(f"stage result {path} is not valid JSON ({err}): delete it to run the {name!r} stage again"
                              ) from None
 
-    def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None]) -> dict[str, Any]:
+    def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None],
+            label: str | None = None) -> dict[str, Any]:
         """Return the stage's stored result, or run it, time it and store the result.
 
         Under torch.distributed every rank runs ``fn`` (stages shard their work); rank 0 stores
         its result and every rank returns rank 0's, so all ranks go on with the same facts.
+
+        Args:
+            name: the stage, which names its result file (``stages/<name>.json``).
+            fn: runs the stage; returns its result.
+            log: prints the stage's progress lines.
+            label: the stage in those lines, default ``name``: the generator's training, a ``train`` stage of
+                its own folder, logs as part of the run's ``generate`` stage, not as the tokenizer's training.
         """
+        label = label or name
         done = run_on_rank_zero(lambda: self.get(name))  # rank 0's view of the folder decides for all
         if done is not None:
-            log(f"[{name}] already done ({done['wall_time_s']:.1f} s), skipping")
+            log(f"[{label}] already done ({done['wall_time_s']:.1f} s), skipping")
             return done
-        log(f"[{name}] running")
+        log(f"[{label}] running")
         attempts = run_on_rank_zero(lambda: self._attempt(name))
         start = time.perf_counter()
         result = fn()
@@ -328,7 +337,7 @@ class Stages:
             return stored
 
         result = run_on_rank_zero(store)
-        log(f"[{name}] done in {result['wall_time_s']:.1f} s")
+        log(f"[{label}] done in {result['wall_time_s']:.1f} s")
         return result
 
     def _attempt(self, name: str) -> list[dict[str, Any]]:

@@ -73,6 +73,32 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     assert len(read_records(root / "lb/smoke/v3")) == 1
 
 
+def test_the_generators_training_logs_as_part_of_the_generate_stage(smoke_run, tmp_path):
+    """Not as "[train]", which reads as the tokenizer's training again; its stored result keeps its name."""
+    import shutil
+
+    root, _, _ = smoke_run
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    run_dir = next((tmp_path / "runs/smoke/v3").iterdir())
+    for name in ("generate", "record"):  # the generate stage runs again and finds its generator trained
+        (run_dir / "stages" / f"{name}.json").unlink()
+    logs = []
+    run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append)
+    stages = [line.split("]")[0] + "]" for line in logs if line.startswith("[")]
+    assert stages == ["[train]", "[eval]", "[generate]", "[generate: train generator]", "[generate]", "[record]", "[record]",
+                      "[record]"], logs
+    assert any(line.startswith("[generate: train generator] already done") for line in logs)
+
+
+def test_a_stage_label_names_it_in_the_log_not_on_disk(tmp_path):
+    from latentbench.benchmark.harness import Stages
+
+    logs = []
+    Stages(tmp_path).run("train", lambda: {}, logs.append, label="generate: train generator")
+    assert logs[0] == "[generate: train generator] running" and logs[1].startswith("[generate: train generator] done in ")
+    assert (tmp_path / "stages/train.json").is_file() and Stages(tmp_path).get("train") is not None
+
+
 def test_rerun_with_another_leaderboard_dir_writes_the_same_row_there(smoke_run, tmp_path):
     root, record, _ = smoke_run
     logs = []
