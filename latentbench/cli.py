@@ -223,7 +223,7 @@ def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None
     Exits 1, naming tokenizer and metric, when a metric moved from golden beyond its tolerance.
 
     Args:
-        update: re-measure the golden values over ``seeds`` instead of checking.
+        update: re-measure the golden values over --seeds instead of checking.
         seeds: seeds for --update, e.g. 0,1,2 (the default); tolerances come from their spread.
         families: run only these families, e.g. sdvae,rae (default: every family of the `smoke` protocol).
         golden: the golden file (default configs/regress/smoke.yaml, or smoke.<precision>.yaml when
@@ -290,7 +290,7 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         out: JSON file to write (default leaderboards/perf/perf.json, rendered beside the tables: only a
             full run with the default protocol, steps and warmup, without --targets or --batch_size, may write it).
         json: print the JSON instead of the table.
-        compile: also time the decoding that ``bench --compile`` compiles (FlowMo's decoder), and
+        compile: also time the decoding that `bench --compile` compiles (FlowMo's decoder), and
             the compile time; needs a C++ compiler.
     """
     from latentbench.benchmark.perf import PERF_PATH, check_counts, parse_target, run_perf

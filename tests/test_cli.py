@@ -46,6 +46,19 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_option_type_and_value(args
     assert exit_.value.code == 2 and capsys.readouterr().err == f"latentbench: error: {line}\n"
 
 
+def test_help_shows_no_restructuredtext_markup(capsys):
+    """--help prints the docstrings as they are: ``x`` and :func:`x` would show their markup."""
+    import re
+
+    from latentbench.cli import COMMANDS
+
+    for command in ([], *([name] for name in COMMANDS)):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        out = capsys.readouterr().out
+        assert out and not re.search(r"``|:[a-z]+:`", out), (command, re.findall(r".*(?:``|:[a-z]+:`).*", out))
+
+
 def test_list_options_take_one_value_commas_or_a_list():
     from latentbench.cli import as_list
 
