@@ -340,33 +340,6 @@ def per_rank_eval_batch(global_batch: int) -> int:
     return max(1, -(-global_batch // world_size()))
 
 
-def quiet_all_parameters_used_warning() -> None:
-    """Spend, unprinted, DDP's once-per-process warning that ``find_unused_parameters=True`` found no unused parameter.
-
-    A tokenizer module whose parameters are idle in some steps (a GAN before ``disc_start``) needs
-    the search, and DDP warns, a dozen lines per process, at the first step that uses them all (the
-    GAN's first); that is expected, not a mistake to fix. The warning is C++ ``TORCH_WARN_ONCE``,
-    printed to stderr outside Python's ``warnings``, so no filter reaches it; instead a one-parameter
-    DDP model that uses its parameter makes DDP print it once here, to /dev/null. Every other C++
-    warning keeps its once. Collective: every rank calls it (DDP broadcasts the model's parameters).
-    """
-    if world_size() == 1:
-        return
-    from torch.nn.parallel import DistributedDataParallel
-
-    # skip_init: no draw from the global random state, which the seeded training draws from next
-    model = DistributedDataParallel(torch.nn.utils.skip_init(torch.nn.Linear, 1, 1), find_unused_parameters=True)
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        model(torch.ones(1, 1)).sum().backward()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def trainer_kwargs(launch: Launch, *, find_unused_parameters: bool = False) -> dict[str, Any]:
     """``strategy``, ``devices`` and ``num_nodes`` for a Lightning Trainer of this launch.
 

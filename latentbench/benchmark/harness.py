@@ -46,7 +46,6 @@ from latentbench.distributed import (
     is_rank_zero,
     per_rank_batch,
     per_rank_eval_batch,
-    quiet_all_parameters_used_warning,
     require_agreement,
     run_on_rank_zero,
     trainer_kwargs,
@@ -535,14 +534,11 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
                      distributed=True)
     ckpt_dir = run_dir / "checkpoints"
     loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
-    # tokenizer steps can leave parameters without a gradient (a GAN before disc_start, MAETok's auxiliary
-    # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
-    find_unused = getattr(module, "ddp_find_unused_parameters", True)
-    if find_unused:  # DDP's warning at the first step that uses them all is expected here
-        quiet_all_parameters_used_warning()
     trainer = L.Trainer(
         max_steps=cfg.steps, max_epochs=-1, precision=cfg.precision, accelerator="auto",
-        **trainer_kwargs(cfg.launch, find_unused_parameters=find_unused),
+        # tokenizer steps can leave parameters without a gradient (a GAN before disc_start, MAETok's auxiliary
+        # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
+        **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
                                    save_top_k=1, enable_version_counter=False), StepProgress()],
