@@ -404,8 +404,8 @@ def _parser_class():
     class Parser(ArgumentParser):
         def error(self, message: str, ex: Exception | None = None):
             line = type_error_line(self.prog.split()[-1], message)  # a subcommand's prog: "latentbench [options] bench"
-            if line is None:
-                super().error(message, ex)
+            if line is None or not self.exit_on_error:  # jsonargparse's inner parsers raise for it to handle
+                return super().error(message, ex)
             self.exit(2, f"latentbench: error: {line}\n")
 
     return Parser

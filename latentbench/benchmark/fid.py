@@ -189,20 +189,27 @@ CANCELLATION_WARN, CANCELLATION_FAIL = 1e-6, 1e-3  # estimated relative error of
 def check_cancellation(mu: np.ndarray, sigma: np.ndarray, which: str) -> None:
     """Warn (or ValueError) when a covariance from streamed sums has lost precision to cancellation.
 
-    ``S = (sum x x^T - n mu mu^T) / (n - 1)`` subtracts two numbers of size ``mu_i^2`` to leave one
-    of size ``S_ii``, so its relative error is about ``eps * max_i mu_i^2 / S_ii`` (measured on
-    features of unit spread shifted by 1e4 / 1e6 / 1e7: 7e-8 / 1.5e-4 / 0.23 relative error in the
-    FID, the last with no other sign). Pool features (Inception, the domain classifiers) have means
-    of the order of their spread; a user's extractor with a large constant offset would not.
+    ``S = (sum x x^T - n mu mu^T) / (n - 1)`` subtracts numbers of size ``mu_i mu_j``, so each entry
+    carries an absolute rounding error of about ``eps * max_i mu_i^2``; measured against the
+    features' mean variance ``tr(S) / D`` (the scale of the FID's terms) that is the relative error
+    this estimates. On features of unit spread shifted by 1e4 / 1e6 / 1e7 the FID moved by
+    7e-8 / 1.5e-4 / 0.23 relative, the last with no other sign. A single constant feature (no
+    spread, any mean) costs nothing and is not flagged; pool features (Inception, the domain
+    classifiers) have means of the order of their spread.
     """
-    diag = np.diag(sigma)
-    ratio = float(np.max(mu**2 / np.maximum(diag, np.finfo(np.float64).tiny), initial=0.0))
-    error = np.finfo(np.float64).eps * ratio
-    if error <= CANCELLATION_WARN:
+    spread = float(np.trace(sigma)) / max(len(mu), 1)  # the mean variance
+    rounding = np.finfo(np.float64).eps * float(np.max(mu**2, initial=0.0))  # absolute error of an entry
+    if rounding == 0 or spread > rounding / CANCELLATION_WARN:
         return
-    message = (f"{which} features have a mean up to {np.sqrt(ratio):.3g} times their spread: their streamed covariance "
-               f"keeps only about {max(-np.log10(error), 0):.0f} significant digits (relative error ~{error:.1g}); "
-               "centre the features in the extractor (subtract a fixed mean)")
+    if spread <= rounding:  # no spread above rounding: every feature constant, or the spread cancelled away
+        message = (f"{which} features show no spread above the rounding of their streamed sums (means up to "
+                   f"{np.sqrt(rounding / np.finfo(np.float64).eps):.3g}): the covariance is lost to cancellation, or "
+                   "every feature is constant; centre the features in the extractor (subtract a fixed mean)")
+        raise ValueError(message)
+    error = rounding / spread
+    message = (f"{which} features have a mean up to {np.sqrt(error / np.finfo(np.float64).eps):.3g} times their typical "
+               f"spread: their streamed covariance keeps only about {max(-np.log10(error), 0):.0f} significant digits "
+               f"(relative error ~{error:.1g}); centre the features in the extractor (subtract a fixed mean)")
     if error > CANCELLATION_FAIL:
         raise ValueError(message)
     warnings.warn(message, stacklevel=3)
@@ -212,8 +219,8 @@ def check_bootstrap(bootstrap: int, name: str = "bootstrap") -> None:
     """ValueError unless ``bootstrap`` is 0 (no interval) or at least ``MIN_BOOTSTRAP`` replicates."""
     if bootstrap < 0 or 0 < bootstrap < MIN_BOOTSTRAP:
         raise ValueError(f"{name} must be 0 (no interval) or at least {MIN_BOOTSTRAP} replicates, got {bootstrap}: "
-                         "a 95% interval's ends are the 2.5th and 97.5th percentiles of the replicates (100 or more "
-                         "give stable ends)")
+                         "a 95% interval's ends are the 2.5th and 97.5th percentiles of the replicates (more give "
+                         "steadier ends, within the memory limit)")
 
 
 def check_features(features: Any, dim: int, name: str = "features") -> Tensor:
@@ -490,10 +497,10 @@ def poisson_weights(seed: int, replicates: int, index: Tensor | np.ndarray) -> n
 class FrechetDistance(Metric):
     """Fréchet distance of streamed features: rFID against paired real features, or gFID against a reference.
 
-    States are float64 sums with ``dist_reduce_fx="sum"``: the sample count, sum_i x_i (D,)
-    and sum_i x_i x_i^T (D, D) for the fake features and, without a reference, for the real
-    ones; with ``bootstrap=B`` also their Poisson-weighted versions per replicate, (B,), (B, D)
-    and (B, D, D) per stream. Calling the metric (``forward``) only updates it: a per-batch FID
+    States are float64 sums with ``dist_reduce_fx="sum"``: per stream (the fake features and,
+    without a reference, the real ones) its sample count (``n``, ``n_real``), sum_i x_i (D,) and
+    sum_i x_i x_i^T (D, D); with ``bootstrap=B`` also their Poisson-weighted versions per
+    replicate, (B,), (B, D) and (B, D, D). Calling the metric (``forward``) only updates it: a per-batch FID
     is meaningless.
 
     What the bootstrap resamples: against a fixed ``reference``, the fake features only (the
@@ -537,9 +544,10 @@ class FrechetDistance(Metric):
         streams = ("fake",) if reference is not None else ("fake", "real")
         need = bootstrap * num_features**2 * 8 * len(streams)
         if need > BOOTSTRAP_MEMORY_LIMIT:
+            most = BOOTSTRAP_MEMORY_LIMIT // (num_features**2 * 8 * len(streams))
             raise ValueError(f"bootstrap={bootstrap} at D={num_features} needs {need / 2**30:.1f} GiB of "
                              f"replicate states ({len(streams)} stream(s) x B x D^2 x 8 bytes), over the "
-                             f"{BOOTSTRAP_MEMORY_LIMIT / 2**30:.0f} GiB limit: use fewer replicates")
+                             f"{BOOTSTRAP_MEMORY_LIMIT / 2**30:.0f} GiB limit: use at most {most} replicates")
         d, b = num_features, bootstrap
         for s in streams:  # counts per stream: the real side of two folders may hold another number of images
             count = "n" if s == "fake" else "n_real"
@@ -572,12 +580,6 @@ class FrechetDistance(Metric):
             if real.shape != fake.shape:
                 raise ValueError(f"real and fake features must pair row by row, "
                                  f"got {tuple(real.shape)} and {tuple(fake.shape)}")
-        batch = streams["fake"].shape[0]
-        if index is not None and tuple(index.shape) != (batch,):
-            raise ValueError(f"index must be ({batch},), got {tuple(index.shape)}")
-        if self.bootstrap and index is None:
-            raise ValueError("bootstrap > 0 needs the global sample index of each row (index=...)")
-
         self._add(streams, index)
 
     def update_real(self, real: Tensor, index: Tensor | None = None) -> None:
@@ -591,15 +593,15 @@ class FrechetDistance(Metric):
         """
         if self.reference is not None:
             raise ValueError("update_real needs a metric without a reference (the reference is the real side)")
-        x = check_features(real, self.num_features, "real features").to(self.n.device)
-        if index is not None and tuple(index.shape) != (x.shape[0],):
-            raise ValueError(f"index must be ({x.shape[0]},), got {tuple(index.shape)}")
-        if self.bootstrap and index is None:
-            raise ValueError("bootstrap > 0 needs the global sample index of each row (index=...)")
-        self._add({"real": x}, index)
+        self._add({"real": check_features(real, self.num_features, "real features").to(self.n.device)}, index)
 
     def _add(self, streams: dict[str, Tensor], index: Tensor | None) -> None:
         """Add (B, D) float64 features to their streams' sums and, with a bootstrap, to every replicate."""
+        batch = next(iter(streams.values())).shape[0]
+        if index is not None and tuple(index.shape) != (batch,):
+            raise ValueError(f"index must be ({batch},), got {tuple(index.shape)}")
+        if self.bootstrap and index is None:
+            raise ValueError("bootstrap > 0 needs the global sample index of each row (index=...)")
         for s, x in streams.items():
             getattr(self, "n" if s == "fake" else "n_real").add_(x.shape[0])
             getattr(self, f"{s}_sum").add_(x.sum(0))
@@ -616,9 +618,10 @@ class FrechetDistance(Metric):
     def _update_bootstrap(self, streams: dict[str, Tensor], index: Tensor) -> None:
         """Add the batch to every replicate with its Poisson(1) weights."""
         dim = self.num_features
-        shared = self._weights("fake", index)  # a real/fake pair of one update shares its weights
+        weights: dict[str, Tensor] = {}  # by seed stream: a real/fake pair of one update shares its weights under "pairs"
         for s, x in streams.items():  # x: (B, D)
-            w = shared if s == "fake" or self.resample == "pairs" else self._weights(s, index)  # (R, B)
+            key = "real" if s == "real" and self.resample == "sides" else "fake"
+            w = weights[key] = weights[key] if key in weights else self._weights(s, index)  # (R, B)
             getattr(self, "boot_n" if s == "fake" else "boot_n_real").add_(w.sum(1))
             batch = w.shape[1]
             chunk = max(1, BOOTSTRAP_CHUNK_ELEMENTS // (batch * dim))  # replicates per batched product
@@ -643,7 +646,9 @@ class FrechetDistance(Metric):
             "bootstrap_bias": mean of the replicate FIDs minus "value", or None}``.
 
         Raises:
-            ValueError: fewer than 2 samples. A bootstrap replicate with total weight below 2 (a
+            ValueError: fewer than 2 samples on a side; under ``resample="pairs"`` real and fake
+            counts that differ; a covariance spoiled by cancellation (``check_cancellation``,
+            which warns of a milder loss). A bootstrap replicate with total weight below 2 (a
             handful of samples) gives no interval, with a warning.
         """
         n = int(self.n)

@@ -78,10 +78,9 @@ class _Checked:
             self._require((optional and value is None) or value > 0, name, "a positive integer" + (" or null" if optional else ""))
 
     def _bootstrap(self, name: str) -> None:
-        from latentbench.benchmark.fid import MIN_BOOTSTRAP
+        from latentbench.benchmark.fid import check_bootstrap
 
-        value = getattr(self, name)
-        self._require(value == 0 or value >= MIN_BOOTSTRAP, name, f"0 (no interval) or at least {MIN_BOOTSTRAP} replicates")
+        check_bootstrap(getattr(self, name), f"{self.SECTION}{name}")
 
     def _at_least_zero(self, *names: str) -> None:
         for name in names:

@@ -243,6 +243,9 @@ def _need_two(n: int, directory: str | Path) -> None:
 def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_name: str = "inception-tf",
                         extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
     """Fréchet distance between the feature statistics of two folders."""
+    from latentbench.benchmark.fid import check_bootstrap
+
+    check_bootstrap(bootstrap, "--bootstrap")
     extractor, reference = _fid_inputs(real_dir, extractor_name, extractor_weights)
     return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
 
@@ -276,42 +279,44 @@ RESAMPLED = {  # what a --bootstrap interval of `metrics` resamples, by how --re
 
 
 def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, bootstrap: int,
-              batch_size: int) -> dict[str, Any]:
+              batch_size: int, colour_warnings: bool = True) -> dict[str, Any]:
     """``fid_between_folders`` with the extractor built (and a ``--real`` statistics file loaded) already.
 
     The bootstrap resamples both folders, as the bench's rFID does (``FrechetDistance``'s
     ``resample``): same-named files as pairs, folders whose names do not pair each on its own.
     Against a statistics file only the fake side can be resampled; the result says which.
+    ``colour_warnings``: warn of colour conversions (off when paired metrics read the files already).
     """
-    from latentbench.benchmark.fid import FrechetDistance, ReferenceStats, check_bootstrap, moments
+    from latentbench.benchmark.fid import FeatureStats, FrechetDistance
 
-    check_bootstrap(bootstrap, "--bootstrap")
     fake = list_images(fake_dir)
+    real_files = None
     if reference is not None:
-        how, real_files, fake_files = "fake", None, list(fake.values())
+        how, fake_files = "fake", list(fake.values())
     else:
         real = list_images(real_dir)
-        how = "pairs" if set(real) == set(fake) else "sides"  # pairs: row i of both sides is file i of the sorted names
-        real_files = [real[name] for name in sorted(real)]
-        fake_files = [fake[name] for name in sorted(fake)]
+        how = "pairs" if set(real) == set(fake) else "sides"
+        real_files = list(real.values())  # in `stats`' order, so the real statistics hash as `stats` writes them
+        fake_files = [fake[name] for name in real] if how == "pairs" else list(fake.values())  # pairs: row i, file i
     metric = FrechetDistance(extractor.dim, reference=reference, bootstrap=bootstrap,
                              resample="sides" if how == "sides" else "pairs")
     modes = ColourModes()
     if real_files is not None:
-        seen = 0
+        stats, seen = FeatureStats.empty(extractor.dim), 0
         for features in folder_features(real_dir, extractor, batch_size, real_files, modes, "real"):
             metric.update_real(features, index=torch.arange(seen, seen + len(features)))
+            stats.update(features)
             seen += len(features)
         _need_two(seen, real_dir)
+        reference = stats.reference()  # what the value was measured against, for its hash (not used in the FID)
     seen = 0
     for features in folder_features(fake_dir, extractor, batch_size, fake_files, modes, "fake"):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
         seen += len(features)
     _need_two(seen, fake_dir)
-    modes.warn(paired=False)  # against a statistics file only the fakes' transparency can be told
+    if colour_warnings:
+        modes.warn(paired=False)  # against a statistics file only the fakes' transparency can be told
     result = metric.compute()
-    if reference is None:  # the real folder's statistics, for their hash (what the value was measured against)
-        reference = ReferenceStats(*moments(int(metric.n_real), metric.real_sum.numpy(), metric.real_outer.numpy()))
     result.update(label=extractor.metric_name, extractor=extractor.id, weights_sha256=extractor.weights_sha256,
                   reference_sha256=reference.sha256)
     if bootstrap:
@@ -349,18 +354,18 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
         ``{metric: {"value": ..., "n": ..., ...}}``.
     """
     check_batch_size(batch_size)
-    from latentbench.benchmark.fid import check_bootstrap
-
-    check_bootstrap(bootstrap, "--bootstrap")  # before any image is read
     names = [name for name, on in (("psnr", psnr), ("ssim", ssim), ("lpips", lpips)) if on]
     if not names and not fid:
         raise ValueError("choose at least one metric: --fid, --psnr, --ssim, --lpips")
     if names and is_statistics_file(real):
         raise ValueError(f"--real {real} is a statistics file, which serves --fid only: {', '.join(names)} compare "
                          "images pair by pair, so pass the image folder as --real (or drop those metrics)")
-    if fid:  # its weights (and a --real statistics file) are checked before any image is read
+    if fid:  # its options, weights (and a --real statistics file) are checked before any image is read
+        from latentbench.benchmark.fid import check_bootstrap
+
+        check_bootstrap(bootstrap, "--bootstrap")
         fid_extractor, reference = _fid_inputs(real, extractor, extractor_weights)
     results = paired_metrics(real, fake, names, lpips_net, batch_size) if names else {}
-    if fid:
-        results["fid"] = _fid_with(fid_extractor, reference, real, fake, bootstrap, batch_size)
+    if fid:  # colour conversions were warned of by the paired metrics, which read the same files
+        results["fid"] = _fid_with(fid_extractor, reference, real, fake, bootstrap, batch_size, colour_warnings=not names)
     return results

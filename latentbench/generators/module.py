@@ -105,7 +105,8 @@ def sample_seeds(index: Tensor, seed: int) -> list[int]:
 def lr_factor(step: int, hp) -> float:
     """The learning rate of optimizer step ``step`` over ``hp.lr``: linear warmup over ``hp.warmup_steps``, then
     constant, or with ``hp.final_lr`` a linear decay between ``hp.decay_start`` and ``hp.decay_end`` of
-    ``hp.max_steps`` (RAE's schedule)."""
+    ``hp.max_steps`` (RAE's schedule). The two multiply: a warmup that ran into the decay would scale it (RAE's
+    config has no warmup; no shipped config has both)."""
     factor = min(1.0, (step + 1) / max(int(hp.warmup_steps), 1))
     if hp.final_lr is None:
         return factor

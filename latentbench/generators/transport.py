@@ -317,9 +317,9 @@ class FlowMatching(nn.Module):
         self.net, self.input_shape, self.num_classes = net, tuple(input_shape), num_classes
         self.shift, self.shift_base = shift, shift_base
         self.alpha = resolve_shift(shift, math.prod(self.input_shape), shift_base)
-        # the channels are the first latent dimension of a (C, h, w) latent and the last of (L, C) tokens
+        # the channels are the last dimension of (L, C) tokens and the first of (C, h, w) (or any other) latents
         self.transport = Transport(TimeSampler(time_sampler, time_mean, time_std), self.alpha, cosine_weight,
-                                   channel_dim=1 if len(self.input_shape) == 3 else len(self.input_shape))
+                                   channel_dim=2 if len(self.input_shape) == 2 else 1)
         self.sample_steps, self.sampler = sample_steps, sampler
         self.guidance, self.guidance_interval = float(guidance), tuple(guidance_interval)
 

@@ -141,10 +141,14 @@ def hub_unreachable(repo: str) -> str | None:
     Args:
         repo: a hub id.
     """
+    import inspect
+
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    # retry_on_errors came with huggingface_hub 1.2; before it a metadata request was not retried anyway
+    once = {"retry_on_errors": False} if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters else {}
     try:
-        get_hf_file_metadata(hf_hub_url(repo, "config.json"), retry_on_errors=False)
+        get_hf_file_metadata(hf_hub_url(repo, "config.json"), **once)
     except Exception as e:  # noqa: BLE001 (no network, a proxy, an HTTP error: from_pretrained would fail alike)
         return str(e).splitlines()[0] if str(e) else type(e).__name__
     return None

@@ -278,6 +278,12 @@ def test_too_few_replicates_are_refused(bootstrap):
     """One replicate printed [v, v] as a "95%" interval: both percentiles fell on it."""
     with pytest.raises(ValueError, match="must be 0 \\(no interval\\) or at least 10 replicates"):
         FrechetDistance(D, bootstrap=bootstrap)
+
+
+def test_resampling_arguments_are_checked():
+    with pytest.raises(ValueError, match="use at most 32 replicates"):  # two streams at Inception's D
+        FrechetDistance(2048, bootstrap=33)
+    FrechetDistance(2048, reference=ReferenceStats(np.zeros(2048), np.eye(2048)), bootstrap=64)  # one stream: 64 fit
     with pytest.raises(ValueError, match="resample must be 'pairs'"):
         FrechetDistance(D, resample="both")
     with pytest.raises(ValueError, match="without a reference"):
@@ -367,7 +373,7 @@ def test_a_covariance_lost_to_cancellation_is_said_not_returned():
         metric = FrechetDistance(D_BOOT)
         metric.update(fake + offset, real=real + offset)
         if expect == "ValueError":
-            with pytest.raises(ValueError, match="e\\+06 times their spread.*2 significant digits.*centre the features"):
+            with pytest.raises(ValueError, match="e\\+06 times their typical spread.*2 significant digits.*centre the"):
                 metric.compute()
             continue
         with warnings.catch_warnings(record=True) as caught:
@@ -376,5 +382,20 @@ def test_a_covariance_lost_to_cancellation_is_said_not_returned():
         messages = [str(w.message) for w in caught]
         assert (not messages) if expect is None else any(expect in m for m in messages)
         assert value == pytest.approx(_reference_fid(real, fake), rel=1e-6 if expect is None else 1e-2)
-    with pytest.raises(ValueError, match="reference features have a mean up to"):
-        _stats(REAL_BOOT.double() + 1e8).reference()
+    with pytest.raises(ValueError, match="reference features show no spread above the rounding"):
+        _stats(REAL_BOOT.double() + 1e8).reference()  # the sums cancel the spread away entirely
+
+
+def test_a_constant_feature_is_no_cancellation():
+    """One feature without spread (a saturated unit, duplicated images) loses nothing to the sums; a per-dimension
+    mean / spread test had refused this correct FID."""
+    import warnings
+
+    real, fake = REAL_BOOT[:200].double().clone(), FAKE_BOOT[:200].double().clone()
+    real[:, 0], fake[:, 0] = 0.7, 0.7
+    metric = FrechetDistance(D_BOOT)
+    metric.update(fake, real=real)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = metric.compute()["value"]
+    assert value == pytest.approx(_reference_fid(real[:, 1:], fake[:, 1:]), rel=1e-9)

@@ -58,7 +58,7 @@ def test_fid_bootstrap_resamples_both_folders_as_the_bench_does(tmp_path):
     real, fake, _ = _folders(tmp_path, n=30, size=32)
     paired = folder_metrics(real, fake, fid=True, extractor="domain-mnist", bootstrap=20)["fid"]
     extractor = create_extractor("domain-mnist")
-    names = sorted(list_images(real))
+    names = list(list_images(real))  # pairs follow the real folder's listing: row i is its file i
     feats = [torch.cat(list(folder_features(d, extractor, files=[d / n for n in names]))) for d in (real, fake)]
     bench_way = FrechetDistance(extractor.dim, bootstrap=20)  # the bench's rFID: (fake, real) rows together
     bench_way.update(feats[1], real=feats[0], index=torch.arange(30))

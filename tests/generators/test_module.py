@@ -209,6 +209,8 @@ def test_learning_rate_schedule_warmup_then_rae_linear_decay():
     assert factors == pytest.approx([1.0, 1.0, 0.55, 0.1, 0.1])
     plain = SimpleNamespace(lr=1e-4, final_lr=None, warmup_steps=4, max_steps=1000)
     assert [lr_factor(s, plain) for s in (0, 3, 500)] == [0.25, 1.0, 1.0]
+    both = SimpleNamespace(**{**vars(rae), "warmup_steps": 50})  # a warmup ending before the decay: each in turn
+    assert [lr_factor(s, both) for s in (0, 49, 100, 350, 999)] == pytest.approx([0.02, 1.0, 1.0, 0.55, 0.1])
     module = GeneratorModule("dit-smoke", [4, 8, 8], 10, max_steps=1000, lr=2e-4, final_lr=2e-5, decay_start=0.1,
                              decay_end=0.6)
     sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]

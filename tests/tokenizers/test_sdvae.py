@@ -41,8 +41,8 @@ def test_pretrained_hub_id_without_network_fails_at_once(monkeypatch, empty_cach
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     requests = []
 
-    def unreachable(url, **kwargs):
-        requests.append(kwargs)
+    def unreachable(url, retry_on_errors=True, **kwargs):  # huggingface_hub >= 1.2's keyword
+        requests.append({"retry_on_errors": retry_on_errors, **kwargs})
         raise ConnectionError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", unreachable)
@@ -51,6 +51,23 @@ def test_pretrained_hub_id_without_network_fails_at_once(monkeypatch, empty_cach
                                                  r"\(\[Errno -2\] Name or service not known\)\. On a connected machine"):
         create_tokenizer("sdvae-ft-mse")
     assert requests == [{"retry_on_errors": False}]
+
+
+def test_an_older_huggingface_hub_without_retry_on_errors_still_downloads(monkeypatch, empty_caches):
+    """huggingface_hub < 1.2 has no retry_on_errors: the probe must not pass it (a TypeError there read as
+    "the hub is unreachable" and no download was ever tried)."""
+    import huggingface_hub
+    from diffusers import AutoencoderKL
+
+    import latentbench.tokenizers.sdvae as sdvae
+
+    def old_signature(url, token=None, proxies=None, timeout=10):  # 0.x: no **kwargs, no retry_on_errors
+        return None
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", old_signature)
+    monkeypatch.setattr(AutoencoderKL, "from_pretrained", lambda source, **k: "vae")
+    assert sdvae.load_pretrained_vae("stabilityai/sd-vae-ft-mse") == "vae"
 
 
 def test_pretrained_hub_id_downloads_when_the_hub_answers(monkeypatch, empty_caches):
