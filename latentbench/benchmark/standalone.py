@@ -287,7 +287,7 @@ def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, 
     Against a statistics file only the fake side can be resampled; the result says which.
     ``colour_warnings``: warn of colour conversions (off when paired metrics read the files already).
     """
-    from latentbench.benchmark.fid import FeatureStats, FrechetDistance
+    from latentbench.benchmark.fid import FeatureStats, FrechetDistance, ReferenceStats
 
     fake = list_images(fake_dir)
     real_files = None
@@ -308,7 +308,8 @@ def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, 
             stats.update(features)
             seen += len(features)
         _need_two(seen, real_dir)
-        reference = stats.reference()  # what the value was measured against, for its hash (not used in the FID)
+        # what the value was measured against, for its hash (not used in the FID; the metric checks the covariance)
+        reference = ReferenceStats(stats.mu, stats.sigma, stats.n)
     seen = 0
     for features in folder_features(fake_dir, extractor, batch_size, fake_files, modes, "fake"):
         metric.update(features, index=torch.arange(seen, seen + len(features)))
