@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from latentbench.paths import LEADERBOARD_DIR, RUNS_DIR
 
@@ -77,10 +77,9 @@ def bench(
         return
     from latentbench.benchmark.leaderboard import COLUMNS
 
-    order = [key for key, _, _ in COLUMNS]  # the table's order, also when the record was read back (keys sorted)
+    # in the table's order, also when the record was read back (keys sorted)
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
-                        for k, v in sorted(record["metrics"].items(),
-                                           key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+                        for k, v in _in_order(record["metrics"], [key for key, _, _ in COLUMNS]))
     print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
     conv = (record.get("generation") or {}).get("convergence") or {}
     if conv.get("target") == "baseline":
@@ -89,8 +88,7 @@ def bench(
         reached = conv["steps_to_target"]
         print(f"convergence: gFID <= {conv['target']} at step {reached}" if reached is not None
               else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
-    stages = sorted(record["wall_time_s"].items(), key=lambda kv: ("train", "eval", "generate").index(kv[0])
-                    if kv[0] in ("train", "eval", "generate") else 3)  # in stage order, also when read back (keys sorted)
+    stages = _in_order(record["wall_time_s"], ["train", "eval", "generate"])  # in stage order, also when read back
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages))
     print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
     from latentbench.benchmark.paper import load_paper_rows
@@ -151,6 +149,11 @@ def metrics(
                 if math.isinf(result["value"]) else "")
         resampled = f"; the 95% interval resamples {result['resampled']}" if result.get("resampled") else ""
         print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}{resampled}){note}")
+
+
+def _in_order(mapping: dict[str, Any], order: list[str]) -> list[tuple[str, Any]]:
+    """The mapping's items with the keys named in ``order`` first, in that order, then the others as they come."""
+    return sorted(mapping.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
 
 
 def print_json(value) -> None:

@@ -659,13 +659,9 @@ class FrechetDistance(Metric):
         if self.reference is None and self.resample == "pairs" and n_real != n:
             raise ValueError(f"resample='pairs' needs one real feature per fake one, got {n_real} real and {n} fake "
                              "(use resample='sides' for two unpaired sets)")
-        streams = [("fake", n, self.fake_sum, self.fake_outer)]
-        if self.reference is None:
-            streams.append(("real", n_real, self.real_sum, self.real_outer))
-        for which, count, total, outer in streams:  # before the value: a cancelled covariance gives a wrong one
-            check_cancellation(*moments(count, total.cpu().numpy(), outer.cpu().numpy()), which)
         value = self._distance(n, self.fake_sum, self.fake_outer,
-                               None if self.reference is not None else (n_real, self.real_sum, self.real_outer))
+                               None if self.reference is not None else (n_real, self.real_sum, self.real_outer),
+                               check=True)
         interval = bias = None
         lightest = min(float(c.min()) for c in self._boot_counts()) if self.bootstrap else None
         if lightest is not None and lightest < 2:  # the value stands; only its interval cannot be had
@@ -705,11 +701,16 @@ class FrechetDistance(Metric):
         ])
 
     def _distance(self, n: float, fake_sum: Tensor, fake_outer: Tensor,
-                  real: tuple[float, Tensor, Tensor] | None) -> float:
-        """FID of one set of fake sums against the reference or against real sums (their count, sum, outer sum)."""
+                  real: tuple[float, Tensor, Tensor] | None, check: bool = False) -> float:
+        """FID of one set of fake sums against the reference or against real sums (their count, sum, outer sum);
+        ``check``: first ``check_cancellation`` of the covariances (the value's, not every replicate's)."""
         mu1, sigma1 = moments(n, fake_sum.cpu().numpy(), fake_outer.cpu().numpy())
+        if check:
+            check_cancellation(mu1, sigma1, "fake")
         if real is None:
             ref = self.reference
             return frechet_distance(mu1, sigma1, ref.mu, ref.sigma, sqrt_sigma2=ref.sqrt_sigma)
         mu2, sigma2 = moments(real[0], real[1].cpu().numpy(), real[2].cpu().numpy())
+        if check:
+            check_cancellation(mu2, sigma2, "real")
         return frechet_distance(mu1, sigma1, mu2, sigma2)

@@ -44,7 +44,9 @@ class ColourModes:
         self.transparent[side] += transparent
         self.last[side] = mode
 
-    def record_pair(self, name: str, real_mode: str, fake_mode: str) -> None:
+    def record_pair(self, name: str) -> None:
+        """Note the pair ``name`` whose two files were the last ones recorded, if it sets gray against colour."""
+        real_mode, fake_mode = self.last["real"], self.last["fake"]
         if (real_mode in GRAYSCALE_MODES) != (fake_mode in GRAYSCALE_MODES):
             self.mismatched.append((name, real_mode, fake_mode))
 
@@ -80,8 +82,6 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     Listed as the bench lists an image folder (``latentbench.data.folder.image_files``): hidden
     files and folders (``.ipynb_checkpoints``) and ``__MACOSX`` are not counted.
     """
-    import warnings
-
     from latentbench.data.folder import image_files
 
     root = Path(directory)
@@ -170,7 +170,7 @@ def _load_pair(pair: tuple[str, Path, Path], modes: ColourModes) -> tuple[Tensor
             errors.append(err)
     if errors:
         raise combine_bad_images(errors)
-    modes.record_pair(name, *(modes.last[side] for side in ("real", "fake")))
+    modes.record_pair(name)
     real, fake = loaded
     if real.shape != fake.shape:
         raise ValueError(f"{name}: the real image is {real.shape[1]}x{real.shape[2]} (H x W) but the fake one is "
