@@ -35,6 +35,7 @@ def bench(
     num_nodes: int = 1,
     precision: Literal["auto", "32-true", "bf16-mixed"] = "auto",
     compile: bool = False,
+    dry_run: bool = False,
 ) -> None:
     """Bench a tokenizer under a protocol and append its row to the protocol's leaderboard.
 
@@ -62,6 +63,9 @@ def bench(
         compile: torch.compile the tokenizer's iterative decoder (FlowMo's) for evaluation and
             generation: 1.06-1.5x faster decoding on the CPUs measured, after 1.5-3 minutes of
             compiling; it pays at paper scale, not at `ci` size (README "Cost").
+        dry_run: check everything and print what the bench would run (the tokenizer and protocol
+            as resolved, budgets, precisions, run directory and its finished stages, the stage time
+            of the tokenizer's latest row), then stop: nothing is trained or written.
     """
     from functools import partial
 
@@ -70,6 +74,11 @@ def bench(
 
     runs_dir, leaderboard_dir = runs_dir or str(RUNS_DIR), leaderboard_dir or str(LEADERBOARD_DIR)
     launch = Launch(strategy, devices, num_nodes)
+    if dry_run:  # in this process, for any --devices: nothing is launched
+        check_before_launch(protocol, ckpt, train_steps, seed, launch.world_size)
+        run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
+                  launch=launch, precision=precision, compile=compile, dry_run=True)
+        return
     maybe_relaunch(launch, _ARGS or sys.argv[1:], check=partial(check_before_launch, protocol, ckpt, train_steps, seed))
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
                        launch=launch, precision=precision, compile=compile)

@@ -33,6 +33,15 @@ def test_errors_exit_nonzero_with_one_clear_line(args, message, tmp_path):
     assert not (tmp_path / "lb").exists()
 
 
+def test_a_dry_run_prints_the_plan_for_any_devices_and_launches_nothing(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--protocol", "smoke", "--devices", "4", "--dry_run",
+                           "--runs_dir", str(tmp_path / "runs"), "--leaderboard_dir", str(tmp_path / "lb")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("dry run: bench sdvae-smoke (sdvae) under smoke/v3") and "launching" not in proc.stdout
+    assert "on 4 process(es)" in proc.stdout and list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args, line", [
     (["bench", "--train_steps", "abc"], "--train_steps expects an integer, got 'abc'"),  # Optional[int]
     (["bench", "--devices", "x"], "--devices expects an integer, got 'x'"),

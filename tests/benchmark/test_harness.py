@@ -73,6 +73,53 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     assert len(read_records(root / "lb/smoke/v3")) == 1
 
 
+def _tree(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")} if root.exists() else {}
+
+
+def test_a_dry_run_shows_the_finished_run_and_writes_nothing(smoke_run):
+    root, record, _ = smoke_run
+    before, logs = _tree(root), []
+    plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True)
+    assert _tree(root) == before  # nothing written, not even the run directory's config.json again
+    assert plan["tokenizer"] == "sdvae-smoke" and plan["requested"] == "sdvae" and plan["protocol"] == "smoke/v3"
+    assert plan["training_module"] == "latentbench.tokenizers.module:AutoencoderModule"
+    assert plan["train_steps"] == 20 and plan["processes"] == 1 and plan["data"]["train"] == 256 and plan["data"]["eval"] == 64
+    assert plan["stages_done"] == ["eval", "generate", "record", "train"] and plan["this_run_recorded"] == [record["id"]]
+    assert plan["generator"]["gfid_at"] == [10, 20] and plan["earlier_runs"] == 1
+    assert plan["latest_run"]["stage_seconds"] == record["wall_time_s"]
+    assert logs[0].startswith("dry run: bench sdvae-smoke (sdvae) under smoke/v3; nothing is run or written")
+    assert any("stages done: eval, generate, record, train" in line for line in logs)
+    assert any(f"already holds this run (record {record['id']})" in line for line in logs)
+
+
+def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path):
+    from latentbench.distributed import Launch
+
+    logs = []
+    plan = run_bench("flowmo", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append,
+                     launch=Launch("auto", 2, 1), precision="32-true", dry_run=True)
+    assert list(tmp_path.iterdir()) == []
+    assert plan["processes"] == 2 and plan["stages_done"] == [] and plan["earlier_runs"] == 0 and "latest_run" not in plan
+    assert plan["training_module"] == "latentbench.tokenizers.flowmo_module:FlowMoModule"
+    assert "training: 20 steps at batch 32 in 32-true, on 2 process(es)" in logs
+    assert "precision: tokenizer and generator training in 32-true, not the protocol's bf16-mixed: --precision 32-true given" in logs
+    assert any(line.endswith("(no stage done)") for line in logs)
+
+
+def test_stage_seconds_of_a_run_count_its_shared_training_once():
+    from latentbench.benchmark.harness import _run_of, _run_stage_seconds
+
+    def rec(variant, commit, train, evaluation, generate):
+        return {"run_dir": "runs/ci/v2/flowmo-ci-x", "provenance": {"code": {"commit": commit}},
+                "wall_time_s": {"train": train, "eval": evaluation, "generate": generate}, "variant": variant}
+
+    old, a, b = rec("1b", "c0", 500.0, 1.0, 2.0), rec("1a", "c1", 443.0, 76.0, 345.0), rec("1b", "c1", 443.0, 70.0, 130.0)
+    run = [r for r in (old, a, b) if _run_of(r) == _run_of(b)]  # same run directory at another commit: another run
+    assert run == [a, b]
+    assert _run_stage_seconds(run) == {"train": 443.0, "eval": 146.0, "generate": 475.0}
+
+
 def test_the_generators_training_logs_as_part_of_the_generate_stage(smoke_run, tmp_path):
     """Not as "[train]", which reads as the tokenizer's training again; its stored result keeps its name."""
     import shutil
