@@ -917,12 +917,14 @@ def run_bench(
             log(line)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if dry_run:
+            from latentbench.benchmark.plan import plan
+
             return plan(cfg, run_dir, Path(leaderboard_dir), data, log)
         if is_rank_zero():
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
         log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
-        for line in _precision_lines(cfg):
+        for line in precision_lines(cfg):
             log(line)
 
         stages = Stages(run_dir)
@@ -938,99 +940,11 @@ def run_bench(
         return records[-1]
 
 
-def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict[str, Any]],
-         log: Callable[[str], None]) -> dict[str, Any]:
-    """What a bench of ``cfg`` would do (``bench --dry_run``), logged line by line; returns the same facts.
-
-    The tokenizer and protocol as resolved (what ``--print_config`` cannot show: it prints the
-    options as typed), the budgets, precisions and processes, the run directory and which of
-    its stages are done, and the stage time of this tokenizer's latest run in the leaderboard
-    table, measured on the hardware it names. Reads only; writes nothing.
-    """
-    from latentbench.benchmark.leaderboard import read_records
-
-    proto, spec, gen = cfg.protocol, cfg.tokenizer, cfg.protocol.generator
-    table = leaderboard_dir / proto.name / f"v{proto.version}"
-    stage_dir = Stages(run_dir).dir
-    done = sorted(p.stem for p in stage_dir.glob("*.json")) if stage_dir.is_dir() else []
-    train_info, eval_info = data
-    facts: dict[str, Any] = {
-        "tokenizer": spec.name, "requested": spec.requested, "training_module": _class_name(spec.module_class()),
-        "protocol": proto.id, "protocol_fingerprint": proto.fingerprint[:8],
-        "data": {"source": proto.data.source, "resolution": proto.data.resolution,
-                 "train": train_info["n"], "eval": eval_info["n"]},
-        "train_steps": cfg.steps, "precision": cfg.precision, "processes": cfg.launch.world_size,
-        "generator": None, "run_dir": display_path(run_dir), "stages_done": done, "table": display_path(table),
-    }
-    if cfg.ckpt:
-        facts["checkpoint"] = cfg.ckpt
-    if gen.max_steps > 0:
-        facts["generator"] = {"continuous": gen.continuous, "discrete": gen.discrete, "steps": gen.max_steps,
-                              "precision": cfg.gen_precision, "samples": gen.num_samples, "gfid_at": gen.eval_steps}
-    earlier = [r for r in read_records(table) if r["tokenizer"]["name"] == spec.name] if (table / "results.jsonl").exists() else []
-    facts["earlier_runs"] = len({_run_of(r) for r in earlier})
-    facts["this_run_recorded"] = [r["id"] for r in earlier if r["run_dir"] == display_path(run_dir)]
-
-    log(f"dry run: bench {spec.name} ({spec.requested}) under {proto.id}; nothing is run or written")
-    log(f"tokenizer: {spec.name}, trained by {facts['training_module']}"
-        + (f"; init_args {spec.init_args}" if spec.init_args else "") + (f"; module_args {spec.module_args}" if spec.module_args else ""))
-    log(f"protocol: {proto.id} (fingerprint {facts['protocol_fingerprint']}), {proto.data.source} at {proto.data.resolution} px: "
-        f"{train_info['n']} train / {eval_info['n']} eval images")
-    training = (f"{cfg.steps} steps at batch {proto.train.batch_size} in {cfg.precision}" if cfg.steps
-                else f"none (evaluates {cfg.ckpt or 'the weights it loads as built'})")
-    log(f"training: {training}, on {cfg.launch.world_size} process(es)")
-    for line in _precision_lines(cfg):
-        log(line)
-    if facts["generator"]:
-        log(f"generator: {gen.continuous} (continuous latents) or {gen.discrete} (discrete codes), {gen.max_steps} steps at "
-            f"batch {gen.batch_size} in {cfg.gen_precision}; gFID of {gen.num_samples} samples at steps "
-            f"{', '.join(map(str, gen.eval_steps))}")
-    else:
-        log("generator: none (the protocol has no generator stage)")
-    log(f"run directory: {facts['run_dir']} " + (f"(stages done: {', '.join(done)}; a bench reuses them)" if done else "(no stage done)"))
-    if facts["this_run_recorded"]:
-        log(f"leaderboard: {facts['table']} already holds this run (record {', '.join(facts['this_run_recorded'])}): a bench adds no row")
-    else:
-        log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
-    if earlier:
-        latest = max(earlier, key=lambda r: r["created"])
-        seconds = _run_stage_seconds([r for r in earlier if _run_of(r) == _run_of(latest)])
-        hw = latest["provenance"]["hardware"]
-        where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
-        facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,
-                               "commit": ((latest["provenance"].get("code") or {}).get("commit") or "")[:7]}
-        log(f"latest run of {spec.name} in that table: {sum(seconds.values()):.0f} s of stages ("
-            + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f") on {where}, "
-            f"{latest['created'][:10]}, commit {facts['latest_run']['commit'] or 'unknown'}")
-    return facts
-
-
-def _precision_lines(cfg: BenchConfig) -> list[str]:
+def precision_lines(cfg: BenchConfig) -> list[str]:
     """A line for each precision the trainings left the protocol's for; one when both changed alike."""
     changed = cfg.changed_precisions()
     return [f"precision: {' and '.join({'train': 'tokenizer'}.get(k, k) for k, q in changed.items() if q == p)} training "
             f"in {p.used}, not the protocol's {p.requested}: {p.reason}" for p in dict.fromkeys(changed.values())]
-
-
-def _run_of(record: dict[str, Any]) -> tuple[Any, ...]:
-    """What tells one run's records (FlowMo's 1a and 1b) from another's: a run directory alone does not, as runs
-    of the same configuration in other clones or at other commits share its name."""
-    return record["run_dir"], (record["provenance"].get("code") or {}).get("commit"), record["wall_time_s"].get("train")
-
-
-def _run_stage_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Stage seconds of one run from its records: training once (each of a run's records repeats it), the other
-    stages summed over its results (FlowMo's 1a and 1b)."""
-    seconds = {}
-    for stage in ("train", "eval", "generate"):
-        values = [r["wall_time_s"][stage] for r in records if stage in r["wall_time_s"]]
-        if values:
-            seconds[stage] = values[0] if stage == "train" else sum(values)
-    return seconds
-
-
-def _class_name(cls: type) -> str:
-    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def _check_bench_arguments(ckpt: str | None, train_steps: int | None, seed: int | None) -> None:

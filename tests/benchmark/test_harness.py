@@ -108,7 +108,7 @@ def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path
 
 
 def test_stage_seconds_of_a_run_count_its_shared_training_once():
-    from latentbench.benchmark.harness import _run_of, _run_stage_seconds
+    from latentbench.benchmark.plan import _run_of, _run_stage_seconds
 
     def rec(variant, commit, train, evaluation, generate):
         return {"run_dir": "runs/ci/v2/flowmo-ci-x", "provenance": {"code": {"commit": commit}},
