@@ -74,9 +74,14 @@ class TokenizerSpec:
     requested: str = ""  # what the user typed
     module: str | None = None  # training LightningModule as module:Class; None = the tokenizer's training_module,
     # else AutoencoderModule
+    # sha256 of the source file of each module:Class outside the suite (a user's tokenizer and training module),
+    # by module name: the commit covers the suite's own code, nothing else covers a user's, so an edited class
+    # must not reuse the stages its old code measured (``user_sources``)
+    sources: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "init_args": self.init_args, "module_args": self.module_args, "requested": self.requested}
+        out |= {"sources": self.sources} if self.sources else {}  # absent for the suite's own: run keys stay as they were
         return out | ({"module": self.module} if self.module else {})  # absent by default: run keys stay as they were
 
     def module_class(self):
@@ -135,7 +140,28 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
         family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1, cutoff=0.75)  # not foo -> flowmo
         hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
         raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None
-    return _check_arguments(spec)
+    return replace(_check_arguments(spec), sources=user_sources(spec))
+
+
+def user_sources(spec: TokenizerSpec) -> dict[str, str] | None:
+    """sha256 of the source files of the spec's ``module:Class`` tokenizer and training module that are not the
+    suite's, by module name (None: none). Part of the run key and the record: the code commit says nothing of them."""
+    import inspect
+
+    from latentbench.registry import import_object
+
+    package = Path(__file__).resolve().parent.parent
+    out = {}
+    for path in (spec.name, spec.module):
+        if not path or ":" not in path:
+            continue
+        try:
+            source = inspect.getsourcefile(import_object(path))
+        except TypeError:  # a built-in: no source file
+            continue
+        if source and Path(source).is_file() and not Path(source).resolve().is_relative_to(package):
+            out[path.partition(":")[0]] = sha256_file(source)
+    return out or None
 
 
 def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:

@@ -392,6 +392,30 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     assert len(read_records(tmp_path / "lb/smoke/v3")) == 2
 
 
+def test_an_edited_user_tokenizer_is_a_new_run_not_the_old_numbers(tmp_path, monkeypatch):
+    """The commit covers the suite's code, not a user's class: its source file's hash is in the run key and the record."""
+    from latentbench.benchmark.harness import BenchConfig, resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    (tmp_path / "edited_pkg").mkdir()
+    (tmp_path / "edited_pkg/__init__.py").write_text("")
+    source = tmp_path / "edited_pkg/mytok.py"
+    source.write_text(textwrap.dedent(USER_TOKENIZER))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    proto = load_protocol("smoke")
+
+    def key():
+        spec = resolve_tokenizer("edited_pkg.mytok:AvgPoolTokenizer", proto)
+        assert set(spec.to_dict()["sources"]) == {"edited_pkg.mytok"}
+        return BenchConfig(spec, proto).key
+
+    first = key()
+    assert key() == first  # unchanged code: the same run, its stages reused
+    source.write_text(textwrap.dedent(USER_TOKENIZER).replace("torch.tanh(", "0.5 * torch.tanh("))
+    assert key() != first
+    assert "sources" not in resolve_tokenizer("sdvae", proto).to_dict()  # the suite's own: keys as before
+
+
 def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
     import latentbench.benchmark.harness as harness
 
