@@ -179,18 +179,30 @@ def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
                                  f"says {tuple(spec.shape)} per image, so (2, {', '.join(map(str, spec.shape))}): the "
                                  "leaderboard's latent column, bits per pixel and the generator read latent_spec; make them agree")
             declared = getattr(torch, str(spec.dtype), None)
-            if not isinstance(declared, torch.dtype) or declared.is_floating_point != z.is_floating_point():
+            if not isinstance(declared, torch.dtype) or declared != z.dtype:
                 raise ValueError(f"{name}.encode returned {z.dtype} latents, but its latent_spec.dtype is {spec.dtype!r} "
                                  "(a torch dtype's name, e.g. float32)")
             if spec.bits_per_token is not None and not bool((z.abs() == 1).all()):
                 raise ValueError(f"{name}.encode returned codes with values {sorted(set(z.unique()[:5].tolist()))}..., "
                                  "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit: "
                                  "the MaskGIT generator and the code statistics read it so")
+            if z.is_floating_point() and not bool(torch.isfinite(z).all()):
+                raise ValueError(f"{name}.encode returned NaN or infinite latents for 2 images in [-1, 1]")
+            # the latent cache, the probe and the reconstructions each encode the images once: an encoder that
+            # draws from the global random state would give each of them other latents, per batch and process
+            torch.rand(16)  # moves the global random state on (inside fork_rng: the caller's is untouched)
+            if not torch.equal(z, tokenizer.encode(x)):
+                raise ValueError(f"{name}.encode gave other latents for the same images under another random state: "
+                                 "encode must be deterministic (a VAE encodes its posterior mean or mode; sample in "
+                                 "forward_train for training)")
             y = decode_seeded(tokenizer, z, 0)
             if not isinstance(y, Tensor) or tuple(y.shape) != tuple(x.shape) or not y.is_floating_point():
                 got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
                 raise ValueError(f"{name}.decode returned {got} for 2 images of {tuple(x.shape[1:])}: it must return float "
                                  "images of the input's shape, in [-1, 1]")
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError(f"{name}.decode returned NaN or infinite pixels for 2 images: it must return float "
+                                 "images in [-1, 1]")
             # a decoder taken as deterministic decodes whole batches: one that draws from the global random state
             # anyway would give each image noise that depends on its batch and process
             if not decodes_stochastically(tokenizer) and not torch.equal(y, decode_seeded(tokenizer, z, 1)):

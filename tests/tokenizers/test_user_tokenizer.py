@@ -87,6 +87,27 @@ class NotBinary(Codes):
 class SmallDecode(Good):
     def decode(self, z):
         return super().decode(z)[..., :16, :16]
+
+
+class DoubleLatents(Good):  # declares float32 (the default), encodes float64
+    def encode(self, x):
+        return super().encode(x).double()
+
+
+class NaNDecode(Good):
+    def decode(self, z):
+        return super().decode(z) * float("nan")
+
+
+class NaNEncode(Good):
+    def encode(self, x):
+        return super().encode(x) / 0.0
+
+
+class NoisyEncode(Good):  # samples its latent from the global random state
+    def encode(self, x):
+        z = super().encode(x)
+        return z + torch.randn_like(z)
 '''
 
 
@@ -109,6 +130,10 @@ def user_module(tmp_path, monkeypatch):
                                  "random state too"),
     ("NotBinary", "but a discrete latent (latent_spec.bits_per_token set) holds one -1 or +1 per bit"),
     ("SmallDecode", "usertok.SmallDecode.decode returned (2, 3, 16, 16) torch.float32 for 2 images of (3, 32, 32)"),
+    ("DoubleLatents", "usertok.DoubleLatents.encode returned torch.float64 latents, but its latent_spec.dtype is 'float32'"),
+    ("NaNDecode", "usertok.NaNDecode.decode returned NaN or infinite pixels"),
+    ("NaNEncode", "usertok.NaNEncode.encode returned NaN or infinite latents"),
+    ("NoisyEncode", "usertok.NoisyEncode.encode gave other latents for the same images under another random state"),
 ])
 def test_a_tokenizer_that_disagrees_with_its_latent_spec_is_named(user_module, name, message):
     with pytest.raises(ValueError) as e:
