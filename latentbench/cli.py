@@ -457,6 +457,13 @@ def main(argv: list[str] | None = None) -> None:
         where = " (not an error message of latentbench's: the traceback above says where it came from)" if bug else ""
         print(f"latentbench: error: {f'{type(e).__name__}: {e}' if bug else message}{where}", file=sys.stderr)
         sys.exit(2)
+    except Exception as e:  # noqa: BLE001 (any other error the user's own code raised: torch's RuntimeError above all)
+        if not _raised_in_user_code(e):
+            raise
+        traceback.print_exception(e, file=sys.stderr)
+        print(f"latentbench: error: {type(e).__name__}: {e} (raised in your own code: the traceback above says where)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def _unexpected(error: BaseException) -> bool:

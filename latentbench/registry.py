@@ -76,6 +76,9 @@ def import_object(path: str) -> Any:
                               f"{e}. Install it into this environment (.venv/bin/pip install ...)") from e
         raise ImportError(f"cannot import module {module_name!r} for {path!r}: {e}. Is it on PYTHONPATH? (the "
                           f"folder that holds {module_name.split('.')[0]}/ or {module_name.split('.')[0]}.py)") from e
+    except SyntaxError as e:  # the user's file, not a frame of the traceback: name it here
+        raise ImportError(f"module {module_name!r} (for {path!r}) does not compile: {e.msg} at {e.filename}, line "
+                          f"{e.lineno}") from e
     try:
         return getattr(module, attr)
     except AttributeError:

@@ -180,6 +180,26 @@ def test_an_error_raised_in_the_users_own_code_keeps_its_traceback(tmp_path):
     assert proc.stderr.rstrip().splitlines()[-1].startswith("latentbench: error: ")
 
 
+def test_any_error_of_the_users_own_code_is_named_in_one_line_after_its_traceback(tmp_path):
+    """torch's RuntimeError (a shape mismatch) is the usual bug of a user's tokenizer; a file that does not compile
+    is named with its line."""
+    (tmp_path / "raising.py").write_text(
+        "from torch import nn\n\n"
+        "class Raising(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        raise RuntimeError('mat1 and mat2 shapes')\n")
+    (tmp_path / "broken.py").write_text("class Broken(:\n    pass\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    for name, line in (("raising:Raising", "RuntimeError: mat1 and mat2 shapes (raised in your own code"),
+                       ("broken:Broken", f"module 'broken' (for 'broken:Broken') does not compile: invalid syntax at "
+                                         f"{tmp_path / 'broken.py'}, line 1")):
+        proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", name, "--protocol", "smoke",
+                               "--runs_dir", str(tmp_path / "runs"), "--leaderboard_dir", str(tmp_path / "lb")],
+                              capture_output=True, text=True, timeout=120, env=env)
+        last = proc.stderr.rstrip().splitlines()[-1]
+        assert proc.returncode == 2 and last.startswith("latentbench: error: ") and line in last, proc.stderr[-800:]
+    assert not (tmp_path / "lb").exists()
+
+
 def test_a_failed_lookup_inside_the_suite_keeps_its_traceback(monkeypatch, capsys, tmp_path):
     """A KeyError no ``raise`` made (a bug) prints where it came from; the suite's own KeyErrors stay one line."""
     import latentbench.cli as cli
