@@ -141,8 +141,10 @@ def _check_measured_as_the_papers(record: dict[str, Any], resolution: int) -> No
         shipped = load_protocol(proto["name"])
     except FileNotFoundError:  # no shipped protocol of that name (imagenet512): nothing to hold the record to
         return
-    if isinstance(proto.get("version"), int) and proto["version"] > shipped.version:
-        raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} is not a shipped version "
+    # an older version too: its fingerprint cannot be held to the shipped file's, so any file of that name and an
+    # old version number (a user's own `imagenet256` v1 on another data set, extractor and budget) would pass
+    if isinstance(proto.get("version"), int) and proto["version"] != shipped.version:
+        raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} is not the shipped version "
                          f"(v{shipped.version} is): it was measured under another protocol file, not the papers' protocol")
     if proto.get("fingerprint") and proto.get("version") == shipped.version and proto["fingerprint"] != shipped.fingerprint:
         raise ValueError(f"refusing to compare: the record's `{proto['name']}` v{proto['version']} has fingerprint "
