@@ -170,6 +170,7 @@ class ReconstructionMetrics:
         self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed).to(device) if extractor is not None else None
         self.unavailable = dict(unavailable or {})
         self.lowest = {"real": math.inf, "fake": math.inf}  # for the [0, 1]-decoder warning of results()
+        self.highest_fake = -math.inf  # and the [0, 255] one
 
     def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
         """Add a batch of (real, reconstruction) pairs in [-1, 1] with their global indices."""
@@ -178,6 +179,8 @@ class ReconstructionMetrics:
         for name, x in (("real", real), ("fake", fake)):
             if x.is_floating_point():
                 self.lowest[name] = min(self.lowest[name], float(x.amin()))
+        if fake.is_floating_point():
+            self.highest_fake = max(self.highest_fake, float(fake.amax()))
         real_u8, fake_u8 = to_uint8(real), to_uint8(fake)  # once for every metric (they take uint8 as is)
         for metric in self.metrics.values():
             metric.update(real_u8, fake_u8)
@@ -190,7 +193,12 @@ class ReconstructionMetrics:
         Warns when no reconstruction went below 0 while the images reach -0.5 or lower: the mark of a
         decoder that returns [0, 1] images, which the metrics read as [-1, 1] (PSNR and SSIM far too low).
         """
-        if self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5:
+        if self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5 and self.highest_fake > 2:  # not [0, 1]: clamped to 1
+            warnings.warn(f"every reconstruction lies in [0, {self.highest_fake:.4g}] while the images reach "
+                          f"{self.lowest['real']:.2f}: if the tokenizer's decode returns [0, 255] images, return "
+                          "x / 127.5 - 1 instead (latentbench reads images as [-1, 1] and clamps them there, so nearly "
+                          "every pixel reads white); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale", stacklevel=2)
+        elif self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5:
             warnings.warn(f"every reconstruction lies in [0, 1] while the images reach {self.lowest['real']:.2f}: if the "
                           "tokenizer's decode returns [0, 1] images, return x * 2 - 1 instead (latentbench reads images "
                           "as [-1, 1]); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale", stacklevel=2)
@@ -250,7 +258,9 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         z = tokenizer.encode(x)
         # decoders overshoot [-1, 1]; clamp as saving the image would (metrics then round to uint8)
         seeds = [sample_seed(seed + RECON_SEED_OFFSET, int(i)) for i in index]
-        rec = decode_per_sample(tokenizer, z, seeds).float().clamp(-1, 1)
+        raw = decode_per_sample(tokenizer, z, seeds).float()
+        rec = raw.clamp(-1, 1)
+        metrics.highest_fake = max(metrics.highest_fake, float(raw.amax()))  # a [0, 255] decoder, told apart from [0, 1]
         if rec.is_cuda:  # CUDA only queues the work: wait for it, or the throughput counts the queueing
             torch.cuda.synchronize(rec.device)
         out.coding_s += time.perf_counter() - start

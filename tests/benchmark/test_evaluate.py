@@ -188,6 +188,22 @@ def test_a_decoder_that_returns_unit_range_images_is_warned_about():
     unit.update(torch.arange(4), real, (real + 1) / 2)  # a sigmoid decoder's output scale
     with pytest.warns(UserWarning, match=r"every reconstruction lies in \[0, 1\] while the images reach -1.00"):
         unit.results()
+    from torch import nn
+    from torch.utils.data import TensorDataset
+
+    from latentbench.benchmark.evaluate import reconstruct
+
+    class Bytes(nn.Module):  # [0, 255] images: the bench clamps them before measuring, so they read all white
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return (z + 1) * 127.5
+
+    bytes_ = ReconstructionMetrics()
+    reconstruct(Bytes(), TensorDataset(real, torch.zeros(4, dtype=torch.long)), bytes_, 4, progress=False)
+    with pytest.warns(UserWarning, match=r"every reconstruction lies in \[0, 25\d\] .* return x / 127.5 - 1 instead"):
+        bytes_.results()
     right = ReconstructionMetrics()
     right.update(torch.arange(4), real, real * 0.9)
     with warnings.catch_warnings():
