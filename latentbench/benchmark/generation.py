@@ -77,7 +77,7 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
 
     extractor, why = _extractor(proto)
     if extractor is None:
-        return {"gfid": {"unavailable": why}, **_facts(gen, trained, cache, norm, encode_s, spec)}
+        return {"gfid": {"unavailable": why}, "curve": [], **_facts(gen, trained, cache, norm, encode_s, spec)}
     limits = {proto.data.train_split: proto.data.num_train, proto.data.eval_split: proto.data.num_eval}
     reference = reference_stats(spec.reference, lambda split: _dataset(proto, split, limits.get(split), on_bad_image),
                                 extractor, per_rank_eval_batch(proto.eval.batch_size), cache_dir=_cache_dir())

@@ -1179,6 +1179,8 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     from latentbench.benchmark.leaderboard import read_records, table_dir
 
     proto = record["protocol"]
+    if record.get("generation") is not None and "curve" not in record["generation"]:  # stored by a version that left
+        record = {**record, "generation": {**record["generation"], "curve": []}}  # an unavailable gFID's curve out
     directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
     if any(r["id"] == record["id"] for r in read_records(directory)):
         log(f"[record] row {record['id'][:12]} is in {directory} already: nothing appended")
@@ -1217,9 +1219,14 @@ def _record_stage(cfg, run_dir, train, evaluation, weights, trust, variant: str 
     id the rerun finds missing from the table and appends, once. Appending first left a row whose
     random id no stored record knew, and the rerun appended a second row of the same run.
     """
+    from latentbench.benchmark.schema import validate_record
+
+    if generation is not None and "curve" not in generation:  # stored before an unavailable gFID kept its empty curve
+        generation = {**generation, "curve": []}
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
+    validate_record(record)  # a record no table takes is not stored as done: the rerun after the fix builds it anew
     return {"record": record}
 
 

@@ -265,6 +265,17 @@ def test_a_cached_stage_with_an_infinite_metric_still_records_a_row():
     assert not_finite_as_unavailable("ssim", {"value": 0.5, "n": 3}) == {"value": 0.5, "n": 3}
 
 
+def test_an_extractor_without_its_weights_still_gives_a_row(tmp_path, monkeypatch):
+    """Its rFID and gFID are recorded unavailable with the reason; the record had failed the schema (no gFID curve)
+    after every stage had run, and was stored as done, so each rerun failed the same way."""
+    import latentbench.benchmark.harness as harness
+
+    monkeypatch.setattr(harness, "build_extractor", lambda proto, cache_dir=None: (None, "no inception weights here"))
+    record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert record["metrics"]["gfid"] == {"unavailable": "no inception weights here"} == record["metrics"]["rfid"]
+    assert record["generation"]["curve"] == [] and len(read_records(tmp_path / "lb/smoke/v3")) == 1
+
+
 def test_a_killed_training_resumes_at_its_last_checkpoint_and_trains_only_the_rest(tmp_path, monkeypatch):
     """Killed after step 10 (the checkpoint of step 8 on disk: one every fifth of the 20-step budget), the rerun
     resumes at step 8 and runs steps 8-19 only, not the whole budget again."""
