@@ -935,6 +935,7 @@ def run_bench(
         if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
             _require_built_weights(spec)
         check_training_batches(proto, cfg.steps, launch.world_size if dry_run else None)
+        check_extractor(proto)
         # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
         data = _scan_splits(proto, on_bad_image)
         _check_data_for_the_stages(proto, *data)
@@ -985,6 +986,38 @@ def _check_bench_arguments(ckpt: str | None, train_steps: int | None, seed: int 
                          "not trained further; drop --train_steps")
     if seed is not None and not 0 <= seed < 2**32:  # numpy's and Lightning's seed range
         raise ValueError(f"--seed must be in [0, 2^32), got {seed}")
+
+
+def check_extractor(proto: Protocol) -> None:
+    """KeyError / ValueError naming an ``eval.extractor`` that does not resolve, or ``eval.extractor_options`` it does
+    not take, before training: the eval stage builds it only after the tokenizer has trained."""
+    import inspect
+
+    from latentbench.benchmark.extractors import DOMAIN_PREFIX, EXTRACTORS, DomainRecipe
+    from latentbench.data import build_dataset
+
+    name, options = proto.eval.extractor, dict(proto.eval.extractor_options)
+    if name.startswith(DOMAIN_PREFIX):  # build_extractor's and create_extractor's order: a recipe, then the source
+        try:
+            DomainRecipe(**options)
+        except TypeError as e:
+            raise ValueError(f"eval.extractor_options {options} do not fit {name}'s training recipe ({e}): it takes "
+                             f"{', '.join(inspect.signature(DomainRecipe).parameters)}") from None
+        source = name[len(DOMAIN_PREFIX):]
+        if name not in EXTRACTORS and source != proto.data.source:
+            try:
+                build_dataset(source, "train", proto.data.resolution, limit=1)  # one file read at most
+            except ValueError as e:
+                raise ValueError(f"eval.extractor {name} is a classifier trained on the data source {source!r}, "
+                                 f"which does not resolve: {e}") from None
+        return
+    factory = EXTRACTORS.get(name)  # KeyError naming the registered ones, or ImportError for module:Class
+    try:
+        inspect.signature(factory).bind(weights=None, cache_dir=None, **options)
+    except TypeError as e:
+        raise ValueError(f"eval.extractor_options {options} do not fit the {name} extractor: {e}") from None
+    except ValueError:  # a signature inspect cannot read: the build checks it
+        pass
 
 
 def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluation: dict[str, Any]) -> None:

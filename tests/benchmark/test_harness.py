@@ -457,6 +457,31 @@ def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
     assert not (tmp_path / "lb").exists()
 
 
+@pytest.mark.parametrize("eval_, message", [
+    ({"extractor": "domain-imagefoldr:/data/x"}, "eval.extractor domain-imagefoldr:/data/x is a classifier trained on the "
+                                                 "data source 'imagefoldr:/data/x', which does not resolve"),
+    ({"extractor_options": {"max_stepz": 60}}, "eval.extractor_options {'max_stepz': 60} do not fit domain-mnist's training recipe"),
+    ({"extractor": "inception-tf"}, "eval.extractor_options {'max_steps': 60} do not fit the inception-tf extractor"),
+    ({"extractor": "incepton-tf"}, "unknown extractor 'incepton-tf'. Did you mean inception-tf?"),
+])
+def test_a_protocols_extractor_is_checked_before_training(eval_, message, tmp_path, monkeypatch):
+    """The eval stage builds the extractor only after the tokenizer trained (hours under a paper protocol)."""
+    import yaml
+
+    import latentbench.benchmark.harness as harness
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["eval"].update(eval_)
+    protocol = tmp_path / "proto.yaml"
+    protocol.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(harness, "train_stage", lambda *a: (_ for _ in ()).throw(AssertionError("trained first")))
+    with pytest.raises((KeyError, ValueError)) as e:
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert message in str(e.value)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_training_batches_must_split_over_the_processes_evaluation_batches_need_not(monkeypatch):
     import latentbench.distributed as distributed
     from latentbench.benchmark.harness import check_training_batches
