@@ -612,7 +612,13 @@ def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool 
         state = extract_state_dict(load_checkpoint(weights, trust=trust), prefix="tokenizer.")
         if hasattr(tokenizer, "convert_state_dict"):  # official checkpoints of a family (e.g. MAETok's)
             state = tokenizer.convert_state_dict(state)
-        result = tokenizer.load_state_dict(state, strict=False)
+        try:
+            result = tokenizer.load_state_dict(state, strict=False)
+        except RuntimeError as e:  # strict=False still raises on a tensor of another shape
+            mismatched = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+            raise ValueError(f"checkpoint {weights} does not fit tokenizer {spec.name}: "
+                             f"{'; '.join(mismatched[:3]) or e} (is it the right tokenizer and size? a YAML's init_args "
+                             "build another size)") from None
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(
                 f"checkpoint {weights} does not fit tokenizer {spec.name}: missing {result.missing_keys[:5]}, "

@@ -346,6 +346,22 @@ def test_compile_reaches_eval_and_generation_and_keeps_the_run_directory(smoke_r
     assert compiled["metrics"] == plain["metrics"]  # wiring only: the stand-in compiles nothing (pixels: test_flowmo)
 
 
+def test_a_checkpoint_of_another_size_is_named_not_a_traceback(tmp_path):
+    """load_state_dict(strict=False) still raises a RuntimeError for a tensor of another shape."""
+    from safetensors.torch import save_file
+
+    from latentbench.benchmark.harness import load_tokenizer, resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    spec = resolve_tokenizer("sdvae", load_protocol("smoke"))
+    state = {k: v.clone() for k, v in load_tokenizer(spec, None).state_dict().items()}
+    name = next(k for k, v in state.items() if v.ndim == 4)
+    state[name] = torch.zeros(state[name].shape[0] * 2, *state[name].shape[1:])
+    save_file(state, tmp_path / "wide.safetensors")
+    with pytest.raises(ValueError, match=f"does not fit tokenizer sdvae-smoke: size mismatch for {name}"):
+        load_tokenizer(spec, tmp_path / "wide.safetensors")
+
+
 def test_pickled_checkpoint_needs_trust(smoke_run, tmp_path):
     root, _, _ = smoke_run
     from safetensors.torch import load_file
