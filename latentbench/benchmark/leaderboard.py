@@ -214,9 +214,14 @@ def _rate_distortion_points(records: list[dict[str, Any]]) -> list[tuple[str, fl
 
 
 def _curves(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each row's gFID curve, for the rows that have one."""
-    curves = {row_name(r): (r.get("generation") or {}).get("curve") for r in records}
-    return {k: v for k, v in curves.items() if v}
+    """Each row's gFID curve, for the rows that have one. Rows of one name (earlier commits, other seeds) are told
+    apart by their commit, then their record id: keyed by name alone, the latest had hidden the others' curves."""
+    rows = [r for r in records if (r.get("generation") or {}).get("curve")]
+    names = [row_name(r) for r in rows]
+    for suffix in (lambda r: ((r.get("provenance") or {}).get("code") or {}).get("commit", "")[:8], lambda r: r["id"][:8]):
+        repeated = {n for n in names if names.count(n) > 1}
+        names = [f"{n} @{suffix(r)}" if n in repeated else n for n, r in zip(names, rows, strict=True)]
+    return {n: r["generation"]["curve"] for n, r in zip(names, rows, strict=True)}
 
 
 def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:

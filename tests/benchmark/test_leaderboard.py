@@ -380,6 +380,19 @@ def test_a_missing_baseline_row_and_a_tiny_model_are_rendered_as_such():
     assert "(baseline: base;" in render_table([_with_curve("base", [90.0, 60.0], target=20.0), ours])
 
 
+def test_every_rows_curve_is_drawn_when_rows_share_a_name():
+    """Rows of earlier commits (or other seeds) keep their curves beside the latest one's."""
+    from latentbench.benchmark.leaderboard import _curves
+
+    old, new, again, other = (_with_curve("tok", [v]) for v in (90.0, 80.0, 70.0, 60.0))
+    for record, commit in ((old, "a" * 40), (new, "b" * 40), (again, "b" * 40)):
+        record["provenance"]["code"]["commit"] = commit
+    other["tokenizer"]["name"] = "other"
+    curves = _curves([old, new, again, other])
+    assert len(curves) == 4 and curves["other"][0]["value"] == 60.0 and curves["tok @aaaaaaaa"][0]["value"] == 90.0
+    assert {curves[f"tok @bbbbbbbb @{r['id'][:8]}"][0]["value"] for r in (new, again)} == {80.0, 70.0}
+
+
 def test_only_the_plots_a_table_has_are_linked():
     """A table without gFID curves (v1 of `ci`) links no gfid_curves.png; one without either plot has no Plots section."""
     plain = make_record()
