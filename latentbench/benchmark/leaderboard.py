@@ -437,6 +437,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
                      "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
                      f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
     notes += _perceptual_notes(records)
+    notes += _data_notes(records)
     notes.append("- stage time (s): the sum of the bench's train, eval and generate stages, each timed in the process "
                  "that finished it (process start, data scans and checks are not in it; a resumed stage counts only "
                  "its last process); rows of one run (FlowMo's 1a and 1b) each count the shared training stage.")
@@ -453,6 +454,24 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
     pictures = _pictures(records, grids)
     return "\n".join(lines + ([""] + notes if notes else []) + pictures) + "\n"
+
+
+def _data_notes(records: list[dict[str, Any]]) -> list[str]:
+    """A note per split whose rows were measured on other data (an image folder edited between benches): the protocol
+    fingerprint names the folder, not its files, so such rows share a table while their numbers do not compare."""
+    notes = []
+    for split in ("eval", "train"):
+        by_print: dict[str, list[str]] = {}
+        for r in records:
+            fingerprint = ((r.get("data") or {}).get(split) or {}).get("fingerprint")
+            if fingerprint:
+                by_print.setdefault(fingerprint, []).append(f"{row_name(r)} ({r['provenance']['code']['commit'][:8]}, "
+                                                            f"{r['created'][:10]})")
+        if len(by_print) > 1:
+            groups = "; ".join(f"`{f[:12]}`: {', '.join(rows)}" for f, rows in sorted(by_print.items(), key=lambda kv: kv[1]))
+            notes.append(f"- data: the rows were measured on {len(by_print)} versions of the {split} split (its files changed "
+                         f"between benches), so their numbers do not compare across versions; by fingerprint: {groups}.")
+    return notes
 
 
 def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -> list[str]:

@@ -393,6 +393,17 @@ def test_every_rows_curve_is_drawn_when_rows_share_a_name():
     assert {curves[f"tok @bbbbbbbb @{r['id'][:8]}"][0]["value"] for r in (new, again)} == {80.0, 70.0}
 
 
+def test_rows_measured_on_other_files_of_the_same_folder_are_said_to_differ():
+    a, b = make_record("tok-a"), make_record("tok-b")
+    for r in (a, b):
+        r["data"]["train"] = {"fingerprint": "1" * 64}
+    assert "- data:" not in render_table([a, b])
+    b["data"]["eval"] = {**a["data"]["eval"], "fingerprint": "2" * 64}
+    table = render_table([a, b])
+    assert "- data: the rows were measured on 2 versions of the eval split" in table and "versions of the train" not in table
+    assert "`222222222222`: tok-b (abcdef12, 2026-01-01)" in table
+
+
 def test_only_the_plots_a_table_has_are_linked():
     """A table without gFID curves (v1 of `ci`) links no gfid_curves.png; one without either plot has no Plots section."""
     plain = make_record()
