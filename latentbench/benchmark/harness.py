@@ -182,7 +182,9 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
               ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))
     typed = {}
     for key, cls, args, supplied in checks:
-        if not args or not inspect.isclass(cls):
+        # a user's module:Class is built from init_args alone, so one without them is checked for required ones too
+        # (a registered factory supplies its class's arguments itself)
+        if not (args or key == "init_args" and ":" in spec.name) or not inspect.isclass(cls):
             continue
         if not isinstance(args, dict):
             raise ValueError(f"tokenizer {spec.requested}: {key} must be a mapping of argument names to values, got {args!r}")
@@ -192,9 +194,9 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
         except Exception:  # noqa: BLE001 (a signature jsonargparse does not support: the build checks it)
             continue
         try:
-            parsed = parser.parse_object({key: args}).as_dict()[key]
+            parsed = parser.parse_object({key: args}).as_dict().get(key, {})  # absent: a constructor without arguments
         except Exception as e:  # noqa: BLE001 (jsonargparse's ArgumentError, or its type errors)
-            taken = ", ".join(sorted(parser.get_defaults().as_dict()[key]))
+            taken = ", ".join(sorted(parser.get_defaults().as_dict().get(key, {}))) or "no arguments"
             extra = " (the protocol sets the training budget)" if key == "module_args" and "max_steps" in args else ""
             raise ValueError(f"tokenizer {spec.requested}: {key} do not fit {cls.__module__}.{cls.__qualname__}{extra}: "
                              f"{' '.join(str(e).split())}. It takes: {taken}") from None

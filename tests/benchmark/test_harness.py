@@ -443,6 +443,31 @@ def test_an_edited_user_tokenizer_is_a_new_run_not_the_old_numbers(tmp_path, mon
     assert "sources" not in resolve_tokenizer("sdvae", proto).to_dict()  # the suite's own: keys as before
 
 
+def test_a_user_class_with_a_required_argument_and_no_init_args_is_named(tmp_path, monkeypatch):
+    """Its constructor's TypeError had been reported as a bug of the suite's."""
+    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    (tmp_path / "required_tok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
+        class Required(AvgPoolTokenizer):
+            def __init__(self, channels: int):
+                super().__init__(channels)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="init_args do not fit required_tok.Required: .*required: init_args.channels"):
+        resolve_tokenizer("required_tok:Required", load_protocol("smoke"))
+    assert resolve_tokenizer("sdvae", load_protocol("smoke")).name == "sdvae-smoke"  # a factory supplies its class's
+    config = tmp_path / "noargs.yaml"  # the reverse: arguments for a constructor that takes none
+    config.write_text("class_path: no_arguments_tok:NoArguments\ninit_args: {channels: 3}\n")
+    (tmp_path / "no_arguments_tok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
+        class NoArguments(AvgPoolTokenizer):
+            def __init__(self):
+                super().__init__(3)
+        """))
+    with pytest.raises(ValueError, match="does not accept option 'channels'. It takes: no arguments"):
+        resolve_tokenizer(str(config), load_protocol("smoke"))
+
+
 def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
     import latentbench.benchmark.harness as harness
 
