@@ -179,8 +179,14 @@ def speedup(ours: int | None, baseline: int | None, baseline_budget: int) -> dic
 
 
 def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str = "gFID",
-                target: float | None = None, target_label: str = "target") -> Path:
-    """gFID-vs-steps curves of several runs in one PNG (written atomically)."""
+                target: float | None = None, target_label: str = "target", groups: dict[str, str] | None = None) -> Path:
+    """gFID-vs-steps curves of several runs in one PNG (written atomically).
+
+    ``groups`` maps each curve to its group (a leaderboard row name, whose rows of earlier
+    commits are curves too): a group's curves share a colour; the last of each, in ``curves``'
+    order, is drawn solid with its interval, the earlier ones dashed and faint. The legend sits
+    beside the axes, where it hides no curve.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,23 +194,32 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str 
 
     from latentbench.fsutil import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, curve in sorted(curves.items()):
+    groups = groups or {name: name for name in curves}
+    order = sorted(dict.fromkeys(groups.values()))
+    palette = plt.get_cmap("tab10" if len(order) <= 10 else "tab20")
+    colours = {g: palette(i % palette.N) for i, g in enumerate(order)}
+    latest = {groups[name]: name for name in curves}  # the last curve of each group
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=120)
+    for name in sorted(curves, key=lambda n: (order.index(groups[n]), n != latest[groups[n]], n)):
+        curve, current = curves[name], name == latest[groups[name]]
         steps = [p["step"] for p in curve]
         values = [p["value"] for p in curve]
-        line, = ax.plot(steps, values, marker="o", label=name)
-        lo = [p["interval"][0] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
-        hi = [p["interval"][1] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
-        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        colour = colours[groups[name]]
+        ax.plot(steps, values, marker="o" if current else ".", linestyle="-" if current else "--", color=colour,
+                alpha=1.0 if current else 0.45, linewidth=1.6 if current else 1.0, label=name)
+        if current:
+            lo = [p["interval"][0] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
+            hi = [p["interval"][1] if p.get("interval") else v for p, v in zip(curve, values, strict=True)]
+            ax.fill_between(steps, lo, hi, color=colour, alpha=0.15)
     if target is not None:
-        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"{target_label} {target:.4g}")
+        ax.axhline(target, color="gray", linestyle=":", linewidth=1, label=f"{target_label} {target:.4g}")
     ax.set_xlabel("generator training step")
     ax.set_ylabel(f"{label} (lower is better)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return path

@@ -124,13 +124,13 @@ def render_all(root: Path) -> dict[Path, list[str]]:
 def render(directory: Path, records: list[dict[str, Any]]) -> list[str]:
     """Write a table's README.md and its plots from its records; the names of the files written."""
     written = []
-    curves = _curves(records)
+    curves, groups = _curves(records)
     if curves:
         from latentbench.benchmark.gfid import plot_curves
 
         label = _metric_label("gfid", records) or "gFID"
         target, what = _plot_target(records)
-        plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what)
+        plot_curves(curves, Path(directory) / CURVES_PNG, label=label, target=target, target_label=what, groups=groups)
         written.append(CURVES_PNG)
     if _plot_rate_distortion(records, Path(directory) / RD_PNG):
         written.append(RD_PNG)
@@ -213,15 +213,17 @@ def _rate_distortion_points(records: list[dict[str, Any]]) -> list[tuple[str, fl
     return points
 
 
-def _curves(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each row's gFID curve, for the rows that have one. Rows of one name (earlier commits, other seeds) are told
-    apart by their commit, then their record id: keyed by name alone, the latest had hidden the others' curves."""
+def _curves(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each row's gFID curve, for the rows that have one, in the records' order, and each curve's row name (its
+    group in the plot). Rows of one name (earlier commits, other seeds) are told apart by their commit, then their
+    record id: keyed by name alone, the latest had hidden the others' curves."""
     rows = [r for r in records if (r.get("generation") or {}).get("curve")]
     names = [row_name(r) for r in rows]
     for suffix in (lambda r: ((r.get("provenance") or {}).get("code") or {}).get("commit", "")[:8], lambda r: r["id"][:8]):
         repeated = {n for n in names if names.count(n) > 1}
         names = [f"{n} @{suffix(r)}" if n in repeated else n for n, r in zip(names, rows, strict=True)]
-    return {n: r["generation"]["curve"] for n, r in zip(names, rows, strict=True)}
+    return ({n: r["generation"]["curve"] for n, r in zip(names, rows, strict=True)},
+            {n: row_name(r) for n, r in zip(names, rows, strict=True)})
 
 
 def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
@@ -476,7 +478,7 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
 
 def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -> list[str]:
     """Links to the table's plots and to each row's reconstruction and sample grids that exist."""
-    plots = ([f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row"] if _curves(records) else []) \
+    plots = ([f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row"] if _curves(records)[0] else []) \
         + ([f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"] if _rate_distortion_points(records) else [])
     out = ["", "## Plots", "", *plots] if plots else []
     rows = []

@@ -165,6 +165,25 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_rows_earlier_curves_share_its_colour_dashed_and_the_legend_hides_none(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at
+    curve = [{"step": 1, "value": 5.0, "interval": [4.0, 6.0]}, {"step": 2, "value": 3.0, "interval": [2.5, 3.5]}]
+    curves = {"tok @old": curve, "other": curve, "tok @new": curve}  # in the records' order: "tok @new" is tok's latest
+    plot_curves(curves, tmp_path / "curves.png", groups={"tok @old": "tok", "other": "other", "tok @new": "tok"})
+    ax = figures[0].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert lines["tok @new"].get_color() == lines["tok @old"].get_color() != lines["other"].get_color()
+    assert (lines["tok @new"].get_linestyle(), lines["tok @new"].get_alpha()) == ("-", 1.0)
+    assert (lines["tok @old"].get_linestyle(), lines["tok @old"].get_alpha()) == ("--", 0.45)
+    assert len(ax.collections) == 2  # intervals of the latest curves only
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["other", "tok @new", "tok @old"]
+    assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1  # beside the axes, not over the curves
+
+
 def test_generator_training_refuses_no_latents_or_fewer_samples_than_processes(tmp_path, monkeypatch):
     import dataclasses
 

@@ -388,7 +388,10 @@ def test_every_rows_curve_is_drawn_when_rows_share_a_name():
     for record, commit in ((old, "a" * 40), (new, "b" * 40), (again, "b" * 40)):
         record["provenance"]["code"]["commit"] = commit
     other["tokenizer"]["name"] = "other"
-    curves = _curves([old, new, again, other])
+    curves, groups = _curves([old, new, again, other])
+    assert groups == {"tok @aaaaaaaa": "tok", f"tok @bbbbbbbb @{new['id'][:8]}": "tok", f"tok @bbbbbbbb @{again['id'][:8]}": "tok",
+                      "other": "other"}
+    assert list(curves)[-2:] == [f"tok @bbbbbbbb @{again['id'][:8]}", "other"]  # the records' order: the plot's latest
     assert len(curves) == 4 and curves["other"][0]["value"] == 60.0 and curves["tok @aaaaaaaa"][0]["value"] == 90.0
     assert {curves[f"tok @bbbbbbbb @{r['id'][:8]}"][0]["value"] for r in (new, again)} == {80.0, 70.0}
 
