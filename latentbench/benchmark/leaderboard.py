@@ -228,7 +228,11 @@ def _curves(records: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, st
 
 def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
     """PSNR against latent size per pixel: floats per pixel for continuous latents, bits per pixel for codes.
-    False (nothing written) when no record has both."""
+    False (nothing written) when no record has both.
+
+    Each row name's latest record is drawn and labelled; its earlier ones (other commits) faint,
+    unlabelled. Labels that would overlap are moved up, with a line back to their point.
+    """
     points = _rate_distortion_points(records)
     if not points:
         return False
@@ -240,20 +244,57 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
 
     from latentbench.fsutil import atomic_path
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, rate, psnr, discrete in sorted(points):
-        ax.scatter(rate, psnr, marker="s" if discrete else "o", color="tab:orange" if discrete else "tab:blue")
-        ax.annotate(name, (rate, psnr), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    latest = {name: i for i, (name, *_) in enumerate(points)}  # records' order: the last of each name
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    labels = []
+    for i, (name, rate, psnr, discrete) in enumerate(points):
+        current = latest[name] == i
+        ax.scatter(rate, psnr, marker="s" if discrete else "o", color="tab:orange" if discrete else "tab:blue",
+                   alpha=1.0 if current else 0.3, zorder=3 if current else 2)
+        if current:
+            labels.append(ax.annotate(name, (rate, psnr), fontsize=7, xytext=(9, -2), textcoords="offset points",
+                                      arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.35", "shrinkA": 1, "shrinkB": 4}))
     ax.set_xscale("log")
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log labels overlap
-    ax.set_xlabel("latent size per pixel: floats (circles, continuous) or bits (squares, discrete codes)")
+    rates = [rate for _, rate, _, _ in points]
+    low, high = min(rates), max(rates)
+    ax.set_xlim(low / 1.6, high * 3.0)  # room for the labels right of the points
+    # 1, 2, 5 per decade with plain numbers: the default's 10^k alone leaves a plot inside one decade without labels
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("latent size per pixel: floats (circles) or code bits (squares)")
     ax.set_ylabel("PSNR (dB, higher is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    _spread_labels(fig, labels, [(rate, psnr) for _, rate, psnr, _ in points])
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
     return True
+
+
+def _spread_labels(fig, labels: list, points: list[tuple[float, float]]) -> None:
+    """Move annotation labels up, lowest first, until none overlaps a label placed before or a point's marker
+    (greedy; what matplotlib does not do). A label left where it was hides its line back to the point."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+
+    def text_box(label):  # the text alone: an Annotation's own extent takes in its line to the point
+        return Text.get_window_extent(label, renderer)
+
+    to_display = labels[0].axes.transData.transform if labels else None
+    placed = [Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in map(to_display, points)] if labels else []
+    for label in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
+        start = label.xyann
+        for _ in range(100):
+            if not any(text_box(label).overlaps(other) for other in placed):
+                break
+            label.xyann = (label.xyann[0], label.xyann[1] + 2)  # offset points
+        label.arrow_patch.set_visible(label.xyann != start)
+        placed.append(text_box(label))
 
 
 def _metric_label(key: str, records: list[dict[str, Any]]) -> str | None:

@@ -463,3 +463,29 @@ def test_a_failed_render_puts_the_plots_back(tmp_path, monkeypatch):
         append_record(tmp_path, second)
     assert (table / "rate_distortion.png").read_bytes() == plot
     assert [r["id"] for r in read_records(table)] == [first["id"]]
+
+
+def test_the_rate_distortion_plot_labels_each_rows_latest_point_without_overlaps(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from latentbench.benchmark.leaderboard import _plot_rate_distortion
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at
+    records = []
+    for name, psnr in (("tok-a", 20.0), ("tok-a", 20.1), ("tok-b", 20.05), ("tok-c", 20.1), ("tok-d", 19.95), ("far", 30.0)):
+        records.append(make_record(name, psnr=psnr))  # every rate the same: 4x8x8 latents of 32 px images
+        records[-1]["data"]["eval"]["resolution"] = 32
+    records[-1]["tokenizer"]["latent"]["shape"] = [8, 8, 8]  # 0.5 floats per pixel: the plot spans under one decade
+    assert _plot_rate_distortion(records, tmp_path / "rd.png")
+    fig = figures[0]
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == ["far", "tok-a", "tok-b", "tok-c", "tok-d"]  # tok-a once: its latest
+    assert [c.get_alpha() for c in ax.collections].count(0.3) == 1  # tok-a's earlier point, faint
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    ticks = [t.get_text() for t in ax.get_xticklabels() if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
+    assert {"0.2", "0.5"} <= set(ticks)  # numbers on the axis, though no power of ten lies inside it
