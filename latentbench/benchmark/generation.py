@@ -54,6 +54,11 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     from latentbench.generators.module import resolve_generator
 
     proto, spec = cfg.protocol, cfg.protocol.generator
+    suffix = f"-{variant}" if variant else ""
+    extractor, why = _extractor(proto)
+    if extractor is None:  # nothing this stage measures could be measured: its hours of generator training are not spent
+        log(f"[generate{suffix}] gFID unavailable ({why}): no generator is trained")
+        return {"gfid": {"unavailable": f"{why} (so the bench trained no generator)"}, "trained": False}
     tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
@@ -70,14 +75,10 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
                                          "norm": norm.mode, "seed": cfg.seed}, sort_keys=True).encode()).hexdigest()[:12]
     gen_dir = run_dir / "generators" / f"{gen.name}-{gen_key}"
     gen_dir.mkdir(parents=True, exist_ok=True)
-    suffix = f"-{variant}" if variant else ""
     trained = Stages(gen_dir).run("train", lambda: train_generator(gen, spec, NormalizedLatents(shards, norm), num_classes, gen_dir,
                                                                    cfg.seed, cfg.launch, cfg.gen_precision), log,
                                   label=f"generate{suffix}: train generator")
 
-    extractor, why = _extractor(proto)
-    if extractor is None:
-        return {"gfid": {"unavailable": why}, "curve": [], **_facts(gen, trained, cache, norm, encode_s, spec)}
     limits = {proto.data.train_split: proto.data.num_train, proto.data.eval_split: proto.data.num_eval}
     reference = reference_stats(spec.reference, lambda split: _dataset(proto, split, limits.get(split), on_bad_image),
                                 extractor, per_rank_eval_batch(proto.eval.batch_size), cache_dir=_cache_dir())

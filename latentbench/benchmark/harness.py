@@ -819,7 +819,9 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,
-        "generation": {k: v for k, v in generation.items() if k not in GENERATION_NOT_RECORDED} if generation else None,
+        # None also when the stage trained no generator (its extractor's weights missing: gFID unavailable, said why)
+        "generation": {k: v for k, v in generation.items() if k not in GENERATION_NOT_RECORDED}
+                      if generation and generation.get("trained", True) else None,
         "throughput_img_s": evaluation["throughput_img_s"],
         # submodules torch.compile'd for decoding (bench --compile), per stage; None: none
         "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
@@ -1262,7 +1264,8 @@ def _record_stage(cfg, run_dir, train, evaluation, weights, trust, variant: str 
     """
     from latentbench.benchmark.schema import validate_record
 
-    if generation is not None and "curve" not in generation:  # stored before an unavailable gFID kept its empty curve
+    if generation is not None and generation.get("trained", True) and "curve" not in generation:  # stored by a version
+        # that trained a generator without an extractor and kept no (empty) curve
         generation = {**generation, "curve": []}
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
