@@ -187,21 +187,30 @@ class ReconstructionMetrics:
         if self.fid is not None:
             self.fid.update(self.extractor(fake_u8), real=self.extractor(real_u8), index=index)
 
-    def results(self) -> dict[str, dict[str, Any]]:
-        """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none.
+    def scale_problem(self) -> str | None:
+        """What the reconstructions' range says of the decoder's scale, or None when nothing is wrong.
 
-        Warns when no reconstruction went below 0 while the images reach -0.5 or lower: the mark of a
-        decoder that returns [0, 1] images, which the metrics read as [-1, 1] (PSNR and SSIM far too low).
+        No reconstruction below 0 while the images reach -0.5 or lower is the mark of a decoder
+        that returns [0, 1] images (or [0, 255] ones, when they went above 2 before the clamp),
+        which the metrics read as [-1, 1]: PSNR and SSIM far too low.
         """
-        if self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5 and self.highest_fake > 2:  # not [0, 1]: clamped to 1
-            warnings.warn(f"every reconstruction lies in [0, {self.highest_fake:.4g}] while the images reach "
-                          f"{self.lowest['real']:.2f}: if the tokenizer's decode returns [0, 255] images, return "
-                          "x / 127.5 - 1 instead (latentbench reads images as [-1, 1] and clamps them there, so nearly "
-                          "every pixel reads white); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale", stacklevel=2)
-        elif self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5:
-            warnings.warn(f"every reconstruction lies in [0, 1] while the images reach {self.lowest['real']:.2f}: if the "
-                          "tokenizer's decode returns [0, 1] images, return x * 2 - 1 instead (latentbench reads images "
-                          "as [-1, 1]); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale", stacklevel=2)
+        if not (self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5):
+            return None
+        if self.highest_fake > 2:  # not [0, 1]: clamped to 1
+            return (f"every reconstruction lies in [0, {self.highest_fake:.4g}] while the images reach "
+                    f"{self.lowest['real']:.2f}: if the tokenizer's decode returns [0, 255] images, return "
+                    "x / 127.5 - 1 instead (latentbench reads images as [-1, 1] and clamps them there, so nearly "
+                    "every pixel reads white); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale")
+        return (f"every reconstruction lies in [0, 1] while the images reach {self.lowest['real']:.2f}: if the "
+                "tokenizer's decode returns [0, 1] images, return x * 2 - 1 instead (latentbench reads images "
+                "as [-1, 1]); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale")
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none; warns of
+        ``scale_problem``."""
+        problem = self.scale_problem()
+        if problem:
+            warnings.warn(problem, stacklevel=2)
         out: dict[str, dict[str, Any]] = {name: metric.result() for name, metric in self.metrics.items()}
         if "lpips" in out:
             out["lpips"]["net"] = self.metrics["lpips"].net

@@ -742,6 +742,8 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "grid": grid_name,
         "codes": codes,
         "compiled": compiled,
+        # what the row's reader must know (a decoder on the wrong scale): the record and the table keep it
+        "warnings": [w for w in (metrics.scale_problem(),) if w],
     }
 
 
@@ -827,6 +829,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "compiled": {k: v for k, v in (("eval", evaluation.get("compiled")), ("generate", (generation or {}).get("compiled")))
                      if v} or None,
         "codes": evaluation.get("codes"),
+        **({"warnings": evaluation["warnings"]} if evaluation.get("warnings") else {}),  # absent when there are none
         "seeds": {"bench": cfg.seed},
         "run_dir": display_path(run_dir),
         "distributed": cfg.launch.to_dict(),

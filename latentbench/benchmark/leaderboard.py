@@ -468,7 +468,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {row_name(r)} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
+            f"| {row_name(r)}{' (warning: notes)' if r.get('warnings') else ''} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
             f"| {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
@@ -481,6 +481,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
                      f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
     notes += _perceptual_notes(records)
     notes += _data_notes(records)
+    notes += [f"- **warning**, {row_name(r)} (record {r['id'][:12]}): {w}" for r in records for w in r.get("warnings") or ()]
     notes.append("- stage time (s): the sum of the bench's train, eval and generate stages, each timed in the process "
                  "that finished it (process start, data scans and checks are not in it; a resumed stage counts only "
                  "its last process); rows of one run (FlowMo's 1a and 1b) each count the shared training stage.")

@@ -422,6 +422,25 @@ def test_user_tokenizer_plugs_in_by_class_path(tmp_path, monkeypatch):
     assert len(read_records(tmp_path / "lb/smoke/v3")) == 2
 
 
+def test_a_decoder_on_the_wrong_scale_is_a_warning_in_the_record_and_the_table(tmp_path, monkeypatch):
+    """Not only on the console, which a scripted run does not read: the row is marked."""
+    (tmp_path / "unit_pkg").mkdir()
+    (tmp_path / "unit_pkg/__init__.py").write_text("")
+    (tmp_path / "unit_pkg/mytok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""
+        class UnitRange(AvgPoolTokenizer):  # a sigmoid-style decoder: [0, 1] images
+            def decode(self, z):
+                return (super().decode(z) + 1) / 2
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(UserWarning, match=r"every reconstruction lies in \[0, 1\]"):
+        record = run_bench("unit_pkg.mytok:UnitRange", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb",
+                           log=lambda s: None)
+    assert len(record["warnings"]) == 1 and "return x * 2 - 1 instead" in record["warnings"][0]
+    table = (tmp_path / "lb/smoke/v3/README.md").read_text()
+    assert "| unit_pkg.mytok:UnitRange (warning: notes) |" in table
+    assert f"- **warning**, unit_pkg.mytok:UnitRange (record {record['id'][:12]}): every reconstruction lies in [0, 1]" in table
+
+
 def test_an_edited_user_tokenizer_is_a_new_run_not_the_old_numbers(tmp_path, monkeypatch):
     """The commit covers the suite's code, not a user's class: its source file's hash is in the run key and the record."""
     from latentbench.benchmark.harness import BenchConfig, resolve_tokenizer

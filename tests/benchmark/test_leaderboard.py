@@ -489,3 +489,11 @@ def test_the_rate_distortion_plot_labels_each_rows_latest_point_without_overlaps
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     ticks = [t.get_text() for t in ax.get_xticklabels() if ax.get_xlim()[0] <= t.get_position()[0] <= ax.get_xlim()[1]]
     assert {"0.2", "0.5"} <= set(ticks)  # numbers on the axis, though no power of ten lies inside it
+
+
+def test_a_rows_warnings_are_marked_in_the_table_and_given_in_its_notes():
+    a, b = make_record("tok-a"), make_record("tok-b")
+    b["warnings"] = ["every reconstruction lies in [0, 1] while the images reach -1.00: ..."]
+    table = render_table([a, b])
+    assert "| tok-b (warning: notes) |" in table and "| tok-a |" in table
+    assert f"- **warning**, tok-b (record {b['id'][:12]}): every reconstruction lies in [0, 1]" in table
