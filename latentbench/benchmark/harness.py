@@ -802,7 +802,8 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "protocol": {"name": proto.name, "version": proto.version, "fingerprint": proto.fingerprint, "description": proto.description},
+        "protocol": {"name": proto.name, "version": proto.version, "fingerprint": proto.fingerprint, "description": proto.description,
+                     "seed": proto.seed},  # a row run at another --seed is marked so in its table (leaderboard.row_name)
         "tokenizer": {
             **cfg.tokenizer.to_dict(),
             "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",

@@ -332,11 +332,12 @@ def _fallback_precisions(record: dict[str, Any]) -> list[str]:
 
 def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule,
-    trained in the same precision (a float32 fallback row is compared with float32 baselines only)."""
+    trained in the same precision (a float32 fallback row is compared with float32 baselines only) and at the
+    same seed (a --seed 1 run of the baseline does not become every row's baseline)."""
     conv = _conv(record)
     rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
             and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
-            and _fallback_precisions(r) == _fallback_precisions(record)]
+            and _fallback_precisions(r) == _fallback_precisions(record) and _other_seed(r) == _other_seed(record)]
     return rows[-1] if rows else None
 
 
@@ -355,7 +356,8 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     target = conv["target"]
     if target == "baseline":
         if base is None:
-            return f"— (no {conv.get('baseline')} row)"
+            seed = _other_seed(record)
+            return f"— (no {conv.get('baseline')} row{f' at seed {seed}' if seed is not None else ''})"
         target = base["generation"]["curve"][-1]["value"]
     ours = steps_to_target(curve, target)
     cell = f"{ours}" if ours is not None else f"> {conv['budget']}"
@@ -440,9 +442,19 @@ def display_name(tokenizer: dict[str, Any]) -> str:
 
 def row_name(record: dict[str, Any]) -> str:
     """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
-    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``)."""
-    used = _fallback_precisions(record)
-    return display_name(record["tokenizer"]) + (f" [{', '.join(used)}]" if used else "")
+    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``) and ``[seed N]`` where
+    the bench ran at another seed than the protocol's (``--seed``)."""
+    marks = _fallback_precisions(record)
+    if _other_seed(record) is not None:
+        marks.append(f"seed {_other_seed(record)}")
+    return display_name(record["tokenizer"]) + (f" [{', '.join(marks)}]" if marks else "")
+
+
+def _other_seed(record: dict[str, Any]) -> int | None:
+    """The bench's seed where it is not the protocol's, else None (records written before the protocol's seed was
+    recorded ran the shipped protocols, whose seed is 0)."""
+    seed = (record.get("seeds") or {}).get("bench")
+    return seed if seed is not None and seed != record["protocol"].get("seed", 0) else None
 
 
 def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str] = frozenset()) -> str:

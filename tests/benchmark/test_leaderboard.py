@@ -497,3 +497,23 @@ def test_a_rows_warnings_are_marked_in_the_table_and_given_in_its_notes():
     table = render_table([a, b])
     assert "| tok-b (warning: notes) |" in table and "| tok-a |" in table
     assert f"- **warning**, tok-b (record {b['id'][:12]}): every reconstruction lies in [0, 1]" in table
+
+
+def test_a_row_at_another_seed_is_marked_and_compared_with_the_baseline_at_that_seed():
+    from latentbench.benchmark.leaderboard import convergence_cell, row_name
+
+    base, fast = _with_curve("base", [90.0, 60.0, 45.0, 40.0]), _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    base1 = _with_curve("base", [40.0, 20.0, 10.0, 5.0])  # a later --seed 1 run of the baseline
+    fast1 = _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    for r in (base1, fast1):
+        r["seeds"]["bench"] = 1
+    assert row_name(base) == "base" and row_name(base1) == "base [seed 1]"
+    records = [base, fast, base1]
+    assert convergence_cell(fast, records) == "500 (2.0x)"  # against the seed-0 baseline (final 40), not the later seed-1 row
+    assert convergence_cell(fast1, records + [fast1]) == "> 1000"  # the seed-1 baseline's 5.0 is not reached
+    assert convergence_cell(fast1, [base, fast, fast1]) == "— (no base row at seed 1)"
+    protocol_seed = make_record("tok")  # a protocol whose own seed is 7: its rows are not marked
+    protocol_seed["protocol"]["seed"] = protocol_seed["seeds"]["bench"] = 7
+    assert row_name(protocol_seed) == "tok"
+    table = render_table(records)
+    assert "| base [seed 1] |" in table and "| base |" in table
