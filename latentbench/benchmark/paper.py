@@ -172,6 +172,10 @@ def _entry(row: PaperRow, ours: dict[str, Any] | None) -> dict[str, Any]:
         return out | {"missing": "not measured"}
     if "unavailable" in ours:
         return out | {"missing": ours["unavailable"]}
+    label = ours.get("label")
+    if row.metric in ("rFID", "gFID") and label and label != row.metric:  # the extractor labels what it measured
+        out["not_comparable"] = (f"measured as {label}, not the papers' FID (torch-fidelity's Inception with its "
+                                 "published weights)")
     scale = 100.0 if row.metric in PERCENT else 1.0
     ours = {**ours, "value": ours["value"] * scale,
             "interval": [v * scale for v in ours["interval"]] if ours.get("interval") else None}
@@ -194,7 +198,7 @@ def format_comparison(entries: list[dict[str, Any]]) -> str:
         else:
             iv = f" [{_num(e['interval'][0])}, {_num(e['interval'][1])}]" if e["interval"] else ""
             ours, delta = f"{_num(e['ours'])}{iv}", ("+" if e["delta"] >= 0 else "") + _num(e["delta"])
-            within = ("not comparable: other probe protocol" if e.get("not_comparable") else
+            within = (f"not comparable: {e['not_comparable'].split(':')[0].split(',')[0]}" if e.get("not_comparable") else
                       "no interval" if e["within"] is None else ("yes" if e["within"] else "no"))
         lines.append(f"{name:<81} {e['metric']:<{width}} {_num(e['value']):>9} {ours:>24} {delta:>9}  {within}")
     for metric, why in sorted({(e["metric"], e["not_comparable"]) for e in entries if e.get("not_comparable")}):

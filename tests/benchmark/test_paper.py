@@ -176,6 +176,20 @@ def test_probe_figures_are_shown_but_not_judged():
     assert "not comparable: other probe protocol" in text and "50k-image subset" in text
 
 
+def test_an_fid_measured_with_other_weights_is_shown_but_not_judged():
+    """Inception weights other than the published ones label the metric with their hash: not the papers' FID."""
+    record = _record(name="rae-dinov2-b")
+    record["metrics"]["rfid"] = {"value": 0.5, "n": 50000, "interval": [0.45, 0.55],
+                                 "label": "rFID(inception-tf weights 0123456789ab)"}
+    (rfid,) = [e for e in compare(record, load_paper_rows()) if e["metric"] == "rFID"]
+    assert rfid["within"] is None and rfid["not_comparable"].startswith("measured as rFID(inception-tf weights 0123456789ab)")
+    text = format_comparison([rfid])
+    assert "not comparable: measured as rFID(inception-tf weights 0123456789ab)" in text
+    record["metrics"]["rfid"]["label"] = "rFID"  # the published weights: judged against the interval
+    (rfid,) = [e for e in compare(record, load_paper_rows()) if e["metric"] == "rFID"]
+    assert rfid["not_comparable"] is None and rfid["within"] is not None
+
+
 def test_the_title_says_which_rows():
     from latentbench.benchmark.paper import comparison_title
 
