@@ -182,9 +182,19 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
               ("module_args", spec.module_class(), spec.module_args, {"tokenizer", "tokenizer_args", "max_steps"}))
     typed = {}
     for key, cls, args, supplied in checks:
-        # a user's module:Class is built from init_args alone, so one without them is checked for required ones too
-        # (a registered factory supplies its class's arguments itself)
-        if not (args or key == "init_args" and ":" in spec.name) or not inspect.isclass(cls):
+        if not inspect.isclass(cls):
+            continue
+        if not args:
+            # a user's module:Class is built from init_args alone: one without them must take none it requires
+            # (a registered factory supplies its class's arguments itself)
+            if key == "init_args" and ":" in spec.name:
+                try:
+                    inspect.signature(cls).bind()
+                except TypeError as e:
+                    raise ValueError(f"tokenizer {spec.requested}: {cls.__module__}.{cls.__qualname__} cannot be built "
+                                     f"without init_args ({e}): give them in a YAML file (class_path, init_args)") from None
+                except ValueError:  # a signature inspect cannot read: the build checks it
+                    pass
             continue
         if not isinstance(args, dict):
             raise ValueError(f"tokenizer {spec.requested}: {key} must be a mapping of argument names to values, got {args!r}")
@@ -1026,8 +1036,10 @@ def check_extractor(proto: Protocol) -> None:
                                  f"which does not resolve: {e}") from None
         return
     factory = EXTRACTORS.get(name)  # KeyError naming the registered ones, or ImportError for module:Class
+    if "cache_dir" in options:
+        raise ValueError("eval.extractor_options may not set cache_dir (the bench passes it: LATENTBENCH_CACHE sets it)")
     try:
-        inspect.signature(factory).bind(weights=None, cache_dir=None, **options)
+        inspect.signature(factory).bind(**{"weights": None, **options}, cache_dir=None)  # as create_extractor builds it
     except TypeError as e:
         raise ValueError(f"eval.extractor_options {options} do not fit the {name} extractor: {e}") from None
     except ValueError:  # a signature inspect cannot read: the build checks it

@@ -4,6 +4,7 @@ Reads the run directory and the leaderboard table; writes nothing.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +42,12 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
                               "precision": cfg.gen_precision, "samples": gen.num_samples, "gfid_at": gen.eval_steps}
     earlier = [r for r in read_records(table) if r["tokenizer"]["name"] == spec.name] if (table / "results.jsonl").exists() else []
     facts["earlier_runs"] = len({_run_of(r) for r in earlier})
-    facts["this_run_recorded"] = [r["id"] for r in earlier if r["run_dir"] == display_path(run_dir)]
+    # what a bench would find: its stored record stages, and whether the table holds their rows (a run directory's
+    # name alone says nothing: runs of one configuration in other clones share it)
+    stored = [json.loads(p.read_text())["record"]["id"] for p in sorted(stage_dir.glob("record*.json"))] if done else []
+    ids = {r["id"] for r in earlier}
+    facts["this_run_recorded"] = [i for i in stored if i in ids]
+    facts["recorded_not_in_table"] = [i for i in stored if i not in ids]
 
     log(f"dry run: bench {spec.name} ({spec.requested}) under {proto.id}; nothing is run or written")
     log(f"tokenizer: {spec.name}, trained by {facts['training_module']}"
@@ -61,8 +67,12 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
         log("generator: none (the protocol has no generator stage)")
     log(f"run directory: {facts['run_dir']} " + (f"(stages done: {', '.join(done)}; a bench reuses them)" if done else "(no stage done)"))
     if facts["this_run_recorded"]:
-        log(f"leaderboard: {facts['table']} already holds this run (record {', '.join(facts['this_run_recorded'])}): a bench adds no row")
-    else:
+        log(f"leaderboard: {facts['table']} already holds this run (record {', '.join(facts['this_run_recorded'])})"
+            + (": a bench adds no row" if not facts["recorded_not_in_table"] else ""))
+    if facts["recorded_not_in_table"]:
+        log(f"leaderboard: a bench appends this run's stored record {', '.join(facts['recorded_not_in_table'])} to "
+            f"{facts['table']}/results.jsonl (its stages are done)")
+    elif not facts["this_run_recorded"]:
         log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
     if earlier:
         latest = max(earlier, key=lambda r: r["created"])

@@ -107,6 +107,37 @@ def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path
     assert any(line.endswith("(no stage done)") for line in logs)
 
 
+def test_a_dry_run_holds_the_table_to_the_run_directorys_stored_records_not_its_name(smoke_run, tmp_path):
+    """Runs of one configuration in other clones share the run directory's name: a fresh clone's table holds the
+    committed row of that name, and its bench still trains and appends."""
+    import shutil
+
+    root, record, _ = smoke_run
+    shutil.copytree(root / "lb", tmp_path / "lb")
+    plan = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None,
+                     dry_run=True)
+    assert plan["run_dir"].endswith(record["run_dir"].rsplit("/", 1)[-1])  # the same name ...
+    assert plan["stages_done"] == [] and plan["this_run_recorded"] == []  # ... but not this run
+    logs = []
+    plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=tmp_path / "empty", log=logs.append, dry_run=True)
+    assert plan["recorded_not_in_table"] == [record["id"]] and plan["this_run_recorded"] == []
+    assert any(f"appends this run's stored record {record['id']}" in line for line in logs)
+
+
+def test_extractor_options_the_build_takes_pass_the_check_before_training():
+    import dataclasses
+
+    from latentbench.benchmark.harness import check_extractor
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("imagenet256")
+    with_weights = dataclasses.replace(proto, eval=dataclasses.replace(proto.eval, extractor_options={"weights": "/x.pth"}))
+    check_extractor(with_weights)  # create_extractor passes it to its own weights parameter
+    bad = dataclasses.replace(proto, eval=dataclasses.replace(proto.eval, extractor_options={"cache_dir": "/tmp"}))
+    with pytest.raises(ValueError, match="may not set cache_dir"):
+        check_extractor(bad)
+
+
 def test_stage_seconds_of_a_run_count_its_shared_training_once():
     from latentbench.benchmark.plan import _run_of, _run_stage_seconds
 
@@ -476,8 +507,16 @@ def test_a_user_class_with_a_required_argument_and_no_init_args_is_named(tmp_pat
                 super().__init__(channels)
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ValueError, match="init_args do not fit required_tok.Required: .*required: init_args.channels"):
+    with pytest.raises(ValueError, match="required_tok.Required cannot be built without init_args .*'channels'"):
         resolve_tokenizer("required_tok:Required", load_protocol("smoke"))
+    (tmp_path / "callable_tok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent('''
+        from typing import Callable
+
+        class WithFactory(AvgPoolTokenizer):  # a default jsonargparse cannot parse without arguments: it builds as is
+            def __init__(self, norm: Callable[..., nn.Module] = nn.GroupNorm):
+                super().__init__(3)
+        '''))
+    assert resolve_tokenizer("callable_tok:WithFactory", load_protocol("smoke")).init_args == {}
     assert resolve_tokenizer("sdvae", load_protocol("smoke")).name == "sdvae-smoke"  # a factory supplies its class's
     config = tmp_path / "noargs.yaml"  # the reverse: arguments for a constructor that takes none
     config.write_text("class_path: no_arguments_tok:NoArguments\ninit_args: {channels: 3}\n")
