@@ -170,7 +170,7 @@ class ReconstructionMetrics:
         self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed).to(device) if extractor is not None else None
         self.unavailable = dict(unavailable or {})
         self.lowest = {"real": math.inf, "fake": math.inf}  # for the [0, 1]-decoder warning of results()
-        self.highest_fake = -math.inf  # and the [0, 255] one
+        self.highest_fake = -math.inf  # and the [0, 255] one: set by reconstruct, from the decoder's output before its clamp
 
     def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
         """Add a batch of (real, reconstruction) pairs in [-1, 1] with their global indices."""
@@ -179,8 +179,6 @@ class ReconstructionMetrics:
         for name, x in (("real", real), ("fake", fake)):
             if x.is_floating_point():
                 self.lowest[name] = min(self.lowest[name], float(x.amin()))
-        if fake.is_floating_point():
-            self.highest_fake = max(self.highest_fake, float(fake.amax()))
         real_u8, fake_u8 = to_uint8(real), to_uint8(fake)  # once for every metric (they take uint8 as is)
         for metric in self.metrics.values():
             metric.update(real_u8, fake_u8)
@@ -190,18 +188,26 @@ class ReconstructionMetrics:
     def scale_problem(self) -> str | None:
         """What the reconstructions' range says of the decoder's scale, or None when nothing is wrong.
 
-        No reconstruction below 0 while the images reach -0.5 or lower is the mark of a decoder
-        that returns [0, 1] images (or [0, 255] ones, when they went above 2 before the clamp),
-        which the metrics read as [-1, 1]: PSNR and SSIM far too low.
+        While the images reach -0.5 or lower: reconstructions above 10 before the clamp are the mark of
+        a decoder that returns [0, 255] images, and none below 0 that of one that returns [0, 1]
+        images; the metrics read both as [-1, 1] (PSNR and SSIM far too low).
         """
-        if not (self.lowest["fake"] >= 0 and self.lowest["real"] <= -0.5):
+        from latentbench.distributed import all_gather
+
+        # every rank's shard: the answer (and the record's warning) must not depend on how the split was sharded
+        lows_real, lows_fake, highs_fake = zip(*all_gather((self.lowest["real"], self.lowest["fake"], self.highest_fake)),
+                                               strict=True)
+        low_real, low_fake, high_fake = min(lows_real), min(lows_fake), max(highs_fake)
+        if low_real > -0.5:
             return None
-        if self.highest_fake > 2:  # not [0, 1]: clamped to 1
-            return (f"every reconstruction lies in [0, {self.highest_fake:.4g}] while the images reach "
-                    f"{self.lowest['real']:.2f}: if the tokenizer's decode returns [0, 255] images, return "
+        if high_fake > 10:  # far out of [-1, 1] before the clamp, whatever small undershoot it has
+            return (f"every reconstruction lies in [0, {high_fake:.4g}] while the images reach "
+                    f"{low_real:.2f}: if the tokenizer's decode returns [0, 255] images, return "
                     "x / 127.5 - 1 instead (latentbench reads images as [-1, 1] and clamps them there, so nearly "
                     "every pixel reads white); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale")
-        return (f"every reconstruction lies in [0, 1] while the images reach {self.lowest['real']:.2f}: if the "
+        if low_fake < 0:
+            return None
+        return (f"every reconstruction lies in [0, 1] while the images reach {low_real:.2f}: if the "
                 "tokenizer's decode returns [0, 1] images, return x * 2 - 1 instead (latentbench reads images "
                 "as [-1, 1]); its PSNR, SSIM, LPIPS and rFID are measured on the wrong scale")
 
@@ -269,10 +275,10 @@ def reconstruct(tokenizer, dataset: Dataset, metrics: ReconstructionMetrics, bat
         seeds = [sample_seed(seed + RECON_SEED_OFFSET, int(i)) for i in index]
         raw = decode_per_sample(tokenizer, z, seeds).float()
         rec = raw.clamp(-1, 1)
-        metrics.highest_fake = max(metrics.highest_fake, float(raw.amax()))  # a [0, 255] decoder, told apart from [0, 1]
         if rec.is_cuda:  # CUDA only queues the work: wait for it, or the throughput counts the queueing
             torch.cuda.synchronize(rec.device)
         out.coding_s += time.perf_counter() - start
+        metrics.highest_fake = max(metrics.highest_fake, float(raw.amax()))  # a [0, 255] decoder, told apart from [0, 1]
         metrics.update(index, x, rec)
         out.latents.append((features(z) if features is not None else z).float().cpu())
         out.labels.append(torch.as_tensor(y))

@@ -204,6 +204,14 @@ def test_a_decoder_that_returns_unit_range_images_is_warned_about():
     reconstruct(Bytes(), TensorDataset(real, torch.zeros(4, dtype=torch.long)), bytes_, 4, progress=False)
     with pytest.warns(UserWarning, match=r"every reconstruction lies in \[0, 25\d\] .* return x / 127.5 - 1 instead"):
         bytes_.results()
+
+    class Undershoot(Bytes):  # [0, 255] images a little below 0 at the darkest pixels: still the wrong scale
+        def decode(self, z):
+            return (z + 1) * 127.5 - 3
+
+    under = ReconstructionMetrics()
+    reconstruct(Undershoot(), TensorDataset(real, torch.zeros(4, dtype=torch.long)), under, 4, progress=False)
+    assert "return x / 127.5 - 1 instead" in under.scale_problem()
     right = ReconstructionMetrics()
     right.update(torch.arange(4), real, real * 0.9)
     with warnings.catch_warnings():
