@@ -274,27 +274,41 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
 
 
 def _spread_labels(fig, labels: list, points: list[tuple[float, float]]) -> None:
-    """Move annotation labels up, lowest first, until none overlaps a label placed before or a point's marker
-    (greedy; what matplotlib does not do). A label left where it was hides its line back to the point."""
+    """Give each annotation label, lowest first, the nearest free slot beside its point: offsets of one label
+    height above and below, in turn, kept inside the axes; a slot free of the labels placed before and of the
+    points' markers, else the one that overlaps fewest (greedy; matplotlib does not do it). A label left where
+    it was hides its line back to the point."""
     from matplotlib.text import Text
     from matplotlib.transforms import Bbox
 
+    if not labels:
+        return
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-
-    def text_box(label):  # the text alone: an Annotation's own extent takes in its line to the point
-        return Text.get_window_extent(label, renderer)
-
-    to_display = labels[0].axes.transData.transform if labels else None
-    placed = [Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in map(to_display, points)] if labels else []
+    ax = labels[0].axes
+    frame = ax.get_window_extent(renderer)
+    to_display = ax.transData.transform
+    placed = [Bbox.from_extents(x - 5, y - 5, x + 5, y + 5) for x, y in map(to_display, points)]
+    pixels_per_point = fig.dpi / 72
     for label in sorted(labels, key=lambda a: (a.xy[1], a.xy[0])):
         start = label.xyann
-        for _ in range(100):
-            if not any(text_box(label).overlaps(other) for other in placed):
+        box = Text.get_window_extent(label, renderer)  # the text alone: an Annotation's own extent takes in its line
+        step = box.height / pixels_per_point + 1  # offset points
+        best = None
+        for k in range(60):  # 0, +1, -1, +2, -2, ... label heights
+            dy = step * ((k + 1) // 2) * (1 if k % 2 else -1) if k else 0.0
+            moved = box.translated(0, dy * pixels_per_point)
+            if moved.y0 < frame.y0 or moved.y1 > frame.y1:
+                continue
+            overlaps = sum(moved.overlaps(other) for other in placed)
+            if best is None or overlaps < best[0]:
+                best = (overlaps, dy, moved)
+            if overlaps == 0:
                 break
-            label.xyann = (label.xyann[0], label.xyann[1] + 2)  # offset points
-        label.arrow_patch.set_visible(label.xyann != start)
-        placed.append(text_box(label))
+        overlaps, dy, moved = best or (0, 0.0, box)
+        label.xyann = (start[0], start[1] + dy)
+        label.arrow_patch.set_visible(dy != 0)
+        placed.append(moved)
 
 
 def _metric_label(key: str, records: list[dict[str, Any]]) -> str | None:
@@ -318,14 +332,14 @@ def _plot_target(records: list[dict[str, Any]]) -> tuple[float | None, str]:
     if _conv(rows[0])["target"] != "baseline":
         return float(_conv(rows[0])["target"]), "target"
     base = _baseline_row(rows[0], records)
-    return (base["generation"]["curve"][-1]["value"], f"{base['tokenizer']['name']} final") if base else (None, "")
+    return (base["generation"]["curve"][-1]["value"], f"{row_name(base)} final") if base else (None, "")
 
 
 def _conv(record: dict[str, Any]) -> dict[str, Any]:
     return ((record.get("generation") or {}).get("convergence")) or {}
 
 
-def _fallback_precisions(record: dict[str, Any]) -> list[str]:
+def fallback_precisions(record: dict[str, Any]) -> list[str]:
     """The precisions a record trained in instead of the protocol's (empty: the protocol's own)."""
     return sorted({p["used"] for p in (record.get("precision_changed") or {}).values()})
 
@@ -337,7 +351,7 @@ def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict
     conv = _conv(record)
     rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
             and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
-            and _fallback_precisions(r) == _fallback_precisions(record) and _other_seed(r) == _other_seed(record)]
+            and fallback_precisions(r) == fallback_precisions(record) and other_seed(r) == other_seed(record)]
     return rows[-1] if rows else None
 
 
@@ -356,7 +370,7 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     target = conv["target"]
     if target == "baseline":
         if base is None:
-            seed = _other_seed(record)
+            seed = other_seed(record)
             return f"— (no {conv.get('baseline')} row{f' at seed {seed}' if seed is not None else ''})"
         target = base["generation"]["curve"][-1]["value"]
     ours = steps_to_target(curve, target)
@@ -444,13 +458,13 @@ def row_name(record: dict[str, Any]) -> str:
     """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
     precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``) and ``[seed N]`` where
     the bench ran at another seed than the protocol's (``--seed``)."""
-    marks = _fallback_precisions(record)
-    if _other_seed(record) is not None:
-        marks.append(f"seed {_other_seed(record)}")
+    marks = fallback_precisions(record)
+    if other_seed(record) is not None:
+        marks.append(f"seed {other_seed(record)}")
     return display_name(record["tokenizer"]) + (f" [{', '.join(marks)}]" if marks else "")
 
 
-def _other_seed(record: dict[str, Any]) -> int | None:
+def other_seed(record: dict[str, Any]) -> int | None:
     """The bench's seed where it is not the protocol's, else None (records written before the protocol's seed was
     recorded ran the shipped protocols, whose seed is 0)."""
     seed = (record.get("seeds") or {}).get("bench")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.benchmark.harness import BenchConfig, Stages, precision_lines
-from latentbench.benchmark.leaderboard import read_records
+from latentbench.benchmark.leaderboard import fallback_precisions, other_seed, read_records
 from latentbench.paths import display_path
 
 
@@ -74,9 +74,15 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
             f"{facts['table']}/results.jsonl (its stages are done)")
     elif not facts["this_run_recorded"]:
         log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
-    if earlier:
-        latest = max(earlier, key=lambda r: r["created"])
-        seconds = _run_stage_seconds([r for r in earlier if _run_of(r) == _run_of(latest)])
+    # rows trained like this run (its precisions, its seed): a float32 fallback or another seed's time is another run's
+    alike = [r for r in earlier if fallback_precisions(r) == sorted({p.used for p in cfg.changed_precisions().values()})
+             and other_seed(r) == (cfg.seed if cfg.seed != proto.seed else None)]
+    if earlier and not alike:
+        log(f"earlier rows of {spec.name} in that table trained in another precision or at another seed: no stage time "
+            "to quote")
+    if alike:
+        latest = max(alike, key=lambda r: r["created"])
+        seconds = _run_stage_seconds([r for r in alike if _run_of(r) == _run_of(latest)])
         hw = latest["provenance"]["hardware"]
         where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
         facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,

@@ -91,6 +91,10 @@ def test_a_dry_run_shows_the_finished_run_and_writes_nothing(smoke_run):
     assert logs[0].startswith("dry run: bench sdvae-smoke (sdvae) under smoke/v3; nothing is run or written")
     assert any("stages done: eval, generate, record, train" in line for line in logs)
     assert any(f"already holds this run (record {record['id']})" in line for line in logs)
+    logs = []  # a float32 run quotes no bf16 row's time
+    plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
+                     precision="32-true")
+    assert "latest_run" not in plan and any("trained in another precision or at another seed" in line for line in logs)
 
 
 def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path):

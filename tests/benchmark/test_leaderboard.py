@@ -517,3 +517,23 @@ def test_a_row_at_another_seed_is_marked_and_compared_with_the_baseline_at_that_
     assert row_name(protocol_seed) == "tok"
     table = render_table(records)
     assert "| base [seed 1] |" in table and "| base |" in table
+
+
+def test_crowded_rate_distortion_labels_stay_inside_the_axes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    from latentbench.benchmark.leaderboard import _plot_rate_distortion
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    records = [make_record(f"tok-{i:02d}", psnr=20.0) for i in range(28)]  # 28 rows on one point
+    for r in records:
+        r["data"]["eval"]["resolution"] = 32
+    assert _plot_rate_distortion(records, tmp_path / "rd.png")
+    fig = figures[0]
+    ax, renderer = fig.axes[0], fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    for label in (t for t in ax.texts if t.get_text()):
+        box = Text.get_window_extent(label, renderer)
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
