@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool, on_bad_image: str,
                     variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``."""
+    """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``; gFID unavailable and
+    no generator trained when the protocol's FID extractor has no weights here."""
     from latentbench.benchmark.harness import Stages, _dataset, load_for_decoding
     from latentbench.generators.latents import LatentNorm, NormalizedLatents
     from latentbench.generators.module import resolve_generator
@@ -58,7 +59,10 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
     extractor, why = _extractor(proto)
     if extractor is None:  # nothing this stage measures could be measured: its hours of generator training are not spent
         log(f"[generate{suffix}] gFID unavailable ({why}): no generator is trained")
-        return {"gfid": {"unavailable": f"{why} (so the bench trained no generator)"}, "trained": False}
+        # stored as done, as the eval stage's unavailable rFID is: the run's weights measure both later (--ckpt)
+        return {"gfid": {"unavailable": f"{why} (so the bench trained no generator; once the weights are in place, "
+                                        f"--ckpt {run_dir / 'tokenizer.safetensors'} measures rFID and gFID without "
+                                        "training the tokenizer again)"}, "trained": False}
     tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     latent = tokenizer.latent_spec
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
