@@ -964,6 +964,10 @@ def run_bench(
         data = _scan_splits(proto, on_bad_image)
         _check_data_for_the_stages(proto, *data)
         cfg = replace(cfg, data_fingerprints=tuple(info["fingerprint"] for info in data))
+        # each process hashed its own copy of the data and of a user's class: another copy on another node would
+        # give its ranks another run directory (and numbers of other code)
+        require_agreement(cfg.key, "the run key (configuration, data and code hashes)",
+                          "every node must read the same data and run the same code")
         for line in filter(None, map(data_notes, data)):
             log(line)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
