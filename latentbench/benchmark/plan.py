@@ -4,7 +4,6 @@ Reads the run directory and the leaderboard table; writes nothing.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +23,8 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     """
     proto, spec, gen = cfg.protocol, cfg.tokenizer, cfg.protocol.generator
     table = leaderboard_dir / proto.name / f"v{proto.version}"
-    stage_dir = Stages(run_dir).dir
+    stages = Stages(run_dir)
+    stage_dir = stages.dir
     done = sorted(p.stem for p in stage_dir.glob("*.json")) if stage_dir.is_dir() else []
     train_info, eval_info = data
     facts: dict[str, Any] = {
@@ -44,7 +44,7 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     facts["earlier_runs"] = len({_run_of(r) for r in earlier})
     # what a bench would find: its stored record stages, and whether the table holds their rows (a run directory's
     # name alone says nothing: runs of one configuration in other clones share it)
-    stored = [json.loads(p.read_text())["record"]["id"] for p in sorted(stage_dir.glob("record*.json"))] if done else []
+    stored = [stages.get(p.stem)["record"]["id"] for p in sorted(stage_dir.glob("record*.json"))] if done else []
     ids = {r["id"] for r in earlier}
     facts["this_run_recorded"] = [i for i in stored if i in ids]
     facts["recorded_not_in_table"] = [i for i in stored if i not in ids]
