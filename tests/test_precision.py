@@ -43,7 +43,7 @@ def test_cpu_probe_is_pytorchs_own_onednn_test():
 
 
 def test_fallback_changes_the_run_key_and_marks_the_row(cpu_without_bf16):
-    from latentbench.benchmark.harness import BenchConfig, resolve_tokenizer
+    from latentbench.benchmark.spec import BenchConfig, resolve_tokenizer
     from latentbench.benchmark.leaderboard import row_name
     from latentbench.benchmark.protocol import load_protocol
 

@@ -151,7 +151,7 @@ def _train_steps(module, loader, precision: str, steps: int, warmup: int) -> dic
 # ---- one target, in this process -----------------------------------------------------------------------
 
 def _tokenizer_module(name: str, protocol):
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     spec = resolve_tokenizer(name, protocol)
     module = spec.module_class()(spec.name, spec.init_args, max_steps=protocol.train.max_steps, **spec.module_args)
@@ -240,7 +240,7 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
     else:
         from torch.utils.data import TensorDataset
 
-        from latentbench.benchmark.harness import resolve_tokenizer
+        from latentbench.benchmark.spec import resolve_tokenizer
         from latentbench.generators.module import GeneratorModule, resolve_generator
 
         spec = resolve_tokenizer(target.latent_of, proto)
@@ -312,7 +312,7 @@ def check_counts(steps: int, warmup: int, batch_size: int | None) -> None:
 
 def check_targets(targets: list[Target], protocol: str) -> None:
     """KeyError / ImportError / FileNotFoundError naming the first target that does not resolve."""
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
     from latentbench.generators import GENERATORS
     from latentbench.generators.module import resolve_generator

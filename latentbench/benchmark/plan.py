@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from latentbench.benchmark.harness import BenchConfig, Stages, precision_lines
+from latentbench.benchmark.harness import Stages, precision_lines
 from latentbench.benchmark.leaderboard import fallback_precisions, other_seed, read_records
+from latentbench.benchmark.spec import BenchConfig
 from latentbench.paths import display_path
 
 

@@ -479,7 +479,7 @@ def test_a_decoder_on_the_wrong_scale_is_a_warning_in_the_record_and_the_table(t
 
 def test_an_edited_user_tokenizer_is_a_new_run_not_the_old_numbers(tmp_path, monkeypatch):
     """The commit covers the suite's code, not a user's class: its source file's hash is in the run key and the record."""
-    from latentbench.benchmark.harness import BenchConfig, resolve_tokenizer
+    from latentbench.benchmark.spec import BenchConfig, resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
 
     (tmp_path / "edited_pkg").mkdir()
@@ -503,7 +503,7 @@ def test_an_edited_user_tokenizer_is_a_new_run_not_the_old_numbers(tmp_path, mon
 
 def test_a_user_class_with_a_required_argument_and_no_init_args_is_named(tmp_path, monkeypatch):
     """Its constructor's TypeError had been reported as a bug of the suite's."""
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
 
     (tmp_path / "required_tok.py").write_text(textwrap.dedent(USER_TOKENIZER) + textwrap.dedent("""

@@ -107,7 +107,7 @@ def test_an_unknown_generator_stops_the_bench_before_training(tmp_path, value, m
     ({"name": "sdvae-ci", "class_path": "latentbench.tokenizers.sdvae:SDVAE"}, "has both 'name' (sdvae-ci) and 'class_path'"),
 ])
 def test_a_tokenizer_config_that_does_not_fit_its_class_is_refused_when_resolved(tmp_path, raw, message):
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     path = tmp_path / "tok.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -117,7 +117,7 @@ def test_a_tokenizer_config_that_does_not_fit_its_class_is_refused_when_resolved
 
 
 def test_every_shipped_tokenizer_config_fits_its_class():
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     configs = sorted(PROTOCOL_DIR.parent.glob("tokenizers/**/*.yaml"))
     assert len(configs) >= 15
@@ -128,7 +128,7 @@ def test_every_shipped_tokenizer_config_fits_its_class():
 
 def test_a_float_yaml_reads_as_a_string_is_passed_on_as_the_annotated_number(tmp_path):
     """PyYAML reads 1e-3 (no dot) as the string '1e-3'; the module would compare it with floats in training."""
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     path = tmp_path / "tok.yaml"
     path.write_text("name: sdvae-ci\ninit_args: {latent_channels: 4}\nmodule_args: {lr: 1e-3, rec_loss: l1}\n")
@@ -138,7 +138,7 @@ def test_a_float_yaml_reads_as_a_string_is_passed_on_as_the_annotated_number(tmp
 
 
 def test_numbers_read_as_strings_inside_mappings_are_converted_too(tmp_path):
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     path = tmp_path / "tok.yaml"
     path.write_text("name: sdvae-ci\nmodule_args: {loss_weights: {l1: 1e-3, kl: 1.0e-6}, rec_loss: l1}\n")

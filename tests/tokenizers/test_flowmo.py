@@ -313,7 +313,7 @@ def test_validations_can_be_limited_to_some_batches():
 
 def test_a_flowmo_tokenizer_is_not_trained_as_a_plain_autoencoder():
     """FlowMo's flow loss and stage 1b are FlowMoModule's; AutoencoderModule would train it with a GAN and L1."""
-    from latentbench.benchmark.harness import TokenizerSpec
+    from latentbench.benchmark.spec import TokenizerSpec
     from latentbench.tokenizers.module import AutoencoderModule
 
     with pytest.raises(ValueError, match="flowmo-smoke trains with latentbench.tokenizers.flowmo_module:FlowMoModule"):

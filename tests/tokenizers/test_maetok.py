@@ -206,7 +206,7 @@ def test_module_overfits_one_batch():
     ("maetok", True, ["hog", "domain-mnist"], ["ae", "decoder-ft"]),  # the shipped maetok-ci: + decoder fine-tuning
 ])
 def test_table1_ablation_rows_are_configs(config, masked, targets, stages):
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
     from latentbench.paths import REPO_ROOT
     from latentbench.tokenizers.module import plan_stages

@@ -341,7 +341,7 @@ def test_loss_falls_when_overfitting_one_batch(smoke):
 
 
 def test_registered_sizes_and_harness_aliases():
-    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.spec import resolve_tokenizer
     from latentbench.benchmark.protocol import load_protocol
     from latentbench.tokenizers import TOKENIZERS
 
