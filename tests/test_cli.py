@@ -103,6 +103,19 @@ def test_a_partial_perf_run_does_not_replace_the_committed_table(monkeypatch, ca
             assert "--protocol smoke differs from how the committed" in err
 
 
+def test_out_naming_the_committed_table_is_no_way_round(monkeypatch, capsys):
+    import os
+
+    import latentbench.benchmark.perf as perf
+
+    monkeypatch.setattr(perf, "run_perf", lambda *a, **k: pytest.fail("measured into the committed table"))
+    relative = os.path.relpath(perf.PERF_PATH)  # as `make perf ARGS="... --out leaderboards/perf/perf.json"` names it
+    for given in (["--targets", "rae"], ["--steps", "2", "--warmup", "1"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["perf", *given, "--out", relative])
+        assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("given, message", [
     (["--steps", "-1"], "--steps must be >= 1"), (["--steps", "0"], "--steps must be >= 1"),
     (["--warmup", "-1"], "--warmup must be >= 0"), (["--batch_size", "0"], "--batch_size must be >= 1"),
