@@ -126,14 +126,34 @@ def build_hf(
     dataset = load_hf_split(name, split)
     image_column = find_image_column(dataset.features, name)
     label_column, class_names = find_labels(dataset.features)
-    labels = [int(v) for v in dataset[label_column]] if label_column else [0] * len(dataset)
+    labels = _labels(dataset, label_column, f"hf:{name} [{split}]") if label_column else [0] * len(dataset)
     if label_column and not class_names:
         class_names = [str(i) for i in range(max(labels, default=-1) + 1)]
+    _check_label_range(labels, len(class_names), label_column, f"hf:{name} [{split}]")
     rows = HFImageRows(dataset, image_column, labels, f"{name}:{split}")
     return EncodedImageDataset(
         rows, source, split, resolution, class_names or [""], on_bad_image, limit,
         image_column=image_column, label_column=label_column,
     )
+
+
+def _labels(dataset, column: str, where: str) -> list[int]:
+    """The label column as ints; ValueError naming the column when it does not hold integers (e.g. class names)."""
+    values = dataset[column]
+    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int)), None) if values else None
+    if bad is not None:
+        raise ValueError(f"{where}: label column {column!r} holds {type(bad).__name__} values ({bad!r}), not class "
+                         f"indices: make it a ClassLabel (`dataset.class_encode_column({column!r})`) and save it again")
+    return [int(v) for v in values]
+
+
+def _check_label_range(labels: list[int], num_classes: int, column: str | None, where: str) -> None:
+    """ValueError unless every label is a class index (0 .. num_classes - 1): -1 is Hugging Face's "no label"."""
+    bad = [i for i, label in enumerate(labels) if not 0 <= label < max(num_classes, 1)]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} of {len(labels)} rows have a label outside 0..{num_classes - 1} in column "
+                         f"{column!r} (row {bad[0]}: {labels[bad[0]]}; -1 is Hugging Face's mark of an unlabelled row, as "
+                         "in ImageNet-1k's test split): bench a labelled split (ImageNet-1k: validation)")
 
 
 def load_hf_split(name: str, split: str):

@@ -72,6 +72,15 @@ def test_plain_label_column_and_no_label(tmp_path):
     assert ds.info["num_classes"] == 1 and ds.targets == [0, 0, 0] and ds.info["label_column"] is None
 
 
+def test_labels_that_are_not_class_indices_stop_naming_the_column(tmp_path):
+    _dataset(3, labels=[0, -1, -1]).save_to_disk(tmp_path / "unlabelled")  # -1: Hugging Face's "no label" (ImageNet test)
+    with pytest.raises(ValueError, match=r"2 of 3 rows have a label outside 0\.\.2 in column 'label' \(row 1: -1"):
+        build_dataset(f"hf:{tmp_path / 'unlabelled'}", "train", 8)
+    _dataset(2, label_feature=datasets.Value("string"), labels=["cat", "dog"]).save_to_disk(tmp_path / "names")
+    with pytest.raises(ValueError, match=r"'label' holds str values \('cat'\).*class_encode_column"):
+        build_dataset(f"hf:{tmp_path / 'names'}", "train", 8)
+
+
 def test_undecodable_rows(tmp_path):
     good = _dataset(3)
     bad = datasets.Dataset.from_dict(
