@@ -388,12 +388,13 @@ class DomainClassifierModule(L.LightningModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.recipe.lr)
 
 
-def _split_tensors(source: str, split: str, resolution: int, limit: int | None = None) -> tuple[Tensor, Tensor, dict]:
+def _split_tensors(source: str, split: str, resolution: int, limit: int | None = None,
+                   on_bad_image: str = "error") -> tuple[Tensor, Tensor, dict]:
     """A split of ``source`` as uint8 images (N, 3, R, R), int64 labels (N,) and its ``info``."""
     from latentbench.benchmark.metrics import to_uint8
     from latentbench.data import build_dataset
 
-    data = build_dataset(source, split, resolution, limit=limit)
+    data = build_dataset(source, split, resolution, limit=limit, on_bad_image=on_bad_image)
     # An explicit generator: without one, each DataLoader iterator draws a seed from the global RNG.
     loader = DataLoader(data, batch_size=256, shuffle=False, generator=torch.Generator())
     images, labels = zip(*((to_uint8(x), y) for x, y in loader), strict=True)
@@ -551,16 +552,20 @@ class DomainExtractor(FeatureExtractor):
 
 
 def build_domain_extractor(
-    source: str, weights: str | Path | None = None, cache_dir: str | Path | None = None, recipe: DomainRecipe | None = None
+    source: str, weights: str | Path | None = None, cache_dir: str | Path | None = None, recipe: DomainRecipe | None = None,
+    splits: tuple[str, str] = ("train", "val"), on_bad_image: str = "error",
 ) -> DomainExtractor:
     """The ``domain-<source>`` extractor: from ``weights``, from the cache, or trained now and cached.
 
     Args:
-        source: a ``build_dataset`` source string with ``train`` and ``val`` splits.
+        source: a ``build_dataset`` source string with the two ``splits``.
         weights: a safetensors file written by this suite (its recipe is read from it); skips training.
         cache_dir: cache root (default ``default_cache_dir()``); the file goes to
             ``<cache_dir>/extractors/domain-<source>-<hash>.safetensors`` with a ``.json`` sidecar.
         recipe: training recipe (default ``DomainRecipe()``).
+        splits: the splits it trains and validates on (a bench passes its protocol's: ``validation``
+            in Hugging Face datasets); their data fingerprints are part of the cache key.
+        on_bad_image: unreadable images stop the build (``error``) or are skipped (``skip``, as the bench's).
 
     Returns:
         The extractor; ``info`` holds ``val_accuracy``, ``train_images``, ``recipe``, ``cache_path``.
@@ -574,13 +579,17 @@ def build_domain_extractor(
         if recipe is not None and asdict(recipe) != facts["recipe"]:
             raise ValueError(f"{weights} was trained with recipe {facts['recipe']}, not {asdict(recipe)}")
         return DomainExtractor(source, net, Path(weights), facts)
+    from latentbench.data import BadImageError
+
     recipe = recipe or DomainRecipe()
     try:
-        train = _split_tensors(source, "train", recipe.resolution, recipe.limit)
+        train = _split_tensors(source, splits[0], recipe.resolution, recipe.limit, on_bad_image)
+    except BadImageError:  # it resolves: a file of it does not decode, and the error names it and the fix
+        raise
     except ValueError as e:  # the data source's own message lists the sources; say whose source it is
         raise ValueError(f"extractor {DOMAIN_PREFIX}{source} is a classifier trained on the data source {source!r}, "
                          f"which does not resolve: {e}") from None
-    val = _split_tensors(source, "val", recipe.resolution)
+    val = _split_tensors(source, splits[1], recipe.resolution, on_bad_image=on_bad_image)
     path = domain_cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source, recipe, train[2], val[2])
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=3600):  # a second process waits, then reads the cache

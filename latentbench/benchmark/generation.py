@@ -56,7 +56,7 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
 
     proto, spec = cfg.protocol, cfg.protocol.generator
     suffix = f"-{variant}" if variant else ""
-    extractor, why = _extractor(proto)
+    extractor, why = _extractor(proto, on_bad_image)
     if extractor is None:  # nothing this stage measures could be measured: its hours of generator training are not spent
         log(f"[generate{suffix}] gFID unavailable ({why}): no generator is trained")
         # stored as done, as the eval stage's unavailable rFID is: the run's weights measure both later (--ckpt)
@@ -237,11 +237,11 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     }
 
 
-def _extractor(proto):
+def _extractor(proto, on_bad_image: str):
     """The protocol's FID extractor, or (None, why) when its weights are missing."""
     from latentbench.benchmark.harness import build_extractor
 
-    return build_extractor(proto, _cache_dir())
+    return build_extractor(proto, _cache_dir(), on_bad_image)
 
 
 def _cache_dir():

@@ -386,8 +386,9 @@ def load_for_decoding(cfg: BenchConfig, weights: str | Path | None, trust: bool 
     return tokenizer, compile_decoding(tokenizer) if cfg.compile else []
 
 
-def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
-    """The protocol's FID feature extractor, or (None, the reason) when its weights are missing."""
+def build_extractor(proto: Protocol, cache_dir: str | Path | None = None, on_bad_image: str = "error"):
+    """The protocol's FID feature extractor, or (None, the reason) when its weights are missing; a domain classifier
+    of the protocol's data trains on its splits with the bench's ``on_bad_image``."""
     from latentbench.benchmark.extractors import (
         DOMAIN_PREFIX,
         DomainRecipe,
@@ -399,6 +400,9 @@ def build_extractor(proto: Protocol, cache_dir: str | Path | None = None):
     options = dict(proto.eval.extractor_options)
     if proto.eval.extractor.startswith(DOMAIN_PREFIX) and options:
         options = {"recipe": DomainRecipe(**options)}
+    if proto.eval.extractor == f"{DOMAIN_PREFIX}{proto.data.source}":  # a classifier of the protocol's own data reads
+        # it as the bench does: its split names (an hf dataset's "validation") and its unreadable-image policy
+        options |= {"splits": (proto.data.train_split, proto.data.eval_split), "on_bad_image": on_bad_image}
     try:
         extractor, why = create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
     except WeightsUnavailable as e:
@@ -411,7 +415,7 @@ _SAME_FILES = ("every process must find the same weight files: put them on every
                "LATENTBENCH_CACHE, and TORCH_HOME) or on a shared filesystem")
 
 
-def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = None):
+def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = None, on_bad_image: str = "error"):
     """The protocol's reconstruction metrics; a metric whose weights are missing is reported unavailable."""
     from latentbench.benchmark.evaluate import ReconstructionMetrics
     from latentbench.benchmark.perceptual import LPIPS
@@ -424,7 +428,7 @@ def build_metrics(proto: Protocol, seed: int, cache_dir: str | Path | None = Non
     except WeightsUnavailable as e:
         unavailable["lpips"] = str(e)
     require_agreement("found" if lpips is not None else "missing", "LPIPS's weights", _SAME_FILES)
-    extractor, why = build_extractor(proto, cache_dir)
+    extractor, why = build_extractor(proto, cache_dir, on_bad_image)
     if extractor is None:
         unavailable["rfid"] = why
     return ReconstructionMetrics(extractor, lpips, bootstrap=proto.eval.fid_bootstrap, seed=seed, unavailable=unavailable,
@@ -450,7 +454,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
     proto = cfg.protocol
     tokenizer, compiled = load_for_decoding(cfg, weights, trust)
     data = _dataset(proto, proto.data.eval_split, proto.data.num_eval, on_bad_image)
-    metrics = build_metrics(proto, cfg.seed, cache_dir)
+    metrics = build_metrics(proto, cfg.seed, cache_dir, on_bad_image)
     batch = per_rank_eval_batch(proto.eval.batch_size)
     pooling = proto.eval.probe_pooling
     discrete = tokenizer.latent_spec.bits_per_token is not None  # codes are kept whole for their statistics

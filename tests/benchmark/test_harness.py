@@ -305,7 +305,7 @@ def test_an_extractor_without_its_weights_still_gives_a_row(tmp_path, monkeypatc
     after every stage had run, and was stored as done, so each rerun failed the same way."""
     import latentbench.benchmark.harness as harness
 
-    monkeypatch.setattr(harness, "build_extractor", lambda proto, cache_dir=None: (None, "no inception weights here"))
+    monkeypatch.setattr(harness, "build_extractor", lambda proto, cache_dir=None, on_bad_image="error": (None, "no inception weights here"))
     record = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert record["metrics"]["rfid"] == {"unavailable": "no inception weights here"}
     assert record["metrics"]["gfid"]["unavailable"].startswith("no inception weights here (so the bench trained no generator; "
@@ -937,3 +937,34 @@ def test_skip_leaves_unreadable_files_out_says_so_and_records_them(tmp_path):
     assert train["skipped"][0]["reason"] and record["data"]["eval"]["n_skipped"] == 0
     assert any("[train]: skipped 1 unreadable file(s), first" in line and "c3/0.png" in line for line in logs)
     assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [record["id"]]
+
+
+def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as_the_bench(tmp_path):
+    """An hf dataset's eval split is "validation", not "val"; --on_bad_image skip must reach the classifier's data
+    too (it had trained the tokenizer, then stopped at the eval stage on the file the bench skipped)."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from latentbench.benchmark.harness import build_extractor
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.data import BadImageError
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, per_class in (("train", 6), ("validation", 3)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    (root / "train/c0/broken.png").write_bytes(b"not a png")
+    proto = load_protocol("smoke")
+    proto = dataclasses.replace(
+        proto, data=dataclasses.replace(proto.data, source=f"imagefolder:{root}", eval_split="validation", num_train=None,
+                                        num_eval=None),
+        eval=dataclasses.replace(proto.eval, extractor=f"domain-imagefolder:{root}", extractor_options={"max_steps": 2}))
+    with pytest.raises(BadImageError, match="broken.png"):
+        build_extractor(proto, tmp_path / "cache")
+    extractor, why = build_extractor(proto, tmp_path / "cache", on_bad_image="skip")
+    assert why is None and extractor.info["val_images"] == 6 and extractor.info["train_images"] == 12
