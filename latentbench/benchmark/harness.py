@@ -793,6 +793,12 @@ def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluatio
     """The scanned splits suit every stage (same classes; the generator's class-balanced sample set), and the
     protocol's generators resolve: checked before hours of training."""
     check_same_classes(train, evaluation)
+    for info, limit, name in ((train, proto.data.num_train, "num_train"), (evaluation, proto.data.num_eval, "num_eval")):
+        found = info["n"] + info.get("n_skipped", 0)  # skipped files are counted and named apart (data_notes)
+        if limit is not None and found < limit:  # a row must not claim images it was not measured on
+            raise ValueError(f"the protocol's data.{name} is {limit}, but the {info['split']} split of {info['source']} "
+                             f"has {found} images: its rows would carry the fingerprint of a {limit}-image protocol; "
+                             f"set data.{name} to {found} or null (all of them), or complete the split")
     if proto.generator.max_steps > 0:
         from latentbench.benchmark.generation import check_generators
         from latentbench.generators.module import sample_labels

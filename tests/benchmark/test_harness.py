@@ -968,3 +968,26 @@ def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as
         build_extractor(proto, tmp_path / "cache")
     extractor, why = build_extractor(proto, tmp_path / "cache", on_bad_image="skip")
     assert why is None and extractor.info["val_images"] == 6 and extractor.info["train_images"] == 12
+
+
+def test_a_split_with_fewer_images_than_the_protocol_names_is_refused_before_training(tmp_path):
+    """A partly copied split would otherwise be recorded under a protocol that says how many images it holds."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 26), ("val", 2)):
+        for c in range(10):
+            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}")  # smoke's num_train 256, num_eval 64
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"data.num_eval is 64, but the val split .* has 20 images: .* set data.num_eval to 20"):
+        run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
