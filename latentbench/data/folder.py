@@ -77,8 +77,12 @@ def build_imagefolder(
     root = _split_root(Path(directory), split)
     class_names, class_dirs = _find_classes(root)
     paths, labels, n_non_image = [], [], 0
+    # a link inside one class folder back up to the split's root or into another class folder would list those
+    # images a second time, under this class's label
+    elsewhere = {_identity(d): d for d in [root, *class_dirs]} if class_names != [""] else {}
     for label, class_dir in enumerate(class_dirs):
-        images, others = _list_files(class_dir, recursive=bool(class_names[label]))
+        outside = {k: d for k, d in elsewhere.items() if k != _identity(class_dir)}
+        images, others = _list_files(class_dir, recursive=bool(class_names[label]), outside=outside)
         if not images and class_names != [""]:
             raise ValueError(f"class folder {class_dir} holds no images ({' '.join(IMAGE_EXTENSIONS)}): every sub-folder "
                              f"of {root} is a class, so an empty one would shift the labels of the classes after it; "
@@ -137,13 +141,19 @@ def _files_in(directory: Path) -> list[str]:
                   if entry.is_file() or (entry.is_symlink() and not entry.is_dir()))
 
 
-def _list_files(directory: Path, recursive: bool) -> tuple[list[str], list[str]]:
+def _identity(directory: Path) -> tuple[int, int]:
+    st = os.stat(directory)
+    return st.st_dev, st.st_ino
+
+
+def _list_files(directory: Path, recursive: bool, outside: dict[tuple[int, int], Path] | None = None
+                ) -> tuple[list[str], list[str]]:
     """Sorted image paths under ``directory``, and the other files next to them (ignored), from one listing.
 
     Hidden files (``.*``: macOS's ``._name.png`` resource forks, editor backups) are not images of
     the folder, as hidden folders are not classes.
     """
-    files = [os.path.join(d, f) for d, names in _walk(directory) for f in names] if recursive else _files_in(directory)
+    files = [os.path.join(d, f) for d, names in _walk(directory, outside) for f in names] if recursive else _files_in(directory)
     is_listed = [is_image_file(f) and not os.path.basename(f).startswith(".") for f in files]
     return [f for f, listed in zip(files, is_listed, strict=True) if listed], [f for f, listed in zip(files, is_listed, strict=True) if not listed]
 
@@ -158,8 +168,10 @@ def image_files(directory: str | Path, others: list[str] | None = None) -> list[
     return images
 
 
-def _walk(directory: Path) -> list[tuple[str, list[str]]]:
+def _walk(directory: Path, outside: dict[tuple[int, int], Path] | None = None) -> list[tuple[str, list[str]]]:
     """(folder, sorted file names) under ``directory``, sorted; links followed, each real folder entered once.
+    A link that reaches one of the folders ``outside`` (by device and inode: the split's root, other classes)
+    is refused, naming it.
 
     Hand-written around ``os.walk`` because its ``followlinks=True`` walks a link to a parent
     forever-deep (until the path is too long) and its default ``onerror`` drops an unreadable
@@ -172,6 +184,10 @@ def _walk(directory: Path) -> list[tuple[str, list[str]]]:
         if (st.st_dev, st.st_ino) in seen:  # reached again through a link: its images are listed already
             dirs[:] = []
             continue
+        if outside and (st.st_dev, st.st_ino) in outside:
+            raise ValueError(f"{folder} is a link inside class folder {directory} to {outside[(st.st_dev, st.st_ino)]}, "
+                             f"the split's root or another class's folder: its images would be listed again under "
+                             f"{Path(directory).name}'s label; remove the link")
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not _skipped_folder(d))
         out.append((folder, sorted(names)))

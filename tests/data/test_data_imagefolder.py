@@ -207,6 +207,20 @@ def test_a_link_back_up_the_tree_does_not_repeat_images(tmp_path):
     assert len(ds) == 2 and ds.targets == [0, 1]
 
 
+def test_a_link_from_one_class_to_the_root_or_another_class_is_refused(tmp_path):
+    """Followed, it would list the other classes' images again under this class's label."""
+    _make(tmp_path / "cat" / "sub", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
+    (tmp_path / "cat" / "sub" / "loop").symlink_to(tmp_path)  # cat/sub/loop -> the split's root
+    with pytest.raises(ValueError, match=r"cat/sub/loop is a link inside class folder .*cat to .*: its images would be "
+                                         r"listed again under cat's label; remove the link"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    (tmp_path / "cat" / "sub" / "loop").unlink()
+    (tmp_path / "cat" / "dogs").symlink_to(tmp_path / "dog")  # into another class
+    with pytest.raises(ValueError, match=r"cat/dogs is a link inside class folder"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+
+
 def test_a_folder_that_cannot_be_listed_is_an_error_not_a_smaller_dataset(tmp_path, monkeypatch):
     """Simulated (tests may run as root, who reads anything): listing cat/sub raises PermissionError."""
     import os
