@@ -309,7 +309,8 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
 
     check_counts(steps, warmup, batch_size)  # run_perf checks too, but the --out checks below would ask for --out first
     targets = as_list(targets, "targets")
-    committed = out is None or Path(out).resolve() == PERF_PATH.resolve()  # --out naming the committed file is no way round
+    target = Path(out) if out else PERF_PATH  # --out "" is no --out
+    committed = target.resolve() == PERF_PATH.resolve()  # --out naming the committed file is no way round
     if committed and (targets or batch_size is not None):
         raise ValueError(f"--targets / --batch_size measure a part of the table, which would replace the committed "
                          f"{PERF_PATH} (every config's row); pass --out FILE to write it elsewhere")
@@ -319,7 +320,7 @@ def perf(targets: Union[list[str], str, None] = None, protocol: str = "ci", step
         raise ValueError(f"{' '.join(changed)} differs from how the committed {PERF_PATH} is measured (--protocol ci "
                          "--steps 8 --warmup 3; the `ci` tables' Cost sections read it); pass --out FILE to write it elsewhere")
     result = run_perf([parse_target(t) for t in targets] if targets else None, protocol, steps, warmup,
-                      out or PERF_PATH, log=(lambda m: None) if json else print, batch_size=batch_size,
+                      target, log=(lambda m: None) if json else print, batch_size=batch_size,
                       compile=compile)
     if json:
         print_json(result)

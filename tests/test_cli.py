@@ -111,9 +111,10 @@ def test_out_naming_the_committed_table_is_no_way_round(monkeypatch, capsys):
     monkeypatch.setattr(perf, "run_perf", lambda *a, **k: pytest.fail("measured into the committed table"))
     relative = os.path.relpath(perf.PERF_PATH)  # as `make perf ARGS="... --out leaderboards/perf/perf.json"` names it
     for given in (["--targets", "rae"], ["--steps", "2", "--warmup", "1"]):
-        with pytest.raises(SystemExit) as exit_:
-            main(["perf", *given, "--out", relative])
-        assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err
+        for out in (relative, ""):  # "": an empty make variable, which is no --out
+            with pytest.raises(SystemExit) as exit_:
+                main(["perf", *given, "--out", out])
+            assert exit_.value.code == 2 and "pass --out FILE" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("given, message", [

@@ -81,7 +81,8 @@ def build_imagefolder(
     # images a second time, under this class's label
     elsewhere = {_identity(d): d for d in [root, *class_dirs]} if class_names != [""] else {}
     for label, class_dir in enumerate(class_dirs):
-        outside = {k: d for k, d in elsewhere.items() if k != _identity(class_dir)}
+        own = _identity(class_dir) if elsewhere else None
+        outside = {k: d for k, d in elsewhere.items() if k != own}  # one stat per class, not one per pair
         images, others = _list_files(class_dir, recursive=bool(class_names[label]), outside=outside)
         if not images and class_names != [""]:
             raise ValueError(f"class folder {class_dir} holds no images ({' '.join(IMAGE_EXTENSIONS)}): every sub-folder "
@@ -185,9 +186,9 @@ def _walk(directory: Path, outside: dict[tuple[int, int], Path] | None = None) -
             dirs[:] = []
             continue
         if outside and (st.st_dev, st.st_ino) in outside:
-            raise ValueError(f"{folder} is a link inside class folder {directory} to {outside[(st.st_dev, st.st_ino)]}, "
-                             f"the split's root or another class's folder: its images would be listed again under "
-                             f"{Path(directory).name}'s label; remove the link")
+            raise ValueError(f"{folder}, reached through a link inside class folder {directory}, is "
+                             f"{outside[(st.st_dev, st.st_ino)]}, the split's root or another class's folder: its images "
+                             f"would be listed again under {Path(directory).name}'s label; remove the link")
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not _skipped_folder(d))
         out.append((folder, sorted(names)))

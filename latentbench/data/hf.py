@@ -138,12 +138,23 @@ def build_hf(
 
 
 def _labels(dataset, column: str, where: str) -> list[int]:
-    """The label column as ints; ValueError naming the column when it does not hold integers (e.g. class names)."""
-    values = dataset[column]
-    bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int)), None) if values else None
-    if bad is not None:
-        raise ValueError(f"{where}: label column {column!r} holds {type(bad).__name__} values ({bad!r}), not class "
-                         f"indices: make it a ClassLabel (`dataset.class_encode_column({column!r})`) and save it again")
+    """The label column as ints; ValueError naming the column when it does not hold integers (e.g. class names).
+
+    Read from the Arrow data, not through the dataset's format: one saved with ``set_format("numpy")``
+    or ``"torch"`` yields numpy or tensor scalars. Whole-number floats count as integers.
+    """
+    values = dataset.data.column(column).to_pylist()
+
+    def is_index(v) -> bool:
+        return not isinstance(v, bool) and (isinstance(v, int) or isinstance(v, float) and v.is_integer())
+
+    row = next((i for i, v in enumerate(values) if not is_index(v)), None)
+    if row is not None:
+        bad = values[row]
+        fix = ("label every row, or bench a labelled split" if bad is None else
+               f"make it a ClassLabel (`dataset.class_encode_column({column!r})`) and save it again")
+        raise ValueError(f"{where}: label column {column!r} holds {type(bad).__name__} values (row {row}: {bad!r}), not "
+                         f"class indices: {fix}")
     return [int(v) for v in values]
 
 

@@ -991,3 +991,16 @@ def test_a_split_with_fewer_images_than_the_protocol_names_is_refused_before_tra
     with pytest.raises(ValueError, match=r"data.num_eval is 64, but the val split .* has 20 images: .* set data.num_eval to 20"):
         run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
+
+
+def test_the_benchs_on_bad_image_reaches_the_fid_extractor_of_both_stages(monkeypatch, tmp_path):
+    import latentbench.benchmark.generation as generation
+    import latentbench.benchmark.harness as harness
+    from latentbench.benchmark.protocol import load_protocol
+
+    seen = []
+    monkeypatch.setattr(harness, "build_extractor",
+                        lambda proto, cache_dir=None, on_bad_image="error": seen.append(on_bad_image) or (None, "none here"))
+    harness.build_metrics(load_protocol("smoke"), 0, tmp_path, "skip")  # the eval stage's
+    generation._extractor(load_protocol("smoke"), "skip")  # the generate stage's
+    assert seen == ["skip", "skip"]

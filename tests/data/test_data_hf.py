@@ -77,8 +77,19 @@ def test_labels_that_are_not_class_indices_stop_naming_the_column(tmp_path):
     with pytest.raises(ValueError, match=r"2 of 3 rows have a label outside 0\.\.2 in column 'label' \(row 1: -1"):
         build_dataset(f"hf:{tmp_path / 'unlabelled'}", "train", 8)
     _dataset(2, label_feature=datasets.Value("string"), labels=["cat", "dog"]).save_to_disk(tmp_path / "names")
-    with pytest.raises(ValueError, match=r"'label' holds str values \('cat'\).*class_encode_column"):
+    with pytest.raises(ValueError, match=r"'label' holds str values \(row 0: 'cat'\).*class_encode_column"):
         build_dataset(f"hf:{tmp_path / 'names'}", "train", 8)
+
+
+def test_labels_read_as_indices_whatever_format_the_dataset_was_saved_in(tmp_path):
+    """set_format("numpy" / "torch") survives save_to_disk: its rows give numpy or tensor scalars, still class indices."""
+    for fmt in ("numpy", "torch"):
+        saved = _dataset(3, labels=[2, 0, 1])
+        saved.set_format(fmt)
+        saved.save_to_disk(tmp_path / fmt)
+        assert build_dataset(f"hf:{tmp_path / fmt}", "train", 8).targets == [2, 0, 1]
+    _dataset(3, label_feature=datasets.Value("float32"), labels=[1.0, 0.0, 1.0]).save_to_disk(tmp_path / "floats")
+    assert build_dataset(f"hf:{tmp_path / 'floats'}", "train", 8).targets == [1, 0, 1]
 
 
 def test_undecodable_rows(tmp_path):

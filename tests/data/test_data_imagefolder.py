@@ -212,12 +212,12 @@ def test_a_link_from_one_class_to_the_root_or_another_class_is_refused(tmp_path)
     _make(tmp_path / "cat" / "sub", {"a.png": _noisy(8, 8)})
     _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
     (tmp_path / "cat" / "sub" / "loop").symlink_to(tmp_path)  # cat/sub/loop -> the split's root
-    with pytest.raises(ValueError, match=r"cat/sub/loop is a link inside class folder .*cat to .*: its images would be "
-                                         r"listed again under cat's label; remove the link"):
+    with pytest.raises(ValueError, match=r"cat/sub/loop, reached through a link inside class folder .*cat, is .*: its "
+                                         r"images would be listed again under cat's label; remove the link"):
         build_dataset(f"imagefolder:{tmp_path}", "train", 8)
     (tmp_path / "cat" / "sub" / "loop").unlink()
     (tmp_path / "cat" / "dogs").symlink_to(tmp_path / "dog")  # into another class
-    with pytest.raises(ValueError, match=r"cat/dogs is a link inside class folder"):
+    with pytest.raises(ValueError, match=r"cat/dogs, reached through a link inside class folder"):
         build_dataset(f"imagefolder:{tmp_path}", "train", 8)
 
 
