@@ -19,8 +19,9 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
 
     The tokenizer and protocol as resolved (what ``--print_config`` cannot show: it prints the
     options as typed), the budgets, precisions and processes, the run directory and which of
-    its stages are done, and the stage time of this tokenizer's latest run in the leaderboard
-    table, measured on the hardware it names. Reads only; writes nothing.
+    its stages are done, whether the table holds its stored records, and the stage time of this
+    tokenizer's latest run in the leaderboard table trained like this one (same precision, same
+    seed), measured on the hardware it names. Reads only; writes nothing.
     """
     proto, spec, gen = cfg.protocol, cfg.tokenizer, cfg.protocol.generator
     table = leaderboard_dir / proto.name / f"v{proto.version}"
