@@ -170,6 +170,7 @@ class ReconstructionMetrics:
         self.fid = FrechetDistance(extractor.dim, bootstrap=bootstrap, seed=seed).to(device) if extractor is not None else None
         self.unavailable = dict(unavailable or {})
         self.lowest = {"real": math.inf, "fake": math.inf}  # for the [0, 1]-decoder warning of results()
+        self.scale_warning: str | None = None  # what results() found of the decoder's scale
         self.highest_fake = -math.inf  # and the [0, 255] one: set by reconstruct, from the decoder's output before its clamp
 
     def update(self, index: Tensor, real: Tensor, fake: Tensor) -> None:
@@ -214,9 +215,9 @@ class ReconstructionMetrics:
     def results(self) -> dict[str, dict[str, Any]]:
         """{name: {"value", "n", ...}} for every metric, {"unavailable": reason} where there is none; warns of
         ``scale_problem``."""
-        problem = self.scale_problem()
-        if problem:
-            warnings.warn(problem, stacklevel=2)
+        self.scale_warning = self.scale_problem()  # kept for the eval stage's result: one gather across ranks
+        if self.scale_warning:
+            warnings.warn(self.scale_warning, stacklevel=2)
         out: dict[str, dict[str, Any]] = {name: metric.result() for name, metric in self.metrics.items()}
         if "lpips" in out:
             out["lpips"]["net"] = self.metrics["lpips"].net

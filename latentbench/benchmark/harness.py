@@ -38,7 +38,7 @@ from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
-from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, resolve_tokenizer, tokenizer_steps
+from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
 from latentbench.distributed import (
     Launch,
     broadcast,
@@ -492,7 +492,7 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
         "codes": codes,
         "compiled": compiled,
         # what the row's reader must know (a decoder on the wrong scale): the record and the table keep it
-        "warnings": [w for w in (metrics.scale_problem(),) if w],
+        "warnings": [w for w in (metrics.scale_warning,) if w],
     }
 
 
@@ -781,12 +781,12 @@ def check_extractor(proto: Protocol) -> None:
     factory = EXTRACTORS.get(name)  # KeyError naming the registered ones, or ImportError for module:Class
     if "cache_dir" in options:
         raise ValueError("eval.extractor_options may not set cache_dir (the bench passes it: LATENTBENCH_CACHE sets it)")
+    signature = readable_signature(factory)  # None: one inspect cannot read, which the build checks
     try:
-        inspect.signature(factory).bind(**{"weights": None, **options}, cache_dir=None)  # as create_extractor builds it
+        if signature is not None:
+            signature.bind(**{"weights": None, **options}, cache_dir=None)  # as create_extractor builds it
     except TypeError as e:
         raise ValueError(f"eval.extractor_options {options} do not fit the {name} extractor: {e}") from None
-    except ValueError:  # a signature inspect cannot read: the build checks it
-        pass
 
 
 def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluation: dict[str, Any]) -> None:
@@ -987,8 +987,7 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     from latentbench.benchmark.leaderboard import read_records, table_dir
 
     proto = record["protocol"]
-    if record.get("generation") is not None and "curve" not in record["generation"]:  # stored by a version that left
-        record = {**record, "generation": {**record["generation"], "curve": []}}  # an unavailable gFID's curve out
+    record = {**record, "generation": _with_curve(record.get("generation"))}
     directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
     if any(r["id"] == record["id"] for r in read_records(directory)):
         log(f"[record] row {record['id'][:12]} is in {directory} already: nothing appended")
@@ -1029,14 +1028,20 @@ def _record_stage(cfg, run_dir, train, evaluation, weights, trust, variant: str 
     """
     from latentbench.benchmark.schema import validate_record
 
-    if generation is not None and generation.get("trained", True) and "curve" not in generation:  # stored by a version
-        # that trained a generator without an extractor and kept no (empty) curve
-        generation = {**generation, "curve": []}
+    generation = _with_curve(generation)
     record = build_record(cfg, run_dir, train, evaluation, weights, trust, generation)
     if variant:
         record["tokenizer"]["variant"] = variant
     validate_record(record)  # a record no table takes is not stored as done: the rerun after the fix builds it anew
     return {"record": record}
+
+
+def _with_curve(generation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A trained generator's stage result or record part with its gFID curve: versions that trained a generator
+    without an extractor stored none, and the record schema requires one (empty)."""
+    if generation is None or not generation.get("trained", True) or "curve" in generation:
+        return generation
+    return {**generation, "curve": []}
 
 
 def _append_with_grids(record: dict[str, Any], run_dir: Path, leaderboard_dir: Path, evaluation: dict[str, Any],

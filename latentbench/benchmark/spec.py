@@ -9,6 +9,7 @@ into the run key.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import typing
 from dataclasses import dataclass, field, replace
@@ -55,7 +56,6 @@ class TokenizerSpec:
 
 def tokenizer_class(name: str) -> type | None:
     """The class a registered name or ``module:Class`` builds (a factory's return annotation), or None if unknown."""
-    import inspect
 
     from latentbench.tokenizers import TOKENIZERS
 
@@ -107,7 +107,6 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
 def user_sources(spec: TokenizerSpec) -> dict[str, str] | None:
     """sha256 of the source files of the spec's ``module:Class`` tokenizer and training module that are not the
     suite's, by module name (None: none). Part of the run key and the record: the code commit says nothing of them."""
-    import inspect
 
     from latentbench.registry import import_object
 
@@ -133,7 +132,6 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
     jsonargparse checks them against the constructor's signature and type hints, as LightningCLI does; a registered
     factory is checked against the class its return annotation names. A signature it cannot read is left to the build.
     """
-    import inspect
 
     from jsonargparse import ArgumentParser
 
@@ -148,14 +146,13 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
         if not args:
             # a user's module:Class is built from init_args alone: one without them must take none it requires
             # (a registered factory supplies its class's arguments itself)
-            if key == "init_args" and ":" in spec.name:
-                try:
-                    inspect.signature(cls).bind()
-                except TypeError as e:
-                    raise ValueError(f"tokenizer {spec.requested}: {cls.__module__}.{cls.__qualname__} cannot be built "
-                                     f"without init_args ({e}): give them in a YAML file (class_path, init_args)") from None
-                except ValueError:  # a signature inspect cannot read: the build checks it
-                    pass
+            signature = readable_signature(cls) if key == "init_args" and ":" in spec.name else None
+            try:
+                if signature is not None:
+                    signature.bind()
+            except TypeError as e:
+                raise ValueError(f"tokenizer {spec.requested}: {cls.__module__}.{cls.__qualname__} cannot be built "
+                                 f"without init_args ({e}): give them in a YAML file (class_path, init_args)") from None
             continue
         if not isinstance(args, dict):
             raise ValueError(f"tokenizer {spec.requested}: {key} must be a mapping of argument names to values, got {args!r}")
@@ -175,6 +172,15 @@ def _check_arguments(spec: TokenizerSpec) -> TokenizerSpec:
         if taken != args:
             typed[key] = taken
     return replace(spec, **typed)
+
+
+def readable_signature(obj: Any) -> inspect.Signature | None:
+    """``obj``'s signature, or None where inspect cannot read one (some built-ins and C extensions): the build
+    itself then checks the arguments."""
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
 
 
 def _numbers_from_strings(given: Any, parsed: Any) -> Any:

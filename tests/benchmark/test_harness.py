@@ -700,27 +700,15 @@ def test_an_image_folder_is_scanned_once_per_split(tmp_path, monkeypatch):
 
     Its loaders decode in the protocol's worker processes, evaluation's included.
     """
-    import numpy as np
-    import yaml
-    from PIL import Image
-
     import latentbench.benchmark.evaluate as evaluate
     import latentbench.data.encoded as encoded
-    from latentbench.benchmark.protocol import PROTOCOL_DIR
 
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 8), ("val", 4)):
-        for c in range(10):
-            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
-    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
-    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
-    raw["train"]["max_steps"], raw["generator"]["max_steps"], raw["generator"]["eval_every"] = 4, 4, 4
-    raw["train"]["num_workers"] = 2  # every loader of the bench decodes in 2 worker processes
-    raw["eval"]["probe_train"] = 80
-    path = tmp_path / "folder.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    def shorter(raw):
+        raw["train"]["max_steps"], raw["generator"]["max_steps"], raw["generator"]["eval_every"] = 4, 4, 4
+        raw["train"]["num_workers"] = 2  # every loader of the bench decodes in 2 worker processes
+        raw["eval"]["probe_train"] = 80
+
+    path = _folder_protocol(tmp_path, per_class=(8, 4), edit=shorter)
     scans = []
     real = encoded.scan_files
 
@@ -809,8 +797,10 @@ def test_training_validation_needs_a_held_out_image_per_process(tmp_path, monkey
         train_stage(cfg, tmp_path, "error")
 
 
-def _folder_protocol(tmp_path, val_classes=range(10)):
-    """The smoke protocol on a small image folder (10 classes in train, ``val_classes`` in val)."""
+def _folder_protocol(tmp_path, val_classes=range(10), per_class=(2, 2), keep_limits=False, edit=None):
+    """The smoke protocol on a small image folder: 10 classes in train, ``val_classes`` in val, ``per_class``
+    random images of each (train, val); smoke's num_train / num_eval dropped unless ``keep_limits``; ``edit``
+    changes the protocol's raw mapping further."""
     import numpy as np
     import yaml
     from PIL import Image
@@ -818,13 +808,17 @@ def _folder_protocol(tmp_path, val_classes=range(10)):
     from latentbench.benchmark.protocol import PROTOCOL_DIR
 
     rng = np.random.default_rng(0)
-    for split, classes in (("train", range(10)), ("val", val_classes)):
+    for split, classes, count in (("train", range(10), per_class[0]), ("val", val_classes, per_class[1])):
         for c in classes:
             (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
-            for i in range(2):
+            for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
     raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
-    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
+    raw["data"]["source"] = f"imagefolder:{tmp_path / 'images'}"
+    if not keep_limits:
+        raw["data"].update(num_train=None, num_eval=None)
+    if edit is not None:
+        edit(raw)
     path = tmp_path / "folder.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -972,22 +966,7 @@ def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as
 
 def test_a_split_with_fewer_images_than_the_protocol_names_is_refused_before_training(tmp_path):
     """A partly copied split would otherwise be recorded under a protocol that says how many images it holds."""
-    import numpy as np
-    import yaml
-    from PIL import Image
-
-    from latentbench.benchmark.protocol import PROTOCOL_DIR
-
-    rng = np.random.default_rng(0)
-    for split, per_class in (("train", 26), ("val", 2)):
-        for c in range(10):
-            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / split / f"c{c}" / f"{i}.png")
-    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
-    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}")  # smoke's num_train 256, num_eval 64
-    path = tmp_path / "short.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path = _folder_protocol(tmp_path, per_class=(26, 2), keep_limits=True)  # smoke's num_train 256, num_eval 64
     with pytest.raises(ValueError, match=r"data.num_eval is 64, but the val split .* has 20 images: .* set data.num_eval to 20"):
         run_bench("sdvae", str(path), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
