@@ -551,9 +551,28 @@ class DomainExtractor(FeatureExtractor):
         return self.net.features(uint8_to_unit(images.to(self.device), self.resolution)).float()  # (B, dim)
 
 
+# How the running bench reads its protocol's data: {source: ((train split, eval split), on_bad_image)}. A classifier
+# of that source built without explicit splits reads it as the bench does, wherever it is built: the eval stage's FID
+# extractor, and a MAETok teacher or perceptual substitute, which training modules build without knowing the protocol.
+_BENCH_READING: dict[str, tuple[tuple[str, str], str]] = {}
+_DEFAULT_READING = (("train", "val"), "error")
+
+
+@contextlib.contextmanager
+def bench_data_reading(source: str, splits: tuple[str, str], on_bad_image: str):
+    """Within it, ``domain-<source>`` classifiers train on ``splits`` with ``on_bad_image`` unless told otherwise."""
+    previous = dict(_BENCH_READING)
+    _BENCH_READING[source] = (tuple(splits), on_bad_image)
+    try:
+        yield
+    finally:
+        _BENCH_READING.clear()
+        _BENCH_READING.update(previous)
+
+
 def build_domain_extractor(
     source: str, weights: str | Path | None = None, cache_dir: str | Path | None = None, recipe: DomainRecipe | None = None,
-    splits: tuple[str, str] = ("train", "val"), on_bad_image: str = "error",
+    splits: tuple[str, str] | None = None, on_bad_image: str | None = None,
 ) -> DomainExtractor:
     """The ``domain-<source>`` extractor: from ``weights``, from the cache, or trained now and cached.
 
@@ -563,9 +582,11 @@ def build_domain_extractor(
         cache_dir: cache root (default ``default_cache_dir()``); the file goes to
             ``<cache_dir>/extractors/domain-<source>-<hash>.safetensors`` with a ``.json`` sidecar.
         recipe: training recipe (default ``DomainRecipe()``).
-        splits: the splits it trains and validates on (a bench passes its protocol's: ``validation``
-            in Hugging Face datasets); their data fingerprints are part of the cache key.
-        on_bad_image: unreadable images stop the build (``error``) or are skipped (``skip``, as the bench's).
+        splits: the splits it trains and validates on; their data fingerprints are part of the cache key.
+            Default: the running bench's when ``source`` is its protocol's (``bench_data_reading``: e.g.
+            ``validation`` in Hugging Face datasets), else ``("train", "val")``.
+        on_bad_image: unreadable images stop the build (``error``) or are skipped (``skip``); default: the
+            running bench's for its protocol's source, else ``error``.
 
     Returns:
         The extractor; ``info`` holds ``val_accuracy``, ``train_images``, ``recipe``, ``cache_path``.
@@ -581,6 +602,8 @@ def build_domain_extractor(
         return DomainExtractor(source, net, Path(weights), facts)
     from latentbench.data import BadImageError
 
+    bench_splits, bench_policy = _BENCH_READING.get(source, _DEFAULT_READING)
+    splits, on_bad_image = splits or bench_splits, on_bad_image or bench_policy
     recipe = recipe or DomainRecipe()
     try:
         train = _split_tensors(source, splits[0], recipe.resolution, recipe.limit, on_bad_image)

@@ -386,25 +386,28 @@ def load_for_decoding(cfg: BenchConfig, weights: str | Path | None, trust: bool 
     return tokenizer, compile_decoding(tokenizer) if cfg.compile else []
 
 
+def reading_protocol_data(proto: Protocol, on_bad_image: str):
+    """Context in which a ``domain-<source>`` classifier of the protocol's own data (FID extractor, MAETok teacher,
+    perceptual substitute) reads it as the bench does: its split names (an hf dataset's "validation") and its
+    unreadable-image policy."""
+    from latentbench.benchmark.extractors import bench_data_reading
+
+    return bench_data_reading(proto.data.source, (proto.data.train_split, proto.data.eval_split), on_bad_image)
+
+
 def build_extractor(proto: Protocol, cache_dir: str | Path | None = None, on_bad_image: str = "error"):
     """The protocol's FID feature extractor, or (None, the reason) when its weights are missing; a domain classifier
     of the protocol's data trains on its splits with the bench's ``on_bad_image``."""
-    from latentbench.benchmark.extractors import (
-        DOMAIN_PREFIX,
-        DomainRecipe,
-        create_extractor,
-    )
+    from latentbench.benchmark.extractors import DOMAIN_PREFIX, DomainRecipe, create_extractor
     from latentbench.distributed import compute_device
     from latentbench.weights import WeightsUnavailable
 
     options = dict(proto.eval.extractor_options)
     if proto.eval.extractor.startswith(DOMAIN_PREFIX) and options:
         options = {"recipe": DomainRecipe(**options)}
-    if proto.eval.extractor == f"{DOMAIN_PREFIX}{proto.data.source}":  # a classifier of the protocol's own data reads
-        # it as the bench does: its split names (an hf dataset's "validation") and its unreadable-image policy
-        options |= {"splits": (proto.data.train_split, proto.data.eval_split), "on_bad_image": on_bad_image}
     try:
-        extractor, why = create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
+        with reading_protocol_data(proto, on_bad_image):
+            extractor, why = create_extractor(proto.eval.extractor, cache_dir=cache_dir, **options).to(compute_device()), None
     except WeightsUnavailable as e:
         extractor, why = None, str(e)
     require_agreement("found" if why is None else "missing", f"the {proto.eval.extractor} extractor's weights", _SAME_FILES)
@@ -674,6 +677,7 @@ def run_bench(
         # evaluation's loaders (reconstruction, encoding, reference statistics) decode images in as many
         # worker processes as training's
         scope.enter_context(loader_workers(proto.train.num_workers))
+        scope.enter_context(reading_protocol_data(proto, on_bad_image))  # classifiers built by training modules too
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()

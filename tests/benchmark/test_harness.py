@@ -933,17 +933,15 @@ def test_skip_leaves_unreadable_files_out_says_so_and_records_them(tmp_path):
     assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [record["id"]]
 
 
-def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as_the_bench(tmp_path):
-    """An hf dataset's eval split is "validation", not "val"; --on_bad_image skip must reach the classifier's data
-    too (it had trained the tokenizer, then stopped at the eval stage on the file the bench skipped)."""
+def _validation_split_protocol(tmp_path, extractor_options=None):
+    """The smoke protocol on a 2-class folder whose eval split is named "validation" (as in hf datasets), with a
+    broken file in train/c0, and its FID extractor a classifier of that folder."""
     import dataclasses
 
     import numpy as np
     from PIL import Image
 
-    from latentbench.benchmark.harness import build_extractor
     from latentbench.benchmark.protocol import load_protocol
-    from latentbench.data import BadImageError
 
     rng = np.random.default_rng(0)
     root = tmp_path / "images"
@@ -954,14 +952,58 @@ def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
     (root / "train/c0/broken.png").write_bytes(b"not a png")
     proto = load_protocol("smoke")
-    proto = dataclasses.replace(
+    return dataclasses.replace(
         proto, data=dataclasses.replace(proto.data, source=f"imagefolder:{root}", eval_split="validation", num_train=None,
                                         num_eval=None),
         eval=dataclasses.replace(proto.eval, extractor=f"domain-imagefolder:{root}", extractor_options={"max_steps": 2}))
+
+
+def test_a_domain_classifier_of_the_protocols_data_reads_its_splits_and_skips_as_the_bench(tmp_path):
+    """An hf dataset's eval split is "validation", not "val"; --on_bad_image skip must reach the classifier's data
+    too (it had trained the tokenizer, then stopped at the eval stage on the file the bench skipped)."""
+    from latentbench.benchmark.harness import build_extractor
+    from latentbench.data import BadImageError
+
+    proto = _validation_split_protocol(tmp_path)
     with pytest.raises(BadImageError, match="broken.png"):
         build_extractor(proto, tmp_path / "cache")
     extractor, why = build_extractor(proto, tmp_path / "cache", on_bad_image="skip")
     assert why is None and extractor.info["val_images"] == 6 and extractor.info["train_images"] == 12
+
+
+def test_a_teacher_built_by_a_training_module_reads_the_protocols_data_as_the_bench(monkeypatch, tmp_path):
+    """A MAETok teacher or perceptual substitute of the protocol's own data is built inside the training module,
+    which does not know the protocol: it had read splits train / val with on_bad_image error, so a bench on data
+    with a "validation" split (or skipping a broken file) stopped while building its tokenizer."""
+    import latentbench.benchmark.harness as harness
+    from latentbench.benchmark import extractors
+    from latentbench.benchmark.extractors import DomainRecipe
+    from latentbench.data import BadImageError
+    from latentbench.tokenizers.teachers import create_teacher
+
+    proto = _validation_split_protocol(tmp_path)
+    name, recipe = proto.eval.extractor, DomainRecipe(max_steps=2)
+    with pytest.raises(BadImageError, match="broken.png"):  # outside a bench: on_bad_image error
+        create_teacher(name, cache_dir=tmp_path / "cache", recipe=recipe)
+    with harness.reading_protocol_data(proto, "error"), pytest.raises(BadImageError, match="broken.png"):
+        create_teacher(name, cache_dir=tmp_path / "cache", recipe=recipe)
+    with harness.reading_protocol_data(proto, "skip"):
+        teacher = create_teacher(name, cache_dir=tmp_path / "cache", recipe=recipe)
+    assert teacher.info["val_images"] == 6 and teacher.info["train_images"] == 12  # the "validation" split
+    with pytest.raises(BadImageError, match="broken.png"):  # the bench's reading ends with it
+        create_teacher(name, cache_dir=tmp_path / "cache", recipe=recipe)
+
+    seen = []  # and a bench holds it while it builds and trains its tokenizer
+
+    def train_stage(*a):
+        seen.append(dict(extractors._BENCH_READING))
+        raise _Stop
+
+    monkeypatch.setattr(harness, "train_stage", train_stage)
+    with pytest.raises(_Stop):
+        run_bench("sdvae", str(_folder_protocol(tmp_path / "f")), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb",
+                  on_bad_image="skip", log=lambda s: None)
+    assert seen == [{f"imagefolder:{tmp_path / 'f' / 'images'}": (("train", "val"), "skip")}]
 
 
 def test_a_split_with_fewer_images_than_the_protocol_names_is_refused_before_training(tmp_path):
