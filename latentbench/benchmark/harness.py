@@ -231,17 +231,22 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     with collective_scan():  # every rank builds it here: a multi-process bench splits the scan between them
         data = build_dataset(spec.source, split, spec.resolution, on_bad_image=on_bad_image, limit=limit)
     names = data.info["class_names"]
-    # Image folders and hf datasets list their files class by class, so their first N can leave whole
-    # classes out, and the probe and gFID's class-balanced samples would count classes the run never
-    # shows. (The embedded MNIST's limits take the digits in turn, so 10 or more images hold them all.)
-    shown = set(data.targets) if limit else set(range(len(names)))
+    # The probe and gFID's class-balanced samples count every class, so a class the split never shows would be
+    # sampled from a generator that never saw it. Image folders and hf datasets list their files class by class,
+    # so their first N can leave whole classes out (the embedded MNIST's limits take the digits in turn, so 10 or
+    # more images hold them all); and without a limit, an hf label feature can name classes no row has, and
+    # --on_bad_image skip can drop every file of a class.
+    shown = set(data.targets)
     missing = [name for label, name in enumerate(names) if label not in shown]
     if len(names) > 1 and missing:
+        which = f"{len(missing)} of the {len(names)} classes ({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
         raise ValueError(
             f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
-            f"{limit} readable images in the source's order, which leave out {len(missing)} of the {len(names)} classes "
-            f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}): raise the limit, or set it to "
-            "null to read the whole split"
+            f"{limit} readable images in the source's order, which leave out {which}: raise the limit, or set it to "
+            "null to read the whole split" if limit else
+            f"{spec.source} [{split}]: {which} have no readable image, yet the linear probe and gFID's class-balanced "
+            "sample set count every class: give every class images, or relabel the data with only the classes it "
+            "holds (an hf dataset: cast its label column to a ClassLabel of those names)"
         )
     if _SHARED_DATASETS is not None:
         _SHARED_DATASETS[key] = data

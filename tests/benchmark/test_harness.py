@@ -882,6 +882,39 @@ def test_a_limit_that_leaves_classes_out_is_refused(tmp_path, monkeypatch):
         run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
 
 
+def test_a_class_without_images_is_refused_without_a_limit_too(tmp_path, monkeypatch):
+    """An hf label feature naming a class no row has, or --on_bad_image skip dropping every file of a class: the
+    generator's class-balanced gFID samples would have asked for classes it never saw."""
+    import latentbench.benchmark.harness as harness
+
+    monkeypatch.setattr(harness, "train_stage", lambda *a: pytest.fail("trained with an empty class"))
+    protocol = _folder_protocol(tmp_path / "skip")
+    for broken in (tmp_path / "skip/images/train/c4").iterdir():
+        broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"\[train\]: 1 of the 10 classes \(c4\) have no readable image, yet the linear probe "
+                                         r"and gFID's class-balanced sample set count every class: give every class images"):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", on_bad_image="skip",
+                  log=lambda m: None)
+
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def split(labels):
+        images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in labels]
+        features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+        return datasets.Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+    labels = [0, 2] * 6  # classes "0", "1", "2": no row is labelled 1
+    datasets.DatasetDict({"train": split(labels), "val": split(labels)}).save_to_disk(tmp_path / "hf")
+    protocol = _folder_protocol(tmp_path / "folder", edit=lambda raw: raw["data"].update(source=f"hf:{tmp_path / 'hf'}"))
+    with pytest.raises(ValueError, match=r"\[train\]: 1 of the 3 classes \(1\) have no readable image, .* cast its label "
+                                         r"column to a ClassLabel"):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
+
+
 def test_a_cut_short_last_checkpoint_is_named_with_the_fix(smoke_run, tmp_path):
     """Resuming from a last.ckpt cut short by a kill during its save: a message naming it, not a bare OSError."""
     root, _, _ = smoke_run
