@@ -119,6 +119,8 @@ class MAETok(Tokenizer):
             Teacher targets are standardised per token (LayerNorm without affine).
         aux_width, aux_depth, aux_heads: size of each auxiliary decoder (paper: 3 layers).
         hog_cell: HOG cell size (default min(8, patch_size)).
+        hog_norm: HOG target normalisation, "patch" (one L2 norm per patch) or "cell" (each channel's
+            and cell's histogram over its bins, the official ``HOGGenerator``; maetok-b-128's default).
         teacher_cache: cache directory of suite-trained teachers (default: the suite's cache).
         cls_token: add a class token to the encoder's sequence (the official encoder is a timm
             DINOv2 ViT, which has one; it is not part of the latent).
@@ -161,6 +163,7 @@ class MAETok(Tokenizer):
         aux_depth: int = 3,
         aux_heads: int | None = None,
         hog_cell: int | None = None,
+        hog_norm: str = "patch",
         teacher_cache: str | None = None,
         cls_token: bool = False,
         abs_pos: bool = False,
@@ -191,6 +194,9 @@ class MAETok(Tokenizer):
         self.mask_scale = 1.0  # set_stage("decoder-ft", progress) anneals it to 0
         self.finetuning_decoder = False  # stage "decoder-ft": encoder frozen, auxiliary losses off, mask annealed
         self.hog_cell = hog_cell or min(8, patch_size)
+        if hog_norm not in ("patch", "cell"):
+            raise ValueError(f"hog_norm must be 'patch' or 'cell', got {hog_norm!r}")
+        self.hog_norm = hog_norm
         grid = (resolution // patch_size, resolution // patch_size)
         dec_w, dec_d, dec_h = decoder_width or width, decoder_depth or depth, decoder_heads or heads
         # encoder
@@ -222,7 +228,7 @@ class MAETok(Tokenizer):
 
     def describe_targets(self) -> dict[str, dict]:
         """What each auxiliary target is (for result records): HOG's parameters or the teacher's facts."""
-        return {name: dict(kind="hog", patch=self.patch_size, cell=self.hog_cell, bins=9) if name == "hog"
+        return {name: dict(kind="hog", patch=self.patch_size, cell=self.hog_cell, bins=9, norm=self.hog_norm) if name == "hog"
                 else self._teachers[name].describe() for name in self.aux_decoders}
 
     @property
@@ -328,7 +334,7 @@ class MAETok(Tokenizer):
         """Target features (B, N, D_t) of every image token, without gradient; a teacher's standardised per token
         unless ``standardise`` is False (the cosine loss reads their direction)."""
         if name == "hog":
-            return hog_features(x, self.patch_size, self.hog_cell)  # (B, N, D_hog)
+            return hog_features(x, self.patch_size, self.hog_cell, norm=self.hog_norm)  # (B, N, D_hog)
         teacher = self._teachers[name].to(x.device)
         features = teacher(x.float(), self._grid(x))  # (B, N, D_t)
         return normalize_targets(features) if standardise else features
@@ -367,9 +373,11 @@ class MAETok(Tokenizer):
 # DINOv2-style ViT-B (class token, learned positions, LayerScale 1e-5), RoPE-Mixed with base 10
 # in encoder and decoders, MoVQ decoder blocks, and a class token in the pixel decoder (the
 # official ``dec_cls_token`` default; a checkpoint built with it carries ``decoder.model.cls_token``,
-# and the converter follows that key). ``convert_official_state_dict`` loads its weights.
+# and the converter follows that key). ``convert_official_state_dict`` loads its weights. The HOG
+# target is normalised per channel and cell over its 9 bins, as the official ``HOGGenerator``
+# (MaskFeat's; a 16-pixel patch's 108 values are 3 channels x 2 x 2 cells x 9 bins).
 OFFICIAL_ARCH = dict(cls_token=True, abs_pos=True, layer_scale=1e-5, rope="mixed", rope_base=10.0, movq=True,
-                     decoder_cls_token=True)
+                     decoder_cls_token=True, hog_norm="cell")
 
 
 @TOKENIZERS.register("maetok-b-128", help="MAETok paper size: ViT-B enc/dec, patch 16, 256px -> 128 x 32 tokens")

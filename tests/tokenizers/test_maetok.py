@@ -220,3 +220,30 @@ def test_table1_ablation_rows_are_configs(config, masked, targets, stages):
     assert [name for name, _, _ in plan] == stages
     shared = {k: v for k, v in spec.module_args.items() if k != "stage_steps"}
     assert shared == {k: v for k, v in resolve_tokenizer("maetok", load_protocol("ci")).module_args.items() if k != "stage_steps"}
+
+
+def test_hog_cell_norm_is_the_official_per_channel_per_cell_target():
+    # the official HOGGenerator normalises every (channel, cell) 9-bin histogram over its bins
+    x = _images(2, 32)
+    f = hog_features(x, 16, cell_size=8, norm="cell")  # (B, 4, 3 x 2 x 2 x 9)
+    cells = f.reshape(2, 4, 3, 4, 9)  # (B, N, channel, cell, bin)
+    torch.testing.assert_close(cells.norm(dim=-1), torch.ones(2, 4, 3, 4))
+    # same direction per cell as the per-patch normalised feature; only the scale of each cell differs
+    patch = hog_features(x, 16, cell_size=8).reshape(2, 4, 3, 4, 9)
+    torch.testing.assert_close(torch.nn.functional.normalize(patch, dim=-1), cells, atol=1e-5, rtol=1e-5)
+    assert hog_features(torch.full((1, 3, 32, 32), 0.3), 16, norm="cell").abs().max() == 0  # flat cells stay 0
+    with pytest.raises(ValueError, match="HOG norm"):
+        hog_features(x, 16, norm="block")
+
+
+def test_paper_size_uses_the_official_hog_target_and_smaller_sizes_keep_theirs():
+    from latentbench.tokenizers.maetok import OFFICIAL_ARCH
+
+    assert OFFICIAL_ARCH["hog_norm"] == "cell"
+    assert create_tokenizer("maetok-smoke").hog_norm == "patch"  # the smoke / ci goldens' target
+    tok = create_tokenizer("maetok-smoke", hog_norm="cell").train()
+    assert tok.describe_targets()["hog"]["norm"] == "cell"
+    x = _images(2, 32)
+    torch.testing.assert_close(tok.aux_target("hog", x), hog_features(x, 8, norm="cell"))
+    with pytest.raises(ValueError, match="hog_norm"):
+        create_tokenizer("maetok-smoke", hog_norm="block")
