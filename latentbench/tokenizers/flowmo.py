@@ -71,21 +71,30 @@ def thick_tailed_times(batch: int, uniform_fraction: float = 0.1, generator: tor
 # ---- encoder and decoder -----------------------------------------------------------------------
 
 class FlowMoEncoder(nn.Module):
-    """Image (B, 3, H, W) -> continuous latent (B, L, bits): MMDiT over [learned latent queries, patches]."""
+    """Image (B, 3, H, W) -> continuous latent (B, L, bits): MMDiT over [latent queries, patches].
+
+    ``shared_query``: FlowMo's latent stream starts from one learned vector for every token (its
+    ``txt_in`` applied to zeros, i.e. that linear's bias, initialised as such: U(+-1/sqrt(bits))),
+    the tokens told apart by their RoPE positions alone; False learns a query per token (N(0, 0.02)).
+    """
 
     def __init__(self, patch_size: int, latent_tokens: int, bits: int, width: int, depth: int, heads: int,
-                 mlp_ratio: float, qk_scale: str, theta: float):
+                 mlp_ratio: float, qk_scale: str, theta: float, shared_query: bool = True):
         super().__init__()
-        self.patch_size = patch_size
+        self.patch_size, self.latent_tokens = patch_size, latent_tokens
         self.patch_embed = PatchEmbed(patch_size, 3, width)
-        self.latent_queries = nn.Parameter(torch.randn(1, latent_tokens, width) * 0.02)
+        if shared_query:
+            bound = bits**-0.5
+            self.latent_queries = nn.Parameter(torch.empty(1, 1, width).uniform_(-bound, bound))
+        else:
+            self.latent_queries = nn.Parameter(torch.randn(1, latent_tokens, width) * 0.02)
         self.trunk = MMDiT(width, depth, heads, mlp_ratio, modulated=False, theta=theta, qk_scale=qk_scale)
         self.head = FinalLayer(width, bits)
 
     def forward(self, x: Tensor) -> Tensor:
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         img = self.patch_embed(x)  # (B, N, D)
-        lat = self.latent_queries.expand(x.shape[0], -1, -1).to(img.dtype)  # (B, L, D)
+        lat = self.latent_queries.expand(x.shape[0], self.latent_tokens, -1).to(img.dtype)  # (B, L, D)
         _, lat = self.trunk(img, lat, grid)
         return self.head(lat)  # (B, L, bits)
 
@@ -144,6 +153,8 @@ class FlowMo(Tokenizer):
         guidance: decoder guidance scale (1 disables the unconditional branch).
         guidance_interval: (lo, hi) in t where guidance applies; None applies it at every step.
         posttrain_steps: steps of the stage-1b sampler (FlowMo: 8).
+        shared_latent_query: the encoder's latent tokens start from one learned vector (FlowMo), else
+            from a learned query each (the CPU sizes).
     """
 
     stages: ClassVar[tuple[str, ...]] = ("1a", "1b")
@@ -176,6 +187,7 @@ class FlowMo(Tokenizer):
         guidance: float = 1.5,
         guidance_interval: tuple[float, float] | None = GUIDANCE_INTERVAL,
         posttrain_steps: int = 8,
+        shared_latent_query: bool = True,
     ):
         super().__init__()
         if resolution % patch_size:
@@ -186,7 +198,8 @@ class FlowMo(Tokenizer):
         self.latent_dropout, self.time_uniform_fraction = latent_dropout, time_uniform_fraction
         self.sample_steps, self.rho, self.guidance, self.posttrain_steps = sample_steps, rho, guidance, posttrain_steps
         self.guidance_interval = tuple(guidance_interval) if guidance_interval is not None else None
-        self.encoder = FlowMoEncoder(patch_size, latent_tokens, bits, width, depth, heads, mlp_ratio, qk_scale, rope_theta)
+        self.encoder = FlowMoEncoder(patch_size, latent_tokens, bits, width, depth, heads, mlp_ratio, qk_scale, rope_theta,
+                                     shared_latent_query)
         self.quantizer = LFQ(bits, entropy_group)
         self.decoder = FlowMoDecoder(patch_size, bits, decoder_width, decoder_depth, decoder_heads, mlp_ratio,
                                      qk_scale, rope_theta)
@@ -359,7 +372,9 @@ class FlowMo(Tokenizer):
             is_official_state_dict,
         )
 
-        return convert_official_state_dict(state, self.latent_tokens) if is_official_state_dict(state) else state
+        if not is_official_state_dict(state):
+            return state
+        return convert_official_state_dict(state, self.latent_tokens, shared_query=self.encoder.latent_queries.shape[1] == 1)
 
 
 # ---- size variants ---------------------------------------------------------------------------
@@ -377,7 +392,8 @@ def flowmo_hi(**kw) -> FlowMo:
 @TOKENIZERS.register("flowmo-ci", help="CPU size for the `ci` protocol: 32px, patch 4 -> 32 tokens x 12 bits (0.375 bpp)")
 def flowmo_ci(**kw) -> FlowMo:
     defaults = {"resolution": 32, "patch_size": 4, "latent_tokens": 32, "bits": 12, "entropy_group": 6,
-                "width": 128, "depth": 2, "heads": 2, "decoder_width": 128, "decoder_depth": 4, "decoder_heads": 2}
+                "width": 128, "depth": 2, "heads": 2, "decoder_width": 128, "decoder_depth": 4, "decoder_heads": 2,
+                "shared_latent_query": False}
     return FlowMo(**{**defaults, **kw})
 
 
@@ -386,5 +402,5 @@ def flowmo_smoke(**kw) -> FlowMo:
     # patch 4 and a 64-wide decoder: a narrower one cannot carry a 4x4x3 patch's noise, and its flow loss stalls
     defaults = {"resolution": 32, "patch_size": 4, "latent_tokens": 8, "bits": 6, "entropy_group": 3, "width": 32,
                 "depth": 1, "heads": 2, "decoder_width": 64, "decoder_depth": 1, "decoder_heads": 2,
-                "sample_steps": 6, "posttrain_steps": 3}
+                "sample_steps": 6, "posttrain_steps": 3, "shared_latent_query": False}
     return FlowMo(**{**defaults, **kw})

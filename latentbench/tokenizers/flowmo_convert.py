@@ -11,8 +11,8 @@ What changes on the way (the values are otherwise copied):
   ``vit.unpatchify`` as (channel, row, col): the patch input and pixel output weights are permuted;
 * RoPE layout: Flux rotates channel pairs (2j, 2j + 1), ``vit.apply_rope`` pairs (j, j + d/2):
   query and key rows of ``qkv`` and the q/k RMS-norm scales are permuted within each head;
-* the encoder's latent input is ``txt_in`` applied to zeros, i.e. its bias: it becomes every
-  row of ``encoder.latent_queries``.
+* the encoder's latent input is ``txt_in`` applied to zeros, i.e. its bias: it becomes
+  ``encoder.latent_queries`` (FlowMo's shared query; every row of it for per-token queries).
 
 Keys that the official forward pass never uses are dropped and listed in ``UNUSED`` with the
 reason; any other key the converter does not know raises ``KeyError`` naming it.
@@ -128,8 +128,10 @@ def official_config(state: dict[str, Tensor], resolution: int = 256, latent_toke
 
 # ---- conversion --------------------------------------------------------------------------------
 
-def convert_official_state_dict(state: dict[str, Tensor], latent_tokens: int = 256) -> dict[str, Tensor]:
-    """Official FlowMo state dict -> ``FlowMo`` state dict.
+def convert_official_state_dict(state: dict[str, Tensor], latent_tokens: int = 256, shared_query: bool = True
+                                ) -> dict[str, Tensor]:
+    """Official FlowMo state dict -> ``FlowMo`` state dict (``shared_query`` as ``FlowMo(shared_latent_query=)``;
+    False repeats the official query in each of ``latent_tokens`` rows).
 
     Raises:
         KeyError: naming every official key that is neither converted nor known to be unused.
@@ -152,7 +154,7 @@ def convert_official_state_dict(state: dict[str, Tensor], latent_tokens: int = 2
                 value = value[rope_pair_permutation(hd)]
             out[f"{part}.trunk.blocks.{i}.{_STREAM[stream]}.{_BLOCK_PARTS[rest]}"] = value
             continue
-        mapped = _convert_top_level(key, value, patch, latent_tokens)
+        mapped = _convert_top_level(key, value, patch, 1 if shared_query else latent_tokens)
         if mapped is None:
             unknown.append(key)
         else:
@@ -166,7 +168,7 @@ def convert_official_state_dict(state: dict[str, Tensor], latent_tokens: int = 2
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _convert_top_level(key: str, value: Tensor, patch: int, latent_tokens: int) -> tuple[str, Tensor] | None:
+def _convert_top_level(key: str, value: Tensor, patch: int, query_rows: int) -> tuple[str, Tensor] | None:
     """(our key, value) for an official key outside the blocks, None when it has no counterpart."""
     simple = {
         "encoder.img_in.bias": "encoder.patch_embed.proj.bias",
@@ -189,7 +191,7 @@ def _convert_top_level(key: str, value: Tensor, patch: int, latent_tokens: int) 
     if key in ("decoder.final_layer_img.linear.weight", "decoder.final_layer_img.linear.bias"):
         return key.replace("final_layer_img", "head"), _pixels_out(value, patch)
     if key == "encoder.txt_in.bias":
-        return "encoder.latent_queries", value.reshape(1, 1, -1).expand(1, latent_tokens, -1).clone()
+        return "encoder.latent_queries", value.reshape(1, 1, -1).expand(1, query_rows, -1).clone()
     return None
 
 
@@ -198,7 +200,7 @@ def flowmo_from_official(state: dict[str, Tensor], resolution: int = 256, latent
     """Build a ``FlowMo`` of the checkpoint's size and load the converted weights (strict)."""
     cfg = {**official_config(state, resolution, latent_tokens, entropy_group), **overrides}
     model = FlowMo(**cfg)
-    converted = convert_official_state_dict(state, cfg["latent_tokens"])
+    converted = convert_official_state_dict(state, cfg["latent_tokens"], cfg.get("shared_latent_query", True))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     if missing:

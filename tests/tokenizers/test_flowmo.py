@@ -472,6 +472,10 @@ def test_converter_reproduces_the_official_forward():
         x_t, t = _images(2, RES, seed=1), torch.tensor([0.3, 0.8])
         ref_v, _ = _ref_flux(sd, "decoder", x_t, cond, t)
         assert torch.allclose(tok.velocity(x_t, t, cond), ref_v, atol=1e-4)
+        # FlowMo's one shared latent query; per-token queries (the CPU sizes) hold it in every row, to the same codes
+        per_token = flowmo_from_official(sd, resolution=RES, latent_tokens=L_TOK, entropy_group=3, shared_latent_query=False)
+        assert tok.encoder.latent_queries.shape == (1, 1, 64) and per_token.encoder.latent_queries.shape == (1, L_TOK, 64)
+        assert torch.allclose(per_token.encode_continuous(x), ref_code, atol=1e-4)
 
 
 def test_converter_names_unmapped_and_missing_keys():
@@ -505,6 +509,7 @@ def test_registered_paper_sizes_fit_the_released_checkpoints(name, bits):
         assert other.keys() == ours.keys()
         assert all(other[k].shape == ours[k].shape for k in ours)
     assert tok.decoder.trunk.axes_dim == (12, 42, 42) and tok.encoder.trunk.axes_dim == (8, 28, 28)
+    assert ours["encoder.latent_queries"].shape == (1, 1, 768)  # FlowMo's shared query (txt_in's bias)
 
 
 def test_convert_state_dict_hook_passes_our_own_state_dicts_through():
