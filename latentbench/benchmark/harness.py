@@ -991,15 +991,17 @@ def _ensure_recorded(record: dict[str, Any], run_dir: Path, leaderboard_dir: Pat
     The record stage runs once per run directory and only stores the record; this appends it.
     A rerun that names another ``--leaderboard_dir`` (or finds its row gone from the table, or
     was killed before appending) gets the same row, same id, in the table it names, and a table
-    that has the id already gets nothing.
+    that has the id already gets nothing but a re-render (the run may have been killed after its
+    row landed but before the README.md and plots were written).
     """
-    from latentbench.benchmark.leaderboard import read_records, table_dir
+    from latentbench.benchmark.leaderboard import read_records, rerender, table_dir
 
     proto = record["protocol"]
     record = {**record, "generation": _with_curve(record.get("generation"))}
     directory = table_dir(leaderboard_dir, proto["name"], proto["version"])
     if any(r["id"] == record["id"] for r in read_records(directory)):
-        log(f"[record] row {record['id'][:12]} is in {directory} already: nothing appended")
+        rerender(directory)  # a writer killed between its row and the table's README.md left the README without it
+        log(f"[record] row {record['id'][:12]} is in {directory} already: nothing appended, table re-rendered")
         return
     _append_with_grids(record, run_dir, leaderboard_dir, evaluation, generation, if_absent=True)
     log(f"[record] row {record['id'][:12]} appended to {directory}")

@@ -110,15 +110,18 @@ def render_all(root: Path) -> dict[Path, list[str]]:
     """Re-render every table under ``root`` (README.md and plots) from its results.jsonl, under its lock; and perf/README.md.
 
     Returns each table's folder and the names of the files written there."""
-    done = {}
-    for path in sorted(Path(root).glob("*/v*/results.jsonl")):
-        with FileLock(str(path.parent / ".lock"), timeout=120):
-            done[path.parent] = render(path.parent, read_records(path.parent))
+    done = {path.parent: rerender(path.parent) for path in sorted(Path(root).glob("*/v*/results.jsonl"))}
     if (Path(root) / "perf" / "perf.json").is_file():  # the `latentbench perf` table, in the current format
         from latentbench.benchmark.perf import render_perf_readme
 
         render_perf_readme(Path(root) / "perf" / "perf.json")
     return done
+
+
+def rerender(directory: Path) -> list[str]:
+    """Re-render one table from its results.jsonl, under its lock; the names of the files written."""
+    with FileLock(str(Path(directory) / ".lock"), timeout=120):
+        return render(directory, read_records(directory))
 
 
 def render(directory: Path, records: list[dict[str, Any]]) -> list[str]:

@@ -221,6 +221,19 @@ def test_a_run_killed_while_recording_leaves_one_row_after_its_rerun(smoke_run, 
         assert [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [stored["id"]]
 
 
+def test_a_run_killed_after_its_row_landed_gets_its_table_rendered_by_the_rerun(smoke_run, tmp_path):
+    """SIGKILL between the row's write and the README's: results.jsonl holds the row, the README and plots do not."""
+    root, record, _ = smoke_run
+    kw = dict(runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    run_bench("sdvae", "smoke", **kw)
+    table = tmp_path / "lb/smoke/v3"
+    for name in ("README.md", "gfid_curves.png", "rate_distortion.png"):
+        (table / name).unlink()
+    run_bench("sdvae", "smoke", **kw)
+    assert [r["id"] for r in read_records(table)] == [record["id"]]
+    assert record["id"][:12] in (table / "README.md").read_text() and (table / "gfid_curves.png").exists()
+
+
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
     root, record, _ = smoke_run
     run_dir = next((root / "runs/smoke/v3").iterdir())
