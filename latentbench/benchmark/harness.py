@@ -723,8 +723,8 @@ def run_bench(
             from latentbench.benchmark.plan import plan
 
             return plan(cfg, run_dir, Path(leaderboard_dir), data, log)
+        scope.enter_context(_held(run_dir))
         if is_rank_zero():
-            run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.json", json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
         log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
         for line in precision_lines(cfg):
@@ -741,6 +741,34 @@ def run_bench(
                                   trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
                    for variant, path in variants.items()]  # one row per result (FlowMo: without and with post-training)
         return records[-1]
+
+
+@contextlib.contextmanager
+def _held(run_dir: Path):
+    """Hold ``run_dir`` for this bench (rank 0 takes its lock); a second bench of the same run is refused.
+
+    Two benches in one run directory would train into the same checkpoint, each store its own
+    record and both append a row of the run. The lock is the operating system's: a killed bench
+    holds it no longer.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(run_dir / ".lock"))
+
+    def take() -> None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ValueError(f"another bench of this run is running in {run_dir} (it holds {lock.lock_file}): let it "
+                               "finish, then rerun this command, which finds its stages done") from None
+
+    run_on_rank_zero(take)
+    try:
+        yield
+    finally:
+        if lock.is_locked:
+            lock.release()
 
 
 def precision_lines(cfg: BenchConfig) -> list[str]:

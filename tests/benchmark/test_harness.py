@@ -234,6 +234,19 @@ def test_a_run_killed_after_its_row_landed_gets_its_table_rendered_by_the_rerun(
     assert record["id"][:12] in (table / "README.md").read_text() and (table / "gfid_curves.png").exists()
 
 
+def test_a_second_bench_of_a_running_run_is_refused_naming_the_fix(smoke_run, tmp_path):
+    """Two benches of one run at once had both stored a record and appended two rows of the same run."""
+    from filelock import FileLock
+
+    root, record, _ = smoke_run
+    (run_dir,) = (root / "runs/smoke/v3").iterdir()
+    kw = dict(runs_dir=root / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    with FileLock(str(run_dir / ".lock")), pytest.raises(ValueError, match="another bench of this run is running"):
+        run_bench("sdvae", "smoke", **kw)
+    assert not (tmp_path / "lb").exists()
+    assert run_bench("sdvae", "smoke", **kw)["id"] == record["id"]  # the lock is left when the first one ends
+
+
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
     root, record, _ = smoke_run
     run_dir = next((root / "runs/smoke/v3").iterdir())
