@@ -260,7 +260,7 @@ class LatentShards:
     """
 
     def __init__(self, directory: Path, fix: str = REENCODE):
-        self.directory = Path(directory)
+        self.directory, self.fix = Path(directory), fix
         paths = sorted(p for p in self.directory.glob("shard-*.safetensors") if _SHARD_NAME.fullmatch(p.name))
         if not paths:
             raise FileNotFoundError(f"no latent shards in {self.directory}; {fix}")
@@ -271,7 +271,7 @@ class LatentShards:
         self.paths = paths
         indices, labels, shapes = [], [], set()
         for path in paths:
-            with _open(path) as f:
+            with _open(path, fix) as f:
                 indices.append(f.get_tensor("index"))
                 labels.append(f.get_tensor("labels"))
                 if len(indices[-1]):
@@ -299,7 +299,7 @@ class LatentShards:
     @property
     def _latents(self) -> list[Tensor]:
         if self._maps is None:
-            self._maps = [_open(p).get_tensor("latents") for p in self.paths]  # zero-copy: the file's pages
+            self._maps = [_open(p, self.fix).get_tensor("latents") for p in self.paths]  # zero-copy: the file's pages
         return self._maps
 
     def rows(self, index: Tensor) -> Tensor:
@@ -330,10 +330,15 @@ class LatentShards:
         return self.rows(torch.arange(len(self))), self.labels.clone()
 
 
-def _open(path: Path):
-    from safetensors import safe_open
+def _open(path: Path, fix: str):
+    """``safe_open`` of ``path``; ValueError naming it, and ``fix``, when it is not a whole safetensors file."""
+    from safetensors import SafetensorError, safe_open
 
-    return safe_open(str(path), framework="pt")
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}; cut short by a kill or a full disk?); "
+                         f"{fix}") from None
 
 
 class NormalizedLatents(Dataset):
@@ -368,7 +373,10 @@ def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
     meta_path = directory / "meta.json"
     if not meta_path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:  # written atomically: edited or damaged
+        raise ValueError(f"latent cache {meta_path} is not valid JSON ({err}); {REENCODE}") from None
     return meta if meta.get("key") == key.digest else None
 
 
@@ -387,7 +395,7 @@ def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, 
                          f"meta.json records {meta['n']} of {meta['shape']}: a shard part is missing; {REENCODE}")
     path = directory / STATISTICS
     if path.exists():
-        with _open(path) as f:
+        with _open(path, "delete it: the statistics are computed again from the latents") as f:
             if (f.metadata() or {}).get("latents_sha256") == meta["latents_sha256"]:
                 shards._statistics = {k: f.get_tensor(k).clone() for k in f.keys()}
     if shards._statistics is None:  # a cache from before statistics were stored: one pass, stored for the next run

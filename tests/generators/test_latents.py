@@ -306,3 +306,19 @@ def test_element_statistics_need_two_latents(tmp_path):
     assert LatentNorm.of_cache("channel", shards).shift.shape == (2, 1, 1)  # 4 values a channel
     with pytest.raises(ValueError, match=f"'element' needs at least 2 values per statistic; there are fewer latents in {tmp_path}"):
         LatentNorm.of_cache("element", shards)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("shard-*.safetensors", r"shard-.* is not a readable safetensors file .*; delete the folder to re-encode"),
+    ("statistics.safetensors", r"statistics.safetensors is not a readable safetensors file .*; delete it"),
+    ("meta.json", r"meta.json is not valid JSON .*; delete the folder to re-encode"),
+])
+def test_a_cut_short_cache_file_is_named_with_the_fix(name, message, tmp_path):
+    """A cache file cut short (a kill, a full disk, a partial copy) had raised a bare SafetensorError or JSON error."""
+    data = _dataset()
+    key = CacheKey("abc", data.info, "res 2")
+    cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
+    path = next(tmp_path.glob(name))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=message):
+        cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
