@@ -736,6 +736,7 @@ def run_bench(
         if cfg.steps > 0:
             train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
             weights = run_dir / train["weights"]
+            run_on_rank_zero(lambda: _check_trained_weights(run_dir, train))
         variants = (train or {}).get("variants") or {"": weights}
         records = [_bench_variant(stages, cfg, run_dir, train, variant, weights if variant == "" else run_dir / path,
                                   trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
@@ -866,6 +867,19 @@ def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[
         cfg, run_dir, train, evaluation, weights, trust_checkpoint, variant, generation)), log)
     run_on_rank_zero(lambda: _ensure_recorded(recorded["record"], run_dir, leaderboard_dir, evaluation, generation, log))
     return recorded["record"]
+
+
+def _check_trained_weights(run_dir: Path, train: dict[str, Any]) -> None:
+    """ValueError unless the train stage's weights are on disk as it stored them: the later stages read them,
+    and a file deleted, cut short or replaced since would fail there or be measured as this run's."""
+    weights = run_dir / train["weights"]
+    paths = [run_dir / p for p in (train.get("variants") or {}).values()] + [weights]
+    missing = [p for p in paths if not p.is_file()]
+    changed = not missing and sha256_file(weights) != train["weights_sha256"]
+    if missing or changed:
+        what = f"{missing[0]} is missing" if missing else f"{weights} is not the file it trained (its sha256 changed)"
+        raise ValueError(f"the finished train stage's weights: {what}; delete {run_dir / 'stages/train.json'} to write "
+                         "them again from checkpoints/last.ckpt (or the run directory to train again)")
 
 
 def resume_from(last: Path) -> str | None:

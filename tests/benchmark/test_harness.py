@@ -247,6 +247,25 @@ def test_a_second_bench_of_a_running_run_is_refused_naming_the_fix(smoke_run, tm
     assert run_bench("sdvae", "smoke", **kw)["id"] == record["id"]  # the lock is left when the first one ends
 
 
+@pytest.mark.parametrize("damage", ["cut short", "deleted"])
+def test_trained_weights_damaged_after_training_are_named_with_the_fix(damage, smoke_run, tmp_path):
+    """They had failed at the eval stage as an "interrupted download?" to "download again", or with no fix at all."""
+    import shutil
+
+    root, _, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v3").iterdir())
+    copy = tmp_path / "runs/smoke/v3" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (copy / "stages/eval.json").unlink()
+    weights = copy / "tokenizer.safetensors"
+    if damage == "deleted":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(ValueError, match=r"train stage's weights: .*tokenizer.safetensors .*delete .*stages/train.json"):
+        run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+
+
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
     root, record, _ = smoke_run
     run_dir = next((root / "runs/smoke/v3").iterdir())
