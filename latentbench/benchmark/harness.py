@@ -736,7 +736,7 @@ def run_bench(
         if cfg.steps > 0:
             train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
             weights = run_dir / train["weights"]
-            run_on_rank_zero(lambda: _check_trained_weights(run_dir, train))
+            run_on_rank_zero(lambda: _check_trained_weights(run_dir, train, stages, cfg))
         variants = (train or {}).get("variants") or {"": weights}
         records = [_bench_variant(stages, cfg, run_dir, train, variant, weights if variant == "" else run_dir / path,
                                   trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
@@ -869,9 +869,14 @@ def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[
     return recorded["record"]
 
 
-def _check_trained_weights(run_dir: Path, train: dict[str, Any]) -> None:
-    """ValueError unless the train stage's weights are on disk as it stored them: the later stages read them,
-    and a file deleted, cut short or replaced since would fail there or be measured as this run's."""
+def _check_trained_weights(run_dir: Path, train: dict[str, Any], stages: Stages, cfg: BenchConfig) -> None:
+    """ValueError unless the train stage's weights are on disk as it stored them while a later stage has to read
+    them: a file deleted, cut short or replaced since would fail there or be measured as this run's. A finished
+    run needs them no more (its rerun appends its stored record to another table)."""
+    later = ["eval", "record"] + (["generate"] if cfg.protocol.generator.max_steps > 0 else [])
+    variants = train.get("variants") or {"": None}
+    if all(stages.get(f"{name}-{v}" if v else name) is not None for name in later for v in variants):
+        return
     weights = run_dir / train["weights"]
     paths = [run_dir / p for p in (train.get("variants") or {}).values()] + [weights]
     missing = [p for p in paths if not p.is_file()]

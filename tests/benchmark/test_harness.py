@@ -266,6 +266,20 @@ def test_trained_weights_damaged_after_training_are_named_with_the_fix(damage, s
         run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
 
 
+def test_a_finished_run_without_its_weights_still_appends_its_row_to_another_table(smoke_run, tmp_path):
+    """Every stage that reads the weights is done: a rerun with another --leaderboard_dir appends the stored record
+    (weights deleted to free the disk had stopped it, naming a fix that retrains nothing it needs)."""
+    import shutil
+
+    root, record, _ = smoke_run
+    run_dir = next((root / "runs/smoke/v3").iterdir())
+    copy = tmp_path / "runs/smoke/v3" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    (copy / "tokenizer.safetensors").unlink()
+    rerun = run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    assert rerun["id"] == record["id"] and [r["id"] for r in read_records(tmp_path / "lb/smoke/v3")] == [record["id"]]
+
+
 def test_a_record_quotes_the_provenance_of_the_stages_that_measured_it(smoke_run):
     root, record, _ = smoke_run
     run_dir = next((root / "runs/smoke/v3").iterdir())
