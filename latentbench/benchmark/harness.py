@@ -877,14 +877,20 @@ def _check_trained_weights(run_dir: Path, train: dict[str, Any], stages: Stages,
     variants = train.get("variants") or {"": None}
     if all(stages.get(f"{name}-{v}" if v else name) is not None for name in later for v in variants):
         return
+    from latentbench.generators.latents import open_safetensors
+
+    fix = (f"delete {run_dir / 'stages/train.json'} to write them again from checkpoints/last.ckpt (or the run "
+           "directory to train again)")
     weights = run_dir / train["weights"]
     paths = [run_dir / p for p in (train.get("variants") or {}).values()] + [weights]
     missing = [p for p in paths if not p.is_file()]
     changed = not missing and sha256_file(weights) != train["weights_sha256"]
     if missing or changed:
         what = f"{missing[0]} is missing" if missing else f"{weights} is not the file it trained (its sha256 changed)"
-        raise ValueError(f"the finished train stage's weights: {what}; delete {run_dir / 'stages/train.json'} to write "
-                         "them again from checkpoints/last.ckpt (or the run directory to train again)")
+        raise ValueError(f"the finished train stage's weights: {what}; {fix}")
+    for path in paths:  # the other results' files (FlowMo's tokenizer-1a) have no stored sha256: one cut short fails here
+        with open_safetensors(path, f"the finished train stage's weights; {fix}") as f:
+            f.keys()
 
 
 def resume_from(last: Path) -> str | None:

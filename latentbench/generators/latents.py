@@ -271,7 +271,7 @@ class LatentShards:
         self.paths = paths
         indices, labels, shapes = [], [], set()
         for path in paths:
-            with _open(path, fix) as f:
+            with open_safetensors(path, fix) as f:
                 indices.append(f.get_tensor("index"))
                 labels.append(f.get_tensor("labels"))
                 if len(indices[-1]):
@@ -299,7 +299,7 @@ class LatentShards:
     @property
     def _latents(self) -> list[Tensor]:
         if self._maps is None:
-            self._maps = [_open(p, self.fix).get_tensor("latents") for p in self.paths]  # zero-copy: the file's pages
+            self._maps = [open_safetensors(p, self.fix).get_tensor("latents") for p in self.paths]  # zero-copy: the file's pages
         return self._maps
 
     def rows(self, index: Tensor) -> Tensor:
@@ -330,7 +330,7 @@ class LatentShards:
         return self.rows(torch.arange(len(self))), self.labels.clone()
 
 
-def _open(path: Path, fix: str):
+def open_safetensors(path: Path, fix: str):
     """``safe_open`` of ``path``; ValueError naming it, and ``fix``, when it is not a whole safetensors file."""
     from safetensors import SafetensorError, safe_open
 
@@ -395,7 +395,7 @@ def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, 
                          f"meta.json records {meta['n']} of {meta['shape']}: a shard part is missing; {REENCODE}")
     path = directory / STATISTICS
     if path.exists():
-        with _open(path, "delete it: the statistics are computed again from the latents") as f:
+        with open_safetensors(path, "delete it: the statistics are computed again from the latents") as f:
             if (f.metadata() or {}).get("latents_sha256") == meta["latents_sha256"]:
                 shards._statistics = {k: f.get_tensor(k).clone() for k in f.keys()}
     if shards._statistics is None:  # a cache from before statistics were stored: one pass, stored for the next run

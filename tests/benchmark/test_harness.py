@@ -266,6 +266,27 @@ def test_trained_weights_damaged_after_training_are_named_with_the_fix(damage, s
         run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
 
 
+def test_another_results_weights_cut_short_are_named_with_the_fix(tmp_path):
+    """FlowMo's tokenizer-1a.safetensors has no stored sha256: cut short, its eval stage had said to download it."""
+    import types
+
+    from safetensors.torch import save_file
+
+    from latentbench.benchmark.harness import Stages, _check_trained_weights, sha256_file
+
+    for name in ("tokenizer.safetensors", "tokenizer-1a.safetensors"):
+        save_file({"w": torch.randn(1000)}, str(tmp_path / name))
+    train = {"weights": "tokenizer.safetensors", "weights_sha256": sha256_file(tmp_path / "tokenizer.safetensors"),
+             "variants": {"1a": "tokenizer-1a.safetensors", "1b": "tokenizer.safetensors"}}
+    cfg = types.SimpleNamespace(protocol=types.SimpleNamespace(generator=types.SimpleNamespace(max_steps=0)))
+    _check_trained_weights(tmp_path, train, Stages(tmp_path), cfg)
+    cut = tmp_path / "tokenizer-1a.safetensors"
+    cut.write_bytes(cut.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"tokenizer-1a.safetensors is not a readable safetensors file .*train stage's "
+                                         r"weights; delete .*stages/train.json"):
+        _check_trained_weights(tmp_path, train, Stages(tmp_path), cfg)
+
+
 def test_a_finished_run_without_its_weights_still_appends_its_row_to_another_table(smoke_run, tmp_path):
     """Every stage that reads the weights is done: a rerun with another --leaderboard_dir appends the stored record
     (weights deleted to free the disk had stopped it, naming a fix that retrains nothing it needs)."""
