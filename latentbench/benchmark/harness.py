@@ -243,7 +243,7 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
         raise ValueError(
             f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
             f"{limit} readable images in the source's order, which leave out {which}: raise the limit, or set it to "
-            "null to read the whole split" if limit else
+            "null to read the whole split" if limit and len(data) >= limit else  # else the limit cut nothing off
             f"{spec.source} [{split}]: {which} have no readable image, yet the linear probe and gFID's class-balanced "
             "sample set count every class: give every class images, or relabel the data with only the classes it "
             "holds (an hf dataset: cast its label column to a ClassLabel of those names)"

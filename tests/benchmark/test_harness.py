@@ -975,6 +975,13 @@ def test_a_class_without_images_is_refused_without_a_limit_too(tmp_path, monkeyp
                                          r"and gFID's class-balanced sample set count every class: give every class images"):
         run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", on_bad_image="skip",
                   log=lambda m: None)
+    # a limit the readable images do not reach cut nothing off: raising it is not the fix
+    protocol = _folder_protocol(tmp_path / "limit", per_class=(26, 7), keep_limits=True)  # smoke's num_train 256
+    for broken in (tmp_path / "limit/images/train/c4").iterdir():
+        broken.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"\[train\]: 1 of the 10 classes \(c4\) have no readable image"):
+        run_bench("sdvae", str(protocol), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", on_bad_image="skip",
+                  log=lambda m: None)
 
     datasets = pytest.importorskip("datasets")
     import numpy as np
