@@ -198,16 +198,19 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
     differently and draw overlapping parts. Every rank shuffles with ``seed``; their parts are disjoint
     and equal (the sampler drops the remainder rather than repeating images to pad the last rank).
     """
-    from torch.utils.data import DistributedSampler
+    from torch.utils.data import SequentialSampler
 
+    from latentbench.benchmark.resume import ResumableDistributedSampler, ResumableRandomSampler
     from latentbench.distributed import rank, world_size
 
     if distributed and world_size() > 1:
-        sampler = DistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=True)
+        sampler = ResumableDistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=True)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                           persistent_workers=num_workers > 0)
+    # the sampler and the loader share one generator, as DataLoader(shuffle=True, generator=) builds them
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+    sampler = ResumableRandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
                       num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
@@ -288,6 +291,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
+    from latentbench.benchmark.resume import ExactResume
+
     proto, spec = cfg.protocol, cfg.tokenizer
     _quiet_lightning()
     seed_process(cfg.seed)
@@ -319,7 +324,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
-                                   save_top_k=1, enable_version_counter=False), StepProgress()],
+                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume.for_loader(loader)],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
     )

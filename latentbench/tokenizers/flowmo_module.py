@@ -207,13 +207,16 @@ class FlowMoModule(L.LightningModule):
         if self.hparams.fix_initial_norms and self._initial_norms is None:
             self._initial_norms = {k: w.detach().norm().cpu() for k, w in block_linear_weights(self.tokenizer).items()}
 
-    @torch.no_grad()
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # rescaled with the step itself, not in on_train_batch_end, which Lightning calls after the callbacks' (its
+        # ModelCheckpoint's): the checkpoint holds the weights the next step reads, so a resumed run reads them too
+        super().optimizer_step(*args, **kwargs)
         if not self.hparams.fix_initial_norms:
             return
-        for name, w in block_linear_weights(self.tokenizer).items():
-            if w.requires_grad:  # a frozen encoder stays bit-identical
-                w.mul_(self._initial_norms[name].to(w.device) / w.norm())
+        with torch.no_grad():
+            for name, w in block_linear_weights(self.tokenizer).items():
+                if w.requires_grad:  # a frozen encoder stays bit-identical
+                    w.mul_(self._initial_norms[name].to(w.device) / w.norm())
 
     # ---- validation and early stopping ----------------------------------------------------------
 

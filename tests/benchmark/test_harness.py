@@ -395,20 +395,28 @@ def test_an_extractor_without_its_weights_still_gives_a_row(tmp_path, monkeypatc
     assert not (run_dir / "generators").exists()  # the generator's training is not spent on a gFID nobody can measure
 
 
-def test_a_killed_training_resumes_at_its_last_checkpoint_and_trains_only_the_rest(tmp_path, monkeypatch):
-    """Killed after step 10 (the checkpoint of step 8 on disk: one every fifth of the 20-step budget), the rerun
-    resumes at step 8 and runs steps 8-19 only, not the whole budget again."""
-    from latentbench.tokenizers.module import AutoencoderModule
-
-    real, steps, kill = AutoencoderModule.training_step, [], [True]
+def _killing(monkeypatch, module_class, at: dict, steps: list | None = None):
+    """Make ``module_class``'s training step raise at ``at["step"]`` (None: never), recording the steps it runs."""
+    real = module_class.training_step
 
     def training_step(self, batch, batch_idx):
-        if kill[0] and self.global_step == 10:
+        if at.get("step") == self.global_step:
             raise RuntimeError("killed")
-        steps.append(self.global_step)
+        if steps is not None:
+            steps.append(self.global_step)
         return real(self, batch, batch_idx)
 
-    monkeypatch.setattr(AutoencoderModule, "training_step", training_step)
+    monkeypatch.setattr(module_class, "training_step", training_step)
+
+
+def test_a_killed_training_resumes_at_its_last_checkpoint_and_trains_only_the_rest(smoke_run, tmp_path, monkeypatch):
+    """Killed after step 10 (the checkpoint of step 8 on disk: one every fifth of the 20-step budget, here the end of
+    the first epoch of 8 batches), the rerun resumes at step 8, runs steps 8-19 only, not the whole budget again, and
+    ends where the uninterrupted run did: its random streams and its loader's place are in the checkpoint."""
+    from latentbench.tokenizers.module import AutoencoderModule
+
+    steps, at = [], {"step": 10}
+    _killing(monkeypatch, AutoencoderModule, at, steps)
     kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
     with pytest.raises(RuntimeError, match="killed"):
         run_bench("sdvae", "smoke", **kw)
@@ -416,10 +424,36 @@ def test_a_killed_training_resumes_at_its_last_checkpoint_and_trains_only_the_re
     assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 8
     assert not (run_dir / "stages/train.json").exists() and not (tmp_path / "lb").exists()
     steps.clear()
-    kill[0] = False
-    run_bench("sdvae", "smoke", **kw)
+    at["step"] = None
+    record = run_bench("sdvae", "smoke", **kw)
     assert steps == list(range(8, 20))
     assert json.loads((run_dir / "stages/train.json").read_text())["steps"] == 20
+    root, plain, _ = smoke_run
+    assert record["tokenizer"]["checkpoint"]["sha256"] == plain["tokenizer"]["checkpoint"]["sha256"]
+    assert record["metrics"] == plain["metrics"]
+
+
+def test_a_bench_killed_inside_an_epoch_and_inside_generator_training_gives_the_uninterrupted_numbers(
+        smoke_run, tmp_path, monkeypatch):
+    """Killed at tokenizer step 14 (resumed from the checkpoint of step 12, four batches into the second epoch), then
+    at generator step 15 (resumed from its step-10 evaluation): the record is the uninterrupted run's, bit for bit."""
+    from latentbench.generators.module import GeneratorModule
+    from latentbench.tokenizers.module import AutoencoderModule
+
+    tokenizer_kill, generator_kill = {"step": 14}, {"step": None}
+    _killing(monkeypatch, AutoencoderModule, tokenizer_kill)
+    _killing(monkeypatch, GeneratorModule, generator_kill)
+    kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_bench("sdvae", "smoke", **kw)
+    tokenizer_kill["step"], generator_kill["step"] = None, 15
+    with pytest.raises(RuntimeError, match="killed"):
+        run_bench("sdvae", "smoke", **kw)
+    generator_kill["step"] = None
+    record = run_bench("sdvae", "smoke", **kw)
+    _, plain, _ = smoke_run
+    assert record["tokenizer"]["checkpoint"]["sha256"] == plain["tokenizer"]["checkpoint"]["sha256"]
+    assert record["metrics"] == plain["metrics"] and record["generation"]["curve"] == plain["generation"]["curve"]
 
 
 def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):

@@ -259,6 +259,26 @@ def test_stage_1a_loss_falls_when_overfitting_one_batch():
     assert after < 0.6 * before, (before, after)  # measured 1.50 -> 0.38
 
 
+def test_the_weights_a_checkpoint_holds_have_their_norms_fixed():
+    """The norms are fixed with the optimizer step: a checkpoint (Lightning saves it in the callbacks'
+    on_train_batch_end, before the module's) holds the weights the next step reads, so a resumed run reads them too."""
+    from lightning.pytorch.callbacks import Callback
+
+    from latentbench.tokenizers.mmdit import block_linear_weights
+
+    torch.manual_seed(0)
+    module = FlowMoModule("flowmo-smoke", lr=3e-3, warmup_steps=1, max_steps=3, perceptual_weight=0.0)
+    initial = {k: w.detach().norm().item() for k, w in block_linear_weights(module.tokenizer).items()}
+    seen = []
+
+    class AsACheckpointSeesThem(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            seen.append({k: w.detach().norm().item() for k, w in block_linear_weights(pl_module.tokenizer).items()})
+
+    _fit(module, _smooth_images(4), 3, callbacks=[AsACheckpointSeesThem()])
+    assert len(seen) == 3 and all(norms == pytest.approx(initial, rel=1e-5) for norms in seen)
+
+
 def test_stages_encoder_bit_identical_in_1b_and_early_stopping_state(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS weights: stage 1b uses its pixel fallback
     torch.manual_seed(0)

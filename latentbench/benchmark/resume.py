@@ -1,0 +1,169 @@
+"""A resumed training continues the interrupted run's trajectory exactly (on as many processes as wrote it).
+
+Lightning restores weights, optimizer and loop counters from ``last.ckpt``, but not the random
+streams, and a plain DataLoader cannot be resumed inside an epoch: a rerun would draw other
+noise, masks and time steps (``seed_process`` reseeds from the start) and shuffle again from the
+loader's first epoch. Here the checkpoint also keeps
+
+* every process's random states (torch on the CPU and on each GPU, NumPy, Python), gathered
+  from all ranks, since each draws its own stream, and set again before the first step after
+  the resume;
+* where the train loader stands: the shuffle generator's state at the start of the epoch and how
+  many batches of the epoch were trained; the sampler replays that epoch's draws and skips those
+  batches, so the next batch is the one the interrupted run would have drawn.
+
+Neither changes an uninterrupted run: the samplers draw exactly what ``RandomSampler`` and
+``DistributedSampler`` draw. A checkpoint written by another number of processes resumes as
+Lightning alone resumes it (its weights, optimizer and step), with a warning. Lightning's own resumable loaders (``StatefulDataLoader``) are not
+used: they count the batches the loader has *produced*, which runs ahead of training by the
+prefetch, where this counts the batches trained.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DistributedSampler, RandomSampler
+
+
+class _Skips:
+    """What a resumable sampler needs: the epoch's starting generator state and the indices to skip once."""
+
+    epoch_state: torch.Tensor | None = None
+    epochs_started = 0  # this training's epochs, counted here: Lightning counts the replayed finished epoch again
+    _resume: tuple[torch.Tensor | None, int, int, bool] | None = None
+
+    def resume(self, epoch_state: torch.Tensor | None, epoch: int, skip: int, finished: bool = False) -> None:
+        """The next epoch is epoch ``epoch`` again, from ``epoch_state`` (when the sampler has a generator), and skips
+        ``skip`` indices; ``finished``: the checkpoint's epoch had trained all its batches, so this one yields none."""
+        self._resume = (epoch_state, epoch, skip, finished)
+
+    def _iterate(self, draws):
+        resume, self._resume = self._resume, None
+        state, epoch, skip, finished = resume if resume is not None else (None, self.epochs_started, 0, False)
+        self.epoch, self.epochs_started = epoch, epoch + 1  # DistributedSampler's order is a function of seed and epoch
+        generator = getattr(self, "generator", None)
+        if generator is not None:
+            if state is not None:
+                generator.set_state(state)
+            self.epoch_state = generator.get_state()
+        it = draws()
+        if finished:  # Lightning replays the checkpoint's finished epoch: draw what it drew (its shuffle), yield nothing
+            next(it, None)  # and ask no further, as the interrupted run's loader was not asked past its last batch
+            return
+        for _ in range(skip):  # indices only: no image is read
+            next(it, None)
+        yield from it
+
+
+class ResumableRandomSampler(_Skips, RandomSampler):
+    """``RandomSampler`` (its draws, on the loader's generator) that can resume inside an epoch."""
+
+    def __iter__(self):
+        return self._iterate(super().__iter__)
+
+
+class ResumableDistributedSampler(_Skips, DistributedSampler):
+    """``DistributedSampler`` (its order is a function of seed and epoch) that can resume inside an epoch; it counts
+    its epochs itself (the same 0, 1, 2... as Lightning's ``set_epoch`` in an uninterrupted run)."""
+
+    def set_epoch(self, epoch: int) -> None:
+        """Ignored (Lightning calls it each epoch): ``_iterate`` sets the epoch."""
+
+    def __iter__(self):
+        return self._iterate(super().__iter__)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rng_states() -> dict[str, Any]:
+    # plain types and tensors only: checkpoints are read with torch.load(weights_only=True)
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "numpy": (kind, keys.tolist(), pos, has_gauss, cached), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ExactResume(Callback):
+    """Keeps the random states of every rank and the train loader's place in the checkpoint; restores both.
+
+    Args:
+        sampler: the train loader's sampler (``ResumableRandomSampler`` / ``ResumableDistributedSampler``).
+    """
+
+    def __init__(self, sampler: _Skips):
+        self.sampler = sampler
+        self.trained_in_epoch = 0
+        self._rng: list[dict[str, Any]] | None = None  # the checkpoint's random states, until they are set
+        self._inside_epoch = False  # resumed inside an epoch: its count goes on
+
+    # The random states are set where the interrupted run stood when it saved: before the next step of a
+    # resumed epoch, or, when the checkpoint's epoch had ended, at the next epoch's start, before its loader
+    # is iterated (a loader without a generator of its own, as under DDP, draws its worker seed from the
+    # global stream there). Lightning calls no on_train_epoch_start for an epoch resumed inside.
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if not self._inside_epoch:
+            self.trained_in_epoch = 0
+        self._set_rng(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._inside_epoch = False
+        self._set_rng(trainer)
+
+    def _set_rng(self, trainer) -> None:
+        if self._rng:
+            _set_rng_states(self._rng[trainer.global_rank])
+            self._rng = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.trained_in_epoch += 1  # before ModelCheckpoint, which Lightning runs after the other callbacks
+
+    def state_dict(self) -> dict[str, Any]:
+        # every rank builds the checkpoint (rank 0 writes it), so every rank's random states can be gathered here
+        states = [_rng_states()]
+        if _world_size() > 1:
+            states = [None] * _world_size()
+            torch.distributed.all_gather_object(states, _rng_states())
+        return {"rng": states, "epoch_state": self.sampler.epoch_state, "epoch": self.sampler.epochs_started - 1,
+                "trained_in_epoch": self.trained_in_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if len(state_dict["rng"]) != _world_size():  # other ranks, other shards: resumed as Lightning alone resumes
+            rank_zero_warn(f"the checkpoint was written by {len(state_dict['rng'])} process(es), this run has "
+                           f"{_world_size()}: training resumes from its weights and step, not on the interrupted run's "
+                           "random streams and batches (resume on the same number of processes for that)")
+            return
+        trained = state_dict["trained_in_epoch"]
+        self._rng, self.trained_in_epoch, self._inside_epoch = state_dict["rng"], trained, trained < self._batches
+        self.sampler.resume(state_dict["epoch_state"], state_dict["epoch"], trained * self._batch_size,
+                            finished=not self._inside_epoch)
+
+    _batch_size, _batches = 1, 0  # set by ``for_loader``
+
+    @classmethod
+    def for_loader(cls, loader) -> ExactResume:
+        """The callback of a loader built by ``harness._loader``."""
+        callback = cls(loader.sampler)
+        callback._batch_size, callback._batches = loader.batch_size, len(loader)
+        return callback
+
+
+__all__ = ["ExactResume", "ResumableDistributedSampler", "ResumableRandomSampler"]
