@@ -173,12 +173,11 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     sample set at every evaluation.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
     from latentbench.benchmark.evaluate import ShardSampler, world
-    from latentbench.benchmark.resume import ExactResume
+    from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
     from latentbench.benchmark.harness import (
         StepProgress,
         _loader,
@@ -211,7 +210,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
         **trainer_kwargs(launch or Launch()), gradient_clip_val=module.hparams.grad_clip,
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
+        callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
                    StepProgress(), ExactResume.for_loader(loader)],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(out_dir), use_distributed_sampler=False,

@@ -287,11 +287,10 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     of each epoch's shuffle (``_loader``); rank 0 writes the weights.
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
-    from latentbench.benchmark.resume import ExactResume
+    from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
 
     proto, spec = cfg.protocol, cfg.tokenizer
     _quiet_lightning()
@@ -323,7 +322,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
         **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
-        callbacks=[ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
+        callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
                                    save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume.for_loader(loader)],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves

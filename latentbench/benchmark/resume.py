@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DistributedSampler, RandomSampler
 
@@ -166,4 +166,27 @@ class ExactResume(Callback):
         return callback
 
 
-__all__ = ["ExactResume", "ResumableDistributedSampler", "ResumableRandomSampler"]
+class ResumableCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose checkpoints Lightning resumes where they were written.
+
+    * A step whose validation follows (FlowMo's early stopping) is saved after that validation, not in
+      ``on_train_batch_end`` before it: Lightning resumes a checkpoint of a validation step past its validation
+      (it takes it as run), so the resumed run would never score it.
+    * None is written at ``max_steps``: Lightning resumes such a checkpoint by skipping ``fit`` altogether, without
+      the last validation nor ``on_train_start`` / ``on_train_end`` (FlowMo's best decoder, RAE's normalization
+      record, the generator's EMA weights copied in); a rerun after a kill there trains the last steps again, exactly.
+    """
+
+    def _should_skip_saving_checkpoint(self, trainer) -> bool:
+        return super()._should_skip_saving_checkpoint(trainer) or 0 < trainer.max_steps <= trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        due = self._every_n_train_steps >= 1 and trainer.global_step % self._every_n_train_steps == 0
+        if due and not self._should_skip_saving_checkpoint(trainer) and loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self._defer_save_until_validation = True  # ModelCheckpoint.on_validation_end saves it
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+__all__ = ["ExactResume", "ResumableCheckpoint", "ResumableDistributedSampler", "ResumableRandomSampler"]

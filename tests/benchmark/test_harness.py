@@ -456,6 +456,48 @@ def test_a_bench_killed_inside_an_epoch_and_inside_generator_training_gives_the_
     assert record["metrics"] == plain["metrics"] and record["generation"]["curve"] == plain["generation"]["curve"]
 
 
+def _flowmo_trained(kw, kill_in_validation_at: dict, monkeypatch, val_every: int | None = None):
+    """A FlowMo smoke bench's train stage only (the later stages stubbed), killed in the validation of a step."""
+    import latentbench.benchmark.harness as harness
+    from latentbench.tokenizers.flowmo_module import FlowMoModule
+
+    monkeypatch.setattr(harness, "_bench_variant", lambda *a, **k: {})
+    real = FlowMoModule.validation_step
+
+    def validation_step(self, batch, batch_idx):
+        if kill_in_validation_at.get("step") == self.global_step:
+            raise RuntimeError("killed")
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(FlowMoModule, "validation_step", validation_step)
+    if val_every:
+        kwargs = FlowMoModule.trainer_kwargs
+        monkeypatch.setattr(FlowMoModule, "trainer_kwargs", lambda self: {**kwargs(self), "val_check_interval": val_every})
+    run_bench("flowmo", "smoke", **kw)
+    train = json.loads((next((kw["runs_dir"] / "smoke/v3").iterdir()) / "stages/train.json").read_text())
+    return {k: train[k] for k in ("weights_sha256", "early_stopping", "steps")}
+
+
+@pytest.mark.parametrize("val_every, killed_at", [(None, 20), (4, 16)])
+def test_a_flowmo_training_killed_in_a_validation_after_a_checkpoint_of_its_step_resumes_exactly(
+        tmp_path, monkeypatch, val_every, killed_at):
+    """Killed inside the validation of a step whose checkpoint was written (every 4th step; validations every 5th,
+    or every 4th): Lightning resumes a checkpoint of a validation step past that validation, and one of max_steps
+    without fit (no last validation, no on_train_end keeping the best decoder). The rerun scored one validation less
+    (early stopping: 1 evaluation against 2, status "running"); now the step is saved after its validation and none
+    at max_steps, so the rerun's early stopping and weights are the uninterrupted run's."""
+    at = {"step": None}
+    plain = _flowmo_trained(dict(runs_dir=tmp_path / "plain", leaderboard_dir=tmp_path / "lb", log=lambda s: None), at,
+                            monkeypatch, val_every)
+    kw = dict(runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None)
+    at["step"] = killed_at
+    with pytest.raises(RuntimeError, match="killed"):
+        _flowmo_trained(kw, at, monkeypatch, val_every)
+    at["step"] = None
+    resumed = _flowmo_trained(kw, at, monkeypatch, val_every)
+    assert resumed == plain and plain["early_stopping"]["evaluations"] == 2
+
+
 def test_bench_from_checkpoint_equals_trained_run(smoke_run, tmp_path):
     root, record, _ = smoke_run
     weights = next((root / "runs/smoke/v3").iterdir()) / "tokenizer.safetensors"
