@@ -72,7 +72,11 @@ class ResumableDistributedSampler(_Skips, DistributedSampler):
     its epochs itself (the same 0, 1, 2... as Lightning's ``set_epoch`` in an uninterrupted run)."""
 
     def set_epoch(self, epoch: int) -> None:
-        """Ignored (Lightning calls it each epoch): ``_iterate`` sets the epoch."""
+        """Ignored once this sampler counts (Lightning calls it each epoch): ``_iterate`` sets the epoch. Taken before
+        its first epoch when no resume is pending (a checkpoint of another world size or without this state): the
+        rerun shuffles Lightning's epoch, as ``DistributedSampler`` did, not epoch 0's order again."""
+        if self._resume is None and self.epochs_started == 0:
+            self.epochs_started = epoch
 
     def __iter__(self):
         return self._iterate(super().__iter__)

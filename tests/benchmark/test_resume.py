@@ -56,8 +56,10 @@ def test_the_distributed_sampler_counts_its_epochs_and_resumes_inside_one():
         torchs.set_epoch(epoch)
         expected.append(list(torchs))
     ours = ResumableDistributedSampler(DATA, num_replicas=2, rank=1, shuffle=True, seed=5)
+    ours.set_epoch(0)
+    first = list(ours)
     ours.set_epoch(7)  # Lightning's count is ignored (after a resume at an epoch's end it counts that epoch twice)
-    assert epochs(ours, 3) == expected
+    assert [first] + epochs(ours, 2) == expected
     resumed = ResumableDistributedSampler(DATA, num_replicas=2, rank=1, shuffle=True, seed=5)
     resumed.resume(None, epoch=1, skip=6)
     assert epochs(resumed, 2) == [expected[1][6:], expected[2]]
@@ -101,3 +103,16 @@ def test_a_checkpoint_of_another_world_size_resumes_as_lightning_alone_would(rec
     callback.load_state_dict(two_ranks)
     assert "written by 2 process(es), this run has 1" in str(recwarn.pop().message)
     assert _epoch(loader) == _epoch(_loader(DATA, 8, True, seed=3)) and callback._rng is None
+
+
+def test_a_distributed_sampler_resumed_without_its_state_shuffles_lightnings_epoch():
+    """A checkpoint of another world size (or without this state): as DistributedSampler, Lightning's epoch's order,
+    not epoch 0's again."""
+    torchs = DistributedSampler(DATA, num_replicas=2, rank=1, shuffle=True, seed=5)
+    torchs.set_epoch(3)
+    ours = ResumableDistributedSampler(DATA, num_replicas=2, rank=1, shuffle=True, seed=5)
+    ours.set_epoch(3)
+    assert list(ours) == list(torchs)
+    ours.set_epoch(3)  # counted from here on
+    torchs.set_epoch(4)
+    assert list(ours) == list(torchs)
