@@ -67,10 +67,17 @@ class RAEModule(AutoencoderModule):
         return {"kind": "patchgan", "channels": channels, "layers": self.hparams.disc_layers}
 
     def on_train_start(self) -> None:
-        if self.tokenizer.normalization_fitted:
-            self.normalization = {"images": int(self.tokenizer.latent_stats_images), "fitted": "before this run"}
+        if self.tokenizer.normalization_fitted:  # by this run before a resume (its facts are in the checkpoint), or before it
+            self.normalization = self.normalization or {"images": int(self.tokenizer.latent_stats_images),
+                                                        "fitted": "before this run"}
             return
         self.normalization = self.tokenizer.fit_normalization(self._stats_loader())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["rae_normalization"] = self.normalization
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.normalization = checkpoint.get("rae_normalization")
 
     def _stats_loader(self) -> DataLoader:
         """The first ``stats_images`` training images (all: None) in dataset order, this rank's shard

@@ -96,6 +96,14 @@ def test_frozen_encoder_no_gradient_bit_identical_and_stats_fitted_before_traini
     with torch.no_grad():
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), tok.eval().decode(tok.encode(x)))
 
+    # a training resumed from it records the statistics pass this run made, not "fitted before this run"
+    resumed = RAEModule("rae-smoke", max_steps=3, lr=1e-2, warmup_steps=1, perceptual_weight=0.0, disc_weight=0.0)
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    resumed.load_state_dict(checkpoint["state_dict"])
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_train_start()
+    assert resumed.normalization == module.normalization and "mean_abs" in resumed.normalization
+
 
 def test_stats_images_counts_over_all_processes(smoke):
     """``stats_images`` is the number of images over the whole world: each rank takes its share of the first ones."""
