@@ -177,16 +177,21 @@ class _DropLightningTips(logging.Filter):
 
 
 def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips, a known deprecation warning from its own code, and its eval-mode alarm.
+    """Drop Lightning's advertising tips, a known deprecation warning from its own code, its eval-mode alarm, and
+    its resuming alarms.
 
     The suite keeps frozen networks in eval mode on purpose (RAE's encoder, LPIPS and its substitutes,
     teachers, feature discriminators' backbones): Lightning's "Found N module(s) in eval mode at the
-    start of training ... may lead to unexpected behavior" would only alarm.
+    start of training ... may lead to unexpected behavior" would only alarm. A resumed training finds its
+    checkpoint folder full, and resumes inside an epoch exactly (``resume.ExactResume``), which Lightning's
+    "your dataloader is not resumable ... unreliable results" does not know.
     """
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropLightningTips())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0, drop_last: bool = False,

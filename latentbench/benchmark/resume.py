@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DistributedSampler, RandomSampler
 
 
@@ -157,6 +157,8 @@ class ExactResume(Callback):
             return
         trained = state_dict["trained_in_epoch"]
         self._rng, self.trained_in_epoch, self._inside_epoch = state_dict["rng"], trained, trained < self._batches
+        rank_zero_info(f"resuming on the interrupted run's random streams and batches: epoch {state_dict['epoch']}, "
+                       f"{trained} of its {self._batches} batches trained")
         self.sampler.resume(state_dict["epoch_state"], state_dict["epoch"], trained * self._batch_size,
                             finished=not self._inside_epoch)
 
