@@ -248,14 +248,15 @@ def _dataset(protocol: Protocol, split: str, limit: int | None, on_bad_image: st
     missing = [name for label, name in enumerate(names) if label not in shown]
     if len(names) > 1 and missing:
         which = f"{len(missing)} of the {len(names)} classes ({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
+        if limit and len(data) >= limit:  # the limit cut classes off
+            raise ValueError(
+                f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
+                f"{limit} readable images in the source's order, which leave out {which}: raise the limit, or set it to "
+                "null to read the whole split")
         raise ValueError(
-            f"{spec.source} [{split}]: the protocol's limit of {limit} images (num_train / num_eval) takes the first "
-            f"{limit} readable images in the source's order, which leave out {which}: raise the limit, or set it to "
-            "null to read the whole split" if limit and len(data) >= limit else  # else the limit cut nothing off
             f"{spec.source} [{split}]: {which} have no readable image, yet the linear probe and gFID's class-balanced "
             "sample set count every class: give every class images, or relabel the data with only the classes it "
-            "holds (an hf dataset: cast its label column to a ClassLabel of those names)"
-        )
+            "holds (an hf dataset: cast its label column to a ClassLabel of those names)")
     if _SHARED_DATASETS is not None:
         _SHARED_DATASETS[key] = data
     return data
@@ -328,7 +329,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
-                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume.for_loader(loader)],
+                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume(loader)],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
     )
@@ -883,15 +884,15 @@ def _check_trained_weights(run_dir: Path, train: dict[str, Any], stages: Stages,
     them: a file deleted, cut short or replaced since would fail there or be measured as this run's. A finished
     run needs them no more (its rerun appends its stored record to another table)."""
     later = ["eval", "record"] + (["generate"] if cfg.protocol.generator.max_steps > 0 else [])
-    variants = train.get("variants") or {"": None}
-    if all(stages.get(f"{name}-{v}" if v else name) is not None for name in later for v in variants):
+    variants = train.get("variants") or {}
+    if all(stages.get(f"{name}-{v}" if v else name) is not None for name in later for v in variants or [""]):
         return
     from latentbench.generators.latents import open_safetensors
 
     fix = (f"delete {run_dir / 'stages/train.json'} to write them again from checkpoints/last.ckpt (or the run "
            "directory to train again)")
     weights = run_dir / train["weights"]
-    paths = [run_dir / p for p in (train.get("variants") or {}).values()] + [weights]
+    paths = [run_dir / p for p in variants.values()] + [weights]
     missing = [p for p in paths if not p.is_file()]
     changed = not missing and sha256_file(weights) != train["weights_sha256"]
     if missing or changed:

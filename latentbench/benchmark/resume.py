@@ -109,11 +109,12 @@ class ExactResume(Callback):
     """Keeps the random states of every rank and the train loader's place in the checkpoint; restores both.
 
     Args:
-        sampler: the train loader's sampler (``ResumableRandomSampler`` / ``ResumableDistributedSampler``).
+        loader: the train loader, built by ``harness._loader`` (its sampler is a ``ResumableRandomSampler`` or
+            ``ResumableDistributedSampler``).
     """
 
-    def __init__(self, sampler: _Skips):
-        self.sampler = sampler
+    def __init__(self, loader):
+        self.sampler, self._batch_size, self._batches = loader.sampler, loader.batch_size, len(loader)
         self.trained_in_epoch = 0
         self._rng: list[dict[str, Any]] | None = None  # the checkpoint's random states, until they are set
         self._inside_epoch = False  # resumed inside an epoch: its count goes on
@@ -144,8 +145,8 @@ class ExactResume(Callback):
         # every rank builds the checkpoint (rank 0 writes it), so every rank's random states can be gathered here
         states = [_rng_states()]
         if _world_size() > 1:
-            states = [None] * _world_size()
-            torch.distributed.all_gather_object(states, _rng_states())
+            local, states = states[0], [None] * _world_size()
+            torch.distributed.all_gather_object(states, local)
         return {"rng": states, "epoch_state": self.sampler.epoch_state, "epoch": self.sampler.epochs_started - 1,
                 "trained_in_epoch": self.trained_in_epoch}
 
@@ -161,15 +162,6 @@ class ExactResume(Callback):
                        f"{trained} of its {self._batches} batches trained")
         self.sampler.resume(state_dict["epoch_state"], state_dict["epoch"], trained * self._batch_size,
                             finished=not self._inside_epoch)
-
-    _batch_size, _batches = 1, 0  # set by ``for_loader``
-
-    @classmethod
-    def for_loader(cls, loader) -> ExactResume:
-        """The callback of a loader built by ``harness._loader``."""
-        callback = cls(loader.sampler)
-        callback._batch_size, callback._batches = loader.batch_size, len(loader)
-        return callback
 
 
 class ResumableCheckpoint(ModelCheckpoint):

@@ -36,12 +36,12 @@ def test_a_resumed_loader_continues_the_interrupted_epoch_and_the_ones_after():
         expected.append(_epoch(plain))
         states.append(plain.sampler.epoch_state)
     resumed = _loader(DATA, 8, True, seed=3)
-    callback = ExactResume.for_loader(resumed)
+    callback = ExactResume(resumed)
     callback.load_state_dict({**callback.state_dict(), "epoch_state": states[1], "epoch": 1, "trained_in_epoch": 2})  # 2 of 5
     rest = [b[0].tolist() for b in itertools.islice(iter(resumed), 3)]  # Lightning takes the epoch's 3 batches left
     assert rest == expected[1][2:] and _epoch(resumed) == expected[2]
     finished = _loader(DATA, 8, True, seed=3)  # saved after the epoch's last batch: Lightning replays it, empty
-    ExactResume.for_loader(finished).load_state_dict({**callback.state_dict(), "epoch_state": states[0], "epoch": 0,
+    ExactResume(finished).load_state_dict({**callback.state_dict(), "epoch_state": states[0], "epoch": 0,
                                                       "trained_in_epoch": 5})
     assert list(finished) == [] and _epochs(finished, 2) == [expected[1], expected[2]]
 
@@ -69,7 +69,7 @@ def test_the_distributed_sampler_counts_its_epochs_and_resumes_inside_one():
 
 
 def test_the_random_states_are_kept_through_a_checkpoint_and_set_before_the_first_step_after_the_resume():
-    callback = ExactResume.for_loader(_loader(DATA, 8, True, seed=3))
+    callback = ExactResume(_loader(DATA, 8, True, seed=3))
     torch.manual_seed(11), np.random.seed(11), random.seed(11)
     state = callback.state_dict()
     draws = torch.rand(3), np.random.rand(3), random.random()
@@ -97,7 +97,7 @@ def _through_a_checkpoint(state):
 def test_a_checkpoint_of_another_world_size_resumes_as_lightning_alone_would(recwarn):
     """Other ranks shuffle other shards and draw other streams: no place or state of theirs is taken over."""
     loader = _loader(DATA, 8, True, seed=3)
-    callback = ExactResume.for_loader(loader)
+    callback = ExactResume(loader)
     two_ranks = {**callback.state_dict(), "trained_in_epoch": 2}
     two_ranks["rng"] = two_ranks["rng"] * 2
     callback.load_state_dict(two_ranks)
