@@ -13,6 +13,9 @@ is dropped and stage 1b uses a pixel MSE on the sampled images; ``perceptual_sta
 (it goes into the result record). Without validation data, stage 1b runs its full budget and
 ``early_stopping["status"]`` says so.
 
+Where the encoder freezes (``freeze_encoder_after``, or stage 1b) Adam starts afresh, as FlowMo
+rebuilds its optimizer over the decoder's parameters there.
+
 Deviations from the official recipe: no EMA of the weights (FlowMo evaluates an EMA with decay
 0.9999, meaningless over a CPU budget of hundreds of steps); stage 1b's perceptual loss is
 LPIPS, where FlowMo's post-training used a ResNet-50 perceptual loss.
@@ -63,6 +66,9 @@ class FlowMoModule(L.LightningModule):
         posttrain_checkpoint: recompute decoder activations in the 1b backward pass (memory for time).
         fix_initial_norms: after every step, rescale each trainable Linear weight inside the MMDiT
             blocks to its initial Frobenius norm (FlowMo's ``fix_initial_norms``, mode "l2").
+        reset_optimizer_at_freeze: clear Adam's moments and step counts at the step the encoder
+            freezes (``freeze_encoder_after``, else the start of stage 1b), as FlowMo rebuilds its
+            optimizer over the decoder's parameters there; False carries them over.
         val_every: steps between validations; stage 1b's early stopping needs the trainer to
             validate at this interval (``trainer_kwargs()``), and a multiple of it at the start of 1b
             validates the end of 1a as the baseline 1b must beat.
@@ -93,6 +99,7 @@ class FlowMoModule(L.LightningModule):
         posttrain_batch: int | None = None,
         posttrain_checkpoint: bool = False,
         fix_initial_norms: bool = True,
+        reset_optimizer_at_freeze: bool = True,
         val_every: int = 20,
         val_batches: int | None = None,
         patience: int = 3,
@@ -143,6 +150,13 @@ class FlowMoModule(L.LightningModule):
         after = self.hparams.freeze_encoder_after
         return after is not None and step >= round(after * self.hparams.max_steps)
 
+    def encoder_freeze_step(self) -> int | None:
+        """First optimizer step that trains with the encoder frozen (``freeze_encoder_after`` or stage 1b), None: never."""
+        after = self.hparams.freeze_encoder_after
+        steps = [s for s in (self.stage_start("1b"), None if after is None else round(after * self.hparams.max_steps))
+                 if s is not None]
+        return min(steps, default=None)
+
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         step = self.global_step
         name, progress = self.current_stage(step)
@@ -151,6 +165,9 @@ class FlowMoModule(L.LightningModule):
         self.tokenizer.set_stage(name, progress)
         if name == "1a" and self._encoder_frozen_at(step):
             self.tokenizer.freeze_encoder(True)
+        # by step, not by the encoder's flag: a run resumed after the freeze keeps the optimizer state it saved
+        if self.hparams.reset_optimizer_at_freeze and step == self.encoder_freeze_step():
+            self.optimizers(use_pl_optimizer=False).state.clear()  # Adam re-initialises each parameter's moments
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Trainer arguments this module's early stopping needs (with a validation loader passed to ``fit``)."""

@@ -279,6 +279,50 @@ def test_the_weights_a_checkpoint_holds_have_their_norms_fixed():
     assert len(seen) == 3 and all(norms == pytest.approx(initial, rel=1e-5) for norms in seen)
 
 
+@pytest.mark.parametrize("reset", [True, False])
+@pytest.mark.parametrize("freeze", ["1b", "after"])
+def test_adam_starts_afresh_where_the_encoder_freezes(monkeypatch, tmp_path, reset, freeze):
+    """As FlowMo rebuilds its optimizer over the decoder when the encoder freezes (stage 1b, or
+    ``freeze_encoder_after`` in 1a): a decoder weight's Adam step count restarts there; the encoder's stops."""
+    from lightning.pytorch.callbacks import Callback
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS weights: stage 1b uses its pixel fallback
+    torch.manual_seed(0)
+    kw = ({"stage_steps": {"1a": 0.5, "1b": 0.5}, "posttrain_batch": 2} if freeze == "1b"
+          else {"freeze_encoder_after": 0.5})
+    module = FlowMoModule("flowmo-smoke", lr=1e-3, warmup_steps=1, max_steps=6, perceptual_weight=0.0,
+                          reset_optimizer_at_freeze=reset, **kw)
+    assert module.encoder_freeze_step() == 3
+    dec, enc = module.tokenizer.decoder.head.linear.weight, module.tokenizer.encoder.head.linear.weight
+    counts = []
+
+    class AdamSteps(Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            state = trainer.optimizers[0].state
+            counts.append(tuple(int(state[p]["step"]) if p in state else 0 for p in (dec, enc)))
+
+    _fit(module, _smooth_images(4), 6, callbacks=[AdamSteps()])
+    assert [d for d, _ in counts] == ([1, 2, 3, 1, 2, 3] if reset else [1, 2, 3, 4, 5, 6])
+    assert [e for _, e in counts] == ([1, 2, 3, 0, 0, 0] if reset else [1, 2, 3, 3, 3, 3])
+
+
+def test_a_run_resumed_after_the_freeze_keeps_its_optimizer_state(tmp_path):
+    torch.manual_seed(0)
+    args = {"lr": 1e-3, "warmup_steps": 1, "max_steps": 6, "perceptual_weight": 0.0, "freeze_encoder_after": 0.5}
+    module = FlowMoModule("flowmo-smoke", **args)
+    trainer = _fit(module, _smooth_images(4), 4)
+    trainer.save_checkpoint(tmp_path / "step4.ckpt")
+    x = _smooth_images(4)
+    loader = DataLoader(TensorDataset(x, torch.zeros(len(x), dtype=torch.long)), batch_size=len(x))
+    trainer = L.Trainer(max_steps=6, max_epochs=-1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, precision=resolve_precision("bf16-mixed", device="cpu").used,
+                        accelerator="cpu", limit_val_batches=0)
+    resumed = FlowMoModule("flowmo-smoke", **args)
+    trainer.fit(resumed, loader, ckpt_path=tmp_path / "step4.ckpt")
+    dec = resumed.tokenizer.decoder.head.linear.weight
+    assert int(trainer.optimizers[0].state[dec]["step"]) == 3  # steps 3, 4, 5 since the freeze at step 3: not reset again
+
+
 def test_stages_encoder_bit_identical_in_1b_and_early_stopping_state(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS weights: stage 1b uses its pixel fallback
     torch.manual_seed(0)
