@@ -221,7 +221,7 @@ def time_metric(name: str, implementation: str, metric: Metric, real: Tensor, fa
     """Warm up on one batch (lazy initialisation, allocator), then the median of ``runs`` timed passes."""
     metric = metric.to(real.device)
     run_once(metric, real[:batch_size], fake[:batch_size], batch_size)
-    times, values = zip(*(run_once(metric, real, fake, batch_size) for _ in range(runs)))
+    times, values = zip(*(run_once(metric, real, fake, batch_size) for _ in range(runs)), strict=True)
     median = statistics.median(times)
     return Timing(name, implementation, len(real) / median, median, [round(t, 4) for t in times], values[-1])
 

@@ -91,7 +91,7 @@ def test_a_fallback_row_never_becomes_the_baseline_of_protocol_precision_rows():
 
     def row(name, values, used=None):
         conv = {"target": "baseline", "baseline": "sdvae-ci", "budget": 1000}
-        curve = [{"step": s, "value": v} for s, v in zip((250, 500, 750, 1000), values)]
+        curve = [{"step": s, "value": v} for s, v in zip((250, 500, 750, 1000), values, strict=True)]
         changed = {"train": {"requested": "bf16-mixed", "used": used, "reason": "test"}} if used else None
         return {"tokenizer": {"name": name}, "generation": {"curve": curve, "convergence": conv}, "precision_changed": changed}
 

@@ -45,7 +45,7 @@ def test_loader_workers_decode_in_processes_and_change_nothing(tmp_path):
             assert shard_loader(data, 4).num_workers == 0
         parallel = [t for batch in encode_batches(codec, data, 4, progress=False) for t in batch]
     assert shard_loader(data, 4).num_workers == 0  # restored
-    assert len(serial) == len(parallel) == 9 and all(torch.equal(a, b) for a, b in zip(serial, parallel))
+    assert len(serial) == len(parallel) == 9 and all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
     with pytest.raises(ValueError, match="loader workers must be >= 0"):
         with loader_workers(-1):
             pass

@@ -30,7 +30,7 @@ def _np(x):
 def test_matches_skimage_per_image(size):
     real, fake = _pair(size=size)
     psnr, ssim = psnr_per_image(real, fake), ssim_per_image(real, fake)
-    for i, (a, b) in enumerate(zip(_np(real), _np(fake))):
+    for i, (a, b) in enumerate(zip(_np(real), _np(fake), strict=True)):
         assert psnr[i].item() == pytest.approx(peak_signal_noise_ratio(a, b, data_range=255), rel=1e-12)
         ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                     data_range=255, channel_axis=-1)
@@ -135,7 +135,7 @@ def test_chunked_metrics_equal_per_image_values(monkeypatch, chunk_values):
 def test_ssim_equals_skimage_in_float64_at_256():
     real, fake = _pair(n=2, size=256, noise=0.05)
     ssim = ssim_per_image(real, fake)  # 196,608 values per image: one image per chunk on a CPU
-    for i, (a, b) in enumerate(zip(_np(real), _np(fake))):
+    for i, (a, b) in enumerate(zip(_np(real), _np(fake), strict=True)):
         ref = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                     data_range=255, channel_axis=-1)
         assert abs(ssim[i].item() - ref) < 1e-12

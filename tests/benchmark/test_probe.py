@@ -81,7 +81,7 @@ def test_pooling_and_standardisation():
 ])
 def test_bad_inputs_raise(change, match):
     x, y = _clusters(SHAPES["2d"], 40)
-    args = dict(zip(("train_x", "train_y", "test_x", "test_y"), _split(x, y, 30)), num_classes=10, pooling="flatten")
+    args = dict(zip(("train_x", "train_y", "test_x", "test_y"), _split(x, y, 30), strict=True), num_classes=10, pooling="flatten")
     with pytest.raises(ValueError, match=match):
         linear_probe(**change(args))
 

@@ -87,10 +87,10 @@ def test_ema_weights_follow_the_ema_rule_and_are_what_training_leaves():
     trainer.fit(module, data)
     ema = trajectory.params[0]  # AveragedModel's first update copies the weights
     for params in trajectory.params[1:]:
-        ema = [decay * e + (1 - decay) * p for e, p in zip(ema, params)]
-    for got, want, last in zip(module.parameters(), ema, trajectory.params[-1]):
+        ema = [decay * e + (1 - decay) * p for e, p in zip(ema, params, strict=True)]
+    for got, want in zip(module.parameters(), ema, strict=True):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
-    assert any(not torch.allclose(p, q) for p, q in zip(module.parameters(), trajectory.params[-1]))
+    assert any(not torch.allclose(p, q) for p, q in zip(module.parameters(), trajectory.params[-1], strict=True))
 
 
 def test_ema_leaves_constant_buffers_exact():

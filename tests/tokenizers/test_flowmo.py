@@ -338,7 +338,7 @@ def test_stages_encoder_bit_identical_in_1b_and_early_stopping_state(monkeypatch
     weights = module.stage_weights()
     assert set(weights) == {"1a", "1b"}
     enc = [k for k in weights["1a"] if k.startswith("encoder.")]
-    assert any(not torch.equal(weights["1a"][k], p) for k, p in zip(enc, encoder_init)), "1a trained the encoder"
+    assert any(not torch.equal(weights["1a"][k], p) for k, p in zip(enc, encoder_init, strict=True)), "1a trained the encoder"
     assert all(torch.equal(weights["1a"][k], weights["1b"][k]) for k in enc), "1b changed the encoder"
     es = module.early_stopping
     assert es["evaluations"] == 4  # after steps 3 (the 1a baseline), 4, 5, 6

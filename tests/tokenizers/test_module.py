@@ -40,7 +40,7 @@ def test_gan_phase_trains_both_networks():
     trainer = _fit(module, x, 4)
     assert trainer.global_step == 4  # one optimizer step per batch, GAN or not
     assert "train/disc" in trainer.callback_metrics and "train/gan" in trainer.callback_metrics
-    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.discriminator.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(disc_before, module.discriminator.parameters(), strict=True))
 
 
 def test_missing_lpips_weights_are_reported_not_faked(monkeypatch, tmp_path):
@@ -77,7 +77,7 @@ def test_stages_run_in_order_and_reach_the_tokenizer():
     _fit(module, x, 8)
     assert module.tokenizer.aux_enabled is False  # ended in decoder-ft
     # trained in "ae", frozen in "decoder-ft": the encoder moved, but not in the last steps
-    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, module.tokenizer.encoder_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(encoder_before, module.tokenizer.encoder_parameters(), strict=True))
 
 
 def test_perceptual_fallback_is_a_labelled_substitute(monkeypatch, tmp_path):

@@ -23,7 +23,7 @@ def test_pretrained_loads_from_local_diffusers_folder(tmp_path):
     src.vae.save_pretrained(tmp_path / "vae")
     tok = create_tokenizer("sdvae-ft-mse", pretrained=str(tmp_path / "vae"), resolution=32)
     assert list(src.state_dict()) == list(tok.state_dict())  # zip below would stop at the shorter one
-    for (k, a), (_, b) in zip(src.state_dict().items(), tok.state_dict().items()):
+    for (k, a), (_, b) in zip(src.state_dict().items(), tok.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
 
 
