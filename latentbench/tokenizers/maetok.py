@@ -114,7 +114,8 @@ class MAETok(Tokenizer):
             per sample; None trains a plain autoencoder.
         aux_targets: names of the features the auxiliary decoders predict for masked tokens;
             () disables them. "hog" (computed here), or a frozen teacher of
-            ``latentbench.tokenizers.teachers`` ("dinov2-vitb14", "siglip-b16" when their
+            ``latentbench.tokenizers.teachers`` ("dinov2-vitb14", "siglip-b16", or the official
+            code's "maetok-dinov2-vitl" and "maetok-siglip-so400m" (maetok-b-128's), when their
             weights are on the machine; "domain-<source>", the suite's own offline encoder).
             Teacher targets are standardised per token (LayerNorm without affine).
         aux_width, aux_depth, aux_heads: size of each auxiliary decoder (paper: 3 layers).

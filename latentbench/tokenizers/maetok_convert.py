@@ -6,7 +6,9 @@ The key names and layouts are those of the official code (Hhhhhhao/continuous_to
 ``quant_conv`` / ``post_quant_conv`` around the latent; a MoVQ ViT decoder under
 ``decoder.model.*`` with ``decoder.mask_token``, ``decoder.latent_pos_embed``, ``decoder.freqs``
 and ``decoder.to_pixel.model``; auxiliary decoders ``decoder_{hog,dino,clip}`` with their own
-``post_quant_conv_*`` / ``to_pixel_*``; the training-only REPA teacher ``repa_model.*`` with
+``post_quant_conv_*`` / ``to_pixel_*`` (``AUX_NAMES``: they load into the aux decoders of the
+targets ``hog``, ``maetok-dinov2-vitl`` and ``maetok-siglip-so400m``, whose widths, 108, 1024
+and 1152, their heads emit; a tokenizer built without one of these targets skips its decoder); the training-only REPA teacher ``repa_model.*`` with
 its head ``projection.*``, SigLIP teacher ``clip_model.*`` and HOG filters ``hog_generator.*``;
 and RoPE-Mixed's position grids ``*.freqs_t_x`` / ``*.freqs_t_y`` (buffers).
 
@@ -39,8 +41,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-# official auxiliary decoder suffix -> this suite's aux target name
-AUX_NAMES = {"hog": "hog", "dino": "dinov2-vitb14", "clip": "siglip-b16"}
+# official auxiliary decoder suffix -> this suite's aux target name: the teachers the official code
+# trains against (its decoders' heads emit their widths, 1024 and 1152; maetok-b-128's targets)
+AUX_NAMES = {"hog": "hog", "dino": "maetok-dinov2-vitl", "clip": "maetok-siglip-so400m"}
 _BLOCK = {
     "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias", "norm2.weight": "norm2.weight",
     "norm2.bias": "norm2.bias", "attn.qkv.weight": "attn.qkv.weight", "attn.qkv.bias": "attn.qkv.bias",

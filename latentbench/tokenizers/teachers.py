@@ -6,17 +6,28 @@ images in [-1, 1] to its own spatial feature map ``(B, dim, h, w)`` and resample
 tokenizer's patch grid ``(gh, gw)``, so token ``i`` of the tokenizer and row ``i`` of the
 targets cover the same image region. HOG needs no network and lives in ``hog.py``.
 
-============== ===== =========== ======================================================================
-name           dim   native grid what
-============== ===== =========== ======================================================================
-dinov2-vitb14  768   16 x 16     DINOv2 ViT-B/14 patch tokens after the final norm at 224x224 (timm
-                                 ``vit_base_patch14_dinov2.lvd142m``); weights from the HF / torch hub cache
-siglip-b16     768   14 x 14     SigLIP ViT-B/16 (WebLI, v1) patch tokens after the final norm at 224x224
-                                 (timm ``vit_base_patch16_siglip_224.webli``); weights from the HF cache
-domain-<src>   4w    R/8 x R/8   the last conv feature map of the suite's own ``domain-<src>`` classifier
-                                 (``extractors.build_domain_extractor``; 64 x 4 x 4 with the default
-                                 recipe); trained and cached offline, so usable on any machine
-============== ===== =========== ======================================================================
+==================== ===== =========== ================================================================
+name                 dim   native grid what
+==================== ===== =========== ================================================================
+dinov2-vitb14        768   16 x 16     DINOv2 ViT-B/14 patch tokens after the final norm at 224x224 (timm
+                                       ``vit_base_patch14_dinov2.lvd142m``); weights from the HF / torch
+                                       hub cache
+siglip-b16           768   14 x 14     SigLIP ViT-B/16 (WebLI, v1) patch tokens after the final norm at
+                                       224x224 (timm ``vit_base_patch16_siglip_224.webli``); weights
+                                       from the HF cache
+maetok-dinov2-vitl   1024  16 x 16     the official MAETok code's DINO target: DINOv2 ViT-L/14 (timm
+                                       ``vit_large_patch14_dinov2.lvd142m``) built with a 16x16 patch at
+                                       256x256 (patch embedding resampled at load), ImageNet mean / std,
+                                       no resize; weights from the HF / torch hub cache
+maetok-siglip-so400m 1152  16 x 16     its CLIP target: SigLIP so400m/14 (WebLI, v1; timm
+                                       ``vit_so400m_patch14_siglip_gap_224.webli``) built the same way,
+                                       with ImageNet's mean / std as the official code (not SigLIP's
+                                       0.5 / 0.5); weights from the HF cache
+domain-<src>         4w    R/8 x R/8   the last conv feature map of the suite's own ``domain-<src>``
+                                       classifier (``extractors.build_domain_extractor``; 64 x 4 x 4
+                                       with the default recipe); trained and cached offline, so usable
+                                       on any machine
+==================== ===== =========== ================================================================
 
 Pretrained weights are never downloaded and never replaced by random ones: missing weights
 raise ``WeightsUnavailable`` naming the file and where to put it (README, "Checkpoints
@@ -210,17 +221,21 @@ def require_weights(path: Path | None, teacher: str, what: str, how: str) -> Pat
     )
 
 
-def load_timm_vit(model_name: str, img_size: int, path: Path) -> nn.Module:
+def load_timm_vit(model_name: str, img_size: int, path: Path, patch_size: int | None = None) -> nn.Module:
     """timm ViT ``model_name`` at ``img_size`` with the weights of ``path`` (safe loading, strict).
 
     timm's ``checkpoint_filter_fn`` maps other layouts (Meta's DINOv2, OpenCLIP) to timm's and
-    resamples the position embeddings to the ``img_size`` grid (bicubic), once, at load.
+    resamples the position embeddings to the ``img_size`` grid (bicubic), once, at load. With
+    ``patch_size`` the network is built with that patch instead of its own and the same filter
+    resamples the checkpoint's patch embedding to it (``resample_patch_embed``: bicubic,
+    antialiased), as ``timm.create_model(..., pretrained=True, patch_size=...)`` does.
     """
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    override = {"patch_size": patch_size} if patch_size is not None else {}
     with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
-        net = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=0)
+        net = timm.create_model(model_name, pretrained=False, img_size=img_size, num_classes=0, **override)
     net.load_state_dict(checkpoint_filter_fn(extract_state_dict(load_checkpoint(path, trust_hint=None)), net), strict=True)
     return net
 
@@ -228,7 +243,9 @@ def load_timm_vit(model_name: str, img_size: int, path: Path) -> nn.Module:
 class TimmViTTeacher(Teacher):
     """Patch tokens of a timm ViT after its final norm, prefix (CLS/register) tokens dropped.
 
-    Subclasses set the timm model, input size and per-channel normalisation of [0, 1] pixels.
+    Subclasses set the timm model, input size and per-channel normalisation of [0, 1] pixels,
+    and may set ``patch_size`` to build the network with another patch than its own (the
+    checkpoint's patch embedding is resampled at load: ``load_timm_vit``); None keeps timm's.
     Input: [-1, 1] -> [0, 1] -> bicubic resize to ``size`` x ``size`` when it differs -> (x -
     mean) / std. The resize is PyTorch's ``antialias=True`` bicubic, which is PIL's filter
     (a = -0.5, widened when shrinking) both ways, as the FD-DINOv2 extractor's; the result is
@@ -239,22 +256,27 @@ class TimmViTTeacher(Teacher):
     size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    patch_size: int | None = None
 
     def __init__(self, name: str, path: Path):
         super().__init__()
-        self.net = load_timm_vit(self.timm_model, self.size, path)
+        self.net = load_timm_vit(self.timm_model, self.size, path, self.patch_size)
         self.register_buffer("pixel_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
         self.name, self.dim = name, self.net.embed_dim
         self.native_grid = tuple(self.net.patch_embed.grid_size)
         self.weights_path, self.weights_sha256 = str(path), sha256_file(path)
         h, w = self.native_grid
+        p = self.patch_size
+        patch = f", patch embedding resampled to {p}x{p} at load" if p is not None else ""
         self.preprocessing = (
             f"[-1, 1] -> (x + 1) / 2 -> bicubic resize to {self.size}x{self.size} (antialias=True: PIL's filter; "
-            f"float, unclamped) -> (x - {self.mean}) / {self.std} -> {self.timm_model} (timm) -> patch tokens "
+            f"float, unclamped) -> (x - {self.mean}) / {self.std} -> {self.timm_model} (timm{patch}) -> patch tokens "
             f"after the final norm, prefix tokens dropped -> ({self.dim}, {h}, {w})"
         )
         self.info = {"timm_model": self.timm_model, "image_size": self.size}
+        if p is not None:  # only where overridden: the other teachers' records stay as they were
+            self.info["patch_size"] = p
         self._freeze()
 
     def feature_map(self, x: Tensor) -> Tensor:
@@ -325,6 +347,91 @@ class SigLIPTeacher(TimmViTTeacher):
 
 
 # --------------------------------------------------------------------------------------------
+# the official MAETok training code's teachers (maetok-b-128)
+# --------------------------------------------------------------------------------------------
+
+# The official MaskAEModel builds both teachers with ``timm.create_model(name, pretrained=True,
+# img_size=config.image_size, patch_size=config.repa_patch_size)``: 256 and 16 in its
+# configs/maetok-b-*.yaml, so two /14 networks run with a 16x16 patch on a 16x16 grid, the
+# tokenizer's own, and its 256x256 images go in unresized.
+MAETOK_TEACHER_SIZE = 256
+MAETOK_TEACHER_PATCH = 16
+TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
+MAETOK_DINO_TIMM = "vit_large_patch14_dinov2.lvd142m"
+MAETOK_DINO_HF_REPO = f"timm/{MAETOK_DINO_TIMM}"
+MAETOK_DINO_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"  # Meta's original
+# The official code names the architecture without a tag, which timm resolves to its first
+# pretrained tag. Its requirements pin timm 1.0.12, older than SigLIP 2 (February 2025), whose
+# ``v2_webli`` tags were put ahead of ``webli`` in later timm releases; under 1.0.12 the first
+# tag was ``webli``: SigLIP v1. (A current timm would resolve the same call to SigLIP 2.)
+MAETOK_SIGLIP_TIMM = "vit_so400m_patch14_siglip_gap_224.webli"
+MAETOK_SIGLIP_HF_REPO = f"timm/{MAETOK_SIGLIP_TIMM}"
+
+
+class MAETokDinoV2LTeacher(TimmViTTeacher):
+    """DINOv2 ViT-L/14 (timm port) with a 16x16 patch at 256x256: 1024 x 16 x 16, the official DINO target.
+
+    The official MAETok code's ``repa_model`` (``vit_large_patch14_dinov2.lvd142m``, created with
+    ``img_size=256, patch_size=16``): timm's checkpoint filter resamples the 14x14 patch
+    embedding to 16x16 and the 37x37 position table to 16x16, once, at load, as timm's own
+    pretrained loading does. Input as the official: [-1, 1] -> [0, 1] -> ImageNet mean / std,
+    no resize at 256x256 (other sizes are resized to 256 bicubically; the official code sees
+    256 only). Patch tokens after the final norm, the class token dropped.
+
+    Args:
+        weights: timm's ``model.safetensors`` / ``pytorch_model.bin`` or Meta's
+            ``dinov2_vitl14_pretrain.pth``; default: the Hugging Face cache
+            (``timm/vit_large_patch14_dinov2.lvd142m``), then torch hub's.
+        cache_dir: ignored (pretrained weights).
+    """
+
+    timm_model, size, patch_size = MAETOK_DINO_TIMM, MAETOK_TEACHER_SIZE, MAETOK_TEACHER_PATCH
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
+        hub = torch_hub_file(MAETOK_DINO_URL)
+        found = hf_cached_file(MAETOK_DINO_HF_REPO, TIMM_HF_FILES) or (hub if hub.is_file() else None)
+        path = require_weights(
+            Path(weights) if weights is not None else found, "maetok-dinov2-vitl", "DINOv2 ViT-L/14",
+            f"either `huggingface-cli download {MAETOK_DINO_HF_REPO} model.safetensors` (into the Hugging Face "
+            f"cache), or download {MAETOK_DINO_URL} to {hub}, or pass weights=/path/to/model.safetensors",
+        )
+        super().__init__("maetok-dinov2-vitl", path)
+        self.info |= {"url": MAETOK_DINO_URL, "hf_repo": MAETOK_DINO_HF_REPO}
+
+
+class MAETokSigLIPTeacher(TimmViTTeacher):
+    """SigLIP so400m/14 (WebLI, v1; timm) with a 16x16 patch at 256x256: 1152 x 16 x 16, the official CLIP target.
+
+    The official MAETok code's ``clip_model`` (``vit_so400m_patch14_siglip_gap_224``, created with
+    ``img_size=256, patch_size=16``): patch embedding and position table resampled at load, as
+    for ``maetok-dinov2-vitl``. The tag is ``webli`` (SigLIP v1), what the untagged name meant
+    under the timm the official code pins (1.0.12; see ``MAETOK_SIGLIP_TIMM``). The input is
+    normalised with ImageNet's mean / std, NOT SigLIP's own 0.5 / 0.5 (timm's pretrained cfg):
+    the official code does so (``clip_scale``), and its targets are this input's features. The
+    ``gap`` variant has no prefix tokens and no pooling head: every token is a patch token.
+
+    Args:
+        weights: timm's ``model.safetensors`` / ``pytorch_model.bin`` of
+            ``timm/vit_so400m_patch14_siglip_gap_224.webli``; default: the Hugging Face cache.
+        cache_dir: ignored (pretrained weights).
+    """
+
+    timm_model, size, patch_size = MAETOK_SIGLIP_TIMM, MAETOK_TEACHER_SIZE, MAETOK_TEACHER_PATCH
+    mean, std = IMAGENET_MEAN, IMAGENET_STD  # the official code's, not SigLIP's (0.5, 0.5)
+
+    def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
+        path = require_weights(
+            Path(weights) if weights is not None else hf_cached_file(MAETOK_SIGLIP_HF_REPO, TIMM_HF_FILES),
+            "maetok-siglip-so400m", "SigLIP so400m/14",
+            f"`huggingface-cli download {MAETOK_SIGLIP_HF_REPO} model.safetensors` (into the Hugging Face cache), "
+            "or pass weights=/path/to/model.safetensors",
+        )
+        super().__init__("maetok-siglip-so400m", path)
+        self.info |= {"hf_repo": MAETOK_SIGLIP_HF_REPO}
+
+
+# --------------------------------------------------------------------------------------------
 # domain-<source>: the suite's own classifier, trained offline
 # --------------------------------------------------------------------------------------------
 
@@ -378,11 +485,14 @@ class DomainTeacher(Teacher):
 
 TEACHERS.register("dinov2-vitb14")(DinoV2Teacher)
 TEACHERS.register("siglip-b16")(SigLIPTeacher)
+TEACHERS.register("maetok-dinov2-vitl")(MAETokDinoV2LTeacher)
+TEACHERS.register("maetok-siglip-so400m")(MAETokSigLIPTeacher)
 for _source in ("mnist", "shapes"):
     TEACHERS.register(
         f"{DOMAIN_PREFIX}{_source}", help=f"conv features of the classifier the suite trains on {_source} (offline)"
     )(functools.partial(DomainTeacher, _source))
 
 
-__all__ = ["TEACHERS", "DinoV2Teacher", "DomainTeacher", "SigLIPTeacher", "Teacher", "create_teacher",
+__all__ = ["TEACHERS", "DinoV2Teacher", "DomainTeacher", "MAETokDinoV2LTeacher", "MAETokSigLIPTeacher", "SigLIPTeacher",
+           "Teacher", "create_teacher",
            "normalize_targets", "resample_to_grid", "teacher_names"]

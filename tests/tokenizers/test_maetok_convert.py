@@ -7,6 +7,7 @@ import torch
 from latentbench.tokenizers import create_tokenizer
 from latentbench.tokenizers.maetok import OFFICIAL_ARCH
 from latentbench.tokenizers.maetok_convert import (
+    AUX_NAMES,
     ConversionError,
     convert_official_state_dict,
     interleaved_to_half,
@@ -49,8 +50,11 @@ def _query_decoder(prefix: str, depth: int, dim: int, heads: int, c: int, n: int
                    f"{prefix}.model.pos_embed": (1, 1 + n, dim)}  # timm's table keeps the class position
 
 
-def official_state(aux=("hog", "dino"), seed: int = 0, dec_cls_token: bool = True) -> dict[str, torch.Tensor]:
-    """A MaskAEModel state dict (official key names and shapes) at the SIZE above; ``dec_cls_token`` as the official default."""
+def official_state(aux=("hog", "dino"), seed: int = 0, dec_cls_token: bool = True,
+                   widths: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+    """A MaskAEModel state dict (official key names and shapes) at the SIZE above; ``dec_cls_token`` as the official default;
+    ``widths``: the auxiliary heads' output widths (default: HOG's, 24 for the teachers)."""
+    widths = {"hog": HOG_DIM, "dino": 24, "clip": 24} | (widths or {})
     d, dd, c, p, n, lt = SIZE["width"], SIZE["decoder_width"], SIZE["latent_channels"], SIZE["patch_size"], 16, SIZE["latent_tokens"]
     shapes = _vit_blocks("encoder", SIZE["depth"], d, None, layer_scale=True) | {
         "encoder.model.patch_embed.proj.weight": (d, 3, p, p), "encoder.model.patch_embed.proj.bias": (d,),
@@ -65,7 +69,7 @@ def official_state(aux=("hog", "dino"), seed: int = 0, dec_cls_token: bool = Tru
     shapes |= _query_decoder("decoder", SIZE["decoder_depth"], dd, SIZE["decoder_heads"], c, n, p, lt)
     if dec_cls_token:
         shapes["decoder.model.cls_token"] = (1, 1, dd)
-    for name, out in (("hog", HOG_DIM), ("dino", 24), ("clip", 24)):
+    for name, out in widths.items():
         if name in aux:
             shapes |= _query_decoder(f"decoder_{name}", SIZE["aux_depth"], SIZE["aux_width"], 1, c, n, p, lt)
             shapes |= {f"post_quant_conv_{name}.weight": (SIZE["aux_width"], c), f"post_quant_conv_{name}.bias": (SIZE["aux_width"],),
@@ -84,7 +88,7 @@ def test_every_official_key_is_mapped_or_skipped_with_a_reason():
     tok.load_state_dict(converted, strict=True)  # fills every parameter of ours
     assert set(converted) == set(tok.state_dict())
     assert "training-only" in report.skipped["repa_model.blocks.0.attn.qkv.weight"]
-    assert "dinov2-vitb14" in report.skipped["decoder_dino.mask_token"]
+    assert "maetok-dinov2-vitl" in report.skipped["decoder_dino.mask_token"]
     assert "never read" in report.skipped["decoder.model.patch_embed.proj.weight"]
     # one mask token at every query position
     assert torch.equal(tok.decoder.queries[0], state["decoder.mask_token"][0].expand(16, -1))
@@ -104,6 +108,36 @@ def test_buffers_and_teachers_of_a_real_official_state_dict_are_skipped_with_rea
     # filled from the official training base size (256 px), whatever the resolution: never refused
     _, report = convert_official_state_dict(state | {"encoder.freqs_t_x": torch.arange(256.0)}, _tokenizer())
     assert "256 positions" in report.skipped["encoder.freqs_t_x"]
+
+
+class _StubTeacher(torch.nn.Module):
+    """Stands in for a 300M / 400M-parameter teacher: the tokenizer reads its width only."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+
+def test_official_aux_decoders_load_into_the_official_teachers_targets(monkeypatch):
+    """decoder_dino / decoder_clip -> the maetok-dinov2-vitl / maetok-siglip-so400m targets, whose widths (1024 / 1152,
+    test_teachers.py checks them on timm's architectures) their heads emit; the ViT-B teachers' 768 do not fit."""
+    import latentbench.tokenizers.maetok as maetok
+
+    official = {"hog": HOG_DIM, "dino": 1024, "clip": 1152}
+    dims = {"maetok-dinov2-vitl": 1024, "maetok-siglip-so400m": 1152, "dinov2-vitb14": 768, "siglip-b16": 768}
+    monkeypatch.setattr(maetok, "create_teacher", lambda name, cache_dir=None: _StubTeacher(dims[name]))
+    assert AUX_NAMES == {"hog": "hog", "dino": "maetok-dinov2-vitl", "clip": "maetok-siglip-so400m"}
+    state = official_state(aux=("hog", "dino", "clip"), widths=official)
+    tok = _tokenizer(aux_targets=("hog", "maetok-dinov2-vitl", "maetok-siglip-so400m"))
+    converted, report = convert_official_state_dict(state, tok)
+    tok.load_state_dict(converted, strict=True)
+    assert report.mapped["to_pixel_dino.weight"] == "aux_decoders.maetok-dinov2-vitl.head.weight"
+    assert report.mapped["to_pixel_clip.weight"] == "aux_decoders.maetok-siglip-so400m.head.weight"
+    assert tok.aux_decoders["maetok-dinov2-vitl"].head.out_features == 1024
+    assert tok.aux_decoders["maetok-siglip-so400m"].head.out_features == 1152
+    # the ViT-B teachers' decoders are not the official ones: refused with their parameters named, never loaded misshapen
+    with pytest.raises(ConversionError, match=r"no official key fills: \['aux_decoders\.dinov2-vitb14\.head\.bias'"):
+        convert_official_state_dict(state, _tokenizer(aux_targets=("hog", "dinov2-vitb14", "siglip-b16")))
 
 
 def test_the_pixel_decoders_class_token_is_loaded_and_read():

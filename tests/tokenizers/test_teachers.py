@@ -25,6 +25,9 @@ from latentbench.weights import WeightsUnavailable, sha256_file
 
 TINY = DomainRecipe(epochs=1, limit=128, max_steps=3, batch_size=32)  # seconds, not a useful classifier
 VITS = {"dinov2-vitb14": "vit_base_patch14_dinov2", "siglip-b16": "vit_base_patch16_siglip_224"}
+# the official MAETok teachers: name -> (class, timm model, dim, native patch); 300M / 400M parameters
+OFFICIAL = {"maetok-dinov2-vitl": (tt.MAETokDinoV2LTeacher, "vit_large_patch14_dinov2.lvd142m", 1024, 14),
+            "maetok-siglip-so400m": (tt.MAETokSigLIPTeacher, "vit_so400m_patch14_siglip_gap_224.webli", 1152, 14)}
 
 
 def _images(n, size, seed=0):
@@ -70,7 +73,8 @@ def built(vit_weights, tmp_path_factory):
 
 
 def test_registry_lists_the_teachers():
-    assert {"dinov2-vitb14", "siglip-b16", "domain-mnist", "domain-shapes"} <= set(teacher_names())
+    assert {"dinov2-vitb14", "siglip-b16", "maetok-dinov2-vitl", "maetok-siglip-so400m", "domain-mnist",
+            "domain-shapes"} <= set(teacher_names())
     assert teacher_names() == TEACHERS.names() and all(TEACHERS.help(n) for n in teacher_names())
 
 
@@ -79,7 +83,8 @@ def test_unknown_name_is_an_error_that_lists_the_names():
         create_teacher("dinov2")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in VITS else n for n in teacher_names()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in VITS else n
+                                  for n in teacher_names() if n not in OFFICIAL])  # OFFICIAL: test_official_maetok_teacher_*
 @pytest.mark.parametrize("grid", [(8, 8), (2, 2), (3, 5)])  # enlarged, area-averaged, mixed
 def test_teacher_contract(name, grid, built):
     """Every registered teacher: its facts, (B, gh*gw, dim) float32 targets, frozen, deterministic."""
@@ -194,14 +199,17 @@ def test_siglip_weights_found_in_the_hf_cache(empty_caches):
     assert tt.hf_cached_file(tt.SIGLIP_HF_REPO, tt.SIGLIP_HF_FILES) == repo / "snapshots" / "abc123" / "model.safetensors"
 
 
-def _timm_reference(model_name, path, mean, std, x):
-    """Patch-token map (B, D, h, w) of ``x`` through timm's own checkpoint loader and a plain resize."""
+def _timm_reference(model_name, path, mean, std, x, size=224, **create):
+    """Patch-token map (B, D, h, w) of ``x`` through timm's own checkpoint loader and a plain resize
+    (none when ``x`` is ``size`` already); ``create``: more ``timm.create_model`` arguments (``patch_size``)."""
     import timm
 
     ref = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                            img_size=224, num_classes=0).eval()
+                            img_size=size, num_classes=0, **create).eval()
     mean, std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
-    pixels = F.interpolate((x + 1) / 2, size=224, mode="bicubic", align_corners=False, antialias=True)  # PIL's bicubic
+    pixels = (x + 1) / 2
+    if x.shape[-1] != size:
+        pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)  # PIL's bicubic
     with torch.no_grad():
         tokens = ref.forward_features((pixels - mean) / std)[:, ref.num_prefix_tokens:]  # (B, h*w, D)
     h, w = ref.patch_embed.grid_size
@@ -256,3 +264,135 @@ def test_siglip_input_is_the_minus_one_one_image():
     mean, std = torch.tensor(tt.SigLIPTeacher.mean).view(1, 3, 1, 1), torch.tensor(tt.SigLIPTeacher.std).view(1, 3, 1, 1)
     x = _images(1, 8)
     torch.testing.assert_close(((x + 1) / 2 - mean) / std, x)
+
+
+# ---------------------------------------------------------------------------------------- the official MAETok teachers
+
+
+class TinyPatchViTTeacher(tt.TimmViTTeacher):
+    """``test_vit`` (native patch 16) rebuilt with an 8x8 patch at 128x128, as the official teachers' /14 -> 16."""
+
+    timm_model, size, patch_size, mean, std = "test_vit", 128, 8, IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_patch_size_override_matches_timms_loader(tmp_path):
+    """The patch embedding is resampled at load exactly as timm.create_model(..., pretrained=True, patch_size=...)."""
+    import timm
+    from safetensors.torch import save_file
+
+    path = tmp_path / "model.safetensors"
+    net = timm.create_model("test_vit", pretrained=False, num_classes=0)  # 16x16 patches, 14x14 positions in the file
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    ours = TinyPatchViTTeacher("tiny-p8", path)
+    assert ours.net.patch_embed.proj.weight.shape == (64, 3, 8, 8) and ours.native_grid == (16, 16)
+    assert ours.info["patch_size"] == 8 and "patch embedding resampled to 8x8 at load" in ours.preprocessing
+    x = _images(2, 128)  # the teacher's own size: no resize, as the official teachers on 256x256 images
+    fmap = _timm_reference("test_vit", path, IMAGENET_MEAN, IMAGENET_STD, x, size=128, patch_size=8)
+    assert fmap.shape == (2, 64, 16, 16)
+    _check_against(ours, fmap, x)
+    # without the override a teacher is built as before: timm's own patch, nothing new in its record
+    plain = TinyViTTeacher("tiny", path)
+    assert plain.patch_size is None and plain.net.patch_embed.proj.weight.shape[-1] == 16
+    assert "patch_size" not in plain.info and "resampled to" not in plain.preprocessing
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_maetok_teacher_facts(name):
+    """What the official code builds (create_model(name, img_size=256, patch_size=16)), read without any weights:
+    timm's architecture on the meta device, and timm's pretrained cfg."""
+    import timm
+
+    cls, timm_model, dim, native_patch = OFFICIAL[name]
+    assert TEACHERS.get(name) is cls and cls.timm_model == timm_model
+    assert (cls.size, cls.patch_size) == (256, 16)
+    assert (cls.mean, cls.std) == (IMAGENET_MEAN, IMAGENET_STD)  # the official code's, for SigLIP too
+    with torch.device("meta"):  # shapes only: no 300M / 400M-parameter initialisation
+        net = timm.create_model(timm_model, pretrained=False, img_size=cls.size, patch_size=cls.patch_size, num_classes=0)
+        native = timm.create_model(timm_model, pretrained=False, num_classes=0)
+    assert net.embed_dim == dim and tuple(net.patch_embed.grid_size) == (16, 16)  # the tokenizer's grid at 256 / 16
+    assert net.patch_embed.proj.weight.shape[-2:] == (16, 16) and native.patch_embed.proj.weight.shape[-1] == native_patch
+    assert net.num_prefix_tokens == (1 if "dinov2" in name else 0)  # DINOv2's class token; SigLIP gap: none
+    cfg = net.pretrained_cfg
+    assert cfg["hf_hub_id"] == f"timm/{timm_model}"
+    if "siglip" in name:  # SigLIP's own statistics, which the official code (and this teacher) do not use
+        assert (cfg["tag"], tuple(cfg["mean"]), tuple(cfg["std"])) == ("webli", (0.5,) * 3, (0.5,) * 3)
+        assert tt.MAETOK_SIGLIP_HF_REPO == cfg["hf_hub_id"]
+    else:
+        assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (IMAGENET_MEAN, IMAGENET_STD)
+        assert tt.MAETOK_DINO_HF_REPO == cfg["hf_hub_id"] and tt.MAETOK_DINO_URL == cfg["url"]
+
+
+def test_official_maetok_teachers_missing_weights_say_where_to_put_them(empty_caches):
+    with pytest.raises(WeightsUnavailable) as err:
+        create_teacher("maetok-dinov2-vitl")
+    message = str(err.value)
+    assert "maetok-dinov2-vitl teacher" in message and "DINOv2 ViT-L/14" in message
+    assert "huggingface-cli download timm/vit_large_patch14_dinov2.lvd142m model.safetensors" in message
+    assert tt.MAETOK_DINO_URL in message
+    assert str(empty_caches / "torch" / "hub" / "checkpoints" / "dinov2_vitl14_pretrain.pth") in message
+    assert "domain-" in message and "random" in message
+    with pytest.raises(WeightsUnavailable, match=r"maetok-siglip-so400m teacher.*SigLIP so400m/14.*"
+                                                 r"huggingface-cli download timm/vit_so400m_patch14_siglip_gap_224\.webli"):
+        create_teacher("maetok-siglip-so400m")
+    for name in OFFICIAL:
+        with pytest.raises(WeightsUnavailable, match="nope.safetensors does not exist"):
+            create_teacher(name, weights=empty_caches / "nope.safetensors")
+
+
+def _hf_cache_file(root, repo, filename="model.safetensors"):
+    """An (empty) file where the Hugging Face cache under ``root`` keeps ``filename`` of ``repo``."""
+    folder = root / "hf" / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text("abc123")
+    (folder / "snapshots" / "abc123").mkdir(parents=True)
+    (folder / "snapshots" / "abc123" / filename).touch()
+    return folder / "snapshots" / "abc123" / filename
+
+
+class _Loaded(Exception):
+    """Raised by a stand-in for load_timm_vit: the teacher found its weights and asked for this network."""
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_maetok_teachers_find_their_weights(name, empty_caches, monkeypatch):
+    """The HF cache (and for DINOv2, torch hub's), and the network asked of load_timm_vit: 256 px, patch 16."""
+    def load(model_name, img_size, path, patch_size=None):
+        raise _Loaded(model_name, img_size, path, patch_size)
+
+    monkeypatch.setattr(tt, "load_timm_vit", load)
+    cls, timm_model, _, _ = OFFICIAL[name]
+    if "dinov2" in name:  # Meta's file in torch hub's cache is found when the HF cache has none
+        hub = tt.torch_hub_file(tt.MAETOK_DINO_URL)
+        hub.parent.mkdir(parents=True)
+        hub.touch()
+        with pytest.raises(_Loaded) as got:
+            create_teacher(name)
+        assert got.value.args == (timm_model, 256, hub, 16)
+    cached = _hf_cache_file(empty_caches, f"timm/{timm_model}")
+    with pytest.raises(_Loaded) as got:
+        create_teacher(name)
+    assert got.value.args == (timm_model, 256, cached, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_maetok_teacher_matches_timm(name, tmp_path):
+    """The real architectures with random weights in timm's layout at their native patch and size, against
+    timm's own loader asked as the official code asks (img_size=256, patch_size=16); 256x256 images, no resize."""
+    import timm
+    from safetensors.torch import save_file
+
+    cls, timm_model, dim, _ = OFFICIAL[name]
+    path = tmp_path / "model.safetensors"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = timm.create_model(timm_model, pretrained=False, num_classes=0)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    del net
+    ours = create_teacher(name, weights=path)
+    assert (ours.dim, ours.native_grid, ours.weights_sha256) == (dim, (16, 16), sha256_file(path))
+    assert not ours.training and not any(p.requires_grad for p in ours.parameters())
+    json.dumps(ours.describe())
+    x = _images(1, 256)
+    fmap = _timm_reference(timm_model, path, IMAGENET_MEAN, IMAGENET_STD, x, size=256, patch_size=16)
+    torch.testing.assert_close(ours(x, (16, 16)), fmap.flatten(2).transpose(1, 2), rtol=0, atol=1e-4)
