@@ -5,7 +5,9 @@ training, a random 40-60% of the image tokens entering the encoder are replaced 
 mask token; the pixel decoder still reconstructs the whole image, and shallow auxiliary
 decoders predict target features (HOG here) of the masked tokens from the latents alone.
 Stage "decoder-ft" freezes the encoder and fine-tunes the pixel decoder while the mask ratio
-falls linearly to 0. Method facts: ../shared/reference/README.md; official code:
+falls linearly to 0. The ratio is drawn per sample, uniformly, by default;
+``mask_sampling="official"`` (maetok-b-128) draws one per batch from the official code's
+truncated normal. Method facts: ../shared/reference/README.md; official code:
 Hhhhhhao/continuous_tokenizer (not copied).
 
 Table 1 ablation by config: ``mask_ratio_range=None, aux_targets=()`` (plain AE);
@@ -34,6 +36,23 @@ from latentbench.tokenizers.vit import (
 )
 
 AUX_TARGETS = ("hog",)  # computed here; any other name is a frozen teacher of latentbench.tokenizers.teachers
+MASK_SAMPLINGS = ("uniform", "official")
+OFFICIAL_MASK_SCALE = 0.25  # the official encoder's truncated normal: its scale, fixed in its code
+
+
+def official_mask_ratio(u: Tensor, lo: float, hi: float, scale: float = OFFICIAL_MASK_SCALE) -> Tensor:
+    """The official encoder's mask ratio from uniform draws ``u`` in [0, 1): N(hi, scale^2) truncated to [lo, hi].
+
+    The official code draws ``scipy.stats.truncnorm((lo - hi) / scale, 0, loc=hi, scale=scale)``
+    (its ``token_drop`` and ``token_drop_max``: 0.4 and 0.6), whose density rises towards ``hi``
+    (mean about 0.505 for 0.4-0.6). Here by inverse CDF on torch's RNG, so no scipy at train time:
+    ``hi + scale * ndtri(ndtr(a) + u * (1/2 - ndtr(a)))`` with ``a = (lo - hi) / scale``, clamped
+    to [lo, hi] against rounding. Same shape, dtype and device as ``u``.
+    """
+    a = torch.tensor((lo - hi) / scale, dtype=u.dtype, device=u.device)
+    low = torch.special.ndtr(a)  # the standard normal's CDF at the lower bound; at the upper (0) it is 1/2
+    z = torch.special.ndtri(low + u * (0.5 - low))  # standard normal truncated to [a, 0]
+    return (hi + scale * z).clamp(lo, hi)
 
 
 # ---- blocks ----------------------------------------------------------------------------------
@@ -110,8 +129,13 @@ class MAETok(Tokenizer):
         decoder_width, decoder_depth, decoder_heads: pixel decoder size (default: the encoder's).
         latent_pos: "learned" or "sincos" 1D positions of the latent tokens.
         rope_base: base of the 2D RoPE on image tokens.
-        mask_ratio_range: (lo, hi) fraction of image tokens masked while training, drawn uniformly
-            per sample; None trains a plain autoencoder.
+        mask_ratio_range: (lo, hi) fraction of image tokens masked while training, drawn as
+            ``mask_sampling`` says; None trains a plain autoencoder.
+        mask_sampling: how stage "ae" draws the ratio: "uniform", one ratio per sample ~ U(lo, hi),
+            round(N * ratio) tokens masked; or "official", the official encoder's: ONE ratio per
+            batch from N(hi, 0.25^2) truncated to [lo, hi] (``official_mask_ratio``), ceil(N *
+            ratio) tokens of every sample (maetok-b-128's). Stage "decoder-ft" masks its fixed,
+            falling ratio either way.
         aux_targets: names of the features the auxiliary decoders predict for masked tokens;
             () disables them. "hog" (computed here), or a frozen teacher of
             ``latentbench.tokenizers.teachers`` ("dinov2-vitb14", "siglip-b16", or the official
@@ -159,6 +183,7 @@ class MAETok(Tokenizer):
         latent_pos: str = "learned",
         rope_base: float = 100.0,
         mask_ratio_range: tuple[float, float] | None = (0.4, 0.6),
+        mask_sampling: str = "uniform",
         aux_targets: tuple[str, ...] = ("hog",),
         aux_width: int | None = None,
         aux_depth: int = 3,
@@ -186,6 +211,9 @@ class MAETok(Tokenizer):
             raise ValueError("aux_targets predict masked tokens: set mask_ratio_range or aux_targets=()")
         if mask_ratio_range is not None and not 0 <= mask_ratio_range[0] <= mask_ratio_range[1] < 1:
             raise ValueError(f"mask_ratio_range must satisfy 0 <= lo <= hi < 1, got {mask_ratio_range}")
+        if mask_sampling not in MASK_SAMPLINGS:
+            raise ValueError(f"mask_sampling must be one of {MASK_SAMPLINGS}, got {mask_sampling!r}")
+        self.mask_sampling = mask_sampling
         if rope not in ("axial", "mixed"):
             raise ValueError(f"rope must be 'axial' or 'mixed', got {rope!r}")
         if resolution % patch_size:
@@ -290,7 +318,8 @@ class MAETok(Tokenizer):
     def current_mask_range(self) -> tuple[float, float] | None:
         """Mask-ratio range in force now, None when not masking.
 
-        Stage "ae": the configured range (40-60%). Stage "decoder-ft": one ratio, the range's top
+        Stage "ae": the configured range (40-60%), drawn from as ``mask_sampling`` says. Stage
+        "decoder-ft": one ratio, the range's top
         times ``mask_scale``, so it falls linearly from 60% to 0% (the paper's schedule).
         """
         if self.mask_ratio_range is None:
@@ -301,10 +330,20 @@ class MAETok(Tokenizer):
         return lo, hi
 
     def sample_mask(self, batch: int, tokens: int, device=None) -> Tensor:
-        """Boolean mask (B, N), True = masked; each sample's ratio ~ U(current range)."""
+        """Boolean mask (B, N), True = masked, on a random permutation of every sample's tokens.
+
+        ``mask_sampling`` "uniform" (and stage "decoder-ft" either way): each sample's ratio ~
+        U(current range), round(N * ratio) tokens. "official" in stage "ae": one ratio for the
+        batch from the official truncated normal, ceil(N * ratio) tokens of every sample, as the
+        official encoder (``int(np.ceil(seq_len * mask_rate))``).
+        """
         lo, hi = self.current_mask_range()
-        ratio = lo + (hi - lo) * torch.rand(batch, 1, device=device)  # (B, 1)
-        count = torch.round(ratio * tokens)  # (B, 1)
+        if self.mask_sampling == "official" and not self.finetuning_decoder:
+            ratio = official_mask_ratio(torch.rand(1, 1, device=device), lo, hi)  # (1, 1): one per batch
+            count = torch.ceil(ratio * tokens)  # (1, 1)
+        else:
+            ratio = lo + (hi - lo) * torch.rand(batch, 1, device=device)  # (B, 1)
+            count = torch.round(ratio * tokens)  # (B, 1)
         ranks = torch.rand(batch, tokens, device=device).argsort(dim=1).argsort(dim=1)  # (B, N) random permutation
         return ranks < count  # (B, N)
 

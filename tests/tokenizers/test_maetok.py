@@ -1,5 +1,6 @@
 """MAETok: latent shapes, masking, auxiliary HOG and teacher losses, HOG targets, decoder fine-tuning, overfitting."""
 import json
+import math
 
 import lightning as L
 import pytest
@@ -247,3 +248,77 @@ def test_paper_size_uses_the_official_hog_target_and_smaller_sizes_keep_theirs()
     torch.testing.assert_close(tok.aux_target("hog", x), hog_features(x, 8, norm="cell"))
     with pytest.raises(ValueError, match="hog_norm"):
         create_tokenizer("maetok-smoke", hog_norm="block")
+
+
+# ---- the official mask-ratio draw (maetok-b-128) ----------------------------------------------
+
+
+def _uniform_mask_before(batch, tokens, lo, hi):
+    """The default draw as it was before ``mask_sampling`` existed, on the global RNG."""
+    ratio = lo + (hi - lo) * torch.rand(batch, 1)
+    ranks = torch.rand(batch, tokens).argsort(dim=1).argsort(dim=1)
+    return ranks < torch.round(ratio * tokens)
+
+
+def test_default_mask_sampling_is_the_uniform_draw_bit_for_bit():
+    tok = create_tokenizer("maetok-smoke", patch_size=4)
+    assert tok.mask_sampling == "uniform" and create_tokenizer("maetok-ci").mask_sampling == "uniform"
+    for stage, progress in (("ae", 0.0), ("decoder-ft", 0.3)):
+        tok.set_stage(stage, progress)
+        lo, hi = tok.current_mask_range()
+        torch.manual_seed(3)
+        expected = _uniform_mask_before(64, 64, lo, hi)
+        torch.manual_seed(3)
+        assert torch.equal(tok.sample_mask(64, 64), expected)
+    with pytest.raises(ValueError, match="mask_sampling must be one of"):
+        create_tokenizer("maetok-smoke", mask_sampling="beta")
+
+
+def test_official_mask_ratio_is_scipys_truncated_normal():
+    """The inverse CDF against scipy.stats.truncnorm((lo - hi) / 0.25, 0, loc=hi, scale=0.25): quantiles and 20k draws."""
+    stats = pytest.importorskip("scipy.stats")
+    from latentbench.tokenizers.maetok import official_mask_ratio
+
+    ref = stats.truncnorm((0.4 - 0.6) / 0.25, 0, loc=0.6, scale=0.25)
+    u = torch.linspace(0, 1, 101)
+    torch.testing.assert_close(official_mask_ratio(u, 0.4, 0.6), torch.tensor(ref.ppf(u.double().numpy())).float(),
+                               rtol=0, atol=1e-5)
+    draws = official_mask_ratio(torch.rand(20000, generator=torch.Generator().manual_seed(0)), 0.4, 0.6)
+    assert draws.min() >= 0.4 and draws.max() <= 0.6
+    assert stats.kstest(draws.double().numpy(), ref.cdf).pvalue > 0.01
+    assert abs(draws.mean().item() - ref.mean()) < 2e-3 and abs(ref.mean() - 0.505) < 1e-3  # rising towards 0.6
+    assert official_mask_ratio(torch.rand(5), 0.3, 0.3).eq(0.3).all()  # a single ratio stays itself
+
+
+def test_official_mask_sampling_one_ratio_per_batch_ceil_counts_and_decoder_ft_unchanged():
+    from latentbench.tokenizers.maetok import official_mask_ratio
+
+    tok = create_tokenizer("maetok-smoke", patch_size=4, mask_sampling="official")  # N = 64 tokens
+    counts = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        ratio = official_mask_ratio(torch.rand(1, 1), 0.4, 0.6).item()  # the draw sample_mask makes first
+        torch.manual_seed(seed)
+        mask = tok.sample_mask(16, 64)
+        per_sample = mask.sum(dim=1)
+        assert (per_sample == math.ceil(64 * ratio)).all(), "one ratio per batch, ceil(N * ratio) tokens"
+        assert len({tuple(row.nonzero().flatten().tolist()) for row in mask}) > 1  # a permutation per sample
+        counts.append(int(per_sample[0]))
+    assert min(counts) >= math.ceil(0.4 * 64) and max(counts) <= math.ceil(0.6 * 64)
+    assert sum(counts) / len(counts) / 64 == pytest.approx(0.505 + 0.5 / 64, abs=0.015)  # ceil adds half a token
+    # decoder-ft: the fixed falling ratio, drawn as before (round, per-sample draw consumed)
+    tok.set_stage("decoder-ft", progress=0.5)
+    torch.manual_seed(1)
+    expected = _uniform_mask_before(8, 64, 0.3, 0.3)
+    torch.manual_seed(1)
+    assert torch.equal(tok.sample_mask(8, 64), expected) and (expected.sum(1) == round(0.3 * 64)).all()
+
+
+def test_paper_size_config_samples_the_mask_as_the_official_code():
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
+
+    spec = resolve_tokenizer("maetok-b-128", load_protocol("imagenet256"))
+    assert spec.init_args["mask_sampling"] == "official"
+    assert spec.init_args["aux_targets"] == ["hog", "maetok-dinov2-vitl", "maetok-siglip-so400m"]
+    assert "mask_sampling" not in resolve_tokenizer("maetok", load_protocol("ci")).init_args
