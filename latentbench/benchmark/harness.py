@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
+from latentbench.benchmark.machine_load import OtherCpuUse, busy_note
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
 from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
@@ -100,8 +101,12 @@ class Stages:
         log(f"[{label}] running")
         attempts = run_on_rank_zero(lambda: self._attempt(name))
         start = time.perf_counter()
-        result = fn()
+        with OtherCpuUse(measure=world_size() == 1) as load:  # a DDP run's other ranks would count as other processes
+            result = fn()
         result["wall_time_s"] = time.perf_counter() - start
+        result["machine_load"] = load.result
+        if load.busy:
+            log(f"[{label}] warning: {busy_note(load.result)}")
 
         def store() -> dict[str, Any]:
             stored = {**result, **_attempts_provenance(attempts)}
@@ -556,12 +561,10 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
     """One leaderboard row with its provenance."""
     tokenizer = load_tokenizer(cfg.tokenizer, weights, trust)
     proto = cfg.protocol
-    wall = {"eval": evaluation["wall_time_s"]}
-    if train is not None:
-        wall = {"train": train["wall_time_s"], **wall}
+    stages = {"train": train, "eval": evaluation, "generate": generation}
+    wall = {name: stage["wall_time_s"] for name, stage in stages.items() if stage is not None}
     metrics = dict(evaluation["metrics"])
     if generation is not None:
-        wall["generate"] = generation["wall_time_s"]
         metrics["gfid"] = generation["gfid"]
     # stages stored before non-finite values became reasons (evaluate.not_finite_as_unavailable) still give a row
     metrics = {name: not_finite_as_unavailable(name, m) for name, m in metrics.items()}
@@ -605,11 +608,13 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
                                          "generator train": (generation or {}).get("generator_provenance"),
                                          "generate": generation}),
         "wall_time_s": wall,
+        # other processes' use of the machine's CPU while each stage ran (machine_load.OtherCpuUse); None: not measured
+        "machine_load": {name: stage.get("machine_load") for name, stage in stages.items() if stage is not None},
     }
 
 
 # generator-stage fields the record keeps elsewhere (metrics, wall times, compiled, provenance) or not at all
-GENERATION_NOT_RECORDED = ("gfid", "wall_time_s", "compiled", "provenance", "provenance_resumed", "generator_provenance")
+GENERATION_NOT_RECORDED = ("gfid", "wall_time_s", "machine_load", "compiled", "provenance", "provenance_resumed", "generator_provenance")
 PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")  # what can change a number (not the command)
 UNKNOWN_PROVENANCE = "unknown: stored before stages kept their provenance"
 

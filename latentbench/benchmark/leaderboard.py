@@ -15,6 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from latentbench.benchmark.machine_load import BUSY_SHARE, is_busy
 from latentbench.benchmark.schema import SCHEMA_VERSION, finite_or_str, validate_record  # noqa: F401  (re-exported)
 from latentbench.fsutil import atomic_write_text
 
@@ -474,6 +475,11 @@ def other_seed(record: dict[str, Any]) -> int | None:
     return seed if seed is not None and seed != record["protocol"].get("seed", 0) else None
 
 
+def shared_cpu(record: dict[str, Any]) -> bool:
+    """Whether other processes took more than ``BUSY_SHARE`` of the machine's CPU during a stage of the run (``is_busy``)."""
+    return any(is_busy(load) for load in (record.get("machine_load") or {}).values())
+
+
 def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str] = frozenset()) -> str:
     """Markdown table of a protocol version's results (deterministic for the same records)."""
     if not records:
@@ -500,7 +506,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
             f"| {row_name(r)}{' (warning: notes)' if r.get('warnings') else ''} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
-            f"| {sum(r['wall_time_s'].values()):.0f} | {commit} | {r['created'][:10]} |"
+            f"| {sum(r['wall_time_s'].values()):.0f}{' (shared CPU)' if shared_cpu(r) else ''} | {commit} | {r['created'][:10]} |"
         )
     notes = _unavailable_notes(records)
     changed = sorted({(p["used"], p["requested"]) for r in records for p in (r.get("precision_changed") or {}).values()})
@@ -514,6 +520,9 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
     notes.append("- stage time (s): the sum of the bench's train, eval and generate stages, each timed in the process "
                  "that finished it (process start, data scans and checks are not in it; a resumed stage counts only "
                  "its last process); rows of one run (FlowMo's 1a and 1b) each count the shared training stage.")
+    if any(shared_cpu(r) for r in records):
+        notes.append(f"- (shared CPU): other processes took more than {BUSY_SHARE:.0%} of the machine's CPU time during a "
+                     "stage of that run (the record's `machine_load`), so its stage time overstates what the bench costs.")
     targets = {str(_conv(r).get("target")) for r in records if _conv(r).get("target") is not None}
     if targets:
         what = ", ".join(sorted("the baseline's final gFID" if t == "baseline" else t for t in targets))
