@@ -84,10 +84,12 @@ def is_busy(load: dict[str, Any] | None) -> bool:
     return load is not None and load["others_share"] > BUSY_SHARE and load["others_cpu_s"] >= BUSY_MIN_CPU_S
 
 
-def busy_note(load: dict[str, Any]) -> str:
-    """The warning line for a stage whose ``machine_load`` is busy, with what to do."""
-    return (f"other processes took {load['others_share']:.0%} of this machine's CPU time ({load['others_cpu_s']:.0f} CPU-s "
-            f"on {load['cpus']} CPUs) while it ran, so its {load['wall_s']:.0f} s are not this run's cost alone. PyTorch's "
-            "threads wait for each other when another process holds a core (a 14x slower smoke training was measured): "
-            "stop the other work, or give the bench fewer threads (OMP_NUM_THREADS=1: 2.3x slower, not 14x; the numbers "
-            "then differ in training numerics, as on another machine)")
+def busy_note(load: dict[str, Any], advice: bool = True) -> str:
+    """The warning line for a stage whose ``machine_load`` is busy, with what to do unless ``advice`` is False."""
+    fact = (f"other processes took {load['others_share']:.0%} of this machine's CPU time ({load['others_cpu_s']:.0f} CPU-s "
+            f"on {load['cpus']} CPUs) while it ran, so its {load['wall_s']:.0f} s are not this run's cost alone")
+    if not advice:
+        return fact
+    return (fact + ". PyTorch's threads wait for each other when another process holds a core (a 14x slower smoke "
+            "training was measured): stop the other work, or give the bench fewer threads (OMP_NUM_THREADS=1: 2.3x slower, "
+            "not 14x; the numbers then differ in training numerics, as on another machine)")

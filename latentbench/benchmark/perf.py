@@ -332,6 +332,7 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
     """
     from tqdm.auto import tqdm
 
+    from latentbench.benchmark.machine_load import OtherCpuUse, busy_note
     from latentbench.benchmark.provenance import provenance
     from latentbench.fsutil import atomic_write_text
     from latentbench.precision import bf16_support
@@ -344,18 +345,22 @@ def run_perf(targets: list[Target] | None = None, protocol: str = "ci", steps: i
 
         require_cxx_compiler()  # before minutes of measuring, not after
     bf16, cpu = bf16_support("cpu")
-    # without fast bf16 a 2048^3 product takes ~20 s: the roof is measured on 256^3 products instead
-    peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16) if bf16 else matmul_peak(torch.bfloat16, 256, 3, 2)}
-    log(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.3g} GFLOP/s "
-        f"({torch.get_num_threads()} threads)")
-    if not bf16:
-        log(f"bf16 steps skipped: {cpu}; the bench trains in fp32 here")
-    rows = []
-    for target in tqdm(targets, desc="perf", unit="config"):
-        rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size, bf16, compile), peak))
+    with OtherCpuUse() as load:  # the roof and every step below are this machine's only when nothing else runs
+        # without fast bf16 a 2048^3 product takes ~20 s: the roof is measured on 256^3 products instead
+        peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16) if bf16 else matmul_peak(torch.bfloat16, 256, 3, 2)}
+        log(f"matmul peak on this machine: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.3g} GFLOP/s "
+            f"({torch.get_num_threads()} threads)")
+        if not bf16:
+            log(f"bf16 steps skipped: {cpu}; the bench trains in fp32 here")
+        rows = []
+        for target in tqdm(targets, desc="perf", unit="config"):
+            rows.append(summarize(_in_subprocess(target, protocol, steps, warmup, batch_size, bf16, compile), peak))
+    if load.busy:
+        log(f"warning: {busy_note(load.result)}")
     result = {"schema": PERF_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.node(),
               "cpu": cpu, "bf16_usable": bf16, "threads": torch.get_num_threads(), "matmul_peak_gflops": peak,
-              "steps": steps, "warmup": warmup, "rows": rows, "provenance": provenance()}
+              "steps": steps, "warmup": warmup, "rows": rows, "provenance": provenance(),
+              "machine_load": load.result}  # other processes' CPU time while it measured (machine_load.OtherCpuUse)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=1, sort_keys=True) + "\n")
@@ -384,6 +389,8 @@ def _pct(x) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A Markdown table of a perf result."""
+    from latentbench.benchmark.machine_load import busy_note, is_busy
+
     peak = result["matmul_peak_gflops"]
     protocols = sorted({row["protocol"] for row in result["rows"] if row.get("protocol")})
     lines = [f"{'protocol ' + ', '.join(protocols) + '; ' if protocols else ''}matmul peak: fp32 {peak['fp32']:.0f}, "
@@ -393,6 +400,8 @@ def format_table(result: dict[str, Any]) -> str:
                   "--steps 8 (the default) before reading ratios from it.", ""]
     if result.get("bf16_usable") is False:
         lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
+    if is_busy(result.get("machine_load")):  # absent from results measured before it was
+        lines += [f"Measured on a shared machine: {busy_note(result['machine_load'], advice=False)}.", ""]
     compiled = any(row.get("decode_img_s_compiled") for row in result["rows"])
     lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16 speedup | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
               "encode img/s | decode img/s | " + ("decode compiled img/s (compile s) | " if compiled else "")

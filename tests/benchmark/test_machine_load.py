@@ -78,3 +78,13 @@ def test_leaderboard_marks_a_stage_time_taken_on_a_shared_machine(share, marked)
     short = {"others_cpu_s": 0.4, "others_share": 0.5, "cpus": 2, "wall_s": 0.4}  # a stage of a fraction of a second
     assert shared_cpu({"machine_load": {"record": short}}) is False
     assert shared_cpu({}) is False  # records from before the measurement
+
+
+def test_perf_table_says_it_was_measured_on_a_shared_machine():
+    from latentbench.benchmark.perf import format_table
+
+    result = {"matmul_peak_gflops": {"fp32": 190.0, "bf16": 410.0}, "rows": [], "steps": 8,
+              "machine_load": {"others_cpu_s": 120.0, "others_share": 0.3, "cpus": 2, "wall_s": 200.0}}
+    assert "Measured on a shared machine: other processes took 30% of this machine's CPU time" in format_table(result)
+    assert "shared machine" not in format_table({**result, "machine_load": None})
+    assert "shared machine" not in format_table({k: v for k, v in result.items() if k != "machine_load"})
