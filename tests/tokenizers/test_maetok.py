@@ -165,7 +165,7 @@ def test_decoder_ft_freezes_encoder_and_anneals_mask():
     assert extra == {}, "auxiliary losses are off while fine-tuning the decoder"
     rec.square().mean().backward()
     opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, tok.encoder_parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, tok.encoder_parameters(), strict=True))
     tok.set_stage("decoder-ft", progress=1.0)
     assert tok.current_mask_range() == (0.0, 0.0)
     tok.set_stage("ae")
