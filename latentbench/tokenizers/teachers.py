@@ -1,7 +1,8 @@
 """Frozen teacher encoders whose per-patch features MAETok's auxiliary decoders predict.
 
 MAETok (Chen et al. 2025) trains shallow auxiliary decoders to regress, for the masked image
-tokens, the features of frozen encoders (HOG, DINOv2, SigLIP; MSE). A teacher here maps float
+tokens, the features of frozen encoders (HOG, DINOv2, SigLIP; MSE in the paper, a negative cosine on
+the teachers' features in the official code: ``MAETok(teacher_loss=...)``). A teacher here maps float
 images in [-1, 1] to its own spatial feature map ``(B, dim, h, w)`` and resamples it onto the
 tokenizer's patch grid ``(gh, gw)``, so token ``i`` of the tokenizer and row ``i`` of the
 targets cover the same image region. HOG needs no network and lives in ``hog.py``.
