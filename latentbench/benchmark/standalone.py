@@ -36,13 +36,16 @@ class ColourModes:
     def __init__(self) -> None:
         self.modes = {"real": Counter(), "fake": Counter()}
         self.transparent: Counter = Counter()
+        self.off_scale: dict[str, list[str]] = {"real": [], "fake": []}  # "file (mode with ...)" of images read near-black
         self.mismatched: list[tuple[str, str, str]] = []  # (name, real mode, fake mode) of pairs gray against colour
         self.last: dict[str, str] = {}  # the mode of each side's last file
 
-    def record(self, side: str, mode: str, transparent: bool) -> None:
+    def record(self, side: str, mode: str, transparent: bool, off_scale: str | None = None, name: str = "") -> None:
         self.modes[side][mode] += 1
         self.transparent[side] += transparent
         self.last[side] = mode
+        if off_scale:
+            self.off_scale[side].append(f"{name}: {mode} with {off_scale}")
 
     def record_pair(self, name: str) -> None:
         """Note the pair ``name`` whose two files were the last ones recorded, if it sets gray against colour."""
@@ -59,6 +62,12 @@ class ColourModes:
                               "colour stored under a transparent pixel is measured (as ADM and torch-fidelity read "
                               "them); flatten the images onto a background first if that is not what you meant",
                               stacklevel=2)
+        for side, found in self.off_scale.items():
+            if found:
+                warnings.warn(f"{len(found)} {side} image(s) look saved on another scale than the one they are read on "
+                              f"(e.g. {found[0]}): float images are read on the 0..255 scale and 16/32-bit integer ones "
+                              "on 0..65535, so these measure as nearly black; save them as 8-bit images (a [0, 1] float "
+                              "image as round(value * 255))", stacklevel=2)
         if paired and self.mismatched:
             name, real_mode, fake_mode = self.mismatched[0]
             warnings.warn(f"{len(self.mismatched)} pair(s) set a grayscale image against a colour one (e.g. {name}: real "
@@ -121,12 +130,12 @@ def load_uint8(path: Path, modes: ColourModes | None = None, side: str = "fake",
     """One image file as a (3, H, W) uint8 tensor, its colour mode recorded in ``modes`` under ``side``
     ("real" or "fake"); an unreadable one raises BadImageError naming it (``paired``: its partner too in the fix)."""
     try:
-        image, mode, transparent = decode(path)
+        image, mode, transparent, off_scale = decode(path)
     except BadImageError as err:  # these commands measure every file they are given: nothing is skipped
         raise BadImageError(err.path, err.reason, "Fix or replace the file, or move it out of the folder"
                             f"{' (and its pair out of the other folder)' if paired else ''}.") from None
     if modes is not None:
-        modes.record(side, mode, transparent)
+        modes.record(side, mode, transparent, off_scale, str(path))
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 

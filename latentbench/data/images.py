@@ -12,6 +12,9 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
   (``value >> 8``) and are left so: torch-fidelity and ADM read them through PIL the same way.
   That can differ by one level from the grayscale rounding above (200 -> 0, not 1).
 - F (32-bit float) is taken to already be on the 0..255 scale: rounded and clipped.
+  A float image with every value in [0, 1], or a 16/32-bit one with every value in 0..255,
+  was most likely saved on another scale and reads as nearly black; ``decode`` says so
+  (``off_scale``) and ``latentbench metrics`` warns of it.
 - EXIF orientation is not applied (ADM does not apply it either).
 
 Truncated and corrupt files raise :class:`BadImageError`. ``ImageFile.LOAD_TRUNCATED_IMAGES``
@@ -88,9 +91,10 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     return decode(source, name)[0]
 
 
-def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.Image, str, bool]:
+def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.Image, str, bool, str | None]:
     """``load_rgb`` plus what the conversion did: (the RGB image, the file's own PIL mode, whether it had
-    transparent pixels, whose alpha was dropped). Raises BadImageError as ``load_rgb``."""
+    transparent pixels, whose alpha was dropped, and ``off_scale``'s doubt about its scale or None).
+    Raises BadImageError as ``load_rgb``."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -98,7 +102,7 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.I
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return to_rgb(img), img.mode, has_transparent_pixels(img)
+            return to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
@@ -111,6 +115,19 @@ def has_transparent_pixels(img: Image.Image) -> bool:
         return False
     alpha = (img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A")
     return alpha.getextrema()[0] < 255
+
+
+def off_scale(img: Image.Image) -> str | None:
+    """Why a float or 16/32-bit image looks saved on a narrower scale than the one it is read on (float 0..255,
+    integer 0..65535), or None: every value in [0, 1] (a [0, 1] float image) or in 0..255 (8-bit data in a wider
+    integer file). Such an image converts to nearly black, and its metrics are silently wrong."""
+    if img.mode == "F":
+        low, high = img.getextrema()
+        return "every value in [0, 1]" if low >= 0 and 0 < high <= 1 else None
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        low, high = img.getextrema()
+        return "every value in 0..255" if low >= 0 and 0 < high <= 255 else None
+    return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -1,5 +1,6 @@
 """`latentbench metrics` on two image folders, against scikit-image."""
 import json
+import re
 import subprocess
 import sys
 
@@ -339,3 +340,30 @@ def test_fid_folders_of_different_colour_are_warned_of(tmp_path):
         Image.fromarray(b).convert("L").save(fake / name)
     with pytest.warns(UserWarning, match=r"the two sides differ in colour \(real RGB: 6; fake L: 6\)"):
         folder_metrics(real, fake, fid=True, extractor="domain-mnist")
+
+
+def test_images_saved_on_another_scale_are_warned_of(tmp_path):
+    """A float32 TIFF in [0, 1] (as scikit-image and tifffile save one) is read on the 0..255 scale, so both sides
+    measured near-black: PSNR 62.8 dB for images 31 dB apart, without a word. The same for 8-bit data in a 16-bit file."""
+    import warnings
+
+    real, fake, pairs = _folders(tmp_path, n=3, size=32)
+    for folder, side in ((real, 0), (fake, 1)):
+        for i, pair in enumerate(pairs):
+            name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+            (folder / name).unlink()
+            Image.fromarray(pair[side][..., 0].astype(np.float32) / 255).save((folder / name).with_suffix(".tif"))
+    with pytest.warns(UserWarning) as record:
+        folder_metrics(real, fake, psnr=True)
+    assert [re.search(r"^3 (real|fake) image\(s\) look saved on another scale .*\(e.g. .*0.tif: F with every value in "
+                      r"\[0, 1\]\).*round\(value \* 255\)\)$", str(w.message))[1] for w in record] == ["real", "fake"]
+    for i, pair in enumerate(pairs):  # the same images on the 0..255 scale: measured as they are, nothing to say
+        name = f"sub/{i}.tif" if i % 2 else f"{i}.tif"
+        Image.fromarray(pair[0][..., 0].astype(np.float32)).save(real / name)
+        Image.fromarray(pair[1][..., 0].astype(np.float32)).save(fake / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        folder_metrics(real, fake, psnr=True)
+    Image.fromarray(pairs[0][1][..., 0].astype(np.uint16)).save(fake / "0.tif")  # 8-bit values in a 16-bit file
+    with pytest.warns(UserWarning, match=r"1 fake image\(s\) look saved .*0.tif: I;16 with every value in 0..255\)"):
+        folder_metrics(real, fake, psnr=True)

@@ -125,6 +125,6 @@ def test_decode_reports_the_mode_read_and_transparent_pixels(tmp_path):
     palette = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4), "L").convert("P")
     palette.save(tmp_path / "keyed.png", transparency=3)
     Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(tmp_path / "gray.png")
-    got = {name: decode(tmp_path / f"{name}.png")[1:] for name in ("opaque", "one", "keyed", "gray")}
+    got = {name: decode(tmp_path / f"{name}.png")[1:3] for name in ("opaque", "one", "keyed", "gray")}
     assert got == {"opaque": ("RGBA", False), "one": ("RGBA", True), "keyed": ("P", True), "gray": ("L", False)}
     assert decode(tmp_path / "one.png")[0].mode == "RGB"
