@@ -7,6 +7,7 @@ statistics (counts may differ). Images are decoded as they are on disk (8-bit RG
 """
 from __future__ import annotations
 
+import unicodedata
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -118,6 +119,14 @@ def pair_images(real: dict[str, Path], fake: dict[str, Path]) -> list[tuple[str,
         hint = (f"; {len(renamed)} differ only in their extension (e.g. {renamed[0]} against "
                 f"{next(n for n in only_fake if stem(n) == stem(renamed[0]))}): pairs match whole file names, so save the "
                 "fakes under the real files' names (the format may differ)" if renamed else "")
+        nfc = lambda name: unicodedata.normalize("NFC", name)  # noqa: E731
+        fake_by_nfc = {nfc(n): n for n in only_fake}
+        recoded = [n for n in only_real if nfc(n) in fake_by_nfc]
+        if recoded:  # shown with ascii(): printed as they are, the two names look the same
+            hint += (f"; {len(recoded)} differ only in their Unicode normalisation (e.g. {ascii(recoded[0])} against "
+                     f"{ascii(fake_by_nfc[nfc(recoded[0])])}: the same text, composed and decomposed, as macOS and some "
+                     "archive tools write names): rename one folder's files to the other's form (e.g. NFC with `convmv "
+                     "-r -f utf8 -t utf8 --nfc --notest DIR`)")
         raise ValueError(
             f"paired metrics need the same file names in both folders: {len(real)} real vs {len(fake)} fake images; "
             f"only in real: {only_real[:5]}{' ...' if len(only_real) > 5 else ''}; "

@@ -106,6 +106,17 @@ def test_mismatched_folders_fail_clearly(tmp_path):
         folder_metrics(real, fake, psnr=True)
 
 
+def test_names_that_differ_only_in_unicode_normalisation_are_explained(tmp_path):
+    """macOS and some archive tools write 'café' decomposed (NFD): the error listed 'café.png' as only in real and
+    'café.png' as only in fake, two names that print the same."""
+    real, fake, _ = _folders(tmp_path, n=2)
+    (real / "0.png").rename(real / "caf\u00e9.png")  # composed (NFC)
+    (fake / "0.png").rename(fake / "cafe\u0301.png")  # decomposed (NFD)
+    with pytest.raises(ValueError, match=re.escape("1 differ only in their Unicode normalisation (e.g. 'caf\\xe9.png' "
+                                                   "against 'cafe\\u0301.png': the same text")):
+        folder_metrics(real, fake, psnr=True)
+
+
 def test_a_missing_statistics_file_is_named_before_any_weights(tmp_path):
     """A mistyped .npz got the 'download the Inception weights' error (its extractor's), hiding the typo."""
     real, fake, _ = _folders(tmp_path, n=2)
