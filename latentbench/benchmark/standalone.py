@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from latentbench.data import IMAGE_EXTENSIONS, BadImageError
-from latentbench.data.images import combine_bad_images, decode
+from latentbench.data.images import Decoded, combine_bad_images, decode
 
 # PIL modes without colour: an image in one of them is measured as its gray level replicated to R, G and B
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
@@ -38,15 +38,19 @@ class ColourModes:
         self.modes = {"real": Counter(), "fake": Counter()}
         self.transparent: Counter = Counter()
         self.off_scale: dict[str, list[str]] = {"real": [], "fake": []}  # "file (mode with ...)" of images read near-black
+        self.oriented: dict[str, list[str]] = {"real": [], "fake": []}  # "file: orientation n" of images measured unturned
         self.mismatched: list[tuple[str, str, str]] = []  # (name, real mode, fake mode) of pairs gray against colour
         self.last: dict[str, str] = {}  # the mode of each side's last file
 
-    def record(self, side: str, mode: str, transparent: bool, off_scale: str | None = None, name: str = "") -> None:
+    def record(self, side: str, decoded: Decoded, name: str = "") -> None:
+        mode = decoded.mode
         self.modes[side][mode] += 1
-        self.transparent[side] += transparent
+        self.transparent[side] += decoded.transparent
         self.last[side] = mode
-        if off_scale:
-            self.off_scale[side].append(f"{name}: {mode} with {off_scale}")
+        if decoded.off_scale:
+            self.off_scale[side].append(f"{name}: {mode} with {decoded.off_scale}")
+        if decoded.orientation != 1:
+            self.oriented[side].append(f"{name}: orientation {decoded.orientation}")
 
     def record_pair(self, name: str) -> None:
         """Note the pair ``name`` whose two files were the last ones recorded, if it sets gray against colour."""
@@ -69,6 +73,12 @@ class ColourModes:
                               f"(e.g. {found[0]}): float images are read on the 0..255 scale and 16/32-bit integer ones "
                               "on 0..65535, so these measure as nearly black; save them as 8-bit images (a [0, 1] float "
                               "image as round(value * 255))", stacklevel=2)
+        for side, found in self.oriented.items():
+            if found:
+                warnings.warn(f"{len(found)} {side} image(s) carry an EXIF orientation (e.g. {found[0]}): they are measured "
+                              "as stored, not turned as image viewers (and Hugging Face datasets) show them, as ADM and "
+                              "torch-fidelity read them; if the other folder's images were made from the turned images, "
+                              "save these turned first (PIL.ImageOps.exif_transpose)", stacklevel=2)
         if paired and self.mismatched:
             name, real_mode, fake_mode = self.mismatched[0]
             warnings.warn(f"{len(self.mismatched)} pair(s) set a grayscale image against a colour one (e.g. {name}: real "
@@ -139,13 +149,13 @@ def load_uint8(path: Path, modes: ColourModes | None = None, side: str = "fake",
     """One image file as a (3, H, W) uint8 tensor, its colour mode recorded in ``modes`` under ``side``
     ("real" or "fake"); an unreadable one raises BadImageError naming it (``paired``: its partner too in the fix)."""
     try:
-        image, mode, transparent, off_scale = decode(path)
+        decoded = decode(path)
     except BadImageError as err:  # these commands measure every file they are given: nothing is skipped
         raise BadImageError(err.path, err.reason, "Fix or replace the file, or move it out of the folder"
                             f"{' (and its pair out of the other folder)' if paired else ''}.") from None
     if modes is not None:
-        modes.record(side, mode, transparent, off_scale, str(path))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+        modes.record(side, decoded, str(path))
+    return torch.from_numpy(np.asarray(decoded.image).copy()).permute(2, 0, 1)
 
 
 def same_size_batches(items: list[Any], load, batch_size: int) -> Iterator[list]:
@@ -191,9 +201,12 @@ def _load_pair(pair: tuple[str, Path, Path], modes: ColourModes) -> tuple[Tensor
     modes.record_pair(name)
     real, fake = loaded
     if real.shape != fake.shape:
+        turned = real.shape[1:] == fake.shape[:0:-1]  # H x W against W x H: one side turned by 90 degrees
         raise ValueError(f"{name}: the real image is {real.shape[1]}x{real.shape[2]} (H x W) but the fake one is "
                          f"{fake.shape[1]}x{fake.shape[2]}; paired metrics need equal sizes: save the fakes at the real "
-                         "images' size")
+                         "images' size" + ("; one is the other turned by 90 degrees: was an EXIF orientation applied to "
+                                           "one side only? (the files are measured as stored; see "
+                                           "PIL.ImageOps.exif_transpose)" if turned else ""))
     return real, fake
 
 

@@ -15,7 +15,8 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
   A float image with every value in [0, 1], or a 16/32-bit one with every value in 0..255,
   was most likely saved on another scale and reads as nearly black; ``decode`` says so
   (``off_scale``) and ``latentbench metrics`` warns of it.
-- EXIF orientation is not applied (ADM does not apply it either).
+- EXIF orientation is not applied (ADM and torch-fidelity do not apply it either; Hugging Face
+  ``datasets`` does): ``decode`` reports the tag and ``latentbench metrics`` warns of it.
 
 Truncated and corrupt files raise :class:`BadImageError`. ``ImageFile.LOAD_TRUNCATED_IMAGES``
 is left alone: a half-decoded JPEG padded with grey is not a benchmark image.
@@ -24,10 +25,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+EXIF_ORIENTATION = 0x0112
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -91,10 +94,18 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     return decode(source, name)[0]
 
 
-def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.Image, str, bool, str | None]:
-    """``load_rgb`` plus what the conversion did: (the RGB image, the file's own PIL mode, whether it had
-    transparent pixels, whose alpha was dropped, and ``off_scale``'s doubt about its scale or None).
-    Raises BadImageError as ``load_rgb``."""
+class Decoded(NamedTuple):
+    """What ``decode`` read: the RGB image and what its conversion left out or assumed."""
+
+    image: Image.Image
+    mode: str  # the file's own PIL mode
+    transparent: bool  # it had transparent pixels, whose alpha was dropped
+    off_scale: str | None  # ``off_scale``'s doubt about the scale it was read on
+    orientation: int  # its EXIF orientation (1: as stored, also without the tag), not applied
+
+
+def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
+    """``load_rgb`` plus what the conversion did (``Decoded``). Raises BadImageError as ``load_rgb``."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -102,7 +113,7 @@ def decode(source: str | Path | bytes, name: str | None = None) -> tuple[Image.I
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img)
+            return Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img), exif_orientation(img))
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
@@ -115,6 +126,15 @@ def has_transparent_pixels(img: Image.Image) -> bool:
         return False
     alpha = (img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A")
     return alpha.getextrema()[0] < 255
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation tag (2-8: to be mirrored or turned for display), 1 when it has none."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 (a malformed EXIF block: the pixels decoded, nothing to turn them by)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def off_scale(img: Image.Image) -> str | None:

@@ -378,3 +378,26 @@ def test_images_saved_on_another_scale_are_warned_of(tmp_path):
     Image.fromarray(pairs[0][1][..., 0].astype(np.uint16)).save(fake / "0.tif")  # 8-bit values in a 16-bit file
     with pytest.warns(UserWarning, match=r"1 fake image\(s\) look saved .*0.tif: I;16 with every value in 0..255\)"):
         folder_metrics(real, fake, psnr=True)
+
+
+def test_exif_orientation_is_warned_of_and_a_turned_partner_explained(tmp_path):
+    """Camera JPEGs carry an EXIF orientation that ADM and torch-fidelity do not apply, but Hugging Face datasets
+    does: fakes made from the turned images were compared turned (square) or refused as another size, without a word
+    of why."""
+    from PIL import ImageOps
+
+    real, fake, pairs = _folders(tmp_path, n=2, size=32)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise for display
+    stored = Image.fromarray(np.ascontiguousarray(pairs[0][0][:24]))  # 24 x 32 (H x W)
+    stored.save(real / "0.jpg", exif=exif)
+    stored.save(fake / "0.jpg")
+    (real / "0.png").unlink()
+    (fake / "0.png").unlink()
+    with pytest.warns(UserWarning, match=r"1 real image\(s\) carry an EXIF orientation \(e.g. .*0.jpg: orientation 6\): "
+                                         r"they are measured as stored"):
+        folder_metrics(real, fake, psnr=True)
+    ImageOps.exif_transpose(Image.open(real / "0.jpg")).save(fake / "0.jpg")  # 32 x 24: as a viewer shows it
+    with pytest.raises(ValueError, match=r"0.jpg: the real image is 24x32 \(H x W\) but the fake one is 32x24; .*one is "
+                                         r"the other turned by 90 degrees: was an EXIF orientation applied"):
+        folder_metrics(real, fake, psnr=True)
