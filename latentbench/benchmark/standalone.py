@@ -334,10 +334,13 @@ def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, 
     modes = ColourModes()
     if real_files is not None:
         stats, seen = FeatureStats.empty(extractor.dim), 0
-        for features in folder_features(real_dir, extractor, batch_size, real_files, modes, "real"):
-            metric.update_real(features, index=torch.arange(seen, seen + len(features)))
-            stats.update(features)
-            seen += len(features)
+        try:
+            for features in folder_features(real_dir, extractor, batch_size, real_files, modes, "real"):
+                metric.update_real(features, index=torch.arange(seen, seen + len(features)))
+                stats.update(features)
+                seen += len(features)
+        except BadImageError as err:  # the fakes' unreadable files are named in the same error, not on the next run
+            raise combine_bad_images([err, *_unreadable(fake_files)]) from None
         _need_two(seen, real_dir)
         # what the value was measured against, for its hash (not used in the FID; the metric checks the covariance)
         reference = ReferenceStats(stats.mu, stats.sigma, stats.n)
@@ -354,6 +357,17 @@ def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, 
     if bootstrap:
         result["resampled"] = RESAMPLED[how]
     return result
+
+
+def _unreadable(files: list[Path]) -> list[BadImageError]:
+    """The BadImageError of every file in ``files`` that does not decode."""
+    errors = []
+    for path in files:
+        try:
+            load_uint8(path)
+        except BadImageError as err:
+            errors.append(err)
+    return errors
 
 
 def load_reference(path: str | Path, extractor) -> Any:

@@ -318,6 +318,19 @@ def test_every_unreadable_file_is_named_in_one_error(tmp_path):
     assert f"3 files are unreadable in all; the others: {fake / '0.png'} (" in str(e.value)
 
 
+def test_fid_names_the_unreadable_files_of_both_folders_in_one_error(tmp_path):
+    """--fid alone stopped at the real folder's unreadable files: the fake folder's came one rerun later."""
+    from latentbench.data import BadImageError
+
+    real, fake, _ = _folders(tmp_path)
+    (real / "0.png").write_bytes(b"")
+    (fake / "sub" / "3.png").write_text("not an image")
+    with pytest.raises(BadImageError) as e:
+        folder_metrics(real, fake, fid=True, extractor="domain-mnist")
+    assert e.value.path == str(real / "0.png")
+    assert f"2 files are unreadable in all; the others: {fake / 'sub' / '3.png'} (not a recognised" in str(e.value)
+
+
 def test_colour_conversions_that_change_the_numbers_are_warned_of(tmp_path):
     """Grayscale against colour and dropped transparency are the ADM / torch-fidelity conventions, but silent they hid
     mistakes: RGBA fakes with alpha 0 everywhere scored PSNR inf against their opaque originals."""
