@@ -37,8 +37,8 @@ class ColourModes:
     def __init__(self) -> None:
         self.modes = {"real": Counter(), "fake": Counter()}
         self.transparent: Counter = Counter()
-        self.off_scale: dict[str, list[str]] = {"real": [], "fake": []}  # "file (mode with ...)" of images read near-black
-        self.oriented: dict[str, list[str]] = {"real": [], "fake": []}  # "file: orientation n" of images measured unturned
+        self.off_scale: dict[str, list[str]] = {"real": [], "fake": []}  # "file: mode with ..." of images read near-black
+        self.oriented: dict[str, list[str]] = {"real": [], "fake": []}  # "file: orientation n", measured unturned
         self.mismatched: list[tuple[str, str, str]] = []  # (name, real mode, fake mode) of pairs gray against colour
         self.last: dict[str, str] = {}  # the mode of each side's last file
 
