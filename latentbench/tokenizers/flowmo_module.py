@@ -146,16 +146,18 @@ class FlowMoModule(L.LightningModule):
         """(stage name, fraction of that stage done) at optimizer step ``step``."""
         return stage_at(self.stage_plan, step)
 
-    def _encoder_frozen_at(self, step: int) -> bool:
+    def _freeze_after_step(self) -> int | None:
+        """The step ``freeze_encoder_after`` names, None when it is unset."""
         after = self.hparams.freeze_encoder_after
-        return after is not None and step >= round(after * self.hparams.max_steps)
+        return None if after is None else round(after * self.hparams.max_steps)
+
+    def _encoder_frozen_at(self, step: int) -> bool:
+        after = self._freeze_after_step()
+        return after is not None and step >= after
 
     def encoder_freeze_step(self) -> int | None:
         """First optimizer step that trains with the encoder frozen (``freeze_encoder_after`` or stage 1b), None: never."""
-        after = self.hparams.freeze_encoder_after
-        steps = [s for s in (self.stage_start("1b"), None if after is None else round(after * self.hparams.max_steps))
-                 if s is not None]
-        return min(steps, default=None)
+        return min((s for s in (self.stage_start("1b"), self._freeze_after_step()) if s is not None), default=None)
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         step = self.global_step
