@@ -2,7 +2,8 @@
 
 Construction decodes every file once, in order, on a thread pool (``scan_threads``; split between
 the processes of a multi-GPU bench, ``collective_scan``): it hashes the bytes
-for the fingerprint, notes which images are smaller than the resolution, and applies the
+for the fingerprint, notes which images are smaller than the resolution, which look saved on
+another scale and which carry an EXIF orientation (``images.decode``), and applies the
 ``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
 What it learnt about each file is kept in the scan cache (``scancache``): a later scan of files
 that have not changed since only stats them.
@@ -24,9 +25,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from latentbench import distributed
-from latentbench.data.images import BadImageError, combine_bad_images, load_rgb
+from latentbench.data.images import BadImageError, combine_bad_images, decode, load_rgb
 from latentbench.data.info import content_fingerprint, dataset_info
-from latentbench.data.scancache import Entry, ScanCache, Stamp, default_cache
+from latentbench.data.scancache import Entry, Facts, ScanCache, Stamp, default_cache
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
 
 ON_BAD_IMAGE = ("error", "skip")
@@ -62,12 +63,20 @@ _DEFAULT = object()  # scan_files' cache argument: the suite's scan cache
 
 @dataclass
 class ScanReport:
-    """Outcome of scanning: usable indices, their digests, and what was skipped or upsampled."""
+    """Outcome of scanning: usable indices, their digests, and what was skipped, upsampled or read doubtfully.
+
+    ``n_off_scale`` and ``n_oriented`` count the usable images that look saved on another scale than
+    the one they are read on, and those with an EXIF orientation; ``*_example`` names the first.
+    """
 
     kept: list[int] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     n_upsampled: int = 0
+    n_off_scale: int = 0
+    off_scale_example: dict | None = None  # {"path", "reason"}: "I;16 with every value in 0..255"
+    n_oriented: int = 0
+    oriented_example: dict | None = None  # {"path", "orientation"}
 
 
 def check_on_bad_image(on_bad_image: str) -> None:
@@ -115,7 +124,7 @@ def scan_files(
         if cache is not None:
             outcomes = cache.record(outcomes)  # stores what was decoded now (a no-op where not writable)
         with contextlib.closing(outcomes):
-            return _report(outcomes, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
+            return _report(outcomes, files, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
 
 
 def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, rank: int, world: int,
@@ -135,11 +144,12 @@ def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, r
     return heapq.merge(*(shard for shard, _ in shards))  # each shard is in file order: so is the merge
 
 
-def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit: int | None) -> ScanReport:
-    """The ScanReport of (index, digest, size, error, fresh) outcomes in file order; under "error", raises once every
-    outcome is read, naming all the unreadable files (one rerun per bad file would otherwise find them)."""
+def _report(outcomes: Iterable[tuple], files: EncodedFiles, resolution: int, on_bad_image: str,
+            limit: int | None) -> ScanReport:
+    """The ScanReport of (index, digest, size, facts, error, fresh) outcomes in file order; under "error", raises once
+    every outcome is read, naming all the unreadable files (one rerun per bad file would otherwise find them)."""
     report, errors = ScanReport(), []
-    for index, digest, size, error, _ in outcomes:
+    for index, digest, size, facts, error, _ in outcomes:
         if error is not None:
             if on_bad_image == "error":
                 errors.append(error)
@@ -149,6 +159,13 @@ def _report(outcomes: Iterable[tuple], resolution: int, on_bad_image: str, limit
         report.kept.append(index)
         report.digests.append(digest)
         report.n_upsampled += min(size) < resolution
+        if facts.off_scale is not None:
+            report.n_off_scale += 1
+            report.off_scale_example = report.off_scale_example or {"path": files.name(index), "reason": facts.off_scale}
+        if facts.orientation != 1:
+            report.n_oriented += 1
+            report.oriented_example = report.oriented_example or {"path": files.name(index),
+                                                                  "orientation": facts.orientation}
         if limit is not None and len(report.kept) >= limit:
             break
     if errors:
@@ -197,7 +214,7 @@ def _progress(total: int, desc: str, rank: int = 0) -> tqdm:
 
 def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecutor, desc: str, rank: int = 0,
                      cache: ScanCache | None = None) -> Iterator[tuple]:
-    """Yield (index, digest, size, error, fresh) for ``indices`` in order, a chunk at a time.
+    """Yield (index, digest, size, facts, error, fresh) for ``indices`` in order, a chunk at a time.
 
     A file with a valid ``cache`` entry is not read; ``fresh`` is ``(key, stamp, checked_ns)`` of a
     cacheable file decoded now, to be stored.
@@ -209,40 +226,42 @@ def _decode_in_order(files: EncodedFiles, indices: range, pool: ThreadPoolExecut
             keys = [files.scan_key(i) for i in chunk] if cache is not None else [None] * len(chunk)
             known = cache.lookup(keys) if cache is not None else {}
             results = pool.map(lambda ik, known=known: _scan_one(files, ik[0], ik[1], known.get(ik[1])), zip(chunk, keys, strict=True))
-            for index, (digest, size, error, fresh, hit) in zip(chunk, results, strict=True):
+            for index, (digest, size, facts, error, fresh, hit) in zip(chunk, results, strict=True):
                 hits += hit
                 bar.update()
                 if hits:
                     bar.set_postfix_str(f"{hits} unchanged since the last scan", refresh=False)
-                yield index, digest, size, error, fresh
+                yield index, digest, size, facts, error, fresh
 
 
 def _scan_one(files: EncodedFiles, index: int, key: str | None, entry: Entry | None) -> tuple:
-    """One file's (digest, size, error, fresh, hit): from ``entry`` while the file is unchanged, else decoded."""
+    """One file's (digest, size, facts, error, fresh, hit): from ``entry`` while the file is unchanged, else decoded."""
     if key is None:
         return (*_decode_one(files, index), None, False)
     checked_ns = time.time_ns()  # before the stat: a write after it changes the stamp, or is caught by the racy rule
     try:
         stamp = files.scan_stamp(index)
     except OSError as err:
-        return None, None, _unreadable(files.name(index), err), None, False
+        return None, None, None, _unreadable(files.name(index), err), None, False
     if entry is not None and entry.valid_for(stamp):
-        return entry.digest, entry.size, None, None, True
-    digest, size, error = _decode_one(files, index)
-    return digest, size, error, (key, stamp, checked_ns), False
+        return entry.digest, entry.size, entry.facts, None, None, True
+    digest, size, facts, error = _decode_one(files, index)
+    return digest, size, facts, error, (key, stamp, checked_ns), False
 
 
-def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[int, int] | None, BadImageError | None]:
-    """Read and decode one file: (sha256 digest, (width, height), None) or (None, None, error)."""
+def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[int, int] | None, Facts | None,
+                                                           BadImageError | None]:
+    """Read and decode one file: (sha256 digest, (width, height), facts, None) or (None, None, None, error)."""
     name = files.name(index)
     try:
         data = files.read(index)
-        size = load_rgb(data, name).size
+        decoded = decode(data, name)
     except BadImageError as err:
-        return None, None, err
+        return None, None, None, err
     except OSError as err:
-        return None, None, _unreadable(name, err)
-    return hashlib.sha256(data).digest(), size, None
+        return None, None, None, _unreadable(name, err)
+    off_scale = f"{decoded.mode} with {decoded.off_scale}" if decoded.off_scale else None
+    return hashlib.sha256(data).digest(), decoded.image.size, Facts(off_scale, decoded.orientation), None
 
 
 def _unreadable(name: str, err: OSError) -> BadImageError:
@@ -284,7 +303,8 @@ class EncodedImageDataset(Dataset):
         self.info = dataset_info(
             source, split, resolution, n=len(self.kept), class_names=class_names, fingerprint=fingerprint,
             preprocessing=ADM_CENTER_CROP, limit=limit, n_skipped=len(report.skipped), skipped=report.skipped,
-            n_upsampled=report.n_upsampled, **extra_info,
+            n_upsampled=report.n_upsampled, n_off_scale=report.n_off_scale, off_scale_example=report.off_scale_example,
+            n_oriented=report.n_oriented, oriented_example=report.oriented_example, **extra_info,
         )
 
     def __len__(self) -> int:

@@ -65,6 +65,10 @@ def dataset_info(
     skipped: Sequence[dict] = (),
     n_ignored_non_image: int = 0,
     n_upsampled: int = 0,
+    n_off_scale: int = 0,
+    off_scale_example: dict | None = None,
+    n_oriented: int = 0,
+    oriented_example: dict | None = None,
     **extra,
 ) -> dict:
     """Assemble the JSON-serialisable ``info`` dict every dataset carries (keys as in the arguments).
@@ -82,11 +86,19 @@ def dataset_info(
         skipped: ``{"path", "reason"}`` of the skipped files (truncated to MAX_LISTED_SKIPS).
         n_ignored_non_image: files ignored because their extension is not an image extension.
         n_upsampled: images whose short side was below ``resolution``.
+        n_off_scale: images that look saved on another scale than the one they are read on (nearly black);
+            ``off_scale_example`` is the first's ``{"path", "reason"}``. Both only when it is not 0.
+        n_oriented: images with an EXIF orientation, read as stored; ``oriented_example`` is the first's
+            ``{"path", "orientation"}``. Both only when it is not 0.
         **extra: source-specific entries (root folder, column names...).
 
     Returns:
         The info dict.
     """
+    # only when found: the info of ordinary data stays what it was (it keys gFID's cached reference statistics)
+    doubts = dict(n_off_scale=n_off_scale, off_scale_example=off_scale_example) if n_off_scale else {}
+    if n_oriented:
+        doubts |= dict(n_oriented=n_oriented, oriented_example=oriented_example)
     return dict(
         source=source,
         split=split,
@@ -101,5 +113,6 @@ def dataset_info(
         skipped=list(skipped)[:MAX_LISTED_SKIPS],
         n_ignored_non_image=n_ignored_non_image,
         n_upsampled=n_upsampled,
+        **doubts,
         **extra,
     )

@@ -2,9 +2,10 @@
 
 Building an image-folder or ``hf`` dataset decodes every file once (``encoded.scan_files``): for
 ImageNet's 1.28M training images that is about half an hour on 2 cores, in every bench. The scan's
-result per file (the sha256 of its bytes, its pixel size, and that it decodes) depends only on the
-bytes and the decoder, so it is stored in an SQLite file under the suite's cache directory
-(``$LATENTBENCH_CACHE/scans-v1.sqlite``) and reused while the file is unchanged.
+result per file (the sha256 of its bytes, its pixel size, that it decodes, and the ``Facts`` the
+bench's data notes report) depends only on the bytes and the decoder, so it is stored in an SQLite
+file under the suite's cache directory (``$LATENTBENCH_CACHE/scans-v1.sqlite``) and reused while
+the file is unchanged.
 
 "Unchanged" is decided the way ``git status`` and ``make`` decide it, from the file's stat: an entry
 is used only when the file's size, modification time, change time and inode are all the ones
@@ -23,6 +24,12 @@ are decoded, and reported, every time. Only the process of rank 0 writes (after 
 multi-GPU bench exchanged their shares), so concurrent writers are separate benches, which SQLite
 serialises with its file lock.
 
+The facts were added after the first entries had been written, so they live in a table of their
+own, ``facts``, whose row belongs to the ``scans`` row with the same key, decoder and check time:
+an entry without one (written before the table existed, or rewritten since by a version that does
+not know it) is not used, and its file is decoded once more. Versions of either kind share the
+file: the ``scans`` table's layout is unchanged.
+
 The cache only saves time: the dataset, its fingerprint and the reports are the same with or
 without it (tested). ``LATENTBENCH_SCAN_CACHE=0`` turns it off; deleting the file empties it. A
 cache that cannot be opened, read or written gives a warning and the scan goes on without it.
@@ -36,6 +43,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import PIL
 
@@ -75,14 +83,22 @@ class Stamp:
                    max(s.ctime_ns for s in stamps), hash(tuple(s.inode for s in stamps)) & (2**63 - 1))
 
 
+class Facts(NamedTuple):
+    """What a scan notes about a readable file that the bench reports but does not change (``images.decode``)."""
+
+    off_scale: str | None  # "<mode> with <images.off_scale's doubt>" of an image read nearly black, else None
+    orientation: int  # its EXIF orientation, not applied (1: as stored, also without the tag)
+
+
 @dataclass(frozen=True)
 class Entry:
-    """A file's scan result: its stamp when checked, when that was, its bytes' sha256 and its size."""
+    """A file's scan result: its stamp when checked, when that was, its bytes' sha256, its size and its facts."""
 
     stamp: Stamp
     checked_ns: int
     digest: bytes
     size: tuple[int, int]
+    facts: Facts
 
     def valid_for(self, stamp: Stamp) -> bool:
         """Whether this entry describes a file that now has ``stamp`` (see the racy rule above)."""
@@ -130,6 +146,11 @@ class ScanCache:
                     "checked_ns INTEGER NOT NULL, digest BLOB NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, "
                     "PRIMARY KEY (key, decoder)) WITHOUT ROWID"
                 )
+                db.execute(  # a table of its own: versions that write 10-column ``scans`` rows can share the file
+                    "CREATE TABLE IF NOT EXISTS facts (key TEXT NOT NULL, decoder TEXT NOT NULL, "
+                    "checked_ns INTEGER NOT NULL, off_scale TEXT, orientation INTEGER NOT NULL, "
+                    "PRIMARY KEY (key, decoder)) WITHOUT ROWID"
+                )
                 self._db = db
             except (sqlite3.Error, OSError) as err:
                 self._fail(err)
@@ -156,7 +177,7 @@ class ScanCache:
     # ---- reading and writing ----------------------------------------------------------------
 
     def lookup(self, keys: Sequence[str | None]) -> dict[str, Entry]:
-        """The stored entries of ``keys`` (None keys, and keys without an entry, are left out)."""
+        """The stored entries of ``keys`` (None keys, and keys without an entry or without its facts, are left out)."""
         wanted = sorted({k for k in keys if k is not None})
         db = self._connect() if wanted else None
         if db is None:
@@ -165,23 +186,25 @@ class ScanCache:
         try:
             for start in range(0, len(wanted), 500):  # SQLite caps the parameters of one statement
                 part = wanted[start:start + 500]
+                # facts of another check time belong to an earlier scan of the file than this entry's
                 rows = db.execute(
-                    f"SELECT key, size, mtime_ns, ctime_ns, inode, checked_ns, digest, width, height FROM scans "
+                    f"SELECT key, size, mtime_ns, ctime_ns, inode, checked_ns, digest, width, height, off_scale, "
+                    f"orientation FROM scans JOIN facts USING (key, decoder, checked_ns) "
                     f"WHERE decoder = ? AND key IN ({','.join('?' * len(part))})", (self.decoder, *part),
                 )
-                for key, size, mtime, ctime, inode, checked, digest, w, h in rows:
-                    found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h))
+                for key, size, mtime, ctime, inode, checked, digest, w, h, off, turn in rows:
+                    found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h), Facts(off, turn))
         except (sqlite3.Error, ValueError) as err:  # ValueError: a key SQLite cannot encode
             self._fail(err)
             return {}
         return found
 
-    def add(self, key: str, stamp: Stamp, checked_ns: int, digest: bytes, size: tuple[int, int]) -> None:
+    def add(self, key: str, stamp: Stamp, checked_ns: int, digest: bytes, size: tuple[int, int], facts: Facts) -> None:
         """Queue one fresh entry; written every FLUSH_EVERY entries and on ``flush``."""
         if not self.writable or self._failed:
             return
-        self._pending.append((key, self.decoder, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
-                              checked_ns, digest, size[0], size[1]))
+        self._pending.append(((key, self.decoder, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
+                               checked_ns, digest, size[0], size[1]), (key, self.decoder, checked_ns, *facts)))
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -197,7 +220,10 @@ class ScanCache:
             with contextlib.closing(db.cursor()) as cur:
                 cur.execute("BEGIN IMMEDIATE")
                 try:
-                    cur.executemany("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
+                    cur.executemany("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    [scan for scan, _ in self._pending])
+                    cur.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?)",
+                                    [facts for _, facts in self._pending])
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")
@@ -210,14 +236,14 @@ class ScanCache:
     def record(self, outcomes: Iterable[tuple]) -> Iterator[tuple]:
         """Pass scan outcomes through, queueing the fresh ones; written when the iteration ends.
 
-        An outcome is ``(index, digest, size, error, fresh)``: ``fresh`` is ``(key, stamp, checked_ns)``
+        An outcome is ``(index, digest, size, facts, error, fresh)``: ``fresh`` is ``(key, stamp, checked_ns)``
         for a file decoded now that may be cached, else None (a hit, an error, an uncacheable file).
         """
         try:
             for outcome in outcomes:
-                _, digest, size, error, fresh = outcome
+                _, digest, size, facts, error, fresh = outcome
                 if fresh is not None and error is None:
-                    self.add(fresh[0], fresh[1], fresh[2], digest, size)
+                    self.add(fresh[0], fresh[1], fresh[2], digest, size, facts)
                 yield outcome
         finally:
             self.flush()

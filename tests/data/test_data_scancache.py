@@ -1,4 +1,5 @@
 """The scan cache: unchanged files are not decoded again, and nothing else about a dataset changes."""
+import contextlib
 import io
 import os
 import sqlite3
@@ -11,7 +12,8 @@ from PIL import Image
 import latentbench.data.encoded as encoded
 from latentbench.data import BadImageError, build_dataset
 from latentbench.data import scancache
-from latentbench.data.scancache import ScanCache
+from latentbench.data.images import EXIF_ORIENTATION
+from latentbench.data.scancache import Facts, ScanCache
 
 
 def _png(seed: int, size=(16, 16)) -> bytes:
@@ -48,6 +50,20 @@ def decoded(monkeypatch, tmp_path):
 
     monkeypatch.setattr(encoded, "_decode_one", counting)
     return names
+
+
+def _doubtful(root):
+    """Ordinary PNGs, two 16-bit PNGs holding 0..255 values (read nearly black) and a JPEG with EXIF orientation 6."""
+    _folder(root, n=6)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint16)).save(root / "c0" / f"g16_{i}.png")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)).save(root / "c1" / "turned.jpg", exif=exif)
+    for path in root.rglob("*.*"):
+        _age(path)
+    return root
 
 
 def _build(folder, **kwargs):
@@ -157,14 +173,16 @@ def test_a_process_that_may_not_write_reads_but_never_writes(tmp_path):
     assert reader.lookup(["a"]) == {} and not path.exists()  # no file: nothing read, nothing created
     stamp = scancache.Stamp(1, 2, 3, 4)
     writer = ScanCache(path)
-    writer.add("a", stamp, 2**62, b"d" * 32, (5, 6))
+    writer.add("a", stamp, 2**62, b"d" * 32, (5, 6), Facts("I;16 with every value in 0..255", 6))
     writer.close()
-    reader.add("b", stamp, 2**62, b"e" * 32, (7, 8))
+    reader.add("b", stamp, 2**62, b"e" * 32, (7, 8), Facts(None, 1))
     reader.close()
     found = ScanCache(path, writable=False).lookup(["a", "b", None])
     assert list(found) == ["a"] and found["a"].size == (5, 6) and found["a"].valid_for(stamp)
+    assert found["a"].facts == Facts("I;16 with every value in 0..255", 6)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM scans").fetchone() == (1,)
+        assert db.execute("SELECT COUNT(*) FROM facts").fetchone() == (1,)
 
 
 def test_a_scan_stopped_by_a_limit_keeps_what_it_checked(tmp_path, decoded):
@@ -216,3 +234,48 @@ def test_an_hf_row_that_names_its_image_by_path_depends_on_that_file(tmp_path):
     before = rows.scan_stamp(0)
     image.write_bytes(_png(2, (20, 20)))
     assert rows.scan_stamp(0) != before
+
+
+def test_images_read_nearly_black_or_unturned_are_counted_by_every_scan(tmp_path, decoded, monkeypatch):
+    """The counts come from the cache on a rescan that only stats the files, and the data is the same as without them."""
+    folder = _doubtful(tmp_path / "images")
+    first = _build(folder)
+    assert len(decoded) == 9
+    assert first.info["n_off_scale"] == 2 and first.info["off_scale_example"] == {
+        "path": str(folder / "c0" / "g16_0.png"), "reason": "I;16 with every value in 0..255"}
+    assert first.info["n_oriented"] == 1 and first.info["oriented_example"] == {
+        "path": str(folder / "c1" / "turned.jpg"), "orientation": 6}
+    decoded.clear()
+    second = _build(folder)
+    assert decoded == [] and second.info == first.info == _uncached(folder, monkeypatch).info
+    limited = _build(folder, limit=3)  # c0's 00.png, 03.png, g16_0.png: the counts are of the images used
+    assert limited.info["n_off_scale"] == 1 and "n_oriented" not in limited.info
+
+
+def test_ordinary_images_leave_the_info_as_it_was(tmp_path, decoded):
+    info = _build(_folder(tmp_path / "images")).info
+    assert list(info) == ["source", "split", "resolution", "n", "num_classes", "class_names", "fingerprint",
+                          "preprocessing", "limit", "n_skipped", "skipped", "n_ignored_non_image", "n_upsampled",
+                          "n_ignored_outside_classes", "root"]
+    assert _build(tmp_path / "images").info == info  # from the cache too
+
+
+def test_a_cache_written_before_the_facts_is_used_after_one_more_decoding(tmp_path, decoded):
+    """A cache file of a version without the facts table: its entries are decoded once more, then cached again;
+    an entry such a version rewrites later (a new check time) loses its facts, and its file alone is decoded."""
+    folder = _doubtful(tmp_path / "images")
+    first = _build(folder)
+    path = tmp_path / "cache" / scancache.FILE_NAME
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE facts")  # the file as such a version wrote it: the scans table is the same
+        db.commit()
+    decoded.clear()
+    assert _build(folder).info == first.info and len(decoded) == 9
+    decoded.clear()
+    assert _build(folder).info == first.info and decoded == []
+    with contextlib.closing(sqlite3.connect(path)) as db:  # such a version checks turned.jpg again and writes its row
+        row = db.execute("SELECT * FROM scans WHERE key = ?", (str(folder / "c1" / "turned.jpg"),)).fetchone()
+        db.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row[:6], row[6] + 1, *row[7:]))
+        db.commit()
+    decoded.clear()
+    assert _build(folder).info == first.info and decoded == ["turned.jpg"]
