@@ -731,7 +731,7 @@ def run_bench(
         # give its ranks another run directory (and numbers of other code)
         require_agreement(cfg.key, "the run key (configuration, data and code hashes)",
                           "every node must read the same data and run the same code")
-        for line in filter(None, map(data_notes, data)):
+        for line in (line for info in data for line in data_notes(info)):
             log(line)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if dry_run:
@@ -948,9 +948,14 @@ def _scan_splits(proto: Protocol, on_bad_image: str) -> list[dict[str, Any]]:
     raise BadImageError(first.path, f"{first.reason} [{split} split]; {also}", first.advice)
 
 
-def data_notes(info: dict[str, Any]) -> str | None:
-    """One line on what a split's scan dropped (``--on_bad_image skip``) or upsampled; None when nothing."""
-    notes = []
+def data_notes(info: dict[str, Any]) -> list[str]:
+    """The lines on a split's scan: one on what it dropped (``--on_bad_image skip``) or upsampled, one on images read
+    nearly black, one on images read unturned (each with an example and the fix); none when there is nothing to say.
+
+    The last two are ``latentbench metrics``' warnings (``standalone.ColourModes``): the bench trains and
+    measures such images as they are read, so a folder saved on the wrong scale or turned by EXIF gets a word.
+    """
+    prefix, lines, notes = f"{info['source']} [{info['split']}]: ", [], []
     if info.get("n_skipped"):
         first = info["skipped"][0]
         notes.append(f"skipped {info['n_skipped']} unreadable file(s), first {first['path']} ({first['reason']}); the row's "
@@ -958,7 +963,21 @@ def data_notes(info: dict[str, Any]) -> str | None:
     if info.get("n_upsampled"):
         notes.append(f"{info['n_upsampled']} of {info['n']} images have a side below {info['resolution']} px and are "
                      "upsampled (bicubic, ADM's center crop)")
-    return f"{info['source']} [{info['split']}]: " + "; ".join(notes) if notes else None
+    if notes:
+        lines.append(prefix + "; ".join(notes))
+    if info.get("n_off_scale"):
+        example = info["off_scale_example"]
+        lines.append(f"{prefix}{info['n_off_scale']} of {info['n']} images look saved on another scale than the one they "
+                     f"are read on (e.g. {example['path']}: {example['reason']}): float images are read on the 0..255 "
+                     "scale and 16/32-bit integer ones on 0..65535, so these are trained and measured nearly black; "
+                     "save them as 8-bit images (a [0, 1] float image as round(value * 255))")
+    if info.get("n_oriented"):
+        example = info["oriented_example"]
+        lines.append(f"{prefix}{info['n_oriented']} of {info['n']} images carry an EXIF orientation (e.g. {example['path']}: "
+                     f"orientation {example['orientation']}): they are trained and measured as stored, not turned as "
+                     "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
+                     "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
+    return lines
 
 
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:

@@ -266,8 +266,45 @@ def test_the_bench_says_in_one_line_what_a_scan_skipped_and_upsampled(mixed):
     from latentbench.benchmark.harness import data_notes
 
     ds = build_dataset(f"imagefolder:{mixed}", "train", 16, on_bad_image="skip")
-    line = data_notes(ds.info)
+    [line] = data_notes(ds.info)
     assert line.startswith(f"imagefolder:{mixed} [train]: skipped {len(BAD)} unreadable file(s), first ")
     assert str(mixed / "mixed" / "text.png") in line and "not a recognised image" in line
     assert f"3 of {len(ds)} images have a side below 16 px and are upsampled" in line
-    assert data_notes(build_dataset(f"imagefolder:{mixed / 'good'}", "train", 1).info) is None
+    assert data_notes(build_dataset(f"imagefolder:{mixed / 'good'}", "train", 1).info) == []
+
+
+def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from_the_scan_cache(tmp_path, monkeypatch):
+    """16-bit PNGs of 0..255 values and a JPEG with an EXIF orientation: one line each, with an example and the fix,
+    on the first scan and on a second one that only stats the files."""
+    import os
+    import time
+
+    import latentbench.data.encoded as encoded
+    from latentbench.benchmark.harness import data_notes
+    from latentbench.data.images import EXIF_ORIENTATION
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 8
+    gray = np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint16)
+    _make(tmp_path / "images" / "a", {f"g{i}.png": lambda p: Image.fromarray(gray).save(p) for i in range(3)}
+          | {"rgb.png": _noisy(20, 20)})
+    _make(tmp_path / "images" / "b", {"photo.jpg": lambda p: _noise(20, 20).save(p, exif=exif)})
+    old = time.time_ns() - 60 * 10**9  # older than the scan cache's racy window: the second scan trusts its entries
+    for path in (tmp_path / "images").rglob("*.*"):
+        os.utime(path, ns=(old, old))
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
+    decoded, real = [], encoded._decode_one
+    monkeypatch.setattr(encoded, "_decode_one", lambda files, i: decoded.append(i) or real(files, i))
+    source = f"imagefolder:{tmp_path / 'images'}"
+    first = build_dataset(source, "train", 16)
+    off_scale, oriented = data_notes(first.info)
+    assert off_scale.startswith(f"{source} [train]: 3 of 5 images look saved on another scale than the one they are "
+                                f"read on (e.g. {tmp_path / 'images' / 'a' / 'g0.png'}: I;16 with every value in 0..255)")
+    assert off_scale.endswith("save them as 8-bit images (a [0, 1] float image as round(value * 255))")
+    assert oriented.startswith(f"{source} [train]: 1 of 5 images carry an EXIF orientation "
+                               f"(e.g. {tmp_path / 'images' / 'b' / 'photo.jpg'}: orientation 8)")
+    assert "as ADM and torch-fidelity read them; transpose them first with PIL.ImageOps.exif_transpose" in oriented
+    assert len(decoded) == 5
+    decoded.clear()
+    second = build_dataset(source, "train", 16)
+    assert decoded == [] and second.info == first.info and data_notes(second.info) == [off_scale, oriented]
