@@ -133,3 +133,30 @@ def test_rows_without_an_image_are_bad_images(tmp_path, monkeypatch, cache):
         build_dataset(f"hf:{tmp_path / 'holes'}", "train", 8)
     ds = build_dataset(f"hf:{tmp_path / 'holes'}", "train", 8, on_bad_image="skip")
     assert len(ds) == 3 and ds.info["n_skipped"] == 2
+
+
+def test_images_read_nearly_black_or_unturned_are_counted(tmp_path):
+    """The hf scan reports what the image-folder scan does: 16-bit images of 0..255 values, EXIF orientations."""
+    import io
+
+    def encoded(image: Image.Image, fmt: str, **save) -> dict:
+        out = io.BytesIO()
+        image.save(out, format=fmt, **save)
+        return {"bytes": out.getvalue(), "path": None}
+
+    rng = np.random.default_rng(0)
+    dark = Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint16))  # 8-bit values in a 16-bit file
+    assert dark.mode.startswith("I;16")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # to be turned by 90 degrees for display
+    turned = encoded(Image.fromarray(rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)), "JPEG", exif=exif.tobytes())
+    plain = [encoded(image, "PNG") for image in _images(3)]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    rows = {"image": [encoded(dark, "PNG"), turned, *plain], "label": [0, 1, 2, 0, 1]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "odd")
+    ds = build_dataset(f"hf:{tmp_path / 'odd'}", "train", 16)
+    assert ds.info["n_off_scale"] == 1 and "0..255" in ds.info["off_scale_example"]["reason"]
+    assert ds.info["n_oriented"] == 1 and ds.info["oriented_example"]["orientation"] == 6
+    datasets.Dataset.from_dict({"image": plain, "label": [0, 1, 2]}, features=features).save_to_disk(tmp_path / "plain")
+    info = build_dataset(f"hf:{tmp_path / 'plain'}", "train", 16).info
+    assert not {"n_off_scale", "off_scale_example", "n_oriented", "oriented_example"} & set(info)
