@@ -56,7 +56,7 @@ def test_share_busy_flag_and_note(monkeypatch):
     monkeypatch.setattr(machine_load, "own_cpu_seconds", reading(2))
     monkeypatch.setattr(machine_load.psutil, "cpu_count", lambda: 2)
     with OtherCpuUse() as load:
-        pass
+        assert load.result is None  # filled in when the block ends
     # 16 busy CPU-s, 3 of them this run's: 13 of 10 s x 2 CPUs
     assert load.result == {"others_cpu_s": 13.0, "others_share": 0.65, "cpus": 2, "wall_s": 10.0}
     assert load.busy and 0.65 > BUSY_SHARE
@@ -65,7 +65,7 @@ def test_share_busy_flag_and_note(monkeypatch):
 
 def test_not_measured_gives_none():
     with OtherCpuUse(measure=False) as load:
-        pass
+        assert not hasattr(load, "_start")  # nothing read on entry either
     assert load.result is None and not load.busy
 
 
