@@ -439,6 +439,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run a subcommand; known errors print one clear line and exit 2."""
     import warnings
 
+    from latentbench.benchmark.machine_load import watch_from_process_start
+
+    watch_from_process_start()  # before the heavy imports: a bench's warning of a busy machine has seconds to go on
     from jsonargparse import CLI
 
     warnings.showwarning = _show_warning

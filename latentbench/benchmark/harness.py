@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Subset
 
 from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
-from latentbench.benchmark.machine_load import OtherCpuUse, busy_note
+from latentbench.benchmark.machine_load import OtherCpuUse, busy_note, busy_now_note, is_busy, since_process_start
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
 from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
@@ -698,6 +698,8 @@ def run_bench(
         # worker processes as training's
         scope.enter_context(loader_workers(proto.train.num_workers))
         scope.enter_context(reading_protocol_data(proto, on_bad_image))  # classifiers built by training modules too
+        # other processes' CPU use while the bench prepares: said before the stages, not after an hour of slow training
+        preparing = scope.enter_context(OtherCpuUse(measure=launch.world_size == 1 and not dry_run))
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()
@@ -744,6 +746,9 @@ def run_bench(
         log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
         for line in precision_lines(cfg):
             log(line)
+        # since the command started (its imports take seconds) where the CLI marked it, else since run_bench began
+        if preparing.measure and is_busy(busy := since_process_start() or preparing.so_far(), min_cpu_s=0.2):
+            log(f"warning: {busy_now_note(busy)}")
 
         stages = Stages(run_dir)
         train = None

@@ -25,6 +25,10 @@ import psutil
 # once they took at least BUSY_MIN_CPU_S (a stage of a fraction of a second is not worth a warning)
 BUSY_SHARE = 0.10
 BUSY_MIN_CPU_S = 1.0
+# what to do about it, measured (README, Cost): one busy loop beside a smoke bench on 2 cores
+ADVICE = ("PyTorch's threads wait for each other when another process holds a core (a 14x slower smoke training was "
+          "measured): stop the other work, or give the bench fewer threads (OMP_NUM_THREADS=1: 2.3x slower, not 14x; the "
+          "numbers then differ in training numerics, as on another machine)")
 _IDLE_FIELDS = ("idle", "iowait", "guest", "guest_nice")  # not busy; guest time is already counted in user
 
 
@@ -64,14 +68,18 @@ class OtherCpuUse:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.result = self.so_far()
+
+    def so_far(self) -> dict[str, Any] | None:
+        """The figures from entering the block until now (the block goes on); None when not measuring."""
         if not self.measure:
-            return
+            return None
         wall0, busy0, own0 = self._start
         wall = time.perf_counter() - wall0
         others = max(0.0, (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0))
         cpus = psutil.cpu_count() or 1
-        self.result = {"others_cpu_s": round(others, 2), "others_share": round(min(1.0, others / max(wall * cpus, 1e-9)), 4),
-                       "cpus": cpus, "wall_s": round(wall, 2)}
+        return {"others_cpu_s": round(others, 2), "others_share": round(min(1.0, others / max(wall * cpus, 1e-9)), 4),
+                "cpus": cpus, "wall_s": round(wall, 2)}
 
     @property
     def busy(self) -> bool:
@@ -79,17 +87,35 @@ class OtherCpuUse:
         return is_busy(self.result)
 
 
-def is_busy(load: dict[str, Any] | None) -> bool:
-    """Whether a stage's ``machine_load`` shows other processes above ``BUSY_SHARE`` (and ``BUSY_MIN_CPU_S``)."""
-    return load is not None and load["others_share"] > BUSY_SHARE and load["others_cpu_s"] >= BUSY_MIN_CPU_S
+_since_start: OtherCpuUse | None = None  # measuring since the command started (``watch_from_process_start``)
+
+
+def watch_from_process_start() -> None:
+    """Start measuring other processes' CPU use now, for ``since_process_start`` (the CLI calls it first thing)."""
+    global _since_start
+    _since_start = OtherCpuUse().__enter__()
+
+
+def since_process_start() -> dict[str, Any] | None:
+    """Other processes' CPU use since ``watch_from_process_start`` (None: it was not called, e.g. ``run_bench`` from
+    Python): the window a bench has, before its stages, to say that the machine is busy."""
+    return _since_start.so_far() if _since_start is not None else None
+
+
+def is_busy(load: dict[str, Any] | None, min_cpu_s: float = BUSY_MIN_CPU_S) -> bool:
+    """Whether a stage's ``machine_load`` shows other processes above ``BUSY_SHARE`` (and ``min_cpu_s``)."""
+    return load is not None and load["others_share"] > BUSY_SHARE and load["others_cpu_s"] >= min_cpu_s
+
+
+def busy_now_note(load: dict[str, Any]) -> str:
+    """The warning, before the stages start, that other processes are busy on this machine (``busy_note``'s advice)."""
+    return (f"other processes are using this machine's CPU: {load['others_share']:.0%} of it over the bench's first "
+            f"{load['wall_s']:.0f} s. The stages will run slower than their usual times, and the record and the table "
+            "will say so. " + ADVICE)
 
 
 def busy_note(load: dict[str, Any], advice: bool = True) -> str:
     """The warning line for a stage whose ``machine_load`` is busy, with what to do unless ``advice`` is False."""
     fact = (f"other processes took {load['others_share']:.0%} of this machine's CPU time ({load['others_cpu_s']:.0f} CPU-s "
             f"on {load['cpus']} CPUs) while it ran, so its {load['wall_s']:.0f} s are not this run's cost alone")
-    if not advice:
-        return fact
-    return (fact + ". PyTorch's threads wait for each other when another process holds a core (a 14x slower smoke "
-            "training was measured): stop the other work, or give the bench fewer threads (OMP_NUM_THREADS=1: 2.3x slower, "
-            "not 14x; the numbers then differ in training numerics, as on another machine)")
+    return f"{fact}. {ADVICE}" if advice else fact

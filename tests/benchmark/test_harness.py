@@ -63,6 +63,28 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert "sdvae-smoke" in (root / "lb/smoke/v3/README.md").read_text()
 
 
+def test_the_record_keeps_what_other_processes_took_of_the_cpu_per_stage(smoke_run):
+    _, record, _ = smoke_run
+    assert set(record["machine_load"]) == set(record["wall_time_s"]) == {"train", "eval", "generate"}
+    for stage, load in record["machine_load"].items():
+        assert set(load) == {"others_cpu_s", "others_share", "cpus", "wall_s"} and 0 <= load["others_share"] <= 1, stage
+        assert load["wall_s"] == pytest.approx(record["wall_time_s"][stage], abs=0.05)
+
+
+def test_a_busy_machine_is_said_before_the_stages(smoke_run, monkeypatch):
+    """Other processes busy while the bench prepares: a warning before any stage, with what to do."""
+    from latentbench.benchmark import machine_load
+
+    own = machine_load.own_cpu_seconds
+    monkeypatch.setattr(machine_load, "machine_busy_seconds", lambda: own() + 400 * time.perf_counter())  # busy beyond measure: a rerun prepares in ~0.02 s
+    root, record, _ = smoke_run
+    logs = []
+    run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
+    warned = [i for i, line in enumerate(logs) if line.startswith("warning: other processes are using this machine's CPU")]
+    first_stage = next(i for i, line in enumerate(logs) if line.startswith("[train]"))
+    assert len(warned) == 1 and warned[0] < first_stage and "OMP_NUM_THREADS=1" in logs[warned[0]]
+
+
 def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     root, record, _ = smoke_run
     logs = []

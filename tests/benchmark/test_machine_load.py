@@ -88,3 +88,11 @@ def test_perf_table_says_it_was_measured_on_a_shared_machine():
     assert "Measured on a shared machine: other processes took 30% of this machine's CPU time" in format_table(result)
     assert "shared machine" not in format_table({**result, "machine_load": None})
     assert "shared machine" not in format_table({k: v for k, v in result.items() if k != "machine_load"})
+
+
+def test_since_process_start_measures_from_the_mark(monkeypatch):
+    monkeypatch.setattr(machine_load, "_since_start", None)
+    assert machine_load.since_process_start() is None  # run_bench from Python: it measures its own window instead
+    machine_load.watch_from_process_start()
+    load = machine_load.since_process_start()
+    assert set(load) == {"others_cpu_s", "others_share", "cpus", "wall_s"} and load["wall_s"] >= 0
