@@ -553,6 +553,13 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
             groups = "; ".join(f"`{f[:12]}`: {', '.join(rows)}" for f, rows in sorted(by_print.items(), key=lambda kv: kv[1]))
             notes.append(f"- data: the rows were measured on {len(by_print)} versions of the {split} split (its files changed "
                          f"between benches), so their numbers do not compare across versions; by fingerprint: {groups}.")
+    for r in records:  # a folder saved on another scale than it is read on (harness.data_notes said so at the bench)
+        for split in ("train", "eval"):
+            info = (r.get("data") or {}).get(split) or {}
+            if info.get("n_off_scale"):
+                notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): {info['n_off_scale']} of the {info['n']} {split} "
+                             f"images look saved on another scale than the one they are read on (e.g. "
+                             f"{info['off_scale_example']['path']}), so they were read nearly black.")
     return notes
 
 

@@ -537,3 +537,12 @@ def test_crowded_rate_distortion_labels_stay_inside_the_axes(tmp_path, monkeypat
     for label in (t for t in ax.texts if t.get_text()):
         box = Text.get_window_extent(label, renderer)
         assert frame.y0 <= box.y0 and box.y1 <= frame.y1, label.get_text()
+
+
+def test_a_row_measured_on_images_read_nearly_black_is_noted():
+    dark = make_record("tok-dark")
+    dark["data"]["eval"] |= {"n_off_scale": 3, "off_scale_example": {"path": "val/a/x.png", "reason": "I;16 with every value in 0..255"}}
+    table = render_table([make_record("tok-a"), dark])
+    assert (f"- data: tok-dark (record {dark['id'][:12]}): 3 of the 10 eval images look saved on another scale than the one "
+            "they are read on (e.g. val/a/x.png), so they were read nearly black.") in table
+    assert "nearly black" not in render_table([make_record("tok-a")])
