@@ -39,6 +39,7 @@ class ColourModes:
         self.transparent: Counter = Counter()
         self.off_scale: dict[str, list[str]] = {"real": [], "fake": []}  # "file: mode with ..." of images read near-black
         self.oriented: dict[str, list[str]] = {"real": [], "fake": []}  # "file: orientation n", measured unturned
+        self.animated: dict[str, list[str]] = {"real": [], "fake": []}  # "file: n frames", the first one measured
         self.mismatched: list[tuple[str, str, str]] = []  # (name, real mode, fake mode) of pairs gray against colour
         self.last: dict[str, str] = {}  # the mode of each side's last file
 
@@ -51,6 +52,8 @@ class ColourModes:
             self.off_scale[side].append(f"{name}: {mode} with {decoded.off_scale}")
         if decoded.orientation != 1:
             self.oriented[side].append(f"{name}: orientation {decoded.orientation}")
+        if decoded.frames > 1:
+            self.animated[side].append(f"{name}: {decoded.frames} frames")
 
     def record_pair(self, name: str) -> None:
         """Note the pair ``name`` whose two files were the last ones recorded, if it sets gray against colour."""
@@ -79,6 +82,11 @@ class ColourModes:
                               "as stored, not turned as image viewers (and Hugging Face datasets) show them, as ADM and "
                               "torch-fidelity read them; if the other folder's images were made from the turned images, "
                               "save these turned first (PIL.ImageOps.exif_transpose)", stacklevel=2)
+        for side, found in self.animated.items():
+            if found:
+                warnings.warn(f"{len(found)} {side} image(s) hold several frames (e.g. {found[0]}: an animated GIF or a "
+                              "multi-page TIFF): only the first frame is measured, as ADM and torch-fidelity read them",
+                              stacklevel=2)
         if paired and self.mismatched:
             name, real_mode, fake_mode = self.mismatched[0]
             warnings.warn(f"{len(self.mismatched)} pair(s) set a grayscale image against a colour one (e.g. {name}: real "

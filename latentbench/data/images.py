@@ -102,6 +102,7 @@ class Decoded(NamedTuple):
     transparent: bool  # it had transparent pixels, whose alpha was dropped
     off_scale: str | None  # ``off_scale``'s doubt about the scale it was read on
     orientation: int  # its EXIF orientation (1: as stored, also without the tag), not applied
+    frames: int = 1  # frames in the file (an animated GIF, a multi-page TIFF): only the first is read
 
 
 def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
@@ -113,7 +114,8 @@ def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img), exif_orientation(img))
+            return Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img), exif_orientation(img),
+                           getattr(img, "n_frames", 1))
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...

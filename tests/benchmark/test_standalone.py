@@ -414,3 +414,17 @@ def test_exif_orientation_is_warned_of_and_a_turned_partner_explained(tmp_path):
     with pytest.raises(ValueError, match=r"0.jpg: the real image is 24x32 \(H x W\) but the fake one is 32x24; .*one is "
                                          r"the other turned by 90 degrees: was an EXIF orientation applied"):
         folder_metrics(real, fake, psnr=True)
+
+
+def test_images_of_several_frames_are_warned_of(tmp_path):
+    """An animated GIF is measured on its first frame: said, as the other conventions that drop part of a file."""
+    real, fake, pairs = _folders(tmp_path, n=2, size=32)
+    frames = [Image.fromarray(pairs[0][0]), Image.fromarray(255 - pairs[0][0])]
+    frames[0].save(real / "0.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(fake / "0.gif")
+    (real / "0.png").unlink()
+    (fake / "0.png").unlink()
+    with pytest.warns(UserWarning, match=r"1 real image\(s\) hold several frames \(e.g. .*0.gif: 2 frames: an animated "
+                                         r"GIF or a multi-page TIFF\): only the first frame is measured"):
+        result = folder_metrics(real, fake, psnr=True)
+    assert result["psnr"]["n"] == 2
