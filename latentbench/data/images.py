@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
+T = TypeVar("T")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -91,7 +92,7 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     Raises:
         BadImageError: the file is empty, not an image, truncated or otherwise undecodable.
     """
-    return decode(source, name)[0]
+    return _opened(source, name, to_rgb)  # not ``decode``: a training sample needs the pixels, not the scan's facts
 
 
 class Decoded(NamedTuple):
@@ -107,6 +108,12 @@ class Decoded(NamedTuple):
 
 def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
     """``load_rgb`` plus what the conversion did (``Decoded``). Raises BadImageError as ``load_rgb``."""
+    return _opened(source, name, lambda img: Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img),
+                                                     exif_orientation(img), getattr(img, "n_frames", 1)))
+
+
+def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image], T]) -> T:
+    """``read`` of the file's loaded PIL image; BadImageError (as ``load_rgb``) for an empty or undecodable one."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -114,8 +121,7 @@ def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img), exif_orientation(img),
-                           getattr(img, "n_frames", 1))
+            return read(img)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...

@@ -222,6 +222,18 @@ def require_weights(path: Path | None, teacher: str, what: str, how: str) -> Pat
     )
 
 
+TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
+
+
+def hf_teacher_weights(weights: str | Path | None, teacher: str, what: str, repo: str) -> Path:
+    """``weights``, else the Hugging Face cache's file of timm repo ``repo``; WeightsUnavailable naming the download."""
+    return require_weights(
+        Path(weights) if weights is not None else hf_cached_file(repo, TIMM_HF_FILES), teacher, what,
+        f"`huggingface-cli download {repo} model.safetensors` (into the Hugging Face cache), "
+        "or pass weights=/path/to/model.safetensors",
+    )
+
+
 def load_timm_vit(model_name: str, img_size: int, path: Path, patch_size: int | None = None) -> nn.Module:
     """timm ViT ``model_name`` at ``img_size`` with the weights of ``path`` (safe loading, strict).
 
@@ -316,7 +328,7 @@ class DinoV2Teacher(TimmViTTeacher):
 
 SIGLIP_TIMM = "vit_base_patch16_siglip_224.webli"  # SigLIP v1 ViT-B/16 (WebLI), the image tower only
 SIGLIP_HF_REPO = f"timm/{SIGLIP_TIMM}"
-SIGLIP_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
+SIGLIP_HF_FILES = TIMM_HF_FILES
 SIGLIP_SIZE = 224
 
 
@@ -337,12 +349,7 @@ class SigLIPTeacher(TimmViTTeacher):
     timm_model, size, mean, std = SIGLIP_TIMM, SIGLIP_SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
     def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
-        path = require_weights(
-            Path(weights) if weights is not None else hf_cached_file(SIGLIP_HF_REPO, SIGLIP_HF_FILES),
-            "siglip-b16", "SigLIP ViT-B/16",
-            f"`huggingface-cli download {SIGLIP_HF_REPO} model.safetensors` (into the Hugging Face cache), "
-            "or pass weights=/path/to/model.safetensors",
-        )
+        path = hf_teacher_weights(weights, "siglip-b16", "SigLIP ViT-B/16", SIGLIP_HF_REPO)
         super().__init__("siglip-b16", path)
         self.info |= {"hf_repo": SIGLIP_HF_REPO}
 
@@ -357,7 +364,6 @@ class SigLIPTeacher(TimmViTTeacher):
 # tokenizer's own, and its 256x256 images go in unresized.
 MAETOK_TEACHER_SIZE = 256
 MAETOK_TEACHER_PATCH = 16
-TIMM_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
 MAETOK_DINO_TIMM = "vit_large_patch14_dinov2.lvd142m"
 MAETOK_DINO_HF_REPO = f"timm/{MAETOK_DINO_TIMM}"
 MAETOK_DINO_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"  # Meta's original
@@ -422,12 +428,7 @@ class MAETokSigLIPTeacher(TimmViTTeacher):
     mean, std = IMAGENET_MEAN, IMAGENET_STD  # the official code's, not SigLIP's (0.5, 0.5)
 
     def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
-        path = require_weights(
-            Path(weights) if weights is not None else hf_cached_file(MAETOK_SIGLIP_HF_REPO, TIMM_HF_FILES),
-            "maetok-siglip-so400m", "SigLIP so400m/14",
-            f"`huggingface-cli download {MAETOK_SIGLIP_HF_REPO} model.safetensors` (into the Hugging Face cache), "
-            "or pass weights=/path/to/model.safetensors",
-        )
+        path = hf_teacher_weights(weights, "maetok-siglip-so400m", "SigLIP so400m/14", MAETOK_SIGLIP_HF_REPO)
         super().__init__("maetok-siglip-so400m", path)
         self.info |= {"hf_repo": MAETOK_SIGLIP_HF_REPO}
 
