@@ -31,6 +31,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from latentbench.benchmark.metrics import psnr_per_image
+from latentbench.distributed import per_rank_batch
 from latentbench.generators.seeding import sample_seed
 from latentbench.tokenizers import create_tokenizer, flowmo  # noqa: F401  (flowmo registers flowmo-*)
 from latentbench.tokenizers.base import decode_per_sample
@@ -62,7 +63,8 @@ class FlowMoModule(L.LightningModule):
         stage_steps: fraction of ``max_steps`` per stage, e.g. ``{"1a": 0.9, "1b": 0.1}``; default all in 1a.
         freeze_encoder_after: fraction of ``max_steps`` after which stage 1a trains the decoder only; None never.
         posttrain_batch: images of each batch that stage 1b samples and scores (FlowMo halved
-            its batch for 1b); None uses the whole batch.
+            its batch for 1b); None uses the whole batch. Global, as the protocol's batch size: on W
+            processes each samples ``posttrain_batch / W`` of its images (W must divide it).
         posttrain_checkpoint: recompute decoder activations in the 1b backward pass (memory for time).
         fix_initial_norms: after every step, rescale each trainable Linear weight inside the MMDiT
             blocks to its initial Frobenius norm (FlowMo's ``fix_initial_norms``, mode "l2").
@@ -208,10 +210,15 @@ class FlowMoModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
         return loss
 
+    def _posttrain_share(self) -> int | None:
+        """This process's share of ``posttrain_batch`` (None: the whole batch); ValueError if the processes cannot split it."""
+        n = self.hparams.posttrain_batch
+        return None if n is None else per_rank_batch(n, "posttrain_batch", self.trainer.world_size)
+
     def _posttrain_losses(self, x: Tensor, code: Tensor) -> dict[str, Tensor]:
-        """Sample-level loss of stage 1b on the first ``posttrain_batch`` images, through the whole sampler."""
+        """Sample-level loss of stage 1b on this process's first ``posttrain_batch / W`` images, through the whole sampler."""
         hp = self.hparams
-        n = min(hp.posttrain_batch or len(x), len(x))
+        n = min(self._posttrain_share() or len(x), len(x))
         sample = self.tokenizer.posttrain_sample(code[:n].detach(), grad_checkpoint=hp.posttrain_checkpoint,
                                                  size=tuple(x.shape[-2:])).float()
         if self.perceptual is not None:
@@ -223,6 +230,8 @@ class FlowMoModule(L.LightningModule):
     # ---- fixed weight norms -----------------------------------------------------------------------
 
     def on_fit_start(self) -> None:
+        if self._has_stage("1b"):
+            self._posttrain_share()  # a posttrain_batch the processes cannot split stops the run here, not at stage 1b
         if self.hparams.fix_initial_norms and self._initial_norms is None:
             self._initial_norms = {k: w.detach().norm().cpu() for k, w in block_linear_weights(self.tokenizer).items()}
 

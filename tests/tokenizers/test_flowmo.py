@@ -409,6 +409,24 @@ def test_perceptual_substitute_serves_both_stages_when_asked(monkeypatch, tmp_pa
     assert set(module._posttrain_losses(x, module.tokenizer.encode(x))) == {"sample_perceptual"}
 
 
+def test_posttrain_batch_is_split_over_the_processes_as_the_batch(monkeypatch, tmp_path):
+    """``posttrain_batch`` counts images of the global batch, as the protocol's batch size: on W processes each
+    samples its 1/W share (of its batch_size / W images), so stage 1b samples as many images per step on any W."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no LPIPS weights: stage 1b uses its pixel fallback
+    module = FlowMoModule("flowmo-smoke", stage_steps={"1a": 0.5, "1b": 0.5}, max_steps=2, posttrain_batch=4)
+    sampled, sample = [], module.tokenizer.posttrain_sample
+    monkeypatch.setattr(module.tokenizer, "posttrain_sample", lambda code, **kw: sampled.append(len(code)) or sample(code, **kw))
+    x = _images(8)
+    for world in (1, 2, 4):
+        module._trainer = SimpleNamespace(global_step=1, world_size=world)
+        share = x[:len(x) // world]  # this process's part of the batch of 8
+        module._posttrain_losses(share, module.tokenizer.encode(share))
+    assert sampled == [4, 2, 1]
+    module._trainer = SimpleNamespace(world_size=3)
+    with pytest.raises(ValueError, match="posttrain_batch 4 is not divisible by the 3 processes"):
+        module.on_fit_start()  # before the first step, not when stage 1b starts
+
+
 def test_module_hparams_rebuild_and_stage_lr():
     module = FlowMoModule("flowmo-smoke", tokenizer_args={"bits": 9, "entropy_group": 3}, lr=1e-3, posttrain_lr=2e-4,
                           warmup_steps=4, max_steps=100, stage_steps={"1a": 0.8, "1b": 0.2}, freeze_encoder_after=0.5)
