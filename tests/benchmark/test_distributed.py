@@ -150,9 +150,9 @@ def _odd_protocol(tmp_path: Path) -> Path:
     return path
 
 
-def _bench(tmp_path: Path, runs: str, *args: str) -> None:
+def _bench(tmp_path: Path, tokenizer: str, runs: str, *args: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", str(_odd_protocol(tmp_path)),
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", tokenizer, "--protocol", str(_odd_protocol(tmp_path)),
            "--runs_dir", str(tmp_path / runs), "--leaderboard_dir", str(tmp_path / "lb"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     # no rerun on failure: the C++ abort at exit that this once needed is gone (the harness leaves
@@ -164,35 +164,125 @@ def _bench(tmp_path: Path, runs: str, *args: str) -> None:
     assert len(printed) == 1 and printed[0] in ids, "the summary names the leaderboard record it wrote"
 
 
-def test_two_process_bench_equals_one_process(tmp_path):
-    """Train under DDP on 2 processes, then evaluate those weights on 1: the same numbers, every sample once."""
+# maetok-smoke with maetok-ci's teacher: the domain-mnist classifier, trained on first use while the other rank waits
+MAETOK_TEACHER = """
+name: maetok-smoke
+init_args: {aux_targets: [hog, domain-mnist]}
+module_args: {rec_loss: mse, lr: 1.0e-3, warmup_steps: 1, disc_weight: 0.0, stage_steps: {ae: 0.75, decoder-ft: 0.25}}
+"""
+
+
+def _tokenizer(tmp_path: Path, family: str) -> str:
+    """``--tokenizer`` of a family: its name, or the YAML of a variant (``maetok-teacher``)."""
+    if family != "maetok-teacher":
+        return family
+    path = tmp_path / "maetok-teacher.yaml"
+    path.write_text(MAETOK_TEACHER)
+    return str(path)
+
+
+def _held_out_psnr(protocol: Path, weights: Path, precision: str) -> float:
+    """FlowMo's validation PSNR of ``weights`` over every held-out train image in one process (``train_stage``'s
+    images, the validation's per-image seeds and autocast)."""
+    import torch
+
+    from latentbench.benchmark.harness import VAL_HOLDOUT, _dataset, load_tokenizer
+    from latentbench.benchmark.metrics import psnr_per_image
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
+    from latentbench.generators.seeding import sample_seed
+    from latentbench.tokenizers.base import decode_per_sample
+
+    proto = load_protocol(str(protocol))
+    data = _dataset(proto, proto.data.train_split, proto.data.num_train, "error")
+    x = torch.stack([data[i][0] for i in range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT)])
+    tokenizer = load_tokenizer(resolve_tokenizer("flowmo", proto), weights)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in precision):
+        rec = decode_per_sample(tokenizer, tokenizer.encode(x), [sample_seed(0, i) for i in range(len(x))])
+    return psnr_per_image(x.float(), rec.float()).mean().item()
+
+
+def _one_process_statistics(protocol: Path, weights: Path):
+    """RAE's latent mean and variance fitted on the whole train split in one process, with the encoder of ``weights``."""
+    from torch.utils.data import DataLoader
+
+    from latentbench.benchmark.harness import _dataset, load_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
+
+    proto = load_protocol(str(protocol))
+    tokenizer = load_tokenizer(resolve_tokenizer("rae", proto), weights)
+    tokenizer.fit_normalization(DataLoader(_dataset(proto, proto.data.train_split, proto.data.num_train, "error"), batch_size=32))
+    return tokenizer.latent_mean, tokenizer.latent_var
+
+
+def _check_training(family: str, tmp_path: Path, run: Path, train: dict) -> None:
+    """What the 2 processes computed across ranks while training is what 1 process computes."""
+    import torch
+    from safetensors.torch import load_file
+
+    protocol = tmp_path / "smoke-odd.yaml"
+    if family == "flowmo":  # stage 1b's early stopping scored every held-out image once, not one rank's share
+        es = train["early_stopping"]
+        assert train["validation_images"] == 16 and es["evaluations"] == 2 and es["best_step"] in (15, 20)
+        assert es["best"] == pytest.approx(_held_out_psnr(protocol, run / "tokenizer.safetensors", train["precision"]),
+                                           rel=1e-5)  # the kept decoder's own score
+    if family == "rae":  # the latent statistics of the whole train split, all-reduced over the two shards
+        assert train["normalization"]["images"] == 256
+        state = load_file(run / "tokenizer.safetensors")
+        mean, var = _one_process_statistics(protocol, run / "tokenizer.safetensors")
+        torch.testing.assert_close(state["latent_mean"], mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(state["latent_var"], var, rtol=1e-5, atol=1e-7)
+    if family == "maetok-teacher":  # the teacher one rank trained on first use (the other waited) is the one 1 process trains
+        from latentbench.tokenizers.teachers import create_teacher
+
+        teacher = create_teacher("domain-mnist", cache_dir=str(tmp_path / "one-process-cache"))
+        assert train["targets"]["domain-mnist"]["weights_sha256"] == teacher.weights_sha256
+
+
+@pytest.mark.parametrize("family", ["sdvae", "flowmo", "maetok", "rae", pytest.param("maetok-teacher", marks=pytest.mark.slow)])
+def test_two_process_bench_equals_one_process(tmp_path, family):
+    """Train under DDP on 2 processes, then evaluate those weights on 1: the same numbers, every sample once.
+
+    FlowMo's run has two results (1a, 1b): each of its weight files is evaluated on 1 process.
+    """
     from latentbench.generators.latents import LatentShards
 
-    _bench(tmp_path, "runs2", "--devices", "2")
+    tokenizer = _tokenizer(tmp_path, family)
+    _bench(tmp_path, tokenizer, "runs2", "--devices", "2")
     (run2,) = (tmp_path / "runs2" / "smoke-odd" / "v3").iterdir()
-    _bench(tmp_path, "runs1", "--ckpt", str(run2 / "tokenizer.safetensors"))
+    train = json.loads((run2 / "stages" / "train.json").read_text())
+    files = list((train["variants"] or {"": train["weights"]}).values())
+    for path in files:
+        _bench(tmp_path, tokenizer, "runs1", "--ckpt", str(run2 / path))
     rows = [json.loads(line) for line in (tmp_path / "lb" / "smoke-odd" / "v3" / "results.jsonl").read_text().splitlines()]
-    assert len(rows) == 2, "rank 1 must not write a row"  # one per bench
-    two, one = rows
-    assert two["distributed"]["world_size"] == 2 and one["distributed"]["world_size"] == 1
-    assert two["tokenizer"]["trained_steps"] == 20 and two["training"] is not None
-    for name in ("psnr", "ssim"):
-        assert one["metrics"][name]["n"] == two["metrics"][name]["n"] == 63
-        assert two["metrics"][name]["value"] == pytest.approx(one["metrics"][name]["value"], rel=1e-6, abs=1e-9)
-    assert two["metrics"]["probe"]["value"] == one["metrics"]["probe"]["value"]
-    assert two["metrics"]["probe"]["n"] == one["metrics"]["probe"]["n"] == 63
-    assert one["metrics"]["rfid"]["n"] == two["metrics"]["rfid"]["n"] == 63
-    assert two["metrics"]["rfid"]["value"] == pytest.approx(one["metrics"]["rfid"]["value"], rel=1e-4)
-    # generators train on differently split batches (statistically, not bitwise, the same): gFID counts agree
-    assert one["metrics"]["gfid"]["n"] == two["metrics"]["gfid"]["n"] == 41
-    # the latent cache the 2 processes wrote, one shard each, is read whole by this single process
-    (cache,) = (run2 / "latents").iterdir()
-    assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002-part-00000.safetensors",
-                                                             "shard-00001-of-00002-part-00000.safetensors"]
-    z, y = LatentShards(cache).read_all()
-    assert len(z) == len(y) == 256 and json.loads((cache / "meta.json").read_text())["world_size"] == 2
-    (samples,) = (run2 / "generators").iterdir()
-    z_samples, _ = LatentShards(samples / "samples" / "step-0000020").read_all()
+    assert len(rows) == 2 * len(files), "rank 1 must not write a row"  # one per result of each bench
+    for two, one in zip(rows[:len(files)], rows[len(files):], strict=True):
+        assert two["distributed"]["world_size"] == 2 and one["distributed"]["world_size"] == 1
+        assert two["tokenizer"]["trained_steps"] == 20 and two["training"] is not None
+        assert one["tokenizer"]["checkpoint"]["sha256"] == two["tokenizer"]["checkpoint"]["sha256"]
+        for name in ("psnr", "ssim"):
+            assert one["metrics"][name]["n"] == two["metrics"][name]["n"] == 63
+            assert two["metrics"][name]["value"] == pytest.approx(one["metrics"][name]["value"], rel=1e-6, abs=1e-9)
+        assert two["metrics"]["probe"]["value"] == one["metrics"]["probe"]["value"]
+        assert two["metrics"]["probe"]["n"] == one["metrics"]["probe"]["n"] == 63
+        assert one["metrics"]["rfid"]["n"] == two["metrics"]["rfid"]["n"] == 63
+        assert two["metrics"]["rfid"]["value"] == pytest.approx(one["metrics"]["rfid"]["value"], rel=1e-4)
+        # generators train on differently split batches (statistically, not bitwise, the same): gFID counts agree
+        assert one["metrics"]["gfid"]["n"] == two["metrics"]["gfid"]["n"] == 41
+        assert (one["codes"] is None) == (two["codes"] is None)  # FlowMo's code usage and entropy: every eval code once
+        if two["codes"]:
+            assert one["codes"] == pytest.approx(two["codes"], rel=1e-6)
+    _check_training(family, tmp_path, run2, train)
+    # the latent caches the 2 processes wrote (one per result), one shard each, are read whole by this single process
+    assert len(list((run2 / "latents").iterdir())) == len(files)
+    for cache in (run2 / "latents").iterdir():
+        assert sorted(p.name for p in cache.glob("shard-*")) == ["shard-00000-of-00002-part-00000.safetensors",
+                                                                 "shard-00001-of-00002-part-00000.safetensors"]
+        z, y = LatentShards(cache).read_all()
+        assert len(z) == len(y) == 256 and json.loads((cache / "meta.json").read_text())["world_size"] == 2
+    (generator,) = (run2 / "generators").iterdir()  # FlowMo's two results share their codes, so their generator
+    z_samples, _ = LatentShards(generator / "samples" / "step-0000020").read_all()
     assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once
 
 
