@@ -271,6 +271,13 @@ def all_gather(obj: T) -> list[T]:
     return out
 
 
+def mean_over_processes(value: float) -> float:
+    """The mean of every process's ``value`` (``value`` itself on one process). For per-process figures of equal
+    shares, such as the last step's logged loss, each process's over its ``batch_size / W`` images."""
+    values = all_gather(float(value))
+    return values[0] if len(values) == 1 else sum(values) / len(values)
+
+
 def require_agreement(value: Any, what: str, fix: str) -> None:
     """ValueError on every rank unless every rank holds the same ``value`` (a small, comparable one).
 

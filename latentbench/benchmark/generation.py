@@ -37,6 +37,7 @@ from latentbench.distributed import (
     Launch,
     barrier,
     is_rank_zero,
+    mean_over_processes,
     per_rank_batch,
     per_rank_eval_batch,
     trainer_kwargs,
@@ -230,7 +231,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     return {
         "steps": int(trainer.global_step),
         "precision": precision or spec.precision,
-        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "final_loss": mean_over_processes(trainer.callback_metrics.get("train/loss", float("nan"))),  # the whole batch's
         "params": sum(p.numel() for p in generator.parameters()),
         "describe": generator.describe() if hasattr(generator, "describe") else None,
         "weights": weights.name,

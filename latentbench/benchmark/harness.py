@@ -44,6 +44,7 @@ from latentbench.distributed import (
     Launch,
     broadcast,
     is_rank_zero,
+    mean_over_processes,
     per_rank_batch,
     per_rank_eval_batch,
     require_agreement,
@@ -341,6 +342,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
     # Modules with several results (FlowMo: without and with post-training) name each state; the last is the run's.
     states = module.stage_weights() if hasattr(module, "stage_weights") else {"": module.tokenizer.state_dict()}
+    # each process logged its share's loss: the record's is the whole last batch's (every process takes part)
+    final_loss = mean_over_processes(trainer.callback_metrics.get("train/loss", float("nan")))
     if not is_rank_zero():
         return {}  # rank 0 writes the weights; Stages.run hands its result to every rank
     variants = {}
@@ -361,7 +364,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         "perceptual": module.perceptual_status,
         "stages": [{"name": name, "steps": end - start} for name, start, end in module.stage_plan],
         "targets": module.tokenizer.describe_targets() if hasattr(module.tokenizer, "describe_targets") else None,
-        "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))),
+        "final_loss": final_loss,
         "weights": str(weights.relative_to(run_dir)),
         "weights_sha256": sha256_file(weights),
         "data": data.info,

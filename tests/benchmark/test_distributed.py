@@ -321,6 +321,31 @@ def test_processes_that_find_different_weight_files_stop_together(tmp_path):
                 "missing on rank 1; put the file on every node") in proc.stdout
 
 
+MEAN = """
+import torch
+import torch.distributed as dist
+from latentbench.distributed import mean_over_processes
+
+dist.init_process_group("gloo")
+r = dist.get_rank()
+print(f"rank {r}: {mean_over_processes(torch.tensor(1.0 + 2 * r))}")  # a logged loss is a 0-d tensor
+dist.destroy_process_group()
+"""
+
+
+def test_a_per_process_figure_is_averaged_over_the_processes(tmp_path):
+    """The records' final training loss: each process logged its share's; every process gets the mean."""
+    from latentbench.distributed import mean_over_processes
+
+    assert mean_over_processes(0.1) == 0.1  # one process: the value itself, to the bit
+    script = tmp_path / "mean.py"
+    script.write_text(MEAN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0: 2.0" in proc.stdout and "rank 1: 2.0" in proc.stdout
+
+
 LEAVE = """
 import os, sys
 import latentbench.distributed as ld
