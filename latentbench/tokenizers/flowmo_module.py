@@ -273,7 +273,10 @@ class FlowMoModule(L.LightningModule):
         codes = self.val_codes.compute()
         self.val_psnr.reset()
         self.val_codes.reset()
-        self.log_dict({"val/psnr": score, "val/code_usage": codes["usage"], "val/code_entropy_bits": codes["entropy_bits"]})
+        # every process holds the same values (the metrics synced themselves): sync_dist keeps them, and keeps Lightning
+        # from warning that they are one process's
+        self.log_dict({"val/psnr": score, "val/code_usage": codes["usage"], "val/code_entropy_bits": codes["entropy_bits"]},
+                      sync_dist=True)
         if not self.trainer.sanity_checking:
             self._early_stopping_update(score)
 

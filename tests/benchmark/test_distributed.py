@@ -159,6 +159,7 @@ def _bench(tmp_path: Path, tokenizer: str, runs: str, *args: str) -> None:
     # the process group before the interpreter exits; latentbench.distributed.destroy_process_group)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert proc.stdout.count("wall time per stage") == 1, "rank 0 alone prints the summary"
+    assert "sync_dist=True" not in proc.stderr, "Lightning warns of a value logged as one process's: " + proc.stderr[-2000:]
     printed = [line.split()[2] for line in proc.stdout.splitlines() if line.startswith("record id: ")]
     ids = [json.loads(line)["id"] for path in (tmp_path / "lb").rglob("results.jsonl") for line in path.read_text().splitlines()]
     assert len(printed) == 1 and printed[0] in ids, "the summary names the leaderboard record it wrote"
