@@ -84,12 +84,32 @@ def bench(
                        launch=launch, precision=precision, compile=compile)
     if launcher_rank() != 0:  # the process group is left by now: ask the launcher which rank this is
         return
-    from latentbench.benchmark.leaderboard import COLUMNS
+    print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
+    for result in _run_results(record):  # FlowMo's run: 1a, then 1b
+        _print_result(result, leaderboard_dir)
+
+
+def _run_results(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every result of the run that wrote ``record`` (FlowMo's 1a and 1b), in stage order; ``record`` alone for a
+    run of one result. run_bench returns the last one; the others are its run directory's stored record stages."""
+    if not record["tokenizer"].get("variant"):
+        return [record]
+    from latentbench.benchmark.harness import Stages
+    from latentbench.paths import REPO_ROOT
+
+    stages = Stages(REPO_ROOT / record["run_dir"])  # display_path: relative to the checkout, or absolute
+    stored = [stages.get(f"record-{variant}") for variant in (stages.get("train") or {}).get("variants") or {}]
+    return [s["record"] for s in stored if s] or [record]
+
+
+def _print_result(record: dict[str, Any], leaderboard_dir: str) -> None:
+    """A result's summary lines, labelled as its table row; the last gives its record id."""
+    from latentbench.benchmark.leaderboard import COLUMNS, row_name
 
     # in the table's order, also when the record was read back (keys sorted)
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
                         for k, v in _in_order(record["metrics"], [key for key, _, _ in COLUMNS]))
-    print(f"{record['tokenizer']['name']} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
+    print(f"{row_name(record)} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
     conv = (record.get("generation") or {}).get("convergence") or {}
     if conv.get("target") == "baseline":
         print(f"convergence: steps to {conv['baseline']}'s final gFID are in the leaderboard table (resolved from its rows)")
@@ -99,7 +119,6 @@ def bench(
               else f"convergence: gFID target {conv['target']} not reached in {conv['budget']} steps")
     stages = _in_order(record["wall_time_s"], ["train", "eval", "generate"])  # in stage order, also when read back
     print("wall time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in stages))
-    print(f"leaderboard: {leaderboard_dir}/{record['protocol']['name']}/v{record['protocol']['version']}/README.md")
     from latentbench.benchmark.paper import load_paper_rows
 
     hint = ""
@@ -156,7 +175,8 @@ def metrics(
                   if result.get("finite_mean") is not None else "")
         note = (f" (infinite: {result.get('exact', 'at least one')} pair(s) identical after uint8 rounding, MSE 0{others})"
                 if math.isinf(result["value"]) else "")
-        resampled = f"; the 95% interval resamples {result['resampled']}" if result.get("resampled") else ""
+        # a handful of images can leave the FID without its interval (warned): then nothing was resampled to say
+        resampled = f"; the 95% interval resamples {result['resampled']}" if result.get("resampled") and interval else ""
         print(f"{result.get('label', name)}: {result['value']:.6g}{interval} (n={result['n']}{resampled}){note}")
 
 

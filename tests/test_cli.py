@@ -253,3 +253,42 @@ def test_the_suites_warnings_print_as_one_line(capsys):
     assert capsys.readouterr().err == "latentbench: warning: too few samples\n"
     _show_warning(UserWarning("from elsewhere"), UserWarning, pytest.__file__, 1)
     assert "UserWarning: from elsewhere" in capsys.readouterr().err
+
+
+def test_a_run_of_two_results_prints_both_labelled_as_their_rows(tmp_path, capsys):
+    """FlowMo's bench records 1a and 1b: the summary gives each, named as its table row, not only the last unlabelled."""
+    import json
+
+    from latentbench.cli import _print_result, _run_results
+
+    def record(variant, psnr):
+        return {"id": f"id-{variant}", "run_dir": str(tmp_path), "tokenizer": {"name": "flowmo-smoke", "variant": variant},
+                "protocol": {"name": "smoke", "version": 3}, "metrics": {"psnr": {"value": psnr, "n": 64}},
+                "wall_time_s": {"train": 1.0, "eval": 0.5}, "training": {}, "seeds": {}}
+
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages" / "train.json").write_text(json.dumps({"variants": {"1a": "a.safetensors", "1b": "b.safetensors"}}))
+    for variant, psnr in (("1a", 6.1), ("1b", 7.6)):
+        (tmp_path / "stages" / f"record-{variant}.json").write_text(json.dumps({"record": record(variant, psnr)}))
+    results = _run_results(record("1b", 7.6))
+    assert [r["id"] for r in results] == ["id-1a", "id-1b"]
+    one = {**record("", 29.7), "tokenizer": {"name": "sdvae-smoke"}}
+    assert _run_results(one) == [one]
+    for result in results:
+        _print_result(result, str(tmp_path / "lb"))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("flowmo-smoke (1a) under smoke v3: psnr 6.1 (n=64)") and out[-1] == "record id: id-1b"
+    assert "flowmo-smoke (1b) under smoke v3: psnr 7.6 (n=64)" in out
+
+
+def test_a_fid_without_its_interval_does_not_say_what_the_interval_resampled(monkeypatch, capsys):
+    import latentbench.benchmark.standalone as standalone
+    from latentbench.cli import main
+
+    result = {"fid": {"value": 0.15, "n": 3, "label": "FID-domain(mnist)", "resampled": "pairs of same-named images, jointly"}}
+    monkeypatch.setattr(standalone, "folder_metrics", lambda *args: result)
+    main(["metrics", "--real", "a", "--fake", "b", "--fid"])
+    assert capsys.readouterr().out.strip() == "FID-domain(mnist): 0.15 (n=3)"
+    result["fid"]["interval"] = [0.1, 0.2]
+    main(["metrics", "--real", "a", "--fake", "b", "--fid"])
+    assert "; the 95% interval resamples pairs" in capsys.readouterr().out
