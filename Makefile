@@ -27,6 +27,7 @@ install: $(BIN)/.installed  ## create .venv and install the suite with its test 
 help:  ## these targets and the variables they take
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):[^#]*## /  make \1\t/' | expand -t 24
 	@echo "variables: TOKENIZER=$(TOKENIZER) PROTOCOL=$(PROTOCOL) DEVICES=$(DEVICES) NODES=$(NODES) STRATEGY=$(STRATEGY) CKPT= ARGS='more CLI flags'"
+	@echo "           RESULT= FAMILY= (make compare), PYTEST_ARGS= (make test, make test-all)"
 
 bench: install  ## bench TOKENIZER under PROTOCOL (default: ci) on DEVICES x NODES processes, append its leaderboard row
 	$(BIN)/latentbench bench --tokenizer $(TOKENIZER) --protocol $(PROTOCOL) $(if $(CKPT),--ckpt $(CKPT)) \

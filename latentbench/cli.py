@@ -362,8 +362,9 @@ def list_(kind: Literal["all", "tokenizers", "generators", "protocols"] = "all")
     for what, registry in (("tokenizers", TOKENIZERS), ("generators", GENERATORS)):
         if kind in ("all", what):
             print(f"{what}:")
+            width = max(map(len, registry.names()))  # rae-dinov2-b-dec-xl
             for name in registry.names():
-                print(f"  {name:<18} {registry.help(name)}")
+                print(f"  {name:<{width}} {registry.help(name)}")
     if kind in ("all", "protocols"):
         print("protocols:")
         for name in available_protocols():
