@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.benchmark.harness import Stages, precision_lines
-from latentbench.benchmark.leaderboard import fallback_precisions, other_seed, read_records
+from latentbench.benchmark.leaderboard import display_name, fallback_precisions, other_seed, read_records
 from latentbench.benchmark.spec import BenchConfig
 from latentbench.paths import display_path
 
@@ -42,7 +42,8 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     if gen.max_steps > 0:
         facts["generator"] = {"continuous": gen.continuous, "discrete": gen.discrete, "steps": gen.max_steps,
                               "precision": cfg.gen_precision, "samples": gen.num_samples, "gfid_at": gen.eval_steps}
-    earlier = [r for r in read_records(table) if r["tokenizer"]["name"] == spec.name] if (table / "results.jsonl").exists() else []
+    label = display_name({"name": spec.name, "requested": spec.requested})  # the table row's name, without a variant
+    earlier = _rows_of(read_records(table), label) if (table / "results.jsonl").exists() else []
     facts["earlier_runs"] = len({_run_of(r) for r in earlier})
     # what a bench would find: its stored record stages, and whether the table holds their rows (a run directory's
     # name alone says nothing: runs of one configuration in other clones share it)
@@ -79,8 +80,10 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     # rows trained like this run (its precisions, its seed): a float32 fallback or another seed's time is another run's
     alike = [r for r in earlier if fallback_precisions(r) == sorted({p.used for p in cfg.changed_precisions().values()})
              and other_seed(r) == (cfg.seed if cfg.seed != proto.seed else None)]
+    if not earlier:
+        log(f"no row of {label} in that table yet: no stage time to quote")
     if earlier and not alike:
-        log(f"earlier rows of {spec.name} in that table trained in another precision or at another seed: no stage time "
+        log(f"earlier rows of {label} in that table trained in another precision or at another seed: no stage time "
             "to quote")
     if alike:
         latest = max(alike, key=lambda r: r["created"])
@@ -89,10 +92,16 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
         where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
         facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,
                                "commit": ((latest["provenance"].get("code") or {}).get("commit") or "")[:7]}
-        log(f"latest run of {spec.name} in that table: {sum(seconds.values()):.0f} s of stages ("
+        log(f"latest run of {label} in that table: {sum(seconds.values()):.0f} s of stages ("
             + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f") on {where}, "
             f"{latest['created'][:10]}, commit {facts['latest_run']['commit'] or 'unknown'}")
     return facts
+
+
+def _rows_of(records: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
+    """The records of the table row named ``label`` (any variant): an ablation config's
+    (``maetok-ci [maetok-ci-plain]``) are not the registered size's (``maetok-ci``), whose time says nothing of it."""
+    return [r for r in records if display_name({**r["tokenizer"], "variant": None}) == label]
 
 
 def _run_of(record: dict[str, Any]) -> tuple[Any, ...]:

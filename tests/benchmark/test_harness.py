@@ -177,6 +177,19 @@ def test_stage_seconds_of_a_run_count_its_shared_training_once():
     assert _run_stage_seconds(run) == {"train": 443.0, "eval": 146.0, "generate": 475.0}
 
 
+def test_a_dry_run_quotes_the_rows_of_its_own_config_not_of_another_with_the_same_tokenizer():
+    from latentbench.benchmark.plan import _rows_of
+
+    plain = {"tokenizer": {"name": "maetok-ci", "requested": "maetok"}}
+    by_path = {"tokenizer": {"name": "maetok-ci", "requested": "/abs/configs/tokenizers/maetok-ci.yaml"}}
+    ablation = {"tokenizer": {"name": "maetok-ci", "requested": "configs/tokenizers/ablations/maetok-ci-plain.yaml"}}
+    flowmo = [{"tokenizer": {"name": "flowmo-ci", "requested": "flowmo", "variant": v}} for v in ("1a", "1b")]
+    records = [plain, by_path, ablation, *flowmo]
+    assert _rows_of(records, "maetok-ci") == [plain, by_path]
+    assert _rows_of(records, "maetok-ci [maetok-ci-plain]") == [ablation]
+    assert _rows_of(records, "flowmo-ci") == flowmo
+
+
 def test_the_generators_training_logs_as_part_of_the_generate_stage(smoke_run, tmp_path):
     """Not as "[train]", which reads as the tokenizer's training again; its stored result keeps its name."""
     import shutil
