@@ -65,7 +65,7 @@ def bench(
             compiling; it pays at paper scale, not at `ci` size (README "Cost").
         dry_run: check everything and print what the bench would run (the tokenizer and protocol
             as resolved, budgets, precisions, run directory and its finished stages, the stage time
-            of the tokenizer's latest row), then stop: nothing is trained or written.
+            of the latest run of its table row), then stop: nothing is trained or written.
     """
     from functools import partial
 
