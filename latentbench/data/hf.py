@@ -183,11 +183,19 @@ def load_hf_split(name: str, split: str):
         with _offline_mode_from_env():
             return datasets.load_dataset(name, split=split)
     except ConnectionError as err:
+        why = ("offline mode is set (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) and the Hugging Face cache (HF_HOME) has "
+               "no copy of it" if _offline_set() else "it is unreachable")
         raise HubUnreachableError(
-            f"cannot load {name!r} from the Hugging Face Hub: it is unreachable ({err}). Use a local copy: "
-            "save it once with `datasets.load_dataset(...).save_to_disk(DIR)` and pass `hf:DIR`, or set "
-            "HF_DATASETS_OFFLINE=1 with a populated Hugging Face cache (HF_HOME)."
+            f"cannot load {name!r} from the Hugging Face Hub: {why} ({err}). Fill the Hugging Face cache on a "
+            f"connected machine (`datasets.load_dataset({name!r}, split=...)`), copy its HF_HOME here and set "
+            "HF_DATASETS_OFFLINE=1; or save a copy once with `datasets.load_dataset(...).save_to_disk(DIR)` and give "
+            "`hf:DIR` as the source (in a protocol file that is another protocol: its fingerprint changes)."
         ) from err
+
+
+def _offline_set() -> bool:
+    """Whether HF_HUB_OFFLINE or HF_DATASETS_OFFLINE asks for no hub access."""
+    return any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def find_image_column(features, name: str) -> str:
@@ -244,7 +252,7 @@ def _offline_mode_from_env() -> Iterator[None]:
     import datasets
     import huggingface_hub.constants as hub_constants
 
-    if not any(os.environ.get(var, "").upper() in _TRUE for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+    if not _offline_set():
         yield
         return
     saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE

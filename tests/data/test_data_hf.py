@@ -113,6 +113,7 @@ def test_hub_offline_fails_fast_with_advice(monkeypatch):
         build_dataset("hf:latentbench-tests/no-such-dataset", "validation", 32)
     assert time.monotonic() - start < 10  # not the ~25 s of hub retries
     assert "HF_DATASETS_OFFLINE" in str(info.value) and isinstance(info.value, ConnectionError)
+    assert "offline mode is set" in str(info.value), "it says why the hub was not asked, not that it is unreachable"
     assert datasets.config.HF_HUB_OFFLINE == before  # the call-time switch is undone
 
 
