@@ -749,11 +749,12 @@ def run_bench(
         log(f"bench {spec.name} ({spec.requested}) under {proto.id} on {launch.world_size} process(es); run directory {run_dir}")
         for line in precision_lines(cfg):
             log(line)
-        # since the command started (its imports take seconds) where the CLI marked it, else since run_bench began
-        if preparing.measure and is_busy(busy := since_process_start() or preparing.so_far(), min_cpu_s=0.2):
-            log(f"warning: {busy_now_note(busy)}")
-
         stages = Stages(run_dir)
+        # since the command started (its imports take seconds) where the CLI marked it, else since run_bench began; not
+        # for a finished run, whose rerun runs no stage
+        if (preparing.measure and is_busy(busy := since_process_start() or preparing.so_far(), min_cpu_s=0.2)
+                and not _finished(stages)):
+            log(f"warning: {busy_now_note(busy)}")
         train = None
         weights: str | Path | None = ckpt
         if cfg.steps > 0:
@@ -890,6 +891,13 @@ def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[
         cfg, run_dir, train, evaluation, weights, trust_checkpoint, variant, generation)), log)
     run_on_rank_zero(lambda: _ensure_recorded(recorded["record"], run_dir, leaderboard_dir, evaluation, generation, log))
     return recorded["record"]
+
+
+def _finished(stages: Stages) -> bool:
+    """Whether the run's last result is recorded (its stages all stored), as rank 0 finds the run directory."""
+    variants = (run_on_rank_zero(lambda: stages.get("train")) or {}).get("variants") or {"": None}
+    last = list(variants)[-1]
+    return run_on_rank_zero(lambda: stages.get(f"record-{last}" if last else "record")) is not None
 
 
 def _check_trained_weights(run_dir: Path, train: dict[str, Any], stages: Stages, cfg: BenchConfig) -> None:

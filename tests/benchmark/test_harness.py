@@ -1,6 +1,7 @@
 """End-to-end `smoke` bench runs: train, reconstruct, measure, record; resume; plug-ins."""
 import argparse
 import json
+import shutil
 import textwrap
 import time
 
@@ -71,18 +72,26 @@ def test_the_record_keeps_what_other_processes_took_of_the_cpu_per_stage(smoke_r
         assert load["wall_s"] == pytest.approx(record["wall_time_s"][stage], abs=0.05)
 
 
-def test_a_busy_machine_is_said_before_the_stages(smoke_run, monkeypatch):
-    """Other processes busy while the bench prepares: a warning before any stage, with what to do."""
+def test_a_busy_machine_is_said_before_the_stages(smoke_run, monkeypatch, tmp_path):
+    """Other processes busy while the bench prepares: a warning before any stage, with what to do; none when
+    every stage is done (the rerun runs none)."""
     from latentbench.benchmark import machine_load
 
     own = machine_load.own_cpu_seconds
     monkeypatch.setattr(machine_load, "machine_busy_seconds", lambda: own() + 400 * time.perf_counter())  # busy beyond measure: a rerun prepares in ~0.02 s
     root, record, _ = smoke_run
-    logs = []
-    run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append)
-    warned = [i for i, line in enumerate(logs) if line.startswith("warning: other processes are using this machine's CPU")]
-    first_stage = next(i for i, line in enumerate(logs) if line.startswith("[train]"))
-    assert len(warned) == 1 and warned[0] < first_stage and "OMP_NUM_THREADS=1" in logs[warned[0]]
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    (run_dir,) = (tmp_path / "runs/smoke/v3").iterdir()
+    (run_dir / "stages/record.json").unlink()  # the record stage is left to run
+    for runs, stage_runs in ((tmp_path, True), (root, False)):
+        logs = []
+        run_bench("sdvae", "smoke", runs_dir=runs / "runs", leaderboard_dir=tmp_path / "lb", log=logs.append)
+        warned = [i for i, line in enumerate(logs) if line.startswith("warning: other processes are using this machine's CPU")]
+        if stage_runs:
+            first_stage = next(i for i, line in enumerate(logs) if line.startswith("[train]"))
+            assert len(warned) == 1 and warned[0] < first_stage and "OMP_NUM_THREADS=1" in logs[warned[0]]
+        else:
+            assert warned == [] and sum("already done" in line for line in logs) == 4
 
 
 def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
