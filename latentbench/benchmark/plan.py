@@ -53,8 +53,9 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     facts["recorded_not_in_table"] = [i for i in stored if i not in ids]
 
     log(f"dry run: bench {spec.name} ({spec.requested}) under {proto.id}; nothing is run or written")
-    log(f"tokenizer: {spec.name}, trained by {facts['training_module']}"
-        + (f"; init_args {spec.init_args}" if spec.init_args else "") + (f"; module_args {spec.module_args}" if spec.module_args else ""))
+    trained = cfg.steps and (f", trained by {facts['training_module']}"  # with weights given, nothing trains them
+                             + (f"; module_args {spec.module_args}" if spec.module_args else ""))
+    log(f"tokenizer: {spec.name}" + (trained or "") + (f"; init_args {spec.init_args}" if spec.init_args else ""))
     log(f"protocol: {proto.id} (fingerprint {facts['protocol_fingerprint']}), {proto.data.source} at {proto.data.resolution} px: "
         f"{train_info['n']} train / {eval_info['n']} eval images")
     training = (f"{cfg.steps} steps at batch {proto.train.batch_size} in {cfg.precision}" if cfg.steps

@@ -126,6 +126,13 @@ def test_a_dry_run_shows_the_finished_run_and_writes_nothing(smoke_run):
     plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
                      precision="32-true")
     assert "latest_run" not in plan and any("trained in another precision or at another seed" in line for line in logs)
+    assert any(line.startswith("tokenizer: sdvae-smoke, trained by latentbench.tokenizers.module:AutoencoderModule; "
+                               "module_args {") for line in logs)
+    logs = []  # weights given: nothing trains them
+    (weights,) = (root / "runs").rglob("tokenizer.safetensors")
+    run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
+              ckpt=str(weights))
+    assert "tokenizer: sdvae-smoke" in logs and any(line.startswith("training: none (evaluates ") for line in logs)
 
 
 def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path):
