@@ -20,7 +20,7 @@ import sys
 CONFIGS = [  # (generator config, latent shape per sample, what it is for)
     ("lightningdit-xl-1", [4, 32, 32], "SD-VAE f8 (32x32x4)"),
     ("lightningdit-xl-1", [768, 16, 16], "RAE DINOv2-B (16x16x768)"),
-    ("lightningdit-xl-1", [128, 12], "MAETok (128 tokens x 12)"),
+    ("lightningdit-xl-1", [128, 32], "MAETok (128 tokens x 32)"),
     ("dit-dh-xl", [768, 16, 16], "RAE DINOv2-B, DiT-DH-XL"),
     ("maskgit-l", [256, 18], "FlowMo-Lo (256 tokens x 18 bits)"),
 ]
