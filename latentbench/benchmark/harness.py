@@ -36,7 +36,14 @@ from torch.utils.data import DataLoader, Subset
 
 from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
-from latentbench.benchmark.machine_load import OtherCpuUse, busy_note, busy_now_note, is_busy, since_process_start
+from latentbench.benchmark.machine_load import (
+    OtherCpuUse,
+    advise_once,
+    busy_note,
+    busy_now_note,
+    is_busy,
+    since_process_start,
+)
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.provenance import provenance
 from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
@@ -107,7 +114,7 @@ class Stages:
         result["wall_time_s"] = time.perf_counter() - start
         result["machine_load"] = load.result
         if load.busy:
-            log(f"[{label}] warning: {busy_note(load.result)}")
+            log(f"[{label}] warning: {busy_note(load.result, advice=advise_once())}")
 
         def store() -> dict[str, Any]:
             stored = {**result, **_attempts_provenance(attempts)}
@@ -703,6 +710,7 @@ def run_bench(
         scope.enter_context(reading_protocol_data(proto, on_bad_image))  # classifiers built by training modules too
         # other processes' CPU use while the bench prepares: said before the stages, not after an hour of slow training
         preparing = scope.enter_context(OtherCpuUse(measure=launch.world_size == 1 and not dry_run))
+        advise_once(reset=True)  # this bench's first busy warning says what to do
         spec = resolve_tokenizer(tokenizer, proto)
         if compile:  # fail before hours of training, not at the eval stage
             require_cxx_compiler()

@@ -107,15 +107,29 @@ def is_busy(load: dict[str, Any] | None, min_cpu_s: float = BUSY_MIN_CPU_S) -> b
     return load is not None and load["others_share"] > BUSY_SHARE and load["others_cpu_s"] >= min_cpu_s
 
 
+_advised = False  # whether a warning of this bench gave ADVICE already (``advise_once``)
+
+
+def advise_once(reset: bool = False) -> bool:
+    """Whether a busy warning now should carry ``ADVICE``: a bench's first does, the ones after it state the fact
+    alone (one stage after another would repeat the paragraph). ``reset`` starts a bench: nothing given yet."""
+    global _advised
+    if reset:
+        _advised = False
+        return False
+    first, _advised = not _advised, True
+    return first
+
+
 def busy_now_note(load: dict[str, Any]) -> str:
     """The warning, before the stages start, that other processes are busy on this machine (``busy_note``'s advice)."""
     return (f"other processes are using this machine's CPU: {load['others_share']:.0%} of it over the bench's first "
             f"{load['wall_s']:.0f} s. The stages will run slower than their usual times, and the record and the table "
-            "will say so. " + ADVICE)
+            "will say so. " + (ADVICE if advise_once() else ""))
 
 
 def busy_note(load: dict[str, Any], advice: bool = True) -> str:
     """The warning line for a stage whose ``machine_load`` is busy, with what to do unless ``advice`` is False."""
     fact = (f"other processes took {load['others_share']:.0%} of this machine's CPU time ({load['others_cpu_s']:.0f} CPU-s "
             f"on {load['cpus']} CPUs) while it ran, so its {load['wall_s']:.0f} s are not this run's cost alone")
-    return f"{fact}. {ADVICE}" if advice else fact
+    return f"{fact}. {ADVICE}" if advice else f"{fact}."

@@ -401,7 +401,7 @@ def format_table(result: dict[str, Any]) -> str:
     if result.get("bf16_usable") is False:
         lines += [f"bf16 not measured: {result.get('cpu')}; the bench trains in fp32 on this machine.", ""]
     if is_busy(result.get("machine_load")):  # absent from results measured before it was
-        lines += [f"Measured on a shared machine: {busy_note(result['machine_load'], advice=False)}.", ""]
+        lines += [f"Measured on a shared machine: {busy_note(result['machine_load'], advice=False)}", ""]
     compiled = any(row.get("decode_img_s_compiled") for row in result["rows"])
     lines += ["| config | batch | step fp32 (s) | step bf16 (s) | bf16 speedup | GFLOP/step | GFLOP/s bf16 | MFU bf16 | MFU fp32 | "
               "encode img/s | decode img/s | " + ("decode compiled img/s (compile s) | " if compiled else "")

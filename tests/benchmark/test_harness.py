@@ -90,6 +90,9 @@ def test_a_busy_machine_is_said_before_the_stages(smoke_run, monkeypatch, tmp_pa
         if stage_runs:
             first_stage = next(i for i, line in enumerate(logs) if line.startswith("[train]"))
             assert len(warned) == 1 and warned[0] < first_stage and "OMP_NUM_THREADS=1" in logs[warned[0]]
+            # the stage that ran is said busy too, without the advice again
+            (stage,) = [line for line in logs if line.startswith("[record] warning: other processes took")]
+            assert stage.endswith("not this run's cost alone.")
         else:
             assert warned == [] and sum("already done" in line for line in logs) == 4
 

@@ -63,6 +63,13 @@ def test_share_busy_flag_and_note(monkeypatch):
     assert busy_note(load.result).startswith("other processes took 65% of this machine's CPU time (13 CPU-s on 2 CPUs)")
 
 
+def test_a_bench_gives_the_advice_once():
+    assert machine_load.advise_once(reset=True) is False  # a bench starts: nothing said yet
+    assert [machine_load.advise_once() for _ in range(3)] == [True, False, False]
+    load = {"others_cpu_s": 13.0, "others_share": 0.65, "cpus": 2, "wall_s": 10.0}
+    assert machine_load.ADVICE in busy_note(load) and busy_note(load, advice=False).endswith("cost alone.")
+
+
 def test_not_measured_gives_none():
     with OtherCpuUse(measure=False) as load:
         assert not hasattr(load, "_start")  # nothing read on entry either
