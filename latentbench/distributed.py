@@ -33,6 +33,8 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 STRATEGIES = ("auto", "ddp")
+LAUNCHER_PID = "LATENTBENCH_LAUNCHER_PID"  # maybe_relaunch's torchrun, for the processes it starts (die_with_launcher)
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 # FSDP was wired through Lightning once, but a review found it cannot have worked: Lightning's
 # EMAWeightAveraging copies the unsharded generator before FSDP wraps it and then fails on the
 # flat shards, and ``state_dict()`` outside FSDP's full-state API exports each rank's shard.
@@ -112,8 +114,9 @@ def resolve_launch(launch: Launch) -> Launch:
 def maybe_relaunch(launch: Launch, argv: list[str], check: Callable[[int], None] | None = None) -> None:
     """On one machine, re-execute ``latentbench <argv>`` under torchrun with ``launch.devices`` processes.
 
-    Does nothing for one process or when a launcher already started the processes. Several
-    nodes need a launcher on each (srun, or torchrun per node): the error says how.
+    Does nothing for one process or when a launcher already started the processes (one this call's
+    torchrun started dies with it: ``die_with_launcher``). Several nodes need a launcher on each (srun,
+    or torchrun per node): the error says how.
 
     Args:
         launch: the processes asked for.
@@ -122,7 +125,10 @@ def maybe_relaunch(launch: Launch, argv: list[str], check: Callable[[int], None]
             here, once, instead of in every launched process (each printing it, then torchrun's
             traceback of the failed children).
     """
-    if launch.world_size == 1 or cluster_environment() is not None:
+    if launch.world_size == 1:
+        return
+    if cluster_environment() is not None:
+        die_with_launcher()
         return
     if check is not None:
         check(launch.world_size)
@@ -136,7 +142,26 @@ def maybe_relaunch(launch: Launch, argv: list[str], check: Callable[[int], None]
     print(f"launching {launch.devices} processes: {' '.join(cmd[1:])}", flush=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # torchrun runs as this very process (execv keeps the pid)
     os.execv(sys.executable, cmd)
+
+
+def die_with_launcher() -> None:
+    """Have the kernel kill this process when the torchrun of ``maybe_relaunch`` that started it dies.
+
+    torchrun starts each worker in a session of its own and stops them when it is interrupted (Ctrl-C, SIGTERM),
+    but a SIGKILL of the launcher (``kill -9``, of its process group too, or the OOM killer) reaches no worker: they
+    went on in the background, finished the bench and appended its row, and a rerun meanwhile was refused as "another
+    bench of this run is running". Linux only (``PR_SET_PDEATHSIG``); processes a user's own torchrun or srun
+    started are left to that launcher.
+    """
+    # another parent: not started by it, or it is gone already (then no process group can be joined without its store)
+    if os.environ.get(LAUNCHER_PID) != str(os.getppid()) or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def init_process_group(launch: Launch) -> bool:

@@ -412,3 +412,51 @@ def test_an_error_on_rank_zero_stops_every_rank_with_its_message(tmp_path):
     assert "rank 0: ValueError: the table refused the row" in proc.stdout
     assert ("rank 1: RankZeroFailed: rank 0 stopped, so this rank stops too; rank 0's error: "
             "ValueError: the table refused the row") in proc.stdout
+
+
+def _processes_with(marker: str) -> list[int]:
+    """The pids of the processes whose environment holds ``marker`` (``NAME=value``)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if marker.encode() in f.read().split(b"\0"):
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+def test_the_processes_a_bench_launched_die_with_its_launcher(tmp_path):
+    """``bench --devices 2`` killed with SIGKILL (kill -9 of its process group, the OOM killer) leaves no process.
+
+    torchrun starts its workers in sessions of their own: they outlived a killed launcher, finished the bench in the
+    background and held the run directory against the rerun.
+    """
+    import signal
+    import time
+
+    marker = f"LATENTBENCH_TEST_BENCH={tmp_path.name}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", marker.split("=")[0]: tmp_path.name}
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", "smoke", "--devices", "2",
+           "--runs_dir", str(tmp_path / "runs"), "--leaderboard_dir", str(tmp_path / "lb")]
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "runs").rglob("last.ckpt")):  # training, past the collectives that need torchrun
+            assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        assert len(_processes_with(marker)) == 3  # the launcher and its two workers
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's group: the workers are not in it
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 5
+        while _processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_with(marker) == [], "a launched process outlived its launcher"
+        assert not list((tmp_path / "lb").rglob("results.jsonl")), "the launched processes finished the bench without it"
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
