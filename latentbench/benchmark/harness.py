@@ -625,7 +625,7 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
 
 # generator-stage fields the record keeps elsewhere (metrics, wall times, compiled, provenance) or not at all
 GENERATION_NOT_RECORDED = ("gfid", "wall_time_s", "machine_load", "compiled", "provenance", "provenance_resumed", "generator_provenance")
-PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware")  # what can change a number (not the command)
+PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware", "processes")  # what can change a number (not the command)
 UNKNOWN_PROVENANCE = "unknown: stored before stages kept their provenance"
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from latentbench.distributed import world_size
 from latentbench.paths import REPO_ROOT
 
 PACKAGES = ("latentbench", "torch", "torchvision", "lightning", "torchmetrics", "diffusers", "timm", "lpips",
@@ -70,6 +71,8 @@ def provenance() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hardware": hardware(),
+        # a training resumed on another number of processes continues from its weights, not on its random streams
+        "processes": world_size(),
         "command": command_line(),
     }
 

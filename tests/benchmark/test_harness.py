@@ -414,6 +414,22 @@ def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch
     assert json.loads((tmp_path / "stages/train.json").read_text())["provenance_resumed"] == result["provenance_resumed"]
 
 
+def test_a_training_resumed_on_another_number_of_processes_says_so_in_the_record(tmp_path, monkeypatch):
+    """Killed on 2 processes and finished on 1, its training is neither run's: the record had said world_size 1 alone."""
+    import latentbench.benchmark.harness as harness
+    import latentbench.benchmark.provenance as provenance
+
+    stages = harness.Stages(tmp_path)
+    monkeypatch.setattr(provenance, "world_size", lambda: 2, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        stages.run("train", lambda: (_ for _ in ()).throw(KeyboardInterrupt), log=lambda m: None)
+    monkeypatch.setattr(provenance, "world_size", lambda: 1)
+    train = stages.run("train", lambda: {"steps": 1}, log=lambda m: None)
+    evaluation = stages.run("eval", lambda: {}, log=lambda m: None)
+    assert harness.stages_provenance({"train": train, "eval": evaluation}).get("stages") == {
+        "train": {"processes": 2}, "train (resumed 1)": {"processes": 1}, "eval": {"processes": 1}}
+
+
 def test_a_damaged_attempts_file_is_said_not_skipped_silently(tmp_path):
     import latentbench.benchmark.harness as harness
 
