@@ -42,6 +42,11 @@ class _Skips:
         ``skip`` indices; ``finished``: the checkpoint's epoch had trained all its batches, so this one yields none."""
         self._resume = (epoch_state, epoch, skip, finished)
 
+    @property
+    def replay_pending(self) -> bool:
+        """A finished epoch is still to be replayed (empty) by the next iteration."""
+        return self._resume is not None and self._resume[3]
+
     def _iterate(self, draws):
         resume, self._resume = self._resume, None
         state, epoch, skip, finished = resume if resume is not None else (None, self.epochs_started, 0, False)
@@ -122,12 +127,16 @@ class ExactResume(Callback):
     # The random states are set where the interrupted run stood when it saved: before the next step of a
     # resumed epoch, or, when the checkpoint's epoch had ended, at the next epoch's start, before its loader
     # is iterated (a loader without a generator of its own, as under DDP, draws its worker seed from the
-    # global stream there). Lightning calls no on_train_epoch_start for an epoch resumed inside.
+    # global stream there). Lightning calls no on_train_epoch_start for an epoch resumed inside. The finished
+    # epoch is replayed, empty, by the first loader iterated after the resume: Lightning's replay of it when
+    # it was saved after its last step, but the next epoch's when it was saved after that step's validation
+    # (Lightning does not iterate it again); the next epoch the interrupted run trained is the one after.
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if not self._inside_epoch:
             self.trained_in_epoch = 0
-        self._set_rng(trainer)
+        if not self.sampler.replay_pending:
+            self._set_rng(trainer)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._inside_epoch = False

@@ -3,6 +3,7 @@ import itertools
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
@@ -116,3 +117,57 @@ def test_a_distributed_sampler_resumed_without_its_state_shuffles_lightnings_epo
     ours.set_epoch(3)  # counted from here on
     torchs.set_epoch(4)
     assert list(ours) == list(torchs)
+
+
+def _fit_rank_zero_of_two(tmp_path, monkeypatch, kill_at: int | None = None) -> torch.Tensor:
+    """12 steps of rank 0 of a 2-process training (its shard of 5 batches an epoch, a loader without a generator of its
+    own, which draws its worker seed from the global stream), validated and so checkpointed every 5th step: epochs'
+    ends. ``kill_at``: the step that raises; a rerun resumes from ``tmp_path``'s checkpoint. Returns the weights."""
+    import lightning as L
+
+    import latentbench.distributed as distributed
+    from latentbench.benchmark.harness import resume_from
+    from latentbench.benchmark.resume import ResumableCheckpoint
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):  # its loss on the global random stream, as the generators' noise
+            if self.global_step == kill_at:
+                raise RuntimeError("killed")
+            x = batch[0].float()[:, None]
+            return ((self.net(x) - torch.randn_like(x)) ** 2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            pass
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    loader = _loader(DATA, 4, True, seed=3, distributed=True)
+    assert isinstance(loader.sampler, ResumableDistributedSampler) and loader.generator is None
+    torch.manual_seed(0)
+    module = Module()
+    trainer = L.Trainer(max_steps=12, max_epochs=-1, val_check_interval=5, check_val_every_n_epoch=None,
+                        num_sanity_val_steps=0, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=True, use_distributed_sampler=False,
+                        callbacks=[ResumableCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1,
+                                                       enable_version_counter=False), ExactResume(loader)])
+    trainer.fit(module, loader, DataLoader(DATA, batch_size=40), ckpt_path=resume_from(tmp_path / "last.ckpt"))
+    return module.net.weight.detach().clone()
+
+
+def test_a_distributed_training_killed_after_a_validated_epochs_end_resumes_exactly(tmp_path, monkeypatch):
+    """Resumed from the checkpoint of step 5, which ended an epoch and was written after its validation: Lightning
+    does not iterate that finished epoch again, so the next epoch's loader replayed it, empty; it drew a worker seed
+    from the global stream after the random states were set, and every later step drew other noise (2-process
+    generator trainings killed after an evaluation at an epoch's end: gFID 909.4 against 902.1 uninterrupted)."""
+    plain = _fit_rank_zero_of_two(tmp_path / "plain", monkeypatch)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit_rank_zero_of_two(tmp_path / "killed", monkeypatch, kill_at=7)
+    assert torch.load(tmp_path / "killed/last.ckpt", weights_only=False)["global_step"] == 5
+    assert torch.equal(_fit_rank_zero_of_two(tmp_path / "killed", monkeypatch), plain)
