@@ -902,10 +902,11 @@ def _bench_variant(stages: Stages, cfg: BenchConfig, run_dir: Path, train: dict[
 
 
 def _finished(stages: Stages) -> bool:
-    """Whether the run's last result is recorded (its stages all stored), as rank 0 finds the run directory."""
-    variants = (run_on_rank_zero(lambda: stages.get("train")) or {}).get("variants") or {"": None}
+    """Whether the run's last result is recorded (its stages all stored), as this process finds the run directory
+    (no collective: it may be asked on one rank alone)."""
+    variants = (stages.get("train") or {}).get("variants") or {"": None}
     last = list(variants)[-1]
-    return run_on_rank_zero(lambda: stages.get(f"record-{last}" if last else "record")) is not None
+    return stages.get(f"record-{last}" if last else "record") is not None
 
 
 def _check_trained_weights(run_dir: Path, train: dict[str, Any], stages: Stages, cfg: BenchConfig) -> None:
