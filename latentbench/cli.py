@@ -490,6 +490,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"latentbench: error: {type(e).__name__}: {e} (raised in your own code: the traceback above says where)",
               file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        _interrupted()
+    except SystemExit as e:  # Lightning ends an interrupted fit with sys.exit(1) after its graceful shutdown
+        if isinstance(e.__context__, KeyboardInterrupt):
+            _interrupted()
+        raise
+
+
+def _interrupted() -> None:
+    """Ctrl-C: one line on what is kept and how to go on instead of a traceback; exit 130 (128 + SIGINT)."""
+    kept = (" Every finished stage is kept and a training resumes from its last checkpoint (saved every fifth of its "
+            "budget): rerun the same command to go on." if _ARGS[:1] == ["bench"] else "")
+    print(f"latentbench: interrupted.{kept}", file=sys.stderr)
+    sys.exit(130)
 
 
 def _unexpected(error: BaseException) -> bool:

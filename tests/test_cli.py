@@ -292,3 +292,33 @@ def test_a_fid_without_its_interval_does_not_say_what_the_interval_resampled(mon
     result["fid"]["interval"] = [0.1, 0.2]
     main(["metrics", "--real", "a", "--fake", "b", "--fid"])
     assert "; the 95% interval resamples pairs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["in the suite's code", "in Lightning's fit"])
+def test_an_interrupted_bench_says_how_to_go_on(where, monkeypatch, capsys):
+    import latentbench.benchmark.harness as harness
+
+    def interrupted(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if where == "in Lightning's fit":
+                sys.exit(1)  # what Lightning's graceful shutdown of an interrupted fit ends with
+            raise
+
+    monkeypatch.setattr(harness, "run_bench", interrupted)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--protocol", "smoke"])
+    assert exit_.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "latentbench: interrupted. Every finished stage is kept and a training resumes from its last checkpoint "
+        "(saved every fifth of its budget): rerun the same command to go on.")
+
+
+def test_an_exit_without_an_interrupt_is_left_alone(monkeypatch):
+    import latentbench.benchmark.harness as harness
+
+    monkeypatch.setattr(harness, "run_bench", lambda *a, **k: sys.exit(3))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--protocol", "smoke"])
+    assert exit_.value.code == 3
