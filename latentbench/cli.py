@@ -499,7 +499,12 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _interrupted() -> None:
-    """Ctrl-C: one line on what is kept and how to go on instead of a traceback; exit 130 (128 + SIGINT)."""
+    """Ctrl-C: one line (rank 0's, under torchrun) on what is kept and how to go on instead of a traceback; exit 130
+    (128 + SIGINT)."""
+    from latentbench.distributed import launcher_rank
+
+    if launcher_rank() != 0:
+        sys.exit(130)
     kept = (" Every finished stage is kept and a training resumes from its last checkpoint (saved every fifth of its "
             "budget): rerun the same command to go on." if _ARGS[:1] == ["bench"] else "")
     print(f"latentbench: interrupted.{kept}", file=sys.stderr)

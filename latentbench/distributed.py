@@ -137,7 +137,7 @@ def maybe_relaunch(launch: Launch, argv: list[str], check: Callable[[int], None]
             f"--num_nodes {launch.num_nodes} needs a process on every node: run under SLURM "
             f"(srun --nodes {launch.num_nodes} --ntasks-per-node {launch.devices} latentbench {' '.join(argv)}) "
             f"or start torchrun on each node (see README, 'Scaling out')")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={launch.devices}",
+    cmd = [sys.executable, "-m", "latentbench.torchrun", "--standalone", f"--nproc_per_node={launch.devices}",  # torchrun
            "-m", "latentbench.cli", *argv]
     print(f"launching {launch.devices} processes: {' '.join(cmd[1:])}", flush=True)
     sys.stdout.flush()

@@ -430,8 +430,10 @@ def _processes_with(marker: str) -> list[int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
-def test_the_processes_a_bench_launched_die_with_its_launcher(tmp_path):
-    """``bench --devices 2`` killed with SIGKILL (kill -9 of its process group, the OOM killer) leaves no process.
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_the_processes_a_bench_launched_die_with_its_launcher(tmp_path, signal_name):
+    """``bench --devices 2`` killed with SIGKILL (kill -9 of its process group, the OOM killer) leaves no process;
+    interrupted (Ctrl-C), it says so in a line per process, without a traceback.
 
     torchrun starts its workers in sessions of their own: they outlived a killed launcher, finished the bench in the
     background and held the run directory against the rerun.
@@ -452,8 +454,13 @@ def test_the_processes_a_bench_launched_die_with_its_launcher(tmp_path):
             assert launcher.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         assert len(_processes_with(marker)) == 3  # the launcher and its two workers
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher's group: the workers are not in it
-        launcher.wait(timeout=30)
+        os.killpg(launcher.pid, getattr(signal, signal_name))  # the launcher's group (Ctrl-C's): the workers are not in it
+        code = launcher.wait(timeout=60)
+        if signal_name == "SIGINT":  # torchrun passes it on; each process and the launcher say so in a line
+            text = log.read_text()
+            assert code == 130 and "Traceback" not in text, text[-3000:]
+            assert "latentbench: the launcher got signal 2 and stopped its processes" in text
+            assert text.count("latentbench: interrupted. Every finished stage is kept") == 1  # rank 0's
         deadline = time.monotonic() + 5
         while _processes_with(marker) and time.monotonic() < deadline:
             time.sleep(0.1)
