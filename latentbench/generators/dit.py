@@ -10,7 +10,7 @@ Pieces, blocks -> model -> size variants -> registration:
 - adaLN-Zero blocks (DiT sec. 3.2): c = time embedding + class embedding regresses shift, scale
   and gate of the attention and MLP branches; every adaLN layer and the output projection start
   at zero, so the network outputs 0 at initialisation.
-- LightningDiT options (Yao et al., 2025): SwiGLU MLP, RMSNorm, RoPE, q/k normalisation.
+- LightningDiT options (Yao et al., 2025): SwiGLU MLP, RMSNorm, RoPE; q/k normalisation (off in LightningDiT's configs).
 - DiT^DH (RAE, Zheng et al., 2025 sec. 5): a wide (2048), shallow (2 blocks) head after the
   backbone, laid out as DDT's decoder: it re-embeds the noisy input at the head's width and
   modulates it per token by the backbone's output, then predicts the velocity.
@@ -340,7 +340,8 @@ def warn_narrow(width: int, token_dim: int, name: str) -> None:
 
 # ---- size variants ----------------------------------------------------------------------------
 
-LIGHTNING = {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "qk_norm": True}
+# LightningDiT's released configs (hustvl/LightningDiT, configs/*.yaml): SwiGLU, RMSNorm, RoPE, and use_qknorm false
+LIGHTNING = {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "qk_norm": False}
 DH_HEAD = {"head_width": 2048, "head_depth": 2}
 
 
@@ -357,7 +358,7 @@ GENERATORS.register("dit-xl-2", help="DiT-XL/2 paper size: width 1152, depth 28,
     _variant(width=1152, depth=28, heads=16, patch_size=2))
 GENERATORS.register("sit-xl-2", help="SiT-XL/2: the DiT-XL/2 network; SiT differs only in the transport (transport.py)")(
     _variant(width=1152, depth=28, heads=16, patch_size=2))
-GENERATORS.register("lightningdit-xl-1", help="LightningDiT-XL/1: 1152/28/16, patch 1, SwiGLU, RMSNorm, RoPE, qk-norm")(
+GENERATORS.register("lightningdit-xl-1", help="LightningDiT-XL/1: 1152/28/16, patch 1, SwiGLU, RMSNorm, RoPE (no qk-norm, as its configs)")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **LIGHTNING))
 GENERATORS.register("dit-dh-xl", help="RAE's DiT^DH-XL: DiT-XL backbone at patch 1 + a 2048-wide, 2-block head")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **DH_HEAD))

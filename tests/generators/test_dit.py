@@ -226,6 +226,16 @@ def test_paper_sizes_have_their_parameter_counts(name):
     assert info["input_shape"] == list(shape)
 
 
+def test_lightningdit_xl_1_has_the_official_layers():
+    # hustvl/LightningDiT, configs/lightningdit_xl_vavae_f16d32.yaml (and every released config): use_qknorm false,
+    # with SwiGLU, RMSNorm and RoPE ("if you are encountering NaN loss issues, we recommend enabling it")
+    with torch.device("meta"):
+        net = GENERATORS.create("lightningdit-xl-1", input_shape=(32, 16, 16), num_classes=1000)
+    info = net.describe()
+    assert (info["mlp"], info["norm"], info["qk_norm"]) == ("swiglu", "rmsnorm", False)
+    assert all(block.attn.q_norm is None and block.attn.k_norm is None for block in net.blocks)
+
+
 @pytest.mark.parametrize("name, shape", [(n, s) for n, shapes in CPU_SIZES.items() for s in shapes])
 def test_cpu_sizes_build_and_run(name, shape):
     with warnings.catch_warnings():
