@@ -46,7 +46,7 @@ from latentbench.tokenizers.vit import (
 
 MLPS = ("gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
-POSITIONS = ("sincos", "rope", "learned")
+POSITIONS = ("sincos", "rope", "learned", "sincos+rope")
 
 # ---- blocks -----------------------------------------------------------------------------------
 
@@ -146,32 +146,36 @@ class OutputLayer(nn.Module):
 
 
 class Positions(nn.Module):
-    """Where tokens sit on a (gh, gw) grid (1 x L for 1D tokens): an additive table, or RoPE tables.
+    """Where tokens sit on a (gh, gw) grid (1 x L for 1D tokens): an additive table, RoPE tables, or both.
 
     ``sincos``: fixed 2D sine-cosine table (DiT), 1D on a 1 x L grid (MAETok's generators);
-    ``learned``: a free table; ``rope``: axial 2D RoPE, or 1D RoPE over the token index.
+    ``learned``: a free table; ``rope``: axial 2D RoPE, or 1D RoPE over the token index;
+    ``sincos+rope``: the fixed table and RoPE (LightningDiT and RAE's DiT^DH add their frozen
+    ``pos_embed`` and rotate by RoPE as well). ``rope_base``: RoPE's base; None: 100 in 2D
+    (``vit.rope_2d``), 10000 in 1D (LightningDiT's EVA RoPE: 10000).
     """
 
-    def __init__(self, kind: str, grid: tuple[int, int], dim: int, heads: int):
+    def __init__(self, kind: str, grid: tuple[int, int], dim: int, heads: int, rope_base: float | None = None):
         super().__init__()
         n, one_d, head_dim = grid[0] * grid[1], grid[0] == 1, dim // heads
         for name in ("table", "cos", "sin"):
             self.register_buffer(name, None, persistent=False)
-        if kind == "sincos":
+        if kind not in POSITIONS:
+            raise ValueError(f"pos must be one of {POSITIONS}, got {kind!r}")
+        if kind in ("sincos", "sincos+rope"):
             if dim % (2 if one_d else 4):
                 raise ValueError(f"sine-cosine positions need a width divisible by {2 if one_d else 4}, got {dim}")
             table = sincos_1d(n, dim) if one_d else sincos_2d(grid, dim)  # (N, D)
             self.table = table[None]  # (1, N, D)
         elif kind == "learned":
             self.table = nn.Parameter(torch.randn(1, n, dim) * 0.02)  # (1, N, D)
-        elif kind == "rope":
+        if kind in ("rope", "sincos+rope"):
             if one_d and head_dim % 2:
                 raise ValueError(f"1D RoPE needs an even head dimension, got {head_dim}")
             index = torch.arange(n, dtype=torch.float32)[:, None]  # (N, 1)
-            cos, sin = rope_axes(index, (head_dim,)) if one_d else rope_2d(grid, head_dim)  # 2 x (N, d_h)
+            base = {} if rope_base is None else {"theta" if one_d else "base": rope_base}
+            cos, sin = rope_axes(index, (head_dim,), **base) if one_d else rope_2d(grid, head_dim, **base)  # 2 x (N, d_h)
             self.cos, self.sin = cos, sin
-        else:
-            raise ValueError(f"pos must be one of {POSITIONS}, got {kind!r}")
 
     def forward(self, x: Tensor) -> Tensor:
         return x if self.table is None else x + self.table.to(x.dtype)  # (B, N, D)
@@ -227,8 +231,9 @@ class DiT(nn.Module):
         patch_size: p x p patches of a 2D latent; 1 for 1D tokens.
         mlp: "gelu" (DiT) or "swiglu" (LightningDiT).
         norm: "layernorm" (DiT) or "rmsnorm" (LightningDiT).
-        pos: "sincos" (DiT), "rope" (LightningDiT) or "learned".
-        qk_norm: normalise queries and keys per head (LightningDiT).
+        pos: "sincos" (DiT), "rope", "sincos+rope" (LightningDiT) or "learned".
+        rope_base: RoPE's base (``Positions``; LightningDiT: 10000); None: 100 in 2D, 10000 in 1D.
+        qk_norm: normalise queries and keys per head (off in LightningDiT's configs).
         class_dropout: probability of replacing a label by the null label in training (DiT: 0.1).
         head_width, head_depth: RAE's DiT^DH head (2048 x 2 in the paper); 0 = plain DiT.
         time_scale: t in [0, 1] is scaled by this before the sinusoidal embedding (DiT's 1000 steps).
@@ -237,7 +242,7 @@ class DiT(nn.Module):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 384, depth: int = 6,
                  heads: int = 6, patch_size: int = 1, mlp_ratio: float = 4.0, mlp: str = "gelu",
                  norm: str = "layernorm", pos: str = "sincos", qk_norm: bool = False, class_dropout: float = 0.1,
-                 head_width: int = 0, head_depth: int = 2, time_scale: float = 1000.0):
+                 head_width: int = 0, head_depth: int = 2, time_scale: float = 1000.0, rope_base: float | None = None):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.grid, self.token_dim = token_grid(self.input_shape, patch_size)
@@ -251,10 +256,11 @@ class DiT(nn.Module):
         self.num_classes, self.patch_size = num_classes, patch_size
         self.class_dropout, self.time_scale = class_dropout, time_scale
         self.options = {"width": width, "depth": depth, "heads": heads, "mlp": mlp, "norm": norm, "pos": pos,
-                        "qk_norm": qk_norm, "head": f"{head_width}x{head_depth}" if head_width > 0 else None}
+                        "qk_norm": qk_norm, "head": f"{head_width}x{head_depth}" if head_width > 0 else None,
+                        **({"rope_base": rope_base} if rope_base is not None else {})}
 
         self.x_embed = nn.Linear(self.token_dim, width)  # a Linear on patchified tokens = DiT's strided conv
-        self.pos = Positions(pos, self.grid, width, heads)
+        self.pos = Positions(pos, self.grid, width, heads, rope_base)
         self.t_embed = TimeEmbed(width)
         self.y_embed = nn.Embedding(num_classes + 1, width)  # last row: the null label
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, mlp, norm, qk_norm) for _ in range(depth))
@@ -340,8 +346,9 @@ def warn_narrow(width: int, token_dim: int, name: str) -> None:
 
 # ---- size variants ----------------------------------------------------------------------------
 
-# LightningDiT's released configs (hustvl/LightningDiT, configs/*.yaml): SwiGLU, RMSNorm, RoPE, and use_qknorm false
-LIGHTNING = {"mlp": "swiglu", "norm": "rmsnorm", "pos": "rope", "qk_norm": False}
+# LightningDiT's released configs (hustvl/LightningDiT, configs/*.yaml): SwiGLU, RMSNorm, RoPE, and use_qknorm false;
+# its model adds the frozen sin-cos pos_embed whether or not it uses RoPE, and its RoPE's theta is 10000
+LIGHTNING = {"mlp": "swiglu", "norm": "rmsnorm", "pos": "sincos+rope", "rope_base": 10_000.0, "qk_norm": False}
 DH_HEAD = {"head_width": 2048, "head_depth": 2}
 
 
@@ -358,7 +365,7 @@ GENERATORS.register("dit-xl-2", help="DiT-XL/2 paper size: width 1152, depth 28,
     _variant(width=1152, depth=28, heads=16, patch_size=2))
 GENERATORS.register("sit-xl-2", help="SiT-XL/2: the DiT-XL/2 network; SiT differs only in the transport (transport.py)")(
     _variant(width=1152, depth=28, heads=16, patch_size=2))
-GENERATORS.register("lightningdit-xl-1", help="LightningDiT-XL/1: 1152/28/16, patch 1, SwiGLU, RMSNorm, RoPE (no qk-norm, as its configs)")(
+GENERATORS.register("lightningdit-xl-1", help="LightningDiT-XL/1: 1152/28/16, patch 1, SwiGLU, RMSNorm, sin-cos table + RoPE (base 10000), no qk-norm")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **LIGHTNING))
 GENERATORS.register("dit-dh-xl", help="RAE's DiT^DH-XL: DiT-XL backbone at patch 1 + a 2048-wide, 2-block head")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **DH_HEAD))

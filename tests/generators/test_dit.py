@@ -236,6 +236,25 @@ def test_lightningdit_xl_1_has_the_official_layers():
     assert all(block.attn.q_norm is None and block.attn.k_norm is None for block in net.blocks)
 
 
+@pytest.mark.parametrize("shape", [(4, 4, 4), (6, 8)])
+def test_lightningdit_adds_a_sincos_table_and_rotates_by_rope_of_base_10000(shape):
+    # LightningDiT (models/lightningdit.py) always adds its frozen 2D sin-cos pos_embed and, with use_rope, rotates
+    # queries and keys by VisionRotaryEmbeddingFast(theta=10000); the paper size's layout on a small net
+    from latentbench.tokenizers.mmdit import rope_axes
+    from latentbench.tokenizers.rae_encoders import sincos_2d
+    from latentbench.tokenizers.vit import rope_2d, sincos_1d
+
+    net = GENERATORS.create("lightningdit-xl-1", input_shape=shape, num_classes=NUM_CLASSES, width=32, depth=1, heads=2)
+    grid, head_dim = net.grid, 16
+    table = sincos_1d(grid[1], 32) if len(shape) == 2 else sincos_2d(grid, 32)
+    cos, sin = (rope_axes(torch.arange(grid[1], dtype=torch.float32)[:, None], (head_dim,), 10_000.0) if len(shape) == 2
+                else rope_2d(grid, head_dim, base=10_000.0))
+    assert net.pos.table is not None and torch.equal(net.pos.table[0], table)
+    assert torch.allclose(net.pos.rope()[0], cos) and torch.allclose(net.pos.rope()[1], sin)
+    x, t, y = _batch(shape)
+    assert _randomized(net)(x, t, y).shape == x.shape
+
+
 @pytest.mark.parametrize("name, shape", [(n, s) for n, shapes in CPU_SIZES.items() for s in shapes])
 def test_cpu_sizes_build_and_run(name, shape):
     with warnings.catch_warnings():
