@@ -189,14 +189,19 @@ class DHHead(nn.Module):
 
     The noisy input tokens are embedded again at the head's width; each token is modulated by
     s = Linear(SiLU(backbone token + time embedding)), the backbone's output projected to the head.
+    ``heads`` None: ``head_count(width)``. A backbone with a sin-cos table and RoPE gives the head
+    RoPE alone, as RAE's ``DiTwDDTHead`` (its ``x_pos_embed`` is None).
     """
 
     def __init__(self, token_dim: int, backbone_width: int, width: int, depth: int, grid: tuple[int, int], pos: str,
-                 mlp_ratio: float, mlp: str, norm: str, qk_norm: bool):
+                 mlp_ratio: float, mlp: str, norm: str, qk_norm: bool, heads: int | None = None,
+                 rope_base: float | None = None):
         super().__init__()
-        heads = head_count(width)
+        heads = heads or head_count(width)
+        if width % heads:
+            raise ValueError(f"head_width {width} is not divisible by {heads} head_heads")
         self.x_embed = nn.Linear(token_dim, width)
-        self.pos = Positions(pos, grid, width, heads)
+        self.pos = Positions("rope" if pos == "sincos+rope" else pos, grid, width, heads, rope_base)
         self.cond = nn.Linear(backbone_width, width)
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, mlp, norm, qk_norm) for _ in range(depth))
         self.out = OutputLayer(width, token_dim, norm)
@@ -236,13 +241,15 @@ class DiT(nn.Module):
         qk_norm: normalise queries and keys per head (off in LightningDiT's configs).
         class_dropout: probability of replacing a label by the null label in training (DiT: 0.1).
         head_width, head_depth: RAE's DiT^DH head (2048 x 2 in the paper); 0 = plain DiT.
+        head_heads: attention heads of the head (RAE: 16); None: 64 channels each (``head_count``).
         time_scale: t in [0, 1] is scaled by this before the sinusoidal embedding (DiT's 1000 steps).
     """
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, width: int = 384, depth: int = 6,
                  heads: int = 6, patch_size: int = 1, mlp_ratio: float = 4.0, mlp: str = "gelu",
                  norm: str = "layernorm", pos: str = "sincos", qk_norm: bool = False, class_dropout: float = 0.1,
-                 head_width: int = 0, head_depth: int = 2, time_scale: float = 1000.0, rope_base: float | None = None):
+                 head_width: int = 0, head_depth: int = 2, time_scale: float = 1000.0, rope_base: float | None = None,
+                 head_heads: int | None = None):
         super().__init__()
         self.input_shape = tuple(int(s) for s in input_shape)
         self.grid, self.token_dim = token_grid(self.input_shape, patch_size)
@@ -265,7 +272,7 @@ class DiT(nn.Module):
         self.y_embed = nn.Embedding(num_classes + 1, width)  # last row: the null label
         self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, mlp, norm, qk_norm) for _ in range(depth))
         self.head = DHHead(self.token_dim, width, head_width, head_depth, self.grid, pos, mlp_ratio, mlp, norm,
-                           qk_norm) if head_width > 0 else None
+                           qk_norm, head_heads, rope_base) if head_width > 0 else None
         self.out = OutputLayer(width, self.token_dim, norm) if self.head is None else None
         self.initialize_weights()
 
@@ -349,7 +356,10 @@ def warn_narrow(width: int, token_dim: int, name: str) -> None:
 # LightningDiT's released configs (hustvl/LightningDiT, configs/*.yaml): SwiGLU, RMSNorm, RoPE, and use_qknorm false;
 # its model adds the frozen sin-cos pos_embed whether or not it uses RoPE, and its RoPE's theta is 10000
 LIGHTNING = {"mlp": "swiglu", "norm": "rmsnorm", "pos": "sincos+rope", "rope_base": 10_000.0, "qk_norm": False}
-DH_HEAD = {"head_width": 2048, "head_depth": 2}
+# RAE's DiTwDDTHead configs (bytetriper/RAE, configs/stage2/training/ImageNet256/DiTDH-{XL,S}_DINOv2-B.yaml): the
+# LightningDiT layers on backbone and head (use_swiglu, use_rmsnorm, use_rope, use_pos_embed; use_qknorm false), and
+# a 2048-wide, 2-block head of 16 heads
+DH_HEAD = {**LIGHTNING, "head_width": 2048, "head_depth": 2, "head_heads": 16}
 
 
 def _variant(**size):
@@ -367,11 +377,11 @@ GENERATORS.register("sit-xl-2", help="SiT-XL/2: the DiT-XL/2 network; SiT differ
     _variant(width=1152, depth=28, heads=16, patch_size=2))
 GENERATORS.register("lightningdit-xl-1", help="LightningDiT-XL/1: 1152/28/16, patch 1, SwiGLU, RMSNorm, sin-cos table + RoPE (base 10000), no qk-norm")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **LIGHTNING))
-GENERATORS.register("dit-dh-xl", help="RAE's DiT^DH-XL: DiT-XL backbone at patch 1 + a 2048-wide, 2-block head")(
+GENERATORS.register("dit-dh-xl", help="RAE's DiT^DH-XL: LightningDiT-XL layers at patch 1 + a 2048-wide, 2-block, 16-head head")(
     _variant(width=1152, depth=28, heads=16, patch_size=1, **DH_HEAD))
 GENERATORS.register("dit-b-2", help="DiT-B/2 paper size: width 768, depth 12, 12 heads, patch 2")(
     _variant(width=768, depth=12, heads=12, patch_size=2))
-GENERATORS.register("dit-dh-s", help="RAE's DiT^DH-S (its AutoGuidance guide): 384/12/6 backbone + 2048 x 2 head")(
+GENERATORS.register("dit-dh-s", help="RAE's DiT^DH-S (its AutoGuidance guide): 384/12/6 LightningDiT backbone + 2048 x 2 head")(
     _variant(width=384, depth=12, heads=6, patch_size=1, **DH_HEAD))
 # Width 128: the widest ci latent (rae-ci, 128 x 8 x 8) has 128-d tokens at patch 1, RAE's lower bound.
 GENERATORS.register("dit-ci", help="CPU size for the `ci` protocol: 128/4/2, patch 1, SwiGLU, RMSNorm (8x8 or 1D latents)")(

@@ -255,6 +255,25 @@ def test_lightningdit_adds_a_sincos_table_and_rotates_by_rope_of_base_10000(shap
     assert _randomized(net)(x, t, y).shape == x.shape
 
 
+@pytest.mark.parametrize("name", ["dit-dh-xl", "dit-dh-s"])
+def test_dit_dh_has_the_official_layers(name):
+    # RAE's DiTwDDTHead configs (configs/stage2/training/ImageNet256/DiTDH-{XL,S}_DINOv2-B.yaml): use_swiglu, use_rmsnorm,
+    # use_rope (theta 10000) and use_pos_embed on the backbone, use_qknorm false; the head has RoPE and no pos table
+    # (x_pos_embed None), and num_heads [.., 16]
+    with torch.device("meta"):
+        full = GENERATORS.create(name, input_shape=(768, 16, 16), num_classes=1000)
+    assert full.head.blocks[0].attn.heads == 16
+    net = GENERATORS.create(name, input_shape=(8, 4, 4), num_classes=NUM_CLASSES, width=32, depth=1, heads=2, head_width=64)
+    info = net.describe()
+    assert (info["mlp"], info["norm"], info["pos"], info["qk_norm"]) == ("swiglu", "rmsnorm", "sincos+rope", False)
+    assert info["rope_base"] == 10_000.0 and net.pos.table is not None and net.pos.rope() is not None
+    assert net.head.pos.table is None and net.head.pos.rope() is not None
+    block = net.head.blocks[0]
+    assert isinstance(block.norm1, dit.RmsNorm) and block.attn.q_norm is None and block.attn.heads == 16
+    x, t, y = _batch((8, 4, 4))
+    assert _randomized(net)(x, t, y).shape == x.shape
+
+
 @pytest.mark.parametrize("name, shape", [(n, s) for n, shapes in CPU_SIZES.items() for s in shapes])
 def test_cpu_sizes_build_and_run(name, shape):
     with warnings.catch_warnings():
