@@ -37,6 +37,8 @@ class AutoencoderModule(L.LightningModule):
         warmup_steps: linear warmup length.
         max_steps: schedule length (the trainer's max_steps).
         rec_loss: "l1" (LDM) or "mse".
+        rec_weight: weight of the reconstruction term (RAE: 0.5, as its code takes the L1 of [0, 1] images, half
+            the L1 of the [-1, 1] images here, against LPIPS of [-1, 1] images).
         perceptual_weight: LPIPS weight; 0 disables. Without LPIPS weights on the machine the
             term is dropped and ``perceptual_status`` says why (it goes into the result).
         perceptual_net: LPIPS backbone ("vgg" as LDM, "alex").
@@ -63,6 +65,7 @@ class AutoencoderModule(L.LightningModule):
         warmup_steps: int = 100,
         max_steps: int = 10_000,
         rec_loss: str = "l1",
+        rec_weight: float = 1.0,
         perceptual_weight: float = 1.0,
         perceptual_net: str = "vgg",
         perceptual_fallback: str | None = None,
@@ -114,7 +117,8 @@ class AutoencoderModule(L.LightningModule):
     def _reconstruction_losses(self, x: Tensor, rec: Tensor, extra: dict[str, Tensor]) -> dict[str, Tensor]:
         """Weighted loss terms of the autoencoder (before the GAN term)."""
         rec = rec.float()
-        losses = {"rec": F.l1_loss(rec, x) if self.hparams.rec_loss == "l1" else F.mse_loss(rec, x)}
+        distance = F.l1_loss(rec, x) if self.hparams.rec_loss == "l1" else F.mse_loss(rec, x)
+        losses = {"rec": self.hparams.rec_weight * distance}
         if self.perceptual is not None:
             losses["perceptual"] = self.hparams.perceptual_weight * self.perceptual(rec, x).mean()
         for name, value in extra.items():

@@ -97,3 +97,18 @@ def test_perceptual_fallback_is_a_labelled_substitute(monkeypatch, tmp_path):
     assert set(losses) == {"rec", "perceptual"}
     with pytest.raises(ValueError, match="domain-<source>"):
         AutoencoderModule("sdvae-smoke", perceptual_fallback="vgg", disc_weight=0.0)
+
+
+@pytest.mark.parametrize("name", ["rae-dinov2-b", "rae-dinov2-b-dec-l", "rae-dinov2-b-dec-xl", "rae-siglip2-b", "rae-mae-b"])
+def test_rae_paper_configs_weigh_l1_as_the_official_code(name):
+    # bytetriper/RAE src/train_stage1.py: rec_loss = (recon - images).abs().mean() on [0, 1] images, LPIPS on [-1, 1]:
+    # the L1 of the suite's [-1, 1] images at half its weight against LPIPS (and so in the adaptive GAN weight)
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
+
+    spec = resolve_tokenizer(f"configs/tokenizers/{name}.yaml", load_protocol("imagenet256"))
+    assert spec.module_args["rec_loss"] == "l1" and spec.module_args["rec_weight"] == 0.5
+    module = AutoencoderModule("sdvae-smoke", rec_weight=0.5, perceptual_weight=0.0, disc_weight=0.0)
+    x01, rec01 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    losses = module._reconstruction_losses(x01 * 2 - 1, rec01 * 2 - 1, {})
+    assert torch.allclose(losses["rec"], (rec01 - x01).abs().mean())
