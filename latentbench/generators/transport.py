@@ -16,9 +16,9 @@ Conventions:
   noise; ``alpha = 1`` is the identity. Training shifts the sampled times and sampling shifts
   its uniform grid with the same ``alpha``.
 * Guidance interval: ``(lo, hi)`` in the same ``t`` (0 noise, 1 data); guidance is applied
-  where ``lo <= t <= hi`` and the conditional velocity is used elsewhere. SiT's and RAE's
-  samplers run their ``t`` from 1 (noise) to 0 (data), so an interval ``(low, high)`` from their
-  configs is ``(1 - high, 1 - low)`` here.
+  where ``lo <= t <= hi`` and the conditional velocity is used elsewhere. RAE's and MAETok's (REPA's)
+  samplers run their ``t`` from 1 (noise) to 0 (data), so an interval ``(low, high)`` from them is
+  ``(1 - high, 1 - low)`` here; SiT's and LightningDiT's paths (``ICPlan``: alpha_t = t) share this ``t``.
 """
 from __future__ import annotations
 
