@@ -110,16 +110,33 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
             **_facts(gen, trained, cache, norm, encode_s, spec)}
 
 
-def check_generators(spec) -> None:
-    """Both of the protocol's generators resolve to a registered network (KeyError / ValueError naming it), before training."""
+def check_generators(proto) -> None:
+    """Before training: both of the protocol's generators resolve to a registered network (KeyError / ValueError
+    naming it), and where the protocol pins its generator configs (``generator_configs``), each is the one pinned
+    (ValueError naming the file and both digests): an edited config would land rows its table's others do not compare to."""
     from latentbench.generators import GENERATORS
     from latentbench.generators.module import resolve_generator
 
+    spec, pins = proto.generator, proto.generator_configs
     for kind in ("continuous", "discrete"):
+        name = getattr(spec, kind)
         try:
-            GENERATORS.get(resolve_generator(getattr(spec, kind)).name)
+            gen = resolve_generator(name)
+            GENERATORS.get(gen.name)
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise type(e)(f"the protocol's generator.{kind}: {e.args[0]}") from None
+        if not pins:  # a protocol of one's own may leave its generators unpinned
+            continue
+        where = f"{gen.source or f'the registered generator {name}'} (generator.{kind} of protocol {proto.id})"
+        if name not in pins:
+            raise ValueError(f"{where} has no pin in the protocol's generator_configs, which pins {sorted(pins)}: "
+                             f"add `{name}: {gen.sha256}` there")
+        if gen.sha256 != pins[name]:
+            raise ValueError(
+                f"{where} is not the config this protocol's rows were measured with: its content hashes to "
+                f"{gen.sha256[:12]}, the protocol's generator_configs pins {pins[name][:12]}. Its rows would share a table with "
+                f"rows of another generator. Restore the file (`git checkout {gen.source}` in a checkout), or measure the "
+                f"changed generator under a new protocol version: bump `version` and pin `{name}: {gen.sha256}`")
 
 
 def train_latents(cfg, run_dir: Path, tokenizer, weights: Path | str | None, train) -> tuple[LatentShards, dict[str, Any]]:

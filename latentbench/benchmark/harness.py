@@ -732,6 +732,10 @@ def run_bench(
         from latentbench.benchmark.leaderboard import check_table_accepts
 
         check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
+        if proto.generator.max_steps > 0:
+            from latentbench.benchmark.generation import check_generators
+
+            check_generators(proto)
         if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
             _require_built_weights(spec)
         check_training_batches(proto, cfg.steps, launch.world_size if dry_run else None)
@@ -860,8 +864,8 @@ def check_extractor(proto: Protocol) -> None:
 
 
 def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluation: dict[str, Any]) -> None:
-    """The scanned splits suit every stage (same classes; the generator's class-balanced sample set), and the
-    protocol's generators resolve: checked before hours of training."""
+    """The scanned splits suit every stage (same classes; the generator's class-balanced sample set): checked before
+    hours of training."""
     check_same_classes(train, evaluation)
     for info, limit, name in ((train, proto.data.num_train, "num_train"), (evaluation, proto.data.num_eval, "num_eval")):
         found = info["n"] + info.get("n_skipped", 0)  # skipped files are counted and named apart (data_notes)
@@ -870,10 +874,8 @@ def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluatio
                              f"has {found} images: its rows would carry the fingerprint of a {limit}-image protocol; "
                              f"set data.{name} to {found} or null (all of them), or complete the split")
     if proto.generator.max_steps > 0:
-        from latentbench.benchmark.generation import check_generators
         from latentbench.generators.module import sample_labels
 
-        check_generators(proto.generator)
         if proto.generator.class_sampling == "balanced":
             sample_labels(torch.arange(1), train["num_classes"], proto.generator.num_samples, "balanced")
 
@@ -1082,6 +1084,10 @@ def check_before_launch(protocol: str, ckpt: str | None, train_steps: int | None
     proto = load_protocol(protocol)
     _check_bench_arguments(ckpt, train_steps, seed)
     check_training_batches(proto, tokenizer_steps(proto, ckpt, train_steps), processes)
+    if proto.generator.max_steps > 0:
+        from latentbench.benchmark.generation import check_generators
+
+        check_generators(proto)
 
 
 def _require_built_weights(spec: TokenizerSpec) -> None:

@@ -26,6 +26,7 @@ PROTOCOL_DIR = CONFIG_DIR / "protocols"
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true")
 SEED_RANGE = 2**32  # numpy's and Lightning's
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a protocol name is a directory of runs/ and leaderboards/
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 # ---- field checks ------------------------------------------------------------------------------
@@ -208,6 +209,10 @@ class Protocol(_Checked):
     generator: GeneratorSpec = field(default_factory=GeneratorSpec)
     seed: int = 0
     tokenizers: dict[str, str] = field(default_factory=dict)  # family alias -> registered size
+    # generator config name -> sha256 of its content (GeneratorConfig.sha256): the generator configs this version's rows
+    # were measured with. A generator config is a file of its own, outside the fingerprint; the bench refuses one that
+    # no longer matches its pin (generation.check_generators), so an edited dit-ci.yaml cannot land rows in this table
+    generator_configs: dict[str, str] = field(default_factory=dict)
 
     def _check(self) -> None:
         self._require(bool(NAME.fullmatch(self.name)), "name", "letters, digits, '.', '_' or '-' (it names directories)")
@@ -215,6 +220,8 @@ class Protocol(_Checked):
         self._require(0 <= self.seed < SEED_RANGE, "seed", "in [0, 2^32)")
         bad = {k: v for k, v in self.tokenizers.items() if not (isinstance(k, str) and isinstance(v, str) and v)}
         self._require(not bad, "tokenizers", "a mapping of family names to tokenizer names")
+        bad = {k: v for k, v in self.generator_configs.items() if not (isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v))}
+        self._require(not bad, "generator_configs", "a mapping of generator config names to sha256 hex digests")
 
     @property
     def fingerprint(self) -> str:
@@ -222,8 +229,10 @@ class Protocol(_Checked):
 
         The description and the family aliases are left out: a row records the tokenizer
         size it resolved to, so adding an alias for a new family changes no existing number.
+        The generator configs' pins are left out too: they pin what ``generator`` names (the
+        bench refuses a config that differs from its pin), and pinning them later changed no row.
         """
-        content = {k: v for k, v in self.to_dict().items() if k not in ("description", "tokenizers")}
+        content = {k: v for k, v in self.to_dict().items() if k not in ("description", "tokenizers", "generator_configs")}
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
     @property
@@ -269,7 +278,8 @@ def load_protocol(name_or_path: str) -> Protocol:
                 raise ValueError(f"{name} has unknown keys {sorted(unknown)}; its keys are {', '.join(f.name for f in fields(spec))}")
             sections[name] = spec(**section)
         return Protocol(name=raw["name"], version=raw["version"], description=raw.get("description") or "",
-                        seed=raw.get("seed", 0), tokenizers=raw.get("tokenizers") or {}, **sections)
+                        seed=raw.get("seed", 0), tokenizers=raw.get("tokenizers") or {},
+                        generator_configs=raw.get("generator_configs") or {}, **sections)
     except KeyError as e:
         raise ValueError(f"protocol file {path} is malformed: it has no {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:  # TypeError: a section without one of its required keys

@@ -19,6 +19,8 @@ any decoder of the same latents (FlowMo's 1a and 1b) gets its own curve from one
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,12 @@ class GeneratorConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "init_args": self.init_args, "transport": self.transport,
                 "module_args": self.module_args, "source": self.source}
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of what builds and trains it (not where it was read from): a protocol's pin."""
+        content = {k: v for k, v in self.to_dict().items() if k != "source"}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def resolve_generator(arg: str) -> GeneratorConfig:

@@ -95,6 +95,74 @@ def test_an_unknown_generator_stops_the_bench_before_training(tmp_path, value, m
     assert not (tmp_path / "runs").exists()
 
 
+def test_shipped_protocols_pin_the_generator_configs_their_rows_were_measured_with():
+    """Each shipped protocol pins both generators it names, and the pins hold for the configs in this checkout; the
+    ci/v2 table's rows recorded the generator configs they trained, and each hashes to its pin."""
+    import json
+
+    from latentbench.benchmark.generation import check_generators
+    from latentbench.generators.module import GeneratorConfig, resolve_generator
+    from latentbench.paths import LEADERBOARD_DIR
+
+    for name in available_protocols():
+        proto = load_protocol(name)
+        named = {proto.generator.continuous, proto.generator.discrete}
+        assert set(proto.generator_configs) == named, name
+        assert {g: resolve_generator(g).sha256 for g in named} == proto.generator_configs
+        check_generators(proto)
+    pins = load_protocol("ci").generator_configs
+    rows = [json.loads(line) for line in (LEADERBOARD_DIR / "ci" / "v2" / "results.jsonl").read_text().splitlines()]
+    recorded = [GeneratorConfig(**{k: v for k, v in r["generation"]["generator"].items() if k in
+                                   ("name", "init_args", "transport", "module_args")}) for r in rows]
+    assert len(recorded) == len(rows) > 10
+    assert {g.sha256 for g in recorded} == set(pins.values())
+
+
+def test_pins_are_left_out_of_the_fingerprint_and_must_be_digests(tmp_path):
+    unpinned = load_protocol(str(_write(tmp_path, lambda raw: raw.pop("generator_configs"))))
+    assert unpinned.generator_configs == {} and unpinned.fingerprint == load_protocol("smoke").fingerprint
+    with pytest.raises(ValueError, match="generator_configs must be a mapping of generator config names to sha256"):
+        load_protocol(str(_write(tmp_path, _set("generator_configs", "dit-smoke", "abc"))))
+
+
+def test_an_edited_generator_config_stops_the_bench_before_anything_is_written(tmp_path, monkeypatch):
+    """A generator config edited since its protocol pinned it would land rows of another generator in the table: the
+    bench stops before its first stage, naming the file, both digests and the two ways on; an unpinned protocol
+    (one's own) runs it; a pinned protocol that does not pin a generator it names says what to add."""
+    import latentbench.generators.module as module
+    from latentbench.benchmark.harness import check_before_launch, run_bench
+    from latentbench.generators.module import resolve_generator
+
+    shipped = module.GENERATOR_CONFIG_DIR
+    configs = tmp_path / "generators"
+    configs.mkdir()
+    for f in shipped.glob("*.yaml"):
+        (configs / f.name).write_text(f.read_text())
+    monkeypatch.setattr(module, "GENERATOR_CONFIG_DIR", configs)
+    pinned = resolve_generator("dit-smoke").sha256
+    assert pinned == load_protocol("smoke").generator_configs["dit-smoke"]
+    (configs / "dit-smoke.yaml").write_text((configs / "dit-smoke.yaml").read_text() + "\n# a comment changes nothing\n")
+    check_before_launch("smoke", None, None, None, 1)
+    raw = yaml.safe_load((configs / "dit-smoke.yaml").read_text())
+    raw.setdefault("transport", {})["sample_steps"] = 7
+    (configs / "dit-smoke.yaml").write_text(yaml.safe_dump(raw))
+    edited = resolve_generator("dit-smoke").sha256
+    for check in (lambda: check_before_launch("smoke", None, None, None, 1),
+                  lambda: run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)):
+        with pytest.raises(ValueError) as e:
+            check()
+        message = str(e.value)
+        assert message.startswith(f"{configs / 'dit-smoke.yaml'} (generator.continuous of protocol smoke/v3) is not the config "
+                                  "this protocol's rows were measured with")
+        assert f"hashes to {edited[:12]}, the protocol's generator_configs pins {pinned[:12]}" in message
+        assert f"git checkout {configs / 'dit-smoke.yaml'}" in message and f"pin `dit-smoke: {edited}`" in message
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
+    check_before_launch(str(_write(tmp_path, lambda raw: raw.pop("generator_configs"))), None, None, None, 1)
+    with pytest.raises(ValueError, match=f"has no pin in the protocol's generator_configs, which pins \\['maskgit-smoke'\\]: "
+                                         f"add `dit-smoke: {edited}` there"):
+        check_before_launch(str(_write(tmp_path, lambda raw: raw["generator_configs"].pop("dit-smoke"))), None, None, None, 1)
+
+
 @pytest.mark.parametrize("raw, message", [
     ({"name": "sdvae-ci", "init_args": {"latent_channels": "four"}},
      'init_args do not fit latentbench.tokenizers.sdvae.SDVAE: Parser key "init_args.latent_channels": Expected a <class \'int\'>. '
