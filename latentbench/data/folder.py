@@ -79,7 +79,7 @@ def build_imagefolder(
     paths, labels, n_non_image = [], [], 0
     # a link inside one class folder back up to the split's root or into another class folder would list those
     # images a second time, under this class's label
-    elsewhere = {_identity(d): d for d in [root, *class_dirs]} if class_names != [""] else {}
+    elsewhere = _distinct_folders(root, class_dirs) if class_names != [""] else {}
     for label, class_dir in enumerate(class_dirs):
         own = _identity(class_dir) if elsewhere else None
         outside = {k: d for k, d in elsewhere.items() if k != own}  # one stat per class, not one per pair
@@ -140,6 +140,21 @@ def _files_in(directory: Path) -> list[str]:
     """Sorted paths of the plain files directly in ``directory`` (a broken link too: reading it reports it)."""
     return sorted(entry.path for entry in _scandir(directory)
                   if entry.is_file() or (entry.is_symlink() and not entry.is_dir()))
+
+
+def _distinct_folders(root: Path, class_dirs: list[Path]) -> dict[tuple[int, int], Path]:
+    """The split's root and its class folders by identity; ValueError when a class folder is itself a link to the
+    root or to another class's folder (its images would be listed under two labels)."""
+    folders = {_identity(root): root}
+    for class_dir in class_dirs:
+        same = folders.setdefault(_identity(class_dir), class_dir)
+        if same == root:
+            raise ValueError(f"class folder {class_dir} is the split's root {root} (a link): every class's images would "
+                             "be listed again under its label; remove the link")
+        if same != class_dir:
+            raise ValueError(f"class folders {same} and {class_dir} are the same folder (one links to the other): its "
+                             "images would be listed under both labels; remove the link")
+    return folders
 
 
 def _identity(directory: Path) -> tuple[int, int]:

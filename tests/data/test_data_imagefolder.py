@@ -221,6 +221,21 @@ def test_a_link_from_one_class_to_the_root_or_another_class_is_refused(tmp_path)
         build_dataset(f"imagefolder:{tmp_path}", "train", 8)
 
 
+def test_a_class_folder_that_is_a_link_to_another_class_or_the_root_is_refused(tmp_path):
+    """A class folder that is itself a link (dogs -> dog) would list the same images under two labels."""
+    _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})
+    (tmp_path / "dogs").symlink_to(tmp_path / "dog")
+    with pytest.raises(ValueError, match=r"class folders .*dog and .*dogs are the same folder .*: its images would be "
+                                         r"listed under both labels; remove the link"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    (tmp_path / "dogs").unlink()
+    (tmp_path / "all").symlink_to(tmp_path)  # a class folder that is the split's root
+    with pytest.raises(ValueError, match=r"class folder .*all is the split's root .*: every class's images would be "
+                                         r"listed again under its label; remove the link"):
+        build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+
+
 def test_a_folder_that_cannot_be_listed_is_an_error_not_a_smaller_dataset(tmp_path, monkeypatch):
     """Simulated (tests may run as root, who reads anything): listing cat/sub raises PermissionError."""
     import os
