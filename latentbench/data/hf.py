@@ -37,17 +37,18 @@ class HFImageRows:
     """The encoded images of one column of a ``datasets.Dataset`` (an EncodedFiles).
 
     A dataset backed by Arrow files (``load_from_disk``, the hub cache) is a CacheableFiles: a row's
-    scan-cache key names the Arrow files with their stamps, so rewriting any of them misses every row.
+    scan-cache key names the Arrow files with their stamps, so rewriting any of them misses every row, and
+    the split it was loaded as (``train[4:8]`` numbers the rows of the files ``train[:4]`` reads from their 5th).
     """
 
-    def __init__(self, dataset, image_column: str, labels: list[int], display_name: str):
+    def __init__(self, dataset, image_column: str, labels: list[int], display_name: str, split: str = ""):
         import datasets
 
         self.rows = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
         self.column = image_column
         self.labels = labels
         self.display_name = display_name
-        self.arrow_id, self.arrow_stamp = _arrow_identity(dataset, image_column)
+        self.arrow_id, self.arrow_stamp = _arrow_identity(dataset, image_column, split)
         self.all_bytes = self.arrow_id is not None and _all_rows_hold_bytes(self.rows, image_column)
 
     def __len__(self) -> int:
@@ -82,8 +83,9 @@ class HFImageRows:
         return self.labels[index]
 
 
-def _arrow_identity(dataset, column: str) -> tuple[str | None, Stamp | None]:
-    """A name for the dataset's Arrow files as they are now (paths, stamps, column), and their joint stamp.
+def _arrow_identity(dataset, column: str, split: str = "") -> tuple[str | None, Stamp | None]:
+    """A name for the dataset's rows in its Arrow files as they are now (paths, stamps, column, and the ``split``
+    that selected them: a slice such as ``train[4:8]`` starts its row numbers inside the files), and their joint stamp.
 
     (None, None) when the rows are not all in Arrow files on disk: an in-memory table, or an
     in-memory indices mapping (``select``/``shuffle`` without a cache file) that renumbers them.
@@ -95,7 +97,8 @@ def _arrow_identity(dataset, column: str) -> tuple[str | None, Stamp | None]:
         stamps = [Stamp.of(f) for f in files]
     except OSError:
         return None, None
-    text = json.dumps([column, [os.path.abspath(f) for f in files], [dataclasses.astuple(s) for s in stamps]])
+    text = json.dumps([column, [os.path.abspath(f) for f in files], [dataclasses.astuple(s) for s in stamps]]
+                      + ([split] if split else []))
     return hashlib.sha256(text.encode()).hexdigest()[:32], Stamp.combined(stamps)
 
 
@@ -130,7 +133,7 @@ def build_hf(
     if label_column and not class_names:
         class_names = [str(i) for i in range(max(labels, default=-1) + 1)]
     _check_label_range(labels, len(class_names), label_column, f"hf:{name} [{split}]")
-    rows = HFImageRows(dataset, image_column, labels, f"{name}:{split}")
+    rows = HFImageRows(dataset, image_column, labels, f"{name}:{split}", split)
     return EncodedImageDataset(
         rows, source, split, resolution, class_names or [""], on_bad_image, limit,
         image_column=image_column, label_column=label_column,

@@ -15,7 +15,7 @@ modified for ``RACY_NS`` before it was checked: a write in the same timestamp ti
 would otherwise leave the stamp unchanged. (On a network filesystem a client may cache a file's
 attributes for up to a minute, so a file another machine rewrote seconds ago can still look
 unchanged; rescan with the cache off after editing a shared dataset.) Rows of an ``hf`` dataset are keyed by its Arrow files'
-paths and stamps (any change to them misses every row), plus the stamp of an image the row names
+paths and stamps (any change to them misses every row) and the split that selected them, plus the stamp of an image the row names
 by path instead of holding its bytes. In-memory datasets and other sources are not cached.
 
 Entries also name the decoder (this module's ``SCAN_FORMAT`` and Pillow's version): an upgraded

@@ -220,6 +220,32 @@ def test_an_hf_dataset_on_disk_is_cached_until_it_is_saved_again(tmp_path, decod
         assert build().info == rebuilt.info
 
 
+def test_slices_of_one_hf_split_do_not_share_entries(tmp_path, decoded, monkeypatch):
+    """``load_dataset(name, split="train[4:8]")`` reads the same Arrow file as ``train[:4]``, its row 0 being the
+    file's row 4: keyed by the files and the row number alone, it took the other slice's digests (its fingerprint)."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    images = [{"bytes": _png(i), "path": None} for i in range(8)]  # rows that hold their bytes, as ImageNet's
+    (tmp_path / "pngs").mkdir()
+    datasets.Dataset.from_dict({"image": images, "label": [i % 2 for i in range(8)]}, features=features).to_parquet(
+        str(tmp_path / "pngs" / "train.parquet"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+    def build(split):
+        return build_dataset(f"hf:{tmp_path / 'pngs'}", split, 8)
+
+    for f in build("train").files.rows.cache_files:  # the racy rule: entries of files written just now are not used
+        _age(f["filename"])
+    build("train[:4]")
+    decoded.clear()
+    assert build("train[:4]").info["n"] == 4 and decoded == []  # cached
+    tail = build("train[4:8]")
+    with monkeypatch.context() as m:
+        m.setenv(scancache.ENV, "0")
+        assert tail.info == build("train[4:8]").info
+
+
 def test_an_hf_row_that_names_its_image_by_path_depends_on_that_file(tmp_path):
     datasets = pytest.importorskip("datasets")
     from latentbench.data.hf import HFImageRows
