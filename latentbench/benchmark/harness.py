@@ -1010,10 +1010,14 @@ def data_notes(info: dict[str, Any]) -> list[str]:
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:
     """ValueError unless the two splits' infos name the same classes in the same order (labels are indices)."""
     if train["class_names"] != evaluation["class_names"]:
+        # an hf split's classes are its ClassLabel's names, or 0..its largest label without one
+        fix = ("give both splits' label column one ClassLabel of every class (`dataset.cast_column('label', "
+               "datasets.ClassLabel(names=[...]))`) and save them again" if train["source"].startswith("hf:")
+               else "give both splits the same class folders")
         raise ValueError(
             f"the {train['split']} split's classes {_names(train['class_names'])} and the {evaluation['split']} split's "
             f"{_names(evaluation['class_names'])} differ: the linear probe and gFID's classes read labels as indices, "
-            "so class i must be the same class in both; give both splits the same class folders"
+            f"so class i must be the same class in both; {fix}"
         )
 
 

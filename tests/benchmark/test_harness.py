@@ -1097,6 +1097,18 @@ def test_splits_with_different_classes_are_refused_before_training(tmp_path, mon
     assert not (tmp_path / "runs").exists()
 
 
+def test_splits_of_an_hf_dataset_with_different_classes_are_told_to_share_a_class_label():
+    """An hf dataset has no class folders: its classes are a ClassLabel's names, or the label column's 0..max."""
+    from latentbench.benchmark.harness import check_same_classes
+
+    def info(split, names):
+        return {"source": "hf:/data/mine", "split": split, "class_names": names}
+
+    with pytest.raises(ValueError, match=r"differ: .* give both splits' label column one ClassLabel of every class") as e:
+        check_same_classes(info("train", ["0", "1", "2"]), info("validation", ["0", "1"]))
+    assert "class folders" not in str(e.value)
+
+
 def test_a_limit_that_leaves_classes_out_is_refused(tmp_path, monkeypatch):
     """num_train of an image folder takes its first files, class by class: too few leave whole classes out."""
     import yaml
