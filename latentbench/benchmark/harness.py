@@ -582,8 +582,9 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # a row run at another --seed or --train_steps is marked so in its table (leaderboard.row_name)
         "protocol": {"name": proto.name, "version": proto.version, "fingerprint": proto.fingerprint, "description": proto.description,
-                     "seed": proto.seed},  # a row run at another --seed is marked so in its table (leaderboard.row_name)
+                     "seed": proto.seed, "train_steps": proto.train.max_steps},
         "tokenizer": {
             **cfg.tokenizer.to_dict(),
             "class": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
@@ -597,8 +598,10 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
             # evaluated as built (--train_steps 0): where its weights came from (_require_built_weights)
             **({"pretrained_weights": getattr(tokenizer, "pretrained_weights", None)} if not (train or cfg.ckpt) else {}),
         },
-        "training": {k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
-                                               "validation_images", "normalization", "discriminator")} if train else None,
+        # max_steps: the budget it trained on (trained_steps is less where a module stopped early)
+        "training": {**{k: train.get(k) for k in ("precision", "perceptual", "final_loss", "stages", "targets", "early_stopping",
+                                                  "validation_images", "normalization", "discriminator")},
+                     "max_steps": cfg.steps} if train else None,
         "precision_changed": cfg.precision_notes(),
         "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
         "metrics": metrics,

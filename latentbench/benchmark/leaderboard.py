@@ -351,11 +351,13 @@ def fallback_precisions(record: dict[str, Any]) -> list[str]:
 def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule,
     trained in the same precision (a float32 fallback row is compared with float32 baselines only) and at the
-    same seed (a --seed 1 run of the baseline does not become every row's baseline)."""
+    same seed and training budget (a --seed 1 or --train_steps 300 run of the baseline does not become every row's
+    baseline)."""
     conv = _conv(record)
     rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
             and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
-            and fallback_precisions(r) == fallback_precisions(record) and other_seed(r) == other_seed(record)]
+            and fallback_precisions(r) == fallback_precisions(record) and other_seed(r) == other_seed(record)
+            and other_budget(r) == other_budget(record)]
     return rows[-1] if rows else None
 
 
@@ -374,8 +376,9 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     target = conv["target"]
     if target == "baseline":
         if base is None:
-            seed = other_seed(record)
-            return f"— (no {conv.get('baseline')} row{f' at seed {seed}' if seed is not None else ''})"
+            seed, steps = other_seed(record), other_budget(record)
+            where = (f" at seed {seed}" if seed is not None else "") + (f" of {steps} steps" if steps is not None else "")
+            return f"— (no {conv.get('baseline')} row{where})"
         target = base["generation"]["curve"][-1]["value"]
     ours = steps_to_target(curve, target)
     cell = f"{ours}" if ours is not None else f"> {conv['budget']}"
@@ -460,11 +463,14 @@ def display_name(tokenizer: dict[str, Any]) -> str:
 
 def row_name(record: dict[str, Any]) -> str:
     """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
-    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``) and ``[seed N]`` where
-    the bench ran at another seed than the protocol's (``--seed``)."""
+    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``), ``[seed N]`` where
+    the bench ran at another seed than the protocol's (``--seed``) and ``[N steps]`` where the tokenizer trained
+    on another budget than the protocol's (``--train_steps``)."""
     marks = fallback_precisions(record)
     if other_seed(record) is not None:
         marks.append(f"seed {other_seed(record)}")
+    if other_budget(record) is not None:
+        marks.append(f"{other_budget(record)} steps")
     return display_name(record["tokenizer"]) + (f" [{', '.join(marks)}]" if marks else "")
 
 
@@ -473,6 +479,13 @@ def other_seed(record: dict[str, Any]) -> int | None:
     recorded ran the shipped protocols, whose seed is 0)."""
     seed = (record.get("seeds") or {}).get("bench")
     return seed if seed is not None and seed != record["protocol"].get("seed", 0) else None
+
+
+def other_budget(record: dict[str, Any]) -> int | None:
+    """The steps the bench trained the tokenizer for where it is not the protocol's budget (``--train_steps``), else
+    None: also for weights trained elsewhere (``--ckpt``) and for records written before both were recorded."""
+    steps, budget = (record.get("training") or {}).get("max_steps"), (record.get("protocol") or {}).get("train_steps")
+    return steps if steps is not None and budget is not None and steps != budget else None
 
 
 def shared_cpu(record: dict[str, Any]) -> bool:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.benchmark.harness import Stages, precision_lines
-from latentbench.benchmark.leaderboard import display_name, fallback_precisions, other_seed, read_records
+from latentbench.benchmark.leaderboard import display_name, fallback_precisions, other_budget, other_seed, read_records
 from latentbench.benchmark.spec import BenchConfig
 from latentbench.paths import display_path
 
@@ -78,14 +78,16 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
             f"{facts['table']}/results.jsonl (its stages are done)")
     elif not facts["this_run_recorded"]:
         log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
-    # rows trained like this run (its precisions, its seed): a float32 fallback or another seed's time is another run's
+    # rows trained like this run (its precisions, its seed, its budget): a float32 fallback's, another seed's or another
+    # budget's time is another run's
     alike = [r for r in earlier if fallback_precisions(r) == sorted({p.used for p in cfg.changed_precisions().values()})
-             and other_seed(r) == (cfg.seed if cfg.seed != proto.seed else None)]
+             and other_seed(r) == (cfg.seed if cfg.seed != proto.seed else None)
+             and other_budget(r) == (cfg.steps if cfg.steps and cfg.steps != proto.train.max_steps else None)]
     if not earlier:
         log(f"no row of {label} in that table yet: no stage time to quote")
     if earlier and not alike:
-        log(f"earlier rows of {label} in that table trained in another precision or at another seed: no stage time "
-            "to quote")
+        log(f"earlier rows of {label} in that table trained in another precision, at another seed or on another budget: "
+            "no stage time to quote")
     if alike:
         latest = max(alike, key=lambda r: r["created"])
         seconds = _run_stage_seconds([r for r in alike if _run_of(r) == _run_of(latest)])

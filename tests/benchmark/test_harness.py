@@ -128,7 +128,12 @@ def test_a_dry_run_shows_the_finished_run_and_writes_nothing(smoke_run):
     logs = []  # a float32 run quotes no bf16 row's time
     plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
                      precision="32-true")
-    assert "latest_run" not in plan and any("trained in another precision or at another seed" in line for line in logs)
+    assert "latest_run" not in plan and any("trained in another precision, at another seed or on another budget" in line
+                                            for line in logs)
+    logs = []  # nor a shorter training the 20-step row's
+    plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
+                     train_steps=10)
+    assert "latest_run" not in plan and record["protocol"]["train_steps"] == record["training"]["max_steps"] == 20
     assert any(line.startswith("tokenizer: sdvae-smoke, trained by latentbench.tokenizers.module:AutoencoderModule; "
                                "module_args {") for line in logs)
     logs = []  # weights given: nothing trains them

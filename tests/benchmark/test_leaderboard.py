@@ -519,6 +519,26 @@ def test_a_row_at_another_seed_is_marked_and_compared_with_the_baseline_at_that_
     assert "| base [seed 1] |" in table and "| base |" in table
 
 
+def test_a_row_trained_on_another_budget_is_marked_and_never_the_baseline_of_the_protocols_rows():
+    """``--train_steps 300`` under a protocol of 800 steps: the latest row of the baseline's name, it had become the
+    baseline of every row's conv. steps."""
+    from latentbench.benchmark.leaderboard import convergence_cell, row_name
+
+    base, fast = _with_curve("base", [90.0, 60.0, 45.0, 40.0]), _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    short = _with_curve("base", [200.0, 150.0, 120.0, 100.0])  # a later, shorter training of the baseline
+    for r in (base, fast, short):
+        r["protocol"]["train_steps"] = 800
+        r["training"]["max_steps"] = 800
+    short["training"]["max_steps"] = 300
+    assert row_name(base) == "base" and row_name(short) == "base [300 steps]"
+    records = [base, fast, short]
+    assert convergence_cell(fast, records) == "500 (2.0x)"  # against the 800-step baseline (final 40)
+    assert convergence_cell(short, records) == "1000"  # its own baseline: itself
+    old = make_record("base")  # recorded before the budgets were: not marked
+    assert row_name(old) == "base"
+    assert "| base [300 steps] |" in render_table(records)
+
+
 def test_crowded_rate_distortion_labels_stay_inside_the_axes(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     from matplotlib.text import Text
