@@ -75,11 +75,11 @@ def bench(
     runs_dir, leaderboard_dir = runs_dir or str(RUNS_DIR), leaderboard_dir or str(LEADERBOARD_DIR)
     launch = Launch(strategy, devices, num_nodes)
     if dry_run:  # in this process, for any --devices: nothing is launched
-        check_before_launch(protocol, ckpt, train_steps, seed, launch.world_size)
+        check_before_launch(tokenizer, protocol, ckpt, train_steps, seed, launch.world_size)
         run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
                   launch=launch, precision=precision, compile=compile, dry_run=True)
         return
-    maybe_relaunch(launch, _ARGS or sys.argv[1:], check=partial(check_before_launch, protocol, ckpt, train_steps, seed))
+    maybe_relaunch(launch, _ARGS or sys.argv[1:], check=partial(check_before_launch, tokenizer, protocol, ckpt, train_steps, seed))
     record = run_bench(tokenizer, protocol, ckpt, trust_checkpoint, train_steps, seed, on_bad_image, runs_dir, leaderboard_dir,
                        launch=launch, precision=precision, compile=compile)
     if launcher_rank() != 0:  # the process group is left by now: ask the launcher which rank this is

@@ -741,7 +741,7 @@ def run_bench(
             check_generators(proto)
         if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
             _require_built_weights(spec)
-        check_training_batches(proto, cfg.steps, launch.world_size if dry_run else None)
+        check_training_batches(proto, cfg.steps, launch.world_size if dry_run else None, spec)
         check_extractor(proto)
         # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
         data = _scan_splits(proto, on_bad_image)
@@ -1059,7 +1059,8 @@ def lpips_weights_present(nets: set[str] | tuple[str, ...] = ("alex", "squeeze",
     return tuple(present)
 
 
-def check_training_batches(proto: Protocol, tokenizer_steps: int, processes: int | None = None) -> None:
+def check_training_batches(proto: Protocol, tokenizer_steps: int, processes: int | None = None,
+                           spec: TokenizerSpec | None = None) -> None:
     """ValueError unless this world size divides the global batch of every training the bench runs.
 
     Checked before any stage: the generator's batch would otherwise fail after the tokenizer trained.
@@ -1068,20 +1069,26 @@ def check_training_batches(proto: Protocol, tokenizer_steps: int, processes: int
         proto: the protocol, whose batch sizes are global.
         tokenizer_steps: the tokenizer's training steps (0: it does not train).
         processes: the world size; default: the process group's.
+        spec: the tokenizer, whose training module may have global batch sizes of its own
+            (``global_batches``: FlowMo's ``posttrain_batch``).
     """
     if tokenizer_steps > 0:
         per_rank_batch(proto.train.batch_size, "train batch_size", processes)
+        own = getattr(spec.module_class(), "global_batches", None) if spec is not None else None
+        for name, n in (own(spec.module_args) if own else {}).items():
+            per_rank_batch(n, f"{spec.name}'s module_args.{name}", processes)
     if proto.generator.max_steps > 0:
         per_rank_batch(proto.generator.batch_size, "generator batch_size", processes)
 
 
-def check_before_launch(protocol: str, ckpt: str | None, train_steps: int | None, seed: int | None,
+def check_before_launch(tokenizer: str, protocol: str, ckpt: str | None, train_steps: int | None, seed: int | None,
                         processes: int) -> None:
     """The checks of ``run_bench`` that need only the command line, for the process that launches ``processes``.
 
     Each launched process runs them again; failing here says it once, before the launch.
 
     Args:
+        tokenizer: ``--tokenizer``.
         protocol: ``--protocol``.
         ckpt: ``--ckpt``.
         train_steps: ``--train_steps``.
@@ -1090,7 +1097,7 @@ def check_before_launch(protocol: str, ckpt: str | None, train_steps: int | None
     """
     proto = load_protocol(protocol)
     _check_bench_arguments(ckpt, train_steps, seed)
-    check_training_batches(proto, tokenizer_steps(proto, ckpt, train_steps), processes)
+    check_training_batches(proto, tokenizer_steps(proto, ckpt, train_steps), processes, resolve_tokenizer(tokenizer, proto))
     if proto.generator.max_steps > 0:
         from latentbench.benchmark.generation import check_generators
 

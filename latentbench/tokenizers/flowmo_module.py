@@ -210,6 +210,13 @@ class FlowMoModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()})
         return loss
 
+    @staticmethod
+    def global_batches(module_args: dict[str, Any]) -> dict[str, int]:
+        """This module's own global batch sizes in ``module_args`` (a bench checks them against its world size
+        before its first stage): ``posttrain_batch`` where stage 1b runs."""
+        n, fractions = module_args.get("posttrain_batch"), module_args.get("stage_steps") or {}
+        return {"posttrain_batch": n} if n is not None and fractions.get("1b", 0) > 0 else {}
+
     def _posttrain_share(self) -> int | None:
         """This process's share of ``posttrain_batch`` (None: the whole batch); ValueError if the processes cannot split it."""
         n = self.hparams.posttrain_batch

@@ -826,9 +826,12 @@ def test_a_protocols_extractor_is_checked_before_training(eval_, message, tmp_pa
 
 
 def test_training_batches_must_split_over_the_processes_evaluation_batches_need_not(monkeypatch):
+    from dataclasses import replace
+
     import latentbench.distributed as distributed
     from latentbench.benchmark.harness import check_training_batches
     from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
 
     proto = load_protocol("ci")
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
@@ -840,6 +843,14 @@ def test_training_batches_must_split_over_the_processes_evaluation_batches_need_
     check_training_batches(proto, tokenizer_steps=800)
     assert distributed.per_rank_eval_batch(proto.eval.batch_size) == -(-proto.eval.batch_size // 8)  # 250 -> 32
     assert distributed.per_rank_eval_batch(5) == 1 and distributed.per_rank_eval_batch(1) == 1
+    flowmo = resolve_tokenizer("flowmo", proto)  # its stage 1b samples module_args.posttrain_batch (16) of each batch
+    check_training_batches(proto, 800, spec=flowmo)
+    monkeypatch.setattr(distributed, "world_size", lambda: 32)
+    with pytest.raises(ValueError, match="flowmo-ci's module_args.posttrain_batch 16 is not divisible by the 32 processes"):
+        check_training_batches(proto, 800, spec=flowmo)
+    check_training_batches(proto, 0, spec=flowmo)  # a checkpoint benched: stage 1b does not run
+    no_1b = replace(flowmo, module_args={**flowmo.module_args, "stage_steps": {"1a": 1.0}})
+    check_training_batches(proto, 800, spec=no_1b)
 
 
 def test_a_launch_is_checked_for_the_world_size_it_will_start():
@@ -849,12 +860,17 @@ def test_a_launch_is_checked_for_the_world_size_it_will_start():
 
     proto = load_protocol("ci")
     with pytest.raises(ValueError, match=f"train batch_size {proto.train.batch_size} is not divisible by the 3 processes"):
-        check_before_launch("ci", None, None, None, processes=3)
+        check_before_launch("sdvae", "ci", None, None, None, processes=3)
     with pytest.raises(ValueError, match=f"generator batch_size {proto.generator.batch_size} is not divisible by the 3"):
-        check_before_launch("ci", None, 0, None, processes=3)  # --train_steps 0: only the generator trains
+        check_before_launch("sdvae", "ci", None, 0, None, processes=3)  # --train_steps 0: only the generator trains
     with pytest.raises(ValueError, match="--seed must be in"):
-        check_before_launch("ci", None, None, -1, processes=8)
-    check_before_launch("ci", None, None, None, processes=8)
+        check_before_launch("sdvae", "ci", None, None, -1, processes=8)
+    check_before_launch("sdvae", "ci", None, None, None, processes=8)
+    # FlowMo's stage-1b batch is global too: 32 processes split the protocol's batches (64) but not its 16; before,
+    # torchrun started them, each printed the error at the start of training, and torchrun added its traceback
+    with pytest.raises(ValueError, match="flowmo-ci's module_args.posttrain_batch 16 is not divisible by the 32 processes"):
+        check_before_launch("flowmo", "ci", None, None, None, processes=32)
+    check_before_launch("flowmo", "ci", None, None, None, processes=16)
 
 
 def test_train_steps_0_benches_a_tokenizer_that_loaded_its_weights(tmp_path, monkeypatch):
