@@ -215,6 +215,10 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
     from ``PL_GLOBAL_SEED``, which ``seed_process`` sets per rank, so ranks would shuffle
     differently and draw overlapping parts. Every rank shuffles with ``seed``; their parts are disjoint
     and equal (the sampler drops the remainder rather than repeating images to pad the last rank).
+
+    Worker processes change no number: they are started again each epoch, not kept (``persistent_workers``), as
+    each epoch's new iterator draws its worker seed from the shuffle's generator (from the global stream under
+    DDP, where each rank's training noise comes from), as it does without workers.
     """
     from torch.utils.data import SequentialSampler
 
@@ -223,13 +227,12 @@ def _loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int
 
     if distributed and world_size() > 1:
         sampler = ResumableDistributedSampler(dataset, world_size(), rank(), shuffle=shuffle, seed=seed, drop_last=True)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
-                          persistent_workers=num_workers > 0)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last)
     # the sampler and the loader share one generator, as DataLoader(shuffle=True, generator=) builds them
     generator = torch.Generator().manual_seed(seed)
     sampler = ResumableRandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
-                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+                      num_workers=num_workers, drop_last=drop_last)
 
 
 _SHARED_DATASETS: dict[tuple, Any] | None = None  # inside a bench (``_one_build_per_split``): built datasets by key

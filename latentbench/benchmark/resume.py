@@ -66,10 +66,18 @@ class _Skips:
 
 
 class ResumableRandomSampler(_Skips, RandomSampler):
-    """``RandomSampler`` (its draws, on the loader's generator) that can resume inside an epoch."""
+    """``RandomSampler`` (its draws, on the loader's generator) that can resume inside an epoch.
+
+    An epoch draws one permutation, as ``RandomSampler`` does before its last index; iterated past it, that draws
+    one more, empty (``randperm(n)[:0]``), which a loader with workers does (it fetches indices ahead) and Lightning
+    without workers does not (it stops at the loader's length): the next epoch's shuffle depended on the workers.
+    """
 
     def __iter__(self):
-        return self._iterate(super().__iter__)
+        return self._iterate(self._permutation)
+
+    def _permutation(self):
+        yield from torch.randperm(len(self.data_source), generator=self.generator).tolist()
 
 
 class ResumableDistributedSampler(_Skips, DistributedSampler):

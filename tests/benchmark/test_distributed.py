@@ -289,6 +289,56 @@ def test_two_process_bench_equals_one_process(tmp_path, family):
     assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once
 
 
+def _image_folder_protocol(tmp_path: Path, workers: int) -> Path:
+    """The smoke protocol on a folder of 260 train / 70 val random PNGs (10 classes), decoded in ``workers`` loader
+    processes; batch 48, so 5 batches an epoch and 4 epochs in smoke's 20 steps."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    if not root.exists():
+        rng = np.random.default_rng(0)
+        for split, count in (("train", 26), ("val", 7)):
+            for c in range(10):
+                (root / split / f"c{c}").mkdir(parents=True)
+                for i in range(count):
+                    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / f"c{c}" / f"{i}.png")
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["name"] = f"folder-w{workers}"
+    raw["data"].update(source=f"imagefolder:{root}", num_train=None, num_eval=None)
+    raw["train"].update(batch_size=48, num_workers=workers)
+    raw["generator"]["batch_size"] = 48
+    raw["eval"]["probe_train"] = None
+    path = tmp_path / f"folder-w{workers}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_loader_workers_under_ddp_change_no_number(tmp_path):
+    """2 processes decoding an image folder in 2 loader workers each train the weights of 2 processes without
+    workers, sha256 for sha256, and measure the same numbers; the bench ends (no worker holds it at exit).
+
+    Before, the kept workers drew their seed once rather than once an epoch from each rank's training-noise stream,
+    and the weights differed from the second epoch on (``test_loader_workers_change_no_batch_nor_random_draw``).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = {}
+    for workers in (0, 2):
+        cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--devices", "2",
+               "--protocol", str(_image_folder_protocol(tmp_path, workers)), "--runs_dir", str(tmp_path / "runs"),
+               "--leaderboard_dir", str(tmp_path / "lb")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        (rows[workers],) = [json.loads(line) for line in
+                            (tmp_path / "lb" / f"folder-w{workers}" / "v3" / "results.jsonl").read_text().splitlines()]
+    without, with_workers = rows[0], rows[2]
+    assert with_workers["tokenizer"]["checkpoint"]["sha256"] == without["tokenizer"]["checkpoint"]["sha256"]
+    for name in ("psnr", "ssim", "rfid", "probe", "gfid"):
+        assert with_workers["metrics"][name]["n"] == without["metrics"][name]["n"] == (40 if name == "gfid" else 70)
+        assert with_workers["metrics"][name]["value"] == pytest.approx(without["metrics"][name]["value"], rel=1e-9)
+
+
 AGREE = """
 import sys
 import torch.distributed as dist

@@ -1009,6 +1009,38 @@ def test_ddp_training_ranks_take_disjoint_parts_of_every_epoch(monkeypatch):
     assert epochs[0] != sorted(epochs[0])  # shuffled
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_loader_workers_change_no_batch_nor_random_draw(monkeypatch, processes):
+    """The protocol's train.num_workers decode images in other processes and change nothing else.
+
+    Lightning takes ``len(loader)`` batches an epoch, and a loader with workers fetches indices ahead, past the
+    last batch: RandomSampler then drew one more (empty) permutation from the shuffle's generator. Kept
+    (``persistent_workers``), the workers drew their seed once, not once an epoch: from the shuffle's generator on
+    one process, from the training noise's stream under DDP. Either made epoch 2 on differ from a run without
+    workers: an image-folder smoke bench trained other weights with 2 workers (on 1 and on 2 processes).
+    """
+    import itertools
+
+    import latentbench.distributed as distributed
+    from latentbench.benchmark.harness import _loader
+
+    data = torch.utils.data.TensorDataset(torch.arange(26))  # 6 batches of 4 an epoch, 2 images dropped
+    monkeypatch.setattr(distributed, "world_size", lambda: processes)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    epochs, streams = {}, {}
+    for workers in (0, 2):
+        torch.manual_seed(0)
+        loader = _loader(data, 4 // processes, shuffle=True, seed=7, num_workers=workers, drop_last=True, distributed=True)
+        epochs[workers] = []
+        for epoch in range(3):  # as Lightning iterates: a new iterator each epoch, len(loader) batches of it
+            if processes > 1:
+                loader.sampler.set_epoch(epoch)
+            epochs[workers].append(torch.cat([x for (x,) in itertools.islice(iter(loader), len(loader))]).tolist())
+        streams[workers] = torch.rand(3).tolist()  # where training's noise goes on after the loader's draws
+    assert epochs[2] == epochs[0] and epochs[0][1] != epochs[0][0]
+    assert streams[2] == streams[0]
+
+
 def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
     """Training's perceptual loss and the LPIPS metric depend on them: stages done without are not reused with them."""
     from latentbench.benchmark.harness import BenchConfig, lpips_nets_used, lpips_weights_present, resolve_tokenizer
