@@ -339,6 +339,59 @@ def test_loader_workers_under_ddp_change_no_number(tmp_path):
         assert with_workers["metrics"][name]["value"] == pytest.approx(without["metrics"][name]["value"], rel=1e-9)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_users_torchrun_or_srun_runs_the_bench_it_started(tmp_path):
+    """``torchrun -m latentbench.cli bench --devices 2`` and two tasks as ``srun`` starts them (SLURM_* variables,
+    MASTER_ADDR / MASTER_PORT; Lightning's SLURMEnvironment) join their launcher's processes instead of launching
+    more, train the weights of ``bench --devices 2``, and write one row each, from rank 0."""
+    bench = ["-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", "smoke", "--leaderboard_dir"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
+    env["OMP_NUM_THREADS"] = "1"
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *bench,
+                               str(tmp_path / "lb-torchrun"), "--runs_dir", str(tmp_path / "runs-torchrun"), "--devices", "2"],
+                              capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert torchrun.returncode == 0, torchrun.stdout[-2000:] + torchrun.stderr[-4000:]
+    assert "launching" not in torchrun.stdout and torchrun.stdout.count("record id: ") == 1
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "bench", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+             "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(_free_port())}
+    tasks = [subprocess.Popen([sys.executable, *bench, str(tmp_path / "lb-srun"), "--runs_dir", str(tmp_path / "runs-srun")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                              env={**env, **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)})
+             for r in range(2)]  # no --devices: the tasks srun started
+    outputs = [task.communicate(timeout=600) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], [err[-3000:] for _, err in outputs]
+    assert "on 2 process(es)" in outputs[0][0] and outputs[0][0].count("record id: ") == 1
+    assert "record id" not in outputs[1][0]  # rank 1 prints no summary
+    rows = {}
+    for launcher in ("torchrun", "srun"):
+        (rows[launcher],) = [json.loads(line) for line in
+                             (tmp_path / f"lb-{launcher}" / "smoke" / "v3" / "results.jsonl").read_text().splitlines()]
+        assert rows[launcher]["distributed"]["world_size"] == 2
+    expected = _weights_of_devices_2(tmp_path, env)
+    for row in rows.values():
+        assert row["tokenizer"]["checkpoint"]["sha256"] == expected
+    assert rows["srun"]["metrics"] == rows["torchrun"]["metrics"]
+
+
+def _weights_of_devices_2(tmp_path: Path, env: dict) -> str:
+    """The sha256 of the weights ``bench --devices 2`` trains under the smoke protocol."""
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", "smoke", "--devices", "2",
+           "--runs_dir", str(tmp_path / "runs-devices"), "--leaderboard_dir", str(tmp_path / "lb-devices")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = [json.loads(line) for line in (tmp_path / "lb-devices" / "smoke" / "v3" / "results.jsonl").read_text().splitlines()]
+    return row["tokenizer"]["checkpoint"]["sha256"]
+
+
 AGREE = """
 import sys
 import torch.distributed as dist
