@@ -138,10 +138,12 @@ def test_global_batch_splits_over_the_processes_about_to_be_launched():
         per_rank_batch(32, "batch_size", processes=3)
 
 
-def _odd_protocol(tmp_path: Path) -> Path:
-    """The smoke protocol with odd eval and sample counts (63 and 41: not divisible by 2 processes)."""
+def _odd_protocol(tmp_path: Path, batch: int = 32) -> Path:
+    """The smoke protocol with odd eval and sample counts (63 and 41: not divisible by 2 or 3 processes), and
+    training and generator batches of ``batch``."""
     raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
     raw["name"] = "smoke-odd"
+    raw["train"]["batch_size"] = raw["generator"]["batch_size"] = batch
     raw["data"]["num_eval"] = 63
     raw["generator"]["num_samples"] = 41
     raw["generator"]["class_sampling"] = "random"  # balanced classes need a multiple of 10
@@ -150,9 +152,9 @@ def _odd_protocol(tmp_path: Path) -> Path:
     return path
 
 
-def _bench(tmp_path: Path, tokenizer: str, runs: str, *args: str) -> None:
+def _bench(tmp_path: Path, tokenizer: str, runs: str, *args: str, batch: int = 32) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", tokenizer, "--protocol", str(_odd_protocol(tmp_path)),
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", tokenizer, "--protocol", str(_odd_protocol(tmp_path, batch)),
            "--runs_dir", str(tmp_path / runs), "--leaderboard_dir", str(tmp_path / "lb"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     # no rerun on failure: the C++ abort at exit that this once needed is gone (the harness leaves
@@ -287,6 +289,33 @@ def test_two_process_bench_equals_one_process(tmp_path, family):
     (generator,) = (run2 / "generators").iterdir()  # FlowMo's two results share their codes, so their generator
     z_samples, _ = LatentShards(generator / "samples" / "step-0000020").read_all()
     assert len(z_samples) == 41  # 21 + 20 sampled by the two ranks, each once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sdvae", "rae"])
+def test_three_process_bench_equals_one_process(tmp_path, family):
+    """An odd world size: 3 processes (batches of 48) shard 63 eval images, 256 cached latents and 41 gFID samples
+    21 / 21 / 21, 86 / 85 / 85 and 14 / 14 / 13; the weights they trained give 1 process's numbers."""
+    import torch
+
+    from latentbench.generators.latents import LatentShards
+
+    _bench(tmp_path, family, "runs3", "--devices", "3", batch=48)
+    (run3,) = (tmp_path / "runs3" / "smoke-odd" / "v3").iterdir()
+    _bench(tmp_path, family, "runs1", "--ckpt", str(run3 / "tokenizer.safetensors"), batch=48)
+    three, one = [json.loads(line) for line in (tmp_path / "lb" / "smoke-odd" / "v3" / "results.jsonl").read_text().splitlines()]
+    assert three["distributed"]["world_size"] == 3 and one["distributed"]["world_size"] == 1
+    for name in ("psnr", "ssim", "rfid", "probe"):
+        assert one["metrics"][name]["n"] == three["metrics"][name]["n"] == 63
+        assert three["metrics"][name]["value"] == pytest.approx(one["metrics"][name]["value"], rel=1e-5)
+    assert one["metrics"]["gfid"]["n"] == three["metrics"]["gfid"]["n"] == 41
+    (cache,) = (run3 / "latents").iterdir()
+    assert len(list(cache.glob("shard-*-of-00003-part-00000.safetensors"))) == 3
+    z, y = LatentShards(cache).read_all()
+    z1, y1 = LatentShards(next((tmp_path / "runs1" / "smoke-odd" / "v3").glob("*/latents/*"))).read_all()
+    assert torch.equal(y, y1) and (z.float() - z1.float()).abs().max() < 1e-4  # the cache 1 process writes
+    (generator,) = (run3 / "generators").iterdir()
+    assert len(LatentShards(generator / "samples" / "step-0000020").read_all()[0]) == 41
 
 
 def _image_folder_protocol(tmp_path: Path, workers: int) -> Path:
