@@ -142,12 +142,12 @@ def test_an_edited_generator_config_stops_the_bench_before_anything_is_written(t
     pinned = resolve_generator("dit-smoke").sha256
     assert pinned == load_protocol("smoke").generator_configs["dit-smoke"]
     (configs / "dit-smoke.yaml").write_text((configs / "dit-smoke.yaml").read_text() + "\n# a comment changes nothing\n")
-    check_before_launch("smoke", None, None, None, 1)
+    check_before_launch("sdvae", "smoke", None, None, None, 1)
     raw = yaml.safe_load((configs / "dit-smoke.yaml").read_text())
     raw.setdefault("transport", {})["sample_steps"] = 7
     (configs / "dit-smoke.yaml").write_text(yaml.safe_dump(raw))
     edited = resolve_generator("dit-smoke").sha256
-    for check in (lambda: check_before_launch("smoke", None, None, None, 1),
+    for check in (lambda: check_before_launch("sdvae", "smoke", None, None, None, 1),
                   lambda: run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda m: None)):
         with pytest.raises(ValueError) as e:
             check()
@@ -157,10 +157,10 @@ def test_an_edited_generator_config_stops_the_bench_before_anything_is_written(t
         assert f"hashes to {edited[:12]}, the protocol's generator_configs pins {pinned[:12]}" in message
         assert f"git checkout {configs / 'dit-smoke.yaml'}" in message and f"pin `dit-smoke: {edited}`" in message
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
-    check_before_launch(str(_write(tmp_path, lambda raw: raw.pop("generator_configs"))), None, None, None, 1)
+    check_before_launch("sdvae", str(_write(tmp_path, lambda raw: raw.pop("generator_configs"))), None, None, None, 1)
     with pytest.raises(ValueError, match=f"has no pin in the protocol's generator_configs, which pins \\['maskgit-smoke'\\]: "
                                          f"add `dit-smoke: {edited}` there"):
-        check_before_launch(str(_write(tmp_path, lambda raw: raw["generator_configs"].pop("dit-smoke"))), None, None, None, 1)
+        check_before_launch("sdvae", str(_write(tmp_path, lambda raw: raw["generator_configs"].pop("dit-smoke"))), None, None, None, 1)
 
 
 @pytest.mark.parametrize("raw, message", [
