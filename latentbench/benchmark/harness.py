@@ -302,6 +302,27 @@ def seed_process(seed: int) -> None:
     L.seed_everything(seed + rank(), workers=True, verbose=False)
 
 
+def _held_out(data, module, name: str, eval_batch: int) -> tuple[Subset, DataLoader, int]:
+    """(the train split without every ``VAL_HOLDOUT``-th image, a loader of the held-out images validated, their number).
+
+    The module may pick how many of the held-out images it validates (``validation_images``), the first ones; the
+    loader gives each of them once over all ranks, with its index (its decoder seed), no padding, so the validated
+    images are the same on any number of processes (as evaluation's; Lightning's ``limit_val_batches`` would count
+    batches per process, whose size depends on it).
+    """
+    held = list(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
+    validated = held[:getattr(module, "validation_images", len)(held)]
+    if len(validated) < world_size():  # a process without one would skip the validation's collectives and hang
+        fix = (f"give the protocol at least {VAL_HOLDOUT * world_size()} train images" if len(validated) == len(held)
+               else f"validate at least {world_size()} of them (val_images)")
+        raise ValueError(f"{name} validates while training on every {VAL_HOLDOUT}th train image: {len(validated)} "
+                         f"held-out images for {world_size()} processes; {fix} or use fewer processes")
+    train = Subset(data, sorted(set(range(len(data))) - set(held)))
+    loader = DataLoader(Indexed(Subset(data, validated)), batch_size=per_rank_eval_batch(eval_batch),
+                        sampler=ShardSampler(len(validated), rank=None))
+    return train, loader, len(validated)
+
+
 def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str, Any]:
     """Fit the tokenizer with Lightning; resume from the last checkpoint if one exists.
 
@@ -323,16 +344,9 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     # VAL_HOLDOUT-th image of the *train* split, held out of training; the eval split, which the
     # reported metrics use, is never seen before evaluation.
     validates = hasattr(module, "trainer_kwargs")
-    train_data, val_loader = data, None
-    if validates:  # every held-out image once over all ranks, no padding, each with its index (its decoder seed)
-        held = set(range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT))
-        if len(held) < world_size():  # a process without one would skip the validation's collectives and hang
-            raise ValueError(f"{spec.name} validates while training on every {VAL_HOLDOUT}th train image: {len(held)} "
-                             f"held-out images for {world_size()} processes; give the protocol at least "
-                             f"{VAL_HOLDOUT * world_size()} train images or use fewer processes")
-        train_data = Subset(data, [i for i in range(len(data)) if i not in held])
-        val_loader = DataLoader(Indexed(Subset(data, sorted(held))), batch_size=per_rank_eval_batch(proto.eval.batch_size),
-                                sampler=ShardSampler(len(held), rank=None))
+    train_data, val_loader, validated = data, None, 0
+    if validates:
+        train_data, val_loader, validated = _held_out(data, module, spec.name, proto.eval.batch_size)
     batch = per_rank_batch(proto.train.batch_size, "train batch_size")
     loader = _loader(train_data, batch, True, cfg.seed, proto.train.num_workers, drop_last=len(train_data) > proto.train.batch_size,
                      distributed=True)
@@ -368,7 +382,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         "early_stopping": getattr(module, "early_stopping", None),
         "normalization": getattr(module, "normalization", None),  # RAE: latent statistics fitted on the train split
         "discriminator": getattr(module, "discriminator_info", None),
-        "validation_images": len(held) if validates else 0,
+        "validation_images": validated,
         "steps": int(trainer.global_step),
         "precision": cfg.precision,
         "perceptual": module.perceptual_status,

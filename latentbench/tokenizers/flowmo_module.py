@@ -74,7 +74,8 @@ class FlowMoModule(L.LightningModule):
         val_every: steps between validations; stage 1b's early stopping needs the trainer to
             validate at this interval (``trainer_kwargs()``), and a multiple of it at the start of 1b
             validates the end of 1a as the baseline 1b must beat.
-        val_batches: batches of held-out images each validation decodes (per process); None: all of them.
+        val_images: held-out images each validation decodes (the first ones, each once over all processes, so
+            the validated set and the kept decoder do not depend on the number of processes); None: all of them.
         patience: stage-1b validations without a PSNR gain of ``min_delta`` dB before stopping.
         min_delta: smallest validation PSNR gain (dB) that counts as an improvement.
         val_seed: seed of the validation decodes (held-out image i's noise: ``sample_seed(val_seed, i)``),
@@ -103,7 +104,7 @@ class FlowMoModule(L.LightningModule):
         fix_initial_norms: bool = True,
         reset_optimizer_at_freeze: bool = True,
         val_every: int = 20,
-        val_batches: int | None = None,
+        val_images: int | None = None,
         patience: int = 3,
         min_delta: float = 0.0,
         val_seed: int = 0,
@@ -111,6 +112,8 @@ class FlowMoModule(L.LightningModule):
         super().__init__()
         if freeze_encoder_after is not None and not 0 <= freeze_encoder_after <= 1:
             raise ValueError(f"freeze_encoder_after is a fraction of max_steps in [0, 1], got {freeze_encoder_after}")
+        if val_images is not None and val_images < 1:
+            raise ValueError(f"val_images is a number of held-out images >= 1 (None: all of them), got {val_images}")
         self.save_hyperparameters()
         self.tokenizer = create_tokenizer(tokenizer, **(tokenizer_args or {}))
         self.loss_weights = dict(getattr(self.tokenizer, "loss_weights", {}), **(loss_weights or {}))
@@ -175,8 +178,11 @@ class FlowMoModule(L.LightningModule):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Trainer arguments this module's early stopping needs (with a validation loader passed to ``fit``)."""
-        return {"val_check_interval": self.hparams.val_every, "check_val_every_n_epoch": None, "num_sanity_val_steps": 0,
-                **({"limit_val_batches": self.hparams.val_batches} if self.hparams.val_batches else {})}
+        return {"val_check_interval": self.hparams.val_every, "check_val_every_n_epoch": None, "num_sanity_val_steps": 0}
+
+    def validation_images(self, held: list[int]) -> int:
+        """How many of the ``held`` held-out images each validation decodes: the first ``val_images``, or all."""
+        return min(len(held), self.hparams.val_images or len(held))
 
     def stage_weights(self) -> dict[str, dict[str, Tensor]]:
         """Tokenizer state dicts to evaluate: "1a" (without post-training) and, when 1b ran, "1b".

@@ -915,6 +915,39 @@ def test_flowmo_bench_writes_a_row_without_and_with_post_training(tmp_path):
     assert any((tmp_path / "runs").rglob("reconstructions-1a.png"))
 
 
+@pytest.mark.parametrize("val_images", [None, 9])
+def test_training_validates_the_same_held_out_images_on_any_number_of_processes(monkeypatch, val_images):
+    """FlowMo's stage-1b validation decodes the first ``val_images`` held-out images, each once over all ranks, for any W
+    (Lightning's ``limit_val_batches`` counted batches of ``ceil(eval batch / W)`` per process: with an eval batch of 7,
+    one batch per process was images 0-6 on 1 process and 0-7 on 2)."""
+    from torch.utils.data import TensorDataset
+
+    from latentbench import distributed
+    from latentbench.benchmark import harness
+    from latentbench.tokenizers.flowmo_module import FlowMoModule
+
+    data = TensorDataset(torch.arange(300), torch.zeros(300, dtype=torch.long))  # each image is its own index
+    held = list(range(harness.VAL_HOLDOUT - 1, 300, harness.VAL_HOLDOUT))  # 18 held-out images
+    module = FlowMoModule("flowmo-smoke", val_images=val_images)
+    expected = held[:val_images]
+    for world in (1, 2, 3, 4):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        monkeypatch.setattr(harness, "world_size", lambda: world)
+        seen = []
+        for r in range(world):
+            monkeypatch.setattr(distributed, "rank", lambda: r)
+            train, loader, n = harness._held_out(data, module, "flowmo-smoke", eval_batch=7)
+            for index, x, _ in loader:
+                assert len(x) <= -(-7 // world)
+                assert x.tolist() == [expected[i] for i in index]  # its index in the validated set: its decoder seed
+                seen += x.tolist()
+        assert sorted(seen) == expected and n == len(expected), world  # every validated image once, none padded
+        assert not set(int(train[i][0]) for i in range(len(train))) & set(held) and len(train) == 300 - len(held)
+    monkeypatch.setattr(harness, "world_size", lambda: 10)
+    with pytest.raises(ValueError, match=r"9 held-out images for 10 processes; validate at least 10 of them \(val_images\)"):
+        harness._held_out(data, FlowMoModule("flowmo-smoke", val_images=9), "flowmo-smoke", eval_batch=7)
+
+
 def test_unbalanceable_sample_count_fails_before_training(tmp_path):
     import yaml
 

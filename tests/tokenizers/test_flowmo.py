@@ -369,10 +369,15 @@ def test_early_stopping_keeps_the_best_decoder_and_stops():
     assert module.early_stopping["kept"] == "stage 1a's decoder: no stage-1b validation beat it"
 
 
-def test_validations_can_be_limited_to_some_batches():
-    """At paper size the held-out split is 1/16 of ImageNet's train set: a validation decodes a few batches of it."""
-    assert "limit_val_batches" not in FlowMoModule("flowmo-smoke").trainer_kwargs()
-    assert FlowMoModule("flowmo-smoke", val_batches=8).trainer_kwargs()["limit_val_batches"] == 8
+def test_validations_can_be_limited_to_some_images():
+    """At paper size the held-out split is 1/16 of ImageNet's train set: a validation decodes its first images (the
+    harness shards them over the processes, tests/benchmark/test_harness.py), not batches per process."""
+    assert "limit_val_batches" not in FlowMoModule("flowmo-smoke", val_images=512).trainer_kwargs()
+    assert FlowMoModule("flowmo-smoke").validation_images(list(range(80))) == 80
+    assert FlowMoModule("flowmo-smoke", val_images=512).validation_images(list(range(80))) == 80
+    assert FlowMoModule("flowmo-smoke", val_images=9).validation_images(list(range(80))) == 9
+    with pytest.raises(ValueError, match="val_images is a number of held-out images >= 1"):
+        FlowMoModule("flowmo-smoke", val_images=0)
 
 
 def test_a_flowmo_tokenizer_is_not_trained_as_a_plain_autoencoder():
