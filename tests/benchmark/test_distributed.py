@@ -184,16 +184,32 @@ def _flowmo_val_images() -> str:
     return yaml.safe_dump(raw)
 
 
+# flowmo-lo's recipe (configs/tokenizers/flowmo-lo.yaml: one shared latent query, Adam reset where the encoder freezes
+# after a fraction of stage 1a) at flowmo-smoke's size: the encoder freezes at step 7 of 20, inside the first epoch
+# (8 batches) and between the checkpoints of steps 4 and 8; stage 1b starts at step 15
+FLOWMO_LO_FREEZE = """
+name: flowmo-lo
+init_args: {resolution: 32, patch_size: 4, latent_tokens: 8, bits: 6, entropy_group: 3, width: 32, depth: 1, heads: 2,
+            decoder_width: 64, decoder_depth: 1, decoder_heads: 2, sample_steps: 6, posttrain_steps: 3}
+module_args: {lr: 1.0e-3, posttrain_lr: 5.0e-4, betas: [0.9, 0.95], perceptual_weight: 0.1, perceptual_net: vgg,
+              posttrain_perceptual_weight: 0.01, stage_steps: {"1a": 0.75, "1b": 0.25}, freeze_encoder_after: 0.35,
+              posttrain_batch: 4, val_every: 5, patience: 3}
+"""
+
+
 def _tokenizer(tmp_path: Path, family: str) -> str:
-    """``--tokenizer`` of a family: its name, or the YAML of a variant (``maetok-teacher``, ``flowmo-val-images``)."""
-    if family not in ("maetok-teacher", "flowmo-val-images"):
+    """``--tokenizer`` of a family: its name, or the YAML of a variant (``maetok-teacher``, ``flowmo-val-images``,
+    ``flowmo-lo-freeze``)."""
+    variants = {"maetok-teacher": lambda: MAETOK_TEACHER, "flowmo-val-images": _flowmo_val_images,
+                "flowmo-lo-freeze": lambda: FLOWMO_LO_FREEZE}
+    if family not in variants:
         return family
     path = tmp_path / f"{family}.yaml"
-    path.write_text(MAETOK_TEACHER if family == "maetok-teacher" else _flowmo_val_images())
+    path.write_text(variants[family]())
     return str(path)
 
 
-def _held_out_psnr(protocol: Path, weights: Path, precision: str, n: int) -> float:
+def _held_out_psnr(protocol: Path, tokenizer: str, weights: Path, precision: str, n: int) -> float:
     """FlowMo's validation PSNR of ``weights`` over the first ``n`` held-out train images in one process (``train_stage``'s
     images, the validation's per-image seeds and autocast)."""
     import torch
@@ -208,7 +224,7 @@ def _held_out_psnr(protocol: Path, weights: Path, precision: str, n: int) -> flo
     proto = load_protocol(str(protocol))
     data = _dataset(proto, proto.data.train_split, proto.data.num_train, "error")
     x = torch.stack([data[i][0] for i in range(VAL_HOLDOUT - 1, len(data), VAL_HOLDOUT)][:n])
-    tokenizer = load_tokenizer(resolve_tokenizer("flowmo", proto), weights)
+    tokenizer = load_tokenizer(resolve_tokenizer(tokenizer, proto), weights)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled="bf16" in precision):
         rec = decode_per_sample(tokenizer, tokenizer.encode(x), [sample_seed(0, i) for i in range(len(x))])
     return psnr_per_image(x.float(), rec.float()).mean().item()
@@ -237,8 +253,14 @@ def _check_training(family: str, tmp_path: Path, run: Path, train: dict) -> None
     if family.startswith("flowmo"):  # stage 1b's early stopping scored every validated image once, not one rank's share
         es, n = train["early_stopping"], 9 if family == "flowmo-val-images" else 16
         assert train["validation_images"] == n and es["evaluations"] == 2 and es["best_step"] in (15, 20)
-        assert es["best"] == pytest.approx(_held_out_psnr(protocol, run / "tokenizer.safetensors", train["precision"], n),
-                                           rel=1e-5)  # the kept decoder's own score
+        assert es["best"] == pytest.approx(_held_out_psnr(protocol, _tokenizer(tmp_path, family), run / "tokenizer.safetensors",
+                                                          train["precision"], n), rel=1e-5)  # the kept decoder's own score
+    if family == "flowmo-lo-freeze":  # the encoder froze at step 7 on both ranks, and Adam started afresh there, once
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        adam = state["optimizer_states"][0]["state"]
+        assert state["global_step"] == 16 and {int(s["step"]) for s in adam.values()} == {16 - 7}
+        encoder = sum(1 for k in state["state_dict"] if k.startswith("tokenizer.encoder."))
+        assert 0 < len(adam) <= len(state["state_dict"]) - encoder  # no moments for the frozen encoder
     if family == "rae":  # the latent statistics of the whole train split, all-reduced over the two shards
         assert train["normalization"]["images"] == 256
         state = load_file(run / "tokenizer.safetensors")
@@ -253,7 +275,8 @@ def _check_training(family: str, tmp_path: Path, run: Path, train: dict) -> None
 
 
 @pytest.mark.parametrize("family", ["sdvae", "flowmo", "maetok", "rae", pytest.param("maetok-teacher", marks=pytest.mark.slow),
-                                    pytest.param("flowmo-val-images", marks=pytest.mark.slow)])
+                                    pytest.param("flowmo-val-images", marks=pytest.mark.slow),
+                                    pytest.param("flowmo-lo-freeze", marks=pytest.mark.slow)])
 def test_two_process_bench_equals_one_process(tmp_path, family):
     """Train under DDP on 2 processes, then evaluate those weights on 1: the same numbers, every sample once.
 
