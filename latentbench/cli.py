@@ -495,20 +495,30 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as e:  # Lightning ends an interrupted fit with sys.exit(1) after its graceful shutdown
         if isinstance(e.__context__, KeyboardInterrupt):
             _interrupted()
+        if _terminated(e):
+            _interrupted(signal=15)
         raise
 
 
-def _interrupted() -> None:
-    """Ctrl-C: one line (rank 0's, under torchrun) on what is kept and how to go on instead of a traceback; exit 130
-    (128 + SIGINT)."""
+def _terminated(exit_: SystemExit) -> bool:
+    """Lightning's end of a fit that got SIGTERM (``kill``, a scheduler's time limit): a SystemExit without a code,
+    which would exit 0 as if the bench had finished."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    return isinstance(exit_, SIGTERMException)
+
+
+def _interrupted(signal: int = 2) -> None:
+    """Ctrl-C (or SIGTERM in a training): one line (rank 0's, under torchrun) on what is kept and how to go on instead
+    of a traceback; exit 128 + the signal (130 for Ctrl-C)."""
     from latentbench.distributed import launcher_rank
 
     if launcher_rank() != 0:
-        sys.exit(130)
+        sys.exit(128 + signal)
     kept = (" Every finished stage is kept and a training resumes from its last checkpoint (saved every fifth of its "
             "budget): rerun the same command to go on." if _ARGS[:1] == ["bench"] else "")
-    print(f"latentbench: interrupted.{kept}", file=sys.stderr)
-    sys.exit(130)
+    print(f"latentbench: {'interrupted' if signal == 2 else 'terminated (SIGTERM)'}.{kept}", file=sys.stderr)
+    sys.exit(128 + signal)
 
 
 def _unexpected(error: BaseException) -> bool:

@@ -315,6 +315,25 @@ def test_an_interrupted_bench_says_how_to_go_on(where, monkeypatch, capsys):
         "(saved every fifth of its budget): rerun the same command to go on.")
 
 
+def test_a_bench_terminated_in_a_training_says_so_and_does_not_exit_0(monkeypatch, capsys):
+    """SIGTERM (``kill``, a scheduler's time limit) inside Lightning's fit ends it with its SIGTERMException, a
+    SystemExit without a code: a smoke maetok bench killed so at its tokenizer step 10 exited 0, silently, with its
+    training unfinished (the rerun went on correctly; a job chain would have taken it as done)."""
+    import latentbench.benchmark.harness as harness
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def terminated(*args, **kwargs):
+        raise SIGTERMException
+
+    monkeypatch.setattr(harness, "run_bench", terminated)
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--protocol", "smoke"])
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err.strip() == (
+        "latentbench: terminated (SIGTERM). Every finished stage is kept and a training resumes from its last checkpoint "
+        "(saved every fifth of its budget): rerun the same command to go on.")
+
+
 def test_an_exit_without_an_interrupt_is_left_alone(monkeypatch):
     import latentbench.benchmark.harness as harness
 
