@@ -768,7 +768,7 @@ def run_bench(
         # give its ranks another run directory (and numbers of other code)
         require_agreement(cfg.key, "the run key (configuration, data and code hashes)",
                           "every node must read the same data and run the same code")
-        for line in (line for info in data for line in data_notes(info)):
+        for line in [line for info in data for line in data_notes(info)] + split_notes(*data):
             log(line)
         run_dir = Path(runs_dir) / proto.name / f"v{proto.version}" / f"{spec.name.replace(':', '.')}-{cfg.key}"
         if dry_run:
@@ -1025,6 +1025,24 @@ def data_notes(info: dict[str, Any]) -> list[str]:
                      "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
                      "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
     return lines
+
+
+def split_notes(train: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
+    """A line when the train and eval splits are the same images (an image folder without split sub-folders, a single
+    saved Hugging Face Dataset: each serves every split), as reconstruction and the probe then measure images the
+    tokenizer trained on; none otherwise."""
+    if not (train.get("serves_every_split") and evaluation.get("serves_every_split") and train["source"] == evaluation["source"]):
+        return []
+    where = (f"{evaluation['root']} has no {train['split']}/ or {evaluation['split']}/ sub-folder" if "root" in evaluation
+             else "it is one saved Dataset, not a DatasetDict")
+    fix = (f"give it {train['split']}/ and {evaluation['split']}/ folders of different images" if "root" in evaluation
+           else f"save a DatasetDict with {train['split']!r} and {evaluation['split']!r} splits of different images")
+    # both take their first usable images (data.num_train / num_eval): the smaller split is all in the larger one
+    shared = min(train["n"], evaluation["n"])
+    return [f"{evaluation['source']}: the {train['split']} and {evaluation['split']} splits are read from the same images "
+            f"({where}; {shared} of the {evaluation['n']} {evaluation['split']} images are {train['split']} images too), "
+            "so the bench trains on the images it measures (reconstruction metrics, rFID and the probe "
+            f"are not on held-out images); to hold images out, {fix}"]
 
 
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:

@@ -566,6 +566,12 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
             groups = "; ".join(f"`{f[:12]}`: {', '.join(rows)}" for f, rows in sorted(by_print.items(), key=lambda kv: kv[1]))
             notes.append(f"- data: the rows were measured on {len(by_print)} versions of the {split} split (its files changed "
                          f"between benches), so their numbers do not compare across versions; by fingerprint: {groups}.")
+    for r in records:  # train and eval the same images (harness.split_notes said so at the bench)
+        train, evaluation = ((r.get("data") or {}).get(split) or {} for split in ("train", "eval"))
+        if train.get("serves_every_split") and evaluation.get("serves_every_split") and train.get("source") == evaluation.get("source"):
+            notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): its {train['split']} and {evaluation['split']} "
+                         f"splits were read from the same images ({evaluation['source']} has no separate splits), so its "
+                         "reconstruction metrics and probe are not on held-out images.")
     for r in records:  # a folder saved on another scale than it is read on (harness.data_notes said so at the bench)
         for split in ("train", "eval"):
             info = (r.get("data") or {}).get(split) or {}

@@ -566,3 +566,14 @@ def test_a_row_measured_on_images_read_nearly_black_is_noted():
     assert (f"- data: tok-dark (record {dark['id'][:12]}): 3 of the 10 eval images look saved on another scale than the one "
             "they are read on (e.g. val/a/x.png), so they were read nearly black.") in table
     assert "nearly black" not in render_table([make_record("tok-a")])
+
+
+def test_a_row_trained_and_measured_on_the_same_images_is_noted():
+    same = make_record("tok-same")
+    every = {"source": "imagefolder:/d", "serves_every_split": True}
+    same["data"]["eval"] |= every
+    same["data"]["train"] = {"fingerprint": "e" * 64, "n": 40, "split": "train", **every}
+    table = render_table([make_record("tok-a"), same])
+    assert (f"- data: tok-same (record {same['id'][:12]}): its train and val splits were read from the same images "
+            "(imagefolder:/d has no separate splits), so its reconstruction metrics and probe are not on held-out images.") in table
+    assert "held-out" not in render_table([make_record("tok-a")])

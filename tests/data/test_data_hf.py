@@ -161,3 +161,17 @@ def test_images_read_nearly_black_or_unturned_are_counted(tmp_path):
     datasets.Dataset.from_dict({"image": plain, "label": [0, 1, 2]}, features=features).save_to_disk(tmp_path / "plain")
     info = build_dataset(f"hf:{tmp_path / 'plain'}", "train", 16).info
     assert not {"n_off_scale", "off_scale_example", "n_oriented", "oriented_example"} & set(info)
+
+
+def test_the_bench_says_when_a_single_saved_dataset_is_both_splits(tmp_path):
+    from latentbench.benchmark.harness import split_notes
+
+    _dataset(5).save_to_disk(tmp_path / "one")
+    source = f"hf:{tmp_path / 'one'}"
+    [line] = split_notes(build_dataset(source, "train", 8).info, build_dataset(source, "validation", 8, limit=3).info)
+    assert line.startswith(f"{source}: the train and validation splits are read from the same images (it is one saved "
+                           "Dataset, not a DatasetDict; 3 of the 3 validation images are train images too)")
+    assert line.endswith("save a DatasetDict with 'train' and 'validation' splits of different images")
+    datasets.DatasetDict({"train": _dataset(4), "validation": _dataset(2, seed=1)}).save_to_disk(tmp_path / "dd")
+    dd = f"hf:{tmp_path / 'dd'}"
+    assert split_notes(build_dataset(dd, "train", 8).info, build_dataset(dd, "validation", 8).info) == []

@@ -323,3 +323,23 @@ def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from
     decoded.clear()
     second = build_dataset(source, "train", 16)
     assert decoded == [] and second.info == first.info and data_notes(second.info) == [off_scale, oriented]
+
+
+def test_the_bench_says_when_train_and_eval_are_the_same_images(tmp_path):
+    """A folder without split sub-folders serves every split: the bench says in one line that it measures the images
+    it trains on, and how to hold images out; a folder with train/ and val/ gets no such line."""
+    from latentbench.benchmark.harness import split_notes
+
+    for c in ("a", "b"):
+        _make(tmp_path / "flat" / c, {f"{i}.png": _noisy(8, 8, i) for i in range(3)})
+        for split in ("train", "val"):
+            _make(tmp_path / "split" / split / c, {f"{i}.png": _noisy(8, 8, i) for i in range(3)})
+    flat = f"imagefolder:{tmp_path / 'flat'}"
+    [line] = split_notes(build_dataset(flat, "train", 8).info, build_dataset(flat, "val", 8, limit=4).info)
+    assert line == (f"{flat}: the train and val splits are read from the same images ({tmp_path / 'flat'} has no train/ "
+                    "or val/ sub-folder; 4 of the 4 val images are train images too), so the bench trains on the images it "
+                    "measures (reconstruction metrics, rFID and the probe are not on held-out images); to hold images out, "
+                    "give it train/ and val/ folders of different images")
+    split = f"imagefolder:{tmp_path / 'split'}"
+    assert split_notes(build_dataset(split, "train", 8).info, build_dataset(split, "val", 8).info) == []
+    assert "serves_every_split" not in build_dataset(split, "val", 8).info  # ordinary data's info is unchanged
