@@ -931,11 +931,11 @@ def test_training_validates_the_same_held_out_images_on_any_number_of_processes(
     module = FlowMoModule("flowmo-smoke", val_images=val_images)
     expected = held[:val_images]
     for world in (1, 2, 3, 4):
-        monkeypatch.setattr(distributed, "world_size", lambda: world)
-        monkeypatch.setattr(harness, "world_size", lambda: world)
+        monkeypatch.setattr(distributed, "world_size", lambda w=world: w)
+        monkeypatch.setattr(harness, "world_size", lambda w=world: w)
         seen = []
         for r in range(world):
-            monkeypatch.setattr(distributed, "rank", lambda: r)
+            monkeypatch.setattr(distributed, "rank", lambda r=r: r)
             train, loader, n = harness._held_out(data, module, "flowmo-smoke", eval_batch=7)
             for index, x, _ in loader:
                 assert len(x) <= -(-7 // world)
