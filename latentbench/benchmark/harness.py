@@ -620,7 +620,9 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
                                                   "validation_images", "normalization", "discriminator")},
                      "max_steps": cfg.steps} if train else None,
         "precision_changed": cfg.precision_notes(),
-        "data": {"eval": evaluation["data"], "train": train["data"] if train else None},
+        "data": {"eval": evaluation["data"], "train": train["data"] if train else None,
+                 # train and eval read from the same images (split_notes said so at the bench; the table notes it)
+                 **({"same_images": True} if train and split_notes(train["data"], evaluation["data"]) else {})},
         "metrics": metrics,
         # None also when the stage trained no generator (its extractor's weights missing: gFID unavailable, said why)
         "generation": {k: v for k, v in generation.items() if k not in GENERATION_NOT_RECORDED}
@@ -1028,15 +1030,16 @@ def data_notes(info: dict[str, Any]) -> list[str]:
 
 
 def split_notes(train: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
-    """A line when the train and eval splits are the same images (an image folder without split sub-folders, a single
-    saved Hugging Face Dataset: each serves every split), as reconstruction and the probe then measure images the
-    tokenizer trained on; none otherwise."""
-    if not (train.get("serves_every_split") and evaluation.get("serves_every_split") and train["source"] == evaluation["source"]):
+    """A line when the train and eval splits are read from the same images (``data.same_images``: an image folder
+    without split sub-folders, a single saved Hugging Face Dataset), as the bench then measures images it trained on;
+    none otherwise."""
+    from latentbench.data.sources import same_images
+
+    where = same_images(evaluation["source"], (train["split"], evaluation["split"])) if train["source"] == evaluation["source"] else None
+    if where is None:
         return []
-    where = (f"{evaluation['root']} has no {train['split']}/ or {evaluation['split']}/ sub-folder" if "root" in evaluation
-             else "it is one saved Dataset, not a DatasetDict")
-    fix = (f"give it {train['split']}/ and {evaluation['split']}/ folders of different images" if "root" in evaluation
-           else f"save a DatasetDict with {train['split']!r} and {evaluation['split']!r} splits of different images")
+    fix = (f"save a DatasetDict with {train['split']!r} and {evaluation['split']!r} splits of different images"
+           if evaluation["source"].startswith("hf:") else f"give it {train['split']}/ and {evaluation['split']}/ folders of different images")
     # both take their first usable images (data.num_train / num_eval): the smaller split is all in the larger one
     shared = min(train["n"], evaluation["n"])
     return [f"{evaluation['source']}: the {train['split']} and {evaluation['split']} splits are read from the same images "

@@ -567,8 +567,8 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
             notes.append(f"- data: the rows were measured on {len(by_print)} versions of the {split} split (its files changed "
                          f"between benches), so their numbers do not compare across versions; by fingerprint: {groups}.")
     for r in records:  # train and eval the same images (harness.split_notes said so at the bench)
-        train, evaluation = ((r.get("data") or {}).get(split) or {} for split in ("train", "eval"))
-        if train.get("serves_every_split") and evaluation.get("serves_every_split") and train.get("source") == evaluation.get("source"):
+        if (r.get("data") or {}).get("same_images"):
+            train, evaluation = r["data"]["train"], r["data"]["eval"]
             notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): its {train['split']} and {evaluation['split']} "
                          f"splits were read from the same images ({evaluation['source']} has no separate splits), so its "
                          "reconstruction metrics and probe are not on held-out images.")

@@ -99,8 +99,6 @@ def build_imagefolder(
     return EncodedImageDataset(
         FolderFiles(paths, labels), source, split, resolution, class_names, on_bad_image, limit,
         n_ignored_non_image=n_non_image, n_ignored_outside_classes=n_outside, root=str(root),
-        # no <split> sub-folder: the folder itself is every split (harness.split_notes says so at the bench)
-        **({"serves_every_split": True} if root == Path(directory) else {}),
     )
 
 

@@ -134,12 +134,9 @@ def build_hf(
         class_names = [str(i) for i in range(max(labels, default=-1) + 1)]
     _check_label_range(labels, len(class_names), label_column, f"hf:{name} [{split}]")
     rows = HFImageRows(dataset, image_column, labels, f"{name}:{split}", split)
-    local = _check_local_path(name)
-    # a single saved Dataset (not a DatasetDict) is every split (load_hf_split): the bench says so (harness.split_notes)
-    every_split = _is_saved_to_disk(local) and not (Path(local) / "dataset_dict.json").is_file()
     return EncodedImageDataset(
         rows, source, split, resolution, class_names or [""], on_bad_image, limit,
-        image_column=image_column, label_column=label_column, **({"serves_every_split": True} if every_split else {}),
+        image_column=image_column, label_column=label_column,
     )
 
 

@@ -67,6 +67,33 @@ def build_dataset(
     raise ValueError(f"unknown data source {source!r}\n{DATA_SOURCES}")
 
 
+def same_images(source: str, splits: tuple[str, str]) -> str | None:
+    """Why both ``splits`` of ``source`` are read from the same images, or None when they are not: an image folder
+    without the splits' sub-folders, a single saved Hugging Face Dataset (not a DatasetDict), each serves every split.
+
+    Decided from the source, not from the datasets' ``info``, which stays as it was (it keys cached statistics).
+    """
+    from pathlib import Path
+
+    kind, _, arg = source.partition(":")
+    if kind == "imagefolder" and arg:
+        from latentbench.data.folder import _split_root
+
+        folder = Path(arg)
+        try:
+            if all(_split_root(folder, split) == folder for split in splits):
+                return f"{folder} has no {splits[0]}/ or {splits[1]}/ sub-folder"
+        except (KeyError, OSError):
+            return None
+    if kind == "hf" and arg:
+        from latentbench.data.hf import _is_saved_to_disk
+
+        folder = Path(arg).expanduser()
+        if _is_saved_to_disk(str(folder)) and not (folder / "dataset_dict.json").is_file():
+            return "it is one saved Dataset, not a DatasetDict"
+    return None
+
+
 def _shapes_size(arg: str, split: str, source: str) -> int:
     """Number of images of ``split`` from the "<n_train>:<n_val>" part of a shapes source."""
     if not arg:

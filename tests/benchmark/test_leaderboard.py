@@ -570,9 +570,8 @@ def test_a_row_measured_on_images_read_nearly_black_is_noted():
 
 def test_a_row_trained_and_measured_on_the_same_images_is_noted():
     same = make_record("tok-same")
-    every = {"source": "imagefolder:/d", "serves_every_split": True}
-    same["data"]["eval"] |= every
-    same["data"]["train"] = {"fingerprint": "e" * 64, "n": 40, "split": "train", **every}
+    same["data"]["eval"]["source"] = "imagefolder:/d"
+    same["data"] |= {"train": {"fingerprint": "e" * 64, "n": 40, "split": "train", "source": "imagefolder:/d"}, "same_images": True}
     table = render_table([make_record("tok-a"), same])
     assert (f"- data: tok-same (record {same['id'][:12]}): its train and val splits were read from the same images "
             "(imagefolder:/d has no separate splits), so its reconstruction metrics and probe are not on held-out images.") in table
