@@ -294,43 +294,40 @@ def test_a_fid_without_its_interval_does_not_say_what_the_interval_resampled(mon
     assert "; the 95% interval resamples pairs" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("where", ["in the suite's code", "in Lightning's fit"])
-def test_an_interrupted_bench_says_how_to_go_on(where, monkeypatch, capsys):
-    import latentbench.benchmark.harness as harness
-
-    def interrupted(*args, **kwargs):
-        try:
-            raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            if where == "in Lightning's fit":
-                sys.exit(1)  # what Lightning's graceful shutdown of an interrupted fit ends with
-            raise
-
-    monkeypatch.setattr(harness, "run_bench", interrupted)
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--protocol", "smoke"])
-    assert exit_.value.code == 130
-    assert capsys.readouterr().err.strip() == (
-        "latentbench: interrupted. Every finished stage is kept and a training resumes from its last checkpoint "
-        "(saved every fifth of its budget): rerun the same command to go on.")
+def _ctrl_c_in_the_suites_code():
+    raise KeyboardInterrupt
 
 
-def test_a_bench_terminated_in_a_training_says_so_and_does_not_exit_0(monkeypatch, capsys):
-    """SIGTERM (``kill``, a scheduler's time limit) inside Lightning's fit ends it with its SIGTERMException, a
-    SystemExit without a code: a smoke maetok bench killed so at its tokenizer step 10 exited 0, silently, with its
-    training unfinished (the rerun went on correctly; a job chain would have taken it as done)."""
-    import latentbench.benchmark.harness as harness
+def _ctrl_c_in_lightnings_fit():
+    try:
+        raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        sys.exit(1)  # what Lightning's graceful shutdown of an interrupted fit ends with
+
+
+def _sigterm_in_lightnings_fit():
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    def terminated(*args, **kwargs):
-        raise SIGTERMException
+    raise SIGTERMException
 
-    monkeypatch.setattr(harness, "run_bench", terminated)
+
+@pytest.mark.parametrize("stop, code, said", [
+    (_ctrl_c_in_the_suites_code, 130, "interrupted"),
+    (_ctrl_c_in_lightnings_fit, 130, "interrupted"),
+    # SIGTERM (``kill``, a scheduler's time limit) inside Lightning's fit ends it with its SIGTERMException, a SystemExit
+    # without a code: a smoke maetok bench killed so at its tokenizer step 10 exited 0, silently, with its training
+    # unfinished (the rerun went on correctly; a job chain would have taken it as done)
+    (_sigterm_in_lightnings_fit, 143, "terminated (SIGTERM)"),
+])
+def test_an_interrupted_bench_says_how_to_go_on(stop, code, said, monkeypatch, capsys):
+    import latentbench.benchmark.harness as harness
+
+    monkeypatch.setattr(harness, "run_bench", lambda *args, **kwargs: stop())
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--protocol", "smoke"])
-    assert exit_.value.code == 143
+    assert exit_.value.code == code
     assert capsys.readouterr().err.strip() == (
-        "latentbench: terminated (SIGTERM). Every finished stage is kept and a training resumes from its last checkpoint "
+        f"latentbench: {said}. Every finished stage is kept and a training resumes from its last checkpoint "
         "(saved every fifth of its budget): rerun the same command to go on.")
 
 
