@@ -335,7 +335,9 @@ def _plot_target(records: list[dict[str, Any]]) -> tuple[float | None, str]:
         return None, ""
     if _conv(rows[0])["target"] != "baseline":
         return float(_conv(rows[0])["target"]), "target"
-    base = _baseline_row(rows[0], records)
+    # the target of the rows trained as the protocol trains, where there are such rows (not a --ckpt or --seed row's)
+    own = [r for r in rows if _trained_as(r, records) == (True, [], None, None, None)]
+    base = _baseline_row((own or rows)[0], records)
     return (base["generation"]["curve"][-1]["value"], f"{row_name(base)} final") if base else (None, "")
 
 
@@ -349,16 +351,55 @@ def fallback_precisions(record: dict[str, Any]) -> list[str]:
 
 
 def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule,
-    trained in the same precision (a float32 fallback row is compared with float32 baselines only) and at the
-    same seed and training budget (a --seed 1 or --train_steps 300 run of the baseline does not become every row's
-    baseline)."""
-    conv = _conv(record)
+    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule and
+    got its weights the same way (``_trained_as``): trained in the same precision (a float32 fallback row is
+    compared with float32 baselines only), at the same seed and on the same training budget (a --seed 1 or
+    --train_steps 300 run of the baseline does not become every row's baseline), and trained by the bench or
+    not (a --ckpt or as-built row of the baseline is never the baseline of rows the protocol trained, nor the other way
+    round)."""
+    conv, alike = _conv(record), _trained_as(record, records)
     rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
             and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
-            and fallback_precisions(r) == fallback_precisions(record) and other_seed(r) == other_seed(record)
-            and other_budget(r) == other_budget(record)]
+            and _trained_as(r, records) == alike]
     return rows[-1] if rows else None
+
+
+def ckpt_weights(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint (``path`` as given, ``sha256``) of a row benched from weights given with ``--ckpt``, else None (a row
+    the bench trained records the weights it wrote, with its training steps; a row evaluated as built records none)."""
+    tokenizer = record["tokenizer"]
+    return tokenizer.get("checkpoint") if tokenizer.get("trained_steps") == 0 else None
+
+
+def weights_source(record: dict[str, Any]) -> str:
+    """How the bench got the tokenizer's weights: ``"trained"`` (its training stage), ``"ckpt"`` (``--ckpt``) or
+    ``"as built"`` (``--train_steps 0``: the weights the tokenizer loads itself, e.g. ``sdvae-ft-mse``)."""
+    if record["tokenizer"].get("trained_steps") != 0:
+        return "trained"
+    return "ckpt" if ckpt_weights(record) else "as built"
+
+
+def trained_here(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of ``records`` whose training wrote the weights a ``--ckpt`` row was benched from (same config, same
+    sha256; ``--ckpt <run dir>/tokenizer.safetensors``, e.g. to measure what a run could not while an extractor's
+    weights were missing), else None."""
+    sha = (ckpt_weights(record) or {}).get("sha256")
+    if sha is None:
+        return None
+    config = display_name({**record["tokenizer"], "variant": None})
+    return next((r for r in records if weights_source(r) == "trained"
+                 and (r["tokenizer"].get("checkpoint") or {}).get("sha256") == sha
+                 and display_name({**r["tokenizer"], "variant": None}) == config), None)
+
+
+def _trained_as(record: dict[str, Any], records: list[dict[str, Any]]) -> tuple[Any, ...]:
+    """What a row is compared on for its conv. steps' baseline: whether the bench trained its weights (``weights_source``:
+    weights given with ``--ckpt`` and weights as built are both from elsewhere), the precisions it left the protocol's
+    for, its seed, and its training's seed and budget. A ``--ckpt`` row of weights a row of the table trained
+    (``trained_here``) counts as that training re-measured."""
+    source = trained_here(record, records) or record
+    return (weights_source(source) == "trained", sorted(set(fallback_precisions(record)) | set(fallback_precisions(source))),
+            other_seed(record), other_seed(source), other_budget(source))
 
 
 def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> str:
@@ -376,8 +417,9 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     target = conv["target"]
     if target == "baseline":
         if base is None:
-            seed, steps = other_seed(record), other_budget(record)
-            where = (f" at seed {seed}" if seed is not None else "") + (f" of {steps} steps" if steps is not None else "")
+            trained, _, seed, _, steps = _trained_as(record, records)
+            where = (("" if trained else " of weights from elsewhere")
+                     + (f" at seed {seed}" if seed is not None else "") + (f" of {steps} steps" if steps is not None else ""))
             return f"— (no {conv.get('baseline')} row{where})"
         target = base["generation"]["curve"][-1]["value"]
     ours = steps_to_target(curve, target)
@@ -462,11 +504,14 @@ def display_name(tokenizer: dict[str, Any]) -> str:
 
 
 def row_name(record: dict[str, Any]) -> str:
-    """A record's table label: ``display_name``, marked ``[32-true]`` where training left the protocol's
-    precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``), ``[seed N]`` where
-    the bench ran at another seed than the protocol's (``--seed``) and ``[N steps]`` where the tokenizer trained
+    """A record's table label: ``display_name``, marked ``[ckpt 1a2b3c4d]`` (the sha256 prefix of the weights) where
+    the bench evaluated weights given with ``--ckpt`` instead of training them, ``[32-true]`` where training left
+    the protocol's precision (``latentbench.precision``: a CPU without fast bf16, or ``--precision``), ``[seed N]``
+    where the bench ran at another seed than the protocol's (``--seed``) and ``[N steps]`` where the tokenizer trained
     on another budget than the protocol's (``--train_steps``)."""
-    marks = fallback_precisions(record)
+    ckpt = ckpt_weights(record)
+    marks = [f"ckpt {ckpt['sha256'][:8]}"] if ckpt else []
+    marks += fallback_precisions(record)
     if other_seed(record) is not None:
         marks.append(f"seed {other_seed(record)}")
     if other_budget(record) is not None:
@@ -528,6 +573,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
                      "to float32, see the README's \"Cost\"; the record's precision_changed says why); numbers differ "
                      f"from {requested} rows by training numerics, and conv. steps compare with the baseline's [{used}] row.")
     notes += _perceptual_notes(records)
+    notes += _ckpt_notes(records)
     notes += _data_notes(records)
     notes += [f"- **warning**, {row_name(r)} (record {r['id'][:12]}): {w}" for r in records for w in r.get("warnings") or ()]
     notes.append("- stage time (s): the sum of the bench's train, eval and generate stages, each timed in the process "
@@ -542,13 +588,32 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         bases = ", ".join(sorted({_conv(r)["baseline"] for r in records if _conv(r).get("baseline")}))
         if not any(_conv(r).get("baseline") == r["tokenizer"]["name"] for r in records):
             bases += ", which has no row in this table yet"
+        elsewhere = any(not _trained_as(r, records)[0] for r in records if _conv(r).get("target") is not None)
         notes.insert(0, f"- conv. steps: the first evaluated generator step with gFID <= {what} (baseline: {bases}; "
                         "\"> N\": not reached in N steps); (Kx): the baseline's steps to the same gFID divided by this "
-                        f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG}).")
+                        f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG})."
+                        + (" A row of weights from elsewhere (`--ckpt`, or as built) has as its baseline the baseline's "
+                           "latest row of weights from elsewhere, never a row trained here, nor the other way round; a "
+                           "`--ckpt` of weights a row of this table trained counts as that training." if elsewhere else ""))
     if any(m.get("interval") for r in records for m in r["metrics"].values()):
         notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
     pictures = _pictures(records, grids)
     return "\n".join(lines + ([""] + notes if notes else []) + pictures) + "\n"
+
+
+def _ckpt_notes(records: list[dict[str, Any]]) -> list[str]:
+    """A note per row benched from ``--ckpt`` weights: the file, and the row that trained them where it is in the table."""
+    notes = []
+    for r in records:
+        ckpt = ckpt_weights(r)
+        if ckpt:
+            source = trained_here(r, records)
+            given = f"`--ckpt {ckpt['path']}`" if ckpt.get("path") else "`--ckpt`"
+            notes.append(f"- {row_name(r)} (record {r['id'][:12]}): evaluated from weights given with {given} "
+                         f"(sha256 `{ckpt['sha256'][:16]}`), not trained by its bench"
+                         + (f"; they are the weights {row_name(source)} (record {source['id'][:12]}, {source['created'][:10]}) "
+                            "trained in this table, re-measured" if source else "") + ".")
+    return notes
 
 
 def _data_notes(records: list[dict[str, Any]]) -> list[str]:

@@ -154,13 +154,13 @@ def _check_measured_as_the_papers(record: dict[str, Any], resolution: int) -> No
 
 def comparison_title(record: dict[str, Any], entries: list[dict[str, Any]], family: str | None = None) -> str:
     """What is compared: the result (name, id, protocol, commit) and which paper rows."""
-    from latentbench.benchmark.leaderboard import display_name
+    from latentbench.benchmark.leaderboard import row_name
 
     commit = ((record.get("provenance") or {}).get("code") or {}).get("commit", "")[:8]
     own = entries and all(record["tokenizer"]["name"] in e["config"].split() for e in entries)
     rows = ("every paper row of the protocol" if family == "all" else f"the paper rows matching {family}" if family
             else "the papers' rows of this config" if own else "the paper rows of its family")
-    return (f"{display_name(record['tokenizer'])} (record {record['id'][:12]}, {record['protocol']['name']} "
+    return (f"{row_name(record)} (record {record['id'][:12]}, {record['protocol']['name']} "
             f"v{record['protocol']['version']}{', commit ' + commit if commit else ''}) beside {rows} "
             "(--family all for every row of the protocol)")
 

@@ -8,7 +8,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.benchmark.harness import Stages, precision_lines
-from latentbench.benchmark.leaderboard import display_name, fallback_precisions, other_budget, other_seed, read_records
+from latentbench.benchmark.leaderboard import (
+    display_name,
+    fallback_precisions,
+    other_budget,
+    other_seed,
+    read_records,
+    weights_source,
+)
 from latentbench.benchmark.spec import BenchConfig
 from latentbench.paths import display_path
 
@@ -20,8 +27,9 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     The tokenizer and protocol as resolved (what ``--print_config`` cannot show: it prints the
     options as typed), the budgets, precisions and processes, the run directory and which of
     its stages are done, whether the table holds its stored records, and the stage time of this
-    tokenizer's latest run in the leaderboard table trained like this one (same precision, same
-    seed), measured on the hardware it names. Reads only; writes nothing.
+    tokenizer's latest run in the leaderboard table run like this one (same precision, seed and
+    budget; weights trained by the bench, or from elsewhere: --ckpt or as built), measured on the
+    hardware it names. Reads only; writes nothing.
     """
     proto, spec, gen = cfg.protocol, cfg.tokenizer, cfg.protocol.generator
     table = leaderboard_dir / proto.name / f"v{proto.version}"
@@ -78,16 +86,16 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
             f"{facts['table']}/results.jsonl (its stages are done)")
     elif not facts["this_run_recorded"]:
         log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
-    # rows trained like this run (its precisions, its seed, its budget): a float32 fallback's, another seed's or another
-    # budget's time is another run's
-    alike = [r for r in earlier if fallback_precisions(r) == sorted({p.used for p in cfg.changed_precisions().values()})
-             and other_seed(r) == (cfg.seed if cfg.seed != proto.seed else None)
-             and other_budget(r) == (cfg.steps if cfg.steps and cfg.steps != proto.train.max_steps else None)]
+    trains = bool(cfg.steps)  # 0 with --ckpt
+    alike = runs_like(earlier, sorted({p.used for p in cfg.changed_precisions().values()}),
+                      cfg.seed if cfg.seed != proto.seed else None,
+                      cfg.steps if cfg.steps and cfg.steps != proto.train.max_steps else None, trains)
+    how = "" if trains else " (weights from elsewhere: --ckpt or as built)"
     if not earlier:
         log(f"no row of {label} in that table yet: no stage time to quote")
     if earlier and not alike:
-        log(f"earlier rows of {label} in that table trained in another precision, at another seed or on another budget: "
-            "no stage time to quote")
+        log(f"earlier rows of {label} in that table trained in another precision, at another seed or on another budget, "
+            f"or {'had weights from elsewhere' if trains else 'trained their weights'}: no stage time to quote")
     if alike:
         latest = max(alike, key=lambda r: r["created"])
         seconds = _run_stage_seconds([r for r in alike if _run_of(r) == _run_of(latest)])
@@ -95,10 +103,22 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
         where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
         facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,
                                "commit": ((latest["provenance"].get("code") or {}).get("commit") or "")[:7]}
-        log(f"latest run of {label} in that table: {sum(seconds.values()):.0f} s of stages ("
+        log(f"latest run of {label}{how} in that table: "
+            f"{sum(seconds.values()):.0f} s of stages ("
             + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f") on {where}, "
             f"{latest['created'][:10]}, commit {facts['latest_run']['commit'] or 'unknown'}")
     return facts
+
+
+def runs_like(records: list[dict[str, Any]], precisions: list[str], seed: int | None, steps: int | None,
+              trains: bool) -> list[dict[str, Any]]:
+    """The rows run like a bench whose training leaves the protocol for ``precisions`` (``fallback_precisions``), at
+    ``seed`` and on ``steps`` (None: the protocol's), that ``trains`` its tokenizer or not: a float32 fallback's,
+    another seed's or another budget's time is another run's, and a row of weights from elsewhere (``--ckpt``, or as
+    built: ``weights_source``) has no training stage, so its time is never quoted for a bench that trains, nor a
+    trained row's for a bench that does not."""
+    return [r for r in records if fallback_precisions(r) == precisions and other_seed(r) == seed
+            and other_budget(r) == steps and (weights_source(r) == "trained") == trains]
 
 
 def _rows_of(records: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:

@@ -138,9 +138,11 @@ def test_a_dry_run_shows_the_finished_run_and_writes_nothing(smoke_run):
                                "module_args {") for line in logs)
     logs = []  # weights given: nothing trains them
     (weights,) = (root / "runs").rglob("tokenizer.safetensors")
-    run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
-              ckpt=str(weights))
+    plan = run_bench("sdvae", "smoke", runs_dir=root / "runs", leaderboard_dir=root / "lb", log=logs.append, dry_run=True,
+                     ckpt=str(weights))
     assert "tokenizer: sdvae-smoke" in logs and any(line.startswith("training: none (evaluates ") for line in logs)
+    assert "latest_run" not in plan  # the trained row's time has a training stage that a --ckpt bench does not run
+    assert any("or trained their weights: no stage time to quote" in line for line in logs)
 
 
 def test_a_dry_run_of_several_processes_runs_in_one_and_creates_nothing(tmp_path):
@@ -212,6 +214,23 @@ def test_a_dry_run_quotes_the_rows_of_its_own_config_not_of_another_with_the_sam
     assert _rows_of(records, "maetok-ci") == [plain, by_path]
     assert _rows_of(records, "maetok-ci [maetok-ci-plain]") == [ablation]
     assert _rows_of(records, "flowmo-ci") == flowmo
+
+
+def test_a_dry_run_quotes_rows_whose_weights_came_as_its_own_do():
+    """A --ckpt bench runs no training stage: a trained row's time is not its time, nor its row's a trained bench's."""
+    from latentbench.benchmark.plan import runs_like
+
+    def rec(trained_steps, checkpoint, seed=0):
+        return {"tokenizer": {"name": "sdvae-ci", "trained_steps": trained_steps, "checkpoint": checkpoint},
+                "protocol": {"seed": 0, "train_steps": 800}, "seeds": {"bench": seed},
+                "training": {"max_steps": 800} if trained_steps else None}
+
+    trained, ckpt, built = rec(800, {"sha256": "a" * 64}), rec(0, {"path": "w.safetensors", "sha256": "b" * 64}), rec(0, None)
+    ckpt1 = rec(0, {"path": "w.safetensors", "sha256": "b" * 64}, seed=1)
+    records = [trained, ckpt, built, ckpt1]
+    assert runs_like(records, [], None, None, trains=True) == [trained]
+    assert runs_like(records, [], None, None, trains=False) == [ckpt, built]  # no training stage in either
+    assert runs_like(records, [], 1, None, trains=False) == [ckpt1]
 
 
 def test_the_generators_training_logs_as_part_of_the_generate_stage(smoke_run, tmp_path):

@@ -576,3 +576,57 @@ def test_a_row_trained_and_measured_on_the_same_images_is_noted():
     assert (f"- data: tok-same (record {same['id'][:12]}): its train and val splits were read from the same images "
             "(imagefolder:/d has no separate splits), so its reconstruction metrics and probe are not on held-out images.") in table
     assert "held-out" not in render_table([make_record("tok-a")])
+
+
+def _from_ckpt(record, sha, path="elsewhere/weights.safetensors"):
+    """``record`` as ``bench --ckpt path`` writes it: the weights given, no training stage."""
+    record["tokenizer"] |= {"checkpoint": {"path": path, "sha256": sha}, "trained_steps": 0}
+    record["training"] = None
+    del record["wall_time_s"]["train"]
+    return record
+
+
+def test_a_ckpt_row_is_marked_and_never_the_baseline_of_the_protocols_rows():
+    """A --ckpt row of the baseline tokenizer had the trained row's name and, as its latest row, set every row's speed-up."""
+    from latentbench.benchmark.leaderboard import _plot_target, convergence_cell, row_name
+
+    base, fast = _with_curve("base", [90.0, 60.0, 45.0, 40.0]), _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    other_base = _from_ckpt(_with_curve("base", [40.0, 20.0, 10.0, 5.0]), "1a2b3c4d" + "0" * 56)  # weights from elsewhere
+    other_fast = _from_ckpt(_with_curve("fast", [50.0, 35.0, 30.0, 28.0]), "9" * 64, "/w/fast.safetensors")
+    assert row_name(base) == "base" and row_name(other_base) == "base [ckpt 1a2b3c4d]"
+    records = [other_base, base, fast, other_base]
+    assert convergence_cell(fast, records) == "500 (2.0x)"  # against the trained baseline (final 40), not the later ckpt row
+    assert convergence_cell(other_fast, [base, fast, other_fast]) == "— (no base row of weights from elsewhere)"
+    assert convergence_cell(other_fast, [base, fast, other_base, other_fast]) == "> 1000"  # the ckpt baseline's 5.0
+    assert _plot_target(records) == (40.0, "base final")
+    seed1 = _from_ckpt(_with_curve("fast", [50.0]), "8" * 64)
+    seed1["seeds"]["bench"] = 1
+    assert row_name(seed1) == "fast [ckpt 88888888, seed 1]"
+    table = render_table([base, fast, other_base, other_fast])
+    assert "| base [ckpt 1a2b3c4d] |" in table and "| base |" in table and "| fast [ckpt 99999999] |" in table
+    assert (f"- fast [ckpt 99999999] (record {other_fast['id'][:12]}): evaluated from weights given with "
+            "`--ckpt /w/fast.safetensors` (sha256 `9999999999999999`), not trained by its bench.") in table
+    assert "never a row trained here" in table and "never a row trained here" not in render_table([base, fast])
+    built = _with_curve("base", [40.0, 20.0, 10.0, 5.0])  # evaluated as built (--train_steps 0): weights from elsewhere too
+    built["tokenizer"] |= {"checkpoint": None, "trained_steps": 0}
+    assert row_name(built) == "base"  # its config names where its weights come from (sdvae-ft-mse)
+    assert convergence_cell(fast, [base, fast, built]) == "500 (2.0x)"
+    assert convergence_cell(other_fast, [base, built, other_fast]) == "> 1000"
+
+
+def test_a_ckpt_of_weights_a_row_of_the_table_trained_counts_as_that_training():
+    """``--ckpt <run dir>/tokenizer.safetensors`` once a missing extractor is in place (README, Metrics): the re-measured
+    run is the protocol's training, so it is the baseline of rows trained here."""
+    from latentbench.benchmark.leaderboard import convergence_cell
+
+    trained = make_record("base")  # its gFID was unavailable: no curve
+    trained["tokenizer"]["checkpoint"] = {"path": "runs/unit/v1/base-x/tokenizer.safetensors", "sha256": "5" * 64}
+    again = _from_ckpt(_with_curve("base", [90.0, 60.0, 45.0, 40.0]), "5" * 64, "runs/unit/v1/base-x/tokenizer.safetensors")
+    fast = _with_curve("fast", [50.0, 35.0, 30.0, 28.0])
+    records = [trained, again, fast]
+    assert convergence_cell(fast, records) == "500 (2.0x)"
+    assert convergence_cell(fast, [again, fast]) == "— (no base row)"  # without the row that trained them: from elsewhere
+    table = render_table(records)
+    assert (f"- base [ckpt 55555555] (record {again['id'][:12]}): evaluated from weights given with `--ckpt "
+            f"runs/unit/v1/base-x/tokenizer.safetensors` (sha256 `5555555555555555`), not trained by its bench; they are the "
+            f"weights base (record {trained['id'][:12]}, 2026-01-01) trained in this table, re-measured.") in table

@@ -198,3 +198,5 @@ def test_the_title_says_which_rows():
     rows = compare(record, load_paper_rows(), family="RAE")
     assert "beside the paper rows matching RAE" in comparison_title(record, rows, "RAE")
     assert "beside every paper row of the protocol" in comparison_title(record, rows, "all")
+    record["tokenizer"] |= {"checkpoint": {"path": "rae.safetensors", "sha256": "0123abcd" + "0" * 56}, "trained_steps": 0}
+    assert comparison_title(record, rows).startswith(f"rae-dinov2-b [ckpt 0123abcd] (record {record['id'][:12]}")  # its table row
