@@ -336,7 +336,7 @@ def _plot_target(records: list[dict[str, Any]]) -> tuple[float | None, str]:
     if _conv(rows[0])["target"] != "baseline":
         return float(_conv(rows[0])["target"]), "target"
     # the target of the rows trained as the protocol trains, where there are such rows (not a --ckpt or --seed row's)
-    own = [r for r in rows if _trained_as(r, records) == (True, [], None, None, None)]
+    own = [r for r in rows if _trained_as(r, records) == ([], None, None, None)]
     base = _baseline_row((own or rows)[0], records)
     return (base["generation"]["curve"][-1]["value"], f"{row_name(base)} final") if base else (None, "")
 
@@ -351,16 +351,17 @@ def fallback_precisions(record: dict[str, Any]) -> list[str]:
 
 
 def _baseline_row(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule and
-    got its weights the same way (``_trained_as``): trained in the same precision (a float32 fallback row is
-    compared with float32 baselines only), at the same seed and on the same training budget (a --seed 1 or
-    --train_steps 300 run of the baseline does not become every row's baseline), and trained by the bench or
-    not (a --ckpt or as-built row of the baseline is never the baseline of rows the protocol trained, nor the other way
-    round)."""
+    """The latest row of the record's baseline tokenizer that has a gFID curve under the same target rule and ran
+    like the record (``_trained_as``): in the same precision (a float32 fallback row is compared with float32
+    baselines only), at the same seed and on the same training budget (a --seed 1 or --train_steps 300 run of the
+    baseline does not become every row's baseline). A ``--ckpt`` row of the baseline (weights from elsewhere) is
+    nobody's baseline, unless it re-measures weights a row of the table trained (``trained_here``); a ``--ckpt``
+    row of another tokenizer (your own weights) is compared with the protocol's baseline like any row, and a YAML
+    config of the baseline's name (``sdvae-ci [my-sdvae]``) is not the baseline."""
     conv, alike = _conv(record), _trained_as(record, records)
-    rows = [r for r in records if r["tokenizer"]["name"] == conv.get("baseline") and not r["tokenizer"].get("variant")
+    rows = [r for r in records if display_name(r["tokenizer"]) == conv.get("baseline")  # not a config file of its own
             and (r.get("generation") or {}).get("curve") and _conv(r).get("target") == conv.get("target")
-            and _trained_as(r, records) == alike]
+            and (weights_source(r) != "ckpt" or trained_here(r, records)) and _trained_as(r, records) == alike]
     return rows[-1] if rows else None
 
 
@@ -393,12 +394,11 @@ def trained_here(record: dict[str, Any], records: list[dict[str, Any]]) -> dict[
 
 
 def _trained_as(record: dict[str, Any], records: list[dict[str, Any]]) -> tuple[Any, ...]:
-    """What a row is compared on for its conv. steps' baseline: whether the bench trained its weights (``weights_source``:
-    weights given with ``--ckpt`` and weights as built are both from elsewhere), the precisions it left the protocol's
-    for, its seed, and its training's seed and budget. A ``--ckpt`` row of weights a row of the table trained
-    (``trained_here``) counts as that training re-measured."""
+    """What a row is compared on for its conv. steps' baseline: the precisions it left the protocol's for, its seed,
+    and its training's seed and budget. A ``--ckpt`` row of weights a row of the table trained (``trained_here``)
+    counts as that training re-measured."""
     source = trained_here(record, records) or record
-    return (weights_source(source) == "trained", sorted(set(fallback_precisions(record)) | set(fallback_precisions(source))),
+    return (sorted(set(fallback_precisions(record)) | set(fallback_precisions(source))),
             other_seed(record), other_seed(source), other_budget(source))
 
 
@@ -417,9 +417,8 @@ def convergence_cell(record: dict[str, Any], records: list[dict[str, Any]]) -> s
     target = conv["target"]
     if target == "baseline":
         if base is None:
-            trained, _, seed, _, steps = _trained_as(record, records)
-            where = (("" if trained else " of weights from elsewhere")
-                     + (f" at seed {seed}" if seed is not None else "") + (f" of {steps} steps" if steps is not None else ""))
+            _, seed, _, steps = _trained_as(record, records)
+            where = (f" at seed {seed}" if seed is not None else "") + (f" of {steps} steps" if steps is not None else "")
             return f"— (no {conv.get('baseline')} row{where})"
         target = base["generation"]["curve"][-1]["value"]
     ours = steps_to_target(curve, target)
@@ -588,13 +587,13 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         bases = ", ".join(sorted({_conv(r)["baseline"] for r in records if _conv(r).get("baseline")}))
         if not any(_conv(r).get("baseline") == r["tokenizer"]["name"] for r in records):
             bases += ", which has no row in this table yet"
-        elsewhere = any(not _trained_as(r, records)[0] for r in records if _conv(r).get("target") is not None)
+        elsewhere = any(weights_source(r) == "ckpt" and r["tokenizer"]["name"] == _conv(r).get("baseline")
+                        and not trained_here(r, records) for r in records)
         notes.insert(0, f"- conv. steps: the first evaluated generator step with gFID <= {what} (baseline: {bases}; "
                         "\"> N\": not reached in N steps); (Kx): the baseline's steps to the same gFID divided by this "
                         f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG})."
-                        + (" A row of weights from elsewhere (`--ckpt`, or as built) has as its baseline the baseline's "
-                           "latest row of weights from elsewhere, never a row trained here, nor the other way round; a "
-                           "`--ckpt` of weights a row of this table trained counts as that training." if elsewhere else ""))
+                        + (" A `--ckpt` row of the baseline (weights from elsewhere) is nobody's baseline, unless its "
+                           "weights are a row of this table's training re-measured." if elsewhere else ""))
     if any(m.get("interval") for r in records for m in r["metrics"].values()):
         notes.insert(0, "- [lo, hi]: 95% Poisson-bootstrap interval of the sampling spread at that n (see `benchmark/fid.py`).")
     pictures = _pictures(records, grids)
