@@ -375,9 +375,11 @@ def _image_folder_protocol(tmp_path: Path, workers: int) -> Path:
 
 
 @pytest.mark.slow
-def test_loader_workers_under_ddp_change_no_number(tmp_path):
+@pytest.mark.parametrize("family", ["sdvae", "flowmo", "maetok"])
+def test_loader_workers_under_ddp_change_no_number(tmp_path, family):
     """2 processes decoding an image folder in 2 loader workers each train the weights of 2 processes without
-    workers, sha256 for sha256, and measure the same numbers; the bench ends (no worker holds it at exit).
+    workers, sha256 for sha256, and measure the same numbers; the bench ends (no worker holds it at exit). FlowMo
+    (its stage-1b validation and its two results) and MAETok (its masks and auxiliary targets drawn per batch) too.
 
     Before, the kept workers drew their seed once rather than once an epoch from each rank's training-noise stream,
     and the weights differed from the second epoch on (``test_loader_workers_change_no_batch_nor_random_draw``).
@@ -385,18 +387,20 @@ def test_loader_workers_under_ddp_change_no_number(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     rows = {}
     for workers in (0, 2):
-        cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--devices", "2",
+        cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", family, "--devices", "2",
                "--protocol", str(_image_folder_protocol(tmp_path, workers)), "--runs_dir", str(tmp_path / "runs"),
                "--leaderboard_dir", str(tmp_path / "lb")]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-        (rows[workers],) = [json.loads(line) for line in
-                            (tmp_path / "lb" / f"folder-w{workers}" / "v3" / "results.jsonl").read_text().splitlines()]
-    without, with_workers = rows[0], rows[2]
-    assert with_workers["tokenizer"]["checkpoint"]["sha256"] == without["tokenizer"]["checkpoint"]["sha256"]
-    for name in ("psnr", "ssim", "rfid", "probe", "gfid"):
-        assert with_workers["metrics"][name]["n"] == without["metrics"][name]["n"] == (40 if name == "gfid" else 70)
-        assert with_workers["metrics"][name]["value"] == pytest.approx(without["metrics"][name]["value"], rel=1e-9)
+        rows[workers] = [json.loads(line) for line in
+                         (tmp_path / "lb" / f"folder-w{workers}" / "v3" / "results.jsonl").read_text().splitlines()]
+    assert len(rows[0]) == len(rows[2]) == (2 if family == "flowmo" else 1)  # FlowMo's run: 1a and 1b
+    for without, with_workers in zip(rows[0], rows[2], strict=True):
+        assert with_workers["tokenizer"]["checkpoint"]["sha256"] == without["tokenizer"]["checkpoint"]["sha256"]
+        assert with_workers["training"] == without["training"]  # FlowMo's early stopping, final losses
+        for name in ("psnr", "ssim", "rfid", "probe", "gfid"):
+            assert with_workers["metrics"][name]["n"] == without["metrics"][name]["n"] == (40 if name == "gfid" else 70)
+            assert with_workers["metrics"][name]["value"] == pytest.approx(without["metrics"][name]["value"], rel=1e-9)
 
 
 def _free_port() -> int:
