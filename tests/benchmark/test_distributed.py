@@ -197,11 +197,29 @@ module_args: {lr: 1.0e-3, posttrain_lr: 5.0e-4, betas: [0.9, 0.95], perceptual_w
 """
 
 
+# maetok-smoke with maetok-ci's teacher and perceptual substitute (the domain-mnist classifier, trained on first use) and
+# a GAN from step 10 (maetok-b-128's adversarial loss, at smoke size)
+MAETOK_TEACHER_GAN = """
+name: maetok-smoke
+init_args: {aux_targets: [hog, domain-mnist]}
+module_args: {rec_loss: mse, lr: 1.0e-3, warmup_steps: 1, perceptual_weight: 1.0, perceptual_fallback: domain-mnist,
+              disc_weight: 0.4, disc_start: 10, disc_channels: 8, disc_layers: 2, stage_steps: {ae: 0.75, decoder-ft: 0.25}}
+"""
+
+
+def _flowmo_posttrain(batch: int) -> str:
+    """flowmo-smoke whose stage 1b samples ``batch`` images of each batch (its 4 do not divide over 3 processes)."""
+    raw = yaml.safe_load((PROTOCOL_DIR.parent / "tokenizers" / "flowmo-smoke.yaml").read_text())
+    raw["module_args"]["posttrain_batch"] = batch
+    return yaml.safe_dump(raw)
+
+
 def _tokenizer(tmp_path: Path, family: str) -> str:
-    """``--tokenizer`` of a family: its name, or the YAML of a variant (``maetok-teacher``, ``flowmo-val-images``,
-    ``flowmo-lo-freeze``)."""
-    variants = {"maetok-teacher": lambda: MAETOK_TEACHER, "flowmo-val-images": _flowmo_val_images,
-                "flowmo-lo-freeze": lambda: FLOWMO_LO_FREEZE}
+    """``--tokenizer`` of a family: its name, or the YAML of a variant (``maetok-teacher``, ``maetok-teacher-gan``,
+    ``flowmo-val-images``, ``flowmo-lo-freeze``, ``flowmo-posttrain-6``)."""
+    variants = {"maetok-teacher": lambda: MAETOK_TEACHER, "maetok-teacher-gan": lambda: MAETOK_TEACHER_GAN,
+                "flowmo-val-images": _flowmo_val_images, "flowmo-lo-freeze": lambda: FLOWMO_LO_FREEZE,
+                "flowmo-posttrain-6": lambda: _flowmo_posttrain(6)}
     if family not in variants:
         return family
     path = tmp_path / f"{family}.yaml"
@@ -347,6 +365,102 @@ def test_three_process_bench_equals_one_process(tmp_path, family):
     assert torch.equal(y, y1) and (z.float() - z1.float()).abs().max() < 1e-4  # the cache 1 process writes
     (generator,) = (run3 / "generators").iterdir()
     assert len(LatentShards(generator / "samples" / "step-0000020").read_all()[0]) == 41
+
+
+def _killed_bench(tmp_path: Path, tokenizer: str, runs: str, processes: int, kill: tuple[str, int], env: dict) -> str:
+    """``bench --devices processes`` as ``_bench`` runs it (batches of 48), its process group (the launcher and the
+    processes it started) SIGKILLed at ``kill``: ("checkpoint", k) once this attempt has written its k-th
+    ``last.ckpt`` of tokenizer training, ("teacher", 0) 2 s into the domain-mnist classifier's first-use training
+    (about 20 s). Returns what it printed."""
+    import signal
+    import time
+    import zipfile
+
+    cmd = [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", tokenizer, "--protocol",
+           str(_odd_protocol(tmp_path, 48)), "--runs_dir", str(tmp_path / runs), "--leaderboard_dir",
+           str(tmp_path / "lb-killed"), "--devices", str(processes)]
+    log = tmp_path / "killed.log"
+
+    def checkpoint():  # the tokenizer's last.ckpt, once complete (a zip archive): its identity, else None
+        for path in (tmp_path / runs).glob("*/v3/*/checkpoints/last.ckpt"):
+            try:
+                st = path.stat()
+                with zipfile.ZipFile(path) as archive:
+                    if archive.testzip() is None:
+                        return st.st_ino, st.st_mtime_ns, st.st_size
+            except (OSError, zipfile.BadZipFile):
+                pass
+        return None
+
+    with open(log, "w") as out:
+        bench = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        what, k = kill
+        seen, last, deadline = 0, checkpoint(), time.monotonic() + 600
+        while True:
+            assert bench.poll() is None and time.monotonic() < deadline, f"not killed at {kill}: " + log.read_text()[-3000:]
+            if what == "teacher" and "training the FID-domain(mnist) classifier" in log.read_text():
+                time.sleep(2)
+                break
+            if what == "checkpoint" and (now := checkpoint()) not in (None, last):
+                seen, last = seen + 1, now
+                if seen == k:
+                    break
+            time.sleep(0.05)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+        bench.wait(timeout=60)
+    return log.read_text()
+
+
+def _comparable(row: dict):
+    """What a rerun must reproduce of a record: its weights and every number, not its wall times or file paths."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.endswith(("_s", "_path"))}
+        return [strip(v) for v in value] if isinstance(value, list) else value
+
+    return strip({"sha256": row["tokenizer"]["checkpoint"]["sha256"], **{k: row[k] for k in ("metrics", "codes", "training",
+                                                                                              "generation")}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, processes, kills", [
+    ("sdvae", 3, [("checkpoint", 1), ("checkpoint", 2)]),  # steps 4-7, then 12-15 (the GAN started at step 10)
+    ("flowmo-posttrain-6", 3, [("checkpoint", 1), ("checkpoint", 3)]),  # steps 4-7, then 16-19 (stage 1b)
+    ("maetok-teacher-gan", 2, [("teacher", 0), ("checkpoint", 3)]),  # the teacher's training, then 12-15 (GAN)
+])
+def test_a_killed_bench_rerun_on_its_processes_gives_the_uninterrupted_record(tmp_path, monkeypatch, family, processes,
+                                                                             kills):
+    """Killed (SIGKILL of the bench's process group) after checkpoints of its training or while it trains the
+    domain-mnist teacher on first use, a bench rerun on as many processes ends with the record of an uninterrupted
+    bench on them to every digit: weights, metrics, codes, training and generation. No kill leaves a row, a
+    result of the unfinished train stage or the teacher's weights."""
+    tokenizer = _tokenizer(tmp_path, family)
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache-plain"))  # each trains the teacher on first use
+    _bench(tmp_path, tokenizer, "runs-plain", "--devices", str(processes), batch=48)
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache-killed"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for kill in kills:
+        printed = _killed_bench(tmp_path, tokenizer, "runs-killed", processes, kill, env)
+        assert not list((tmp_path / "runs-killed").rglob("stages/train.json")) and not (tmp_path / "lb-killed").exists()
+        teacher = list((tmp_path / "cache-killed" / "extractors").glob("domain-mnist-*.safetensors"))
+        if kill[0] == "teacher":
+            assert "training the FID-domain(mnist) classifier" in printed and teacher == [], printed[-3000:]
+    rerun = subprocess.run(
+        [sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", tokenizer, "--protocol", str(tmp_path / "smoke-odd.yaml"),
+         "--runs_dir", str(tmp_path / "runs-killed"), "--leaderboard_dir", str(tmp_path / "lb-killed"), "--devices",
+         str(processes)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-4000:]
+    assert "resuming on the interrupted run's random streams and batches" in rerun.stdout + rerun.stderr
+    rows = {}
+    for name in ("lb", "lb-killed"):
+        rows[name] = [json.loads(line) for line in (tmp_path / name / "smoke-odd" / "v3" / "results.jsonl").read_text().splitlines()]
+    assert len(rows["lb"]) == len(rows["lb-killed"]) == (2 if family.startswith("flowmo") else 1)
+    for plain, resumed in zip(rows["lb"], rows["lb-killed"], strict=True):
+        assert resumed["distributed"]["world_size"] == plain["distributed"]["world_size"] == processes
+        assert _comparable(resumed) == _comparable(plain)
 
 
 def _image_folder_protocol(tmp_path: Path, workers: int) -> Path:
