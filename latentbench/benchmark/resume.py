@@ -20,7 +20,9 @@ prefetch, where this counts the batches trained.
 """
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,7 +192,26 @@ class ResumableCheckpoint(ModelCheckpoint):
     * None is written at ``max_steps``: Lightning resumes such a checkpoint by skipping ``fit`` altogether, without
       the last validation nor ``on_train_start`` / ``on_train_end`` (FlowMo's best decoder, RAE's normalization
       record, the generator's EMA weights copied in); a rerun after a kill there trains the last steps again, exactly.
+    * Each is written beside the last one (``last.ckpt.partial``) and renamed over it once whole: Lightning's
+      ``torch.save`` writes the file in place, so a kill or a full disk during a save cut short the run's only
+      checkpoint, and the rerun could only restart the training from step 0. A ``.partial`` left by a kill is
+      removed when the next training starts.
     """
+
+    PARTIAL = ".partial"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath and Path(self.dirpath).is_dir():
+            for stale in Path(self.dirpath).glob(f"*.ckpt{self.PARTIAL}"):  # a save a kill cut short
+                stale.unlink(missing_ok=True)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        partial = filepath + self.PARTIAL
+        super()._save_checkpoint(trainer, partial)  # every rank takes part; rank 0 writes; ends in a barrier
+        if trainer.is_global_zero:
+            os.replace(partial, filepath)
+        self._last_checkpoint_saved = filepath
 
     def _should_skip_saving_checkpoint(self, trainer) -> bool:
         return super()._should_skip_saving_checkpoint(trainer) or 0 < trainer.max_steps <= trainer.global_step

@@ -187,3 +187,28 @@ def test_a_distributed_training_killed_after_a_validated_epochs_end_resumes_exac
         _fit_rank_zero_of_two(tmp_path / "killed", monkeypatch, kill_at=7)
     assert torch.load(tmp_path / "killed/last.ckpt", weights_only=False)["global_step"] == 5
     assert torch.equal(_fit_rank_zero_of_two(tmp_path / "killed", monkeypatch), plain)
+
+
+def test_a_checkpoint_save_cut_short_leaves_the_last_whole_checkpoint(tmp_path, monkeypatch):
+    """Lightning's torch.save wrote last.ckpt in place: a kill (or a full disk) during a save left the run's only
+    checkpoint cut short, and the rerun could only restart from step 0. Now the previous checkpoint stands."""
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    with pytest.raises(RuntimeError, match="killed"):  # checkpoint of step 5; the run then raised at step 7
+        _fit_rank_zero_of_two(tmp_path, monkeypatch, kill_at=7)
+    real_save = torch_io._atomic_save
+
+    def cut_short(checkpoint, path):  # the save of step 10 ends half-way: a full disk (a kill leaves the same file)
+        real_save(checkpoint, path)
+        with open(path, "r+b") as f:
+            f.truncate(f.seek(0, 2) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        _fit_rank_zero_of_two(tmp_path, monkeypatch)
+    assert (tmp_path / "last.ckpt.partial").exists()
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 5  # whole, and the rerun's start
+    monkeypatch.setattr(torch_io, "_atomic_save", real_save)
+    assert torch.equal(_fit_rank_zero_of_two(tmp_path, monkeypatch), _fit_rank_zero_of_two(tmp_path / "plain", monkeypatch))
+    assert not (tmp_path / "last.ckpt.partial").exists()
