@@ -457,7 +457,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run a subcommand; known errors print one clear line and exit 2."""
+    """Entry point: run a subcommand; known errors print one clear line and exit 2; Ctrl-C and SIGTERM one line on
+    what is kept, and exit 130 and 143."""
+    from latentbench.signals import restore, sigterm_interrupts
+
+    previous = sigterm_interrupts()  # first: a SIGTERM in the imports below ends as anywhere else
+    try:
+        _main(argv)
+    # here, not beside the errors below: a SIGTERM that ended rank 0 ends the others' collectives in an error, and
+    # their own SIGTERM, already received, raises at the first line of Python that reports it
+    except KeyboardInterrupt as e:
+        _interrupted(e)
+    finally:
+        restore(previous)
+
+
+def _main(argv: list[str] | None) -> None:
     import warnings
 
     from latentbench.benchmark.machine_load import watch_from_process_start
@@ -490,35 +505,36 @@ def main(argv: list[str] | None = None) -> None:
         print(f"latentbench: error: {type(e).__name__}: {e} (raised in your own code: the traceback above says where)",
               file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        _interrupted()
     except SystemExit as e:  # Lightning ends an interrupted fit with sys.exit(1) after its graceful shutdown
         if isinstance(e.__context__, KeyboardInterrupt):
-            _interrupted()
+            _interrupted(e.__context__)
         if _terminated(e):
-            _interrupted(signal=15)
+            _interrupted(e)
         raise
 
 
 def _terminated(exit_: SystemExit) -> bool:
-    """Lightning's end of a fit that got SIGTERM (``kill``, a scheduler's time limit): a SystemExit without a code,
-    which would exit 0 as if the bench had finished."""
+    """Lightning's end of a fit that got SIGTERM where its own handler ran alone (a Trainer without
+    ``harness.SigtermInterrupts``): a SystemExit without a code, which would exit 0 as if the bench had finished."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     return isinstance(exit_, SIGTERMException)
 
 
-def _interrupted(signal: int = 2) -> None:
-    """Ctrl-C (or SIGTERM in a training): one line (rank 0's, under torchrun) on what is kept and how to go on instead
-    of a traceback; exit 128 + the signal (130 for Ctrl-C)."""
+def _interrupted(how: BaseException) -> None:
+    """Ctrl-C or SIGTERM (``how``: a KeyboardInterrupt, ``signals.Terminated`` or Lightning's SIGTERMException): one
+    line (rank 0's, under torchrun) on what is kept and how to go on instead of a traceback; exit 128 + the signal
+    (130 for Ctrl-C, 143 for SIGTERM)."""
     from latentbench.distributed import launcher_rank
+    from latentbench.signals import Terminated, exit_interrupted
 
+    signal = 2 if isinstance(how, KeyboardInterrupt) and not isinstance(how, Terminated) else 15
     if launcher_rank() != 0:
-        sys.exit(128 + signal)
+        exit_interrupted(128 + signal)
     kept = (" Every finished stage is kept and a training resumes from its last checkpoint (saved every fifth of its "
             "budget): rerun the same command to go on." if _ARGS[:1] == ["bench"] else "")
     print(f"latentbench: {'interrupted' if signal == 2 else 'terminated (SIGTERM)'}.{kept}", file=sys.stderr)
-    sys.exit(128 + signal)
+    exit_interrupted(128 + signal)
 
 
 def _unexpected(error: BaseException) -> bool:

@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         torchrun(argv)
     except SignalException as e:
+        from latentbench.signals import exit_interrupted
+
         print(f"latentbench: the launcher got signal {int(e.sigval)} and stopped its processes", file=sys.stderr)
-        sys.exit(128 + int(e.sigval))
+        exit_interrupted(128 + int(e.sigval))
 
 
 if __name__ == "__main__":

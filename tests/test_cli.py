@@ -311,6 +311,63 @@ def _sigterm_in_lightnings_fit():
     raise SIGTERMException
 
 
+def _sigterm_in_the_suites_code():
+    import os
+    import signal
+    import time
+
+    os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's time limit in evaluation, sampling, the latent cache...
+    time.sleep(5)  # the signal's handler runs before this ends
+
+
+def _sigterm_in_a_fit():
+    """A SIGTERM in a fit of the bench's (its callbacks): raised there, as outside a fit, without Lightning's handler,
+    which on several processes broadcasts to the others from inside the signal handler."""
+    import logging
+    import os
+    import signal
+    import warnings
+
+    import lightning as L
+    import torch
+
+    from latentbench.benchmark.harness import SigtermInterrupts
+
+    class Fit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return (self.w - batch).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)  # its lines on the machine; the stderr asserted is the command's
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, callbacks=[SigtermInterrupts()])
+            trainer.fit(Fit(), torch.utils.data.DataLoader(torch.zeros(4, 1)))
+    finally:
+        lightning_log.setLevel(level)
+        assert trainer.global_step == 1 and not trainer.received_sigterm, "Lightning's SIGTERM handler ran"
+
+
+class _SigtermReachedTheTest(Exception):
+    pass
+
+
+def _sigterm_reached_the_test(signum, frame):
+    raise _SigtermReachedTheTest("the command left SIGTERM to the handler it found (Python's: end the process at once)")
+
+
 @pytest.mark.parametrize("stop, code, said", [
     (_ctrl_c_in_the_suites_code, 130, "interrupted"),
     (_ctrl_c_in_lightnings_fit, 130, "interrupted"),
@@ -318,13 +375,27 @@ def _sigterm_in_lightnings_fit():
     # without a code: a smoke maetok bench killed so at its tokenizer step 10 exited 0, silently, with its training
     # unfinished (the rerun went on correctly; a job chain would have taken it as done)
     (_sigterm_in_lightnings_fit, 143, "terminated (SIGTERM)"),
+    # outside a fit Python's own SIGTERM ended the process there: no line, no clean-up, exit by the signal
+    (_sigterm_in_the_suites_code, 143, "terminated (SIGTERM)"),
+    (_sigterm_in_a_fit, 143, "terminated (SIGTERM)"),
 ])
 def test_an_interrupted_bench_says_how_to_go_on(stop, code, said, monkeypatch, capsys):
+    import gc
+    import signal
+
     import latentbench.benchmark.harness as harness
 
     monkeypatch.setattr(harness, "run_bench", lambda *args, **kwargs: stop())
-    with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--protocol", "smoke"])
+    found = signal.signal(signal.SIGTERM, _sigterm_reached_the_test)  # not Python's default, which would end pytest
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["bench", "--protocol", "smoke"])
+        assert signal.getsignal(signal.SIGTERM) is _sigterm_reached_the_test  # the command put back what it found
+    finally:
+        signal.signal(signal.SIGTERM, found)
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores Ctrl-C once it has seen one
+        gc.unfreeze()  # the command exits without the interpreter's last collections
     assert exit_.value.code == code
     assert capsys.readouterr().err.strip() == (
         f"latentbench: {said}. Every finished stage is kept and a training resumes from its last checkpoint "

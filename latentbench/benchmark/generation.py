@@ -197,6 +197,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     from latentbench.benchmark.evaluate import ShardSampler, world
     from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
     from latentbench.benchmark.harness import (
+        SigtermInterrupts,
         StepProgress,
         _loader,
         _quiet_lightning,
@@ -229,7 +230,7 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
         val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
         logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
         callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
-                   StepProgress(), ExactResume(loader)],
+                   StepProgress(), ExactResume(loader), SigtermInterrupts()],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(out_dir), use_distributed_sampler=False,
     )

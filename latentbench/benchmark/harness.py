@@ -184,13 +184,24 @@ class StepProgress(Callback):
         self.bar.close()
 
 
+class SigtermInterrupts(Callback):
+    """SIGTERM in a fit raises as outside it (``signals.Terminated``, handled as Ctrl-C), without Lightning's
+    handler, which on several processes broadcasts from inside the signal handler (``latentbench.signals``)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:  # Lightning has installed its handler by now
+        from latentbench.signals import reinstall
+
+        reinstall()
+
+
 class _DropLightningTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()  # an interrupt's (Ctrl-C's, SIGTERM's) own line is the command's (cli._interrupted)
+        return "Tip:" not in message and "Detected KeyboardInterrupt, attempting graceful shutdown" not in message
 
 
 def _quiet_lightning() -> None:
-    """Drop Lightning's advertising tips, a known deprecation warning from its own code, its eval-mode alarm, and
+    """Drop Lightning's advertising tips, its line on an interrupted fit, a known deprecation warning from its own code, its eval-mode alarm, and
     its resuming alarms.
 
     The suite keeps frozen networks in eval mode on purpose (RAE's encoder, LPIPS and its substitutes,
@@ -359,7 +370,8 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
         callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
-                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume(loader)],
+                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume(loader),
+                   SigtermInterrupts()],
         enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
         default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
     )
