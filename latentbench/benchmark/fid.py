@@ -424,13 +424,14 @@ def load_reference_for(path: str | os.PathLike, extractor, fix: str) -> Referenc
         raise ValueError(f"{path} is not a readable .npz of statistics ({type(e).__name__}); write one with "
                          "latentbench stats, or give an ADM reference batch (an .npz of mu and sigma)") from None
     reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
-    if reference.dim != extractor.dim:
-        raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
+    # the extractor first: another one's features are most often of another width too, and only this error says the fix
     expected = reference.meta.get("extractor_id") if ours else "inception-tf"
     if expected and expected != extractor.id:
         origin = (f"was computed with {expected}" if ours else
                   f"carries only mu and sigma, as an ADM reference batch of Inception features does, so it is read as {expected}")
         raise ValueError(f"{path} {origin}, not {extractor.id}; {fix.format(expected=expected)}")
+    if reference.dim != extractor.dim:
+        raise ValueError(f"{path} holds {reference.dim}-d statistics but {extractor.id} gives {extractor.dim}-d features")
     sha = reference.meta.get("weights_sha256")
     if ours and sha and sha != extractor.weights_sha256:
         raise ValueError(f"{path} was computed with {expected} weights {sha[:12]}, these are {extractor.weights_sha256[:12]}: "

@@ -148,6 +148,22 @@ def test_a_reference_npz_of_another_extractor_is_refused(tmp_path):
     assert reference_stats(str(tmp_path / "good.npz"), None, PixelStats(), 4).n == 20
 
 
+def test_a_reference_npz_of_another_extractor_and_dimension_names_the_extractor(tmp_path):
+    """A file of another extractor's features (of another width, as most are) is refused with the extractor it was
+    computed with and the fix, not only with the dimension mismatch."""
+    stats = FeatureStats.empty(4)
+    stats.update(torch.rand(20, 4, dtype=torch.float64))
+    stats.save_npz(tmp_path / "other.npz", extractor_id="domain-mnist", weights_sha256="a" * 64)
+    with pytest.raises(ValueError, match=r"computed with domain-mnist, not pixel-stats; the protocol's generator.reference"):
+        reference_stats(str(tmp_path / "other.npz"), None, PixelStats(), 4)
+    np.savez(tmp_path / "adm.npz", mu=np.zeros(2048), sigma=np.eye(2048))  # an ADM batch: Inception's 2048 features
+    with pytest.raises(ValueError, match="read as inception-tf, not pixel-stats; the protocol's generator.reference"):
+        reference_stats(str(tmp_path / "adm.npz"), None, PixelStats(), 4)
+    stats.save_npz(tmp_path / "narrow.npz", extractor_id="pixel-stats", weights_sha256="none")  # its id, another width
+    with pytest.raises(ValueError, match="holds 4-d statistics but pixel-stats gives 6-d features"):
+        reference_stats(str(tmp_path / "narrow.npz"), None, PixelStats(), 4)
+
+
 def test_convergence_steps_and_speedup():
     curve = [{"step": s, "value": v} for s, v in [(100, 50.0), (200, 20.0), (300, 9.0), (400, 8.0)]]
     assert steps_to_target(curve, 10.0) == 300
