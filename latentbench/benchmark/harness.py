@@ -1084,12 +1084,16 @@ def lpips_nets_used(cfg: BenchConfig) -> set[str]:
 
     nets = {cfg.protocol.eval.lpips_net}
     if cfg.steps > 0:
+        names = ("perceptual_weight", "perceptual_net", "posttrain_perceptual_weight", "stage_steps")
         defaults = {}  # the module's defaults, from the first class in its MRO that names each argument
         for klass in reversed(cfg.tokenizer.module_class().__mro__):
             params = inspect.signature(klass.__init__).parameters
-            defaults |= {k: params[k].default for k in ("perceptual_weight", "perceptual_net") if k in params}
+            defaults |= {k: params[k].default for k in names if k in params}
         args = {**defaults, **cfg.tokenizer.module_args}
-        if (args.get("perceptual_weight") or 0) > 0 and args.get("perceptual_net"):
+        weights = [args.get("perceptual_weight") or 0]
+        if ((args.get("stage_steps") or {}).get("1b") or 0) > 0:  # FlowMo's stage 1b scores its samples with it too
+            weights.append(args.get("posttrain_perceptual_weight") or 0)
+        if max(weights) > 0 and args.get("perceptual_net"):
             nets.add(args["perceptual_net"])
     return nets
 

@@ -1120,6 +1120,26 @@ def test_lpips_weights_on_the_machine_change_the_run_key(monkeypatch, tmp_path):
     assert lpips_weights_present({"vgg", "squeeze"}) == ()
 
 
+def test_lpips_nets_used_counts_flowmo_stage_1b_perceptual_loss():
+    """FlowMo's stage 1b scores its samples with LPIPS (perceptual_net) even where stage 1a's perceptual weight is 0:
+    its weights on the machine change that training, so they are part of the run key."""
+    from dataclasses import replace
+
+    from latentbench.benchmark.harness import BenchConfig, lpips_nets_used, resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("smoke")
+    spec = resolve_tokenizer("flowmo", proto)
+
+    def nets(**module_args):
+        return lpips_nets_used(BenchConfig(replace(spec, module_args={**spec.module_args, **module_args}), proto))
+
+    assert nets() == {proto.eval.lpips_net, "vgg"}
+    assert nets(perceptual_weight=0.0) == {proto.eval.lpips_net, "vgg"}  # smoke's flowmo runs stage 1b
+    assert nets(perceptual_weight=0.0, posttrain_perceptual_weight=0.0) == {proto.eval.lpips_net}
+    assert nets(perceptual_weight=0.0, stage_steps={"1a": 1.0}) == {proto.eval.lpips_net}  # no stage 1b
+
+
 def test_training_validation_needs_a_held_out_image_per_process(tmp_path, monkeypatch):
     """A process without a held-out image would skip FlowMo's validation collectives and hang the others."""
     import latentbench.benchmark.harness as harness
