@@ -270,7 +270,8 @@ def _cache_dir():
 
 
 def _save_grid(images: torch.Tensor | None, path: Path, nrow: int) -> str | None:
-    """A picture of generated images, one column per class (sample i has class i mod K)."""
+    """A picture of generated images in rows of ``nrow``: the number of classes K, so that under class-balanced
+    sampling (sample i has class i mod K) each column is one class; under ``class_sampling: random`` it is not."""
     if images is None:
         return None
     from torchvision.utils import save_image

@@ -154,7 +154,8 @@ def check_tokenizer(obj: Any) -> None:
 
 @torch.no_grad()
 def check_round_trip(tokenizer: nn.Module, resolution: int) -> None:
-    """Encode and decode two images once; ValueError naming what does not match ``latent_spec`` or the image shape.
+    """Encode and decode two images (again under other random states and seeds); ValueError naming what does not match
+    ``latent_spec`` or the image shape, or an encode or decode that draws from the global random state.
 
     The leaderboard's latent column, bits per pixel, the rate-distortion plot and the generator's
     input shape are read from ``latent_spec``, so an ``encode`` whose output differs from it would
