@@ -7,7 +7,8 @@ finished stages and resumes an interrupted training from its last checkpoint:
     train     Lightning fit on the protocol's train split -> tokenizer.safetensors
               (skipped with --ckpt, or --train_steps 0 for pretrained weights)
     eval      reconstruct the eval split: PSNR, SSIM, LPIPS, rFID, a reconstruction grid; the
-              linear probe on the latents (the train split's from the latent cache)
+              linear probe on the latents (the train split's from the latent cache, which the eval
+              stage writes for the generate stage, in protocols with a generator)
     generate  train the protocol's generator on the cached latents: gFID curve, convergence
               steps, a sample grid (protocols with a generator)
     record    store the JSON record; its row is then appended to leaderboards/<protocol>/v<N>/
@@ -750,30 +751,13 @@ def run_bench(
             require_cxx_compiler()
         _check_bench_arguments(ckpt, train_steps, seed)
         ckpt_sha = sha256_file(ckpt) if ckpt else None
-        if ckpt or ":" in spec.name:  # an unreadable or mismatched checkpoint stops the bench here, not at its eval stage
-            tokenizer = load_tokenizer(spec, ckpt, trust_checkpoint)
-            if ":" in spec.name:  # a user's class: its encode / decode must agree with its latent_spec before it trains
-                from latentbench.tokenizers.base import check_round_trip
-
-                check_round_trip(tokenizer, proto.data.resolution)
-            del tokenizer
+        _check_tokenizer_loads(spec, ckpt, trust_checkpoint, proto.data.resolution)
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
         cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, None if ckpt else train_steps, proto.seed if seed is None else seed, launch, *precisions,
                           compile=compile)
         cfg = replace(cfg, lpips_weights=broadcast(lpips_weights_present(lpips_nets_used(cfg))))
-
-        from latentbench.benchmark.leaderboard import check_table_accepts
-
-        check_table_accepts(Path(leaderboard_dir), proto.name, proto.version, proto.fingerprint)  # fail before the stages
-        if proto.generator.max_steps > 0:
-            from latentbench.benchmark.generation import check_generators
-
-            check_generators(proto)
-        if cfg.steps == 0 and ckpt is None:  # fail before the stages, and never bench random weights as a row
-            _require_built_weights(spec)
-        check_training_batches(proto, cfg.steps, launch.world_size if dry_run else None, spec)
-        check_extractor(proto)
+        _check_before_stages(cfg, Path(leaderboard_dir), launch.world_size if dry_run else None)
         # the data is part of the key (a rerun after the folder changed would otherwise print the old numbers)
         data = _scan_splits(proto, on_bad_image)
         _check_data_for_the_stages(proto, *data)
@@ -801,17 +785,55 @@ def run_bench(
         if (preparing.measure and is_busy(busy := since_process_start() or preparing.so_far(), min_cpu_s=0.2)
                 and not _finished(stages)):
             log(f"warning: {busy_now_note(busy)}")
-        train = None
-        weights: str | Path | None = ckpt
-        if cfg.steps > 0:
-            train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
-            weights = run_dir / train["weights"]
-            run_on_rank_zero(lambda: _check_trained_weights(run_dir, train, stages, cfg))
-        variants = (train or {}).get("variants") or {"": weights}
-        records = [_bench_variant(stages, cfg, run_dir, train, variant, weights if variant == "" else run_dir / path,
-                                  trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
-                   for variant, path in variants.items()]  # one row per result (FlowMo: without and with post-training)
-        return records[-1]
+        return _run_stages(stages, cfg, run_dir, trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
+
+
+def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int) -> None:
+    """Build the tokenizer once before any stage where that can fail: an unreadable or mismatched ``ckpt`` stops the
+    bench here, not at its eval stage, and a user's class (``module:Class``) must encode and decode as its
+    ``latent_spec`` says (``check_round_trip``) before it trains."""
+    if not (ckpt or ":" in spec.name):
+        return
+    tokenizer = load_tokenizer(spec, ckpt, trust)
+    if ":" in spec.name:
+        from latentbench.tokenizers.base import check_round_trip
+
+        check_round_trip(tokenizer, resolution)
+
+
+def _check_before_stages(cfg: BenchConfig, leaderboard_dir: Path, processes: int | None) -> None:
+    """The checks of the configuration that would otherwise fail only after hours of stages: the table takes the
+    protocol's rows, the generators resolve, weights that are not random, batches this world size divides (``processes``:
+    the one about to run; None: the process group's), and the FID extractor."""
+    from latentbench.benchmark.leaderboard import check_table_accepts
+
+    proto = cfg.protocol
+    check_table_accepts(leaderboard_dir, proto.name, proto.version, proto.fingerprint)
+    if proto.generator.max_steps > 0:
+        from latentbench.benchmark.generation import check_generators
+
+        check_generators(proto)
+    if cfg.steps == 0 and cfg.ckpt is None:  # never bench random weights as a row
+        _require_built_weights(cfg.tokenizer)
+    check_training_batches(proto, cfg.steps, processes, cfg.tokenizer)
+    check_extractor(proto)
+
+
+def _run_stages(stages: Stages, cfg: BenchConfig, run_dir: Path, trust_checkpoint: bool, on_bad_image: str,
+                leaderboard_dir: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train (unless the run evaluates ``cfg.ckpt`` or built weights), then eval, generate and record each result of the
+    training (``_bench_variant``); the last result's record."""
+    train = None
+    weights: str | Path | None = cfg.ckpt
+    if cfg.steps > 0:
+        train = stages.run("train", lambda: train_stage(cfg, run_dir, on_bad_image), log)
+        weights = run_dir / train["weights"]
+        run_on_rank_zero(lambda: _check_trained_weights(run_dir, train, stages, cfg))
+    variants = (train or {}).get("variants") or {"": weights}
+    records = [_bench_variant(stages, cfg, run_dir, train, variant, weights if variant == "" else run_dir / path,
+                              trust_checkpoint, on_bad_image, leaderboard_dir, log)
+               for variant, path in variants.items()]  # one row per result (FlowMo: without and with post-training)
+    return records[-1]
 
 
 @contextlib.contextmanager
