@@ -190,20 +190,10 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     latents per step from its ``DistributedSampler`` shard and samples its shard of the gFID
     sample set at every evaluation.
     """
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
 
     from latentbench.benchmark.evaluate import ShardSampler, world
-    from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
-    from latentbench.benchmark.harness import (
-        SigtermInterrupts,
-        StepProgress,
-        _loader,
-        _quiet_lightning,
-        resume_from,
-        seed_process,
-    )
+    from latentbench.benchmark.harness import _loader, _quiet_lightning, fit_resumable, seed_process
     from latentbench.fsutil import atomic_path
     from latentbench.generators.module import GeneratorModule
 
@@ -223,23 +213,15 @@ def train_generator(gen, spec, data: Dataset, num_classes: int, out_dir: Path, s
     loader = _loader(data, batch, True, seed, drop_last=len(data) > spec.batch_size, distributed=True)
     sample_index = DataLoader(torch.arange(spec.num_samples), batch_size=per_rank_eval_batch(spec.sample_batch_size),
                               sampler=ShardSampler(spec.num_samples, rank=None))
-    ckpt_dir = out_dir / "checkpoints"
-    trainer = L.Trainer(
-        max_steps=spec.max_steps, max_epochs=-1, precision=precision or spec.precision, accelerator="auto",
-        **trainer_kwargs(launch or Launch()), gradient_clip_val=module.hparams.grad_clip,
-        val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
-        callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False),
-                   StepProgress(), ExactResume(loader), SigtermInterrupts()],
-        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
-        default_root_dir=str(out_dir), use_distributed_sampler=False,
-    )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=sample_index, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
+    trainer = fit_resumable(module, loader, sample_index, out_dir, spec.max_steps, precision or spec.precision,
+                            trainer_kwargs(launch or Launch()), gradient_clip_val=module.hparams.grad_clip,
+                            val_check_interval=spec.eval_every or spec.max_steps, check_val_every_n_epoch=None,
+                            num_sanity_val_steps=0)
     barrier()  # every rank has written its shard of the last evaluation's samples
     missing = [s for s in spec.eval_steps if not (out_dir / "samples" / f"step-{s:07d}").is_dir()]
     if missing:
         raise RuntimeError(f"generator training in {out_dir} ended without samples for steps {missing}; "
-                           f"delete {ckpt_dir} to retrain")
+                           f"delete {out_dir / 'checkpoints'} to retrain")
     weights = out_dir / "generator.safetensors"  # the EMA weights (EMAWeightAveraging copies them in at the end)
     state = module.generator.state_dict()
     if rank == 0:

@@ -341,11 +341,7 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     Under DDP each process takes ``batch_size / world size`` images per step, its disjoint part
     of each epoch's shuffle (``_loader``); rank 0 writes the weights.
     """
-    import lightning as L
-    from lightning.pytorch.loggers import TensorBoardLogger
     from safetensors.torch import save_file
-
-    from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
 
     proto, spec = cfg.protocol, cfg.tokenizer
     _quiet_lightning()
@@ -362,21 +358,13 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
     batch = per_rank_batch(proto.train.batch_size, "train batch_size")
     loader = _loader(train_data, batch, True, cfg.seed, proto.train.num_workers, drop_last=len(train_data) > proto.train.batch_size,
                      distributed=True)
-    ckpt_dir = run_dir / "checkpoints"
     loop = module.trainer_kwargs() if validates else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
-    trainer = L.Trainer(
-        max_steps=cfg.steps, max_epochs=-1, precision=cfg.precision, accelerator="auto",
+    trainer = fit_resumable(
+        module, loader, val_loader, run_dir, cfg.steps, cfg.precision,
         # tokenizer steps can leave parameters without a gradient (a GAN before disc_start, MAETok's auxiliary
         # heads, FlowMo's encoder frozen in stage 1b); a module that never does may set ddp_find_unused_parameters = False
-        **trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
-        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version="train"),
-        callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=max(cfg.steps // 5, 1),
-                                   save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume(loader),
-                   SigtermInterrupts()],
-        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
-        default_root_dir=str(run_dir), use_distributed_sampler=False, **loop,  # the loaders above shard themselves
-    )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
+        trainer_kwargs(cfg.launch, find_unused_parameters=getattr(module, "ddp_find_unused_parameters", True)),
+        checkpoint_every=max(cfg.steps // 5, 1), **loop)
     # Modules with several results (FlowMo: without and with post-training) name each state; the last is the run's.
     states = module.stage_weights() if hasattr(module, "stage_weights") else {"": module.tokenizer.state_dict()}
     # each process logged its share's loss: the record's is the whole last batch's (every process takes part)
@@ -406,6 +394,36 @@ def train_stage(cfg: BenchConfig, run_dir: Path, on_bad_image: str) -> dict[str,
         "weights_sha256": sha256_file(weights),
         "data": data.info,
     }
+
+
+def fit_resumable(module, loader: DataLoader, val_loader: DataLoader | None, out_dir: Path, max_steps: int, precision: str,
+                  strategy: dict[str, Any], checkpoint_every: int | None = None, **trainer_args: Any):
+    """Fit ``module`` for ``max_steps`` optimizer steps with Lightning, resuming from ``out_dir/checkpoints/last.ckpt``
+    where an earlier attempt left one (``resume_from``); returns the trainer.
+
+    What the tokenizer's and the generator's trainings share: ``strategy`` (``distributed.trainer_kwargs``), one
+    progress bar over all steps (``StepProgress``), TensorBoard logs in ``out_dir/tensorboard/train``, the last
+    checkpoint kept (every ``checkpoint_every`` steps; None: Lightning's default), exact resumption inside an epoch
+    (``ExactResume``), SIGTERM handled as outside the fit (``SigtermInterrupts``), and no sampler replaced (the
+    loaders shard themselves: ``_loader``). ``trainer_args``: the training's own ``L.Trainer`` arguments.
+    """
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from latentbench.benchmark.resume import ExactResume, ResumableCheckpoint
+
+    ckpt_dir = out_dir / "checkpoints"
+    trainer = L.Trainer(
+        max_steps=max_steps, max_epochs=-1, precision=precision, accelerator="auto", **strategy,
+        logger=TensorBoardLogger(str(out_dir), name="tensorboard", version="train"),
+        callbacks=[ResumableCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=checkpoint_every,
+                                       save_top_k=1, enable_version_counter=False), StepProgress(), ExactResume(loader),
+                   SigtermInterrupts()],
+        enable_progress_bar=False, log_every_n_steps=min(10, len(loader)), enable_model_summary=False,
+        default_root_dir=str(out_dir), use_distributed_sampler=False, **trainer_args,
+    )
+    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=resume_from(ckpt_dir / "last.ckpt"))
+    return trainer
 
 
 def load_tokenizer(spec: TokenizerSpec, weights: str | Path | None, trust: bool = False):
