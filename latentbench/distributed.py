@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,7 +166,7 @@ def die_with_launcher() -> None:
 
 
 def init_process_group(launch: Launch) -> bool:
-    """Join the launcher's process group (NCCL on GPUs, gloo on CPUs); a no-op for one process.
+    """Join the launcher's process group (``process_group_backend``: gloo, and NCCL too on GPUs); a no-op for one process.
 
     Returns whether this call created the group: its creator destroys it
     (:func:`destroy_process_group`) before the process exits.
@@ -316,8 +317,27 @@ def require_agreement(value: Any, what: str, fix: str) -> None:
 
 
 def processes_per_node(default: int = 1) -> int:
-    """Processes the launcher started on this machine (torchrun's LOCAL_WORLD_SIZE, srun's SLURM_NTASKS_PER_NODE)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE") or default)
+    """Processes the launcher started on this machine: torchrun's LOCAL_WORLD_SIZE, else srun's SLURM_NTASKS_PER_NODE
+    or SLURM_TASKS_PER_NODE, whose compressed form (``2(x3),1``: three nodes of 2 tasks, then one of 1) is read at
+    this node's SLURM_NODEID."""
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    for name in ("SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE"):
+        if os.environ.get(name):
+            return _slurm_tasks_on_node(name, os.environ[name], int(os.environ.get("SLURM_NODEID") or 0))
+    return default
+
+
+def _slurm_tasks_on_node(name: str, value: str, node: int) -> int:
+    """The count for node ``node`` in SLURM's compressed task list ``value`` (``4``, ``2(x3)``, ``2(x2),1``)."""
+    counts = []
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if match is None:
+            raise ValueError(f"{name}={value!r} is not a SLURM task count (e.g. 4, 2(x3) or 2(x2),1): launch with "
+                             "srun's --ntasks-per-node, or give --devices and --num_nodes")
+        counts += [int(match.group(1))] * int(match.group(2) or 1)
+    return counts[node] if node < len(counts) else counts[0]
 
 
 class RankZeroFailed(RuntimeError):

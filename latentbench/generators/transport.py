@@ -99,7 +99,7 @@ class TimeSampler:
 
     def __init__(self, kind: str = "logit-normal", mean: float = 0.0, std: float = 1.0):
         self.kind = _choose(TimeKind, kind, "time sampler")
-        if not std > 0:
+        if self.kind is TimeKind.LOGIT_NORMAL and not std > 0:
             raise ValueError(f"the logit-normal time sampler needs std > 0, got {std}")
         self.mean, self.std = float(mean), float(std)
 

@@ -56,6 +56,29 @@ def test_launcher_layout_is_taken_or_checked(monkeypatch):
         resolve_launch(Launch(devices=4))
 
 
+@pytest.mark.parametrize("env,expected", [
+    ({"LOCAL_WORLD_SIZE": "3", "SLURM_NTASKS_PER_NODE": "2"}, 3),
+    ({"SLURM_NTASKS_PER_NODE": "4"}, 4),
+    ({"SLURM_TASKS_PER_NODE": "2(x3)", "SLURM_NODEID": "2"}, 2),  # srun without --ntasks-per-node
+    ({"SLURM_TASKS_PER_NODE": "2(x2),1", "SLURM_NODEID": "2"}, 1),
+    ({"SLURM_TASKS_PER_NODE": "2(x2),1", "SLURM_NODEID": "0"}, 2),
+    ({}, 5),
+])
+def test_processes_per_node_reads_slurms_compressed_task_lists(monkeypatch, env, expected):
+    """int('2(x3)') had raised a bare ValueError for srun's task list of uneven or unflagged layouts."""
+    import latentbench.distributed as distributed
+
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_NODEID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.processes_per_node(default=5) == expected
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "two")
+    if not env.get("LOCAL_WORLD_SIZE") and not env.get("SLURM_NTASKS_PER_NODE"):
+        with pytest.raises(ValueError, match=r"SLURM_TASKS_PER_NODE='two' is not a SLURM task count"):
+            distributed.processes_per_node()
+
+
 def test_gpu_machines_reduce_cpu_tensors_through_gloo(tmp_path):
     """NCCL alone refuses CPU tensors; on GPU machines the group pairs it with gloo for them.
 

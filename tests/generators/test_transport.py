@@ -324,3 +324,9 @@ X, Y = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
 def test_bad_arguments_raise_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_the_uniform_time_sampler_ignores_std():
+    """Its docstring says std is ignored for uniform times; it had refused std 0 as "the logit-normal sampler"'s."""
+    t = TimeSampler("uniform", std=0.0)(4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(t, TimeSampler("uniform")(4, generator=torch.Generator().manual_seed(0)))
