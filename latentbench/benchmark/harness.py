@@ -1021,7 +1021,8 @@ def resume_from(last: Path) -> str | None:
         return None
     try:
         with zipfile.ZipFile(last) as archive:
-            bad = archive.testzip()
+            member = archive.testzip()  # the first member whose CRC fails, else None
+        bad = member and f"its member {member} fails its CRC"
     except (zipfile.BadZipFile, OSError) as err:
         bad = str(err)
     if bad is not None:

@@ -1433,3 +1433,17 @@ def test_the_benchs_on_bad_image_reaches_the_fid_extractor_of_both_stages(monkey
     harness.build_metrics(load_protocol("smoke"), 0, tmp_path, "skip")  # the eval stage's
     generation._extractor(load_protocol("smoke"), "skip")  # the generate stage's
     assert seen == ["skip", "skip"]
+
+
+def test_a_checkpoint_with_a_damaged_member_is_named_with_the_member(tmp_path):
+    """zipfile's testzip names the first member whose CRC fails; the message had put the bare name in parentheses."""
+    from latentbench.benchmark.harness import resume_from
+
+    path = tmp_path / "last.ckpt"
+    torch.save({"weights": torch.arange(4096, dtype=torch.float32)}, path)
+    data = bytearray(path.read_bytes())
+    at = data.index(torch.arange(4096, dtype=torch.float32)[1000:1004].numpy().tobytes())
+    data[at] ^= 0xFF  # one byte of the tensor's storage: the archive's directory is whole, the member's CRC fails
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"not a readable checkpoint \(its member \S+/data/0 fails its CRC; cut short"):
+        resume_from(path)
