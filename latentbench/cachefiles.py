@@ -39,11 +39,20 @@ def save_with_facts(net: nn.Module, facts: dict[str, Any], stored: tuple[str, ..
 
 
 def read_stored_facts(path: Path, fmt: str, what: str) -> dict[str, Any]:
-    """The facts ``save_with_facts`` stored in ``path``; a clear error if it is not a ``what`` of format ``fmt``."""
-    from safetensors import safe_open
+    """The facts ``save_with_facts`` stored in ``path``; a clear error if it is not a ``what`` of format ``fmt``
+    (a missing path, a folder, a file cut short or of another kind: ValueError naming it, not safetensors' own)."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        stored = (f.metadata() or {}).get("latentbench")
+    if not Path(path).is_file():
+        raise ValueError(f"{what} weights {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}: give the "
+                         f".safetensors file the suite wrote for it, or no weights file to use (or train) the cached one")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = (f.metadata() or {}).get("latentbench")
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file ({err}; cut short by a kill or a full disk, or "
+                         f"another kind of file?): give the {what} file the suite wrote, or no weights file to use (or "
+                         "train) the cached one") from None
     if stored is None:
         raise ValueError(f"{path} is not a latentbench {what} (its safetensors metadata has no 'latentbench' entry)")
     facts = json.loads(stored)

@@ -306,3 +306,20 @@ def test_dinov2_matches_timm_and_pil_pipeline(dinov2_weights, built):
     features = ours(images)
     assert features.shape == (2, 768) and features.dtype == torch.float32
     torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder", "cut short", "text"])
+def test_domain_weights_file_that_is_not_one_is_named(domain_cache, tmp_path, kind):
+    """--extractor_weights naming no file, a folder or a damaged file: one ValueError naming it (was safetensors'
+    SafetensorError or an OSError 'No such device', a traceback)."""
+    _, e = domain_cache
+    path = tmp_path / "w.safetensors"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "cut short":
+        path.write_bytes(Path(e.info["cache_path"]).read_bytes()[:3000])
+    elif kind == "text":
+        path.write_text("not weights\n")
+    said = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is not a readable safetensors file")
+    with pytest.raises(ValueError, match=f"{path}.*{said}.*no weights file to use"):
+        create_extractor("domain-mnist", weights=path)
