@@ -499,6 +499,11 @@ def _main(argv: list[str] | None) -> None:
         print(f"latentbench: error: {f'{type(e).__name__}: {e}' if bug else message}{where}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 (any other error the user's own code raised: torch's RuntimeError above all)
+        if (line := _filesystem_error(e)) is not None:  # an unwritable folder, a full disk: no bug to trace
+            if os.environ.get("LATENTBENCH_TRACEBACK"):
+                traceback.print_exception(e, file=sys.stderr)
+            print(f"latentbench: error: {line}", file=sys.stderr)
+            sys.exit(2)
         if not _raised_in_user_code(e):
             raise
         traceback.print_exception(e, file=sys.stderr)
@@ -511,6 +516,18 @@ def _main(argv: list[str] | None) -> None:
         if _terminated(e):
             _interrupted(e)
         raise
+
+
+def _filesystem_error(error: BaseException) -> str | None:
+    """The line for a file that cannot be written (permissions, read-only or full disk: ``fsutil.FILESYSTEM_ERRNOS``),
+    None for any other error."""
+    from latentbench.fsutil import filesystem_error_line
+    from latentbench.paths import default_cache_dir
+
+    line = filesystem_error_line(error, default_cache_dir()) if isinstance(error, OSError) else None
+    if line is not None and _ARGS[:1] == ["bench"]:
+        line += "; the bench's finished stages are kept: rerun the same command once it is fixed"
+    return line
 
 
 def _terminated(exit_: SystemExit) -> bool:

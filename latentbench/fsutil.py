@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -12,8 +13,15 @@ from pathlib import Path
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` on success, delete it on error."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():  # os.replace would fail only after the content was written, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except FileExistsError:  # mkdir's word for a file standing where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+    except OSError as err:  # named as the file to write, not as mkstemp's temporary name
+        raise type(err)(err.errno, err.strerror, str(path)) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -23,6 +31,40 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+# a path that cannot be written (or read): permissions, a read-only file system, a full disk or quota, a file where a
+# folder should be or the other way round
+FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                               errno.EISDIR})
+
+
+def filesystem_error_line(err: OSError, cache_dir: Path | None = None) -> str | None:
+    """One line for an OSError of FILESYSTEM_ERRNOS (the file, what the system said, the fix), None for other errors.
+
+    Args:
+        err: the error.
+        cache_dir: the suite's cache folder; a file under it gets the hint to point ``LATENTBENCH_CACHE`` elsewhere.
+    """
+    if err.errno not in FILESYSTEM_ERRNOS:
+        return None
+    name = err.filename if err.filename is not None else "a file"
+    what = f"{err.strerror or os.strerror(err.errno)}: {name}" + (f" -> {err.filename2}" if err.filename2 else "")
+    fix = {errno.ENOSPC: "free space on that disk, or choose a folder on another one",
+           errno.EDQUOT: "free space within your quota, or choose a folder on another disk",
+           errno.ENOTDIR: "a part of that path is a file, not a folder: choose another path",
+           errno.EISDIR: "that path is a folder: give the path of a file"}.get(
+        err.errno, "make it (and its folder) writable for this user, or choose another folder")
+    if cache_dir is not None and err.filename is not None and _inside(Path(err.filename), cache_dir):
+        fix += f" with LATENTBENCH_CACHE (the suite's cache, now {cache_dir})"
+    return f"{what}: {fix}"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 def _final_mode(path: Path) -> int:

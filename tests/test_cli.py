@@ -402,6 +402,22 @@ def test_an_interrupted_bench_says_how_to_go_on(stop, code, said, monkeypatch, c
         "(saved every fifth of its budget): rerun the same command to go on.")
 
 
+def test_a_file_that_cannot_be_written_is_one_line_naming_it(monkeypatch, capsys, tmp_path):
+    """A folder that cannot be written (here a file stands where one should be; permissions, a read-only or full disk
+    alike): one line naming the file and the fix, exit 2; before, a traceback ending in the OSError, exit 1."""
+    import latentbench.benchmark.harness as harness
+    from latentbench.fsutil import atomic_write_text
+
+    (tmp_path / "runs").write_text("")
+    monkeypatch.setattr(harness, "run_bench", lambda *a, **k: atomic_write_text(tmp_path / "runs" / "config.json", "{}"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--protocol", "smoke"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"latentbench: error: Not a directory: {tmp_path / 'runs' / 'config.json'}: a part of that path is a file, not a "
+        "folder: choose another path; the bench's finished stages are kept: rerun the same command once it is fixed\n")
+
+
 def test_an_exit_without_an_interrupt_is_left_alone(monkeypatch):
     import latentbench.benchmark.harness as harness
 

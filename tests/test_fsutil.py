@@ -52,3 +52,40 @@ def test_the_umask_is_read_without_being_changed(monkeypatch):
             assert calls == []
     finally:
         os.umask(old)
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path, monkeypatch):
+    """An unwritable folder (simulated: the tests may run as root, whom permissions do not stop) is reported under the
+    file to write, with the fix; before, the error named mkstemp's '.x.npz.01vb2v5a.tmp'."""
+    import errno
+
+    from latentbench import fsutil
+
+    def refused(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, f"{prefix}01vb2v5a{suffix}"))
+
+    monkeypatch.setattr(fsutil.tempfile, "mkstemp", refused)
+    target = tmp_path / "cache" / "stats.npz"
+    with pytest.raises(PermissionError) as err:
+        atomic_write_text(target, "x")
+    assert err.value.filename == str(target) and not target.exists()
+    assert fsutil.filesystem_error_line(err.value, tmp_path / "elsewhere") == (
+        f"Permission denied: {target}: make it (and its folder) writable for this user, or choose another folder")
+    assert fsutil.filesystem_error_line(err.value, tmp_path / "cache").endswith(
+        f"or choose another folder with LATENTBENCH_CACHE (the suite's cache, now {tmp_path / 'cache'})")
+    assert fsutil.filesystem_error_line(FileNotFoundError(errno.ENOENT, "No such file", "x")) is None  # said elsewhere
+
+
+def test_a_folder_or_a_file_in_the_way_is_named_before_writing(tmp_path):
+    from latentbench.fsutil import filesystem_error_line
+
+    (tmp_path / "out.npz").mkdir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(IsADirectoryError) as err:  # was raised by os.replace after the write, naming the temporary file
+        atomic_write_text(tmp_path / "out.npz", "x")
+    assert filesystem_error_line(err.value).endswith(f"{tmp_path / 'out.npz'}: that path is a folder: give the path of a file")
+    with pytest.raises(NotADirectoryError) as err:  # was mkdir's FileExistsError
+        atomic_write_text(tmp_path / "file" / "x.npz", "x")
+    assert filesystem_error_line(err.value).endswith(
+        f"{tmp_path / 'file' / 'x.npz'}: a part of that path is a file, not a folder: choose another path")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.npz"] and not any((tmp_path / "out.npz").iterdir())
