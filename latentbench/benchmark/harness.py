@@ -944,9 +944,10 @@ def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluatio
     for info, limit, name in ((train, proto.data.num_train, "num_train"), (evaluation, proto.data.num_eval, "num_eval")):
         found = info["n"] + info.get("n_skipped", 0)  # skipped files are counted and named apart (data_notes)
         if limit is not None and found < limit:  # a row must not claim images it was not measured on
+            left_out = "".join(f" ({note})" for note in ignored_notes(info))  # images of a format not read, say
             raise ValueError(f"the protocol's data.{name} is {limit}, but the {info['split']} split of {info['source']} "
-                             f"has {found} images: its rows would carry the fingerprint of a {limit}-image protocol; "
-                             f"set data.{name} to {found} or null (all of them), or complete the split")
+                             f"has {found} images{left_out}: its rows would carry the fingerprint of a {limit}-image "
+                             f"protocol; set data.{name} to {found} or null (all of them), or complete the split")
     if proto.generator.max_steps > 0:
         from latentbench.generators.module import sample_labels
 
@@ -1065,6 +1066,7 @@ def data_notes(info: dict[str, Any]) -> list[str]:
     if info.get("n_upsampled"):
         notes.append(f"{info['n_upsampled']} of {info['n']} images have a side below {info['resolution']} px and are "
                      "upsampled (bicubic, ADM's center crop)")
+    notes += ignored_notes(info)
     if notes:
         lines.append(prefix + "; ".join(notes))
     if info.get("n_off_scale"):
@@ -1080,6 +1082,27 @@ def data_notes(info: dict[str, Any]) -> list[str]:
                      "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
                      "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
     return lines
+
+
+def ignored_notes(info: dict[str, Any]) -> list[str]:
+    """What an image folder's listing left out, with examples: files whose extension is not an image's (an image format
+    the suite does not read looks so: .heic, .avif) and images beside the class folders; hidden files alone say nothing."""
+    from latentbench.data.images import IMAGE_EXTENSIONS
+
+    def shown(key: str, count: int) -> str:
+        examples = info.get(key) or []
+        return ", ".join(examples) + (", ..." if count > len(examples) else "")
+
+    notes = []
+    if info.get("ignored_non_image_examples"):
+        notes.append(f"ignored {info['n_ignored_non_image']} file(s) that are not images by their extension "
+                     f"({shown('ignored_non_image_examples', info['n_ignored_non_image'])}): only "
+                     f"{' '.join(IMAGE_EXTENSIONS)} files are read, so convert any images among them to one of those")
+    if info.get("ignored_outside_classes_examples"):
+        notes.append(f"ignored {info['n_ignored_outside_classes']} image file(s) beside the class folders "
+                     f"({shown('ignored_outside_classes_examples', info['n_ignored_outside_classes'])}): each sub-folder "
+                     "is a class and only images inside one are read; move them into their class's folder")
+    return notes
 
 
 def split_notes(train: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:

@@ -10,7 +10,8 @@ class folder, in sorted order, following symbolic links but entering each folder
 back up the tree does not repeat images). A folder with no sub-folders is one class named "".
 Files whose extension is not in IMAGE_EXTENSIONS (README.txt, .DS_Store...) are ignored and
 counted (``n_ignored_non_image``); when class sub-folders exist, image files lying directly in
-the root are ignored too, and counted (``n_ignored_outside_classes``). A folder that cannot be
+the root are ignored too, and counted (``n_ignored_outside_classes``); the first few of each are
+named (``ignored_*_examples``), for the bench to say so. A folder that cannot be
 listed is an error naming it: its images are never dropped silently.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from latentbench.data.images import IMAGE_EXTENSIONS, is_image_file
 from latentbench.data.info import SplitNotFoundError
 from latentbench.data.scancache import Stamp
 
+MAX_EXAMPLES = 3  # ignored files named in the info, per kind
 SPLIT_NAMES = ("train", "training", "val", "valid", "validation", "eval", "test", "testing")
 
 
@@ -76,7 +78,7 @@ def build_imagefolder(
     """
     root = _split_root(Path(directory), split)
     class_names, class_dirs = _find_classes(root)
-    paths, labels, n_non_image = [], [], 0
+    paths, labels, non_images = [], [], []
     # a link inside one class folder back up to the split's root or into another class folder would list those
     # images a second time, under this class's label
     elsewhere = _distinct_folders(root, class_dirs) if class_names != [""] else {}
@@ -90,16 +92,30 @@ def build_imagefolder(
                              "add its images or remove it")
         paths += images
         labels += [label] * len(images)
-        n_non_image += len(others)
+        non_images += others
     loose = _files_in(root) if class_names != [""] else []  # files beside the class folders
-    n_outside = sum(map(is_image_file, loose))
-    n_non_image += len(loose) - n_outside
+    outside = [f for f in loose if is_image_file(f)]
+    non_images += [f for f in loose if not is_image_file(f)]
     if not paths:
         raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in folder {root}")
     return EncodedImageDataset(
         FolderFiles(paths, labels), source, split, resolution, class_names, on_bad_image, limit,
-        n_ignored_non_image=n_non_image, n_ignored_outside_classes=n_outside, root=str(root),
+        n_ignored_non_image=len(non_images), n_ignored_outside_classes=len(outside), root=str(root),
+        **_ignored_examples(root, non_images, outside),
     )
+
+
+def _ignored_examples(root: Path, non_images: list[str], outside: list[str]) -> dict[str, list[str]]:
+    """The first MAX_EXAMPLES ignored files by kind, relative to ``root``, for the bench's line on them (an image format
+    the suite does not read, images left beside the class folders): ``ignored_non_image_examples`` (hidden files, such
+    as .DS_Store, are counted but not named) and ``ignored_outside_classes_examples``; each only where there is one,
+    so the info of a folder without them stays as it was (it keys cached statistics)."""
+    def named(files: list[str]) -> list[str]:
+        return [os.path.relpath(f, root) for f in files[:MAX_EXAMPLES]]
+
+    shown = [f for f in sorted(non_images) if not os.path.basename(f).startswith(".")]
+    examples = {"ignored_non_image_examples": named(shown), "ignored_outside_classes_examples": named(outside)}
+    return {key: value for key, value in examples.items() if value}
 
 
 def _split_root(directory: Path, split: str) -> Path:

@@ -138,6 +138,37 @@ def test_images_beside_class_folders_are_counted(tmp_path):
     assert len(ds) == 1 and ds.info["n_ignored_outside_classes"] == 1
 
 
+def test_the_bench_names_a_few_ignored_files_of_each_kind(tmp_path):
+    """Files of a format not read (.heic) and images beside the class folders: counted, and now named in the bench's
+    line (the first three of each; hidden files counted, not named); the limit check names them too."""
+    from dataclasses import replace
+
+    from latentbench.benchmark.harness import _check_data_for_the_stages, data_notes
+    from latentbench.benchmark.protocol import load_protocol
+
+    _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
+    for name in ("cat/.DS_Store", "cat/IMG_1.heic", "cat/IMG_2.heic", "cat/IMG_3.heic", "cat/IMG_4.heic"):
+        (tmp_path / name).write_bytes(b"x")
+    _make(tmp_path, {"loose.png": _noisy(8, 8)})
+    info = build_dataset(f"imagefolder:{tmp_path}", "train", 8).info
+    assert info["n_ignored_non_image"] == 5 and info["n_ignored_outside_classes"] == 1
+    [line] = data_notes(info)
+    assert line == (f"imagefolder:{tmp_path} [train]: ignored 5 file(s) that are not images by their extension "
+                    "(cat/IMG_1.heic, cat/IMG_2.heic, cat/IMG_3.heic, ...): only .png .jpg .jpeg .bmp .gif .tif .tiff "
+                    ".webp .ppm .pgm files are read, so convert any images among them to one of those; ignored 1 image "
+                    "file(s) beside the class folders (loose.png): each sub-folder is a class and only images inside one "
+                    "are read; move them into their class's folder")
+    proto = load_protocol("smoke")
+    proto = replace(proto, data=replace(proto.data, num_train=4))
+    with pytest.raises(ValueError, match=r"has 1 images \(ignored 5 file\(s\) .*cat/IMG_1.heic.*\): its rows"):
+        _check_data_for_the_stages(proto, info, info)
+    (tmp_path / "loose.png").unlink()
+    for name in ("IMG_1", "IMG_2", "IMG_3", "IMG_4"):
+        (tmp_path / "cat" / f"{name}.heic").unlink()
+    info = build_dataset(f"imagefolder:{tmp_path}", "train", 8).info  # hidden files alone: counted, nothing said
+    assert info["n_ignored_non_image"] == 1 and "ignored_non_image_examples" not in info and data_notes(info) == []
+
+
 def test_fingerprint_follows_content_not_location(tmp_path):
     _make(tmp_path / "a" / "cls", {f"{i}.png": _noisy(8, 8, i) for i in range(3)})
     shutil.copytree(tmp_path / "a", tmp_path / "b")
