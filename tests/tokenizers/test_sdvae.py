@@ -94,3 +94,17 @@ def test_kl_term_is_per_pixel_and_positive():
     closed = 0.5 * (dist.mean ** 2 + dist.var - 1 - dist.logvar).sum(dim=(1, 2, 3)).mean() / x[0].numel()
     assert extra["kl"] > 0
     torch.testing.assert_close(extra["kl"].detach(), closed, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("init_args, said", [
+    ({"latent_channels": -4}, "RuntimeError: Trying to create tensor with negative dimension"),
+    ({"norm_num_groups": 3}, "ValueError: num_channels (8) must be divisible by num_groups (3)"),
+    ({"block_out_channels": []}, "IndexError: tuple index out of range"),
+])
+def test_init_args_that_cannot_build_the_tokenizer_are_named(init_args, said):
+    """A config's init_args that torch cannot build: a ValueError naming the tokenizer, the init_args and torch's
+    words; before, torch's RuntimeError / IndexError ended the bench's train stage with a traceback (exit 1)."""
+    with pytest.raises(ValueError) as err:
+        create_tokenizer("sdvae-smoke", **init_args)
+    assert str(err.value).startswith(f"tokenizer sdvae-smoke cannot be built with init_args {init_args}: {said}")
+    assert str(err.value).endswith("fix those values in its config (without init_args it builds as registered)")
