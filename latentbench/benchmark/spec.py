@@ -98,6 +98,10 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
         import difflib
 
         aliases = ", ".join(sorted(protocol.tokenizers))
+        if protocol.tokenizers.get(spec.requested) == spec.name:  # the protocol's own map names no registered size
+            raise KeyError(f"protocol {protocol.name} maps the family {spec.requested} to {spec.name!r}, which is not a "
+                           f"tokenizer: {e.args[0]} Fix the protocol file's tokenizers: entry, or pass a registered "
+                           "name as --tokenizer") from None
         family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1, cutoff=0.75)  # not foo -> flowmo
         hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
         raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None

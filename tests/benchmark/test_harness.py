@@ -1447,3 +1447,19 @@ def test_a_checkpoint_with_a_damaged_member_is_named_with_the_member(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"not a readable checkpoint \(its member \S+/data/0 fails its CRC; cut short"):
         resume_from(path)
+
+
+def test_a_protocol_mapping_a_family_to_an_unknown_name_is_named_as_the_protocols(tmp_path):
+    """A protocol file whose tokenizers: entry names no registered size: the error says the protocol's map is wrong;
+    before it read 'unknown tokenizer ... Did you mean the family sdvae (sdvae-nope under mine)?', the very name."""
+    from dataclasses import replace
+
+    from latentbench.benchmark.harness import resolve_tokenizer
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = replace(load_protocol("smoke"), name="mine", tokenizers={"sdvae": "sdvae-nope"})
+    with pytest.raises(KeyError, match="protocol mine maps the family sdvae to 'sdvae-nope', which is not a tokenizer: "
+                                       "unknown tokenizer 'sdvae-nope'.*Fix the protocol file's tokenizers: entry"):
+        resolve_tokenizer("sdvae", proto)
+    with pytest.raises(KeyError, match="unknown tokenizer 'sdvae-nop'.*Family names under protocol mine: sdvae"):
+        resolve_tokenizer("sdvae-nop", proto)  # a name that is not the family's: as before
