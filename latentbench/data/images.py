@@ -50,7 +50,7 @@ class BadImageError(ValueError):
         self.path = str(path)
         self.reason = reason
         self.advice = advice
-        super().__init__(f"cannot decode image {self.path}: {reason}. {advice}")
+        super().__init__(f"cannot decode image {self.path}: {reason.rstrip('.')}. {advice}")
 
     def __reduce__(self):
         return type(self), (self.path, self.reason, self.advice)
@@ -124,6 +124,10 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
             return read(img)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
+    except Image.DecompressionBombError as err:  # Pillow's words end in "DOS attack." and name no fix
+        raise BadImageError(name, f"{err.args[0].split(',')[0]}: Pillow refuses an image over twice "
+                                  "PIL.Image.MAX_IMAGE_PIXELS as a possible decompression bomb; if it is a real image, "
+                                  "downscale it (the bench center-crops to the protocol's resolution anyway)") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
         raise BadImageError(name, f"{type(err).__name__}: {err}") from err
 

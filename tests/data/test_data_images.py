@@ -107,6 +107,18 @@ def test_bad_bytes_raise_named_error(data, reason):
     assert isinstance(info.value, ValueError)
 
 
+def test_an_image_over_pillows_pixel_limit_says_what_to_do(monkeypatch):
+    """Pillow's DecompressionBombError (over 2 x MAX_IMAGE_PIXELS): the file, its size and the fix (downscale it); Pillow's
+    own words ended in 'could be decompression bomb DOS attack..' (two full stops, no fix)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 20x20 image is then over twice the limit
+    with pytest.raises(BadImageError) as info:
+        load_rgb(_png_bytes(Image.new("RGB", (20, 20))), "/data/huge.png")
+    assert str(info.value).startswith(
+        "cannot decode image /data/huge.png: Image size (400 pixels) exceeds limit of 200 pixels: Pillow refuses an image "
+        "over twice PIL.Image.MAX_IMAGE_PIXELS as a possible decompression bomb; if it is a real image, downscale it")
+    assert ".." not in str(info.value)
+
+
 def test_missing_file_is_bad_image(tmp_path):
     with pytest.raises(BadImageError, match="cannot read file"):
         load_rgb(tmp_path / "nope.png")
