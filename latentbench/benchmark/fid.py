@@ -108,8 +108,8 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, sqrt_sigma
         ValueError: shapes disagree, an input holds NaN or Inf, or a covariance is not positive
             semi-definite beyond rounding.
     """
-    mu1, sigma1 = _check_gaussian(mu1, sigma1, "first")
-    mu2, sigma2 = _check_gaussian(mu2, sigma2, "second")
+    mu1, sigma1 = _check_gaussian(mu1, sigma1, "first Gaussian")
+    mu2, sigma2 = _check_gaussian(mu2, sigma2, "second Gaussian")
     if mu1.shape != mu2.shape:
         raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
     root = psd_sqrt(sigma2, "second") if sqrt_sigma2 is None else sqrt_sigma2
@@ -157,9 +157,9 @@ def _check_gaussian(mu: Any, sigma: Any, which: str) -> tuple[np.ndarray, np.nda
     """mu (D,) and sigma (D, D) as finite float64 arrays, or ValueError."""
     mu, sigma = _float64(mu), _float64(sigma)
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{which} Gaussian: need mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
+        raise ValueError(f"{which}: need mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-        raise ValueError(f"{which} Gaussian: mu or sigma contains NaN or Inf")
+        raise ValueError(f"{which}: mu or sigma contains NaN or Inf")
     return mu, sigma
 
 
@@ -258,7 +258,12 @@ class ReferenceStats:
 
     def __post_init__(self) -> None:
         where = f"reference statistics{f' in {self.path}' if self.path else ''}"
-        self.mu, self.sigma = _check_gaussian(self.mu, self.sigma, where)
+        try:
+            self.mu, self.sigma = _check_gaussian(self.mu, self.sigma, where)
+        except ValueError as err:  # a file: say how to get a usable one
+            fix = ("; no FID can be computed from it: write it again with latentbench stats (from finite features), or "
+                   "give another statistics file" if self.path else "")
+            raise ValueError(f"{err}{fix}") from None
         self.n = None if self.n is None else int(self.n)
 
     @property
@@ -423,7 +428,11 @@ def load_reference_for(path: str | os.PathLike, extractor, fix: str) -> Referenc
     except (ValueError, OSError, zipfile.BadZipFile) as e:  # numpy's own message suggests allow_pickle, which no option sets
         raise ValueError(f"{path} is not a readable .npz of statistics ({type(e).__name__}); write one with "
                          "latentbench stats, or give an ADM reference batch (an .npz of mu and sigma)") from None
-    reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+    try:
+        reference = FeatureStats.load_npz(path) if ours else load_adm_reference(path)
+    except (OSError, EOFError, zipfile.BadZipFile) as e:  # a member cut short or damaged (its CRC): read only now
+        raise ValueError(f"{path} is not a readable .npz of statistics ({type(e).__name__}: {e}); write it again with "
+                         "latentbench stats, or give an ADM reference batch (an .npz of mu and sigma)") from None
     # the extractor first: another one's features are most often of another width too, and only this error says the fix
     expected = reference.meta.get("extractor_id") if ours else "inception-tf"
     if expected and expected != extractor.id:

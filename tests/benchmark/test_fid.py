@@ -399,3 +399,26 @@ def test_a_constant_feature_is_no_cancellation():
         warnings.simplefilter("error")
         value = metric.compute()["value"]
     assert value == pytest.approx(_reference_fid(real[:, 1:], fake[:, 1:]), rel=1e-9)
+
+
+def test_a_damaged_or_non_finite_statistics_file_is_named_with_the_fix(tmp_path):
+    """A statistics file whose member is damaged (its CRC, found only when read) and one of NaN values: a ValueError
+    naming the file and the fix; before, the first ended latentbench metrics with zipfile's BadZipFile traceback and
+    the second said 'reference statistics in x.npz Gaussian: mu or sigma contains NaN or Inf'."""
+    from types import SimpleNamespace
+
+    from latentbench.benchmark.fid import load_reference_for
+
+    extractor = SimpleNamespace(id="domain-mnist", dim=D, weights_sha256="0" * 64)
+    np.savez(tmp_path / "crc.npz", mu=np.zeros(D), sigma=np.eye(D), n=np.array(10))
+    data = bytearray((tmp_path / "crc.npz").read_bytes())
+    at = data.index(b"sigma.npy") + 200  # inside sigma's stored bytes, past its local header and .npy header
+    data[at] ^= 0xFF
+    (tmp_path / "crc.npz").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"crc.npz is not a readable .npz of statistics \(BadZipFile: Bad CRC-32 for "
+                                         r"file 'sigma.npy'\); write it again with latentbench stats"):
+        load_reference_for(tmp_path / "crc.npz", extractor, "")
+    np.savez(tmp_path / "nan.npz", mu=np.full(D, np.nan), sigma=np.eye(D), n=np.array(10))
+    with pytest.raises(ValueError, match=r"^reference statistics in \S*nan.npz: mu or sigma contains NaN or Inf; no FID "
+                                         "can be computed from it: write it again with latentbench stats"):
+        load_reference_for(tmp_path / "nan.npz", extractor, "")
