@@ -1463,3 +1463,32 @@ def test_a_protocol_mapping_a_family_to_an_unknown_name_is_named_as_the_protocol
         resolve_tokenizer("sdvae", proto)
     with pytest.raises(KeyError, match="unknown tokenizer 'sdvae-nop'.*Family names under protocol mine: sdvae"):
         resolve_tokenizer("sdvae-nop", proto)  # a name that is not the family's: as before
+
+
+@pytest.mark.slow  # a whole bench (2 training steps, no generator): 20-60 s on a busy 2-core CPU
+def test_a_folder_without_class_folders_benches_with_the_probe_unavailable(tmp_path):
+    """A folder of images without class sub-folders is one class (a documented layout); the linear probe needs two, and
+    raised 'num_classes must be at least 2, got 1' at the eval stage, after the training. Now the row records the probe
+    as unavailable, saying why and what to do, and every other metric as measured."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+
+    from latentbench.benchmark.protocol import PROTOCOL_DIR
+
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.png")
+    raw = yaml.safe_load((PROTOCOL_DIR / "smoke.yaml").read_text())
+    raw["data"].update(source=f"imagefolder:{tmp_path / 'images'}", num_train=None, num_eval=None)
+    raw["train"].update(max_steps=2, batch_size=2)
+    raw["eval"].update(batch_size=2)
+    raw["generator"]["max_steps"] = 0
+    (tmp_path / "flat.yaml").write_text(yaml.safe_dump(raw))
+    record = run_bench("sdvae", str(tmp_path / "flat.yaml"), runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb",
+                       log=lambda line: None)
+    assert record["metrics"]["probe"] == {"unavailable": f"imagefolder:{tmp_path / 'images'} has one class, and a linear "
+                                                         "probe needs at least 2 (give its images class sub-folders to "
+                                                         "measure one)"}
+    assert record["metrics"]["psnr"]["n"] == 6 and "value" in record["metrics"]["rfid"]
