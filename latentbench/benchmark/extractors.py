@@ -438,6 +438,15 @@ def _quiet_lightning():
                 lg.setLevel(level)
 
 
+def one_class_error(source: str) -> ValueError:
+    """The error for a domain extractor of data with one class: its classifier's single logit gets no gradient, so
+    it would stay at its random initialisation and FID-domain would compare random features, silently."""
+    return ValueError(f"extractor {DOMAIN_PREFIX}{source} is a classifier of {source!r}'s classes, but it has one class "
+                      "(an image folder without class sub-folders): it would learn nothing and measure with random "
+                      "features; give the images class sub-folders, or choose another extractor (inception-tf, "
+                      "dinov2-vitb14, or domain-<source> of data with classes)")
+
+
 def train_domain_classifier(source: str, recipe: DomainRecipe, train: tuple, val: tuple) -> tuple[DomainClassifier, dict]:
     """Fit a domain classifier with Lightning on the CPU and measure it on the val split.
 
@@ -612,6 +621,8 @@ def build_domain_extractor(
     except ValueError as e:  # the data source's own message lists the sources; say whose source it is
         raise ValueError(f"extractor {DOMAIN_PREFIX}{source} is a classifier trained on the data source {source!r}, "
                          f"which does not resolve: {e}") from None
+    if train[2]["num_classes"] < 2:
+        raise one_class_error(source)
     val = _split_tensors(source, splits[1], recipe.resolution, on_bad_image=on_bad_image)
     path = domain_cache_path(Path(cache_dir) if cache_dir is not None else default_cache_dir(), source, recipe, train[2], val[2])
     path.parent.mkdir(parents=True, exist_ok=True)

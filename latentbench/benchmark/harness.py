@@ -925,12 +925,16 @@ def check_extractor(proto: Protocol) -> None:
             raise ValueError(f"eval.extractor_options {options} do not fit {name}'s training recipe ({e}): it takes "
                              f"{', '.join(inspect.signature(DomainRecipe).parameters)}") from None
         source = name[len(DOMAIN_PREFIX):]
-        if name not in EXTRACTORS and source != proto.data.source:
+        if name not in EXTRACTORS and source != proto.data.source:  # the protocol's own: _check_data_for_the_stages
             try:
-                build_dataset(source, "train", proto.data.resolution, limit=1)  # one file read at most
+                classes = build_dataset(source, "train", proto.data.resolution, limit=1).info["num_classes"]  # one file read at most
             except ValueError as e:
                 raise ValueError(f"eval.extractor {name} is a classifier trained on the data source {source!r}, "
                                  f"which does not resolve: {e}") from None
+            if classes < 2:
+                from latentbench.benchmark.extractors import one_class_error
+
+                raise one_class_error(source)
         return
     factory = EXTRACTORS.get(name)  # KeyError naming the registered ones, or ImportError for module:Class
     if "cache_dir" in options:
@@ -947,6 +951,10 @@ def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluatio
     """The scanned splits suit every stage (same classes; the generator's class-balanced sample set): checked before
     hours of training."""
     check_same_classes(train, evaluation)
+    if proto.eval.extractor == f"domain-{proto.data.source}" and train["num_classes"] < 2:  # before training, not at eval
+        from latentbench.benchmark.extractors import one_class_error
+
+        raise one_class_error(proto.data.source)
     for info, limit, name in ((train, proto.data.num_train, "num_train"), (evaluation, proto.data.num_eval, "num_eval")):
         found = info["n"] + info.get("n_skipped", 0)  # skipped files are counted and named apart (data_notes)
         if limit is not None and found < limit:  # a row must not claim images it was not measured on

@@ -323,3 +323,14 @@ def test_domain_weights_file_that_is_not_one_is_named(domain_cache, tmp_path, ki
     said = {"missing": "does not exist", "folder": "is a folder"}.get(kind, "is not a readable safetensors file")
     with pytest.raises(ValueError, match=f"{path}.*{said}.*no weights file to use"):
         create_extractor("domain-mnist", weights=path)
+
+
+def test_a_domain_classifier_of_one_class_is_refused(tmp_path):
+    """A folder without class sub-folders is one class: its classifier's one logit gets no gradient, so it stayed at its
+    random initialisation and FID-domain measured random features without a word (0.05 for two noise folders)."""
+    for i in range(3):
+        Image.fromarray(_images(1, 8, seed=i)[0].permute(1, 2, 0).numpy()).save(tmp_path / f"{i}.png")
+    with pytest.raises(ValueError, match=f"extractor domain-imagefolder:{tmp_path} is a classifier of .* but it has one "
+                                         "class .*: it would learn nothing and measure with random features"):
+        create_extractor(f"domain-imagefolder:{tmp_path}", cache_dir=tmp_path / "cache", recipe=TINY)
+    assert not (tmp_path / "cache").exists()

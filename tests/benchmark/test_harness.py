@@ -1492,3 +1492,30 @@ def test_a_folder_without_class_folders_benches_with_the_probe_unavailable(tmp_p
                                                          "probe needs at least 2 (give its images class sub-folders to "
                                                          "measure one)"}
     assert record["metrics"]["psnr"]["n"] == 6 and "value" in record["metrics"]["rfid"]
+
+
+def test_a_domain_extractor_of_one_class_data_is_refused_before_training(tmp_path):
+    """eval.extractor domain-<a folder without class sub-folders>: refused by the checks before the stages, for another
+    source (check_extractor) and for the protocol's own (_check_data_for_the_stages), not at the eval stage."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from latentbench.benchmark.harness import _check_data_for_the_stages, check_extractor
+    from latentbench.benchmark.protocol import load_protocol
+    from latentbench.data import build_dataset
+
+    (tmp_path / "flat").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "flat" / f"{i}.png")
+    source = f"imagefolder:{tmp_path / 'flat'}"
+    proto = load_protocol("smoke")
+    other = dataclasses.replace(proto, eval=dataclasses.replace(proto.eval, extractor=f"domain-{source}"))
+    with pytest.raises(ValueError, match=f"extractor domain-{source} is a classifier of .* but it has one class"):
+        check_extractor(other)
+    own = dataclasses.replace(other, data=dataclasses.replace(proto.data, source=source, num_train=None, num_eval=None))
+    info = build_dataset(source, "train", 32).info
+    with pytest.raises(ValueError, match=f"extractor domain-{source} is a classifier of .* but it has one class"):
+        _check_data_for_the_stages(own, info, info)
+    _check_data_for_the_stages(dataclasses.replace(own, eval=proto.eval), info, info)  # domain-mnist: measures, no error
