@@ -238,6 +238,9 @@ def find_record(result: str, root: Path = LEADERBOARD_DIR) -> dict[str, Any]:
             raise ValueError(f"{path} is not a result record (a stage's result? only stages/record.json holds one): "
                              f"{_WHAT_TO_GIVE}")
         return data
+    if not Path(root).is_dir():  # a mistyped --leaderboard_dir would otherwise read as "no records with id ..."
+        raise FileNotFoundError(f"--leaderboard_dir {root} is not a folder: give the root of the leaderboard tables the "
+                                f"bench wrote to (default: the repository's leaderboards/), or {_WHAT_TO_GIVE[5:]}")
     found = [r for p in sorted(Path(root).glob("*/v*/results.jsonl")) for r in parse_jsonl(p) if r["id"].startswith(result)]
     if len(found) != 1:
         raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}: {_WHAT_TO_GIVE}")

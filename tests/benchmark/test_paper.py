@@ -111,6 +111,10 @@ def test_compare_finds_an_id_in_a_benchs_own_leaderboard_dir(tmp_path, capsys):
     (table / "results.jsonl").write_text(json.dumps(_record()) + "\n")
     main(["compare", "--result", "abab", "--leaderboard_dir", str(tmp_path / "lb")])
     assert "MAETok Table 4: MAETok" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # a mistyped folder: said so, not "no records with id 'abab' under"
+        main(["compare", "--result", "abab", "--leaderboard_dir", str(tmp_path / "lbb")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"latentbench: error: --leaderboard_dir {tmp_path / 'lbb'} is not a folder")
 
 
 def test_a_result_is_set_beside_its_own_configs_rows_first():
