@@ -194,6 +194,11 @@ STATISTICS = "statistics.safetensors"  # a cache's normalisation statistics, wri
 REENCODE = "delete the folder to re-encode"
 
 
+def _reencode(directory: Path) -> str:
+    """REENCODE naming the folder (an error names one of its files, and "the folder" could be any above it)."""
+    return f"delete the folder {directory} to re-encode"
+
+
 class ShardWriter:
     """This rank's rows of a shard folder, written as parts of about ``part_bytes`` each as they arrive.
 
@@ -260,7 +265,8 @@ class LatentShards:
     """
 
     def __init__(self, directory: Path, fix: str = REENCODE):
-        self.directory, self.fix = Path(directory), fix
+        self.directory = Path(directory)
+        self.fix = fix = _reencode(self.directory) if fix == REENCODE else fix
         paths = sorted(p for p in self.directory.glob("shard-*.safetensors") if _SHARD_NAME.fullmatch(p.name))
         if not paths:
             raise FileNotFoundError(f"no latent shards in {self.directory}; {fix}")
@@ -376,7 +382,7 @@ def _cached_meta(directory: Path, key: CacheKey) -> dict[str, Any] | None:
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:  # written atomically: edited or damaged
-        raise ValueError(f"latent cache {meta_path} is not valid JSON ({err}); {REENCODE}") from None
+        raise ValueError(f"latent cache {meta_path} is not valid JSON ({err}); {_reencode(directory)}") from None
     return meta if meta.get("key") == key.digest else None
 
 
@@ -392,7 +398,7 @@ def load_cache(directory: Path, key: CacheKey) -> tuple[LatentShards, dict[str, 
     shards = LatentShards(directory)
     if len(shards) != meta["n"] or list(shards.shape) != meta["shape"]:
         raise ValueError(f"latent cache {directory} holds {len(shards)} latents of shape {list(shards.shape)} but its "
-                         f"meta.json records {meta['n']} of {meta['shape']}: a shard part is missing; {REENCODE}")
+                         f"meta.json records {meta['n']} of {meta['shape']}: a shard part is missing; {_reencode(directory)}")
     path = directory / STATISTICS
     if path.exists():
         with open_safetensors(path, "delete it: the statistics are computed again from the latents") as f:

@@ -309,9 +309,9 @@ def test_element_statistics_need_two_latents(tmp_path):
 
 
 @pytest.mark.parametrize("name, message", [
-    ("shard-*.safetensors", r"shard-.* is not a readable safetensors file .*; delete the folder to re-encode"),
+    ("shard-*.safetensors", r"shard-.* is not a readable safetensors file .*; delete the folder {} to re-encode"),
     ("statistics.safetensors", r"statistics.safetensors is not a readable safetensors file .*; delete it"),
-    ("meta.json", r"meta.json is not valid JSON .*; delete the folder to re-encode"),
+    ("meta.json", r"meta.json is not valid JSON .*; delete the folder {} to re-encode"),
 ])
 def test_a_cut_short_cache_file_is_named_with_the_fix(name, message, tmp_path):
     """A cache file cut short (a kill, a full disk, a partial copy) had raised a bare SafetensorError or JSON error."""
@@ -320,5 +320,5 @@ def test_a_cut_short_cache_file_is_named_with_the_fix(name, message, tmp_path):
     cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
     path = next(tmp_path.glob(name))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message.format(tmp_path)):  # the folder named: "the folder" could be any above
         cached_latents(tmp_path, key, _Doubler(), data, batch_size=4)
