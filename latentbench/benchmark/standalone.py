@@ -104,6 +104,17 @@ def check_batch_size(batch_size: int) -> None:
         raise ValueError(f"--batch_size must be >= 1 (images per forward pass), got {batch_size}")
 
 
+def check_folder(directory: str | Path) -> Path:
+    """``directory`` as a Path; an error unless it is a folder (checked before an extractor's weights are looked for:
+    a mistyped folder is the first thing to say)."""
+    root = Path(directory)
+    if root.is_file():
+        raise ValueError(f"{root} is a file: give a folder of images (for FID, --real may be an .npz of statistics)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    return root
+
+
 def list_images(directory: str | Path) -> dict[str, Path]:
     """Image files under ``directory`` (recursive), keyed by relative path; errors when there are none.
 
@@ -112,11 +123,7 @@ def list_images(directory: str | Path) -> dict[str, Path]:
     """
     from latentbench.data.folder import image_files
 
-    root = Path(directory)
-    if root.is_file():
-        raise ValueError(f"{root} is a file: give a folder of images (for FID, --real may be an .npz of statistics)")
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder {root} does not exist")
+    root = check_folder(directory)
     others: list[str] = []
     files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root, others)}
     if not files:
@@ -393,6 +400,7 @@ def save_folder_stats(directory: str | Path, out: str | Path, extractor_name: st
         raise ValueError(f"--out {out} must end in .npz (metrics --real takes a statistics file by that suffix)")
     from latentbench.benchmark.extractors import create_extractor
 
+    check_folder(directory)
     extractor = create_extractor(extractor_name, weights=extractor_weights)
     stats = folder_stats(directory, extractor, batch_size)
     return stats.save_npz(out, extractor_id=extractor.id, weights_sha256=extractor.weights_sha256,
@@ -414,6 +422,8 @@ def folder_metrics(real: str | Path, fake: str | Path, fid: bool = False, psnr: 
     if names and is_statistics_file(real):
         raise ValueError(f"--real {real} is a statistics file, which serves --fid only: {', '.join(names)} compare "
                          "images pair by pair, so pass the image folder as --real (or drop those metrics)")
+    for folder in ([] if is_statistics_file(real) else [real]) + [fake]:
+        check_folder(folder)  # before the extractor's weights are looked for; the paired metrics list both anyway
     if fid:  # its options, weights (and a --real statistics file) are checked before any image is read
         from latentbench.benchmark.fid import check_bootstrap
 

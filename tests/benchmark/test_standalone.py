@@ -125,6 +125,27 @@ def test_a_missing_statistics_file_is_named_before_any_weights(tmp_path):
             folder_metrics(tmp_path / "nope.npz", fake, fid=True, extractor=extractor)
 
 
+def test_a_missing_image_folder_is_named_before_any_weights(tmp_path, monkeypatch):
+    """A mistyped folder (--real, --fake, stats --images) got the extractor's 'download the Inception weights' error
+    first, when those were missing: the user would fetch 100 MB to learn of the typo."""
+    from latentbench.benchmark import extractors
+    from latentbench.benchmark.standalone import save_folder_stats
+    from latentbench.weights import WeightsUnavailable
+
+    def no_weights(*args, **kwargs):
+        raise WeightsUnavailable("inception-tf (FID) needs torch-fidelity's Inception weights")
+
+    monkeypatch.setattr(extractors, "create_extractor", no_weights)
+    real, fake, _ = _folders(tmp_path, n=2)
+    for given in ((tmp_path / "nope", fake), (real, tmp_path / "nope"), (tmp_path / "stats.npz", tmp_path / "nope")):
+        with pytest.raises(FileNotFoundError, match="image folder .*nope does not exist"):
+            folder_metrics(*given, fid=True)
+    with pytest.raises(FileNotFoundError, match="image folder .*nope does not exist"):
+        save_folder_stats(tmp_path / "nope", tmp_path / "out.npz")
+    with pytest.raises(WeightsUnavailable):  # folders that exist: the weights are what is missing
+        folder_metrics(real, fake, fid=True)
+
+
 def test_an_unreadable_file_in_one_folder_needs_no_pair_advice(tmp_path):
     real, _, _ = _folders(tmp_path, n=3)
     (real / "2.png").write_bytes(b"\x89PNG truncated")
