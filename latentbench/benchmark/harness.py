@@ -1125,17 +1125,24 @@ def split_notes(train: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
     none otherwise."""
     from latentbench.data.sources import same_images
 
-    where = same_images(evaluation["source"], (train["split"], evaluation["split"])) if train["source"] == evaluation["source"] else None
+    if train["source"] != evaluation["source"]:
+        return []
+    # both take their first usable images (data.num_train / num_eval): the smaller split is all in the larger one
+    shared = min(train["n"], evaluation["n"])
+    effect = ("so the bench trains on the images it measures (reconstruction metrics, rFID and the probe are not on "
+              "held-out images)")
+    if train["split"] == evaluation["split"]:  # any source: the protocol itself names one split twice
+        return [f"{evaluation['source']}: the protocol's train and eval split are both {train['split']!r} ({shared} of "
+                f"the {evaluation['n']} eval images are train images too), {effect}; to hold images out, give the "
+                "protocol's data.eval_split another split"]
+    where = same_images(evaluation["source"], (train["split"], evaluation["split"]))
     if where is None:
         return []
     fix = (f"save a DatasetDict with {train['split']!r} and {evaluation['split']!r} splits of different images"
            if evaluation["source"].startswith("hf:") else f"give it {train['split']}/ and {evaluation['split']}/ folders of different images")
-    # both take their first usable images (data.num_train / num_eval): the smaller split is all in the larger one
-    shared = min(train["n"], evaluation["n"])
     return [f"{evaluation['source']}: the {train['split']} and {evaluation['split']} splits are read from the same images "
             f"({where}; {shared} of the {evaluation['n']} {evaluation['split']} images are {train['split']} images too), "
-            "so the bench trains on the images it measures (reconstruction metrics, rFID and the probe "
-            f"are not on held-out images); to hold images out, {fix}"]
+            f"{effect}; to hold images out, {fix}"]
 
 
 def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:

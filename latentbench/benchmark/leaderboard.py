@@ -633,8 +633,11 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
     for r in records:  # train and eval the same images (harness.split_notes said so at the bench)
         if (r.get("data") or {}).get("same_images"):
             train, evaluation = r["data"]["train"], r["data"]["eval"]
-            notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): its {train['split']} and {evaluation['split']} "
-                         f"splits were read from the same images ({evaluation['source']} has no separate splits), so its "
+            which = (f"its train and eval split were both {train['split']!r} of {evaluation['source']}"
+                     if train["split"] == evaluation["split"] else
+                     f"its {train['split']} and {evaluation['split']} splits were read from the same images "
+                     f"({evaluation['source']} has no separate splits)")
+            notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): {which}, so its "
                          "reconstruction metrics and probe are not on held-out images.")
     for r in records:  # a folder saved on another scale than it is read on (harness.data_notes said so at the bench)
         for split in ("train", "eval"):

@@ -576,6 +576,9 @@ def test_a_row_trained_and_measured_on_the_same_images_is_noted():
     assert (f"- data: tok-same (record {same['id'][:12]}): its train and val splits were read from the same images "
             "(imagefolder:/d has no separate splits), so its reconstruction metrics and probe are not on held-out images.") in table
     assert "held-out" not in render_table([make_record("tok-a")])
+    same["data"]["eval"]["split"] = "train"  # a protocol naming one split twice
+    assert (f"- data: tok-same (record {same['id'][:12]}): its train and eval split were both 'train' of imagefolder:/d, "
+            "so its reconstruction metrics and probe are not on held-out images.") in render_table([same])
 
 
 def _from_ckpt(record, sha, path="elsewhere/weights.safetensors"):

@@ -374,3 +374,9 @@ def test_the_bench_says_when_train_and_eval_are_the_same_images(tmp_path):
     split = f"imagefolder:{tmp_path / 'split'}"
     assert split_notes(build_dataset(split, "train", 8).info, build_dataset(split, "val", 8).info) == []
     assert set(build_dataset(flat, "val", 8).info) == set(build_dataset(split, "val", 8).info)  # the info is as it was
+    for source in (flat, split):  # a protocol naming one split twice measures what it trained on, whatever the folder
+        [line] = split_notes(build_dataset(source, "train", 8).info, build_dataset(source, "train", 8, limit=4).info)
+        assert line == (f"{source}: the protocol's train and eval split are both 'train' (4 of the 4 eval images are train "
+                        "images too), so the bench trains on the images it measures (reconstruction metrics, rFID and "
+                        "the probe are not on held-out images); to hold images out, give the protocol's data.eval_split "
+                        "another split")
