@@ -45,7 +45,7 @@ def parse_jsonl(path: Path) -> list[dict[str, Any]]:
             raise ValueError(
                 f"{path} line {number} is not a JSON record ({e.msg})"
                 + ("; it is a merge-conflict marker: keep both sides' rows (each line is one record) and delete the "
-                   "marker lines" if conflict else "; restore the file from version control")) from None
+                   "marker lines" if conflict else "; restore the line from version control or a backup")) from None
         if not isinstance(record, dict) or "id" not in record:
             raise ValueError(f"{path} line {number} is not a result record (a JSON object with an 'id')")
         records.append(record)

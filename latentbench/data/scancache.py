@@ -159,7 +159,10 @@ class ScanCache:
     def _fail(self, err: Exception) -> None:
         warnings.warn(
             f"scan cache {self.path} is not usable ({type(err).__name__}: {err}); scanning without it. "
-            f"Delete the file to start a new one, or set {ENV}=0.", RuntimeWarning, stacklevel=3,
+            + ("Make its folder writable, or set LATENTBENCH_CACHE to a writable folder, or "
+               if isinstance(err, OSError) or "readonly" in str(err) or "unable to open" in str(err)  # where, not what
+               else "Delete the file to start a new one, or ")
+            + f"set {ENV}=0.", RuntimeWarning, stacklevel=3,
         )
         self._failed, self._pending = True, []
         if self._db is not None:

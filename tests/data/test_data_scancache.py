@@ -162,7 +162,8 @@ def test_an_unusable_cache_warns_and_the_scan_goes_on(tmp_path, decoded, monkeyp
         (tmp_path / "cache" / scancache.FILE_NAME).write_bytes(b"this is not an SQLite database" * 100)
     else:
         (tmp_path / "cache").write_text("a file where the cache folder should be")
-    with pytest.warns(RuntimeWarning, match="scan cache .* is not usable.*scanning without it"):
+    fix = "Delete the file to start a new one" if damage == "junk file" else "Make its folder writable"  # what, where
+    with pytest.warns(RuntimeWarning, match=f"scan cache .* is not usable.*scanning without it. {fix}"):
         data = _build(folder)
     assert data.info == reference.info and len(decoded) == 6
 
