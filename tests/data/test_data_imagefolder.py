@@ -147,6 +147,7 @@ def test_the_bench_names_a_few_ignored_files_of_each_kind(tmp_path):
     from latentbench.benchmark.protocol import load_protocol
 
     _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
+    _make(tmp_path / "dog", {"b.png": _noisy(8, 8, 1)})  # two classes: the smoke protocol's domain extractor needs them
     for name in ("cat/.DS_Store", "cat/IMG_1.heic", "cat/IMG_2.heic", "cat/IMG_3.heic", "cat/IMG_4.heic"):
         (tmp_path / name).write_bytes(b"x")
     _make(tmp_path, {"loose.png": _noisy(8, 8)})
@@ -160,7 +161,7 @@ def test_the_bench_names_a_few_ignored_files_of_each_kind(tmp_path):
                     "are read; move them into their class's folder")
     proto = load_protocol("smoke")
     proto = replace(proto, data=replace(proto.data, num_train=4))
-    with pytest.raises(ValueError, match=r"has 1 images \(ignored 5 file\(s\) .*cat/IMG_1.heic.*\): its rows"):
+    with pytest.raises(ValueError, match=r"has 2 images \(ignored 5 file\(s\) .*cat/IMG_1.heic.*\): its rows"):
         _check_data_for_the_stages(proto, info, info)
     (tmp_path / "loose.png").unlink()
     for name in ("IMG_1", "IMG_2", "IMG_3", "IMG_4"):
