@@ -156,6 +156,8 @@ class MaskGIT(nn.Module):
                  choice_temperature: float = 4.5):
         super().__init__()
         length, bits = input_shape
+        if not 0.0 <= class_dropout <= 1.0:  # as DiT's
+            raise ValueError(f"class_dropout must be in [0, 1], got {class_dropout}")
         self.input_shape, self.num_classes = (int(length), int(bits)), num_classes
         self.splits = splits or default_splits(bits)
         self.vocab = 2 ** sub_bits(bits, self.splits)

@@ -94,8 +94,11 @@ def sample_labels(index: Tensor, num_classes: int, num_samples: int, mode: str =
     """Class label of each gFID sample index.
 
     ``balanced``: index i has class i mod K, so any num_samples divisible by K gives exactly
-    num_samples / K per class whatever the sharding. ``random``: a label drawn from sample i's own seed.
+    num_samples / K per class whatever the sharding. ``random``: a label drawn from a generator of its
+    own for index i (seeded ``sample_seed(seed + 1, i)``, apart from the sample's noise, ``sample_seeds``).
     """
+    if mode not in ("balanced", "random"):
+        raise ValueError(f"class_sampling must be 'balanced' or 'random', got {mode!r}")
     if mode == "balanced":
         if num_samples % num_classes:
             raise ValueError(f"class-balanced sampling needs num_samples ({num_samples}) divisible by the "
@@ -148,6 +151,8 @@ class GeneratorModule(L.LightningModule):
                  grad_clip: float | None = None, final_lr: float | None = None, decay_start: float = 0.0, decay_end: float = 1.0,
                  sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced", samples_dir: str | None = None):
         super().__init__()
+        if not 0 <= ema_decay < 1:  # 1 would sample the initial weights for ever, never the trained ones
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {ema_decay}")
         if grad_clip is not None and grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0 (or null for no clipping), got {grad_clip}")
         if final_lr is not None and not (final_lr >= 0 and 0 <= decay_start < decay_end <= 1):

@@ -121,6 +121,13 @@ def test_class_dropout_one_makes_every_training_label_null():
     assert (seen["y"] == 0).all()  # no dropout outside training
 
 
+@pytest.mark.parametrize("dropout", [1.5, -0.1])
+def test_a_class_dropout_outside_0_1_is_refused_as_dits(dropout):
+    # 1.5 nulled every label as 1.0 does, without a word that the value was no probability
+    with pytest.raises(ValueError, match=r"class_dropout must be in \[0, 1\]"):
+        _model(class_dropout=dropout)
+
+
 # ---- per-sample seeds --------------------------------------------------------------------------
 
 def test_samples_follow_their_seed_not_their_batch():

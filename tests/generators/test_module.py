@@ -39,6 +39,18 @@ def test_random_labels_follow_the_sample_not_the_batch():
     assert len(labels.unique()) > 3 and labels.max() < 10
 
 
+def test_an_unknown_class_sampling_is_refused_not_taken_for_random():
+    with pytest.raises(ValueError, match="class_sampling must be 'balanced' or 'random', got 'balance'"):
+        sample_labels(torch.arange(10), 10, 10, mode="balance")
+
+
+@pytest.mark.parametrize("decay", [1.0, -0.5])
+def test_an_ema_decay_outside_0_1_is_refused(decay):
+    # decay 1 kept the initial weights as the average for ever: every sample came from the untrained network
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        GeneratorModule("dit-smoke", SHAPES["dit-smoke"], num_classes=3, ema_decay=decay)
+
+
 def _module(name, **kw):
     torch.manual_seed(0)
     shape = SHAPES[name]

@@ -322,3 +322,13 @@ def test_paper_size_config_samples_the_mask_as_the_official_code():
     assert spec.init_args["mask_sampling"] == "official"
     assert spec.init_args["aux_targets"] == ["hog", "maetok-dinov2-vitl", "maetok-siglip-so400m"]
     assert "mask_sampling" not in resolve_tokenizer("maetok", load_protocol("ci")).init_args
+
+
+def test_sincos_latent_positions_of_an_odd_width_are_refused_at_build():
+    """A sine-cosine table has dim / 2 sines and as many cosines: for an odd width it came out one column short and
+    failed later at the addition, as a shape mismatch naming no option."""
+    from latentbench.tokenizers.maetok import LatentPositions
+
+    assert LatentPositions(4, 6, "sincos").table.shape == (1, 4, 6)
+    with pytest.raises(ValueError, match="sine-cosine positions need an even width, got 5"):
+        LatentPositions(4, 5, "sincos")
