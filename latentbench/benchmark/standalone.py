@@ -99,6 +99,7 @@ class ColourModes:
             warnings.warn(f"the two sides differ in colour ({shown}): images are measured as RGB with gray replicated to "
                           "three channels, so a grayscale side is compared with a colour one as it is", stacklevel=2)
 
+
 def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise ValueError(f"--batch_size must be >= 1 (images per forward pass), got {batch_size}")
@@ -286,16 +287,6 @@ def _need_two(n: int, directory: str | Path) -> None:
                          f"holds {n}: add images to it")
 
 
-def fid_between_folders(real_dir: str | Path, fake_dir: str | Path, extractor_name: str = "inception-tf",
-                        extractor_weights: str | None = None, bootstrap: int = 0, batch_size: int = 50) -> dict[str, Any]:
-    """Fréchet distance between the feature statistics of two folders."""
-    from latentbench.benchmark.fid import check_bootstrap
-
-    check_bootstrap(bootstrap, "--bootstrap")
-    extractor, reference = _fid_inputs(real_dir, extractor_name, extractor_weights)
-    return _fid_with(extractor, reference, real_dir, fake_dir, bootstrap, batch_size)
-
-
 def _fid_inputs(real: str | Path, extractor_name: str | None, extractor_weights: str | None):
     """The extractor (its weights checked) and, when ``real`` is a statistics file, its reference; else None.
 
@@ -326,7 +317,8 @@ RESAMPLED = {  # what a --bootstrap interval of `metrics` resamples, by how --re
 
 def _fid_with(extractor, reference, real_dir: str | Path, fake_dir: str | Path, bootstrap: int,
               batch_size: int, colour_warnings: bool = True) -> dict[str, Any]:
-    """``fid_between_folders`` with the extractor built (and a ``--real`` statistics file loaded) already.
+    """Fréchet distance between the feature statistics of two folders (or of a ``--real`` statistics file and a
+    folder), with the extractor built and the statistics file loaded already (``_fid_inputs``).
 
     The bootstrap resamples both folders, as the bench's rFID does (``FrechetDistance``'s
     ``resample``): same-named files as pairs, folders whose names do not pair each on its own.
