@@ -3,6 +3,7 @@
     latentbench list                                  registered tokenizers, generators and shipped protocols
     latentbench bench --tokenizer sdvae --protocol ci train, reconstruct, measure, train a generator, record
     latentbench metrics --real DIR --fake DIR --psnr --ssim --fid   metrics of two image folders
+    latentbench stats --images DIR --out ref.npz      FID feature statistics of a folder, for metrics --real
     latentbench leaderboard                           re-render every table from its results.jsonl
     latentbench compare --result ID                   a result beside the papers' figures of its protocol
     latentbench regress [--update]                    the `smoke` regression gate against configs/regress/smoke.yaml

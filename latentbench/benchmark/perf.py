@@ -133,7 +133,9 @@ def step_clock(count_step: int):
 
 
 def _train_steps(module, loader, precision: str, steps: int, warmup: int) -> dict[str, Any]:
-    """Run ``warmup + 1 + steps`` optimizer steps; the step after warmup is FLOP-counted, the rest timed."""
+    """Run ``warmup + 1 + steps + 1`` optimizer steps: ``warmup`` untimed ones, one FLOP-counted (not timed), then
+    ``steps`` timed ones; the last step is run only to close the interval of the one before (batch start to batch
+    start), and is not timed itself."""
     import lightning as L
 
     from latentbench.benchmark.harness import _quiet_lightning

@@ -148,7 +148,8 @@ class OutputLayer(nn.Module):
 class Positions(nn.Module):
     """Where tokens sit on a (gh, gw) grid (1 x L for 1D tokens): an additive table, RoPE tables, or both.
 
-    ``sincos``: fixed 2D sine-cosine table (DiT), 1D on a 1 x L grid (MAETok's generators);
+    ``sincos``: fixed 2D sine-cosine table (DiT's, row and column halves swapped: ``rae_encoders.sincos_2d``),
+    1D on a 1 x L grid (MAETok's generators);
     ``learned``: a free table; ``rope``: axial 2D RoPE, or 1D RoPE over the token index;
     ``sincos+rope``: the fixed table and RoPE (LightningDiT and RAE's DiT^DH add their frozen
     ``pos_embed`` and rotate by RoPE as well). ``rope_base``: RoPE's base; None: 100 in 2D
@@ -199,7 +200,7 @@ class DHHead(nn.Module):
         super().__init__()
         heads = heads or head_count(width)
         if width % heads:
-            raise ValueError(f"head_width {width} is not divisible by {heads} head_heads")
+            raise ValueError(f"head_width {width} is not divisible by head_heads {heads}")
         self.x_embed = nn.Linear(token_dim, width)
         self.pos = Positions("rope" if pos == "sincos+rope" else pos, grid, width, heads, rope_base)
         self.cond = nn.Linear(backbone_width, width)

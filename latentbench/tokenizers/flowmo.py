@@ -193,7 +193,8 @@ class FlowMo(Tokenizer):
         if resolution % patch_size:
             raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
         if not 0 <= latent_dropout < 1 or not 0 <= time_uniform_fraction <= 1:
-            raise ValueError("latent_dropout must be in [0, 1) and time_uniform_fraction in [0, 1]")
+            raise ValueError(f"latent_dropout must be in [0, 1) and time_uniform_fraction in [0, 1], got {latent_dropout} "
+                             f"and {time_uniform_fraction}")
         self.resolution, self.patch_size, self.latent_tokens, self.bits = resolution, patch_size, latent_tokens, bits
         self.latent_dropout, self.time_uniform_fraction = latent_dropout, time_uniform_fraction
         self.sample_steps, self.rho, self.guidance, self.posttrain_steps = sample_steps, rho, guidance, posttrain_steps

@@ -319,8 +319,8 @@ class MAETok(Tokenizer):
         """Mask-ratio range in force now, None when not masking.
 
         Stage "ae": the configured range (40-60%), drawn from as ``mask_sampling`` says. Stage
-        "decoder-ft": one ratio, the range's top
-        times ``mask_scale``, so it falls linearly from 60% to 0% (the paper's schedule).
+        "decoder-ft": one ratio, the range's top times ``mask_scale``, so it falls linearly from 60%
+        to 0% (the paper's schedule).
         """
         if self.mask_ratio_range is None:
             return None

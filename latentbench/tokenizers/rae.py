@@ -37,11 +37,12 @@ ENCODER_PREFIX = "encoder."
 # ---- blocks ----------------------------------------------------------------------------------
 
 class RAEDecoder(nn.Module):
-    """MAE-style ViT decoder (the official ``GeneralDecoder``): latents (B, C, h, w) -> per-patch pixels (B, h*w, p*p*3).
+    """MAE-style ViT decoder (the official ``GeneralDecoder``): latents (B, C, h, w) -> per-patch pixels (B, h*w, 3*p*p).
 
     Linear in, a trainable class token (zero init) in front, fixed 2D sine-cosine positions (the
-    class token's are zero), pre-norm blocks, final LayerNorm, linear to p*p*3; the class token
-    is dropped at the output.
+    class token's are zero), pre-norm blocks, final LayerNorm, linear to 3*p*p; the class token
+    is dropped at the output. A patch's pixels are channel-major, (3, p, p), as ``vit.unpatchify``
+    reads them.
     """
 
     def __init__(self, latent_dim: int, grid: tuple[int, int], width: int, depth: int, heads: int, patch_size: int,
@@ -60,7 +61,7 @@ class RAEDecoder(nn.Module):
         x = self.embed(z.flatten(2).transpose(1, 2))  # (B, N, D)
         x = torch.cat([self.cls_token.to(x.dtype).expand(len(x), -1, -1), x], dim=1)  # (B, 1 + N, D)
         x = self.transformer(x + self.pos_embed.to(x.dtype))  # (B, 1 + N, D)
-        return self.head(x[:, 1:])  # (B, N, p*p*3)
+        return self.head(x[:, 1:])  # (B, N, 3*p*p)
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ class RAE(Tokenizer):
 
     def decode(self, z: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Normalised latents (B, C, h, w) -> images (B, 3, h*p, w*p) in [-1, 1] (not clipped)."""
-        pixels = self.decoder(self.denormalize(z.float()))  # (B, N, p*p*3)
+        pixels = self.decoder(self.denormalize(z.float()))  # (B, N, 3*p*p)
         x = unpatchify(pixels, self.decoder_patch, self.encoder.grid)  # (B, 3, H, W), the encoder's normalised pixels
         x = x * self.encoder.pixel_std.to(x.dtype) + self.encoder.pixel_mean.to(x.dtype)  # [0, 1] (official decode)
         return x * 2 - 1

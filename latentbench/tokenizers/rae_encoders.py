@@ -87,7 +87,12 @@ RAE_GRID = 16  # RAE reads 16 x 16 tokens: 224 px for patch 14 (DINOv2), 256 px 
 
 
 def sincos_2d(grid: tuple[int, int], dim: int) -> Tensor:
-    """Fixed 2D sine-cosine positions (gh*gw, dim) of MAE: half the channels for the row, half for the column."""
+    """Fixed 2D sine-cosine positions (gh*gw, dim): the first half of the channels encodes the row, the second the column.
+
+    Each half is ``sincos_1d`` (MAE's 1D table). MAE's ``get_2d_sincos_pos_embed`` (and DiT's, its copy)
+    puts the column first, so this table is theirs with the halves swapped: the same positions for
+    a network trained with it, but not the table a checkpoint of theirs was trained with.
+    """
     if dim % 4:
         raise ValueError(f"2D sine-cosine positions need a width divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
@@ -210,7 +215,7 @@ def mae_loss(encoder: SmallViT, decoder: MAEDecoder, x: Tensor, recipe: MAERecip
     n = encoder.grid[0] * encoder.grid[1]
     keep, restore = random_keep(len(x), n, round(n * (1 - recipe.mask_ratio)), generator)
     keep, restore = keep.to(x.device), restore.to(x.device)
-    pred = decoder(encoder.visible(x, keep), restore).float()  # (B, N, p*p*3)
+    pred = decoder(encoder.visible(x, keep), restore).float()  # (B, N, 3*p*p)
     target = patchify(x, encoder.patch_size)  # (B, N, 3*p*p) in the unpatchify layout the head predicts
     if recipe.norm_pix_loss:
         target = normalize_targets(target)
