@@ -170,7 +170,8 @@ class LayerScale(nn.Module):
 class TailModulation(nn.Module):
     """Shift and scale of the last L tokens from a condition (B, L, C) (MoVQ-style, as MAETok's decoder).
 
-    ``x * scale + shift`` on the tail only; the modulation layer starts at zero, as MAETok's.
+    ``x * scale + shift`` on the tail only. Built with PyTorch's default initialisation; ``zero_init_modulations``
+    sets its layer to zero, as MAETok's (``MAETok`` calls it after its ViT initialisation).
     """
 
     def __init__(self, cond_dim: int, dim: int, chunks: int):
