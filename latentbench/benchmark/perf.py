@@ -74,6 +74,8 @@ def parse_target(text: str) -> Target:
     """``sdvae`` (a tokenizer) or ``dit-ci@sdvae`` (a generator config on that tokenizer's latents)."""
     if "@" in text:
         name, latent_of = text.split("@", 1)
+        if not name or not latent_of:  # 'dit-ci@' was looked up as a tokenizer named dit-ci
+            raise ValueError(f"--targets {text!r}: a generator target is GENERATOR@TOKENIZER, e.g. dit-ci@sdvae")
         return Target("generator", name, latent_of)
     return Target("tokenizer", text)
 

@@ -31,6 +31,13 @@ def test_targets_parse():
     assert {t.kind for t in DEFAULT_TARGETS} == {"tokenizer", "generator"}
 
 
+def test_a_generator_target_without_its_generator_or_tokenizer_says_the_form():
+    # before: 'dit-ci@' said "unknown tokenizer 'dit-ci'" and '@sdvae' "unknown generator ''"
+    for text in ("dit-ci@", "@sdvae"):
+        with pytest.raises(ValueError, match="a generator target is GENERATOR@TOKENIZER"):
+            parse_target(text)
+
+
 def test_matmul_peak_is_a_plausible_rate():
     rate = matmul_peak(torch.float32, n=256, repeats=2, rounds=2)
     assert 0.1 < rate < 1e6  # GFLOP/s
