@@ -111,7 +111,12 @@ def load_pretrained_vae(source: str):
     from huggingface_hub import try_to_load_from_cache
 
     if Path(source).exists():
-        return AutoencoderKL.from_pretrained(source)
+        try:
+            return AutoencoderKL.from_pretrained(source)
+        except OSError as err:  # diffusers' "no file named config.json", a missing weights file
+            raise ValueError(f"pretrained={source} is not a diffusers AutoencoderKL folder ({str(err).splitlines()[0]}): "
+                             "give a folder saved by AutoencoderKL.save_pretrained (config.json and its weights), "
+                             "or a hub id such as stabilityai/sd-vae-ft-mse") from err
     # the cache first, without a request; not even asked when its config is absent (else None or a "known
     # missing" sentinel), which spares diffusers' warnings on the way to the error
     if isinstance(try_to_load_from_cache(source, "config.json"), str):

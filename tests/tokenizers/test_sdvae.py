@@ -27,6 +27,13 @@ def test_pretrained_loads_from_local_diffusers_folder(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_a_local_folder_that_is_no_diffusers_vae_is_named_with_the_fix(tmp_path):
+    # before: diffusers' bare OSError, which the CLI printed as a traceback
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(ValueError, match=r"is not a diffusers AutoencoderKL folder \(.*config\.json.*save_pretrained"):
+        create_tokenizer("sdvae-ft-mse", pretrained=str(tmp_path / "vae"))
+
+
 def test_pretrained_hub_id_offline_fails_with_instructions(monkeypatch, empty_caches):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(WeightsUnavailable, match="huggingface-cli download stabilityai/sd-vae-ft-mse"):
