@@ -198,6 +198,20 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
     return failures
 
 
+def _check_golden_rows(golden: dict[str, Any], path: Path) -> None:
+    """ValueError, before any bench runs, for a golden row that no `smoke` bench writes: its name must be a tokenizer
+    of the protocol, or one with a result's variant (``flowmo-smoke (1b)``); otherwise it is reported only after
+    every bench has run."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    names = sorted(load_protocol(PROTOCOL).tokenizers.values())
+    unknown = [row for row in golden if not any(row == n or row.startswith(f"{n} (") for n in names)]
+    if unknown:
+        raise ValueError(f"golden file {path}: row(s) {unknown} are no {PROTOCOL} bench's (its tokenizers: "
+                         f"{', '.join(names)}, FlowMo's as '<name> (1a)' / '(1b)'): fix the row names, or re-measure "
+                         "the file with `latentbench regress --update`")
+
+
 def regress(golden_path: Path | None = None, update: bool = False, seeds: list[int] | None = None,
             only: list[str] | None = None, log: Callable[[str], None] = print, precision: str = "auto",
             strict: bool = False) -> list[str]:
@@ -232,6 +246,7 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
             log(f"wrote {golden_path}")
             return []
         golden = load_golden(golden_path)
+        _check_golden_rows(golden, golden_path)
         measured: dict[str, dict[str, float]] = {}
         counts: dict[str, dict[str, int]] = {}
         for family in only or families():

@@ -48,6 +48,15 @@ def test_a_damaged_golden_file_is_refused_before_any_bench(tmp_path, text, messa
     assert message in str(e.value)
 
 
+def test_a_golden_row_no_bench_writes_is_refused_before_any_bench(tmp_path):
+    """A misspelt row name was reported only after every bench had run ("no row (the bench did not produce it)")."""
+    golden = load_golden()
+    golden["sdvae-smok"] = golden.pop("sdvae-smoke")
+    path = write_golden(golden, [0, 1, 2], tmp_path / "typo.yaml")
+    with pytest.raises(ValueError, match=r"row\(s\) \['sdvae-smok'\] are no smoke bench's .*regress --update"):
+        regress(golden_path=path, only=["sdvae"], log=lambda s: None)  # would bench sdvae if checked late
+
+
 def test_worse_beyond_tolerance_names_tokenizer_and_metric():
     failures = check(_golden(), {"tok-smoke": {"psnr": 19.0, "rfid": 106.0}})
     assert len(failures) == 2
