@@ -552,22 +552,22 @@ def eval_stage(cfg: BenchConfig, run_dir: Path, weights: str | Path | None, trus
 
     start = time.perf_counter()
     train = _dataset(proto, proto.data.train_split, proto.data.num_train, on_bad_image)
-    one_class = data.info["num_classes"] < 2
     if proto.generator.max_steps > 0:  # the generator stage caches the whole split's latents: encode it once, here
         from latentbench.benchmark.generation import train_latents
 
         shards, _ = train_latents(cfg, run_dir, tokenizer, weights, train)
-    if one_class:  # a folder without class sub-folders is one class: there is nothing to tell apart
+    if data.info["num_classes"] < 2:  # a folder without class sub-folders is one class: there is nothing to tell apart
         results["probe"] = {"unavailable": f"{proto.data.source} has one class, and a linear probe needs at least 2 (give "
                                            "its images class sub-folders to measure one)"}
-    elif proto.generator.max_steps > 0:
-        rows = torch.as_tensor(list(probe_train_subset(range(len(shards)), proto.eval.probe_train, cfg.seed)), dtype=torch.long)
-        train_f = torch.cat([pool(z, pooling) for z in shards.chunks(index=rows)])  # only the probe's subset is read
-        train_y = shards.labels[rows]
     else:
-        subset = probe_train_subset(train, proto.eval.probe_train, cfg.seed)
-        train_f, train_y = gather_by_index((i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, subset, batch))
-    if not one_class:
+        if proto.generator.max_steps > 0:
+            rows = torch.as_tensor(list(probe_train_subset(range(len(shards)), proto.eval.probe_train, cfg.seed)),
+                                   dtype=torch.long)
+            train_f = torch.cat([pool(z, pooling) for z in shards.chunks(index=rows)])  # only the probe's subset is read
+            train_y = shards.labels[rows]
+        else:
+            subset = probe_train_subset(train, proto.eval.probe_train, cfg.seed)
+            train_f, train_y = gather_by_index((i, pool(z, pooling), y) for i, z, y in encode_batches(tokenizer, subset, batch))
         probe = probe_features(train_f, train_y, test_f, test_y, num_classes=data.info["num_classes"], pooling=pooling)
         results["probe"] = {"value": probe.pop("top1"), "n": probe["n_test"], **probe}
     return {

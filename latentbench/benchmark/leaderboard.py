@@ -587,8 +587,8 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         bases = ", ".join(sorted({_conv(r)["baseline"] for r in records if _conv(r).get("baseline")}))
         if not any(_conv(r).get("baseline") == r["tokenizer"]["name"] for r in records):
             bases += ", which has no row in this table yet"
-        elsewhere = any(weights_source(r) == "ckpt" and r["tokenizer"]["name"] == _conv(r).get("baseline")
-                        and not trained_here(r, records) for r in records)
+        elsewhere = any(weights_source(r) == "ckpt" and display_name(r["tokenizer"]) == _conv(r).get("baseline")
+                        and not trained_here(r, records) for r in records)  # the rows _baseline_row passes over
         notes.insert(0, f"- conv. steps: the first evaluated generator step with gFID <= {what} (baseline: {bases}; "
                         "\"> N\": not reached in N steps); (Kx): the baseline's steps to the same gFID divided by this "
                         f"row's (≥: the baseline never reached it). Curves: [{CURVES_PNG}]({CURVES_PNG})."
