@@ -83,3 +83,15 @@ def import_object(path: str) -> Any:
         return getattr(module, attr)
     except AttributeError:
         raise ImportError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+
+
+def require_positive(**values: Any) -> None:
+    """ValueError naming the first of ``values`` (a constructor's sizes, counts and bases) that is not above zero;
+    None is an unset option and passes.
+
+    Constructors call it first: a zero or negative size otherwise builds an empty layer that runs (FlowMo with
+    ``latent_tokens: 0`` encodes nothing and a bench records it), fails later as a shape error naming no option,
+    or divides by zero (a RoPE base below zero gives NaN positions)."""
+    for name, value in values.items():
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")

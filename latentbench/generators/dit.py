@@ -28,6 +28,7 @@ from timm.layers import Mlp, RmsNorm, SwiGLUPacked
 from torch import Tensor, nn
 
 from latentbench.generators.registry import GENERATORS
+from latentbench.registry import require_positive
 from latentbench.tokenizers.mmdit import (
     Modulation,
     TimeEmbed,
@@ -255,6 +256,10 @@ class DiT(nn.Module):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.grid, self.token_dim = token_grid(self.input_shape, patch_size)
         _check_options(width, heads, mlp, norm, pos, class_dropout)
+        require_positive(depth=depth, mlp_ratio=mlp_ratio, time_scale=time_scale, rope_base=rope_base, head_heads=head_heads,
+                         **({"head_depth": head_depth} if head_width else {}))
+        if head_width < 0:
+            raise ValueError(f"head_width must be 0 (plain DiT) or the DiT^DH head's width, got {head_width}")
         # With a DiT^DH head the head is what maps tokens to velocities, so its width is the one RAE's
         # bound applies to (RAE's DiT^DH-S guide has a 384-wide backbone on 768-d tokens).
         if head_width > 0:
@@ -335,6 +340,7 @@ def token_grid(input_shape: tuple[int, ...], patch_size: int) -> tuple[tuple[int
 
 
 def _check_options(width: int, heads: int, mlp: str, norm: str, pos: str, class_dropout: float) -> None:
+    require_positive(width=width, heads=heads)
     if width % heads:
         raise ValueError(f"width {width} is not divisible by {heads} heads")
     for name, value, allowed in (("mlp", mlp, MLPS), ("norm", norm, NORMS), ("pos", pos, POSITIONS)):

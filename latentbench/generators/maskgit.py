@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from latentbench.generators import seeding
 from latentbench.generators.registry import GENERATORS
 from latentbench.generators.transport import _choose
+from latentbench.registry import require_positive
 from latentbench.tokenizers.lfq import group_indices, indices_to_codes
 from latentbench.tokenizers.vit import Transformer, init_vit_weights
 
@@ -156,6 +157,7 @@ class MaskGIT(nn.Module):
                  choice_temperature: float = 4.5):
         super().__init__()
         length, bits = input_shape
+        require_positive(width=width, depth=depth, heads=heads, splits=splits)
         if not 0.0 <= class_dropout <= 1.0:  # as DiT's
             raise ValueError(f"class_dropout must be in [0, 1], got {class_dropout}")
         self.input_shape, self.num_classes = (int(length), int(bits)), num_classes

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from latentbench.batching import chunks
 from latentbench.generators import seeding
 from latentbench.paths import CONFIG_DIR, display_path
+from latentbench.registry import require_positive
 
 GENERATOR_CONFIG_DIR = CONFIG_DIR / "generators"
 
@@ -151,6 +152,7 @@ class GeneratorModule(L.LightningModule):
                  grad_clip: float | None = None, final_lr: float | None = None, decay_start: float = 0.0, decay_end: float = 1.0,
                  sample_seed: int = 0, num_samples: int = 1000, class_sampling: str = "balanced", samples_dir: str | None = None):
         super().__init__()
+        require_positive(lr=lr, max_steps=max_steps, num_samples=num_samples)
         if not 0 <= ema_decay < 1:  # 1 would sample the initial weights for ever, never the trained ones
             raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {ema_decay}")
         if grad_clip is not None and grad_clip <= 0:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from latentbench.batching import chunks
+from latentbench.registry import require_positive
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.lfq import LFQ
 from latentbench.tokenizers.mmdit import FinalLayer, MMDiT, TimeEmbed
@@ -190,6 +191,10 @@ class FlowMo(Tokenizer):
         shared_latent_query: bool = True,
     ):
         super().__init__()
+        require_positive(resolution=resolution, patch_size=patch_size, latent_tokens=latent_tokens, bits=bits,
+                         entropy_group=entropy_group, width=width, depth=depth, heads=heads, decoder_width=decoder_width,
+                         decoder_depth=decoder_depth, decoder_heads=decoder_heads, mlp_ratio=mlp_ratio, rope_theta=rope_theta,
+                         sample_steps=sample_steps, rho=rho, posttrain_steps=posttrain_steps)
         if resolution % patch_size:
             raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
         if not 0 <= latent_dropout < 1 or not 0 <= time_uniform_fraction <= 1:

@@ -33,6 +33,7 @@ from torchmetrics import MeanMetric
 from latentbench.benchmark.metrics import psnr_per_image
 from latentbench.distributed import per_rank_batch
 from latentbench.generators.seeding import sample_seed
+from latentbench.registry import require_positive
 from latentbench.tokenizers import create_tokenizer, flowmo  # noqa: F401  (flowmo registers flowmo-*)
 from latentbench.tokenizers.base import decode_per_sample
 from latentbench.tokenizers.lfq import CodeUsage
@@ -110,6 +111,7 @@ class FlowMoModule(L.LightningModule):
         val_seed: int = 0,
     ):
         super().__init__()
+        require_positive(lr=lr, posttrain_lr=posttrain_lr, max_steps=max_steps, posttrain_batch=posttrain_batch, val_every=val_every)
         if freeze_encoder_after is not None and not 0 <= freeze_encoder_after <= 1:
             raise ValueError(f"freeze_encoder_after is a fraction of max_steps in [0, 1], got {freeze_encoder_after}")
         if val_images is not None and val_images < 1:

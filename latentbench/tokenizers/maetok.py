@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latentbench.registry import require_positive
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.hog import hog_dim, hog_features
 from latentbench.tokenizers.registry import TOKENIZERS
@@ -216,6 +217,10 @@ class MAETok(Tokenizer):
         self.mask_sampling = mask_sampling
         if rope not in ("axial", "mixed"):
             raise ValueError(f"rope must be 'axial' or 'mixed', got {rope!r}")
+        require_positive(resolution=resolution, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                         latent_tokens=latent_tokens, latent_channels=latent_channels, decoder_width=decoder_width,
+                         decoder_depth=decoder_depth, decoder_heads=decoder_heads, rope_base=rope_base, aux_width=aux_width,
+                         aux_heads=aux_heads, hog_cell=hog_cell)
         if resolution % patch_size:
             raise ValueError(f"resolution {resolution} is not a multiple of patch_size {patch_size}")
         self.resolution, self.patch_size, self.heads, self.rope_base = resolution, patch_size, heads, rope_base

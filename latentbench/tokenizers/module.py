@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from latentbench.registry import require_positive
 from latentbench.tokenizers import create_tokenizer, forward_train
 from latentbench.tokenizers.parts import (
     FeatureDistance,
@@ -77,6 +78,7 @@ class AutoencoderModule(L.LightningModule):
         stage_steps: dict[str, float] | None = None,
     ):
         super().__init__()
+        require_positive(lr=lr, max_steps=max_steps, disc_channels=disc_channels, disc_layers=disc_layers)
         if rec_loss not in ("l1", "mse"):
             raise ValueError(f"rec_loss must be 'l1' or 'mse', got {rec_loss!r}")
         self.save_hyperparameters()
@@ -92,6 +94,15 @@ class AutoencoderModule(L.LightningModule):
         self.perceptual, self.perceptual_status = self._build_perceptual(perceptual_weight, perceptual_net, perceptual_fallback)
         self.discriminator = PatchDiscriminator(3, disc_channels, disc_layers) if disc_weight > 0 else None
         self.stage_plan = plan_stages(tuple(getattr(self.tokenizer, "stages", ("ae",))), stage_steps, max_steps)
+
+    @property
+    def discriminator_info(self) -> dict[str, Any] | None:
+        """What the discriminator is, for the result record's ``training.discriminator`` (None without one)."""
+        if self.discriminator is None:
+            return None
+        hp = self.hparams
+        return {"kind": "patchgan", "channels": hp.disc_channels, "layers": hp.disc_layers, "weight": hp.disc_weight,
+                "start": hp.disc_start}
 
     @staticmethod
     def _build_perceptual(weight: float, net: str, fallback: str | None = None):

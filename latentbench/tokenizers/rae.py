@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from latentbench.registry import require_positive
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.rae_encoders import MAERecipe, create_encoder, sincos_2d
 from latentbench.tokenizers.registry import TOKENIZERS
@@ -114,6 +115,8 @@ class RAE(Tokenizer):
             raise ValueError(f"noise must be one of {NOISE_KINDS + ('none',)}, got {noise!r}")
         if noise_tau < 0:
             raise ValueError(f"noise_tau must be >= 0, got {noise_tau}")
+        require_positive(encoder_size=encoder_size, decoder_width=decoder_width, decoder_depth=decoder_depth,
+                         decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio, decoder_patch=decoder_patch)
         self.encoder = create_encoder(encoder, encoder_weights, encoder_size, random_encoder, encoder_cache,
                                       MAERecipe(**encoder_recipe) if encoder_recipe else None)
         self.noise, self.noise_tau, self.stats_eps = noise, noise_tau, stats_eps

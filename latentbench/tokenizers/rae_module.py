@@ -55,16 +55,15 @@ class RAEModule(AutoencoderModule):
                 args["recipe"] = MAERecipe(**args["recipe"])
             backbone = create_encoder(disc_backbone, **args)
             self.discriminator = FeatureDiscriminator(backbone, disc_blocks, self.hparams.disc_channels)
-        self.discriminator_info = self._describe_discriminator()
 
-    def _describe_discriminator(self) -> dict[str, Any] | None:
-        """What the discriminator is, for the result record (None without one)."""
-        d, channels = self.discriminator, self.hparams.disc_channels
-        if d is None:
-            return None
+    @property
+    def discriminator_info(self) -> dict[str, Any] | None:
+        """``AutoencoderModule.discriminator_info``, with RAE's frozen-backbone discriminator described."""
+        d, hp = self.discriminator, self.hparams
         if isinstance(d, FeatureDiscriminator):
-            return {"kind": "frozen-feature", "backbone": d.backbone.info, "blocks": list(d.layers), "channels": channels}
-        return {"kind": "patchgan", "channels": channels, "layers": self.hparams.disc_layers}
+            return {"kind": "frozen-feature", "backbone": d.backbone.info, "blocks": list(d.layers), "channels": hp.disc_channels,
+                    "weight": hp.disc_weight, "start": hp.disc_start}
+        return super().discriminator_info
 
     def on_train_start(self) -> None:
         if self.tokenizer.normalization_fitted:  # by this run before a resume (its facts are in the checkpoint), or before it

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from latentbench.registry import require_positive
 from latentbench.tokenizers.base import LatentSpec, Tokenizer
 from latentbench.tokenizers.registry import TOKENIZERS
 from latentbench.weights import WeightsUnavailable
@@ -49,6 +50,9 @@ class SDVAE(Tokenizer):
         pretrained: str | None = None,
     ):
         super().__init__()
+        require_positive(resolution=resolution, layers_per_block=layers_per_block, latent_channels=latent_channels,
+                         norm_num_groups=norm_num_groups, scaling_factor=scaling_factor,
+                         **{f"block_out_channels[{i}]": c for i, c in enumerate(block_out_channels)})
         self.resolution = resolution
         if pretrained:
             self.vae = load_pretrained_vae(pretrained)

@@ -37,6 +37,8 @@ def test_smoke_bench_end_to_end(smoke_run):
     assert 0 <= metrics["probe"]["value"] <= 1 and metrics["probe"]["n_train"] == 256 and metrics["probe"]["pooling"] == "flatten"
     assert record["data"]["eval"]["n"] == 64 and record["data"]["train"]["n"] == 256
     assert record["training"]["perceptual"] in ("off", "lpips-vgg") or record["training"]["perceptual"].startswith("unavailable")
+    # sdvae-smoke.yaml's GAN (disc_weight as AutoencoderModule's default); the record said null for every family but RAE
+    assert record["training"]["discriminator"] == {"kind": "patchgan", "channels": 8, "layers": 2, "weight": 0.5, "start": 10}
     assert set(record["wall_time_s"]) == {"train", "eval", "generate"}
     gfid, gen = metrics["gfid"], record["generation"]
     assert gfid["label"] == "gFID-domain(mnist)" and gfid["n"] == 40 and gfid["value"] > 0 and gfid["bootstrap"] == 10

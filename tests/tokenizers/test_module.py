@@ -112,3 +112,9 @@ def test_rae_paper_configs_weigh_l1_as_the_official_code(name):
     x01, rec01 = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     losses = module._reconstruction_losses(x01 * 2 - 1, rec01 * 2 - 1, {})
     assert torch.allclose(losses["rec"], (rec01 - x01).abs().mean())
+
+
+def test_the_discriminator_is_described_for_the_record_or_none_without_one():
+    with_gan = AutoencoderModule("sdvae-smoke", disc_weight=0.25, disc_start=7, disc_channels=8, disc_layers=2)
+    assert with_gan.discriminator_info == {"kind": "patchgan", "channels": 8, "layers": 2, "weight": 0.25, "start": 7}
+    assert AutoencoderModule("sdvae-smoke", disc_weight=0.0).discriminator_info is None
