@@ -814,9 +814,13 @@ def run_bench(
 
 def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int) -> None:
     """Build the tokenizer once before any stage where that can fail: an unreadable or mismatched ``ckpt`` stops the
-    bench here, not at its eval stage, and a user's class (``module:Class``) must encode and decode as its
-    ``latent_spec`` says (``check_round_trip``) before it trains."""
-    if not (ckpt or ":" in spec.name):
+    bench here, not at its eval stage, a registered tokenizer's ``init_args`` its constructor refuses
+    (``InitArgsError``) stop it before a run directory exists (and ``--dry_run`` with them), and a user's class
+    (``module:Class``) must encode and decode as its ``latent_spec`` says (``check_round_trip``) before it trains.
+
+    Not on the meta device: constructors load or train what they are built on (RAE's encoder, MAETok's teachers:
+    cached on first use, so the train stage's build reuses them)."""
+    if not (ckpt or spec.init_args or ":" in spec.name):
         return
     tokenizer = load_tokenizer(spec, ckpt, trust)
     if ":" in spec.name:

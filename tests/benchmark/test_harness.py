@@ -791,6 +791,25 @@ def test_a_user_class_with_a_required_argument_and_no_init_args_is_named(tmp_pat
         resolve_tokenizer(str(config), load_protocol("smoke"))
 
 
+def test_init_args_the_tokenizer_refuses_stop_the_bench_and_its_dry_run_before_a_run_directory(tmp_path, monkeypatch):
+    """Before, they failed when the train stage first built the tokenizer, leaving a run directory with its
+    config.json and an attempt behind, and ``--dry_run`` did not build it at all."""
+    import latentbench.benchmark.harness as harness
+
+    def no_data(*a, **k):
+        raise AssertionError("the splits were scanned before the tokenizer was built")
+
+    monkeypatch.setattr(harness, "_scan_splits", no_data)
+    config = tmp_path / "bad.yaml"
+    config.write_text("name: sdvae-smoke\ninit_args: {latent_channels: -4}\n")
+    for dry_run in (True, False):
+        with pytest.raises(ValueError, match=r"^tokenizer sdvae-smoke cannot be built with init_args \{'latent_channels': -4\}: "
+                                             "ValueError: latent_channels must be positive, got -4; fix those values"):
+            run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lambda s: None,
+                      dry_run=dry_run)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
+
+
 def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
     import latentbench.benchmark.harness as harness
 
