@@ -97,7 +97,7 @@ def append_record(root: Path, record: dict[str, Any], if_absent: bool = False) -
             render(directory, records + [record])
         except BaseException:  # Ctrl-C included: a row lands with its table or not at all (a rerun would add it again)
             if old is None:  # the table's first row: nothing of it stays
-                for name in ("results.jsonl", CURVES_PNG, RD_PNG):
+                for name in ("results.jsonl", CURVES_PNG, RD_PNG, TIMES_PNG):
                     (directory / name).unlink(missing_ok=True)
             else:
                 atomic_write_text(path, old)
@@ -138,6 +138,8 @@ def render(directory: Path, records: list[dict[str, Any]]) -> list[str]:
         written.append(CURVES_PNG)
     if _plot_rate_distortion(records, Path(directory) / RD_PNG):
         written.append(RD_PNG)
+    if _plot_stage_times(records, Path(directory) / TIMES_PNG):
+        written.append(TIMES_PNG)
     grids = {p.name for p in (Path(directory) / GRID_DIR).glob("*.png")}
     from latentbench.benchmark.perf import load_perf
 
@@ -193,6 +195,7 @@ COLUMNS = (  # (metric key, header, digits)
 )
 CURVES_PNG = "gfid_curves.png"
 RD_PNG = "rate_distortion.png"
+TIMES_PNG = "stage_times.png"
 GRID_DIR = "grids"  # <record id[:12]>-reconstructions.png and -samples.png, copied in by the harness
 
 
@@ -271,6 +274,61 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _spread_labels(fig, labels, [(rate, psnr) for _, rate, psnr, _ in points])
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def _latest_runs(records: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any], dict[str, float]]]:
+    """(label, latest record, stage seconds) of the latest run of each row name, a run's results (FlowMo's 1a and 1b)
+    together as the one bench they were (``plan.run_stage_seconds``: the shared training once); sorted by label."""
+    from latentbench.benchmark.plan import run_of, run_stage_seconds
+
+    runs: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("wall_time_s"):
+            runs.setdefault(run_of(r), []).append(r)
+    latest: dict[str, list[dict[str, Any]]] = {}
+    for run in runs.values():
+        label = row_name({**run[0], "tokenizer": {**run[0]["tokenizer"], "variant": None}})
+        if label not in latest or max(r["created"] for r in run) > max(r["created"] for r in latest[label]):
+            latest[label] = run
+    return [(label, max(run, key=lambda r: r["created"]), run_stage_seconds(run)) for label, run in sorted(latest.items())]
+
+
+def _plot_stage_times(records: list[dict[str, Any]], path: Path) -> bool:
+    """Horizontal stacked bars of the stage minutes of each row's latest bench (``_latest_runs``), labelled with
+    its commit and date; False (nothing written) without timed records. Hand-written: a plot of this table's
+    records, which no plotting library knows."""
+    runs = _latest_runs(records)
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentbench.fsutil import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(runs)), dpi=120)
+    colours = {stage: colour for stage, colour in (("train", "tab:blue"), ("eval", "tab:green"), ("generate", "tab:orange"))
+               if any(stage in seconds for _, _, seconds in runs)}  # a protocol without a generator has no generate stage
+    for y, (label, latest, seconds) in enumerate(reversed(runs)):
+        left = 0.0
+        for stage, colour in colours.items():
+            minutes = seconds.get(stage, 0.0) / 60
+            ax.barh(y, minutes, left=left, color=colour, label=stage if y == 0 else None, height=0.6)
+            left += minutes
+        commit = ((latest["provenance"].get("code") or {}).get("commit") or "")[:8]
+        ax.annotate(f"{left:.1f} min  ({commit or 'no commit'}, {latest['created'][:10]})", (left, y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_yticks(range(len(runs)), [label for label, _, _ in reversed(runs)], fontsize=8)
+    ax.set_xlim(0, max(sum(s.values()) for _, _, s in runs) / 60 * 1.45)  # room for the annotations
+    ax.set_xlabel("minutes of stages (process start, data scans and checks not counted)")
+    ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
     plt.close(fig)
@@ -652,7 +710,9 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
 def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -> list[str]:
     """Links to the table's plots and to each row's reconstruction and sample grids that exist."""
     plots = ([f"- [{CURVES_PNG}]({CURVES_PNG}): gFID against generator steps, every row"] if _curves(records)[0] else []) \
-        + ([f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"] if _rate_distortion_points(records) else [])
+        + ([f"- [{RD_PNG}]({RD_PNG}): PSNR against latent size per pixel"] if _rate_distortion_points(records) else []) \
+        + ([f"- [{TIMES_PNG}]({TIMES_PNG}): each row's latest bench by stage (train, eval, generate), in minutes"]
+           if _latest_runs(records) else [])
     out = ["", "## Plots", "", *plots] if plots else []
     rows = []
     for r in sorted(records, key=lambda r: (row_name(r), r["created"])):

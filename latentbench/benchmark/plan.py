@@ -52,7 +52,7 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
                               "precision": cfg.gen_precision, "samples": gen.num_samples, "gfid_at": gen.eval_steps}
     label = display_name({"name": spec.name, "requested": spec.requested})  # the table row's name, without a variant
     earlier = _rows_of(read_records(table), label) if (table / "results.jsonl").exists() else []
-    facts["earlier_runs"] = len({_run_of(r) for r in earlier})
+    facts["earlier_runs"] = len({run_of(r) for r in earlier})
     # what a bench would find: its stored record stages, and whether the table holds their rows (a run directory's
     # name alone says nothing: runs of one configuration in other clones share it)
     stored = [stages.get(p.stem)["record"]["id"] for p in sorted(stage_dir.glob("record*.json"))] if done else []
@@ -98,7 +98,7 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
             f"or {'had weights from elsewhere' if trains else 'trained their weights'}: no stage time to quote")
     if alike:
         latest = max(alike, key=lambda r: r["created"])
-        seconds = _run_stage_seconds([r for r in alike if _run_of(r) == _run_of(latest)])
+        seconds = run_stage_seconds([r for r in alike if run_of(r) == run_of(latest)])
         hw = latest["provenance"]["hardware"]
         where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
         facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,
@@ -127,13 +127,14 @@ def _rows_of(records: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
     return [r for r in records if display_name({**r["tokenizer"], "variant": None}) == label]
 
 
-def _run_of(record: dict[str, Any]) -> tuple[Any, ...]:
+def run_of(record: dict[str, Any]) -> tuple[Any, ...]:
     """What tells one run's records (FlowMo's 1a and 1b) from another's: a run directory alone does not, as runs
     of the same configuration in other clones or at other commits share its name."""
-    return record["run_dir"], (record["provenance"].get("code") or {}).get("commit"), record["wall_time_s"].get("train")
+    return (record.get("run_dir"), ((record.get("provenance") or {}).get("code") or {}).get("commit"),
+            (record.get("wall_time_s") or {}).get("train"))
 
 
-def _run_stage_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
+def run_stage_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
     """Stage seconds of one run from its records: training once (each of a run's records repeats it), the other
     stages summed over its results (FlowMo's 1a and 1b)."""
     seconds = {}

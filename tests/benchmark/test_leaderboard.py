@@ -314,8 +314,8 @@ def test_render_all_is_deterministic_and_committed_tables_are_current(tmp_path):
     tables = render_all(tmp_path)
     assert tables
     v1, v2 = tmp_path / "ci" / "v1", tmp_path / "ci" / "v2"  # v1 has no generator stage, so no gFID curves
-    assert tables[v1] == ["README.md", "rate_distortion.png"]
-    assert tables[v2] == ["README.md", "gfid_curves.png", "rate_distortion.png"]
+    assert tables[v1] == ["README.md", "rate_distortion.png", "stage_times.png"]
+    assert tables[v2] == ["README.md", "gfid_curves.png", "rate_distortion.png", "stage_times.png"]
     assert all((t / name).is_file() for t, names in tables.items() for name in names)
     first = {t: (t / "README.md").read_text() for t in tables}
     render_all(tmp_path)
@@ -408,13 +408,15 @@ def test_rows_measured_on_other_files_of_the_same_folder_are_said_to_differ():
 
 
 def test_only_the_plots_a_table_has_are_linked():
-    """A table without gFID curves (v1 of `ci`) links no gfid_curves.png; one without either plot has no Plots section."""
+    """A table without gFID curves (v1 of `ci`) links no gfid_curves.png; one without any plot has no Plots section."""
     plain = make_record()
+    plain["wall_time_s"] = {}  # no stage timed: no stage_times.png
     assert "## Plots" not in render_table([plain])
     sized = make_record()
     sized["data"]["eval"]["resolution"] = 32
     table = render_table([sized])
     assert "[rate_distortion.png](rate_distortion.png)" in table and "gfid_curves.png" not in table
+    assert "[stage_times.png](stage_times.png)" in table
     sized["generation"] = {"curve": {"100": 50.0, "200": 40.0}}
     assert "[gfid_curves.png](gfid_curves.png)" in render_table([sized])
 
@@ -637,3 +639,34 @@ def test_a_ckpt_of_weights_a_row_of_the_table_trained_counts_as_that_training():
     assert (f"- base [ckpt 55555555] (record {again['id'][:12]}): evaluated from weights given with `--ckpt "
             f"runs/unit/v1/base-x/tokenizer.safetensors` (sha256 `5555555555555555`), not trained by its bench; they are the "
             f"weights base (record {trained['id'][:12]}, 2026-01-01) trained in this table, re-measured.") in table
+
+
+def test_the_stage_time_plot_shows_each_rows_latest_bench_with_a_runs_results_as_one(tmp_path):
+    """FlowMo's bench records two rows (1a, 1b) that share one training: plotted once, as the bench it was, and only
+    the latest run of each row name (the committed `ci` tables keep several runs of a row)."""
+    from latentbench.benchmark.leaderboard import _latest_runs, _plot_stage_times
+
+    def run(name, variant, commit, created, train, evaluation, generate, precision=None):
+        r = make_record(name)
+        r["tokenizer"]["variant"] = variant
+        r["run_dir"], r["created"] = f"runs/ci/v2/{name}-x", created
+        r["provenance"]["code"]["commit"] = commit
+        r["wall_time_s"] = {"train": train, "eval": evaluation, "generate": generate}
+        if precision:
+            r["precision_changed"] = {"train": {"requested": "bf16-mixed", "used": precision, "why": "no fast bf16"}}
+        return r
+
+    old = run("flowmo-ci", "1a", "c0", "2026-01-01", 900.0, 90.0, 600.0)
+    a = run("flowmo-ci", "1a", "c1", "2026-01-02", 390.0, 67.0, 318.0)
+    b = run("flowmo-ci", "1b", "c1", "2026-01-02", 390.0, 65.0, 114.0)
+    sdvae = run("sdvae-ci", None, "c1", "2026-01-02", 286.0, 28.0, 192.0)
+    float32 = run("sdvae-ci", None, "c2", "2026-01-03", 922.0, 20.0, 468.0, precision="32-true")  # a row of its own
+    latest = {label: (record["id"], seconds) for label, record, seconds in _latest_runs([old, a, sdvae, b, float32])}
+    assert set(latest) == {"flowmo-ci", "sdvae-ci", "sdvae-ci [32-true]"}
+    assert latest["flowmo-ci"][1] == {"train": 390.0, "eval": 132.0, "generate": 432.0}
+    assert latest["sdvae-ci"][1] == {"train": 286.0, "eval": 28.0, "generate": 192.0}
+    assert _plot_stage_times([old, a, b, sdvae], tmp_path / "times.png")
+    assert (tmp_path / "times.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    untimed = make_record()
+    untimed["wall_time_s"] = {}
+    assert not _plot_stage_times([untimed], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
