@@ -444,13 +444,58 @@ def _compiled_cell(row: dict[str, Any]) -> str:
     return f"{_rate(row['decode_img_s_compiled'])} ({row['compile_s']:.0f})"
 
 
+MFU_PNG = "mfu.png"
+MFU_TARGET = 0.25  # issue 10's target for the CPU configs' training steps: a quarter of the measured bf16 roof
+
+
 def render_perf_readme(path: str | Path) -> Path:
-    """Write the table of the perf JSON at ``path`` as README.md beside it (``leaderboard`` re-renders it too)."""
+    """Write the table of the perf JSON at ``path`` as README.md beside it, with its MFU plot (``MFU_PNG``) when a
+    row has an MFU (``leaderboard`` re-renders both)."""
     from latentbench.fsutil import atomic_write_text
 
+    result = load_perf(path)
     readme = Path(path).with_name("README.md")
-    atomic_write_text(readme, "# latentbench perf\n\n" + format_table(load_perf(path)) + "\n")
+    plot = _plot_mfu(result, readme.with_name(MFU_PNG))
+    atomic_write_text(readme, "# latentbench perf\n\n" + format_table(result) + "\n"
+                      + (f"\n![training-step MFU of each config, fp32 and bf16]({MFU_PNG})\n" if plot else ""))
     return readme
+
+
+def _plot_mfu(result: dict[str, Any], path: Path) -> bool:
+    """Horizontal bars of each row's training-step MFU, fp32 and bf16 autocast, against the target; False (nothing
+    written) when no row has one. Hand-written: a plot of this result's rows."""
+    rows = [row for row in result["rows"] if any((row.get(p) or {}).get("mfu") for p in ("32-true", "bf16-mixed"))]
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentbench.fsutil import atomic_path
+
+    peak = result["matmul_peak_gflops"]
+    fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.5 * len(rows)), dpi=120)
+    for offset, precision, colour, roof in ((0.2, "32-true", "tab:blue", peak["fp32"]),
+                                            (-0.2, "bf16-mixed", "tab:orange", peak["bf16"])):
+        for y, row in enumerate(reversed(rows)):
+            mfu = (row.get(precision) or {}).get("mfu")
+            if mfu:
+                ax.barh(y + offset, 100 * mfu, height=0.38, color=colour,
+                        label=f"{precision} (of {roof:.0f} GFLOP/s)" if y == 0 else None)
+                ax.annotate(f"{100 * mfu:.0f}%", (100 * mfu, y + offset), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=7)
+    ax.axvline(100 * MFU_TARGET, color="0.3", ls="--", lw=1, label=f"target: {100 * MFU_TARGET:.0f}% of the bf16 roof")
+    ax.set_yticks(range(len(rows)), [_config(row) for row in reversed(rows)], fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("training-step MFU (%): model FLOP/s over this machine's measured matrix-product peak")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)  # above: bars reach right
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return True
 
 
 def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:

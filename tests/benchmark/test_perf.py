@@ -204,3 +204,21 @@ def test_an_unknown_target_stops_before_the_roof_is_timed(monkeypatch):
         run_perf([parse_target("nope")], out=None, log=lambda m: None)
     with pytest.raises(KeyError, match="unknown generator 'nope'"):
         run_perf([parse_target("nope@sdvae")], out=None, log=lambda m: None)
+
+
+def test_the_perf_readme_shows_the_mfu_plot_when_a_row_has_an_mfu(tmp_path):
+    from latentbench.benchmark.perf import render_perf_readme
+
+    peak = {"fp32": 189.0, "bf16": 410.0}
+    measured = summarize({"target": "sdvae", "kind": "tokenizer", "tokenizer": "sdvae-ci", "batch": 64, "peak_rss_gib": 1.7,
+                          "32-true": {"step_s": 0.556, "flops": 80.5e9}, "bf16-mixed": {"step_s": 0.346, "flops": 80.5e9}},
+                         peak)
+    base = {"schema": 2, "matmul_peak_gflops": peak, "steps": 8, "threads": 2, "created": "2026-11-30T00:00:00+0000"}
+    (tmp_path / "perf.json").write_text(json.dumps({**base, "rows": [measured]}))
+    readme = render_perf_readme(tmp_path / "perf.json").read_text()
+    assert "![training-step MFU of each config, fp32 and bf16](mfu.png)" in readme
+    assert (tmp_path / "mfu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    unmeasured = tmp_path / "none"
+    unmeasured.mkdir()
+    (unmeasured / "perf.json").write_text(json.dumps({**base, "rows": [{"target": "x", "batch": 8, "peak_rss_gib": 1.0}]}))
+    assert "mfu.png" not in render_perf_readme(unmeasured / "perf.json").read_text() and not (unmeasured / "mfu.png").exists()
