@@ -1071,10 +1071,11 @@ def _scan_splits(proto: Protocol, on_bad_image: str) -> list[dict[str, Any]]:
 
 def data_notes(info: dict[str, Any]) -> list[str]:
     """The lines on a split's scan: one on what it dropped (``--on_bad_image skip``) or upsampled, one on images read
-    nearly black, one on images read unturned (each with an example and the fix); none when there is nothing to say.
+    nearly black, one on images read unturned, one on images read as their first frame (each with an example and the
+    fix); none when there is nothing to say.
 
-    The last two are ``latentbench metrics``' warnings (``standalone.ColourModes``): the bench trains and
-    measures such images as they are read, so a folder saved on the wrong scale or turned by EXIF gets a word.
+    The last three are ``latentbench metrics``' warnings (``standalone.ColourModes``): the bench trains and
+    measures such images as they are read, so a folder saved on the wrong scale, turned by EXIF or animated gets a word.
     """
     prefix, lines, notes = f"{info['source']} [{info['split']}]: ", [], []
     if info.get("n_skipped"):
@@ -1099,6 +1100,12 @@ def data_notes(info: dict[str, Any]) -> list[str]:
                      f"orientation {example['orientation']}): they are trained and measured as stored, not turned as "
                      "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
                      "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
+    if info.get("n_multiframe"):
+        example = info["multiframe_example"]
+        lines.append(f"{prefix}{info['n_multiframe']} of {info['n']} images hold several frames (e.g. {example['path']}: "
+                     f"{example['frames']} frames, an animated GIF or a multi-page TIFF): only the first frame is trained "
+                     "and measured, as ADM and torch-fidelity read them; save the frame you mean as a single-frame image "
+                     "(with PIL: img.seek(i), then img.save as PNG)")
     return lines
 
 

@@ -3,8 +3,8 @@
 Construction decodes every file once, in order, on a thread pool (``scan_threads``; split between
 the processes of a multi-GPU bench, ``collective_scan``): it hashes the bytes
 for the fingerprint, notes which images are smaller than the resolution, which look saved on
-another scale and which carry an EXIF orientation (``images.decode``), and applies the
-``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
+another scale, which carry an EXIF orientation and which hold several frames (``images.decode``),
+and applies the ``on_bad_image`` policy, so a bad file is found before a run starts, never an hour into it.
 What it learnt about each file is kept in the scan cache (``scancache``): a later scan of files
 that have not changed since only stats them.
 """
@@ -65,8 +65,9 @@ _DEFAULT = object()  # scan_files' cache argument: the suite's scan cache
 class ScanReport:
     """Outcome of scanning: usable indices, their digests, and what was skipped, upsampled or read doubtfully.
 
-    ``n_off_scale`` and ``n_oriented`` count the usable images that look saved on another scale than
-    the one they are read on, and those with an EXIF orientation; ``*_example`` names the first.
+    ``n_off_scale``, ``n_oriented`` and ``n_multiframe`` count the usable images that look saved on another scale
+    than the one they are read on, those with an EXIF orientation and those that hold several frames (of which
+    only the first is read); ``*_example`` names the first.
     """
 
     kept: list[int] = field(default_factory=list)
@@ -77,6 +78,8 @@ class ScanReport:
     off_scale_example: dict | None = None  # {"path", "reason"}: "I;16 with every value in 0..255"
     n_oriented: int = 0
     oriented_example: dict | None = None  # {"path", "orientation"}
+    n_multiframe: int = 0
+    multiframe_example: dict | None = None  # {"path", "frames"}
 
 
 def check_on_bad_image(on_bad_image: str) -> None:
@@ -166,6 +169,9 @@ def _report(outcomes: Iterable[tuple], files: EncodedFiles, resolution: int, on_
             report.n_oriented += 1
             report.oriented_example = report.oriented_example or {"path": files.name(index),
                                                                   "orientation": facts.orientation}
+        if facts.frames > 1:
+            report.n_multiframe += 1
+            report.multiframe_example = report.multiframe_example or {"path": files.name(index), "frames": facts.frames}
         if limit is not None and len(report.kept) >= limit:
             break
     if errors:
@@ -261,7 +267,7 @@ def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[in
     except OSError as err:
         return None, None, None, _unreadable(name, err)
     off_scale = f"{decoded.mode} with {decoded.off_scale}" if decoded.off_scale else None
-    return hashlib.sha256(data).digest(), decoded.image.size, Facts(off_scale, decoded.orientation), None
+    return hashlib.sha256(data).digest(), decoded.image.size, Facts(off_scale, decoded.orientation, decoded.frames), None
 
 
 def _unreadable(name: str, err: OSError) -> BadImageError:
@@ -304,7 +310,8 @@ class EncodedImageDataset(Dataset):
             source, split, resolution, n=len(self.kept), class_names=class_names, fingerprint=fingerprint,
             preprocessing=ADM_CENTER_CROP, limit=limit, n_skipped=len(report.skipped), skipped=report.skipped,
             n_upsampled=report.n_upsampled, n_off_scale=report.n_off_scale, off_scale_example=report.off_scale_example,
-            n_oriented=report.n_oriented, oriented_example=report.oriented_example, **extra_info,
+            n_oriented=report.n_oriented, oriented_example=report.oriented_example,
+            n_multiframe=report.n_multiframe, multiframe_example=report.multiframe_example, **extra_info,
         )
 
     def __len__(self) -> int:

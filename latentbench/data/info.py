@@ -69,6 +69,8 @@ def dataset_info(
     off_scale_example: dict | None = None,
     n_oriented: int = 0,
     oriented_example: dict | None = None,
+    n_multiframe: int = 0,
+    multiframe_example: dict | None = None,
     **extra,
 ) -> dict:
     """Assemble the JSON-serialisable ``info`` dict every dataset carries (keys as in the arguments).
@@ -90,6 +92,8 @@ def dataset_info(
             ``off_scale_example`` is the first's ``{"path", "reason"}``. Both only when it is not 0.
         n_oriented: images with an EXIF orientation, read as stored; ``oriented_example`` is the first's
             ``{"path", "orientation"}``. Both only when it is not 0.
+        n_multiframe: images that hold several frames (an animated GIF, a multi-page TIFF), read as their first;
+            ``multiframe_example`` is the first's ``{"path", "frames"}``. Both only when it is not 0.
         **extra: source-specific entries (root folder, column names...).
 
     Returns:
@@ -99,6 +103,8 @@ def dataset_info(
     doubts = dict(n_off_scale=n_off_scale, off_scale_example=off_scale_example) if n_off_scale else {}
     if n_oriented:
         doubts |= dict(n_oriented=n_oriented, oriented_example=oriented_example)
+    if n_multiframe:
+        doubts |= dict(n_multiframe=n_multiframe, multiframe_example=multiframe_example)
     return dict(
         source=source,
         split=split,

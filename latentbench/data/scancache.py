@@ -30,6 +30,11 @@ an entry without one (written before the table existed, or rewritten since by a 
 not know it) is not used, and its file is decoded once more. Versions of either kind share the
 file: the ``scans`` table's layout is unchanged.
 
+The frame count (``Facts.frames``) came later still, and was added the same way: a table of its own,
+``frame_counts``, joined on the same key, decoder and check time, so the 5-column ``facts`` rows
+that versions before it insert stay as they were. An entry without its frame count (written by such a
+version, or rewritten by one since) is not used either: its file is decoded once more.
+
 The cache only saves time: the dataset, its fingerprint and the reports are the same with or
 without it (tested). ``LATENTBENCH_SCAN_CACHE=0`` turns it off; deleting the file empties it. A
 cache that cannot be opened, read or written gives a warning and the scan goes on without it.
@@ -88,6 +93,7 @@ class Facts(NamedTuple):
 
     off_scale: str | None  # "<mode> with <images.off_scale's doubt>" of an image read nearly black, else None
     orientation: int  # its EXIF orientation, not applied (1: as stored, also without the tag)
+    frames: int = 1  # frames in the file (an animated GIF, a multi-page TIFF): only the first is read
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,10 @@ class ScanCache:
                     "checked_ns INTEGER NOT NULL, off_scale TEXT, orientation INTEGER NOT NULL, "
                     "PRIMARY KEY (key, decoder)) WITHOUT ROWID"
                 )
+                db.execute(  # not a column of ``facts``: versions before it insert 5-column ``facts`` rows
+                    "CREATE TABLE IF NOT EXISTS frame_counts (key TEXT NOT NULL, decoder TEXT NOT NULL, "
+                    "checked_ns INTEGER NOT NULL, frames INTEGER NOT NULL, PRIMARY KEY (key, decoder)) WITHOUT ROWID"
+                )
                 self._db = db
             except (sqlite3.Error, OSError) as err:
                 self._fail(err)
@@ -180,7 +190,7 @@ class ScanCache:
     # ---- reading and writing ----------------------------------------------------------------
 
     def lookup(self, keys: Sequence[str | None]) -> dict[str, Entry]:
-        """The stored entries of ``keys`` (None keys, and keys without an entry or without its facts, are left out)."""
+        """The stored entries of ``keys`` (None keys, and keys without an entry or without all its facts, are left out)."""
         wanted = sorted({k for k in keys if k is not None})
         db = self._connect() if wanted else None
         if db is None:
@@ -192,11 +202,13 @@ class ScanCache:
                 # facts of another check time belong to an earlier scan of the file than this entry's
                 rows = db.execute(
                     f"SELECT key, size, mtime_ns, ctime_ns, inode, checked_ns, digest, width, height, off_scale, "
-                    f"orientation FROM scans JOIN facts USING (key, decoder, checked_ns) "
+                    f"orientation, frames FROM scans JOIN facts USING (key, decoder, checked_ns) "
+                    f"JOIN frame_counts USING (key, decoder, checked_ns) "
                     f"WHERE decoder = ? AND key IN ({','.join('?' * len(part))})", (self.decoder, *part),
                 )
-                for key, size, mtime, ctime, inode, checked, digest, w, h, off, turn in rows:
-                    found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h), Facts(off, turn))
+                for key, size, mtime, ctime, inode, checked, digest, w, h, off, turn, frames in rows:
+                    found[key] = Entry(Stamp(size, mtime, ctime, inode), checked, bytes(digest), (w, h),
+                                       Facts(off, turn, frames))
         except (sqlite3.Error, ValueError) as err:  # ValueError: a key SQLite cannot encode
             self._fail(err)
             return {}
@@ -207,7 +219,9 @@ class ScanCache:
         if not self.writable or self._failed:
             return
         self._pending.append(((key, self.decoder, stamp.size, stamp.mtime_ns, stamp.ctime_ns, stamp.inode,
-                               checked_ns, digest, size[0], size[1]), (key, self.decoder, checked_ns, *facts)))
+                               checked_ns, digest, size[0], size[1]),
+                              (key, self.decoder, checked_ns, facts.off_scale, facts.orientation),
+                              (key, self.decoder, checked_ns, facts.frames)))
         if len(self._pending) >= FLUSH_EVERY:
             self.flush()
 
@@ -224,9 +238,11 @@ class ScanCache:
                 cur.execute("BEGIN IMMEDIATE")
                 try:
                     cur.executemany("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                    [scan for scan, _ in self._pending])
+                                    [scan for scan, _, _ in self._pending])
                     cur.executemany("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?)",
-                                    [facts for _, facts in self._pending])
+                                    [facts for _, facts, _ in self._pending])
+                    cur.executemany("INSERT OR REPLACE INTO frame_counts VALUES (?, ?, ?, ?)",
+                                    [frames for _, _, frames in self._pending])
                     cur.execute("COMMIT")
                 except BaseException:
                     cur.execute("ROLLBACK")

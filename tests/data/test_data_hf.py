@@ -163,6 +163,40 @@ def test_images_read_nearly_black_or_unturned_are_counted(tmp_path):
     assert not {"n_off_scale", "off_scale_example", "n_oriented", "oriented_example"} & set(info)
 
 
+def test_images_of_several_frames_are_counted_and_said(tmp_path):
+    """The hf scan is the image-folder scan: an animated GIF row is counted and gets the bench's line; a dataset of
+    single-frame images keeps the info it had (no frame keys, the same fingerprint as before they were counted)."""
+    import io
+
+    from latentbench.benchmark.harness import data_notes
+
+    def encoded(image: Image.Image, **save) -> dict:
+        out = io.BytesIO()
+        image.save(out, format="GIF", **save)
+        return {"bytes": out.getvalue(), "path": None}
+
+    frames = _images(3)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    rows = {"image": [encoded(frames[0]), encoded(frames[0], save_all=True, append_images=frames[1:]),
+                      encoded(frames[1])], "label": [0, 1, 2]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "animated")
+    source, example = f"hf:{tmp_path / 'animated'}", f"{tmp_path / 'animated'}:train[1]"
+    info = build_dataset(source, "train", 16).info
+    assert info["n_multiframe"] == 1 and info["multiframe_example"] == {"path": example, "frames": 3}
+    assert [line for line in data_notes(info) if "several frames" in line] == [
+        f"{source} [train]: 1 of 3 images hold several frames (e.g. {example}: 3 frames, an animated GIF or a multi-page "
+        "TIFF): only the first frame is trained and measured, as ADM and torch-fidelity read them; save the frame you "
+        "mean as a single-frame image (with PIL: img.seek(i), then img.save as PNG)"]
+    ppm = [{"bytes": b"P6 4 3 255\n" + bytes(range(7 * i, 7 * i + 36)), "path": None} for i in range(3)]  # no encoder
+    datasets.Dataset.from_dict({"image": ppm, "label": [0, 1, 2]}, features=features).save_to_disk(tmp_path / "plain")
+    plain = f"hf:{tmp_path / 'plain'}"
+    assert build_dataset(plain, "train", 16).info == {  # as before the frame counts (at eb7ac7c)
+        "source": plain, "split": "train", "resolution": 16, "n": 3, "num_classes": 3, "class_names": CLASSES,
+        "fingerprint": "42ea9e6f673a1d5c369280b0340893c40d6db9fa2e56841d103ef13ccbe2e596",
+        "preprocessing": "adm-center-crop", "limit": None, "n_skipped": 0, "skipped": [], "n_ignored_non_image": 0,
+        "n_upsampled": 3, "image_column": "image", "label_column": "label"}
+
+
 def test_the_bench_says_when_a_single_saved_dataset_is_both_splits(tmp_path):
     from latentbench.benchmark.harness import split_notes
 

@@ -357,6 +357,66 @@ def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from
     assert decoded == [] and second.info == first.info and data_notes(second.info) == [off_scale, oriented]
 
 
+def test_the_bench_says_which_images_hold_several_frames_also_from_the_scan_cache(tmp_path, monkeypatch):
+    """An animated GIF and a multi-page TIFF are read as their first frame: one line with an example and the fix,
+    as ``latentbench metrics`` warns of them, on the first scan and on a second one that only stats the files."""
+    import os
+    import time
+
+    import latentbench.data.encoded as encoded
+    from latentbench.benchmark.harness import data_notes
+
+    frames = [_noise(20, 20, seed) for seed in range(3)]
+    _make(tmp_path / "images" / "a", {"anim.gif": lambda p: frames[0].save(p, save_all=True, append_images=frames[1:]),
+                                      "still.gif": lambda p: frames[0].save(p), "rgb.png": _noisy(20, 20)})
+    _make(tmp_path / "images" / "b", {"scan.tif": lambda p: frames[0].save(p, save_all=True, append_images=frames[1:2]),
+                                      "page.tif": lambda p: frames[1].save(p)})
+    old = time.time_ns() - 60 * 10**9  # older than the scan cache's racy window: the second scan trusts its entries
+    for path in (tmp_path / "images").rglob("*.*"):
+        os.utime(path, ns=(old, old))
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
+    decoded, real = [], encoded._decode_one
+    monkeypatch.setattr(encoded, "_decode_one", lambda files, i: decoded.append(i) or real(files, i))
+    source = f"imagefolder:{tmp_path / 'images'}"
+    first = build_dataset(source, "train", 16)
+    [line] = data_notes(first.info)
+    assert line == (f"{source} [train]: 2 of 5 images hold several frames (e.g. {tmp_path / 'images' / 'a' / 'anim.gif'}: "
+                    "3 frames, an animated GIF or a multi-page TIFF): only the first frame is trained and measured, as ADM "
+                    "and torch-fidelity read them; save the frame you mean as a single-frame image (with PIL: "
+                    "img.seek(i), then img.save as PNG)")
+    assert len(decoded) == 5
+    decoded.clear()
+    second = build_dataset(source, "train", 16)
+    assert decoded == [] and second.info == first.info and data_notes(second.info) == [line]
+
+
+def _netpbm(seed: int, colour: bool) -> bytes:
+    """A 10x9 PPM (colour) or PGM file: its bytes are the pixels, with no encoder in between that could change."""
+    rng = np.random.default_rng(seed)
+    return (b"P6 10 9 255\n" if colour else b"P5 10 9 255\n") + rng.integers(0, 256, 10 * 9 * (3 if colour else 1),
+                                                                            dtype=np.uint8).tobytes()
+
+
+# the fingerprint of the folder below, as the versions before the frame counts computed it (at eb7ac7c)
+ORDINARY_FINGERPRINT = "82322754bffca7e5521130e4a045ac8e291c9893f15a83874d0b39932776d35a"
+
+
+def test_ordinary_images_keep_the_info_and_fingerprint_they_had(tmp_path):
+    """The frame counts enter a split's info only when there is one to report: a folder without multi-frame images
+    has the info (keys, counts, fingerprint) of the versions before, so its run keys and the gFID reference
+    statistics cached under that info stay valid."""
+    _make(tmp_path / "a", {f"{i}.ppm": lambda p, i=i: p.write_bytes(_netpbm(i, True)) for i in range(3)})
+    _make(tmp_path / "b", {f"{i}.pgm": lambda p, i=i: p.write_bytes(_netpbm(10 + i, False)) for i in range(2)})
+    info = build_dataset(f"imagefolder:{tmp_path}", "train", 8).info
+    assert info == {"source": f"imagefolder:{tmp_path}", "split": "train", "resolution": 8, "n": 5, "num_classes": 2,
+                    "class_names": ["a", "b"], "fingerprint": ORDINARY_FINGERPRINT, "preprocessing": "adm-center-crop",
+                    "limit": None, "n_skipped": 0, "skipped": [], "n_ignored_non_image": 0, "n_upsampled": 0,
+                    "n_ignored_outside_classes": 0, "root": str(tmp_path)}
+    assert list(info) == ["source", "split", "resolution", "n", "num_classes", "class_names", "fingerprint",
+                          "preprocessing", "limit", "n_skipped", "skipped", "n_ignored_non_image", "n_upsampled",
+                          "n_ignored_outside_classes", "root"]
+
+
 def test_the_bench_says_when_train_and_eval_are_the_same_images(tmp_path):
     """A folder without split sub-folders serves every split: the bench says in one line that it measures the images
     it trains on, and how to hold images out; a folder with train/ and val/ gets no such line."""

@@ -121,7 +121,8 @@ try:
     with encoded.collective_scan():
         data = build_dataset("imagefolder:" + folder, "train", 16, on_bad_image=on_bad_image)
     result = {"fingerprint": data.info["fingerprint"], "n": len(data), "skipped": data.info["skipped"],
-              "n_upsampled": data.info["n_upsampled"]}
+              "n_upsampled": data.info["n_upsampled"], "n_multiframe": data.info.get("n_multiframe"),
+              "multiframe_example": data.info.get("multiframe_example")}
 except (BadImageError, MemoryError, RuntimeError) as err:
     result = {"error": f"{type(err).__name__}: {err}"}
 result["decoded"] = len(decoded)
@@ -171,17 +172,25 @@ def test_processes_share_a_scan_and_agree_with_one_process(tmp_path):
 
 
 def test_processes_share_the_scan_cache_and_rank_zero_stores_every_share(tmp_path):
+    """Also the facts the bench reports: an animated GIF in rank 1's share is counted by every scan, the cached ones
+    included (rank 0 stored its frame count)."""
     import os
     import time
 
     folder = tmp_path / "images"
     (folder / "train" / "a").mkdir(parents=True)
     for i in range(9):
-        path = folder / "train" / "a" / f"{i}.png"
-        path.write_bytes(b"junk" if i == 4 else _png((16, 16)))
+        path = folder / "train" / "a" / (f"{i}.gif" if i == 3 else f"{i}.png")
+        if i == 3:  # index 3: rank 1 of 2 decodes it
+            frames = [Image.new("RGB", (16, 16), (9 * k, 0, 0)) for k in range(4)]
+            frames[0].save(path, save_all=True, append_images=frames[1:])
+        else:
+            path.write_bytes(b"junk" if i == 4 else _png((16, 16)))
         old = time.time_ns() - 60 * 10**9
         os.utime(path, ns=(old, old))  # older than the racy window: entries are trusted
     reference = _scan_in_processes(tmp_path, folder, "skip", 1)[0]
+    assert reference["n_multiframe"] == 1 and reference["multiframe_example"] == {
+        "path": str(folder / "train" / "a" / "3.gif"), "frames": 4}
     first = _scan_in_processes(tmp_path, folder, "skip", 2, cache_dir=tmp_path / "cache")
     again = _scan_in_processes(tmp_path, folder, "skip", 2, cache_dir=tmp_path / "cache")
     assert sorted(r["decoded"] for r in first) == [4, 5]

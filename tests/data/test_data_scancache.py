@@ -66,6 +66,18 @@ def _doubtful(root):
     return root
 
 
+def _animated(root):
+    """Ordinary PNGs, an animated GIF of 3 frames and a TIFF of 2 pages (both read as their first)."""
+    _folder(root, n=6)
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(root / "c1" / "anim.gif", save_all=True, append_images=frames[1:])
+    frames[0].save(root / "c2" / "pages.tif", save_all=True, append_images=frames[1:2])
+    for path in root.rglob("*.*"):
+        _age(path)
+    return root
+
+
 def _build(folder, **kwargs):
     return build_dataset(f"imagefolder:{folder}", "train", 8, **kwargs)
 
@@ -174,16 +186,17 @@ def test_a_process_that_may_not_write_reads_but_never_writes(tmp_path):
     assert reader.lookup(["a"]) == {} and not path.exists()  # no file: nothing read, nothing created
     stamp = scancache.Stamp(1, 2, 3, 4)
     writer = ScanCache(path)
-    writer.add("a", stamp, 2**62, b"d" * 32, (5, 6), Facts("I;16 with every value in 0..255", 6))
+    writer.add("a", stamp, 2**62, b"d" * 32, (5, 6), Facts("I;16 with every value in 0..255", 6, 3))
     writer.close()
     reader.add("b", stamp, 2**62, b"e" * 32, (7, 8), Facts(None, 1))
     reader.close()
     found = ScanCache(path, writable=False).lookup(["a", "b", None])
     assert list(found) == ["a"] and found["a"].size == (5, 6) and found["a"].valid_for(stamp)
-    assert found["a"].facts == Facts("I;16 with every value in 0..255", 6)
+    assert found["a"].facts == Facts("I;16 with every value in 0..255", 6, 3)
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM scans").fetchone() == (1,)
         assert db.execute("SELECT COUNT(*) FROM facts").fetchone() == (1,)
+        assert db.execute("SELECT COUNT(*) FROM frame_counts").fetchone() == (1,)
 
 
 def test_a_scan_stopped_by_a_limit_keeps_what_it_checked(tmp_path, decoded):
@@ -306,3 +319,46 @@ def test_a_cache_written_before_the_facts_is_used_after_one_more_decoding(tmp_pa
         db.commit()
     decoded.clear()
     assert _build(folder).info == first.info and decoded == ["turned.jpg"]
+
+
+def test_images_of_several_frames_are_counted_by_every_scan(tmp_path, decoded, monkeypatch):
+    """An animated GIF and a multi-page TIFF are read as their first frame: counted, with the first as the example,
+    by the scan that decodes them, by a rescan that only stats them, and by a scan without the cache."""
+    folder = _animated(tmp_path / "images")
+    first = _build(folder)
+    assert len(decoded) == 8
+    assert first.info["n_multiframe"] == 2
+    assert first.info["multiframe_example"] == {"path": str(folder / "c1" / "anim.gif"), "frames": 3}
+    decoded.clear()
+    second = _build(folder)
+    assert decoded == [] and second.info == first.info == _uncached(folder, monkeypatch).info
+    limited = _build(folder, limit=3)  # c0's 00.png and 03.png, c1's 01.png: no multi-frame image among them
+    assert not {"n_multiframe", "multiframe_example"} & set(limited.info)
+
+
+def test_a_cache_written_before_the_frame_counts_is_used_after_one_more_decoding(tmp_path, decoded):
+    """Entries of a version without the frame counts (no frame_counts row) are decoded once more, then cached with
+    them; such a version still writes its 5-column facts rows into the file, and an entry it rewrites (a new check
+    time) loses its frame count: that file alone is decoded again."""
+    folder = _animated(tmp_path / "images")
+    first = _build(folder)
+    assert first.info["n_multiframe"] == 2
+    path = tmp_path / "cache" / scancache.FILE_NAME
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert [column[1] for column in db.execute("PRAGMA table_info(facts)")] == [
+            "key", "decoder", "checked_ns", "off_scale", "orientation"]  # the layout older versions insert into
+        db.execute("DELETE FROM frame_counts")  # the entries as such a version left them
+        db.commit()
+    decoded.clear()
+    assert _build(folder).info == first.info and len(decoded) == 8
+    decoded.clear()
+    assert _build(folder).info == first.info and decoded == []
+    key = str(folder / "c1" / "anim.gif")
+    with contextlib.closing(sqlite3.connect(path)) as db:  # such a version checks anim.gif again and writes its rows
+        scan = db.execute("SELECT * FROM scans WHERE key = ?", (key,)).fetchone()
+        facts = db.execute("SELECT * FROM facts WHERE key = ?", (key,)).fetchone()
+        db.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*scan[:6], scan[6] + 1, *scan[7:]))
+        db.execute("INSERT OR REPLACE INTO facts VALUES (?, ?, ?, ?, ?)", (*facts[:2], facts[2] + 1, *facts[3:]))
+        db.commit()
+    decoded.clear()
+    assert _build(folder).info == first.info and decoded == ["anim.gif"]
