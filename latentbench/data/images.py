@@ -20,10 +20,17 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
 
 Truncated and corrupt files raise :class:`BadImageError`. ``ImageFile.LOAD_TRUNCATED_IMAGES``
 is left alone: a half-decoded JPEG padded with grey is not a benchmark image.
+
+Pillow's decompression-bomb guard is kept: an image of over twice ``PIL.Image.MAX_IMAGE_PIXELS`` raises
+BadImageError, and one between once and twice the limit is read with a warning that names the file and the
+fix. Pillow's own ``DecompressionBombWarning`` names neither, so it is filtered out, for the whole process (a
+``warnings.catch_warnings`` around each read would swap the process's filters from the scan's threads, which it
+is not safe to do) and only for its exact words: other Pillow warnings are left alone.
 """
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar
 
@@ -31,6 +38,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
+PILLOW_BOMB_WARNING = r"Image size \(\d+ pixels\) exceeds limit of \d+ pixels, could be decompression bomb"
 T = TypeVar("T")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -118,10 +126,12 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
         raise BadImageError(name, "empty file (0 bytes)")
+    _drop_pillows_bomb_warning()
     try:
         with Image.open(io.BytesIO(data)) as img:
+            size = img.size  # before ``read``: seeking a GIF's frames can change it
             img.load()
-            return read(img)
+            result = read(img)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Image.DecompressionBombError as err:  # Pillow's words end in "DOS attack." and name no fix
@@ -130,6 +140,29 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
                                   "downscale it (the bench center-crops to the protocol's resolution anyway)") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
         raise BadImageError(name, f"{type(err).__name__}: {err}") from err
+    _warn_if_large(name, size)  # outside the try: a warning turned into an error (-W error) is not a bad image
+    return result
+
+
+def _drop_pillows_bomb_warning() -> None:
+    """Filter out Pillow's DecompressionBombWarning (``_warn_if_large`` says it naming the file), unless already done;
+    added again where the filters were reset since (pytest resets them for every test)."""
+    for action, message, *_ in warnings.filters:
+        if action == "ignore" and getattr(message, "pattern", message) == PILLOW_BOMB_WARNING:
+            return
+    warnings.filterwarnings("ignore", PILLOW_BOMB_WARNING, Image.DecompressionBombWarning)
+
+
+def _warn_if_large(name: str, size: tuple[int, int]) -> None:
+    """Warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (one over twice it Pillow refused already)."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = max(1, size[0]) * max(1, size[1])  # as Pillow counts them
+    if limit is not None and pixels > limit:
+        warnings.warn(f"image {name} ({size[0]}x{size[1]}, {pixels} pixels) is over PIL.Image.MAX_IMAGE_PIXELS "
+                      f"({limit}), which Pillow warns of as a possible decompression bomb: it is read, but every read "
+                      "of an image this large costs memory and time; downscale it (the bench center-crops to the "
+                      "protocol's resolution anyway)",
+                      Image.DecompressionBombWarning, stacklevel=2)
 
 
 def has_transparent_pixels(img: Image.Image) -> bool:

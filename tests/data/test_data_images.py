@@ -119,6 +119,50 @@ def test_an_image_over_pillows_pixel_limit_says_what_to_do(monkeypatch):
     assert ".." not in str(info.value)
 
 
+def test_an_image_between_once_and_twice_pillows_pixel_limit_is_read_with_one_warning_naming_it(monkeypatch):
+    """Pillow reads such an image with a DecompressionBombWarning that names no file and no fix ('could be
+    decompression bomb DOS attack.'): the suite's own warning stands in for it, naming the file and the fix."""
+    import warnings
+
+    import latentbench.data.images as images
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 12x12 image (144 pixels) is then over it, not over twice
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rgb = load_rgb(_png_bytes(Image.new("RGB", (12, 12), (1, 2, 3))), "/data/large.png")
+        decoded = images.decode(_png_bytes(Image.new("RGB", (10, 10))), "/data/at_the_limit.png")  # 100: not over it
+    assert rgb.size == (12, 12) and rgb.getpixel((5, 5)) == (1, 2, 3) and decoded.image.size == (10, 10)
+    [warning] = caught
+    assert warning.category is Image.DecompressionBombWarning  # what a filter of Pillow's warning names
+    assert str(warning.message) == (
+        "image /data/large.png (12x12, 144 pixels) is over PIL.Image.MAX_IMAGE_PIXELS (100), which Pillow warns of as a "
+        "possible decompression bomb: it is read, but every read of an image this large costs memory and time; "
+        "downscale it (the bench center-crops to the protocol's resolution anyway)")
+    assert warning.filename == images.__file__  # the suite's: the CLI prints it as its one-line warning
+
+
+def test_a_scan_warns_of_each_large_image_by_name_from_its_threads(tmp_path, monkeypatch):
+    """The scan decodes on a thread pool: Pillow's warning is filtered out for the process, not per read (which would
+    swap the process's warning filters from several threads at once), and every large file is named."""
+    import warnings
+
+    import latentbench.data.encoded as encoded
+    from latentbench.data import build_dataset
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(encoded, "scan_threads", lambda: 3)
+    monkeypatch.setenv("LATENTBENCH_SCAN_CACHE", "0")
+    for i in range(6):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        Image.new("RGB", (12, 12) if i % 2 else (8, 8), (i, 0, 0)).save(tmp_path / "a" / f"{i}.png")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
+    assert len(data) == 6
+    assert sorted(str(w.message).split(" ")[1] for w in caught) == [str(tmp_path / "a" / f"{i}.png") for i in (1, 3, 5)]
+    assert all(w.category is Image.DecompressionBombWarning and "downscale it" in str(w.message) for w in caught)
+
+
 def test_missing_file_is_bad_image(tmp_path):
     with pytest.raises(BadImageError, match="cannot read file"):
         load_rgb(tmp_path / "nope.png")
