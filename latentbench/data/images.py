@@ -100,7 +100,9 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     Raises:
         BadImageError: the file is empty, not an image, truncated or otherwise undecodable.
     """
-    return _opened(source, name, to_rgb)  # not ``decode``: a training sample needs the pixels, not the scan's facts
+    # not ``decode``: a training sample needs the pixels, not the scan's facts; nor its warning of a large image, which
+    # the scan gave once (a training's loader workers would repeat it for every read of every epoch)
+    return _opened(source, name, to_rgb, warn_large=False)
 
 
 class Decoded(NamedTuple):
@@ -120,8 +122,9 @@ def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
                                                      exif_orientation(img), getattr(img, "n_frames", 1)))
 
 
-def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image], T]) -> T:
-    """``read`` of the file's loaded PIL image; BadImageError (as ``load_rgb``) for an empty or undecodable one."""
+def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image], T], warn_large: bool = True) -> T:
+    """``read`` of the file's loaded PIL image; BadImageError (as ``load_rgb``) for an empty or undecodable one, and
+    with ``warn_large`` the warning of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (``_warn_if_large``)."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -140,7 +143,8 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
                                   "downscale it (the bench center-crops to the protocol's resolution anyway)") from err
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, EOFError, struct.error...
         raise BadImageError(name, f"{type(err).__name__}: {err}") from err
-    _warn_if_large(name, size)  # outside the try: a warning turned into an error (-W error) is not a bad image
+    if warn_large:
+        _warn_if_large(name, size)  # outside the try: a warning turned into an error (-W error) is not a bad image
     return result
 
 

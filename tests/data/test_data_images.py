@@ -129,9 +129,11 @@ def test_an_image_between_once_and_twice_pillows_pixel_limit_is_read_with_one_wa
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 12x12 image (144 pixels) is then over it, not over twice
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rgb = load_rgb(_png_bytes(Image.new("RGB", (12, 12), (1, 2, 3))), "/data/large.png")
+        scanned = images.decode(_png_bytes(Image.new("RGB", (12, 12), (1, 2, 3))), "/data/large.png")
         decoded = images.decode(_png_bytes(Image.new("RGB", (10, 10))), "/data/at_the_limit.png")  # 100: not over it
-    assert rgb.size == (12, 12) and rgb.getpixel((5, 5)) == (1, 2, 3) and decoded.image.size == (10, 10)
+        # a training or evaluation load: the scan warned once, loader workers would repeat it every read of every epoch
+        rgb = load_rgb(_png_bytes(Image.new("RGB", (12, 12), (1, 2, 3))), "/data/large.png")
+    assert scanned.image.size == rgb.size == (12, 12) and rgb.getpixel((5, 5)) == (1, 2, 3) and decoded.image.size == (10, 10)
     [warning] = caught
     assert warning.category is Image.DecompressionBombWarning  # what a filter of Pillow's warning names
     assert str(warning.message) == (
