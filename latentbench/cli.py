@@ -95,7 +95,7 @@ def _run_results(record: dict[str, Any]) -> list[dict[str, Any]]:
     run of one result. run_bench returns the last one; the others are its run directory's stored record stages."""
     if not record["tokenizer"].get("variant"):
         return [record]
-    from latentbench.benchmark.harness import Stages
+    from latentbench.benchmark.stages import Stages
     from latentbench.paths import REPO_ROOT
 
     stages = Stages(REPO_ROOT / record["run_dir"])  # display_path: relative to the checkout, or absolute

@@ -51,7 +51,8 @@ def generator_stage(cfg, run_dir: Path, weights: Path | str | None, trust: bool,
                     variant: str = "", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Latents, generator, gFID curve and convergence for the tokenizer checkpoint ``weights``; gFID unavailable and
     no generator trained when the protocol's FID extractor has no weights here."""
-    from latentbench.benchmark.harness import Stages, _dataset, load_for_decoding
+    from latentbench.benchmark.harness import _dataset, load_for_decoding
+    from latentbench.benchmark.stages import Stages
     from latentbench.generators.latents import LatentNorm, NormalizedLatents
     from latentbench.generators.module import resolve_generator
 

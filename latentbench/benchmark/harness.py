@@ -35,19 +35,19 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, Subset
 
+from latentbench.benchmark.datanotes import check_same_classes, data_notes, ignored_notes, split_notes
 from latentbench.benchmark.evaluate import Indexed, ShardSampler, loader_workers, not_finite_as_unavailable
 from latentbench.benchmark.leaderboard import SCHEMA_VERSION, append_record
 from latentbench.benchmark.machine_load import (
     OtherCpuUse,
     advise_once,
-    busy_note,
     busy_now_note,
     is_busy,
     since_process_start,
 )
 from latentbench.benchmark.protocol import Protocol, load_protocol
-from latentbench.benchmark.provenance import provenance
 from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
+from latentbench.benchmark.stages import Stages, stages_provenance
 from latentbench.distributed import (
     Launch,
     broadcast,
@@ -70,97 +70,7 @@ from latentbench.weights import extract_state_dict, load_checkpoint, sha256_file
 VAL_HOLDOUT = 16  # training-time validation (modules that early-stop) holds out every 16th train image
 
 
-# ---- stages ------------------------------------------------------------------------------------
-
-class Stages:
-    """Finished-stage results of a run directory, each an atomically written JSON file."""
-
-    def __init__(self, run_dir: Path):
-        self.dir = run_dir / "stages"
-
-    def get(self, name: str) -> dict[str, Any] | None:
-        path = self.dir / f"{name}.json"
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:  # the suite writes it atomically: edited or damaged
-            raise ValueError(f"stage result {path} is not valid JSON ({err}): delete it to run the {name!r} stage again"
-                             ) from None
-
-    def run(self, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None],
-            label: str | None = None) -> dict[str, Any]:
-        """Return the stage's stored result, or run it, time it and store the result.
-
-        Under torch.distributed every rank runs ``fn`` (stages shard their work); rank 0 stores
-        its result and every rank returns rank 0's, so all ranks go on with the same facts.
-
-        Args:
-            name: the stage, which names its result file (``stages/<name>.json``).
-            fn: runs the stage; returns its result.
-            log: prints the stage's progress lines.
-            label: the stage in those lines, default ``name``: the generator's training, a ``train`` stage of
-                its own folder, logs as part of the run's ``generate`` stage, not as the tokenizer's training.
-        """
-        label = label or name
-        done = run_on_rank_zero(lambda: self.get(name))  # rank 0's view of the folder decides for all
-        if done is not None:
-            log(f"[{label}] already done ({done['wall_time_s']:.1f} s), skipping")
-            return done
-        log(f"[{label}] running")
-        attempts = run_on_rank_zero(lambda: self._attempt(name))
-        start = time.perf_counter()
-        with OtherCpuUse(measure=world_size() == 1) as load:  # a DDP run's other ranks would count as other processes
-            result = fn()
-        result["wall_time_s"] = time.perf_counter() - start
-        result["machine_load"] = load.result
-        if load.busy:
-            log(f"[{label}] warning: {busy_note(load.result, advice=advise_once())}")
-
-        def store() -> dict[str, Any]:
-            stored = {**result, **_attempts_provenance(attempts)}
-            atomic_write_text(self.dir / f"{name}.json", json.dumps(stored, indent=1, sort_keys=True))
-            (self.dir / f"{name}.attempts.jsonl").unlink(missing_ok=True)
-            return stored
-
-        result = run_on_rank_zero(store)
-        log(f"[{label}] done in {result['wall_time_s']:.1f} s")
-        return result
-
-    def _attempt(self, name: str) -> list[dict[str, Any]]:
-        """Note this process's environment as an attempt at stage ``name``; every attempt's so far, this one last.
-
-        A stage interrupted and resumed (training from its last checkpoint) ran partly in each
-        attempt, so a record quotes them all (``_attempts_provenance``).
-        """
-        path = self.dir / f"{name}.attempts.jsonl"
-        earlier, unreadable = [], 0
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    earlier.append(json.loads(line))
-                except json.JSONDecodeError:  # the suite writes the file atomically: edited by hand or damaged
-                    unreadable += 1
-        if unreadable:
-            warnings.warn(f"{path}: {unreadable} unreadable line(s) left out, so the record quotes only the other "
-                          f"{len(earlier)} earlier attempt(s) at the {name!r} stage", stacklevel=2)
-        attempts = [*earlier, provenance()]
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, "".join(json.dumps(a, sort_keys=True) + "\n" for a in attempts))
-        return attempts
-
-
-def _attempts_provenance(attempts: list[dict[str, Any]]) -> dict[str, Any]:
-    """A finished stage's ``provenance`` (its first attempt's environment) and ``provenance_resumed``
-    (later attempts that ran in another environment; absent when none did)."""
-    first = attempts[0]
-    resumed = [a for a in attempts[1:] if _parts(a) != _parts(first)]
-    return {"provenance": first, **({"provenance_resumed": resumed} if resumed else {})}
-
-
-def _parts(environment: dict[str, Any]) -> dict[str, Any]:
-    return {k: environment.get(k) for k in PROVENANCE_PARTS}
-
+# ---- training ----------------------------------------------------------------------------------
 
 class StepProgress(Callback):
     """One progress bar over all training steps, with the loss.
@@ -684,47 +594,6 @@ def build_record(cfg: BenchConfig, run_dir: Path, train: dict | None, evaluation
 
 # generator-stage fields the record keeps elsewhere (metrics, wall times, compiled, provenance) or not at all
 GENERATION_NOT_RECORDED = ("gfid", "wall_time_s", "machine_load", "compiled", "provenance", "provenance_resumed", "generator_provenance")
-PROVENANCE_PARTS = ("code", "packages", "python", "platform", "hardware", "processes")  # what can change a number (not the command)
-UNKNOWN_PROVENANCE = "unknown: stored before stages kept their provenance"
-
-
-def stages_provenance(stages: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
-    """The provenance of the stages that measured a record, not of the process that writes it.
-
-    A record is written by the last stage of a run; its numbers come from the stages before,
-    which may have run in other processes (a resumed run), on another commit or another machine,
-    and a stage may itself have been interrupted and resumed elsewhere. The record carries the
-    first measuring stage's environment; every stage or resumed attempt whose environment
-    differs is listed under ``stages`` with what differed (a stage stored before stages kept
-    their provenance as unknown); ``code.commit`` reads ``mixed`` when commits differ, and
-    ``code.dirty`` is true when any of them ran on a modified tree (None: not known for all).
-    """
-    ran: list[tuple[str, dict[str, Any] | None]] = []
-    for name, result in stages.items():
-        if result is None:
-            continue
-        ran.append((name, result.get("provenance")))
-        ran += [(f"{name} (resumed {i})", e) for i, e in enumerate(result.get("provenance_resumed") or [], start=1)]
-    known = [(name, e) for name, e in ran if e]
-    unknown = {name: UNKNOWN_PROVENANCE for name, e in ran if not e}
-    if not known:  # a run directory from before: this process's environment, said to be so
-        now = provenance()
-        return {**now, **({"stages": unknown} if unknown else {})}
-    first_name, first = known[0]
-    out = {**first, "code": dict(first["code"])}
-    differ = {name: {k: e.get(k) for k in PROVENANCE_PARTS if e.get(k) != first.get(k)} for name, e in known}
-    differ = {name: d for name, d in differ.items() if d}
-    listed = {first_name: {k: first.get(k) for k in PROVENANCE_PARTS if any(k in d for d in differ.values())}} if differ else {}
-    listed |= differ | unknown
-    if listed:
-        out["stages"] = listed
-    dirty = [e["code"].get("dirty") for _, e in known]
-    out["code"]["dirty"] = True if any(dirty) else None if (None in dirty or unknown) else False
-    if len({e["code"].get("commit") for _, e in known}) > 1:
-        out["code"]["commit"] = "mixed"
-    return out
-
-
 def run_bench(
     tokenizer: str,
     protocol: str = "ci",
@@ -1067,111 +936,6 @@ def _scan_splits(proto: Protocol, on_bad_image: str) -> list[dict[str, Any]]:
         raise first
     also = "; ".join(f"the {s} split has unreadable files too: {e.path} ({e.reason})" for s, e in rest)
     raise BadImageError(first.path, f"{first.reason} [{split} split]; {also}", first.advice)
-
-
-def data_notes(info: dict[str, Any]) -> list[str]:
-    """The lines on a split's scan: one on what it dropped (``--on_bad_image skip``) or upsampled, one on images read
-    nearly black, one on images read unturned, one on images read as their first frame (each with an example and the
-    fix); none when there is nothing to say.
-
-    The last three are ``latentbench metrics``' warnings (``standalone.ColourModes``): the bench trains and
-    measures such images as they are read, so a folder saved on the wrong scale, turned by EXIF or animated gets a word.
-    """
-    prefix, lines, notes = f"{info['source']} [{info['split']}]: ", [], []
-    if info.get("n_skipped"):
-        first = info["skipped"][0]
-        notes.append(f"skipped {info['n_skipped']} unreadable file(s), first {first['path']} ({first['reason']}); the row's "
-                     "record in results.jsonl lists them (its data.train / data.eval skipped)")
-    if info.get("n_upsampled"):
-        notes.append(f"{info['n_upsampled']} of {info['n']} images have a side below {info['resolution']} px and are "
-                     "upsampled (bicubic, ADM's center crop)")
-    notes += ignored_notes(info)
-    if notes:
-        lines.append(prefix + "; ".join(notes))
-    if info.get("n_off_scale"):
-        example = info["off_scale_example"]
-        lines.append(f"{prefix}{info['n_off_scale']} of {info['n']} images look saved on another scale than the one they "
-                     f"are read on (e.g. {example['path']}: {example['reason']}): float images are read on the 0..255 "
-                     "scale and 16/32-bit integer ones on 0..65535, so these are trained and measured nearly black; "
-                     "save them as 8-bit images (a [0, 1] float image as round(value * 255))")
-    if info.get("n_oriented"):
-        example = info["oriented_example"]
-        lines.append(f"{prefix}{info['n_oriented']} of {info['n']} images carry an EXIF orientation (e.g. {example['path']}: "
-                     f"orientation {example['orientation']}): they are trained and measured as stored, not turned as "
-                     "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
-                     "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
-    if info.get("n_multiframe"):
-        example = info["multiframe_example"]
-        lines.append(f"{prefix}{info['n_multiframe']} of {info['n']} images hold several frames (e.g. {example['path']}: "
-                     f"{example['frames']} frames, an animated GIF or a multi-page TIFF): only the first frame is trained "
-                     "and measured, as ADM and torch-fidelity read them; save the frame you mean as a single-frame image "
-                     "(with PIL: img.seek(i), then img.save as PNG)")
-    return lines
-
-
-def ignored_notes(info: dict[str, Any]) -> list[str]:
-    """What an image folder's listing left out, with examples: files whose extension is not an image's (an image format
-    the suite does not read looks so: .heic, .avif) and images beside the class folders; hidden files alone say nothing."""
-    from latentbench.data.images import IMAGE_EXTENSIONS
-
-    def shown(key: str, count: int) -> str:
-        examples = info.get(key) or []
-        return ", ".join(examples) + (", ..." if count > len(examples) else "")
-
-    notes = []
-    if info.get("ignored_non_image_examples"):
-        notes.append(f"ignored {info['n_ignored_non_image']} file(s) that are not images by their extension "
-                     f"({shown('ignored_non_image_examples', info['n_ignored_non_image'])}): only "
-                     f"{' '.join(IMAGE_EXTENSIONS)} files are read, so convert any images among them to one of those")
-    if info.get("ignored_outside_classes_examples"):
-        notes.append(f"ignored {info['n_ignored_outside_classes']} image file(s) beside the class folders "
-                     f"({shown('ignored_outside_classes_examples', info['n_ignored_outside_classes'])}): each sub-folder "
-                     "is a class and only images inside one are read; move them into their class's folder")
-    return notes
-
-
-def split_notes(train: dict[str, Any], evaluation: dict[str, Any]) -> list[str]:
-    """A line when the train and eval splits are read from the same images (``data.same_images``: an image folder
-    without split sub-folders, a single saved Hugging Face Dataset), as the bench then measures images it trained on;
-    none otherwise."""
-    from latentbench.data.sources import same_images
-
-    if train["source"] != evaluation["source"]:
-        return []
-    # both take their first usable images (data.num_train / num_eval): the smaller split is all in the larger one
-    shared = min(train["n"], evaluation["n"])
-    effect = ("so the bench trains on the images it measures (reconstruction metrics, rFID and the probe are not on "
-              "held-out images)")
-    if train["split"] == evaluation["split"]:  # any source: the protocol itself names one split twice
-        return [f"{evaluation['source']}: the protocol's train and eval split are both {train['split']!r} ({shared} of "
-                f"the {evaluation['n']} eval images are train images too), {effect}; to hold images out, give the "
-                "protocol's data.eval_split another split"]
-    where = same_images(evaluation["source"], (train["split"], evaluation["split"]))
-    if where is None:
-        return []
-    fix = (f"save a DatasetDict with {train['split']!r} and {evaluation['split']!r} splits of different images"
-           if evaluation["source"].startswith("hf:") else f"give it {train['split']}/ and {evaluation['split']}/ folders of different images")
-    return [f"{evaluation['source']}: the {train['split']} and {evaluation['split']} splits are read from the same images "
-            f"({where}; {shared} of the {evaluation['n']} {evaluation['split']} images are {train['split']} images too), "
-            f"{effect}; to hold images out, {fix}"]
-
-
-def check_same_classes(train: dict[str, Any], evaluation: dict[str, Any]) -> None:
-    """ValueError unless the two splits' infos name the same classes in the same order (labels are indices)."""
-    if train["class_names"] != evaluation["class_names"]:
-        # an hf split's classes are its ClassLabel's names, or 0..its largest label without one
-        fix = ("give both splits' label column one ClassLabel of every class (`dataset.cast_column('label', "
-               "datasets.ClassLabel(names=[...]))`) and save them again" if train["source"].startswith("hf:")
-               else "give both splits the same class folders")
-        raise ValueError(
-            f"the {train['split']} split's classes {_names(train['class_names'])} and the {evaluation['split']} split's "
-            f"{_names(evaluation['class_names'])} differ: the linear probe and gFID's classes read labels as indices, "
-            f"so class i must be the same class in both; {fix}"
-        )
-
-
-def _names(names: list[str], shown: int = 8) -> str:
-    return str(names[:shown])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > shown else "]")
 
 
 def lpips_nets_used(cfg: BenchConfig) -> set[str]:

@@ -314,7 +314,7 @@ def _plot_stage_times(records: list[dict[str, Any]], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(runs)), dpi=120)
     colours = {stage: colour for stage, colour in (("train", "tab:blue"), ("eval", "tab:green"), ("generate", "tab:orange"))
                if any(stage in seconds for _, _, seconds in runs)}  # a protocol without a generator has no generate stage
-    for y, (label, latest, seconds) in enumerate(reversed(runs)):
+    for y, (_, latest, seconds) in enumerate(reversed(runs)):
         left = 0.0
         for stage, colour in colours.items():
             minutes = seconds.get(stage, 0.0) / 60
@@ -688,7 +688,7 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
             groups = "; ".join(f"`{f[:12]}`: {', '.join(rows)}" for f, rows in sorted(by_print.items(), key=lambda kv: kv[1]))
             notes.append(f"- data: the rows were measured on {len(by_print)} versions of the {split} split (its files changed "
                          f"between benches), so their numbers do not compare across versions; by fingerprint: {groups}.")
-    for r in records:  # train and eval the same images (harness.split_notes said so at the bench)
+    for r in records:  # train and eval the same images (datanotes.split_notes said so at the bench)
         if (r.get("data") or {}).get("same_images"):
             train, evaluation = r["data"]["train"], r["data"]["eval"]
             which = (f"its train and eval split were both {train['split']!r} of {evaluation['source']}"
@@ -697,7 +697,7 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
                      f"({evaluation['source']} has no separate splits)")
             notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): {which}, so its "
                          "reconstruction metrics and probe are not on held-out images.")
-    for r in records:  # a folder saved on another scale than it is read on (harness.data_notes said so at the bench)
+    for r in records:  # a folder saved on another scale than it is read on (datanotes.data_notes said so at the bench)
         for split in ("train", "eval"):
             info = (r.get("data") or {}).get(split) or {}
             if info.get("n_off_scale"):

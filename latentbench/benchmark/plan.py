@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from latentbench.benchmark.harness import Stages, precision_lines
+from latentbench.benchmark.harness import precision_lines
+from latentbench.benchmark.stages import Stages
 from latentbench.benchmark.leaderboard import (
     display_name,
     fallback_precisions,

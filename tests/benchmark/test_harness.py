@@ -254,7 +254,7 @@ def test_the_generators_training_logs_as_part_of_the_generate_stage(smoke_run, t
 
 
 def test_a_stage_label_names_it_in_the_log_not_on_disk(tmp_path):
-    from latentbench.benchmark.harness import Stages
+    from latentbench.benchmark.stages import Stages
 
     logs = []
     Stages(tmp_path).run("train", lambda: {}, logs.append, label="generate: train generator")
@@ -353,7 +353,8 @@ def test_another_results_weights_cut_short_are_named_with_the_fix(tmp_path):
 
     from safetensors.torch import save_file
 
-    from latentbench.benchmark.harness import Stages, _check_trained_weights, sha256_file
+    from latentbench.benchmark.harness import _check_trained_weights, sha256_file
+    from latentbench.benchmark.stages import Stages
 
     for name in ("tokenizer.safetensors", "tokenizer-1a.safetensors"):
         save_file({"w": torch.randn(1000)}, str(tmp_path / name))
@@ -402,7 +403,7 @@ def test_the_recorded_command_is_the_one_a_user_retypes(argv0):
 
 
 def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
-    from latentbench.benchmark.harness import UNKNOWN_PROVENANCE, stages_provenance
+    from latentbench.benchmark.stages import UNKNOWN_PROVENANCE, stages_provenance
     from latentbench.benchmark.provenance import provenance
 
     base = provenance()
@@ -422,9 +423,9 @@ def test_stage_provenance_that_differs_is_listed_and_marks_the_record():
 
 
 def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch):
-    import latentbench.benchmark.harness as harness
+    import latentbench.benchmark.stages as stages_module
 
-    stages = harness.Stages(tmp_path)
+    stages = stages_module.Stages(tmp_path)
 
     def interrupted():
         raise KeyboardInterrupt
@@ -432,8 +433,8 @@ def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         stages.run("train", interrupted, log=lambda m: None)
     first = json.loads((tmp_path / "stages/train.attempts.jsonl").read_text())
-    real = harness.provenance
-    monkeypatch.setattr(harness, "provenance", lambda: {**real(), "code": {"commit": "c" * 40, "dirty": True}})
+    real = stages_module.provenance
+    monkeypatch.setattr(stages_module, "provenance", lambda: {**real(), "code": {"commit": "c" * 40, "dirty": True}})
     result = stages.run("train", lambda: {"steps": 1}, log=lambda m: None)
     assert result["provenance"] == first and result["provenance_resumed"][0]["code"] == {"commit": "c" * 40, "dirty": True}
     assert not (tmp_path / "stages/train.attempts.jsonl").exists()
@@ -442,24 +443,24 @@ def test_a_stage_resumed_in_another_environment_keeps_both(tmp_path, monkeypatch
 
 def test_a_training_resumed_on_another_number_of_processes_says_so_in_the_record(tmp_path, monkeypatch):
     """Killed on 2 processes and finished on 1, its training is neither run's: the record had said world_size 1 alone."""
-    import latentbench.benchmark.harness as harness
+    import latentbench.benchmark.stages as stages_module
     import latentbench.benchmark.provenance as provenance
 
-    stages = harness.Stages(tmp_path)
+    stages = stages_module.Stages(tmp_path)
     monkeypatch.setattr(provenance, "world_size", lambda: 2, raising=False)
     with pytest.raises(KeyboardInterrupt):
         stages.run("train", lambda: (_ for _ in ()).throw(KeyboardInterrupt), log=lambda m: None)
     monkeypatch.setattr(provenance, "world_size", lambda: 1)
     train = stages.run("train", lambda: {"steps": 1}, log=lambda m: None)
     evaluation = stages.run("eval", lambda: {}, log=lambda m: None)
-    assert harness.stages_provenance({"train": train, "eval": evaluation}).get("stages") == {
+    assert stages_module.stages_provenance({"train": train, "eval": evaluation}).get("stages") == {
         "train": {"processes": 2}, "train (resumed 1)": {"processes": 1}, "eval": {"processes": 1}}
 
 
 def test_a_damaged_attempts_file_is_said_not_skipped_silently(tmp_path):
-    import latentbench.benchmark.harness as harness
+    import latentbench.benchmark.stages as stages_module
 
-    stages = harness.Stages(tmp_path)
+    stages = stages_module.Stages(tmp_path)
     with pytest.raises(KeyboardInterrupt):
         stages.run("train", lambda: (_ for _ in ()).throw(KeyboardInterrupt), log=lambda m: None)
     path = tmp_path / "stages/train.attempts.jsonl"
@@ -1245,7 +1246,7 @@ def test_splits_with_different_classes_are_refused_before_training(tmp_path, mon
 
 def test_splits_of_an_hf_dataset_with_different_classes_are_told_to_share_a_class_label():
     """An hf dataset has no class folders: its classes are a ClassLabel's names, or the label column's 0..max."""
-    from latentbench.benchmark.harness import check_same_classes
+    from latentbench.benchmark.datanotes import check_same_classes
 
     def info(split, names):
         return {"source": "hf:/data/mine", "split": split, "class_names": names}
@@ -1324,7 +1325,7 @@ def test_a_cut_short_last_checkpoint_is_named_with_the_fix(smoke_run, tmp_path):
 
 
 def test_a_damaged_stage_result_is_named_with_the_fix(tmp_path):
-    from latentbench.benchmark.harness import Stages
+    from latentbench.benchmark.stages import Stages
 
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages/eval.json").write_text("")

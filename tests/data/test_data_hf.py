@@ -168,7 +168,7 @@ def test_images_of_several_frames_are_counted_and_said(tmp_path):
     single-frame images keeps the info it had (no frame keys, the same fingerprint as before they were counted)."""
     import io
 
-    from latentbench.benchmark.harness import data_notes
+    from latentbench.benchmark.datanotes import data_notes
 
     def encoded(image: Image.Image, **save) -> dict:
         out = io.BytesIO()
@@ -198,7 +198,7 @@ def test_images_of_several_frames_are_counted_and_said(tmp_path):
 
 
 def test_the_bench_says_when_a_single_saved_dataset_is_both_splits(tmp_path):
-    from latentbench.benchmark.harness import split_notes
+    from latentbench.benchmark.datanotes import split_notes
 
     _dataset(5).save_to_disk(tmp_path / "one")
     source = f"hf:{tmp_path / 'one'}"

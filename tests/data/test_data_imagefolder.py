@@ -143,7 +143,8 @@ def test_the_bench_names_a_few_ignored_files_of_each_kind(tmp_path):
     line (the first three of each; hidden files counted, not named); the limit check names them too."""
     from dataclasses import replace
 
-    from latentbench.benchmark.harness import _check_data_for_the_stages, data_notes
+    from latentbench.benchmark.datanotes import data_notes
+    from latentbench.benchmark.harness import _check_data_for_the_stages
     from latentbench.benchmark.protocol import load_protocol
 
     _make(tmp_path / "cat", {"a.png": _noisy(8, 8)})
@@ -310,7 +311,7 @@ def test_a_file_name_that_is_not_utf8_is_scanned_without_the_cache(tmp_path):
 
 
 def test_the_bench_says_in_one_line_what_a_scan_skipped_and_upsampled(mixed):
-    from latentbench.benchmark.harness import data_notes
+    from latentbench.benchmark.datanotes import data_notes
 
     ds = build_dataset(f"imagefolder:{mixed}", "train", 16, on_bad_image="skip")
     [line] = data_notes(ds.info)
@@ -327,7 +328,7 @@ def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from
     import time
 
     import latentbench.data.encoded as encoded
-    from latentbench.benchmark.harness import data_notes
+    from latentbench.benchmark.datanotes import data_notes
     from latentbench.data.images import EXIF_ORIENTATION
 
     exif = Image.Exif()
@@ -364,7 +365,7 @@ def test_the_bench_says_which_images_hold_several_frames_also_from_the_scan_cach
     import time
 
     import latentbench.data.encoded as encoded
-    from latentbench.benchmark.harness import data_notes
+    from latentbench.benchmark.datanotes import data_notes
 
     frames = [_noise(20, 20, seed) for seed in range(3)]
     _make(tmp_path / "images" / "a", {"anim.gif": lambda p: frames[0].save(p, save_all=True, append_images=frames[1:]),
@@ -420,7 +421,7 @@ def test_ordinary_images_keep_the_info_and_fingerprint_they_had(tmp_path):
 def test_the_bench_says_when_train_and_eval_are_the_same_images(tmp_path):
     """A folder without split sub-folders serves every split: the bench says in one line that it measures the images
     it trains on, and how to hold images out; a folder with train/ and val/ gets no such line."""
-    from latentbench.benchmark.harness import split_notes
+    from latentbench.benchmark.datanotes import split_notes
 
     for c in ("a", "b"):
         _make(tmp_path / "flat" / c, {f"{i}.png": _noisy(8, 8, i) for i in range(3)})
