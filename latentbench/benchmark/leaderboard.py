@@ -704,6 +704,10 @@ def _data_notes(records: list[dict[str, Any]]) -> list[str]:
                 notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): {info['n_off_scale']} of the {info['n']} {split} "
                              f"images look saved on another scale than the one they are read on (e.g. "
                              f"{info['off_scale_example']['path']}), so they were read nearly black.")
+            if info.get("n_multiframe"):  # read as their first frame, as ADM does: said, as the bench said it
+                notes.append(f"- data: {row_name(r)} (record {r['id'][:12]}): {info['n_multiframe']} of the {info['n']} "
+                             f"{split} images hold several frames (e.g. {info['multiframe_example']['path']}), of which "
+                             "only the first was read.")
     return notes
 
 

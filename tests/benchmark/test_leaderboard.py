@@ -570,6 +570,16 @@ def test_a_row_measured_on_images_read_nearly_black_is_noted():
     assert "nearly black" not in render_table([make_record("tok-a")])
 
 
+def test_a_row_measured_on_images_of_several_frames_is_noted():
+    animated = make_record("tok-gif")
+    animated["data"]["train"] = {**animated["data"]["eval"], "split": "train",
+                                 "n_multiframe": 2, "multiframe_example": {"path": "train/a/walk.gif", "frames": 8}}
+    table = render_table([make_record("tok-a"), animated])
+    assert (f"- data: tok-gif (record {animated['id'][:12]}): 2 of the 10 train images hold several frames (e.g. "
+            "train/a/walk.gif), of which only the first was read.") in table
+    assert "several frames" not in render_table([make_record("tok-a")])
+
+
 def test_a_row_trained_and_measured_on_the_same_images_is_noted():
     same = make_record("tok-same")
     same["data"]["eval"]["source"] = "imagefolder:/d"
