@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from latentbench.benchmark.harness import precision_lines
-from latentbench.benchmark.stages import Stages
 from latentbench.benchmark.leaderboard import (
     display_name,
     fallback_precisions,
@@ -18,6 +17,7 @@ from latentbench.benchmark.leaderboard import (
     weights_source,
 )
 from latentbench.benchmark.spec import BenchConfig
+from latentbench.benchmark.stages import Stages
 from latentbench.paths import display_path
 
 
