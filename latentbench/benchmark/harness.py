@@ -673,6 +673,11 @@ def run_bench(
         for line in precision_lines(cfg):
             log(line)
         stages = Stages(run_dir)
+        if not stages.dir.is_dir() or not any(stages.dir.iterdir()):  # a fresh run: what to expect (a rerun resumes)
+            from latentbench.benchmark.plan import expected_time_line
+
+            if (expected := expected_time_line(cfg, Path(leaderboard_dir))) is not None:
+                log(expected)
         # since the command started (its imports take seconds) where the CLI marked it, else since run_bench began; not
         # for a finished run, whose rerun runs no stage
         if (preparing.measure and is_busy(busy := since_process_start() or preparing.so_far(), min_cpu_s=0.2)

@@ -88,27 +88,61 @@ def plan(cfg: BenchConfig, run_dir: Path, leaderboard_dir: Path, data: list[dict
     elif not facts["this_run_recorded"]:
         log(f"leaderboard: a bench appends its row to {facts['table']}/results.jsonl")
     trains = bool(cfg.steps)  # 0 with --ckpt
-    alike = runs_like(earlier, sorted({p.used for p in cfg.changed_precisions().values()}),
-                      cfg.seed if cfg.seed != proto.seed else None,
-                      cfg.steps if cfg.steps and cfg.steps != proto.train.max_steps else None, trains)
-    how = "" if trains else " (weights from elsewhere: --ckpt or as built)"
+    latest = latest_alike_run(cfg, earlier)
     if not earlier:
         log(f"no row of {label} in that table yet: no stage time to quote")
-    if earlier and not alike:
+    if earlier and not latest:
         log(f"earlier rows of {label} in that table trained in another precision, at another seed or on another budget, "
             f"or {'had weights from elsewhere' if trains else 'trained their weights'}: no stage time to quote")
-    if alike:
-        latest = max(alike, key=lambda r: r["created"])
-        seconds = run_stage_seconds([r for r in alike if run_of(r) == run_of(latest)])
-        hw = latest["provenance"]["hardware"]
-        where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
-        facts["latest_run"] = {"stage_seconds": seconds, "created": latest["created"], "hardware": where,
-                               "commit": ((latest["provenance"].get("code") or {}).get("commit") or "")[:7]}
-        log(f"latest run of {label}{how} in that table: "
-            f"{sum(seconds.values()):.0f} s of stages ("
-            + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f") on {where}, "
-            f"{latest['created'][:10]}, commit {facts['latest_run']['commit'] or 'unknown'}")
+    if latest:
+        facts["latest_run"] = latest
+        log(latest_run_line(label, latest, trains))
     return facts
+
+
+def latest_alike_run(cfg: BenchConfig, earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The stage seconds, date, hardware and commit of the latest run among ``earlier`` (a table's rows of the bench's
+    tokenizer) run like ``cfg`` (``runs_like``); None without one."""
+    proto = cfg.protocol
+    alike = runs_like(earlier, sorted({p.used for p in cfg.changed_precisions().values()}),
+                      cfg.seed if cfg.seed != proto.seed else None,
+                      cfg.steps if cfg.steps and cfg.steps != proto.train.max_steps else None, bool(cfg.steps))
+    if not alike:
+        return None
+    latest = max(alike, key=lambda r: r["created"])
+    hw = latest["provenance"]["hardware"]
+    where = ", ".join(hw["cuda"]) if hw.get("cuda") else f"{hw.get('cpu') or 'a CPU'}, {hw.get('cpu_count')} CPUs"
+    return {"stage_seconds": run_stage_seconds([r for r in alike if run_of(r) == run_of(latest)]),
+            "created": latest["created"], "hardware": where,
+            "commit": ((latest["provenance"].get("code") or {}).get("commit") or "")[:7]}
+
+
+def latest_run_line(label: str, latest: dict[str, Any], trains: bool = True) -> str:
+    """``latest_alike_run``'s facts as the line ``bench --dry_run`` prints."""
+    seconds = latest["stage_seconds"]
+    how = "" if trains else " (weights from elsewhere: --ckpt or as built)"
+    return (f"latest run of {label}{how} in that table: {sum(seconds.values()):.0f} s of stages ("
+            + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()) + f") on {latest['hardware']}, "
+            f"{latest['created'][:10]}, commit {latest['commit'] or 'unknown'}")
+
+
+def expected_time_line(cfg: BenchConfig, leaderboard_dir: Path) -> str | None:
+    """What a bench about to run its stages can expect, from the latest run like it in its table (``latest_alike_run``):
+    "this takes about N minutes of stages on <hardware> (...)"; None without such a run. Another machine, or a busy
+    one, takes another time: the line names where the quoted run ran."""
+    proto, spec = cfg.protocol, cfg.tokenizer
+    table = leaderboard_dir / proto.name / f"v{proto.version}"
+    if not (table / "results.jsonl").exists():
+        return None
+    latest = latest_alike_run(cfg, _rows_of(read_records(table), display_name({"name": spec.name, "requested": spec.requested})))
+    if latest is None:
+        return None
+    seconds = latest["stage_seconds"]
+    total = sum(seconds.values())
+    about = f"{total / 60:.0f} min" if total >= 120 else f"{total:.0f} s"
+    return (f"expect about {about} of stages: the latest run like this one in the table took "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
+            + f" on {latest['hardware']} ({latest['created'][:10]}); another machine or a busy one takes another time")
 
 
 def runs_like(records: list[dict[str, Any]], precisions: list[str], seed: int | None, steps: int | None,

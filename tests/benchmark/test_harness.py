@@ -107,6 +107,28 @@ def test_rerun_skips_finished_stages_and_adds_no_row(smoke_run):
     assert sum("already done" in line for line in logs) == 4  # train, eval, generate, record
     assert any(f"row {record['id'][:12]} is in" in line and "already: nothing appended" in line for line in logs)
     assert len(read_records(root / "lb/smoke/v3")) == 1
+    assert not any(line.startswith("expect about") for line in logs)  # its stages are done: nothing to expect
+
+
+def test_a_fresh_run_says_what_to_expect_from_the_latest_run_like_it(smoke_run, tmp_path, monkeypatch):
+    """FlowMo's `ci` bench takes 16 minutes where sdvae's takes 8: a bench says so before its first stage, from the
+    table's latest run of its configuration (as --dry_run quotes it), naming where that ran."""
+    import latentbench.benchmark.harness as harness
+
+    root, record, _ = smoke_run
+    monkeypatch.setattr(harness, "_run_stages", lambda *a, **k: {})  # the line comes before the stages
+    logs = []
+    run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=root / "lb", log=logs.append)
+    [line] = [line for line in logs if line.startswith("expect about")]
+    seconds = record["wall_time_s"]
+    assert sum(seconds.values()) < 120  # a smoke bench's seconds, not "0 min"
+    assert line == (f"expect about {sum(seconds.values()):.0f} s of stages: the latest run like this one in the table "
+                    f"took train {seconds['train']:.0f} s, eval {seconds['eval']:.0f} s, generate {seconds['generate']:.0f} s "
+                    f"on {record['provenance']['hardware']['cpu']}, {record['provenance']['hardware']['cpu_count']} CPUs "
+                    f"({record['created'][:10]}); another machine or a busy one takes another time")
+    logs = []  # a float32 run, whose time no bf16 row tells
+    run_bench("sdvae", "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=root / "lb", log=logs.append, precision="32-true")
+    assert not any(line.startswith("expect about") for line in logs)
 
 
 def _tree(root):
