@@ -688,13 +688,21 @@ def run_bench(
 
 def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int) -> None:
     """Build the tokenizer once before any stage where that can fail: an unreadable or mismatched ``ckpt`` stops the
-    bench here, not at its eval stage, a registered tokenizer's ``init_args`` its constructor refuses
-    (``InitArgsError``) stop it before a run directory exists (and ``--dry_run`` with them), and a user's class
+    bench here, not at its eval stage, ``init_args`` a registered tokenizer's constructor refuses (the ValueError of
+    ``create_tokenizer``) stop it before a run directory exists (and ``--dry_run`` with them), and a user's class
     (``module:Class``) must encode and decode as its ``latent_spec`` says (``check_round_trip``) before it trains.
 
-    Not on the meta device: constructors load or train what they are built on (RAE's encoder, MAETok's teachers:
-    cached on first use, so the train stage's build reuses them)."""
+    ``init_args`` alone are checked on rank 0 (its error stops every rank: ``run_on_rank_zero``): a paper size with
+    its teachers is hundreds of millions of parameters, which every rank builds again for training anyway. Not on
+    the meta device: constructors load or train what they are built on (RAE's encoder, MAETok's teachers), into
+    caches on disk that the train stage's build reads."""
     if not (ckpt or spec.init_args or ":" in spec.name):
+        return
+    if not (ckpt or ":" in spec.name):
+        def build() -> None:  # built and dropped: only its errors matter
+            load_tokenizer(spec, None)
+
+        run_on_rank_zero(build)
         return
     tokenizer = load_tokenizer(spec, ckpt, trust)
     if ":" in spec.name:

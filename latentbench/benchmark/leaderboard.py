@@ -324,7 +324,7 @@ def _plot_stage_times(records: list[dict[str, Any]], path: Path) -> bool:
         ax.annotate(f"{left:.1f} min  ({commit or 'no commit'}, {latest['created'][:10]})", (left, y), xytext=(4, 0),
                     textcoords="offset points", va="center", fontsize=7)
     ax.set_yticks(range(len(runs)), [label for label, _, _ in reversed(runs)], fontsize=8)
-    ax.set_xlim(0, max(sum(s.values()) for _, _, s in runs) / 60 * 1.45)  # room for the annotations
+    ax.set_xlim(0, max(max(sum(s.values()) for _, _, s in runs) / 60 * 1.45, 0.1))  # room for the annotations
     ax.set_xlabel("minutes of stages (process start, data scans and checks not counted)")
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)

@@ -476,18 +476,21 @@ def _plot_mfu(result: dict[str, Any], path: Path) -> bool:
 
     peak = result["matmul_peak_gflops"]
     fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.5 * len(rows)), dpi=120)
+    highest = 100.0
     for offset, precision, colour, roof in ((0.2, "32-true", "tab:blue", peak["fp32"]),
                                             (-0.2, "bf16-mixed", "tab:orange", peak["bf16"])):
+        label = f"{precision} (of its roof, {roof:.0f} GFLOP/s)"
         for y, row in enumerate(reversed(rows)):
             mfu = (row.get(precision) or {}).get("mfu")
             if mfu:
-                ax.barh(y + offset, 100 * mfu, height=0.38, color=colour,
-                        label=f"{precision} (of {roof:.0f} GFLOP/s)" if y == 0 else None)
+                ax.barh(y + offset, 100 * mfu, height=0.38, color=colour, label=label)
+                label = None  # one legend entry per precision, from its first bar drawn
                 ax.annotate(f"{100 * mfu:.0f}%", (100 * mfu, y + offset), xytext=(3, 0), textcoords="offset points",
                             va="center", fontsize=7)
+                highest = max(highest, 100 * mfu * 1.1)
     ax.axvline(100 * MFU_TARGET, color="0.3", ls="--", lw=1, label=f"target: {100 * MFU_TARGET:.0f}% of the bf16 roof")
     ax.set_yticks(range(len(rows)), [_config(row) for row in reversed(rows)], fontsize=8)
-    ax.set_xlim(0, 100)
+    ax.set_xlim(0, highest)  # past 100% where a step beat the measured roof
     ax.set_xlabel("training-step MFU (%): model FLOP/s over this machine's measured matrix-product peak")
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)  # above: bars reach right
     ax.grid(axis="x", alpha=0.3)

@@ -164,7 +164,11 @@ def _rows_of(records: list[dict[str, Any]], label: str) -> list[dict[str, Any]]:
 
 def run_of(record: dict[str, Any]) -> tuple[Any, ...]:
     """What tells one run's records (FlowMo's 1a and 1b) from another's: a run directory alone does not, as runs
-    of the same configuration in other clones or at other commits share its name."""
+    of the same configuration in other clones or at other commits share its name. A record without a variant is a
+    run of its own: two benches of weights from elsewhere (no train stage to tell them apart) at one commit and run
+    directory name (a fresh clone, or runs/ deleted in between) would otherwise count as one run of twice the time."""
+    if not (record.get("tokenizer") or {}).get("variant"):
+        return ("record", record.get("id"))
     return (record.get("run_dir"), ((record.get("provenance") or {}).get("code") or {}).get("commit"),
             (record.get("wall_time_s") or {}).get("train"))
 

@@ -25,7 +25,14 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from latentbench import distributed
-from latentbench.data.images import BadImageError, combine_bad_images, decode, load_rgb
+from latentbench.data.images import (
+    BadImageError,
+    combine_bad_images,
+    decode,
+    load_rgb,
+    over_pixel_limit,
+    warn_of_large_images,
+)
 from latentbench.data.info import content_fingerprint, dataset_info
 from latentbench.data.scancache import Entry, Facts, ScanCache, Stamp, default_cache
 from latentbench.data.transforms import ADM_CENTER_CROP, center_crop_arr, to_tensor
@@ -127,7 +134,9 @@ def scan_files(
         if cache is not None:
             outcomes = cache.record(outcomes)  # stores what was decoded now (a no-op where not writable)
         with contextlib.closing(outcomes):
-            return _report(outcomes, files, resolution, on_bad_image, limit)  # lazily: a limit stops the decoding
+            # lazily: a limit stops the decoding; one process says what all of them found
+            return _report(outcomes, files, resolution, on_bad_image, limit,
+                           desc.removeprefix("scanning ") if distributed.rank() == 0 else None)
 
 
 def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, rank: int, world: int,
@@ -148,10 +157,13 @@ def _shared_outcomes(files: EncodedFiles, pool: ThreadPoolExecutor, desc: str, r
 
 
 def _report(outcomes: Iterable[tuple], files: EncodedFiles, resolution: int, on_bad_image: str,
-            limit: int | None) -> ScanReport:
+            limit: int | None, warn_as: str | None = None) -> ScanReport:
     """The ScanReport of (index, digest, size, facts, error, fresh) outcomes in file order; under "error", raises once
-    every outcome is read, naming all the unreadable files (one rerun per bad file would otherwise find them)."""
-    report, errors = ScanReport(), []
+    every outcome is read, naming all the unreadable files (one rerun per bad file would otherwise find them).
+
+    ``warn_as``: the scan's label, under which one warning counts the images over Pillow's pixel limit (from their
+    sizes, so a scan the cache answers warns as the first did); None: no warning (the other processes)."""
+    report, errors, large = ScanReport(), [], []
     for index, digest, size, facts, error, _ in outcomes:
         if error is not None:
             if on_bad_image == "error":
@@ -162,6 +174,8 @@ def _report(outcomes: Iterable[tuple], files: EncodedFiles, resolution: int, on_
         report.kept.append(index)
         report.digests.append(digest)
         report.n_upsampled += min(size) < resolution
+        if over_pixel_limit(size):
+            large.append((files.name(index), size))
         if facts.off_scale is not None:
             report.n_off_scale += 1
             report.off_scale_example = report.off_scale_example or {"path": files.name(index), "reason": facts.off_scale}
@@ -176,6 +190,8 @@ def _report(outcomes: Iterable[tuple], files: EncodedFiles, resolution: int, on_
             break
     if errors:
         raise combine_bad_images(errors)
+    if warn_as is not None:
+        warn_of_large_images(large, warn_as)
     return report
 
 
@@ -261,7 +277,7 @@ def _decode_one(files: EncodedFiles, index: int) -> tuple[bytes | None, tuple[in
     name = files.name(index)
     try:
         data = files.read(index)
-        decoded = decode(data, name)
+        decoded = decode(data, name, warn_large=False)  # the scan warns once for all its large images (_report)
     except BadImageError as err:
         return None, None, None, err
     except OSError as err:

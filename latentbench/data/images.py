@@ -116,10 +116,19 @@ class Decoded(NamedTuple):
     frames: int = 1  # frames in the file (an animated GIF, a multi-page TIFF): only the first is read
 
 
-def decode(source: str | Path | bytes, name: str | None = None) -> Decoded:
-    """``load_rgb`` plus what the conversion did (``Decoded``). Raises BadImageError as ``load_rgb``."""
+def decode(source: str | Path | bytes, name: str | None = None, warn_large: bool = True) -> Decoded:
+    """``load_rgb`` plus what the conversion did (``Decoded``). Raises BadImageError as ``load_rgb``.
+
+    ``warn_large``: warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` here (``latentbench metrics``); a dataset's
+    scan warns once for all its files instead, cached ones included (``warn_of_large_images``)."""
     return _opened(source, name, lambda img: Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img),
-                                                     exif_orientation(img), getattr(img, "n_frames", 1)))
+                                                     exif_orientation(img), frames(img)), warn_large)
+
+
+def frames(img: Image.Image) -> int:
+    """The frames of an animation or pages of a document whose first is read: 1 for a still image, and for a JPEG with
+    further pictures in it (Pillow's MPO: a camera's preview, a phone's HDR gain map), whose first is the photograph."""
+    return 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
 
 def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image], T], warn_large: bool = True) -> T:
@@ -157,16 +166,31 @@ def _drop_pillows_bomb_warning() -> None:
     warnings.filterwarnings("ignore", PILLOW_BOMB_WARNING, Image.DecompressionBombWarning)
 
 
+def over_pixel_limit(size: tuple[int, int]) -> bool:
+    """Whether an image of ``size`` is over ``PIL.Image.MAX_IMAGE_PIXELS``, as Pillow counts its pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return limit is not None and max(1, size[0]) * max(1, size[1]) > limit
+
+
 def _warn_if_large(name: str, size: tuple[int, int]) -> None:
     """Warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (one over twice it Pillow refused already)."""
-    limit = Image.MAX_IMAGE_PIXELS
-    pixels = max(1, size[0]) * max(1, size[1])  # as Pillow counts them
-    if limit is not None and pixels > limit:
-        warnings.warn(f"image {name} ({size[0]}x{size[1]}, {pixels} pixels) is over PIL.Image.MAX_IMAGE_PIXELS "
-                      f"({limit}), which Pillow warns of as a possible decompression bomb: it is read, but every read "
-                      "of an image this large costs memory and time; downscale it (the bench center-crops to the "
-                      "protocol's resolution anyway)",
+    if over_pixel_limit(size):
+        warnings.warn(f"image {name} ({size[0]}x{size[1]}, {size[0] * size[1]} pixels) is over "
+                      f"PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}), which Pillow warns of as a possible "
+                      "decompression bomb: it is read, but every read of an image this large costs memory and time; "
+                      "downscale it (the bench center-crops to the protocol's resolution anyway)",
                       Image.DecompressionBombWarning, stacklevel=2)
+
+
+def warn_of_large_images(found: list[tuple[str, tuple[int, int]]], where: str) -> None:
+    """One warning for the images of a scan (``where``: the source and split) over ``PIL.Image.MAX_IMAGE_PIXELS``,
+    ``found`` as (name, size), the first as the example; nothing when there are none."""
+    if found:
+        name, (w, h) = found[0]
+        warnings.warn(f"{where}: {len(found)} image(s) over PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS} pixels; "
+                      f"e.g. {name}, {w}x{h}), which Pillow warns of as possible decompression bombs: they are read, "
+                      "but every read of an image this large costs memory and time; downscale them (the bench "
+                      "center-crops to the protocol's resolution anyway)", Image.DecompressionBombWarning, stacklevel=3)
 
 
 def has_transparent_pixels(img: Image.Image) -> bool:

@@ -217,14 +217,20 @@ def test_extractor_options_the_build_takes_pass_the_check_before_training():
 def test_stage_seconds_of_a_run_count_its_shared_training_once():
     from latentbench.benchmark.plan import run_of, run_stage_seconds
 
-    def rec(variant, commit, train, evaluation, generate):
-        return {"run_dir": "runs/ci/v2/flowmo-ci-x", "provenance": {"code": {"commit": commit}},
-                "wall_time_s": {"train": train, "eval": evaluation, "generate": generate}, "variant": variant}
+    def rec(variant, commit, train, evaluation, generate, record_id="x"):
+        times = {"eval": evaluation, "generate": generate} | ({"train": train} if train is not None else {})
+        return {"id": record_id, "run_dir": "runs/ci/v2/flowmo-ci-x", "provenance": {"code": {"commit": commit}},
+                "wall_time_s": times, "tokenizer": {"name": "flowmo-ci", "variant": variant}}
 
     old, a, b = rec("1b", "c0", 500.0, 1.0, 2.0), rec("1a", "c1", 443.0, 76.0, 345.0), rec("1b", "c1", 443.0, 70.0, 130.0)
     run = [r for r in (old, a, b) if run_of(r) == run_of(b)]  # same run directory at another commit: another run
     assert run == [a, b]
     assert run_stage_seconds(run) == {"train": 443.0, "eval": 146.0, "generate": 475.0}
+    # two benches of weights from elsewhere (no train stage) at one commit and run directory name are two runs: they
+    # had been summed as one (eval 200 s)
+    first, second = rec(None, "c1", None, 100.0, 50.0, "r1"), rec(None, "c1", None, 100.0, 50.0, "r2")
+    assert run_of(first) != run_of(second)
+    assert run_stage_seconds([r for r in (first, second) if run_of(r) == run_of(second)]) == {"eval": 100.0, "generate": 50.0}
 
 
 def test_a_dry_run_quotes_the_rows_of_its_own_config_not_of_another_with_the_same_tokenizer():

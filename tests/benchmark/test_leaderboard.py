@@ -680,3 +680,10 @@ def test_the_stage_time_plot_shows_each_rows_latest_bench_with_a_runs_results_as
     untimed = make_record()
     untimed["wall_time_s"] = {}
     assert not _plot_stage_times([untimed], tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+    instant = make_record()
+    instant["wall_time_s"] = {"train": 0.0, "eval": 0.0}  # identical x limits made matplotlib warn (an error under -W error)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _plot_stage_times([instant], tmp_path / "instant.png")

@@ -222,3 +222,22 @@ def test_the_perf_readme_shows_the_mfu_plot_when_a_row_has_an_mfu(tmp_path):
     unmeasured.mkdir()
     (unmeasured / "perf.json").write_text(json.dumps({**base, "rows": [{"target": "x", "batch": 8, "peak_rss_gib": 1.0}]}))
     assert "mfu.png" not in render_perf_readme(unmeasured / "perf.json").read_text() and not (unmeasured / "mfu.png").exists()
+
+
+def test_the_mfu_plot_names_each_precision_once_whichever_rows_have_it(tmp_path, monkeypatch):
+    """The legend entry of a precision came from the last row's bar alone: a last row without bf16 left bf16 out."""
+    import matplotlib.axes
+
+    from latentbench.benchmark.perf import _plot_mfu
+
+    peak = {"fp32": 189.0, "bf16": 410.0}
+    both = summarize({"target": "a", "batch": 8, "peak_rss_gib": 1.0, "32-true": {"step_s": 1.0, "flops": 100e9},
+                      "bf16-mixed": {"step_s": 0.5, "flops": 100e9}}, peak)
+    fp32_only = summarize({"target": "b", "batch": 8, "peak_rss_gib": 1.0, "32-true": {"step_s": 0.4, "flops": 100e9}}, peak)
+    legends = []
+    real = matplotlib.axes.Axes.legend
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend",
+                        lambda ax, *a, **k: legends.append(ax.get_legend_handles_labels()[1]) or real(ax, *a, **k))
+    assert _plot_mfu({"matmul_peak_gflops": peak, "rows": [both, fp32_only]}, tmp_path / "mfu.png")
+    assert sorted(legends[0]) == ["32-true (of its roof, 189 GFLOP/s)", "bf16-mixed (of its roof, 410 GFLOP/s)",
+                                  "target: 25% of the bf16 roof"]

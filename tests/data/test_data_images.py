@@ -1,5 +1,6 @@
 """load_rgb: every colour mode to 8-bit RGB, and a named BadImageError for every broken file."""
 import io
+import os
 
 import numpy as np
 import pytest
@@ -143,9 +144,11 @@ def test_an_image_between_once_and_twice_pillows_pixel_limit_is_read_with_one_wa
     assert warning.filename == images.__file__  # the suite's: the CLI prints it as its one-line warning
 
 
-def test_a_scan_warns_of_each_large_image_by_name_from_its_threads(tmp_path, monkeypatch):
+def test_a_scan_warns_once_of_its_large_images_cached_or_not(tmp_path, monkeypatch):
     """The scan decodes on a thread pool: Pillow's warning is filtered out for the process, not per read (which would
-    swap the process's warning filters from several threads at once), and every large file is named."""
+    swap the process's warning filters from several threads at once); the scan counts the large images from their
+    sizes in one warning, so a rescan the scan cache answers (nothing decoded) warns as the first did, and a training
+    read (load_rgb) does not repeat it."""
     import warnings
 
     import latentbench.data.encoded as encoded
@@ -153,16 +156,28 @@ def test_a_scan_warns_of_each_large_image_by_name_from_its_threads(tmp_path, mon
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     monkeypatch.setattr(encoded, "scan_threads", lambda: 3)
-    monkeypatch.setenv("LATENTBENCH_SCAN_CACHE", "0")
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
     for i in range(6):
-        (tmp_path / "a").mkdir(exist_ok=True)
-        Image.new("RGB", (12, 12) if i % 2 else (8, 8), (i, 0, 0)).save(tmp_path / "a" / f"{i}.png")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        data = build_dataset(f"imagefolder:{tmp_path}", "train", 8)
-    assert len(data) == 6
-    assert sorted(str(w.message).split(" ")[1] for w in caught) == [str(tmp_path / "a" / f"{i}.png") for i in (1, 3, 5)]
-    assert all(w.category is Image.DecompressionBombWarning and "downscale it" in str(w.message) for w in caught)
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (12, 12) if i % 2 else (8, 8), (i, 0, 0)).save(root / "a" / f"{i}.png")
+        os.utime(root / "a" / f"{i}.png", ns=(1, 1))  # old enough for the cache's racy rule
+    said = (f"imagefolder:{root} [train]: 3 image(s) over PIL.Image.MAX_IMAGE_PIXELS (100 pixels; e.g. "
+            f"{root / 'a' / '1.png'}, 12x12), which Pillow warns of as possible decompression bombs: they are read, "
+            "but every read of an image this large costs memory and time; downscale them (the bench center-crops to "
+            "the protocol's resolution anyway)")
+    decoded = []
+    real = encoded._decode_one
+    monkeypatch.setattr(encoded, "_decode_one", lambda files, index: decoded.append(index) or real(files, index))
+    for scan in ("first", "cached"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = build_dataset(f"imagefolder:{root}", "train", 8)
+            data[1]  # a training read of a large image
+        assert len(data) == 6 and [str(w.message) for w in caught] == [said], scan
+        assert caught[0].category is Image.DecompressionBombWarning
+        assert len(decoded) == (6 if scan == "first" else 0), scan
+        decoded.clear()
 
 
 def test_missing_file_is_bad_image(tmp_path):
@@ -186,3 +201,22 @@ def test_decode_reports_the_mode_read_and_transparent_pixels(tmp_path):
     got = {name: decode(tmp_path / f"{name}.png")[1:3] for name in ("opaque", "one", "keyed", "gray")}
     assert got == {"opaque": ("RGBA", False), "one": ("RGBA", True), "keyed": ("P", True), "gray": ("L", False)}
     assert decode(tmp_path / "one.png")[0].mode == "RGB"
+
+
+def test_a_jpeg_with_further_pictures_in_it_is_one_frame_and_an_animation_is_several():
+    """Pillow opens a JPEG with a Multi-Picture segment (a camera's preview, a phone's HDR gain map) as MPO with
+    n_frames 2: its first picture is the photograph, so it is not an image of several frames (the scan had said
+    'an animated GIF or a multi-page TIFF ... save the frame you mean')."""
+    import io
+
+    import latentbench.data.images as images
+
+    photo, preview = Image.new("RGB", (16, 16), (200, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 200))
+    mpo, gif = io.BytesIO(), io.BytesIO()
+    photo.save(mpo, "MPO", save_all=True, append_images=[preview])
+    photo.save(gif, "GIF", save_all=True, append_images=[preview.resize((16, 16))])
+    with Image.open(io.BytesIO(mpo.getvalue())) as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2  # what Pillow reports
+    decoded = images.decode(mpo.getvalue(), "photo.jpg")
+    assert decoded.frames == 1 and decoded.image.size == (16, 16) and decoded.image.getpixel((3, 3))[0] > 150
+    assert images.decode(gif.getvalue(), "walk.gif").frames == 2
