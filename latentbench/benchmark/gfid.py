@@ -187,12 +187,9 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str 
     order, is drawn solid with its interval, the earlier ones dashed and faint. The legend sits
     beside the axes, where it hides no curve.
     """
-    import matplotlib
+    from latentbench.benchmark.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from latentbench.fsutil import atomic_path
+    plt = pyplot()
 
     groups = groups or {name: name for name in curves}
     order = sorted(dict.fromkeys(groups.values()))
@@ -219,7 +216,5 @@ def plot_curves(curves: dict[str, list[dict[str, Any]]], path: Path, label: str 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
     return path

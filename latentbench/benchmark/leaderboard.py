@@ -243,13 +243,11 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
     points = _rate_distortion_points(records)
     if not points:
         return False
-    import matplotlib
     import matplotlib.ticker
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from latentbench.benchmark.plots import pyplot, save_png
 
-    from latentbench.fsutil import atomic_path
+    plt = pyplot()
 
     latest = {name: i for i, (name, *_) in enumerate(points)}  # records' order: the last of each name
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
@@ -274,9 +272,7 @@ def _plot_rate_distortion(records: list[dict[str, Any]], path: Path) -> bool:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     _spread_labels(fig, labels, [(rate, psnr) for _, rate, psnr, _ in points])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 
@@ -304,12 +300,9 @@ def _plot_stage_times(records: list[dict[str, Any]], path: Path) -> bool:
     runs = _latest_runs(records)
     if not runs:
         return False
-    import matplotlib
+    from latentbench.benchmark.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from latentbench.fsutil import atomic_path
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.42 * len(runs)), dpi=120)
     colours = {stage: colour for stage, colour in (("train", "tab:blue"), ("eval", "tab:green"), ("generate", "tab:orange"))
@@ -329,9 +322,7 @@ def _plot_stage_times(records: list[dict[str, Any]], path: Path) -> bool:
     ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 

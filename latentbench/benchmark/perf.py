@@ -467,12 +467,9 @@ def _plot_mfu(result: dict[str, Any], path: Path) -> bool:
     rows = [row for row in result["rows"] if any((row.get(p) or {}).get("mfu") for p in ("32-true", "bf16-mixed"))]
     if not rows:
         return False
-    import matplotlib
+    from latentbench.benchmark.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from latentbench.fsutil import atomic_path
+    plt = pyplot()
 
     peak = result["matmul_peak_gflops"]
     fig, ax = plt.subplots(figsize=(7.5, 1.0 + 0.5 * len(rows)), dpi=120)
@@ -495,9 +492,7 @@ def _plot_mfu(result: dict[str, Any], path: Path) -> bool:
     ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, frameon=False)  # above: bars reach right
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", bbox_inches="tight")
-    plt.close(fig)
+    save_png(fig, path)
     return True
 
 

@@ -324,10 +324,6 @@ def test_the_bench_says_in_one_line_what_a_scan_skipped_and_upsampled(mixed):
 def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from_the_scan_cache(tmp_path, monkeypatch):
     """16-bit PNGs of 0..255 values and a JPEG with an EXIF orientation: one line each, with an example and the fix,
     on the first scan and on a second one that only stats the files."""
-    import os
-    import time
-
-    import latentbench.data.encoded as encoded
     from latentbench.benchmark.datanotes import data_notes
     from latentbench.data.images import EXIF_ORIENTATION
 
@@ -337,12 +333,7 @@ def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from
     _make(tmp_path / "images" / "a", {f"g{i}.png": lambda p: Image.fromarray(gray).save(p) for i in range(3)}
           | {"rgb.png": _noisy(20, 20)})
     _make(tmp_path / "images" / "b", {"photo.jpg": lambda p: _noise(20, 20).save(p, exif=exif)})
-    old = time.time_ns() - 60 * 10**9  # older than the scan cache's racy window: the second scan trusts its entries
-    for path in (tmp_path / "images").rglob("*.*"):
-        os.utime(path, ns=(old, old))
-    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
-    decoded, real = [], encoded._decode_one
-    monkeypatch.setattr(encoded, "_decode_one", lambda files, i: decoded.append(i) or real(files, i))
+    decoded = _decodes_with_a_trusted_cache(tmp_path, monkeypatch)
     source = f"imagefolder:{tmp_path / 'images'}"
     first = build_dataset(source, "train", 16)
     off_scale, oriented = data_notes(first.info)
@@ -361,10 +352,6 @@ def test_the_bench_says_which_images_it_reads_nearly_black_or_unturned_also_from
 def test_the_bench_says_which_images_hold_several_frames_also_from_the_scan_cache(tmp_path, monkeypatch):
     """An animated GIF and a multi-page TIFF are read as their first frame: one line with an example and the fix,
     as ``latentbench metrics`` warns of them, on the first scan and on a second one that only stats the files."""
-    import os
-    import time
-
-    import latentbench.data.encoded as encoded
     from latentbench.benchmark.datanotes import data_notes
 
     frames = [_noise(20, 20, seed) for seed in range(3)]
@@ -372,12 +359,7 @@ def test_the_bench_says_which_images_hold_several_frames_also_from_the_scan_cach
                                       "still.gif": lambda p: frames[0].save(p), "rgb.png": _noisy(20, 20)})
     _make(tmp_path / "images" / "b", {"scan.tif": lambda p: frames[0].save(p, save_all=True, append_images=frames[1:2]),
                                       "page.tif": lambda p: frames[1].save(p)})
-    old = time.time_ns() - 60 * 10**9  # older than the scan cache's racy window: the second scan trusts its entries
-    for path in (tmp_path / "images").rglob("*.*"):
-        os.utime(path, ns=(old, old))
-    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
-    decoded, real = [], encoded._decode_one
-    monkeypatch.setattr(encoded, "_decode_one", lambda files, i: decoded.append(i) or real(files, i))
+    decoded = _decodes_with_a_trusted_cache(tmp_path, monkeypatch)
     source = f"imagefolder:{tmp_path / 'images'}"
     first = build_dataset(source, "train", 16)
     [line] = data_notes(first.info)
@@ -442,3 +424,20 @@ def test_the_bench_says_when_train_and_eval_are_the_same_images(tmp_path):
                         "images too), so the bench trains on the images it measures (reconstruction metrics, rFID and "
                         "the probe are not on held-out images); to hold images out, give the protocol's data.eval_split "
                         "another split")
+
+
+def _decodes_with_a_trusted_cache(tmp_path, monkeypatch) -> list[int]:
+    """Age the files under ``tmp_path / "images"`` past the scan cache's racy window (a second scan trusts its
+    entries), put the cache in ``tmp_path``, and return the list every decoded file's index is appended to."""
+    import os
+    import time
+
+    import latentbench.data.encoded as encoded
+
+    old = time.time_ns() - 60 * 10**9
+    for path in (tmp_path / "images").rglob("*.*"):
+        os.utime(path, ns=(old, old))
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
+    decoded, real = [], encoded._decode_one
+    monkeypatch.setattr(encoded, "_decode_one", lambda files, i: decoded.append(i) or real(files, i))
+    return decoded
