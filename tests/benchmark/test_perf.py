@@ -234,10 +234,16 @@ def test_the_mfu_plot_names_each_precision_once_whichever_rows_have_it(tmp_path,
     both = summarize({"target": "a", "batch": 8, "peak_rss_gib": 1.0, "32-true": {"step_s": 1.0, "flops": 100e9},
                       "bf16-mixed": {"step_s": 0.5, "flops": 100e9}}, peak)
     fp32_only = summarize({"target": "b", "batch": 8, "peak_rss_gib": 1.0, "32-true": {"step_s": 0.4, "flops": 100e9}}, peak)
-    legends = []
+    legends, axes = [], []
     real = matplotlib.axes.Axes.legend
-    monkeypatch.setattr(matplotlib.axes.Axes, "legend",
-                        lambda ax, *a, **k: legends.append(ax.get_legend_handles_labels()[1]) or real(ax, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "legend", lambda ax, *a, **k: legends.append(ax.get_legend_handles_labels()[1])
+                        or axes.append(ax) or real(ax, *a, **k))
     assert _plot_mfu({"matmul_peak_gflops": peak, "rows": [both, fp32_only]}, tmp_path / "mfu.png")
     assert sorted(legends[0]) == ["32-true (of its roof, 189 GFLOP/s)", "bf16-mixed (of its roof, 410 GFLOP/s)",
-                                  "target: 25% of the bf16 roof"]
+                                  "target: 25% of the bf16 roof (bf16 bars)"]
+    # the target (a share of the bf16 roof) is marked at 25% across each row's bf16 bar, not across the fp32 bars
+    bars = {round(p.get_y() + p.get_height() / 2, 2): p.get_facecolor() for p in axes[0].patches}
+    fp32_centres = [y for y, colour in bars.items() if colour == matplotlib.colors.to_rgba("tab:blue")]
+    (segments,) = [c.get_segments() for c in axes[0].collections]
+    assert len(segments) == 2 and all(seg[0][0] == seg[1][0] == 25.0 for seg in segments)
+    assert not any(min(seg[0][1], seg[1][1]) <= y <= max(seg[0][1], seg[1][1]) for seg in segments for y in fp32_centres)
