@@ -62,20 +62,23 @@ def reference_stats(reference: str, dataset_fn, extractor, batch_size: int, cach
 
         path = hashed_cache_path(cache_dir, "reference-stats", "ref", f"{dataset.info.get('source', '')}-{reference}",
                                  key).with_suffix(".npz")
-        from latentbench.distributed import broadcast
+        from latentbench.distributed import all_gather
 
-        if broadcast(path.exists()):  # rank 0 decides: every rank must take the same branch (the other one all-reduces)
+        # Every rank must take the same branch (the other one all-reduces), and each reads its own node's file: the
+        # cache folder may be one per node (LATENTBENCH_CACHE), so rank 0 finding it says nothing of the other nodes
+        if all(all_gather(path.is_file())):
             return FeatureStats.load_npz(path)
     stats = _split_stats(dataset, extractor, batch_size)
     meta = {"extractor_id": extractor.id, "weights_sha256": extractor.weights_sha256,
             "preprocessing": extractor.preprocessing, "dataset": json.dumps(dataset.info, sort_keys=True, default=str)}
-    if path is not None:  # rank 0 writes the cache, then every rank reads the same file
+    if path is not None:  # every rank holds the summed statistics: none reads a file that another node wrote
         from latentbench.distributed import barrier, is_rank_zero
 
         if is_rank_zero():
             stats.save_npz(path, **meta)
         barrier()
-        return FeatureStats.load_npz(path)
+        if not path.is_file():  # a node with a cache folder of its own writes its copy (its ranks race harmlessly)
+            stats.save_npz(path, **meta)
     return stats.reference(**meta)
 
 

@@ -629,6 +629,59 @@ def test_processes_that_find_different_weight_files_stop_together(tmp_path):
                 "missing on rank 1; put the file on every node") in proc.stdout
 
 
+NODE_CACHES = """
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from latentbench.benchmark.gfid import reference_stats  # before the group exists: see distributed.init_process_group
+
+
+class PixelStats(nn.Module):
+    id, weights_sha256, preprocessing, dim = "pixel-stats", "none", "uint8", 6
+
+    def forward(self, images):
+        x = images.double() / 255
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
+
+
+data = TensorDataset(torch.linspace(-1, 1, 11 * 48).reshape(11, 3, 4, 4).sin(), torch.zeros(11, dtype=torch.long))
+data.info = {"source": "toy", "n": 11}
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+cache = Path(sys.argv[1]) / f"node-{rank}"  # LATENTBENCH_CACHE of this rank's own node
+for call in ("computed", "read", "rank 1's copy lost"):
+    if call == "rank 1's copy lost" and rank == 1:
+        (npz,) = cache.rglob("*.npz")
+        npz.unlink()
+    dist.barrier()
+    ref = reference_stats("train", lambda split: data, PixelStats(), 4, cache_dir=cache)
+    with open(Path(sys.argv[1]) / f"rank-{rank}.txt", "a") as out:  # a file each: two ranks' prints can interleave
+        out.write(f"rank {rank} {call}: n={ref.n} sha256={ref.sha256} files={len(list(cache.rglob('*.npz')))}\\n")
+dist.destroy_process_group()
+"""
+
+
+def test_reference_statistics_cached_per_node_are_read_and_written_on_every_node(tmp_path):
+    """A split's gFID reference with a cache folder per node: rank 0 had decided for every node whether the file was
+    there, and every rank then read the file rank 0 wrote; another node, which had no copy, stopped (torchrun then
+    ended the group) where it should compute the statistics with the others and keep its own copy."""
+    script = tmp_path / "node_caches.py"
+    script.write_text(NODE_CACHES)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [line.split(": ", 1) for r in (0, 1) for line in (tmp_path / f"rank-{r}.txt").read_text().splitlines()]
+    assert sorted(who for who, _ in lines) == sorted(f"rank {r} {c}" for r in (0, 1)
+                                                    for c in ("computed", "read", "rank 1's copy lost"))
+    (fact,) = {what for _, what in lines}  # the same statistics on every rank after every call
+    assert fact.startswith("n=11 ") and fact.endswith(" files=1")  # and one file in each node's cache
+
+
 MEAN = """
 import torch
 import torch.distributed as dist
