@@ -169,6 +169,8 @@ class InceptionTF(FeatureExtractor):
         cache_dir: ignored (the weights are pretrained, not trained by the suite).
     """
 
+    dim = 2048  # known before the weights load: the bench checks what a bootstrap of them needs before training
+
     def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
         super().__init__()
         path = Path(weights) if weights is not None else torch_hub_file(INCEPTION_URL)
@@ -193,7 +195,7 @@ class InceptionTF(FeatureExtractor):
         extract_state_dict(load_checkpoint(path, trust_hint=None))
         with torch.random.fork_rng(devices=[]):  # its random init (overwritten) must not move the global RNG
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-        self.id, self.dim = "inception-tf", 2048
+        self.id = "inception-tf"
         self.weights_sha256 = sha256_file(path)
         official = self.weights_sha256.startswith(INCEPTION_SHA256_PREFIX)
         # Only the published weights give "FID"; anything else is labelled with its hash.
@@ -251,6 +253,8 @@ class DinoV2(FeatureExtractor):
         cache_dir: ignored (pretrained weights).
     """
 
+    dim = 768  # known before the weights load, as InceptionTF's
+
     def __init__(self, weights: str | Path | None = None, cache_dir: str | Path | None = None):
         super().__init__()
         path = Path(weights) if weights is not None else find_dinov2_weights()
@@ -271,7 +275,7 @@ class DinoV2(FeatureExtractor):
         self.net.load_state_dict(state, strict=True)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
-        self.id, self.dim, self.metric_name = "dinov2-vitb14", 768, "FD-DINOv2"
+        self.id, self.metric_name = "dinov2-vitb14", "FD-DINOv2"
         self.weights_sha256 = sha256_file(path)
         self.preprocessing = (
             "uint8 -> bicubic resize to 224x224, antialiased, kept uint8 (torchvision; PIL's filter, as dgm-eval) "

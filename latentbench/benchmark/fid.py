@@ -223,6 +223,17 @@ def check_bootstrap(bootstrap: int, name: str = "bootstrap") -> None:
                          "steadier ends, within the memory limit)")
 
 
+def check_bootstrap_memory(bootstrap: int, num_features: int, streams: int, name: str = "bootstrap") -> None:
+    """ValueError when ``bootstrap`` replicates of ``streams`` feature streams of dimension ``num_features`` need more
+    than ``BOOTSTRAP_MEMORY_LIMIT`` bytes of (B, D, D) float64 states (rFID streams 2, gFID against a reference 1)."""
+    need = bootstrap * num_features**2 * 8 * streams
+    if need > BOOTSTRAP_MEMORY_LIMIT:
+        most = BOOTSTRAP_MEMORY_LIMIT // (num_features**2 * 8 * streams)
+        raise ValueError(f"{name}={bootstrap} at D={num_features} needs {need / 2**30:.1f} GiB of "
+                         f"replicate states ({streams} stream(s) x B x D^2 x 8 bytes), over the "
+                         f"{BOOTSTRAP_MEMORY_LIMIT / 2**30:.0f} GiB limit: use at most {most} replicates")
+
+
 def check_features(features: Any, dim: int, name: str = "features") -> Tensor:
     """(B, dim) finite features as a float64 tensor, or ValueError naming the problem."""
     x = torch.as_tensor(features).detach()
@@ -552,12 +563,7 @@ class FrechetDistance(Metric):
         self.num_features, self.reference, self.bootstrap, self.seed = num_features, reference, bootstrap, seed
         self.resample = resample
         streams = ("fake",) if reference is not None else ("fake", "real")
-        need = bootstrap * num_features**2 * 8 * len(streams)
-        if need > BOOTSTRAP_MEMORY_LIMIT:
-            most = BOOTSTRAP_MEMORY_LIMIT // (num_features**2 * 8 * len(streams))
-            raise ValueError(f"bootstrap={bootstrap} at D={num_features} needs {need / 2**30:.1f} GiB of "
-                             f"replicate states ({len(streams)} stream(s) x B x D^2 x 8 bytes), over the "
-                             f"{BOOTSTRAP_MEMORY_LIMIT / 2**30:.0f} GiB limit: use at most {most} replicates")
+        check_bootstrap_memory(bootstrap, num_features, len(streams))
         d, b = num_features, bootstrap
         for s in streams:  # counts per stream: the real side of two folders may hold another number of images
             count = "n" if s == "fake" else "n_real"

@@ -796,8 +796,22 @@ def _check_bench_arguments(ckpt: str | None, train_steps: int | None, seed: int 
 
 
 def check_extractor(proto: Protocol) -> None:
-    """KeyError / ValueError naming an ``eval.extractor`` that does not resolve, or ``eval.extractor_options`` it does
-    not take, before training: the eval stage builds it only after the tokenizer has trained."""
+    """KeyError / ValueError naming an ``eval.extractor`` that does not resolve, ``eval.extractor_options`` it does
+    not take, or a bootstrap (``eval.fid_bootstrap``, ``generator.fid_bootstrap``) its features would need more memory
+    for than ``FrechetDistance`` allows, before training: the eval and generator stages build it only after the
+    tokenizer (and the generator) have trained."""
+    dim = _checked_extractor_dim(proto)
+    if dim is None:  # a user's extractor, whose width is known once it is built
+        return
+    from latentbench.benchmark.fid import check_bootstrap_memory
+
+    check_bootstrap_memory(proto.eval.fid_bootstrap, dim, 2, "eval.fid_bootstrap")  # rFID: reconstructions and images
+    if proto.generator.max_steps > 0:
+        check_bootstrap_memory(proto.generator.fid_bootstrap, dim, 1, "generator.fid_bootstrap")  # against a reference
+
+
+def _checked_extractor_dim(proto: Protocol) -> int | None:
+    """``check_extractor``'s resolution of the extractor: its feature dimension where known before it is built."""
     import inspect
 
     from latentbench.benchmark.extractors import DOMAIN_PREFIX, EXTRACTORS, DomainRecipe
@@ -806,7 +820,7 @@ def check_extractor(proto: Protocol) -> None:
     name, options = proto.eval.extractor, dict(proto.eval.extractor_options)
     if name.startswith(DOMAIN_PREFIX):  # build_extractor's and create_extractor's order: a recipe, then the source
         try:
-            DomainRecipe(**options)
+            recipe = DomainRecipe(**options)
         except TypeError as e:
             raise ValueError(f"eval.extractor_options {options} do not fit {name}'s training recipe ({e}): it takes "
                              f"{', '.join(inspect.signature(DomainRecipe).parameters)}") from None
@@ -821,7 +835,7 @@ def check_extractor(proto: Protocol) -> None:
                 from latentbench.benchmark.extractors import one_class_error
 
                 raise one_class_error(source)
-        return
+        return recipe.feature_dim
     factory = EXTRACTORS.get(name)  # KeyError naming the registered ones, or ImportError for module:Class
     if "cache_dir" in options:
         raise ValueError("eval.extractor_options may not set cache_dir (the bench passes it: LATENTBENCH_CACHE sets it)")
@@ -831,6 +845,8 @@ def check_extractor(proto: Protocol) -> None:
             signature.bind(**{"weights": None, **options}, cache_dir=None)  # as create_extractor builds it
     except TypeError as e:
         raise ValueError(f"eval.extractor_options {options} do not fit the {name} extractor: {e}") from None
+    dim = getattr(factory, "dim", None)  # a class attribute (InceptionTF, DinoV2), not an instance's
+    return dim if isinstance(dim, int) and not isinstance(dim, bool) else None
 
 
 def _check_data_for_the_stages(proto: Protocol, train: dict[str, Any], evaluation: dict[str, Any]) -> None:

@@ -214,6 +214,33 @@ def test_extractor_options_the_build_takes_pass_the_check_before_training():
         check_extractor(bad)
 
 
+def test_a_bootstrap_too_large_for_the_extractors_features_is_refused_before_training():
+    """eval.fid_bootstrap / generator.fid_bootstrap over FrechetDistance's memory limit at the extractor's width had
+    been refused only when the eval stage built the metric (after the tokenizer's training) or the last gFID
+    evaluation did (after the generator's: 400K steps under imagenet256)."""
+    from dataclasses import replace
+
+    from latentbench.benchmark.harness import check_extractor
+    from latentbench.benchmark.protocol import load_protocol
+
+    proto = load_protocol("imagenet256")  # inception-tf, 2048-d: 32 MiB a replicate and stream
+    check_extractor(proto)
+    with pytest.raises(ValueError, match=r"eval.fid_bootstrap=33 at D=2048 needs .* GiB .*use at most 32 replicates"):
+        check_extractor(replace(proto, eval=replace(proto.eval, fid_bootstrap=33)))  # rFID: 2 streams
+    with pytest.raises(ValueError, match=r"generator.fid_bootstrap=65 at D=2048 .*use at most 64 replicates"):
+        check_extractor(replace(proto, generator=replace(proto.generator, fid_bootstrap=65)))  # gFID: 1 stream
+    check_extractor(replace(proto, eval=replace(proto.eval, fid_bootstrap=32), generator=replace(proto.generator,
+                                                                                                fid_bootstrap=64)))
+    dino = replace(proto, eval=replace(proto.eval, extractor="dinov2-vitb14", fid_bootstrap=227))  # 768-d: 227 fit
+    check_extractor(dino)
+    with pytest.raises(ValueError, match=r"eval.fid_bootstrap=228 at D=768"):
+        check_extractor(replace(dino, eval=replace(dino.eval, fid_bootstrap=228)))
+    check_extractor(load_protocol("ci"))  # domain-mnist, 128-d: its 100 replicates are 25 MiB
+    wide = load_protocol("ci")
+    with pytest.raises(ValueError, match=r"eval.fid_bootstrap=100 at D=4096"):
+        check_extractor(replace(wide, eval=replace(wide.eval, extractor_options={"feature_dim": 4096})))
+
+
 def test_stage_seconds_of_a_run_count_its_shared_training_once():
     from latentbench.benchmark.plan import run_of, run_stage_seconds
 
