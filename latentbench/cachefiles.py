@@ -6,10 +6,13 @@ under a name that hashes everything that defines the weights.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +22,36 @@ from latentbench.fsutil import atomic_path, atomic_write_text
 from latentbench.weights import sha256_file
 
 
+class TrainingDeferred(RuntimeError):
+    """Raised instead of training suite weights on first use inside ``training_deferred`` (``bench --dry_run``)."""
+
+    def __init__(self, what: str, about: str, path: Path):
+        super().__init__(f"{what} is not in the cache yet: a bench trains it first ({about}) into {path}")
+        self.what, self.about, self.path = what, about, Path(path)
+
+
+_DEFERRED = contextvars.ContextVar("latentbench_training_deferred", default=False)
+
+
+@contextlib.contextmanager
+def training_deferred() -> Iterator[None]:
+    """Within: weights the suite trains on first use are not trained; ``announce_training`` raises ``TrainingDeferred``.
+
+    A ``--dry_run`` checks a tokenizer by building it, and a build that reaches such weights (RAE's MAE encoder,
+    MAETok's domain teacher) would otherwise train them for a minute or more, in a command that promises to run no stage."""
+    token = _DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _DEFERRED.reset(token)
+
+
 def announce_training(what: str, about: str, path: Path) -> None:
     """Say on stderr that suite weights are being trained now (once per machine), so the first
-    run's pause (and a progress bar's estimate taken across it) has a reason on screen."""
+    run's pause (and a progress bar's estimate taken across it) has a reason on screen; within
+    ``training_deferred``, raise ``TrainingDeferred`` instead (the caller has trained and written nothing yet)."""
+    if _DEFERRED.get():
+        raise TrainingDeferred(what, about, path)
     print(f"training {what} once on this machine ({about}); later runs read {path}", file=sys.stderr, flush=True)
 
 

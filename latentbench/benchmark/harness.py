@@ -48,6 +48,7 @@ from latentbench.benchmark.machine_load import (
 from latentbench.benchmark.protocol import Protocol, load_protocol
 from latentbench.benchmark.spec import BenchConfig, TokenizerSpec, readable_signature, resolve_tokenizer, tokenizer_steps
 from latentbench.benchmark.stages import Stages, stages_provenance
+from latentbench.cachefiles import TrainingDeferred, training_deferred
 from latentbench.distributed import (
     Launch,
     broadcast,
@@ -644,7 +645,7 @@ def run_bench(
             require_cxx_compiler()
         _check_bench_arguments(ckpt, train_steps, seed)
         ckpt_sha = sha256_file(ckpt) if ckpt else None
-        _check_tokenizer_loads(spec, ckpt, trust_checkpoint, proto.data.resolution)
+        deferred = _check_tokenizer_loads(spec, ckpt, trust_checkpoint, proto.data.resolution, dry_run)
         # rank 0's hardware decides for all ranks: one run trains in one precision
         precisions = broadcast(tuple(resolve_precision(p, precision) for p in (proto.train.precision, proto.generator.precision)))
         cfg = BenchConfig(spec, proto, ckpt, ckpt_sha, None if ckpt else train_steps, proto.seed if seed is None else seed, launch, *precisions,
@@ -665,6 +666,8 @@ def run_bench(
         if dry_run:
             from latentbench.benchmark.plan import plan
 
+            if deferred is not None:
+                log(f"dry run: {deferred}; a dry run does not train it, so the tokenizer was checked only up to there")
             return plan(cfg, run_dir, Path(leaderboard_dir), data, log)
         scope.enter_context(_held(run_dir))
         if is_rank_zero():
@@ -686,7 +689,8 @@ def run_bench(
         return _run_stages(stages, cfg, run_dir, trust_checkpoint, on_bad_image, Path(leaderboard_dir), log)
 
 
-def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int) -> None:
+def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int,
+                           dry_run: bool = False) -> TrainingDeferred | None:
     """Build the tokenizer once before any stage where that can fail: an unreadable or mismatched ``ckpt`` stops the
     bench here, not at its eval stage, ``init_args`` a registered tokenizer's constructor refuses (the ValueError of
     ``create_tokenizer``) stop it before a run directory exists (and ``--dry_run`` with them), and a user's class
@@ -695,9 +699,21 @@ def _check_tokenizer_loads(spec: TokenizerSpec, ckpt: str | None, trust: bool, r
     ``init_args`` alone are checked on rank 0 (its error stops every rank: ``run_on_rank_zero``): a paper size with
     its teachers is hundreds of millions of parameters, which every rank builds again for training anyway. Not on
     the meta device: constructors load or train what they are built on (RAE's encoder, MAETok's teachers), into
-    caches on disk that the train stage's build reads."""
+    caches on disk that the train stage's build reads.
+
+    With ``dry_run``, weights the suite would train on first use for that build are not trained (``training_deferred``):
+    the build stops there and the ``TrainingDeferred`` is returned, for the plan to say so; else None."""
     if not (ckpt or spec.init_args or ":" in spec.name):
-        return
+        return None
+    try:
+        with training_deferred() if dry_run else contextlib.nullcontext():
+            _build_to_check(spec, ckpt, trust, resolution)
+    except TrainingDeferred as deferred:
+        return deferred
+    return None
+
+
+def _build_to_check(spec: TokenizerSpec, ckpt: str | None, trust: bool, resolution: int) -> None:
     if not (ckpt or ":" in spec.name):
         def build() -> None:  # built and dropped: only its errors matter
             load_tokenizer(spec, None)

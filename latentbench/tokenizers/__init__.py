@@ -28,14 +28,15 @@ def create_tokenizer(name: str, **kwargs: Any) -> nn.Module:
     A registered tokenizer that a config's ``init_args`` cannot build (a negative channel count, a group count
     that does not divide the channels: torch's RuntimeError or ValueError, or an IndexError deep in a layer) is
     a ValueError naming the tokenizer and those ``init_args``; a class of the user's own raises as it does,
-    with its traceback (``cli``), and so do missing weights.
+    with its traceback (``cli``), and so do missing weights and a dry run's ``TrainingDeferred``.
     """
+    from latentbench.cachefiles import TrainingDeferred
     from latentbench.weights import CheckpointError, UnsafeCheckpointError, WeightsUnavailable
 
     factory = TOKENIZERS.get(name)
     try:
         tokenizer = factory(**kwargs)
-    except (WeightsUnavailable, UnsafeCheckpointError, CheckpointError):
+    except (WeightsUnavailable, UnsafeCheckpointError, CheckpointError, TrainingDeferred):  # TrainingDeferred: a dry run's
         raise
     except (ValueError, RuntimeError, IndexError, TypeError, AssertionError, ArithmeticError) as err:
         if ":" in name or not kwargs:

@@ -866,6 +866,24 @@ def test_init_args_the_tokenizer_refuses_stop_the_bench_and_its_dry_run_before_a
     assert not (tmp_path / "runs").exists() and not (tmp_path / "lb").exists()
 
 
+def test_a_dry_run_does_not_train_what_a_yaml_tokenizer_trains_on_first_use(tmp_path, monkeypatch):
+    """A dry run builds a YAML's tokenizer to check its init_args; RAE's build trained its MAE encoder into the cache
+    then (a minute at `ci` size), in a command that promises to run no stage. Now it says what a bench would train."""
+    monkeypatch.setenv("LATENTBENCH_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "rae.yaml"
+    config.write_text("name: rae-smoke\ninit_args: {decoder_width: 32}\n")
+    lines = []
+    run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lines.append, dry_run=True)
+    (said,) = [line for line in lines if "not in the cache yet" in line]
+    assert said.startswith("dry run: the mae-mnist encoder RAE reads is not in the cache yet: a bench trains it first "
+                           "(about 60 s on a 2-core CPU for mnist) into ") and "checked only up to there" in said
+    assert not list((tmp_path / "cache").rglob("*.safetensors")) and not (tmp_path / "runs").exists()
+    with pytest.raises(ValueError, match="decoder_width must be positive"):  # values are still checked before that
+        config.write_text("name: rae-smoke\ninit_args: {decoder_width: 0}\n")
+        run_bench(str(config), "smoke", runs_dir=tmp_path / "runs", leaderboard_dir=tmp_path / "lb", log=lines.append,
+                  dry_run=True)
+
+
 def test_bad_arguments_fail_clearly(tmp_path, monkeypatch):
     import latentbench.benchmark.harness as harness
 
