@@ -250,7 +250,8 @@ def decode_per_sample(tokenizer: nn.Module, z: Tensor, seeds: list[int] | Tensor
 
     A deterministic decoder (``decodes_stochastically`` false) decodes the batch as is. A
     stochastic one that takes its initial ``noise`` (FlowMo) gets per-sample seeded noise in one
-    batch; any other stochastic decoder decodes one sample at a time with its own generator.
+    batch, drawn on the CPU whatever the device (the same noise on a GPU as on a CPU); any other
+    stochastic decoder decodes one sample at a time with its own generator, on ``z``'s device.
     """
     from latentbench.generators import seeding
 
@@ -260,7 +261,10 @@ def decode_per_sample(tokenizer: nn.Module, z: Tensor, seeds: list[int] | Tensor
     if "generator" not in params:
         raise TypeError(f"{type(tokenizer).__qualname__} sets stochastic_decode but its decode takes no generator: "
                         "add a generator argument that seeds its randomness (see latentbench.tokenizers.base.Tokenizer)")
-    gens = seeding.generators(seeds, z.device)
     if "noise" in params and hasattr(tokenizer, "decode_noise_shape"):
-        return tokenizer.decode(z, noise=seeding.randn(gens, tokenizer.decode_noise_shape, z.device))
-    return torch.cat([tokenizer.decode(z[i:i + 1], generator=g) for i, g in enumerate(gens)])
+        # drawn on the CPU and moved, as the generators' noise (transport, MaskGIT): a GPU run decodes from the noise a
+        # CPU run does, not from the CUDA generator's other stream of numbers for the same seeds
+        noise = seeding.randn(seeding.generators(seeds), tokenizer.decode_noise_shape)
+        return tokenizer.decode(z, noise=noise.to(z.device))
+    # a decoder that draws its own numbers takes a generator on the device it draws on
+    return torch.cat([tokenizer.decode(z[i:i + 1], generator=g) for i, g in enumerate(seeding.generators(seeds, z.device))])

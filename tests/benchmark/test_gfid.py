@@ -56,6 +56,23 @@ def test_decode_per_sample_does_not_depend_on_the_batch(decoder):
     torch.testing.assert_close(decode_per_sample(decoder, z[perm], [seeds[i] for i in perm]), whole[perm])
 
 
+def test_a_decoder_that_takes_its_noise_gets_the_cpu_generators_numbers_on_any_device():
+    """Its noise was drawn by generators on z's device: the CUDA stream of a GPU run, other numbers than a CPU run's for
+    the same seeds (the generators' own noise is drawn on the CPU). Shown with the meta device, which has no generator."""
+    from latentbench.generators import seeding
+
+    class Recording(NoiseArgDecoder):
+        def decode(self, z, generator=None, noise=None):
+            self.noise = noise
+            return noise
+
+    decoder, seeds = Recording(), [11, 12]
+    decode_per_sample(decoder, torch.zeros(2, 3), seeds)
+    torch.testing.assert_close(decoder.noise, seeding.randn(seeding.generators(seeds, "cpu"), (3, 4, 4)), rtol=0, atol=0)
+    out = decode_per_sample(decoder, torch.zeros(2, 3, device="meta"), seeds)  # the code before: no generator on meta
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)
+
+
 class CountingDecoder(nn.Module):
     """Deterministic, but takes (and ignores) a generator, as the shipped tokenizers' decode does."""
 
