@@ -577,8 +577,9 @@ class FrechetDistance(Metric):
                 self.add_state(f"boot_{s}_sum", torch.zeros(b, d, dtype=torch.float64), dist_reduce_fx="sum")
                 self.add_state(f"boot_{s}_outer", torch.zeros(b, d, d, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, fake: Tensor, real: Tensor | None = None, index: Tensor | None = None) -> None:
-        """Add a batch.
+    def update(self, fake: Tensor, *, real: Tensor | None = None, index: Tensor | None = None) -> None:
+        """Add a batch. ``real`` by keyword only: the fake side comes first here (gFID has no real one), where PSNR,
+        SSIM and LPIPS take ``(real, fake)``, so ``update(real, fake)`` is a TypeError, not a swapped pair.
 
         Args:
             fake: features of generated or reconstructed images, (B, D).

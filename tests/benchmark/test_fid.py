@@ -155,6 +155,8 @@ def test_saved_reference_gives_the_same_fid_as_streamed_real(tmp_path):
     gfid.update(FAKE)
     rfid.update(FAKE, real=REAL[:300])
     assert gfid.compute()["value"] == pytest.approx(rfid.compute()["value"], rel=1e-10)
+    with pytest.raises(TypeError, match="positional"):  # PSNR's and SSIM's (real, fake) order here would swap n and n_real
+        FrechetDistance(D).update(REAL[:300], FAKE)
     assert gfid.compute()["n_real"] == 300
     assert ref.sha256 == _stats(REAL[:300]).reference().sha256 and len(ref.sha256) == 64
 
