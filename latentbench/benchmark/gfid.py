@@ -117,7 +117,7 @@ def decode_samples(tokenizer, z: Tensor, index: Tensor, norm, seed: int) -> Tens
     from latentbench.distributed import module_device
     from latentbench.tokenizers.base import decode_per_sample
 
-    latents = (norm.denormalize(z) if norm is not None else z).to(module_device(tokenizer))  # normalised on the CPU
+    latents = (norm.denormalize(z) if norm is not None else z).to(module_device(tokenizer))  # denormalised on the CPU, then moved
     seeds = [seeding.sample_seed(seed + DECODE_SEED_OFFSET, int(i)) for i in index]
     return decode_per_sample(tokenizer, latents, seeds).float().clamp(-1, 1)
 

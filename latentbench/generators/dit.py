@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, RmsNorm, SwiGLUPacked
 from torch import Tensor, nn
 
+from latentbench.generators import seeding
 from latentbench.generators.registry import GENERATORS
 from latentbench.registry import require_positive
 from latentbench.tokenizers.mmdit import (
@@ -311,10 +312,7 @@ class DiT(nn.Module):
 
     def drop_labels(self, y: Tensor) -> Tensor:
         """DiT's LabelEmbedder dropout: in training each label becomes the null label with probability ``class_dropout``."""
-        if not self.training or self.class_dropout <= 0:
-            return y
-        drop = torch.rand(y.shape, device=y.device) < self.class_dropout  # (B,)
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return seeding.drop_labels(y, self.class_dropout, self.num_classes) if self.training else y
 
     def describe(self) -> dict:
         """Architecture summary for logs and leaderboards."""

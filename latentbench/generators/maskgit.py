@@ -195,10 +195,7 @@ class MaskGIT(nn.Module):
 
     def drop_labels(self, y: Tensor) -> Tensor:
         """Labels with each replaced by the null label with probability ``class_dropout`` (training only)."""
-        if not self.training or self.class_dropout <= 0:
-            return y
-        drop = torch.rand(y.shape, device=y.device) < self.class_dropout  # (B,)
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return seeding.drop_labels(y, self.class_dropout, self.num_classes) if self.training else y
 
     def training_losses(self, z: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Masked-token cross-entropy.

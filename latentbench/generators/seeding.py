@@ -41,3 +41,12 @@ def rand(gens: Sequence[torch.Generator], shape: Sequence[int], device: torch.de
          dtype: torch.dtype = torch.float32) -> Tensor:
     """(len(gens), *shape) uniform [0, 1) numbers, row ``i`` drawn from ``gens[i]`` alone."""
     return torch.stack([torch.rand(*shape, generator=g, device=device, dtype=dtype) for g in gens])
+
+
+def drop_labels(y: Tensor, probability: float, null_label: int) -> Tensor:
+    """Class-conditioning dropout (DiT's LabelEmbedder, MaskGIT's): each label of ``y`` (B,) becomes ``null_label``
+    with ``probability``, drawn from the global generator as training's other randomness is (not per sample)."""
+    if probability <= 0:
+        return y
+    drop = torch.rand(y.shape, device=y.device) < probability  # (B,)
+    return torch.where(drop, torch.full_like(y, null_label), y)
