@@ -89,8 +89,9 @@ def mask_ratio(t: Tensor, schedule: MaskSchedule | str = "cosine") -> Tensor:
 def unmasking_schedule(length: int, steps: int, schedule: MaskSchedule | str = "cosine") -> list[int]:
     """Tokens still masked after each of ``steps`` decoding steps of ``length`` tokens.
 
-    ``floor(length * gamma((k + 1) / steps))``, 0 after the last step, and at least one token
-    fewer than the step before (until none is left).
+    ``floor(length * gamma((k + 1) / steps))``, at least one token fewer than the step before, but
+    at least one until the last step, after which none: MaskGIT's ``max(1, min(unknown - 1, mask_len))``.
+    (Fewer tokens than steps leaves one masked across the late steps, not the last steps idle.)
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"sampling needs an integer steps >= 1, got {steps!r}")
@@ -98,7 +99,7 @@ def unmasking_schedule(length: int, steps: int, schedule: MaskSchedule | str = "
     planned = torch.floor(length * mask_ratio(t, schedule)).long().tolist()
     counts, left = [], length
     for k, n in enumerate(planned):
-        left = 0 if k == steps - 1 else max(min(n, left - 1), 0)
+        left = 0 if k == steps - 1 else max(min(n, left - 1), 1)
         counts.append(left)
     return counts
 

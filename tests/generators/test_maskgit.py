@@ -69,10 +69,10 @@ def test_sampler_follows_the_cosine_schedule_and_unmasks_everything(length, step
     expected = unmasking_schedule(length, steps)
     assert (trace == torch.tensor(expected)[:, None]).all()
     left = length
-    for k, n in enumerate(expected):  # the formula, or one fewer than before; strictly down to 0
-        planned = 0 if k == steps - 1 else math.floor(length * math.cos(math.pi / 2 * (k + 1) / steps))
-        assert n == max(min(planned, left - 1), 0)
-        assert n < left or left == 0
+    for k, n in enumerate(expected):  # the formula, or one fewer than before; one at least until the last step (MaskGIT)
+        planned = math.floor(length * math.cos(math.pi / 2 * (k + 1) / steps))
+        assert n == (0 if k == steps - 1 else max(min(planned, left - 1), 1))
+        assert n < left or n == left == 1
         left = n
 
 
@@ -83,6 +83,9 @@ def test_schedule_ratios():
     with pytest.raises(ValueError, match="mask schedule"):
         mask_ratio(t, "cubic")
     assert unmasking_schedule(10, 8) == [9, 8, 7, 6, 5, 3, 1, 0]  # floor(10 cos) = 9, 9, 8, 7, 5, 3, 1, 0
+    # fewer tokens than steps: the official max(1, min(unknown - 1, mask_len)) keeps one masked until the last step
+    # (the code before emptied it at the fifth: [2, 1, 0, 0, 0, 0, 0, 0], three idle steps)
+    assert unmasking_schedule(3, 8) == [2, 1, 1, 1, 1, 1, 1, 0]
 
 
 # ---- training ----------------------------------------------------------------------------------
