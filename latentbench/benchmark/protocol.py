@@ -107,7 +107,13 @@ class DataSpec(_Checked):
     num_train: int | None = None  # first N images of the train split; None = all
 
     def _check(self) -> None:
+        from latentbench.data.sources import check_source
+
         self._not_empty("source", "train_split", "eval_split")
+        try:  # the syntax, when the file loads: a folder without its imagefolder: prefix used to stop the data scan
+            check_source(self.source)
+        except ValueError as e:
+            raise ValueError(f"{self.SECTION}source: {e}") from None
         self._positive("resolution")
         self._positive("num_eval", "num_train", optional=True)
 

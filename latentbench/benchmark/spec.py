@@ -205,13 +205,14 @@ def _spec_from_yaml(path: Path, requested: str) -> TokenizerSpec:
     if raw.get("class_path") and raw.get("name"):
         raise ValueError(f"tokenizer config {path} has both 'name' ({raw['name']}) and 'class_path' ({raw['class_path']}): "
                          "keep one (a registered tokenizer, or module:Class)")
-    name = raw.get("class_path") or raw.get("name")
-    if not name:
-        raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
+    # unknown keys first: a misspelt class_path or name is the likeliest reason for a config without either
     unknown = set(raw) - {"name", "class_path", "init_args", "module_args", "module"}
     if unknown:
         raise ValueError(f"tokenizer config {path} has unknown keys {sorted(unknown)} (allowed: name or class_path, "
                          "init_args, module_args, module)")
+    name = raw.get("class_path") or raw.get("name")
+    if not name:
+        raise ValueError(f"tokenizer config {path} needs 'name' (a registered tokenizer) or 'class_path' (module:Class)")
     return TokenizerSpec(name=name, init_args=raw.get("init_args") or {}, module_args=raw.get("module_args") or {},
                          requested=requested, module=raw.get("module"))
 

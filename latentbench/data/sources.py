@@ -55,16 +55,59 @@ def build_dataset(
     check_on_bad_image(on_bad_image)
     resolution = _positive_int("resolution", resolution)
     limit = None if limit is None else _positive_int("limit", limit)
+    check_source(source)
     kind, _, arg = source.partition(":")
-    if kind == "mnist" and not arg:
+    if kind == "mnist":
         return MnistDataset(source, split, resolution, limit)
     if kind == "shapes":
         return ShapesDataset(source, split, resolution, _shapes_size(arg, split, source), limit)
-    if kind == "imagefolder" and arg:
+    if kind == "imagefolder":
         return build_imagefolder(arg, source, split, resolution, on_bad_image, limit)
-    if kind == "hf" and arg:
-        return build_hf(arg, source, split, resolution, on_bad_image, limit)
-    raise ValueError(f"unknown data source {source!r}\n{DATA_SOURCES}")
+    return build_hf(arg, source, split, resolution, on_bad_image, limit)
+
+
+SYNTAXES = ("mnist", "shapes[:<n_train>:<n_val>]", "imagefolder:<dir>", "hf:<name_or_path>")
+
+
+def check_source(source: str) -> None:
+    """ValueError (``unknown_source_message``) unless ``source`` has one of the syntaxes ``build_dataset`` reads.
+
+    The syntax only, nothing is read: a protocol file checks its ``data.source`` when it loads, so a typo stops a
+    bench naming the file and the key rather than during the data scan. Whether the folder or dataset exists is
+    ``build_dataset``'s to say.
+    """
+    kind, _, arg = source.partition(":")
+    if not ((kind == "mnist" and not arg) or kind == "shapes" or (kind in ("imagefolder", "hf") and arg)):
+        raise ValueError(unknown_source_message(source))
+    if kind == "shapes":
+        _shapes_size(arg, "train", source)
+
+
+def unknown_source_message(source: str) -> str:
+    """One line: the source that is not one, the likeliest meant one, and the syntaxes (DATA_SOURCES explains them).
+
+    A folder given without its ``imagefolder:`` prefix is the common case (the source names a path); a misspelt
+    ``mnist`` or prefix is the other. The full listing used to follow on twelve lines, after the line that said
+    only that the source was unknown.
+    """
+    import difflib
+    from pathlib import Path
+
+    from latentbench.data.hf import _is_saved_to_disk
+
+    kind, _, arg = source.partition(":")
+    guess = None
+    if source and (Path(source).expanduser().is_dir() or source.startswith(("/", "./", "../", "~"))):
+        guess = f"{'hf' if _is_saved_to_disk(str(Path(source).expanduser())) else 'imagefolder'}:{source}"
+    elif kind in ("imagefolder", "hf"):  # the prefix without its folder or name
+        guess = SYNTAXES[2] if kind == "imagefolder" else SYNTAXES[3]
+    else:
+        close = difflib.get_close_matches(kind, ["mnist", "shapes", "imagefolder", "hf"], n=1, cutoff=0.6)
+        if close:
+            guess = close[0] + (f":{arg}" if arg and close[0] != "mnist" else "")
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    return (f"unknown data source {source!r}{hint}: a source is one of {', '.join(SYNTAXES)} (the README's "
+            "\"Data\" section explains each)")
 
 
 def same_images(source: str, splits: tuple[str, str]) -> str | None:

@@ -35,6 +35,11 @@ def _set(section, key, value):
     (_set("eval", "batch_size", 0), "eval.batch_size must be a positive integer, got 0"),
     (_set("data", "num_eval", 0), "data.num_eval must be a positive integer or null, got 0"),
     (_set("data", "source", ""), "data.source must be a non-empty string"),
+    # a source without its syntax used to pass the load and stop the data scan, in twelve lines naming no file
+    (_set("data", "source", "/data/mine"), "data.source: unknown data source '/data/mine' (did you mean "
+                                           "'imagefolder:/data/mine'?): a source is one of mnist,"),
+    (_set("data", "source", "mnsit"), "data.source: unknown data source 'mnsit' (did you mean 'mnist'?)"),
+    (_set("data", "source", "shapes:10"), "data.source: bad shapes source 'shapes:10'"),
     (_set(None, "seed", -1), "seed must be in [0, 2^32), got -1"),
     (_set(None, "name", "../up"), "name must be letters, digits"),
     # values that int() used to coerce silently
@@ -173,6 +178,10 @@ def test_an_edited_generator_config_stops_the_bench_before_anything_is_written(t
     ({"name": "sdvae-ci", "module_args": {"max_steps": 5}}, "(the protocol sets the training budget)"),
     ({"name": "sdvae-ci", "init_args": [4]}, "init_args must be a mapping of argument names to values, got [4]"),
     ({"name": "sdvae-ci", "class_path": "latentbench.tokenizers.sdvae:SDVAE"}, "has both 'name' (sdvae-ci) and 'class_path'"),
+    # a misspelt name or class_path is named as the unknown key it is, not reported as a missing 'name'
+    ({"clas_path": "latentbench.tokenizers.sdvae:SDVAE"}, "has unknown keys ['clas_path'] (allowed: name or class_path"),
+    ({"nmae": "sdvae-ci", "init_args": {}}, "has unknown keys ['nmae']"),
+    ({"init_args": {"latent_channels": 4}}, "needs 'name' (a registered tokenizer) or 'class_path'"),
 ])
 def test_a_tokenizer_config_that_does_not_fit_its_class_is_refused_when_resolved(tmp_path, raw, message):
     from latentbench.benchmark.spec import resolve_tokenizer

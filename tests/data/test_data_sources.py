@@ -32,6 +32,37 @@ def test_unknown_source_shows_the_syntaxes(source):
     assert "imagefolder:<dir>" in str(info.value)
 
 
+@pytest.mark.parametrize(("source", "guess"), [
+    ("mnsit", "'mnist'"),
+    ("mnist:extra", "'mnist'"),
+    ("folder:/x", "'imagefolder:/x'"),
+    ("imagefoler:/x", "'imagefolder:/x'"),
+    ("/data/mine", "'imagefolder:/data/mine'"),  # a path without its prefix
+    ("imagefolder:", "'imagefolder:<dir>'"),
+    ("cifar10", None),
+])
+def test_an_unknown_source_is_one_line_with_the_likely_meant_one(source, guess):
+    """It used to be the bare 'unknown data source' followed by the twelve lines of DATA_SOURCES."""
+    with pytest.raises(ValueError) as info:
+        build_dataset(source, "train", 32)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"unknown data source {source!r}")
+    assert (f"(did you mean {guess}?)" in message) if guess else ("did you mean" not in message)
+
+
+def test_a_folder_given_without_its_prefix_is_named_as_an_image_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=f"did you mean 'imagefolder:{folder}'"):
+        build_dataset(str(folder), "train", 32)
+    monkeypatch.chdir(tmp_path)  # a relative path names a folder of the working directory
+    with pytest.raises(ValueError, match="did you mean 'imagefolder:mine'"):
+        build_dataset("mine", "train", 32)
+    (folder / "dataset_dict.json").write_text("{}")  # a Hugging Face save_to_disk folder is read by hf:
+    with pytest.raises(ValueError, match="did you mean 'hf:mine'"):
+        build_dataset("mine", "train", 32)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(on_bad_image="warn"), "'error', 'skip'"),
     (dict(resolution=0), "resolution"),
