@@ -116,7 +116,10 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, sqrt_sigma
     product = root @ sigma1 @ root
     eigenvalues = _psd_eigenvalues((product + product.T) / 2, "first")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.sqrt(eigenvalues).sum())
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.sqrt(eigenvalues).sum())
+    # a distance is never negative: between equal Gaussians the sum cancels to rounding, either side of zero (a folder
+    # against itself read -1.7e-13 with 12 images of 128 features), and a negative FID would be printed and recorded
+    return max(value, 0.0)
 
 
 def psd_sqrt(sigma: np.ndarray, which: str = "reference") -> np.ndarray:
