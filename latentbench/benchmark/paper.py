@@ -243,7 +243,11 @@ def find_record(result: str, root: Path = LEADERBOARD_DIR) -> dict[str, Any]:
                                 f"bench wrote to (default: the repository's leaderboards/), or {_WHAT_TO_GIVE[5:]}")
     found = [r for p in sorted(Path(root).glob("*/v*/results.jsonl")) for r in parse_jsonl(p) if r["id"].startswith(result)]
     if len(found) != 1:
-        raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}: {_WHAT_TO_GIVE}")
+        # a bench given --leaderboard_dir wrote its row there, and its summary's record id is looked up here otherwise
+        elsewhere = (" (a bench given --leaderboard_dir DIR wrote its row under DIR: pass compare the same --leaderboard_dir)"
+                     if not found and Path(root).resolve() == LEADERBOARD_DIR.resolve() else "")
+        raise ValueError(f"{'no' if not found else len(found)} records with id {result!r} under {root}{elsewhere}: "
+                         f"{_WHAT_TO_GIVE}")
     return found[0]
 
 

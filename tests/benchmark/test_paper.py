@@ -115,6 +115,11 @@ def test_compare_finds_an_id_in_a_benchs_own_leaderboard_dir(tmp_path, capsys):
         main(["compare", "--result", "abab", "--leaderboard_dir", str(tmp_path / "lbb")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith(f"latentbench: error: --leaderboard_dir {tmp_path / 'lbb'} is not a folder")
+    with pytest.raises(SystemExit) as exit_info:  # an id of a bench that wrote elsewhere, looked up in the checkout's
+        main(["compare", "--result", "abab-elsewhere"])  # (not hex: no committed row's id starts so)
+    assert exit_info.value.code == 2
+    assert ("no records with id 'abab-elsewhere' under " in (err := capsys.readouterr().err)
+            and "(a bench given --leaderboard_dir DIR wrote its row under DIR: pass compare the same --leaderboard_dir)" in err)
 
 
 def test_a_result_is_set_beside_its_own_configs_rows_first():
