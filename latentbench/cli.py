@@ -107,10 +107,13 @@ def _print_result(record: dict[str, Any], leaderboard_dir: str) -> None:
     """A result's summary lines, labelled as its table row; the last gives its record id."""
     from latentbench.benchmark.leaderboard import COLUMNS, row_name
 
-    # in the table's order, also when the record was read back (keys sorted)
+    ordered = _in_order(record["metrics"], [key for key, _, _ in COLUMNS])  # the table's, also when read back (sorted)
     metrics = ", ".join(f"{v.get('label', k)} {v['value']:.4g} (n={v['n']})" if "value" in v else f"{k} n/a"
-                        for k, v in _in_order(record["metrics"], [key for key, _, _ in COLUMNS]))
+                        for k, v in ordered)
     print(f"{row_name(record)} under {record['protocol']['name']} v{record['protocol']['version']}: {metrics}")
+    for key, metric in ordered:
+        if "unavailable" in metric:  # why, here too: the terminal said "lpips n/a" and only the table's notes why
+            print(f"  {key} n/a: {metric['unavailable']}")
     conv = (record.get("generation") or {}).get("convergence") or {}
     if conv.get("target") == "baseline":
         print(f"convergence: steps to {conv['baseline']}'s final gFID are in the leaderboard table (resolved from its rows)")

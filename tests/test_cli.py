@@ -281,6 +281,19 @@ def test_a_run_of_two_results_prints_both_labelled_as_their_rows(tmp_path, capsy
     assert "flowmo-smoke (1b) under smoke v3: psnr 7.6 (n=64)" in out
 
 
+def test_the_summary_says_why_a_metric_is_not_available(tmp_path, capsys):
+    """"lpips n/a" alone left the reason (weights missing, and where to put them) to the table's notes."""
+    from latentbench.cli import _print_result
+
+    record = {"id": "id-x", "run_dir": str(tmp_path), "tokenizer": {"name": "sdvae-smoke"},
+              "protocol": {"name": "smoke", "version": 3}, "wall_time_s": {"train": 1.0, "eval": 0.5},
+              "metrics": {"psnr": {"value": 13.4, "n": 64}, "lpips": {"unavailable": "LPIPS-alex needs its weights"}}}
+    _print_result(record, str(tmp_path / "lb"))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "sdvae-smoke under smoke v3: psnr 13.4 (n=64), lpips n/a"
+    assert out[1] == "  lpips n/a: LPIPS-alex needs its weights"
+
+
 def test_a_fid_without_its_interval_does_not_say_what_the_interval_resampled(monkeypatch, capsys):
     import latentbench.benchmark.standalone as standalone
     from latentbench.cli import main
