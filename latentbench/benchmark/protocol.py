@@ -259,6 +259,17 @@ def available_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.yaml"))
 
 
+def _meant_protocol(given: str) -> str:
+    """`` (did you mean --protocol ci?)`` for a missing protocol whose name is, or is close to, a shipped one's:
+    ``ci.yaml`` or ``configs/protocols/smoke`` (read as a path beside the working directory, or as a name), ``smok``."""
+    import difflib
+
+    shipped = available_protocols()
+    stem = Path(given).stem if Path(given).suffix in (".yaml", ".yml") else Path(given).name
+    close = [stem] if stem in shipped else difflib.get_close_matches(stem, shipped, n=1, cutoff=0.6)
+    return f" (did you mean --protocol {close[0]}?)" if close and close[0] != given else ""
+
+
 def load_protocol(name_or_path: str) -> Protocol:
     """A shipped protocol by name (``ci``) or a YAML file by path."""
     path = Path(name_or_path)
@@ -268,7 +279,7 @@ def load_protocol(name_or_path: str) -> Protocol:
         path = PROTOCOL_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         what = f"no protocol {name_or_path!r}: expected {path}" if by_name else f"protocol file {path} does not exist"
-        raise FileNotFoundError(f"{what}. Shipped protocols: {', '.join(available_protocols())}")
+        raise FileNotFoundError(f"{what}{_meant_protocol(name_or_path)}. Shipped protocols: {', '.join(available_protocols())}")
     raw = load_yaml_mapping(path, "protocol")
     try:
         unknown = set(raw) - {f.name for f in fields(Protocol)}

@@ -76,6 +76,15 @@ def test_a_missing_protocol_file_is_said_to_be_missing_beside_the_shipped_names(
         load_protocol("nope")
 
 
+@pytest.mark.parametrize("given", ["smok", "ci.yaml", "configs/protocols/smoke", "nosuch/smoke.yml"])
+def test_a_missing_protocol_named_like_a_shipped_one_says_which(tmp_path, monkeypatch, given):
+    """A shipped name given as a file (ci.yaml from elsewhere than configs/protocols) or with a typo."""
+    monkeypatch.chdir(tmp_path)
+    meant = "ci" if given == "ci.yaml" else "smoke"
+    with pytest.raises(FileNotFoundError, match=f"\\(did you mean --protocol {meant}\\?\\)\\. Shipped protocols: "):
+        load_protocol(given)
+
+
 def test_a_bad_protocol_stops_the_bench_before_anything_is_written(tmp_path):
     path = _write(tmp_path, _set("generator", "precision", "fp16"))
     proc = subprocess.run([sys.executable, "-m", "latentbench.cli", "bench", "--tokenizer", "sdvae", "--protocol", str(path),
