@@ -436,13 +436,39 @@ def type_error_line(command: str, message: str) -> str | None:
     return f"--{key[1]} expects {_expected(hints[key[1]])}, got {value[1]!r}"
 
 
+def unknown_option_line(command: str, message: str, options: list[str]) -> str | None:
+    """``unknown option --train_stpes (did you mean --train_steps?): ...`` for argparse's "unrecognized arguments"
+    message, None for its other messages. argparse prints the whole usage above its own line and suggests nothing.
+
+    Args:
+        command: the subcommand whose parser failed.
+        message: the parser's error message.
+        options: the subcommand's option strings (``--name``).
+    """
+    import difflib
+    import re
+
+    given = re.match(r"unrecognized arguments: (.*)\Z", message, re.S)
+    if given is None:
+        return None
+    flags = [arg.split("=")[0] for arg in given[1].split() if arg.startswith("--")]
+    if not flags:  # values without an option before them (`bench sdvae`)
+        return (f"unexpected argument {given[1].strip()!r}: every option is given by its name (`--name value`); "
+                f"`latentbench {command} --help` lists them")
+    named = [flag + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(flag, options, n=1, cutoff=0.7))
+                     else "") for flag in flags]
+    return f"unknown option{'s' if len(named) > 1 else ''} {', '.join(named)}: `latentbench {command} --help` lists the options"
+
+
 def _parser_class():
     """jsonargparse's parser, saying a value of the wrong type in one line (``type_error_line``), exit code 2."""
     from jsonargparse import ArgumentParser
 
     class Parser(ArgumentParser):
         def error(self, message: str, ex: Exception | None = None):
-            line = type_error_line(self.prog.split()[-1], message)  # a subcommand's prog: "latentbench [options] bench"
+            command = self.prog.split()[-1]  # a subcommand's prog: "latentbench [options] bench"
+            options = [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+            line = type_error_line(command, message) or unknown_option_line(command, message, options)
             if line is None or not self.exit_on_error:  # jsonargparse's inner parsers raise for it to handle
                 return super().error(message, ex)
             self.exit(2, f"latentbench: error: {line}\n")

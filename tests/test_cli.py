@@ -55,6 +55,22 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_option_type_and_value(args
     assert exit_.value.code == 2 and capsys.readouterr().err == f"latentbench: error: {line}\n"
 
 
+@pytest.mark.parametrize("args, line", [
+    (["bench", "--tokenizer", "sdvae", "--train_stpes", "3"],
+     "unknown option --train_stpes (did you mean --train_steps?): `latentbench bench --help` lists the options"),
+    (["bench", "--bogus", "--dryrun"],
+     "unknown options --bogus, --dryrun (did you mean --dry_run?): `latentbench bench --help` lists the options"),
+    (["metrics", "--pnsr=true"], "unknown option --pnsr (did you mean --psnr?): `latentbench metrics --help` lists the options"),
+    (["bench", "sdvae"], "unexpected argument 'sdvae': every option is given by its name (`--name value`); "
+                         "`latentbench bench --help` lists them"),
+])
+def test_an_unknown_option_is_one_line_with_the_likeliest_meant_one(args, line, capsys):
+    """argparse printed the command's whole usage (a dozen lines) above "unrecognized arguments", and no suggestion."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and capsys.readouterr().err == f"latentbench: error: {line}\n"
+
+
 def test_help_shows_no_restructuredtext_markup(capsys):
     """--help prints the docstrings as they are: ``x`` and :func:`x` would show their markup."""
     import re
