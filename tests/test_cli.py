@@ -14,7 +14,9 @@ def test_list_shows_tokenizers_and_protocols(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["bench", "--tokenizer", "nope", "--protocol", "smoke"], "unknown tokenizer 'nope'"),
-    (["bench", "--tokenizer", "flowm", "--protocol", "smoke"], "Did you mean the family flowmo (flowmo-smoke under smoke)?"),
+    # the family first and alone: the registry's guesses of other protocols' sizes came first ("Did you mean flowmo-lo, ...")
+    (["bench", "--tokenizer", "flowm", "--protocol", "smoke"],
+     "unknown tokenizer 'flowm'. Did you mean the family flowmo (flowmo-smoke under smoke)? Registered: "),
     (["bench", "--protocol", "nope"], "no protocol 'nope'"),
     (["bench", "--protocol", "smoke", "--ckpt", "/does/not/exist.pt"], "does/not/exist.pt"),
     (["bench", "--protocol", "smoke", "--seed", "-1"], "--seed must be in [0, 2^32), got -1"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -103,8 +104,12 @@ def _check_resolvable(spec: TokenizerSpec, protocol: Protocol) -> TokenizerSpec:
                            f"tokenizer: {e.args[0]} Fix the protocol file's tokenizers: entry, or pass a registered "
                            "name as --tokenizer") from None
         family = difflib.get_close_matches(spec.requested, protocol.tokenizers, n=1, cutoff=0.75)  # not foo -> flowmo
-        hint = f" Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under {protocol.name})?" if family else ""
-        raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.{hint}") from None
+        if family:  # the likeliest meant name, first and alone (the registry's own guesses are sizes of other protocols)
+            first = f"unknown tokenizer {spec.name!r}."  # the registry's first sentence (a name may hold dots)
+            rest = re.sub(r"^ Did you mean [^?]*\?", "", e.args[0][len(first):] if e.args[0].startswith(first) else "")
+            raise KeyError(f"{first} Did you mean the family {family[0]} ({protocol.tokenizers[family[0]]} under "
+                           f"{protocol.name})?{rest} Family names under protocol {protocol.name}: {aliases}.") from None
+        raise KeyError(f"{e.args[0]} Family names under protocol {protocol.name}: {aliases}.") from None
     return replace(_check_arguments(spec), sources=user_sources(spec))
 
 
