@@ -108,6 +108,12 @@ def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
 
     try:
         raw = yaml.safe_load(Path(path).read_text())
+    except yaml.MarkedYAMLError as err:  # one line with the place; PyYAML's own text spans lines and names "<unicode string>"
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        context = (f" ({err.context}{f' from line {err.context_mark.line + 1}' if err.context_mark is not None else ''})"
+                   if err.context and err.problem else "")
+        raise ValueError(f"{what} {path} is not valid YAML: {where}{err.problem or err.context}{context}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"{what} {path} is not valid YAML: {err}") from None
     if raw is None:

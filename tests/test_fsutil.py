@@ -89,3 +89,19 @@ def test_a_folder_or_a_file_in_the_way_is_named_before_writing(tmp_path):
     assert filesystem_error_line(err.value).endswith(
         f"{tmp_path / 'file' / 'x.npz'}: a part of that path is a file, not a folder: choose another path")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.npz"] and not any((tmp_path / "out.npz").iterdir())
+
+
+@pytest.mark.parametrize("text, line", [
+    ("name: x\ndata: {source: mnist\n", "line 3, column 1: expected ',' or '}', but got '<stream end>' "
+                                        "(while parsing a flow mapping from line 2)"),
+    ("name: x\n  bad: [1\n", "line 2, column 6: mapping values are not allowed here"),
+])
+def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path, text, line):
+    """PyYAML's message spans four lines, names the file as "<unicode string>" and draws a caret under the place."""
+    from latentbench.fsutil import load_yaml_mapping
+
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_yaml_mapping(path, "protocol")
+    assert str(err.value) == f"protocol {path} is not valid YAML: {line}"
