@@ -193,12 +193,23 @@ def warn_of_large_images(found: list[tuple[str, tuple[int, int]]], where: str) -
                       "center-crops to the protocol's resolution anyway)", Image.DecompressionBombWarning, stacklevel=3)
 
 
+ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})  # LAB's "A" band is a colour axis, not alpha
+
+
 def has_transparent_pixels(img: Image.Image) -> bool:
     """Whether a decoded image has a pixel with alpha below 255 (an alpha band, or a palette / transparency key)."""
-    if "A" not in img.getbands() and "transparency" not in img.info:
+    if img.mode in ALPHA_MODES:
+        return img.getchannel("A").getextrema()[0] < 255
+    if "transparency" not in img.info:
         return False
-    alpha = (img if "A" in img.getbands() else img.convert("RGBA")).getchannel("A")
-    return alpha.getextrema()[0] < 255
+    if _is_wide_integer(img):  # Pillow's I;16 -> RGBA conversion ignores the key: every pixel would read opaque
+        return bool(np.any(np.asarray(img) == img.info["transparency"]))
+    return img.convert("RGBA").getchannel("A").getextrema()[0] < 255
+
+
+def _is_wide_integer(img: Image.Image) -> bool:
+    """Whether the image is in one of PIL's 16/32-bit integer modes (I, I;16, I;16B, I;16L...)."""
+    return img.mode == "I" or img.mode.startswith("I;16")
 
 
 def exif_orientation(img: Image.Image) -> int:
@@ -217,8 +228,9 @@ def off_scale(img: Image.Image) -> str | None:
     if img.mode == "F":
         low, high = img.getextrema()
         return "every value in [0, 1]" if low >= 0 and 0 < high <= 1 else None
-    if img.mode == "I" or img.mode.startswith("I;16"):
-        low, high = img.getextrema()
+    if _is_wide_integer(img):  # from the array: PIL's getextrema raises "image has wrong mode" for I;16B
+        values = np.asarray(img)
+        low, high = int(values.min()), int(values.max())
         return "every value in 0..255" if low >= 0 and 0 < high <= 255 else None
     return None
 
@@ -227,7 +239,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Convert a decoded PIL image of any mode to 8-bit RGB (conventions in the module docstring)."""
     if img.mode == "RGB":
         return img
-    if img.mode == "I" or img.mode.startswith("I;16"):
+    if _is_wide_integer(img):
         return _gray_to_rgb(_scale_16bit(np.asarray(img)))
     if img.mode == "F":
         values = np.nan_to_num(np.asarray(img, dtype=np.float64))

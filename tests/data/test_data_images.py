@@ -220,3 +220,33 @@ def test_a_jpeg_with_further_pictures_in_it_is_one_frame_and_an_animation_is_sev
     decoded = images.decode(mpo.getvalue(), "photo.jpg")
     assert decoded.frames == 1 and decoded.image.size == (16, 16) and decoded.image.getpixel((3, 3))[0] > 150
     assert images.decode(gif.getvalue(), "walk.gif").frames == 2
+
+
+def test_a_big_endian_16bit_tiff_is_read_scaled_like_any_16bit_image():
+    """Pillow opens a big-endian ("MM") 16-bit grayscale TIFF as I;16B, whose getextrema() raises "image has wrong
+    mode": the scale check turned every such file into an unreadable one."""
+    from latentbench.data.images import decode
+
+    values = np.array([[0, 257, 32896, 65535]], dtype=">u2")
+    data = _png_bytes(Image.fromarray(values), "TIFF")
+    assert Image.open(io.BytesIO(data)).mode == "I;16B"
+    decoded = decode(data, "g16be.tif")
+    assert np.asarray(decoded.image)[0, :, 0].tolist() == [0, 1, 128, 255] and decoded.off_scale is None
+    low = decode(_png_bytes(Image.fromarray(np.array([[0, 200]], dtype=">u2")), "TIFF"), "low.tif")
+    assert low.off_scale == "every value in 0..255"  # 8-bit data in a 16-bit file, as for I;16
+
+
+def test_transparency_is_told_by_alpha_modes_and_keys_not_by_a_band_named_a():
+    """LAB's "A" band is a colour axis (it was read as alpha: every LAB image 'had transparent pixels'), and a
+    16-bit grayscale PNG's transparency key marks pixels Pillow's I;16 -> RGBA conversion leaves opaque."""
+    from latentbench.data.images import has_transparent_pixels
+
+    assert not has_transparent_pixels(Image.new("RGB", (4, 4), (10, 200, 30)).convert("LAB"))
+    gray16 = np.full((4, 4), 40000, np.uint16)
+    gray16[0, 0] = 1000
+    keyed = Image.open(io.BytesIO(_png_bytes(Image.fromarray(gray16), transparency=1000)))
+    keyed.load()
+    assert keyed.mode == "I;16" and has_transparent_pixels(keyed)
+    unkeyed = Image.open(io.BytesIO(_png_bytes(Image.fromarray(gray16), transparency=7)))
+    unkeyed.load()
+    assert not has_transparent_pixels(unkeyed)  # a key no pixel has
