@@ -16,6 +16,7 @@ machine that trains in another one (a CPU without fast bf16 falls back to 32-tru
 """
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -136,8 +137,10 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
                 raise ValueError(f"golden file {path}: {name} has an unknown metric {metric!r} (known: {sorted(DIRECTION)}): {fix}")
             for key in ("value", "tolerance"):
                 value = entry.get(key) if isinstance(entry, dict) else None
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or (key == "tolerance" and value < 0):
-                    raise ValueError(f"golden file {path}: {name} {metric} needs a numeric {key!r}"
+                # finite: a .nan or .inf tolerance (or value) would pass every measured value, a regression included
+                if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                        or (key == "tolerance" and value < 0)):
+                    raise ValueError(f"golden file {path}: {name} {metric} needs a finite numeric {key!r}"
                                      f"{' >= 0' if key == 'tolerance' else ''}, got {value!r}: {fix}")
     return golden
 
@@ -190,9 +193,9 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
                 continue
             worse = DIRECTION[metric] * (g["value"] - measured[name][metric])  # > 0: worse than golden
             tolerance = _tolerance(name, metric, g, counts, strict)
-            if abs(worse) > tolerance:
-                how = (f"worse by {worse:.4g}" if worse > 0 else f"better by {-worse:.4g}")
-                hint = "" if worse > 0 else "; if the change is intended, re-measure with `latentbench regress --update`"
+            if not abs(worse) <= tolerance:  # a NaN measured value fails too (NaN > tolerance is False)
+                how = (f"worse by {worse:.4g}" if worse > 0 else f"better by {-worse:.4g}" if worse < 0 else "not a number")
+                hint = "" if not worse < 0 else "; if the change is intended, re-measure with `latentbench regress --update`"
                 failures.append(f"{name} {metric}: {measured[name][metric]:.6g} vs golden {g['value']:.6g} "
                                 f"({how} > tolerance {tolerance:.4g}{hint})")
     return failures

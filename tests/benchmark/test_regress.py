@@ -32,9 +32,13 @@ def test_margins_show_every_checked_metric_and_the_unchecked_ones():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("tok-smoke: {psnr: {value: 20.0}}", "tok-smoke psnr needs a numeric 'tolerance' >= 0, got None"),
-    ("tok-smoke: {psnr: {value: 20.0, tolerance: -1}}", "tok-smoke psnr needs a numeric 'tolerance' >= 0, got -1"),
-    ("tok-smoke: {psnr: {value: high, tolerance: 1}}", "tok-smoke psnr needs a numeric 'value', got 'high'"),
+    ("tok-smoke: {psnr: {value: 20.0}}", "tok-smoke psnr needs a finite numeric 'tolerance' >= 0, got None"),
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: -1}}", "tok-smoke psnr needs a finite numeric 'tolerance' >= 0, got -1"),
+    ("tok-smoke: {psnr: {value: high, tolerance: 1}}", "tok-smoke psnr needs a finite numeric 'value', got 'high'"),
+    # a NaN or infinite tolerance passed every measured value: `abs(worse) > nan` is never true
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: .nan}}", "tok-smoke psnr needs a finite numeric 'tolerance' >= 0, got nan"),
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: .inf}}", "tok-smoke psnr needs a finite numeric 'tolerance' >= 0, got inf"),
+    ("tok-smoke: {psnr: {value: .nan, tolerance: 1}}", "tok-smoke psnr needs a finite numeric 'value', got nan"),
     ("tok-smoke: {psnrr: {value: 1, tolerance: 1}}", "tok-smoke has an unknown metric 'psnrr'"),
     ("tok-smoke: 3", "row 'tok-smoke' holds no metrics"),
     ("[1, 2]", "holds no rows"),
@@ -73,6 +77,12 @@ def test_the_probe_may_move_by_one_eval_image():
     assert failure.startswith("tok-smoke probe: 0.953125 vs golden 0.984375") and "tolerance 0.01562" in failure
     assert check(golden, one_less)[0].startswith("tok-smoke probe")  # without counts: the golden tolerance alone
     assert check(golden, {"tok-smoke": {"probe": 63 / 64, "psnr": 19.99}}, {"tok-smoke": {"psnr": 64}})  # psnr: no floor
+
+
+def test_a_nan_measured_value_fails():
+    """`abs(nan) > tolerance` is False: a metric that came out NaN passed the gate."""
+    failures = check(_golden(), {"tok-smoke": {"psnr": float("nan"), "rfid": 100.0}})
+    assert failures == ["tok-smoke psnr: nan vs golden 20 (not a number > tolerance 0.5)"]
 
 
 def test_missing_rows_and_metrics_fail():
