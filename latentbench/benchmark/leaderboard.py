@@ -551,6 +551,11 @@ def display_name(tokenizer: dict[str, Any]) -> str:
     return f"{name} ({tokenizer['variant']})" if tokenizer.get("variant") else name
 
 
+def _cell(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` in a config's name would split the row into another column."""
+    return text.replace("|", "\\|")
+
+
 def row_name(record: dict[str, Any]) -> str:
     """A record's table label: ``display_name``, marked ``[ckpt 1a2b3c4d]`` (the sha256 prefix of the weights) where
     the bench evaluated weights given with ``--ckpt`` instead of training them, ``[32-true]`` where training left
@@ -609,7 +614,7 @@ def render_table(records: list[dict[str, Any]], grids: set[str] | frozenset[str]
         n = (metrics.get("psnr") or {}).get("n") or max((m.get("n", 0) for m in metrics.values()), default=0)
         commit = r["provenance"]["code"]["commit"][:8] + ("+dirty" if r["provenance"]["code"]["dirty"] else "")
         lines.append(
-            f"| {row_name(r)}{' (warning: notes)' if r.get('warnings') else ''} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
+            f"| {_cell(row_name(r))}{' (warning: notes)' if r.get('warnings') else ''} | {_latent(r)} | {_millions(tok['params']['total'])} | {_gmacs(tok)} | "
             + " | ".join(values)
             + f" | {convergence_cell(r, records)} | {n} | {tok['trained_steps']} | {_throughput(r)} "
             f"| {sum(r['wall_time_s'].values()):.0f}{' (shared CPU)' if shared_cpu(r) else ''} | {commit} | {r['created'][:10]} |"
@@ -712,10 +717,10 @@ def _pictures(records: list[dict[str, Any]], grids: set[str] | frozenset[str]) -
     rows = []
     for r in sorted(records, key=lambda r: (row_name(r), r["created"])):
         rec, smp = grid_names(r)
-        cells = [f"![{row_name(r)} {what}]({GRID_DIR}/{name})" if name in grids else "—"
+        cells = [f"![{_cell(row_name(r))} {what}]({GRID_DIR}/{name})" if name in grids else "—"
                  for name, what in ((rec, "reconstructions"), (smp, "samples"))]
         if cells != ["—", "—"]:
-            rows.append(f"| {row_name(r)} | {cells[0]} | {cells[1]} |")
+            rows.append(f"| {_cell(row_name(r))} | {cells[0]} | {cells[1]} |")
     if rows:
         out += ["", "## Reconstructions and samples", "",
                 "Reconstructions: originals (top) and reconstructions (bottom) spread over the eval split. "

@@ -69,6 +69,14 @@ def test_unavailable_metrics_and_intervals_are_rendered():
     assert "| n/a |" in table and "- n/a — lpips: LPIPS-alex needs weights" in table
 
 
+def test_a_pipe_in_a_row_name_stays_in_its_cell():
+    """A config named ``a|b`` split its row into one column more than the header has."""
+    table = render_table([make_record("tok|a")])
+    (row,) = [line for line in table.splitlines() if line.startswith("| tok\\")]
+    header = next(line for line in table.splitlines() if line.startswith("| tokenizer"))
+    assert row.startswith("| tok\\|a |") and row.replace("\\|", "").count("|") == header.count("|")
+
+
 def test_rendering_is_deterministic():
     records = [make_record("x"), make_record("y")]
     assert render_table(records) == render_table(list(reversed(records)))
