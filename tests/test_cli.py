@@ -456,3 +456,47 @@ def test_an_exit_without_an_interrupt_is_left_alone(monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         main(["bench", "--protocol", "smoke"])
     assert exit_.value.code == 3
+
+
+def test_the_bench_handler_is_back_as_soon_as_lightning_installs_its_own():
+    """Between Lightning's registration of its SIGTERM handler and ``on_train_start`` (loaders set up, a sanity check)
+    a SIGTERM went through Lightning's handler, which on several processes broadcasts from inside it."""
+    import signal
+    import warnings
+
+    import lightning as L
+    import torch
+
+    from latentbench import signals
+    from latentbench.benchmark.harness import SigtermInterrupts
+
+    class Fit(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            return None
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class Seen(L.Callback):
+        def on_sanity_check_start(self, trainer, pl_module):  # after Lightning's registration, before on_train_start
+            self.handler = signal.getsignal(signal.SIGTERM)
+
+    seen, previous = Seen(), signals.sigterm_interrupts()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=1,
+                                callbacks=[SigtermInterrupts(), seen])
+            data = torch.utils.data.DataLoader(torch.zeros(4, 1))
+            trainer.fit(Fit(), data, data)
+    finally:
+        signals.restore(previous)
+    assert seen.handler is signals._raise_terminated, seen.handler

@@ -100,6 +100,24 @@ class SigtermInterrupts(Callback):
     """SIGTERM in a fit raises as outside it (``signals.Terminated``, handled as Ctrl-C), without Lightning's
     handler, which on several processes broadcasts from inside the signal handler (``latentbench.signals``)."""
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Put ours back as soon as Lightning installs its handler (``Trainer._run`` calls its signal connector's
+        ``register_signal_handlers`` after the setup hooks): ``on_train_start`` comes only once the loaders are set up
+        and a sanity check has run, a window in which a SIGTERM went through Lightning's handler."""
+        from latentbench.signals import reinstall
+
+        connector = getattr(trainer, "_signal_connector", None)  # Lightning's internals: on_train_start still covers
+        register = getattr(connector, "register_signal_handlers", None)  # a Lightning without them
+        if register is None or getattr(register, "reinstalls", False):
+            return
+
+        def register_then_reinstall() -> None:
+            register()
+            reinstall()
+
+        register_then_reinstall.reinstalls = True  # type: ignore[attr-defined]  (once per trainer, whatever fits follow)
+        connector.register_signal_handlers = register_then_reinstall
+
     def on_train_start(self, trainer, pl_module) -> None:  # Lightning has installed its handler by now
         from latentbench.signals import reinstall
 
