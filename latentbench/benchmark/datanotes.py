@@ -4,6 +4,7 @@ ignored or read doubtfully (``data_notes``), one when the train and eval splits 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -26,25 +27,28 @@ def data_notes(info: dict[str, Any]) -> list[str]:
     notes += ignored_notes(info)
     if notes:
         lines.append(prefix + "; ".join(notes))
-    if info.get("n_off_scale"):
-        example = info["off_scale_example"]
-        lines.append(f"{prefix}{info['n_off_scale']} of {info['n']} images look saved on another scale than the one they "
-                     f"are read on (e.g. {example['path']}: {example['reason']}): float images are read on the 0..255 "
-                     "scale and 16/32-bit integer ones on 0..65535, so these are trained and measured nearly black; "
-                     "save them as 8-bit images (a [0, 1] float image as round(value * 255))")
-    if info.get("n_oriented"):
-        example = info["oriented_example"]
-        lines.append(f"{prefix}{info['n_oriented']} of {info['n']} images carry an EXIF orientation (e.g. {example['path']}: "
-                     f"orientation {example['orientation']}): they are trained and measured as stored, not turned as "
-                     "image viewers (and Hugging Face datasets) show them, as ADM and torch-fidelity read them; "
-                     "transpose them first with PIL.ImageOps.exif_transpose if the turned image is what you mean")
-    if info.get("n_multiframe"):
-        example = info["multiframe_example"]
-        lines.append(f"{prefix}{info['n_multiframe']} of {info['n']} images hold several frames (e.g. {example['path']}: "
-                     f"{example['frames']} frames, an animated GIF or a multi-page TIFF): only the first frame is trained "
-                     "and measured, as ADM and torch-fidelity read them; save the frame you mean as a single-frame image "
-                     "(with PIL: img.seek(i), then img.save as PNG)")
+    for count, example_key, facts in _IMAGE_FACTS:
+        if info.get(count):
+            lines.append(f"{prefix}{info[count]} of {info['n']} images {facts(info[example_key])}")
     return lines
+
+
+# (count, example) keys of a split's info and what the bench says of such images, given the example
+_IMAGE_FACTS: tuple[tuple[str, str, Callable[[dict[str, Any]], str]], ...] = (
+    ("n_off_scale", "off_scale_example", lambda example: (
+        f"look saved on another scale than the one they are read on (e.g. {example['path']}: {example['reason']}): "
+        "float images are read on the 0..255 scale and 16/32-bit integer ones on 0..65535, so these are trained and "
+        "measured nearly black; save them as 8-bit images (a [0, 1] float image as round(value * 255))")),
+    ("n_oriented", "oriented_example", lambda example: (
+        f"carry an EXIF orientation (e.g. {example['path']}: orientation {example['orientation']}): they are trained "
+        "and measured as stored, not turned as image viewers (and Hugging Face datasets) show them, as ADM and "
+        "torch-fidelity read them; transpose them first with PIL.ImageOps.exif_transpose if the turned image is what "
+        "you mean")),
+    ("n_multiframe", "multiframe_example", lambda example: (
+        f"hold several frames (e.g. {example['path']}: {example['frames']} frames, an animated GIF or a multi-page "
+        "TIFF): only the first frame is trained and measured, as ADM and torch-fidelity read them; save the frame you "
+        "mean as a single-frame image (with PIL: img.seek(i), then img.save as PNG)")),
+)
 
 
 def ignored_notes(info: dict[str, Any]) -> list[str]:
