@@ -94,8 +94,9 @@ def build_imagefolder(
         labels += [label] * len(images)
         non_images += others
     loose = _files_in(root) if class_names != [""] else []  # files beside the class folders
-    outside = [f for f in loose if is_image_file(f)]
-    non_images += [f for f in loose if not is_image_file(f)]
+    # a hidden file (macOS's ._loose.png) is no image of the folder here either, as inside a class folder
+    outside = [f for f in loose if is_image_file(f) and not _hidden(f)]
+    non_images += [f for f in loose if not is_image_file(f) or _hidden(f)]
     if not paths:
         raise ValueError(f"no image files ({' '.join(IMAGE_EXTENSIONS)}) found in folder {root}")
     return EncodedImageDataset(
@@ -113,7 +114,7 @@ def _ignored_examples(root: Path, non_images: list[str], outside: list[str]) -> 
     def named(files: list[str]) -> list[str]:
         return [os.path.relpath(f, root) for f in files[:MAX_EXAMPLES]]
 
-    shown = [f for f in sorted(non_images) if not os.path.basename(f).startswith(".")]
+    shown = [f for f in sorted(non_images) if not _hidden(f)]
     examples = {"ignored_non_image_examples": named(shown), "ignored_outside_classes_examples": named(outside)}
     return {key: value for key, value in examples.items() if value}
 
@@ -186,7 +187,7 @@ def _list_files(directory: Path, recursive: bool, outside: dict[tuple[int, int],
     the folder, as hidden folders are not classes.
     """
     files = [os.path.join(d, f) for d, names in _walk(directory, outside) for f in names] if recursive else _files_in(directory)
-    is_listed = [is_image_file(f) and not os.path.basename(f).startswith(".") for f in files]
+    is_listed = [is_image_file(f) and not _hidden(f) for f in files]
     return [f for f, listed in zip(files, is_listed, strict=True) if listed], [f for f, listed in zip(files, is_listed, strict=True) if not listed]
 
 
@@ -196,8 +197,13 @@ def image_files(directory: str | Path, others: list[str] | None = None) -> list[
     given, receives the files of the same listing that are not images (hidden ones aside)."""
     images, rest = _list_files(Path(directory), recursive=True)
     if others is not None:
-        others += [f for f in rest if not os.path.basename(f).startswith(".")]
+        others += [f for f in rest if not _hidden(f)]
     return images
+
+
+def _hidden(path: str) -> bool:
+    """A hidden file (``.*``: macOS's ``._name.png`` resource forks, .DS_Store, editor backups)."""
+    return os.path.basename(path).startswith(".")
 
 
 def _walk(directory: Path, outside: dict[tuple[int, int], Path] | None = None) -> list[tuple[str, list[str]]]:

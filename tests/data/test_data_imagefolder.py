@@ -138,6 +138,16 @@ def test_images_beside_class_folders_are_counted(tmp_path):
     assert len(ds) == 1 and ds.info["n_ignored_outside_classes"] == 1
 
 
+def test_a_hidden_image_beside_the_class_folders_is_not_named_as_one(tmp_path):
+    """macOS's ``._loose.png`` beside the class folders is a resource fork, not an image left outside the classes: it is
+    counted with the other ignored files and named nowhere, as a hidden file inside a class folder is."""
+    _make(tmp_path / "cls", {"a.png": _noisy(8, 8)})
+    (tmp_path / "._loose.png").write_bytes(b"\x00\x05\x16\x07")  # AppleDouble magic, not a PNG
+    info = build_dataset(f"imagefolder:{tmp_path}", "train", 8).info
+    assert info["n_ignored_outside_classes"] == 0 and info["n_ignored_non_image"] == 1
+    assert "ignored_outside_classes_examples" not in info and "ignored_non_image_examples" not in info
+
+
 def test_the_bench_names_a_few_ignored_files_of_each_kind(tmp_path):
     """Files of a format not read (.heic) and images beside the class folders: counted, and now named in the bench's
     line (the first three of each; hidden files counted, not named); the limit check names them too."""
