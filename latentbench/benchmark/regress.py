@@ -201,6 +201,16 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
     return failures
 
 
+def _row_of(row: str, only: list[str]) -> bool:
+    """Whether golden row ``row`` is one of the families ``only``'s: its name is the family's `smoke` tokenizer
+    (``sdvae-smoke``) or that name with a result's variant (``flowmo-smoke (1b)``). Not a prefix of the family alias:
+    a family ``rae2`` registered beside ``rae`` owns ``rae2-smoke``, which ``rae`` must neither check nor replace."""
+    from latentbench.benchmark.protocol import load_protocol
+
+    names = [load_protocol(PROTOCOL).tokenizers[f] for f in only]
+    return any(row == n or row.startswith(f"{n} (") for n in names)
+
+
 def _check_golden_rows(golden: dict[str, Any], path: Path) -> None:
     """ValueError, before any bench runs, for a golden row that no `smoke` bench writes: its name must be a tokenizer
     of the protocol, or one with a result's variant (``flowmo-smoke (1b)``); otherwise it is reported only after
@@ -243,7 +253,7 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
                                  "so the seeds must start with 0 (e.g. 0,1,2)")
             golden = measure_golden(seeds, root, only, log, used)
             if only and Path(golden_path).is_file():  # the other families keep their golden values
-                kept = {k: v for k, v in load_golden(golden_path).items() if not any(k.startswith(f) for f in only)}
+                kept = {k: v for k, v in load_golden(golden_path).items() if not _row_of(k, only)}
                 golden = {**kept, **golden}
             write_golden(golden, seeds, golden_path, used)
             log(f"wrote {golden_path}")
@@ -254,8 +264,8 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
         counts: dict[str, dict[str, int]] = {}
         for family in only or families():
             measured.update(bench_rows(family, 0, root, log, used, counts))
-        if only:  # row names start with the family's size name (sdvae-smoke, flowmo-smoke (1b))
-            golden = {k: v for k, v in golden.items() if any(k.startswith(f) for f in only)}
+        if only:
+            golden = {k: v for k, v in golden.items() if _row_of(k, only)}
         for line in margins(golden, measured, counts, strict):
             log(f"  {line}")
         return check(golden, measured, counts, strict)

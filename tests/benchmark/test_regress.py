@@ -108,6 +108,23 @@ def test_updating_some_families_keeps_the_others(tmp_path, monkeypatch):
         regress(golden_path=path, update=True, seeds=[1, 2], only=["sdvae"], log=lambda s: None)
 
 
+def test_a_family_owns_its_rows_by_name_not_by_prefix(tmp_path, monkeypatch):
+    """`--families sdvae --update` replaced every row starting with "sdvae", so a family registered as ``sdvae2`` lost
+    its golden values (and a check of sdvae alone checked them too); now a family owns its smoke tokenizer's row
+    and that row with a result's variant."""
+    import latentbench.benchmark.regress as regress_module
+
+    other = {"psnr": {"value": 5.0, "tolerance": 0.5}}
+    path = write_golden({"sdvae-smoke": {"psnr": {"value": 1.0, "tolerance": 0.1}}, "sdvae2-smoke": other,
+                         "sdvae2-smoke (1b)": other}, [0, 1, 2], tmp_path / "g.yaml")
+    monkeypatch.setattr(regress_module, "measure_golden",
+                        lambda seeds, root, only, log, used: {"sdvae-smoke": {"psnr": {"value": 2.0, "tolerance": 0.2}}})
+    regress(golden_path=path, update=True, only=["sdvae"], log=lambda s: None)
+    assert load_golden(path) == {"sdvae-smoke": {"psnr": {"value": 2.0, "tolerance": 0.2}}, "sdvae2-smoke": other,
+                                 "sdvae2-smoke (1b)": other}
+    assert regress_module._row_of("flowmo-smoke (1b)", ["flowmo"]) and not regress_module._row_of("flowmo-smoke", ["rae"])
+
+
 def test_golden_file_round_trip(tmp_path):
     path = write_golden(_golden(), [0, 1, 2], tmp_path / "g.yaml")
     assert load_golden(path) == _golden()
@@ -117,11 +134,12 @@ def test_golden_file_round_trip(tmp_path):
 
 
 def test_committed_golden_covers_every_family_with_measured_tolerances():
+    import latentbench.benchmark.regress as regress_module
     from latentbench.benchmark.regress import families
 
     golden = load_golden()
     for family in families():
-        rows = [name for name in golden if name.startswith(family)]
+        rows = [name for name in golden if regress_module._row_of(name, [family])]
         assert rows, f"no golden row for {family}"
         for name in rows:
             for g in golden[name].values():
