@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -509,9 +510,17 @@ def _perceptual_notes(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _unavailable_notes(records: list[dict[str, Any]]) -> list[str]:
-    """One line per distinct reason a metric is missing."""
-    notes = sorted({f"{key}: {m['unavailable']}" for r in records for key, m in r["metrics"].items() if "unavailable" in m})
+    """One line per distinct reason a metric is missing; the measuring machine's torch hub folder is written as
+    ``$TORCH_HOME/hub`` (the record keeps the path), so the table reads the same for everyone and one reason
+    measured under two home folders is one line."""
+    notes = sorted({f"{key}: {_portable(m['unavailable'])}" for r in records for key, m in r["metrics"].items()
+                    if "unavailable" in m})
     return [f"- n/a — {note}" for note in notes]
+
+
+def _portable(reason: str) -> str:
+    # the path weights.py names, torch.hub.get_dir()/checkpoints/<file>: $TORCH_HOME/hub, ~/.cache/torch/hub by default
+    return re.sub(r"(?<!\S)/\S*?/hub/checkpoints/", "$TORCH_HOME/hub/checkpoints/", reason)
 
 
 def _gmacs(tokenizer: dict[str, Any]) -> str:

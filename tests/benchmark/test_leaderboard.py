@@ -69,6 +69,19 @@ def test_unavailable_metrics_and_intervals_are_rendered():
     assert "| n/a |" in table and "- n/a — lpips: LPIPS-alex needs weights" in table
 
 
+def test_the_note_on_missing_weights_names_no_machine_s_home_folder():
+    """The reason a metric is n/a names where its weights go on the measuring machine (/root/.cache/...); the table
+    writes that folder as $TORCH_HOME/hub, and the same reason from two home folders is one note."""
+    reason = ("LPIPS-alex needs torchvision's ImageNet backbone weights, which are not on this machine: download "
+              "https://download.pytorch.org/models/a.pth to {}/hub/checkpoints/a.pth (or point TORCH_HOME at a folder "
+              "whose hub/checkpoints/ holds it).")
+    records = [make_record("a"), make_record("b")]
+    for record, home in zip(records, ("/root/.cache/torch", "/home/ann/.cache/torch"), strict=True):
+        record["metrics"]["lpips"] = {"unavailable": reason.format(home)}
+    notes = [line for line in render_table(records).splitlines() if line.startswith("- n/a")]
+    assert notes == [f"- n/a — lpips: {reason.format('$TORCH_HOME')}"]
+
+
 def test_a_pipe_in_a_row_name_stays_in_its_cell():
     """A config named ``a|b`` split its row into one column more than the header has."""
     table = render_table([make_record("tok|a")])
