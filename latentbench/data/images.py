@@ -10,7 +10,8 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
   ``convert`` clips those values at 255 instead, which turns most of the image white.
 - 16-bit RGB and RGBA PNGs are opened by PIL as 8-bit RGB keeping each value's high byte
   (``value >> 8``) and are left so: torch-fidelity and ADM read them through PIL the same way.
-  That can differ by one level from the grayscale rounding above (200 -> 0, not 1).
+  That can differ by one level from the grayscale rounding above (200 -> 0, not 1). A 16-bit
+  grayscale + alpha PNG opens as such an RGBA (gray in R, G and B) and is reported as mode ``LA;16B``.
 - F (32-bit float) is taken to already be on the 0..255 scale: rounded and clipped.
   A float image with every value in [0, 1], or a 16/32-bit one with every value in 0..255,
   was most likely saved on another scale and reads as nearly black; ``decode`` says so
@@ -102,7 +103,7 @@ def load_rgb(source: str | Path | bytes, name: str | None = None) -> Image.Image
     """
     # not ``decode``: a training sample needs the pixels, not the scan's facts; nor its warning of a large image, which
     # the scan gave once (a training's loader workers would repeat it for every read of every epoch)
-    return _opened(source, name, to_rgb, warn_large=False)
+    return _opened(source, name, lambda img, _: to_rgb(img), warn_large=False)
 
 
 class Decoded(NamedTuple):
@@ -121,8 +122,16 @@ def decode(source: str | Path | bytes, name: str | None = None, warn_large: bool
 
     ``warn_large``: warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` here (``latentbench metrics``); a dataset's
     scan warns once for all its files instead, cached ones included (``warn_of_large_images``)."""
-    return _opened(source, name, lambda img: Decoded(to_rgb(img), img.mode, has_transparent_pixels(img), off_scale(img),
-                                                     exif_orientation(img), frames(img)), warn_large)
+    return _opened(source, name, lambda img, mode: Decoded(to_rgb(img), mode, has_transparent_pixels(img), off_scale(img),
+                                                           exif_orientation(img), frames(img)), warn_large)
+
+
+def _stored_mode(img: Image.Image) -> str:
+    """The file's own colour mode, read before ``load``: PIL's ``mode``, except where Pillow opens a file as another
+    mode. A 16-bit grayscale + alpha PNG opens as RGBA (8 bits, its gray in R, G and B): it is named ``LA;16B``, its
+    raw mode, so that it counts as grayscale (``latentbench metrics`` warns when gray is set against colour)."""
+    raw = getattr(getattr(img, "png", None), "im_rawmode", None)  # Pillow's PNG reader, before ``load`` closes it
+    return raw if img.mode == "RGBA" and isinstance(raw, str) and raw.startswith("LA;16") else img.mode
 
 
 def frames(img: Image.Image) -> int:
@@ -131,8 +140,10 @@ def frames(img: Image.Image) -> int:
     return 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
 
-def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image], T], warn_large: bool = True) -> T:
-    """``read`` of the file's loaded PIL image; BadImageError (as ``load_rgb``) for an empty or undecodable one, and
+def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image, str], T], warn_large: bool = True
+            ) -> T:
+    """``read`` of the file's loaded PIL image and its stored mode (``_stored_mode``); BadImageError (as ``load_rgb``)
+    for an empty or undecodable one, and
     with ``warn_large`` the warning of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (``_warn_if_large``)."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
@@ -142,8 +153,9 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size  # before ``read``: seeking a GIF's frames can change it
+            mode = _stored_mode(img)
             img.load()
-            result = read(img)
+            result = read(img, mode)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Image.DecompressionBombError as err:  # Pillow's words end in "DOS attack." and name no fix

@@ -378,6 +378,44 @@ def test_colour_conversions_that_change_the_numbers_are_warned_of(tmp_path):
         folder_metrics(real, fake, psnr=True)  # an opaque alpha band changes nothing: no transparency warning
 
 
+def _write_la16_png(path, gray16):
+    """A 16-bit grayscale + alpha PNG (colour type 4), opaque; Pillow cannot write one, so its chunks are written here."""
+    import struct
+    import zlib
+
+    h, w = gray16.shape
+    rows = [b"\x00" + np.dstack([row, np.full_like(row, 65535)]).astype(">u2").tobytes() for row in gray16[:, None]]
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"".join(rows))) + chunk(b"IEND", b""))
+
+
+def test_a_16_bit_gray_alpha_png_counts_as_grayscale(tmp_path):
+    """Pillow opens a 16-bit grayscale + alpha PNG as RGBA, so against an 8-bit grayscale real image it was warned of as
+    "a grayscale image against a colour one (real L, fake RGBA)"; it is named LA;16B and counts as grayscale."""
+    import warnings
+
+    from latentbench.data.images import decode
+
+    real, fake = tmp_path / "real", tmp_path / "fake"
+    real.mkdir(), fake.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        gray = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+        Image.fromarray(gray, "L").save(real / f"{i}.png")
+        _write_la16_png(fake / f"{i}.png", gray.astype(np.uint16) * 257)  # the same image at 16 bits
+    decoded = decode(fake / "0.png")
+    assert decoded.mode == "LA;16B" and not decoded.transparent
+    assert np.array_equal(np.asarray(decoded.image)[..., 0], np.asarray(Image.open(real / "0.png")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        out = folder_metrics(real, fake, psnr=True)
+    assert out["psnr"]["exact"] == 3
+
+
 def test_fid_folders_of_different_colour_are_warned_of(tmp_path):
     real, fake, pairs = _folders(tmp_path, n=6, size=32)
     for i, (_, b) in enumerate(pairs):
