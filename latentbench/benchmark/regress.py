@@ -218,7 +218,7 @@ def _check_golden_rows(golden: dict[str, Any], path: Path) -> None:
     from latentbench.benchmark.protocol import load_protocol
 
     names = sorted(load_protocol(PROTOCOL).tokenizers.values())
-    unknown = [row for row in golden if not any(row == n or row.startswith(f"{n} (") for n in names)]
+    unknown = [row for row in golden if not _row_of(row, families())]
     if unknown:
         raise ValueError(f"golden file {path}: row(s) {unknown} are no {PROTOCOL} bench's (its tokenizers: "
                          f"{', '.join(names)}, FlowMo's as '<name> (1a)' / '(1b)'): fix the row names, or re-measure "
