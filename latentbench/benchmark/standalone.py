@@ -22,7 +22,7 @@ from latentbench.data import IMAGE_EXTENSIONS, BadImageError
 from latentbench.data.images import Decoded, combine_bad_images, decode
 
 # PIL modes without colour: an image in one of them is measured as its gray level replicated to R, G and B
-# (LA;16B: a 16-bit grayscale + alpha PNG, which Pillow opens as RGBA; ``latentbench.data.images._stored_mode``)
+# (LA;16B: a 16-bit grayscale + alpha PNG, which Pillow opens as RGBA; ``latentbench.data.images.file_mode``)
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N", "LA;16B"})
 
 

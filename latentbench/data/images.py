@@ -8,14 +8,14 @@ Colour conventions (the ADM / torch-fidelity ones, so that reference statistics 
 - 16-bit integer modes (I;16, I;16B, I;16L and I, which is how PIL opens some 16-bit files)
   are scaled to 8 bit by ``round(value / 257)``, so 65535 -> 255 and 32896 -> 128. PIL's own
   ``convert`` clips those values at 255 instead, which turns most of the image white.
-- 16-bit RGB and RGBA PNGs are opened by PIL as 8-bit RGB keeping each value's high byte
+- 16-bit RGB and RGBA PNGs (and TIFFs) are opened by PIL as 8-bit RGB keeping each value's high byte
   (``value >> 8``) and are left so: torch-fidelity and ADM read them through PIL the same way.
   That can differ by one level from the grayscale rounding above (200 -> 0, not 1). A 16-bit
   grayscale + alpha PNG opens as such an RGBA (gray in R, G and B) and is reported as mode ``LA;16B``.
 - F (32-bit float) is taken to already be on the 0..255 scale: rounded and clipped.
   A float image with every value in [0, 1], or a 16/32-bit one with every value in 0..255,
-  was most likely saved on another scale and reads as nearly black; ``decode`` says so
-  (``off_scale``) and ``latentbench metrics`` warns of it.
+  was most likely saved on another scale and reads as nearly black (a 16-bit RGB one as black:
+  every high byte is 0); ``decode`` says so (``off_scale``) and ``latentbench metrics`` warns of it.
 - EXIF orientation is not applied (ADM and torch-fidelity do not apply it either; Hugging Face
   ``datasets`` does): ``decode`` reports the tag and ``latentbench metrics`` warns of it.
 
@@ -122,16 +122,16 @@ def decode(source: str | Path | bytes, name: str | None = None, warn_large: bool
 
     ``warn_large``: warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` here (``latentbench metrics``); a dataset's
     scan warns once for all its files instead, cached ones included (``warn_of_large_images``)."""
-    return _opened(source, name, lambda img, mode: Decoded(to_rgb(img), mode, has_transparent_pixels(img), off_scale(img),
-                                                           exif_orientation(img), frames(img)), warn_large)
+    return _opened(source, name, lambda img, stored: Decoded(to_rgb(img), file_mode(img, stored), has_transparent_pixels(img),
+                                                             off_scale(img, stored), exif_orientation(img), frames(img)),
+                   warn_large)
 
 
-def _stored_mode(img: Image.Image) -> str:
-    """The file's own colour mode, read before ``load``: PIL's ``mode``, except where Pillow opens a file as another
-    mode. A 16-bit grayscale + alpha PNG opens as RGBA (8 bits, its gray in R, G and B): it is named ``LA;16B``, its
-    raw mode, so that it counts as grayscale (``latentbench metrics`` warns when gray is set against colour)."""
-    raw = getattr(getattr(img, "png", None), "im_rawmode", None)  # Pillow's PNG reader, before ``load`` closes it
-    return raw if img.mode == "RGBA" and isinstance(raw, str) and raw.startswith("LA;16") else img.mode
+def file_mode(img: Image.Image, stored: str) -> str:
+    """The file's own colour mode: PIL's ``mode``, except where Pillow opens a file as another mode. A 16-bit
+    grayscale + alpha PNG opens as RGBA (8 bits, its gray in R, G and B) and is named by its raw mode ``stored``
+    (``LA;16B``), so that it counts as grayscale (``latentbench metrics`` warns when gray is set against colour)."""
+    return stored if img.mode == "RGBA" and stored.startswith("LA;16") else img.mode
 
 
 def frames(img: Image.Image) -> int:
@@ -140,11 +140,11 @@ def frames(img: Image.Image) -> int:
     return 1 if img.format == "MPO" else getattr(img, "n_frames", 1)
 
 
-def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image, str], T], warn_large: bool = True
-            ) -> T:
-    """``read`` of the file's loaded PIL image and its stored mode (``_stored_mode``); BadImageError (as ``load_rgb``)
-    for an empty or undecodable one, and
-    with ``warn_large`` the warning of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` (``_warn_if_large``)."""
+def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.Image, str], T],
+            warn_large: bool = True) -> T:
+    """``read`` of the file's loaded PIL image and its ``stored_rawmode``; BadImageError (as ``load_rgb``) for an empty
+    or undecodable one, and with ``warn_large`` the warning of an image over ``PIL.Image.MAX_IMAGE_PIXELS``
+    (``_warn_if_large``)."""
     name = str(source) if name is None else name
     data = source if isinstance(source, bytes) else _read(source, name)
     if not data:
@@ -153,9 +153,9 @@ def _opened(source: str | Path | bytes, name: str | None, read: Callable[[Image.
     try:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size  # before ``read``: seeking a GIF's frames can change it
-            mode = _stored_mode(img)
+            stored = stored_rawmode(img)  # before ``load``, which clears the tiles that say it
             img.load()
-            result = read(img, mode)
+            result = read(img, stored)
     except UnidentifiedImageError as err:
         raise BadImageError(name, "not a recognised image format") from err
     except Image.DecompressionBombError as err:  # Pillow's words end in "DOS attack." and name no fix
@@ -233,10 +233,27 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def off_scale(img: Image.Image) -> str | None:
+def stored_rawmode(img: Image.Image) -> str:
+    """How an opened, not yet loaded, file lays out its pixels: Pillow's raw mode of its first tile ("RGB;16B" for a
+    16-bit RGB PNG, "RGB" for an 8-bit one), or "" where the plugin gives none. Loading clears the tiles, and the mode
+    of a 16-bit RGB file is the 8-bit "RGB" it is read as."""
+    if not img.tile:
+        return ""
+    args = img.tile[0][3]  # (codec, extents, offset, args): a tuple before Pillow 11, a named tuple since
+    rawmode = args[0] if isinstance(args, tuple) and args else args
+    return rawmode if isinstance(rawmode, str) else ""
+
+
+def off_scale(img: Image.Image, stored: str = "") -> str | None:
     """Why a float or 16/32-bit image looks saved on a narrower scale than the one it is read on (float 0..255,
     integer 0..65535), or None: every value in [0, 1] (a [0, 1] float image) or in 0..255 (8-bit data in a wider
-    integer file). Such an image converts to nearly black, and its metrics are silently wrong."""
+    integer file). Such an image converts to nearly black, and its metrics are silently wrong.
+
+    ``stored``: the file's ``stored_rawmode``. Pillow reads a file of 16 bits per colour channel (RGB, RGBA and LA PNGs
+    and TIFFs) as 8-bit by each value's high byte, so only the loaded image's colour channels being 0 everywhere
+    tell that every value was in 0..255 (the low bytes are gone: an all-black 16-bit image is reported too, and reads
+    black either way). Without this, two folders of such files measured as identical black images: PSNR inf, SSIM 1.
+    """
     if img.mode == "F":
         low, high = img.getextrema()
         return "every value in [0, 1]" if low >= 0 and 0 < high <= 1 else None
@@ -244,6 +261,10 @@ def off_scale(img: Image.Image) -> str | None:
         values = np.asarray(img)
         low, high = int(values.min()), int(values.max())
         return "every value in 0..255" if low >= 0 and 0 < high <= 255 else None
+    if stored.endswith((";16B", ";16L", ";16N")):  # 16 bits per channel ("BGR;16" is a BMP's 5-6-5 pixel)
+        values = np.asarray(img)
+        colour = values[..., :-1] if img.mode in ALPHA_MODES else values  # alpha is dropped, not measured
+        return None if colour.any() else "16 bits per channel, every value in 0..255"
     return None
 
 

@@ -54,7 +54,8 @@ import PIL
 
 from latentbench.paths import default_cache_dir
 
-SCAN_FORMAT = 1  # bump when what the scan checks (images.load_rgb) changes: every entry is then stale
+SCAN_FORMAT = 2  # bump when what the scan checks (images.load_rgb) changes: every entry is then stale (2: the
+# scale doubt of 16-bit RGB files, which format 1 stored as none)
 FILE_NAME = "scans-v1.sqlite"  # the table's layout; SCAN_FORMAT versions the entries in it
 RACY_NS = 2_000_000_000  # FAT's mtime tick is 2 s; ext4, XFS and NFS are finer
 ENV = "LATENTBENCH_SCAN_CACHE"

@@ -452,6 +452,25 @@ def test_images_saved_on_another_scale_are_warned_of(tmp_path):
         folder_metrics(real, fake, psnr=True)
 
 
+def test_16bit_rgb_files_of_8bit_values_are_warned_of_not_measured_as_identical_silently(tmp_path):
+    """16-bit RGB TIFFs (as tifffile and scikit-image save a uint16 array) holding 0..255 values read black on both
+    sides, Pillow keeping each value's high byte: the pairs measured PSNR inf and SSIM 1 without a word, though
+    they differ."""
+    import tifffile  # scikit-image's dependency
+
+    real, fake, pairs = _folders(tmp_path, n=3, size=32)
+    for folder, side in ((real, 0), (fake, 1)):
+        for i, pair in enumerate(pairs):
+            name = f"sub/{i}.png" if i % 2 else f"{i}.png"
+            (folder / name).unlink()
+            tifffile.imwrite((folder / name).with_suffix(".tif"), pair[side].astype(np.uint16))
+    with pytest.warns(UserWarning) as record:
+        out = folder_metrics(real, fake, psnr=True, ssim=True)
+    assert out["psnr"]["value"] == float("inf") and out["ssim"]["value"] == 1  # measured as read: black against black
+    assert [re.search(r"^3 (real|fake) image\(s\) look saved on another scale .*\(e.g. .*0.tif: RGB with 16 bits per "
+                      r"channel, every value in 0..255\)", str(w.message))[1] for w in record] == ["real", "fake"]
+
+
 def test_exif_orientation_is_warned_of_and_a_turned_partner_explained(tmp_path):
     """Camera JPEGs carry an EXIF orientation that ADM and torch-fidelity do not apply, but Hugging Face datasets
     does: fakes made from the turned images were compared turned (square) or refused as another size, without a word

@@ -60,16 +60,17 @@ def test_16bit_png_is_scaled_not_clipped():
 
 
 def _rgb16_png(values: np.ndarray) -> bytes:
-    """A 16-bit RGB PNG written by hand (PIL cannot write one): (H, W, 3) big-endian uint16."""
+    """A 16-bit RGB (or, given 4 channels, RGBA) PNG written by hand (PIL cannot write one): (H, W, C) uint16."""
     import struct
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    h, w, _ = values.shape
+    h, w, c = values.shape
     raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in values)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+    colour_type = {3: 2, 4: 6}[c]  # PNG's RGB, RGBA
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
@@ -77,6 +78,23 @@ def test_16bit_rgb_png_keeps_the_high_byte_as_pil_torch_fidelity_and_adm_read_it
     values = np.array([[[200, 383, 32896], [65535, 0, 65534]]], dtype=np.uint16)
     arr = np.asarray(load_rgb(_rgb16_png(values), "rgb16.png"))
     assert arr.tolist() == (values >> 8).tolist() == [[[0, 1, 128], [255, 0, 255]]]  # round(v / 257) would give 1 for 200
+
+
+def test_a_16bit_rgb_file_of_0_to_255_values_is_reported_off_scale():
+    """Pillow reads a 16-bit RGB(A) PNG or TIFF by each value's high byte, into mode "RGB": one holding 8-bit values
+    read as black with no doubt reported (its mode looked 8-bit), so two folders of them measured PSNR inf, SSIM 1."""
+    from latentbench.data.images import decode
+
+    low = np.arange(48, dtype=np.uint16).reshape(4, 4, 3) * 5  # 0..235: 8-bit data in a 16-bit file
+    decoded = decode(_rgb16_png(low), "low.png")
+    assert decoded.mode == "RGB" and not np.asarray(decoded.image).any()  # read black, as torch-fidelity reads it
+    assert decoded.off_scale == "16 bits per channel, every value in 0..255"
+    opaque = np.concatenate([low, np.full((4, 4, 1), 65535, np.uint16)], axis=2)  # alpha is not a colour value
+    assert decode(_rgb16_png(opaque), "low_rgba.png").off_scale == "16 bits per channel, every value in 0..255"
+    assert decode(_rgb16_png(low * 257), "full.png").off_scale is None  # the same image on the 16-bit scale
+    assert decode(_rgb16_png(opaque * 0 + 256), "dim.png").off_scale is None  # a high byte of 1: on the 16-bit scale
+    eight_bit = _png_bytes(Image.fromarray(np.zeros((4, 4, 3), np.uint8)))
+    assert decode(eight_bit, "black.png").off_scale is None  # black at 8 bits is black, not off-scale
 
 
 def test_float_mode_is_clipped():
