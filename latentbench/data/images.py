@@ -122,9 +122,11 @@ def decode(source: str | Path | bytes, name: str | None = None, warn_large: bool
 
     ``warn_large``: warn of an image over ``PIL.Image.MAX_IMAGE_PIXELS`` here (``latentbench metrics``); a dataset's
     scan warns once for all its files instead, cached ones included (``warn_of_large_images``)."""
-    return _opened(source, name, lambda img, stored: Decoded(to_rgb(img), file_mode(img, stored), has_transparent_pixels(img),
-                                                             off_scale(img, stored), exif_orientation(img), frames(img)),
-                   warn_large)
+    def read(img: Image.Image, stored: str) -> Decoded:
+        return Decoded(to_rgb(img), file_mode(img, stored), has_transparent_pixels(img), off_scale(img, stored),
+                       exif_orientation(img), frames(img))
+
+    return _opened(source, name, read, warn_large)
 
 
 def file_mode(img: Image.Image, stored: str) -> str:
