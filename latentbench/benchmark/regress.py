@@ -17,9 +17,10 @@ machine that trains in another one (a CPU without fast bf16 falls back to 32-tru
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,23 @@ def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_P
     return path
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: it keeps the last silently, so a row or metric
+    pasted twice into a hand-edited golden file would check against whichever came last."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):  # PyYAML's own check below names it
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice in one mapping",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
     """The golden values, checked before any bench runs: ValueError naming the row and metric of a damaged entry."""
     if not Path(path).is_file():
@@ -124,12 +142,15 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
                                 "(on a machine that trains in that file's precision, or with --precision)")
     fix = "restore it (git checkout) or re-measure it with `latentbench regress --update`"
     try:
-        golden = yaml.safe_load(Path(path).read_text())
+        golden = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"golden file {path} is not valid YAML ({' '.join(str(e).split())}): {fix}") from None
     if not isinstance(golden, dict) or not golden:
         raise ValueError(f"golden file {path} holds no rows: {fix}")
     for name, metrics in golden.items():
+        if not isinstance(name, str):  # YAML reads `123:`, `null:` or `true:` as no string: checked before any bench runs
+            raise ValueError(f"golden file {path}: row {name!r} is not a row name (YAML read it as "
+                             f"{type(name).__name__}): name a tokenizer's row, such as sdvae-smoke, or {fix}")
         if not isinstance(metrics, dict) or not metrics:
             raise ValueError(f"golden file {path}: row {name!r} holds no metrics: {fix}")
         for metric, entry in metrics.items():
@@ -141,8 +162,22 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
                 if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
                         or (key == "tolerance" and value < 0)):
                     raise ValueError(f"golden file {path}: {name} {metric} needs a finite numeric {key!r}"
-                                     f"{' >= 0' if key == 'tolerance' else ''}, got {value!r}: {fix}")
+                                     f"{' >= 0' if key == 'tolerance' else ''}, got {value!r}{_as_string(value)}: {fix}")
     return golden
+
+
+def _as_string(value: Any) -> str:
+    """Why a number in the golden file arrived as a string, if it did: PyYAML (YAML 1.1) reads ``1e-3``, without a dot,
+    as one, so a hand-written tolerance was refused with no word of what to change."""
+    if not isinstance(value, str):
+        return ""
+    if re.fullmatch(r"[-+]?[0-9]+[eE][-+]?[0-9]+", value.strip()):
+        return f" (a string: YAML reads a number without a dot as one; write {value.strip().lower().replace('e', '.0e', 1)})"
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return " (a string: write the number without quotes)"
 
 
 def _tolerance(name: str, metric: str, g: dict[str, Any], counts: dict[str, dict[str, int]] | None,

@@ -43,6 +43,17 @@ def test_margins_show_every_checked_metric_and_the_unchecked_ones():
     ("tok-smoke: 3", "row 'tok-smoke' holds no metrics"),
     ("[1, 2]", "holds no rows"),
     ("tok-smoke: {psnr: [", "is not valid YAML"),
+    # a row name YAML reads as no string stopped the gate with an AttributeError's traceback ('int' has no startswith)
+    ("123: {psnr: {value: 20.0, tolerance: 1}}", "row 123 is not a row name (YAML read it as int)"),
+    ("null: {psnr: {value: 20.0, tolerance: 1}}", "row None is not a row name (YAML read it as NoneType)"),
+    # PyYAML reads 1e-2 (no dot) as a string: refused with no word of why
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: 1e-2}}", "got '1e-2' (a string: YAML reads a number without a dot as "
+                                                          "one; write 1.0e-2)"),
+    ("tok-smoke: {psnr: {value: '20.0', tolerance: 1}}", "got '20.0' (a string: write the number without quotes)"),
+    # a key given twice was taken from its last occurrence, silently
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: 1}}\ntok-smoke: {psnr: {value: 2.0, tolerance: 1}}",
+     "'tok-smoke' is given twice in one mapping"),
+    ("tok-smoke: {psnr: {value: 20.0, tolerance: 1, value: 2.0}}", "'value' is given twice in one mapping"),
 ])
 def test_a_damaged_golden_file_is_refused_before_any_bench(tmp_path, text, message):
     path = tmp_path / "golden.yaml"
