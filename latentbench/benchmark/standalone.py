@@ -127,12 +127,19 @@ def list_images(directory: str | Path) -> dict[str, Path]:
 
     root = check_folder(directory)
     others: list[str] = []
-    files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root, others)}
+    revisits: list[tuple[str, str]] = []
+    files = {Path(p).relative_to(root).as_posix(): Path(p) for p in image_files(root, others, revisits)}
     if not files:
         raise ValueError(f"image folder {root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     if others:
         shown = ", ".join(Path(p).relative_to(root).as_posix() for p in others[:3]) + (", ..." if len(others) > 3 else "")
         warnings.warn(f"{root}: {len(others)} file(s) that are not images ignored ({shown})", stacklevel=1)
+    if revisits:  # else a pair under such a path was reported "only in" the other folder, with no word of why
+        again, first = (Path(p).relative_to(root).as_posix() for p in revisits[0])
+        warnings.warn(f"{root}: {len(revisits)} folder(s) reached again through a link are not read again (e.g. "
+                      f"{again}/, the folder {first}/ read already): each folder is read once, as a bench reads an image "
+                      f"folder, so no file is listed under {again}/; copy the files there if the other folder pairs "
+                      "them under that path", stacklevel=1)
     return files
 
 

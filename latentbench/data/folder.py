@@ -179,23 +179,26 @@ def _identity(directory: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _list_files(directory: Path, recursive: bool, outside: dict[tuple[int, int], Path] | None = None
-                ) -> tuple[list[str], list[str]]:
+def _list_files(directory: Path, recursive: bool, outside: dict[tuple[int, int], Path] | None = None,
+                revisits: list[tuple[str, str]] | None = None) -> tuple[list[str], list[str]]:
     """Sorted image paths under ``directory``, and the other files next to them (ignored), from one listing.
 
     Hidden files (``.*``: macOS's ``._name.png`` resource forks, editor backups) are not images of
-    the folder, as hidden folders are not classes.
+    the folder, as hidden folders are not classes. ``revisits``: as ``_walk``'s.
     """
-    files = [os.path.join(d, f) for d, names in _walk(directory, outside) for f in names] if recursive else _files_in(directory)
+    files = ([os.path.join(d, f) for d, names in _walk(directory, outside, revisits) for f in names] if recursive
+             else _files_in(directory))
     is_listed = [is_image_file(f) and not _hidden(f) for f in files]
     return [f for f, listed in zip(files, is_listed, strict=True) if listed], [f for f, listed in zip(files, is_listed, strict=True) if not listed]
 
 
-def image_files(directory: str | Path, others: list[str] | None = None) -> list[str]:
+def image_files(directory: str | Path, others: list[str] | None = None,
+                revisits: list[tuple[str, str]] | None = None) -> list[str]:
     """Sorted image paths under ``directory``, recursively, listed as the bench's image folders are: hidden
     files and folders and ``__MACOSX`` left out, links followed, each folder entered once. ``others``, when
-    given, receives the files of the same listing that are not images (hidden ones aside)."""
-    images, rest = _list_files(Path(directory), recursive=True)
+    given, receives the files of the same listing that are not images (hidden ones aside); ``revisits``, the
+    folders reached again through a link (``_walk``), whose files are listed under their first path only."""
+    images, rest = _list_files(Path(directory), recursive=True, revisits=revisits)
     if others is not None:
         others += [f for f in rest if not _hidden(f)]
     return images
@@ -206,27 +209,31 @@ def _hidden(path: str) -> bool:
     return os.path.basename(path).startswith(".")
 
 
-def _walk(directory: Path, outside: dict[tuple[int, int], Path] | None = None) -> list[tuple[str, list[str]]]:
+def _walk(directory: Path, outside: dict[tuple[int, int], Path] | None = None,
+          revisits: list[tuple[str, str]] | None = None) -> list[tuple[str, list[str]]]:
     """(folder, sorted file names) under ``directory``, sorted; links followed, each real folder entered once.
     A link that reaches one of the folders ``outside`` (by device and inode: the split's root, other classes)
-    is refused, naming it.
+    is refused, naming it. ``revisits``, when given, receives (path, path it was listed under) of each folder
+    reached again, which is not listed again.
 
     Hand-written around ``os.walk`` because its ``followlinks=True`` walks a link to a parent
     forever-deep (until the path is too long) and its default ``onerror`` drops an unreadable
     folder without a word.
     """
-    seen: set[tuple[int, int]] = set()
+    seen: dict[tuple[int, int], str] = {}  # each folder's identity: the path it was listed under
     out = []
     for folder, dirs, names in os.walk(directory, followlinks=True, onerror=_cannot_list):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:  # reached again through a link: its images are listed already
+            if revisits is not None:
+                revisits.append((folder, seen[(st.st_dev, st.st_ino)]))
             dirs[:] = []
             continue
         if outside and (st.st_dev, st.st_ino) in outside:
             raise ValueError(f"{folder}, reached through a link inside class folder {directory}, is "
                              f"{outside[(st.st_dev, st.st_ino)]}, the split's root or another class's folder: its images "
                              f"would be listed again under {Path(directory).name}'s label; remove the link")
-        seen.add((st.st_dev, st.st_ino))
+        seen[(st.st_dev, st.st_ino)] = folder
         dirs[:] = sorted(d for d in dirs if not _skipped_folder(d))
         out.append((folder, sorted(names)))
     return sorted(out)

@@ -506,3 +506,16 @@ def test_images_of_several_frames_are_warned_of(tmp_path):
                                          r"GIF or a multi-page TIFF\): only the first frame is measured"):
         result = folder_metrics(real, fake, psnr=True)
     assert result["psnr"]["n"] == 2
+
+
+def test_a_folder_linked_twice_is_said_to_be_read_once(tmp_path):
+    """fake/b, a link to fake/a, is read once (as a bench reads an image folder): the real folder's b/ files were
+    reported "only in real" with no word of why, though `ls fake/b` shows them."""
+    real, fake, pairs = _folders(tmp_path, n=2, size=32)
+    (real / "sub2").mkdir()
+    Image.fromarray(pairs[1][0]).save(real / "sub2" / "1.png")
+    (fake / "sub2").symlink_to("sub", target_is_directory=True)
+    with pytest.warns(UserWarning, match=r"fake: 1 folder\(s\) reached again through a link are not read again \(e\.g\. "
+                                         r"sub2/, the folder sub/ read already\)"):
+        with pytest.raises(ValueError, match=r"only in real: \['sub2/1\.png'\]"):
+            folder_metrics(real, fake, psnr=True)
