@@ -31,6 +31,7 @@ is not safe to do) and only for its exact words: other Pillow warnings are left 
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple, TypeVar
@@ -287,6 +288,8 @@ def _read(path: str | Path, name: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as err:
+        if Path(path).is_symlink() and not Path(path).exists():  # `ls` lists it, so "No such file" alone puzzles
+            raise BadImageError(name, f"a broken link: it points to {os.readlink(path)}, which does not exist") from err
         raise BadImageError(name, f"cannot read file: {err}") from err
 
 

@@ -203,6 +203,14 @@ def test_missing_file_is_bad_image(tmp_path):
         load_rgb(tmp_path / "nope.png")
 
 
+def test_a_broken_link_is_named_as_one(tmp_path):
+    """A link whose target is gone is listed by `ls` (and by the folder scan), but read as "No such file or directory"
+    of its own name, which did not say why."""
+    (tmp_path / "x.png").symlink_to("moved/x.png")
+    with pytest.raises(BadImageError, match=r"x\.png: a broken link: it points to moved/x\.png, which does not exist"):
+        load_rgb(tmp_path / "x.png")
+
+
 def test_decode_reports_the_mode_read_and_transparent_pixels(tmp_path):
     """What `metrics` warns of: the file's own mode, and alpha below 255 anywhere (an alpha band, or a palette's
     transparency key), dropped by the conversion to RGB."""
