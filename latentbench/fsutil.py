@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -98,16 +99,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+@functools.cache
+def unique_key_loader() -> type:
+    """PyYAML's safe loader, refusing a key given twice in one mapping (a ``ConstructorError`` at the second one's line):
+    PyYAML keeps the last silently, so a key pasted twice into a hand-edited config, protocol or golden file would
+    take whichever came last. A function, so that importing this module does not import PyYAML."""
+    from collections.abc import Hashable
+
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):  # PyYAML's own check in construct_mapping names it
+                    continue
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice in one mapping",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def load_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """A YAML file that must hold a mapping (``what`` names it in errors: "tokenizer config", "protocol").
 
     Raises:
-        ValueError: the file is not valid YAML, or holds a list or a scalar: naming the file and the place.
+        ValueError: the file is not valid YAML (a key given twice in one mapping included), or holds a list or a
+            scalar: naming the file and the place.
     """
     import yaml
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yaml.load(Path(path).read_text(), Loader=unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as err:  # one line with the place; PyYAML's own text spans lines and names "<unicode string>"
         mark = err.problem_mark or err.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""

@@ -95,6 +95,8 @@ def test_a_folder_or_a_file_in_the_way_is_named_before_writing(tmp_path):
     ("name: x\ndata: {source: mnist\n", "line 3, column 1: expected ',' or '}', but got '<stream end>' "
                                         "(while parsing a flow mapping from line 2)"),
     ("name: x\n  bad: [1\n", "line 2, column 6: mapping values are not allowed here"),
+    # a key given twice: PyYAML kept the last silently, so `train: {max_steps: 800}` pasted below an edited one won
+    ("name: x\ntrain:\n  max_steps: 100\n  max_steps: 800\n", "line 4, column 3: 'max_steps' is given twice in one mapping"),
 ])
 def test_a_yaml_syntax_error_is_one_line_with_its_place(tmp_path, text, line):
     """PyYAML's message spans four lines, names the file as "<unicode string>" and draws a caret under the place."""

@@ -20,13 +20,13 @@ import math
 import re
 import statistics
 import tempfile
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from latentbench.fsutil import atomic_write_text
+from latentbench.fsutil import atomic_write_text, unique_key_loader
 from latentbench.paths import CONFIG_DIR
 
 GOLDEN_PATH = CONFIG_DIR / "regress" / "smoke.yaml"
@@ -118,23 +118,6 @@ def write_golden(golden: dict[str, Any], seeds: list[int], path: Path = GOLDEN_P
     return path
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing a key given twice in one mapping: it keeps the last silently, so a row or metric
-    pasted twice into a hand-edited golden file would check against whichever came last."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, Hashable):  # PyYAML's own check below names it
-                continue
-            if key in seen:
-                raise yaml.constructor.ConstructorError(None, None, f"{key!r} is given twice in one mapping",
-                                                        key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
     """The golden values, checked before any bench runs: ValueError naming the row and metric of a damaged entry."""
     if not Path(path).is_file():
@@ -142,7 +125,7 @@ def load_golden(path: Path = GOLDEN_PATH) -> dict[str, Any]:
                                 "(on a machine that trains in that file's precision, or with --precision)")
     fix = "restore it (git checkout) or re-measure it with `latentbench regress --update`"
     try:
-        golden = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        golden = yaml.load(Path(path).read_text(), Loader=unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"golden file {path} is not valid YAML ({' '.join(str(e).split())}): {fix}") from None
     if not isinstance(golden, dict) or not golden:

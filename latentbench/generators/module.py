@@ -27,11 +27,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from torch import Tensor, nn
 
 from latentbench.batching import chunks
 from latentbench.generators import seeding
+from latentbench.fsutil import load_yaml_mapping
 from latentbench.paths import CONFIG_DIR, display_path
 from latentbench.registry import require_positive
 
@@ -68,7 +68,7 @@ def resolve_generator(arg: str) -> GeneratorConfig:
             return GeneratorConfig(name=arg)
     if not path.is_file():
         raise FileNotFoundError(f"generator config {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = load_yaml_mapping(path, "generator config")
     unknown = set(raw) - {"name", "init_args", "transport", "module_args"}
     if unknown or "name" not in raw:
         raise ValueError(f"generator config {path} needs 'name' and may have init_args, transport, module_args; "

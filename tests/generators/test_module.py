@@ -232,3 +232,18 @@ def test_learning_rate_schedule_warmup_then_rae_linear_decay():
     assert sched.get_last_lr()[0] == pytest.approx(2e-4 * 0.55)
     with pytest.raises(ValueError, match="decay_start < decay_end"):
         GeneratorModule("dit-smoke", [4, 8, 8], 10, final_lr=1e-5, decay_start=0.5, decay_end=0.2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- name: dit\n", "must hold a mapping of keys (name: ..., ...), not a list"),  # was TypeError: unhashable type
+    ("name: dit\ninit_args: {depth: 2}\ninit_args: {depth: 4}\n", "line 3, column 1: 'init_args' is given twice"),
+    ("name: dit\nbad: [1\n", "line 3, column 1: expected ',' or ']'"),
+])
+def test_a_malformed_generator_config_is_one_line_naming_it(tmp_path, text, message):
+    """A generator config is read as protocols and tokenizer configs are (``load_yaml_mapping``): a list crashed with
+    a TypeError, a key given twice took its last value silently, and a syntax error was PyYAML's four lines."""
+    path = tmp_path / "gen.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        resolve_generator(str(path))
+    assert str(err.value).startswith(f"generator config {path} ") and message in str(err.value)
