@@ -59,10 +59,12 @@ def gate_precision(requested: str = "auto") -> str:
 
 
 def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = print,
-               precision: str = "auto", counts: dict[str, dict[str, int]] | None = None) -> dict[str, dict[str, float]]:
+               precision: str = "auto", counts: dict[str, dict[str, int]] | None = None,
+               unavailable: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, float]]:
     """Run the `smoke` bench of ``family`` with ``seed``; metric values of every row it wrote, by row name.
 
-    ``counts``, when given, receives each metric's sample count ``n`` by row name (for ``check``).
+    ``counts``, when given, receives each metric's sample count ``n`` by row name (for ``check``); ``unavailable``,
+    the reason the bench gave for each metric it could not measure (LPIPS without its weights), by row name.
     """
     from latentbench.benchmark.harness import run_bench
     from latentbench.benchmark.leaderboard import display_name, read_records
@@ -76,6 +78,8 @@ def bench_rows(family: str, seed: int, root: Path, log: Callable[[str], None] = 
         rows[name] = {k: float(m["value"]) for k, m in metrics.items()}
         if counts is not None:
             counts[name] = {k: int(m["n"]) for k, m in metrics.items() if m.get("n")}
+        if unavailable is not None:
+            unavailable[name] = {k: str(m["unavailable"]) for k, m in record["metrics"].items() if "unavailable" in m}
     log(f"  {family} seed {seed}: " + "; ".join(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(m.items()))
                                                for name, m in rows.items()))
     return rows
@@ -190,14 +194,16 @@ def margins(golden: dict[str, Any], measured: dict[str, dict[str, float]],
 
 
 def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
-          counts: dict[str, dict[str, int]] | None = None, strict: bool = False) -> list[str]:
+          counts: dict[str, dict[str, int]] | None = None, strict: bool = False,
+          unavailable: dict[str, dict[str, str]] | None = None) -> list[str]:
     """One line per regression: a metric further from golden than its tolerance (worse, or better: an intended
     improvement is taken in with ``--update``), a missing row/metric, or a measured row without golden values
     (which would otherwise pass unchecked).
 
     ``counts``: the sample count behind each measured metric (``bench_rows``); a ``COUNTED`` metric's
     tolerance is then at least one sample's worth, 1 / n. ``strict``: every tolerance is float rounding
-    (``STRICT_TOLERANCE`` of the value), for changes meant to move no number.
+    (``STRICT_TOLERANCE`` of the value), for changes meant to move no number. ``unavailable``: the bench's reason for
+    each metric it could not measure (``bench_rows``), said with that metric's "missing" line.
     """
     failures = [f"{name}: no golden values (add them with `latentbench regress --update --families ...`)"
                 for name in sorted(set(measured) - set(golden))]
@@ -207,7 +213,8 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
             continue
         for metric, g in sorted(metrics.items()):
             if metric not in measured[name]:
-                failures.append(f"{name} {metric}: missing (golden {g['value']:.6g})")
+                why = (unavailable or {}).get(name, {}).get(metric)  # the bench's reason: LPIPS without its weights
+                failures.append(f"{name} {metric}: missing (golden {g['value']:.6g})" + (f": {why}" if why else ""))
                 continue
             worse = DIRECTION[metric] * (g["value"] - measured[name][metric])  # > 0: worse than golden
             tolerance = _tolerance(name, metric, g, counts, strict)
@@ -280,10 +287,11 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
         _check_golden_rows(golden, golden_path)
         measured: dict[str, dict[str, float]] = {}
         counts: dict[str, dict[str, int]] = {}
+        unavailable: dict[str, dict[str, str]] = {}
         for family in only or families():
-            measured.update(bench_rows(family, 0, root, log, used, counts))
+            measured.update(bench_rows(family, 0, root, log, used, counts, unavailable))
         if only:
             golden = {k: v for k, v in golden.items() if _row_of(k, only)}
         for line in margins(golden, measured, counts, strict):
             log(f"  {line}")
-        return check(golden, measured, counts, strict)
+        return check(golden, measured, counts, strict, unavailable)

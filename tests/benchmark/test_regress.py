@@ -101,6 +101,33 @@ def test_missing_rows_and_metrics_fail():
     assert check(_golden(), {"tok-smoke": {"psnr": 20.0}}) == ["tok-smoke rfid: missing (golden 100)"]
 
 
+def test_bench_rows_hands_on_the_bench_s_reason_for_a_missing_metric(tmp_path, monkeypatch):
+    """``bench_rows`` reads the records the smoke bench wrote (here one written by a stand-in for the bench)."""
+    import json
+
+    import latentbench.benchmark.harness as harness
+    from latentbench.benchmark.regress import bench_rows
+
+    def bench(family, protocol, leaderboard_dir, **_):
+        table = leaderboard_dir / protocol / "v1"
+        table.mkdir(parents=True)
+        metrics = {"psnr": {"value": 20.0, "n": 8}, "lpips": {"unavailable": "LPIPS-alex needs weights"}}
+        (table / "results.jsonl").write_text(json.dumps({"id": "r1", "tokenizer": {"name": "tok-smoke"}, "metrics": metrics}) + "\n")
+
+    monkeypatch.setattr(harness, "run_bench", bench)
+    counts, unavailable = {}, {}
+    rows = bench_rows("tok", 0, tmp_path, lambda s: None, counts=counts, unavailable=unavailable)
+    assert rows == {"tok-smoke": {"psnr": 20.0}} and counts == {"tok-smoke": {"psnr": 8}}
+    assert unavailable == {"tok-smoke": {"lpips": "LPIPS-alex needs weights"}}
+
+
+def test_a_missing_metric_says_why_the_bench_did_not_measure_it():
+    """A golden lpips on a machine without LPIPS's weights failed as "missing" alone; the bench had said why."""
+    why = {"tok-smoke": {"rfid": "Inception weights are not on this machine: download ..."}}
+    assert check(_golden(), {"tok-smoke": {"psnr": 20.0}}, unavailable=why) == [
+        "tok-smoke rfid: missing (golden 100): Inception weights are not on this machine: download ..."]
+
+
 def test_a_measured_row_without_golden_values_fails():
     measured = {"tok-smoke": {"psnr": 20.0, "rfid": 100.0}, "new-smoke": {"psnr": 30.0}}
     assert check(_golden(), measured) == ["new-smoke: no golden values (add them with `latentbench regress --update --families ...`)"]
