@@ -512,15 +512,12 @@ def _main(argv: list[str] | None) -> None:
 
     warnings.showwarning = _show_warning
 
-    from latentbench.data import BadImageError
-    from latentbench.distributed import RankZeroFailed
-    from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
+    errors = known_errors()
     try:
         args = expand_bare_flags(sys.argv[1:] if argv is None else list(argv))
         _ARGS[:] = args
         CLI(COMMANDS, args=args, as_positional=False, prog="latentbench", parser_class=_parser_class())
-    except (ValueError, KeyError, FileNotFoundError, ImportError, TypeError,
-            ConnectionError, WeightsUnavailable, UnsafeCheckpointError, BadImageError, RankZeroFailed) as e:
+    except errors as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         bug = _unexpected(e)
         if os.environ.get("LATENTBENCH_TRACEBACK") or bug or _raised_in_user_code(e):
@@ -582,6 +579,26 @@ def _interrupted(how: BaseException) -> None:
             "budget): rerun the same command to go on." if _ARGS[:1] == ["bench"] else "")
     print(f"latentbench: {'interrupted' if signal == 2 else 'terminated (SIGTERM)'}.{kept}", file=sys.stderr)
     exit_interrupted(128 + signal)
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """The kinds of error a command ends with in one line and exit code 2: the suite's refusals, which say what to do."""
+    from latentbench.data import BadImageError
+    from latentbench.distributed import RankZeroFailed
+    from latentbench.weights import UnsafeCheckpointError, WeightsUnavailable
+
+    return (ValueError, KeyError, FileNotFoundError, ImportError, TypeError, ConnectionError, WeightsUnavailable,
+            UnsafeCheckpointError, BadImageError, RankZeroFailed)
+
+
+def refusal_line(error: BaseException) -> str | None:
+    """The message ``main`` ends a command with for ``error`` alone, or None where its traceback is wanted too:
+    another kind of error, a bug (``_unexpected``), one raised in the user's own code, or ``LATENTBENCH_TRACEBACK``
+    set. For a process the command started, whose error its parent reports (``latentbench perf``'s per-target ones)."""
+    if (not isinstance(error, known_errors()) or _unexpected(error) or _raised_in_user_code(error)
+            or os.environ.get("LATENTBENCH_TRACEBACK")):
+        return None
+    return str(error.args[0] if isinstance(error, KeyError) and error.args else error)
 
 
 def _unexpected(error: BaseException) -> bool:

@@ -230,6 +230,9 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
     row: dict[str, Any] = {"target": target.label, "kind": target.kind, "name": target.name, "protocol": proto.id}
     if target.kind == "tokenizer":
         batch = batch_size or proto.train.batch_size
+        if batch > len(data):  # the loader drops an incomplete batch: no step would run, and the row would be all n/a
+            raise ValueError(f"a training batch of {batch} images is more than the {len(data)} images of {proto.id}'s "
+                             f"training split, so no step could be timed: give --batch_size {len(data)} or less")
         for precision in precisions:
             spec, module = _tokenizer_module(target.name, proto)
             row[precision] = _train_steps(module, _loader(data, batch), precision, steps, warmup)
@@ -270,8 +273,13 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
             row["sample_img_s"] = len(labels) / (time.perf_counter() - start)
         row["sample_precision"] = "bf16-mixed" if bf16 else "32-true"
     row["batch"] = batch
-    row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["peak_rss_gib"] = peak_rss_gib()
     return row
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB: ``ru_maxrss`` is in KiB on Linux, in bytes on macOS."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
 # ---- the command ---------------------------------------------------------------------------------------
@@ -283,9 +291,22 @@ def _in_subprocess(target: Target, protocol: str, steps: int, warmup: int, batch
     cmd = [sys.executable, "-m", "latentbench.benchmark.perf", text, protocol, str(steps), str(warmup), str(batch_size or 0),
            "32-true,bf16-mixed" if bf16 else "32-true", str(int(compile))]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if proc.returncode != 0:
+    refused = _refusal(proc.stdout) if proc.returncode == 2 else None
+    if refused is not None:  # missing weights, a bad config: its one line, as the command would end on it in-process
+        raise ValueError(f"measuring {target.label}: {refused}")
+    if proc.returncode != 0:  # anything else is a bug, whose traceback says where
         raise RuntimeError(f"measuring {target.label} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _refusal(stdout: str) -> str | None:
+    """The one-line error a ``_in_subprocess`` child ended with (``{"refused": ...}``, its last line), or None."""
+    lines = stdout.strip().splitlines()
+    try:
+        last = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return last.get("refused") if isinstance(last, dict) else None
 
 
 def summarize(row: dict[str, Any], peak: dict[str, float]) -> dict[str, Any]:
@@ -523,7 +544,16 @@ def load_perf(path: str | Path = PERF_PATH) -> dict[str, Any] | None:
 
 if __name__ == "__main__":  # one target in a fresh process (_in_subprocess): "kind|name|latent_of" protocol steps warmup batch precisions compile
     kind, name, latent_of = sys.argv[1].split("|")
-    measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
-                              precisions=tuple(sys.argv[6].split(",")), batch_size=int(sys.argv[5]) or None,
-                              compile=bool(int(sys.argv[7])))
+    try:
+        measured = measure_target(Target(kind, name, latent_of or None), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+                                  precisions=tuple(sys.argv[6].split(",")), batch_size=int(sys.argv[5]) or None,
+                                  compile=bool(int(sys.argv[7])))
+    except Exception as e:  # noqa: BLE001 (refusal_line picks the suite's refusals; the rest re-raises)
+        from latentbench.cli import refusal_line
+
+        line = refusal_line(e)
+        if line is None:
+            raise
+        print(json.dumps({"refused": line}))  # the parent ends with this line, not two tracebacks (the child's in its)
+        sys.exit(2)
     print(json.dumps(measured))

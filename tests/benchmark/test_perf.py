@@ -247,3 +247,43 @@ def test_the_mfu_plot_names_each_precision_once_whichever_rows_have_it(tmp_path,
     (segments,) = [c.get_segments() for c in axes[0].collections]
     assert len(segments) == 2 and all(seg[0][0] == seg[1][0] == 25.0 for seg in segments)
     assert not any(min(seg[0][1], seg[1][1]) <= y <= max(seg[0][1], seg[1][1]) for seg in segments for y in fp32_centres)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_not_an_empty_row():
+    """The loader drops an incomplete batch: no step ran, and the row came back with every step column n/a."""
+    with pytest.raises(ValueError, match=r"a training batch of 1000000 images is more than the \d+ images of smoke/v\d+'s "
+                                         r"training split.*--batch_size \d+ or less"):
+        measure_target(Target("tokenizer", "sdvae"), "smoke", steps=1, warmup=0, precisions=(TRAIN,), batch_size=10**6)
+
+
+def test_a_target_refused_in_its_process_ends_in_its_one_line(monkeypatch, tmp_path):
+    """Missing weights ended `latentbench perf` with the child's traceback inside the parent's RuntimeError (59 lines,
+    exit 1); now the parent raises the child's message, which the command prints as one line (exit 2)."""
+    from latentbench.benchmark.perf import _in_subprocess
+
+    for var in ("HF_HOME", "HF_HUB_CACHE", "TORCH_HOME"):  # no DINOv2 weights, whatever this machine's caches hold
+        monkeypatch.setenv(var, str(tmp_path / var))
+    with pytest.raises(ValueError) as refused:
+        _in_subprocess(Target("tokenizer", "rae-dinov2-b"), "smoke", steps=1, warmup=0, bf16=False)
+    message = str(refused.value)
+    assert message.startswith("measuring rae-dinov2-b: the RAE encoder 'dinov2-vitb14-reg4' needs the pretrained weights")
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_a_bug_in_a_target_keeps_its_traceback():
+    from latentbench.benchmark.perf import _refusal
+
+    assert _refusal('{"refused": "no weights: download them"}\n') == "no weights: download them"
+    assert _refusal("") is None and _refusal("Traceback ...") is None and _refusal('{"rows": []}') is None
+
+
+@pytest.mark.parametrize("platform, maxrss", [("linux", 3 * 2**20), ("darwin", 3 * 2**30)])
+def test_peak_rss_is_in_gib_on_linux_and_macos(monkeypatch, platform, maxrss):
+    """ru_maxrss is KiB on Linux and bytes on macOS (a Mac's row read 1024x too large)."""
+    from types import SimpleNamespace
+
+    import latentbench.benchmark.perf as perf
+
+    monkeypatch.setattr(perf.sys, "platform", platform)
+    monkeypatch.setattr(perf.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=maxrss))
+    assert perf.peak_rss_gib() == 3.0
