@@ -53,7 +53,7 @@ from latentbench.cachefiles import (
     save_with_facts,
 )
 from latentbench.paths import default_cache_dir
-from latentbench.precision import resolve_precision
+from latentbench.precision import BF16, FALLBACK, resolve_precision
 from latentbench.tokenizers.teachers import (
     hf_cached_file,
     load_timm_vit,
@@ -326,6 +326,14 @@ def load_mae_encoder(path: Path) -> tuple[SmallViT, dict]:
     return net.eval(), facts
 
 
+def _recipe_gives(recipe: MAERecipe, stored: dict[str, Any]) -> bool:
+    """Whether weights pre-trained with the ``stored`` recipe are what ``recipe`` trains: the same fields, the
+    precision as it resolved on the machine that trained them (a bf16 recipe runs in float32 where bf16 is slow, and
+    its file says so; without this, such a file, the cache's own, was refused when passed back as ``weights``)."""
+    could = {recipe.precision} | ({FALLBACK} if recipe.precision in BF16 else set())
+    return stored.get("precision") in could and asdict(replace(recipe, precision=stored["precision"])) == stored
+
+
 def mae_cache_path(cache_dir: Path, source: str, recipe: MAERecipe, train_info: dict, val_info: dict) -> Path:
     """``<cache_dir>/encoders/mae-<source>-<hash>.safetensors``, hashing all that defines the weights."""
     key = dict(format=MAE_FORMAT, source=source, recipe=asdict(recipe), train=train_info["fingerprint"],
@@ -353,7 +361,7 @@ def build_mae_encoder(source: str, weights: str | Path | None = None, cache_dir:
         net, facts = load_mae_encoder(Path(weights))
         if facts["source"] != source:
             raise ValueError(f"{weights} was pre-trained on {facts['source']!r}, not {source!r}")
-        if recipe is not None and asdict(recipe) != facts["recipe"]:
+        if recipe is not None and not _recipe_gives(recipe, facts["recipe"]):
             raise ValueError(f"{weights} was pre-trained with recipe {facts['recipe']}, not {asdict(recipe)}")
         return net, facts, Path(weights)
     recipe = recipe or MAERecipe()

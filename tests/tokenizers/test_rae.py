@@ -404,3 +404,24 @@ def test_rae_module_with_feature_discriminator_steps(tmp_path):
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
     trainer.fit(module, DataLoader(TensorDataset(_images(8), torch.zeros(8)), batch_size=4))
     assert "train/gan" in trainer.callback_metrics and torch.isfinite(trainer.callback_metrics["train/disc"])
+
+
+def test_a_file_pretrained_in_float32_for_a_bf16_recipe_is_accepted(tmp_path, monkeypatch):
+    """On a CPU without fast bf16 the recipe's bf16-mixed trains in 32-true, and the file (the cache's own) says 32-true:
+    passing it back with that recipe (rae-smoke's encoder_recipe) was refused over the precision the suite chose."""
+    from dataclasses import asdict, replace
+
+    from latentbench.precision import Precision
+
+    monkeypatch.setattr(re_, "resolve_precision", lambda requested, device=None: Precision(requested, "32-true", "no bf16"))
+    _, facts, path = build_mae_encoder("mnist", cache_dir=tmp_path, recipe=TINY_MAE)
+    assert facts["recipe"]["precision"] == "32-true" and TINY_MAE.precision == "bf16-mixed"
+    monkeypatch.undo()
+    _, again, _ = build_mae_encoder("mnist", weights=path, recipe=TINY_MAE)
+    assert again["recipe"] == facts["recipe"]
+    build_mae_encoder("mnist", weights=path, recipe=replace(TINY_MAE, precision="32-true"))
+    with pytest.raises(ValueError, match="was pre-trained with recipe"):  # another field, or a precision it cannot give
+        build_mae_encoder("mnist", weights=path, recipe=replace(TINY_MAE, max_steps=4))
+    with pytest.raises(ValueError, match="was pre-trained with recipe"):
+        build_mae_encoder("mnist", weights=path, recipe=replace(TINY_MAE, precision="16-mixed"))
+    assert asdict(TINY_MAE) != facts["recipe"]  # the refusal before compared these
