@@ -87,8 +87,11 @@ def resample_to_grid(features: Tensor, grid: tuple[int, int]) -> Tensor:
     """Feature map (B, D, h, w) -> (B, gh*gw, D) tokens, row-major over the grid ``(gh, gw)``.
 
     Where the grid is no finer than the map in either direction (gh <= h and gw <= w) each
-    token is the area average of the features it covers (``adaptive_avg_pool2d``; identity for
-    equal sizes); otherwise the map is interpolated bilinearly (``align_corners=False``).
+    token is ``adaptive_avg_pool2d``'s mean of the map cells its window touches, each weighing
+    the same (identity for equal sizes): the area average where gh divides h and gw divides w;
+    otherwise a cell on a window's edge counts whole in both neighbours (14 -> 8: windows of 2
+    and 3 cells that overlap). Where the grid is finer the map is interpolated bilinearly
+    (``align_corners=False``).
     """
     (h, w), (gh, gw) = features.shape[-2:], grid
     if gh <= h and gw <= w:
@@ -144,7 +147,7 @@ class Teacher(nn.Module, ABC):
 
         Returns:
             float32 (B, gh*gw, dim) on the teacher's device, row-major over the grid; the
-            native map is resampled with ``resample_to_grid`` (area average when the grid is
+            native map is resampled with ``resample_to_grid`` (windowed mean when the grid is
             no finer, else bilinear with ``align_corners=False``).
         """
         check_teacher_input(x, grid)
