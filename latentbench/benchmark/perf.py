@@ -258,14 +258,15 @@ def measure_target(target: Target, protocol_name: str = "ci", steps: int = 8, wa
         g = torch.Generator().manual_seed(0)
         n = 4 * (batch_size or proto.generator.batch_size)
         z = (torch.randint(0, 2, (n, *shape), generator=g) * 2 - 1).float() if discrete else torch.randn(n, *shape, generator=g)
-        y = torch.randint(0, 10, (n,), generator=g)
+        classes = data.info["num_classes"]  # the protocol's, as the bench's generator gets them (10 for MNIST)
+        y = torch.randint(0, classes, (n,), generator=g)
         batch = batch_size or proto.generator.batch_size
         for precision in precisions:
-            module = GeneratorModule(gen.name, list(shape), 10, gen.init_args, gen.transport, max_steps=1000, **gen.module_args)
+            module = GeneratorModule(gen.name, list(shape), classes, gen.init_args, gen.transport, max_steps=1000, **gen.module_args)
             row[precision] = _train_steps(module, _loader(TensorDataset(z, y), batch), precision, steps, warmup)
         row["latent_shape"] = list(shape)
         net = module.generator.eval()
-        labels = torch.arange(proto.generator.sample_batch_size) % 10
+        labels = torch.arange(proto.generator.sample_batch_size) % classes
         bf16 = "bf16-mixed" in precisions  # sampling in the precision the bench trains in
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             start = time.perf_counter()

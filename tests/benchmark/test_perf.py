@@ -287,3 +287,26 @@ def test_peak_rss_is_in_gib_on_linux_and_macos(monkeypatch, platform, maxrss):
     monkeypatch.setattr(perf.sys, "platform", platform)
     monkeypatch.setattr(perf.resource, "getrusage", lambda who: SimpleNamespace(ru_maxrss=maxrss))
     assert perf.peak_rss_gib() == 3.0
+
+
+def test_a_generator_target_gets_the_protocol_s_class_count(monkeypatch):
+    """perf built every generator for 10 classes (MNIST's) and sampled labels 0..9, where the bench builds it for the
+    dataset's classes: a protocol of 3 classes timed another network and sampled labels it has no embedding for."""
+    import latentbench.benchmark.harness as harness
+    import latentbench.generators.module as generator_module
+
+    built, dataset, module_class = [], harness._dataset, generator_module.GeneratorModule
+
+    def three_classes(*args, **kwargs):
+        data = dataset(*args, **kwargs)
+        monkeypatch.setitem(data.info, "num_classes", 3)
+        return data
+
+    def recording(name, input_shape, num_classes, *args, **kwargs):
+        built.append(num_classes)
+        return module_class(name, input_shape, num_classes, *args, **kwargs)
+
+    monkeypatch.setattr(harness, "_dataset", three_classes)
+    monkeypatch.setattr(generator_module, "GeneratorModule", recording)
+    row = measure_target(Target("generator", "dit-smoke", "sdvae"), "smoke", steps=1, warmup=0, precisions=(TRAIN,))
+    assert built == [3] and row["sample_img_s"] > 0
