@@ -253,7 +253,7 @@ def as_list(value: Union[list, str, int, None], name: str, cast=str) -> list | N
 
 def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None, families: Union[list[str], str, None] = None,
             golden: Optional[str] = None, precision: Literal["auto", "32-true", "bf16-mixed"] = "auto",
-            strict: bool = False) -> None:
+            strict: bool = False, tokenizers: Union[list[str], str, None] = None) -> None:
     """The regression gate: re-run every family's `smoke` bench and compare with the golden values.
 
     Exits 1, naming tokenizer and metric, when a metric moved from golden beyond its tolerance.
@@ -268,11 +268,14 @@ def regress(update: bool = False, seeds: Union[list[int], int, str, None] = None
         strict: fail on any change beyond float rounding (1e-9 relative) instead of the seed-spread
             tolerance: for a change meant to move no number, on the kind of machine the golden
             values were measured on (the benches reproduce exactly there).
+        tokenizers: gate tokenizers of your own instead (pkg.mod:Class or a YAML file, as bench --tokenizer
+            takes them), each benched under `smoke`; needs --golden, a file of yours (create it with --update).
     """
     from latentbench.benchmark.regress import regress as run_gate
 
     failures = run_gate(Path(golden) if golden else None, update, as_list(seeds, "seeds", int),
-                        as_list(families, "families"), precision=precision, strict=strict)
+                        as_list(families, "families"), precision=precision, strict=strict,
+                        own=as_list(tokenizers, "tokenizers"))
     if failures:
         print("regression gate FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
         sys.exit(1)

@@ -226,24 +226,35 @@ def check(golden: dict[str, Any], measured: dict[str, dict[str, float]],
     return failures
 
 
-def _row_of(row: str, only: list[str]) -> bool:
-    """Whether golden row ``row`` is one of the families ``only``'s: its name is the family's `smoke` tokenizer
-    (``sdvae-smoke``) or that name with a result's variant (``flowmo-smoke (1b)``). Not a prefix of the family alias:
-    a family ``rae2`` registered beside ``rae`` owns ``rae2-smoke``, which ``rae`` must neither check nor replace."""
-    from latentbench.benchmark.protocol import load_protocol
-
-    names = [load_protocol(PROTOCOL).tokenizers[f] for f in only]
+def _row_of(row: str, names: list[str]) -> bool:
+    """Whether golden row ``row`` is a row of the tokenizers ``names`` (``row_names``): the name itself (``sdvae-smoke``)
+    or the name with a result's variant (``flowmo-smoke (1b)``). Not a prefix of a family alias: a family ``rae2``
+    registered beside ``rae`` owns ``rae2-smoke``, which ``rae`` must neither check nor replace."""
     return any(row == n or row.startswith(f"{n} (") for n in names)
 
 
-def _check_golden_rows(golden: dict[str, Any], path: Path) -> None:
-    """ValueError, before any bench runs, for a golden row that no `smoke` bench writes: its name must be a tokenizer
-    of the protocol, or one with a result's variant (``flowmo-smoke (1b)``); otherwise it is reported only after
-    every bench has run."""
+def row_names(targets: list[str]) -> list[str]:
+    """The row name each gate target's `smoke` bench writes (without a result's variant): a family's `smoke`
+    tokenizer (``sdvae`` -> ``sdvae-smoke``), or the table name of a tokenizer of the user's own (``pkg.mod:Class``,
+    ``mine.yaml``), resolved as ``bench`` resolves it, so that a typo stops the gate before any bench runs."""
+    from latentbench.benchmark.leaderboard import display_name
     from latentbench.benchmark.protocol import load_protocol
+    from latentbench.benchmark.spec import resolve_tokenizer
 
-    names = sorted(load_protocol(PROTOCOL).tokenizers.values())
-    unknown = [row for row in golden if not _row_of(row, families())]
+    proto = load_protocol(PROTOCOL)
+    names = []
+    for target in targets:
+        spec = resolve_tokenizer(target, proto)
+        names.append(display_name({"name": spec.name, "requested": spec.requested}))
+    return names
+
+
+def _check_golden_rows(golden: dict[str, Any], path: Path, own: list[str]) -> None:
+    """ValueError, before any bench runs, for a golden row that no `smoke` bench writes: its name must be a tokenizer
+    of the protocol, or one of ``own``'s rows (``row_names``), or either with a result's variant (``flowmo-smoke (1b)``);
+    otherwise it is reported only after every bench has run."""
+    names = row_names(families()) + own
+    unknown = [row for row in golden if not _row_of(row, names)]
     if unknown:
         raise ValueError(f"golden file {path}: row(s) {unknown} are no {PROTOCOL} bench's (its tokenizers: "
                          f"{', '.join(names)}, FlowMo's as '<name> (1a)' / '(1b)'): fix the row names, or re-measure "
@@ -252,20 +263,31 @@ def _check_golden_rows(golden: dict[str, Any], path: Path) -> None:
 
 def regress(golden_path: Path | None = None, update: bool = False, seeds: list[int] | None = None,
             only: list[str] | None = None, log: Callable[[str], None] = print, precision: str = "auto",
-            strict: bool = False) -> list[str]:
+            strict: bool = False, own: list[str] | None = None) -> list[str]:
     """Run the gate (or, with ``update``, re-measure golden values); returns the failures (empty: passed).
 
     Args:
         golden_path: the golden file (default: ``golden_path`` of the precision the benches train in).
         precision: ``auto`` (the protocol's, or float32 on a CPU without fast bf16) or a Lightning precision.
         update: measure golden values over ``seeds`` (default 0, 1, 2) and write them instead of checking.
-        only: families to run (default: all of the `smoke` protocol's); with ``only`` the check
-            covers only those families' golden rows.
+        only: families to run (default: all of the `smoke` protocol's, or none when ``own`` is given); with
+            ``only`` or ``own`` the check covers only their golden rows.
         strict: tolerances of float rounding only (``check``).
+        own: tokenizers of the user's own (``pkg.mod:Class`` or a YAML file, as ``bench --tokenizer`` takes them),
+            benched under `smoke` like the families; their golden values go in a file of the user's (``golden_path``
+            is then required: the shipped file holds the suite's families).
     """
     unknown = sorted(set(only or []) - set(families()))
     if unknown:
-        raise ValueError(f"unknown families {unknown} for the regression gate; choose from {families()}")
+        raise ValueError(f"unknown families {unknown} for the regression gate; choose from {families()} (a tokenizer "
+                         "of your own is given with --tokenizers)")
+    own = own or []
+    if own and golden_path is None:
+        raise ValueError(f"--tokenizers {','.join(own)}: give --golden FILE, a golden file of your own for their "
+                         "values (the shipped ones hold the suite's families); create it with --update")
+    own_rows = row_names(own)  # a typo'd class or YAML stops the gate here, before any bench runs
+    targets = (only or ([] if own else families())) + own
+    rows = row_names(only or []) + own_rows
     used = gate_precision(precision)
     golden_path = golden_path or golden_file(used)
     log(f"regression gate: smoke benches trained in {used}, golden values {golden_path}")
@@ -276,22 +298,22 @@ def regress(golden_path: Path | None = None, update: bool = False, seeds: list[i
             if seeds[0] != 0:
                 raise ValueError(f"--seeds {seeds}: the gate benches seed 0 and compares it with the first seed's value, "
                                  "so the seeds must start with 0 (e.g. 0,1,2)")
-            golden = measure_golden(seeds, root, only, log, used)
-            if only and Path(golden_path).is_file():  # the other families keep their golden values
-                kept = {k: v for k, v in load_golden(golden_path).items() if not _row_of(k, only)}
+            golden = measure_golden(seeds, root, targets, log, used)
+            if rows and Path(golden_path).is_file():  # the other families keep their golden values
+                kept = {k: v for k, v in load_golden(golden_path).items() if not _row_of(k, rows)}
                 golden = {**kept, **golden}
             write_golden(golden, seeds, golden_path, used)
             log(f"wrote {golden_path}")
             return []
         golden = load_golden(golden_path)
-        _check_golden_rows(golden, golden_path)
+        _check_golden_rows(golden, golden_path, own_rows)
         measured: dict[str, dict[str, float]] = {}
         counts: dict[str, dict[str, int]] = {}
         unavailable: dict[str, dict[str, str]] = {}
-        for family in only or families():
-            measured.update(bench_rows(family, 0, root, log, used, counts, unavailable))
-        if only:
-            golden = {k: v for k, v in golden.items() if _row_of(k, only)}
+        for target in targets:
+            measured.update(bench_rows(target, 0, root, log, used, counts, unavailable))
+        if rows:
+            golden = {k: v for k, v in golden.items() if _row_of(k, rows)}
         for line in margins(golden, measured, counts, strict):
             log(f"  {line}")
         return check(golden, measured, counts, strict, unavailable)

@@ -160,7 +160,8 @@ def test_a_family_owns_its_rows_by_name_not_by_prefix(tmp_path, monkeypatch):
     regress(golden_path=path, update=True, only=["sdvae"], log=lambda s: None)
     assert load_golden(path) == {"sdvae-smoke": {"psnr": {"value": 2.0, "tolerance": 0.2}}, "sdvae2-smoke": other,
                                  "sdvae2-smoke (1b)": other}
-    assert regress_module._row_of("flowmo-smoke (1b)", ["flowmo"]) and not regress_module._row_of("flowmo-smoke", ["rae"])
+    assert regress_module.row_names(["flowmo", "rae"]) == ["flowmo-smoke", "rae-smoke"]
+    assert regress_module._row_of("flowmo-smoke (1b)", ["flowmo-smoke"]) and not regress_module._row_of("flowmo-smoke", ["rae-smoke"])
 
 
 def test_golden_file_round_trip(tmp_path):
@@ -177,7 +178,7 @@ def test_committed_golden_covers_every_family_with_measured_tolerances():
 
     golden = load_golden()
     for family in families():
-        rows = [name for name in golden if regress_module._row_of(name, [family])]
+        rows = [name for name in golden if regress_module._row_of(name, regress_module.row_names([family]))]
         assert rows, f"no golden row for {family}"
         for name in rows:
             for g in golden[name].values():
@@ -203,3 +204,47 @@ def test_strict_allows_float_rounding_only():
     (failure,) = check(golden, {"tok-smoke": {"psnr": 20.001, "rfid": 100.0}}, strict=True)
     assert failure.startswith("tok-smoke psnr: 20.001 vs golden 20 (better by 0.001 > tolerance 2e-08")
     assert check(golden, {"tok-smoke": {"psnr": 20.001, "rfid": 100.0}}) == []  # within the seed-spread tolerance
+
+
+def _own_tokenizer(tmp_path):
+    """A tokenizer YAML of the user's own (a shipped class with its own arguments): its row is 'sdvae-smoke [mine]'."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: sdvae-smoke\n")
+    return str(path)
+
+
+def test_a_user_s_own_tokenizer_is_gated_against_a_golden_file_of_theirs(tmp_path, monkeypatch):
+    """`regress --tokenizers mine.yaml --golden g.yaml`: the gate benches the user's tokenizer under smoke (not the
+    suite's families), --update writes its row beside what the file holds, and a check fails naming its metric."""
+    import latentbench.benchmark.regress as regress_module
+
+    mine = _own_tokenizer(tmp_path)
+    benched = []
+
+    def bench(target, seed, root, log, used, counts=None, unavailable=None):
+        benched.append((target, seed))
+        return {"sdvae-smoke [mine]": {"psnr": 20.0 + seed}}
+
+    monkeypatch.setattr(regress_module, "bench_rows", bench)
+    path = write_golden({"sdvae-smoke": {"psnr": {"value": 1.0, "tolerance": 0.1}}}, [0, 1, 2], tmp_path / "g.yaml")
+    regress(golden_path=path, update=True, own=[mine], log=lambda s: None)
+    golden = load_golden(path)
+    assert benched == [(mine, 0), (mine, 1), (mine, 2)] and golden["sdvae-smoke"]["psnr"]["value"] == 1.0
+    assert golden["sdvae-smoke [mine]"]["psnr"]["value"] == 20.0  # seed 0's; tolerance from the spread of 2
+    benched.clear()
+    assert regress(golden_path=path, own=[mine], log=lambda s: None) == [] and benched == [(mine, 0)]
+    monkeypatch.setattr(regress_module, "bench_rows", lambda *a, **k: {"sdvae-smoke [mine]": {"psnr": 10.0}})
+    [failure] = regress(golden_path=path, own=[mine], log=lambda s: None)
+    assert failure.startswith("sdvae-smoke [mine] psnr: 10 vs golden 20 (worse by 10")
+
+
+def test_own_tokenizers_need_a_golden_file_and_a_typo_stops_the_gate_before_any_bench(tmp_path, monkeypatch):
+    import latentbench.benchmark.regress as regress_module
+
+    monkeypatch.setattr(regress_module, "bench_rows", lambda *a, **k: pytest.fail("a bench ran"))
+    with pytest.raises(ValueError, match=r"give --golden FILE, a golden file of your own"):
+        regress(own=[_own_tokenizer(tmp_path)], log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match="tokenizer config .*missing.yaml does not exist"):
+        regress(golden_path=tmp_path / "g.yaml", own=[str(tmp_path / "missing.yaml")], log=lambda s: None)
+    with pytest.raises(ValueError, match=r"a tokenizer of your own is given with --tokenizers"):
+        regress(golden_path=tmp_path / "g.yaml", only=["mine.yaml"], log=lambda s: None)
