@@ -521,12 +521,11 @@ def _main(argv: list[str] | None) -> None:
         _ARGS[:] = args
         CLI(COMMANDS, args=args, as_positional=False, prog="latentbench", parser_class=_parser_class())
     except errors as e:
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
         bug = _unexpected(e)
-        if os.environ.get("LATENTBENCH_TRACEBACK") or bug or _raised_in_user_code(e):
+        if _wants_traceback(e):
             traceback.print_exception(e, file=sys.stderr)  # a bug in the user's tokenizer needs its file and line
         where = " (not an error message of latentbench's: the traceback above says where it came from)" if bug else ""
-        print(f"latentbench: error: {f'{type(e).__name__}: {e}' if bug else message}{where}", file=sys.stderr)
+        print(f"latentbench: error: {f'{type(e).__name__}: {e}' if bug else _message(e)}{where}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 (any other error the user's own code raised: torch's RuntimeError above all)
         if (line := _filesystem_error(e)) is not None:  # an unwritable folder, a full disk: no bug to trace
@@ -598,9 +597,17 @@ def refusal_line(error: BaseException) -> str | None:
     """The message ``main`` ends a command with for ``error`` alone, or None where its traceback is wanted too:
     another kind of error, a bug (``_unexpected``), one raised in the user's own code, or ``LATENTBENCH_TRACEBACK``
     set. For a process the command started, whose error its parent reports (``latentbench perf``'s per-target ones)."""
-    if (not isinstance(error, known_errors()) or _unexpected(error) or _raised_in_user_code(error)
-            or os.environ.get("LATENTBENCH_TRACEBACK")):
-        return None
+    return _message(error) if isinstance(error, known_errors()) and not _wants_traceback(error) else None
+
+
+def _wants_traceback(error: BaseException) -> bool:
+    """Whether ``main`` prints ``error``'s traceback above its line: a bug, one raised in the user's own code, or
+    ``LATENTBENCH_TRACEBACK`` set."""
+    return bool(os.environ.get("LATENTBENCH_TRACEBACK")) or _unexpected(error) or _raised_in_user_code(error)
+
+
+def _message(error: BaseException) -> str:
+    """A refusal's text: a KeyError's own message, not its repr in quotes."""
     return str(error.args[0] if isinstance(error, KeyError) and error.args else error)
 
 

@@ -244,6 +244,9 @@ def row_names(targets: list[str]) -> list[str]:
     proto = load_protocol(PROTOCOL)
     names = []
     for target in targets:
+        if target in proto.tokenizers:  # a family: its size name, no resolution needed
+            names.append(proto.tokenizers[target])
+            continue
         spec = resolve_tokenizer(target, proto)
         names.append(display_name({"name": spec.name, "requested": spec.requested}))
     return names
